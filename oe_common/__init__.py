@@ -1,0 +1,19 @@
+"""oe_common: what every modality shares: OE losses, anomaly scores, detection metrics, calibration, OETrainer.
+
+Conventions: anomalies are the POSITIVE class and every score is "higher = more anomalous".
+"""
+
+from .calibration import calibration_errors, calibration_report, fit_temperature, rescale_01, soft_f1
+from .data_dir import MissingDataError, resolve_data_dir
+from .losses import confidence_branch_oe_loss, density_margin_loss, energy_oe_loss, oe_uniform_loss
+from .metrics import OODTable, evaluate_ood, fpr_at_recall, misclassification_metrics, ood_metrics, sample_base_rate
+from .scores import (
+    energy_score,
+    max_logit_score,
+    msp_score,
+    sequence_nll_score,
+    sequence_uniform_xent_score,
+    uniform_xent_score,
+)
+
+__version__ = "0.1.0"

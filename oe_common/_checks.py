@@ -1,0 +1,40 @@
+"""Input validation shared by scores, losses and metrics: clear errors, never a silent wrong number."""
+
+from __future__ import annotations
+
+import torch
+
+
+def check_logits(logits: torch.Tensor, name: str = "logits", min_dim: int = 1) -> torch.Tensor:
+    """Validate a floating-point tensor whose LAST dim is classes / vocabulary."""
+    if not isinstance(logits, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(logits).__name__}")
+    if logits.dim() < min_dim:
+        raise ValueError(f"{name} must have at least {min_dim} dim(s) (last = classes), got shape {tuple(logits.shape)}")
+    if not logits.is_floating_point():
+        raise TypeError(f"{name} must be floating point, got {logits.dtype}")
+    if logits.shape[-1] < 1 or logits.numel() == 0:
+        raise ValueError(f"{name} is empty: shape {tuple(logits.shape)}")
+    bad = (~torch.isfinite(logits)).sum().item()
+    if bad:
+        raise ValueError(f"{name} contains {bad} NaN/inf value(s); check the model's outputs (e.g. an fp16 overflow)")
+    return logits
+
+
+def check_mask(mask: torch.Tensor | None, shape: torch.Size, name: str = "mask") -> torch.Tensor | None:
+    """Validate a position mask of ``shape`` (the logits' shape without the class dim); returns it as bool.
+
+    Rows (everything but the last mask dim) with no valid position are rejected: a sequence made only of
+    padding has no tokens to average over.
+    """
+    if mask is None:
+        return None
+    if tuple(mask.shape) != tuple(shape):
+        raise ValueError(f"{name} has shape {tuple(mask.shape)} but the logits need {tuple(shape)} (logits shape without the class dim)")
+    mask = mask.bool()
+    if mask.dim() >= 1:
+        flat = mask.reshape(-1, mask.shape[-1]) if mask.dim() >= 2 else mask.reshape(1, -1)
+        empty = int((flat.sum(-1) == 0).sum().item())
+        if empty:
+            raise ValueError(f"{name}: {empty} row(s) contain only padding (no valid position); drop them before scoring")
+    return mask

@@ -1,0 +1,282 @@
+"""Detection metrics for anomaly scores.
+
+Conventions (everywhere in the toolkit):
+
+* anomalies / out-of-distribution examples are the POSITIVE class;
+* scores are outlier scores: HIGHER = MORE anomalous;
+* every metric is a fraction in ``[0, 1]`` (tables multiply by 100 when they render).
+
+All detection metrics of one (in, out) pair come from ONE descending sort of the pooled scores, grouped into
+distinct thresholds exactly as scikit-learn does (``roc_curve`` with ``drop_intermediate=False``):
+
+* ``auroc``    = trapezoidal area under ``(FPR_k, TPR_k)``, starting at ``(0, 0)``;
+* ``aupr_out`` = average precision with anomalies positive, ``sum_k (R_k - R_{k-1}) P_k`` (the paper's AUPR);
+* ``aupr_in``  = the same with in-distribution examples positive and scores negated;
+* ``fpr``      = FPR at the first ROC point whose TPR >= ``recall_level`` (the paper's FPR95 / FPR90 / FPR99).
+  The authors' code picked the point whose recall is *closest* to the level; that differs by at most one step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+__all__ = [
+    "ood_metrics",
+    "fpr_at_recall",
+    "sample_base_rate",
+    "evaluate_ood",
+    "OODTable",
+    "misclassification_metrics",
+    "as_score_array",
+]
+
+METRIC_KEYS = ("auroc", "aupr_out", "aupr_in", "fpr")
+
+
+def as_score_array(scores: Any, name: str = "scores") -> np.ndarray:
+    """Convert a list / numpy array / torch tensor (CPU or GPU) of scores to a finite 1-D float64 array.
+
+    Raises:
+        ValueError: the input is not 1-D, is empty, or holds NaN/inf (the message gives the count).
+    """
+    if hasattr(scores, "detach"):  # torch.Tensor, possibly on a GPU
+        scores = scores.detach().cpu().double().numpy()
+    array = np.asarray(scores, dtype=np.float64)
+    if array.ndim != 1:
+        raise ValueError(f"{name} must be 1-D (one score per example), got shape {array.shape}; flatten or pick a score per example")
+    if array.size == 0:
+        raise ValueError(f"{name} is empty: both the in-distribution and the anomaly side need at least one score")
+    bad = int(np.count_nonzero(~np.isfinite(array)))
+    if bad:
+        raise ValueError(f"{name} contains {bad} NaN/inf value(s) out of {array.size}; fix the model or the score before computing metrics")
+    return array
+
+
+def _check_recall_level(recall_level: float) -> float:
+    if not (isinstance(recall_level, (int, float)) and 0.0 < recall_level <= 1.0):
+        raise ValueError(f"recall_level must be in (0, 1] (e.g. 0.95 for FPR95), got {recall_level!r}")
+    return float(recall_level)
+
+
+@dataclass(frozen=True)
+class _GroupedCurve:
+    """Counts per distinct score, thresholds in DESCENDING score order.
+
+    ``tps[k]`` / ``fps[k]``: anomalies / in-distribution examples scored >= the k-th distinct score.
+    """
+
+    tps: np.ndarray
+    fps: np.ndarray
+    n_out: int
+    n_in: int
+
+
+def _grouped_curve(in_scores: np.ndarray, out_scores: np.ndarray) -> _GroupedCurve:
+    scores = np.concatenate([out_scores, in_scores])
+    is_out = np.zeros(scores.size, dtype=np.int64)
+    is_out[: out_scores.size] = 1
+    order = np.argsort(scores)[::-1]  # the one sort; ties are grouped below, so its stability does not matter
+    sorted_scores = scores[order]
+    last_of_group = np.flatnonzero(sorted_scores[1:] != sorted_scores[:-1])
+    last_of_group = np.append(last_of_group, scores.size - 1)
+    tps = np.cumsum(is_out[order])[last_of_group]
+    fps = last_of_group + 1 - tps
+    return _GroupedCurve(tps=tps, fps=fps, n_out=out_scores.size, n_in=in_scores.size)
+
+
+def _average_precision(tps: np.ndarray, fps: np.ndarray) -> float:
+    """``sum_k (R_k - R_{k-1}) P_k`` over thresholds in descending order (scikit-learn's definition)."""
+    precision = tps / (tps + fps)
+    recall = tps / tps[-1]
+    recall_steps = np.diff(np.concatenate([[0.0], recall]))
+    return float(np.sum(recall_steps * precision))
+
+
+def _metrics_from_curve(curve: _GroupedCurve, recall_level: float) -> dict[str, float]:
+    tpr = np.concatenate([[0.0], curve.tps / curve.tps[-1]])
+    fpr = np.concatenate([[0.0], curve.fps / curve.fps[-1]])
+    auroc = float(np.trapezoid(tpr, fpr) if hasattr(np, "trapezoid") else np.trapz(tpr, fpr))
+    # In-distribution positive with negated scores: thresholds run in ascending score order over the same groups.
+    in_per_group = np.diff(np.concatenate([[0], curve.fps]))[::-1]
+    out_per_group = np.diff(np.concatenate([[0], curve.tps]))[::-1]
+    aupr_in = _average_precision(np.cumsum(in_per_group), np.cumsum(out_per_group))
+    first = int(np.searchsorted(tpr, recall_level, side="left"))
+    return {
+        "auroc": auroc,
+        "aupr_out": _average_precision(curve.tps, curve.fps),
+        "aupr_in": aupr_in,
+        "fpr": float(fpr[first]),
+    }
+
+
+def ood_metrics(in_scores: Any, out_scores: Any, recall_level: float = 0.95) -> dict[str, float]:
+    """AUROC, AUPR (anomalies positive and in-distribution positive) and FPR at ``recall_level``.
+
+    Args:
+        in_scores: ``(N_in,)`` anomaly scores of in-distribution examples (list, numpy array or torch tensor).
+        out_scores: ``(N_out,)`` anomaly scores of anomalies.
+        recall_level: fraction of anomalies to detect for the FPR (0.95 -> FPR95).
+
+    Returns:
+        ``{"auroc", "aupr_out", "aupr_in", "fpr"}``, each a fraction in ``[0, 1]``.
+    """
+    recall_level = _check_recall_level(recall_level)
+    curve = _grouped_curve(as_score_array(in_scores, "in_scores"), as_score_array(out_scores, "out_scores"))
+    return _metrics_from_curve(curve, recall_level)
+
+
+def fpr_at_recall(in_scores: Any, out_scores: Any, recall_level: float = 0.95) -> float:
+    """Fraction of in-distribution examples flagged at the first ROC point whose TPR >= ``recall_level``."""
+    return ood_metrics(in_scores, out_scores, recall_level)["fpr"]
+
+
+def sample_base_rate(out_scores: Any, n_in: int, rng: np.random.Generator, ratio: int = 5) -> np.ndarray:
+    """Draw ``n_in // ratio`` anomaly scores without replacement (the paper's 1 : ``ratio`` base rate).
+
+    If fewer anomalies exist, all of them are used and a warning says so (the achieved count is reported by
+    :func:`evaluate_ood` as ``n_out``).
+    """
+    out_scores = as_score_array(out_scores, "out_scores")
+    if ratio < 1:
+        raise ValueError(f"ratio must be >= 1, got {ratio}")
+    wanted = n_in // ratio
+    if wanted < 1:
+        raise ValueError(f"{n_in} in-distribution scores give n_in // {ratio} = 0 anomalies; use more in-distribution data")
+    if out_scores.size < wanted:
+        warnings.warn(f"only {out_scores.size} anomalies available, fewer than n_in // {ratio} = {wanted}; using all of them", stacklevel=2)
+        return out_scores.copy()
+    return out_scores[rng.choice(out_scores.size, size=wanted, replace=False)]
+
+
+@dataclass
+class OODTable:
+    """Detection results per anomaly set plus a ``"mean"`` row over sets.
+
+    ``rows``: one dict per set with ``name``, ``n_in``, ``n_out``, each metric of :data:`METRIC_KEYS`
+    (mean over draws) and ``<metric>_std`` (standard deviation over draws, 0 for one draw).
+    """
+
+    rows: list[dict[str, Any]]
+    recall_level: float
+    n_draws: int
+    ratio: int
+    seed: int
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def fpr_label(self) -> str:
+        """``"FPR95"`` for ``recall_level = 0.95``."""
+        return f"FPR{round(self.recall_level * 100):d}"
+
+    @property
+    def names(self) -> list[str]:
+        return [row["name"] for row in self.rows]
+
+    def __getitem__(self, name: str) -> dict[str, Any]:
+        for row in self.rows:
+            if row["name"] == name:
+                return row
+        raise KeyError(f"no row {name!r}; rows are {self.names}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "recall_level": self.recall_level,
+            "n_draws": self.n_draws,
+            "ratio": self.ratio,
+            "seed": self.seed,
+            "meta": self.meta,
+            "rows": self.rows,
+        }
+
+    def to_json(self, **kwargs: Any) -> str:
+        return json.dumps(self.to_dict(), **{"indent": 2, **kwargs})
+
+    def to_markdown(self, percent: bool = True, digits: int = 2, with_std: bool | None = None) -> str:
+        """Render as a Markdown table (values x100 when ``percent``); ``± std`` when several draws were made."""
+        with_std = self.n_draws > 1 if with_std is None else with_std
+        scale = 100.0 if percent else 1.0
+        headers = ["D_out^test", self.fpr_label + " ↓", "AUROC ↑", "AUPR ↑"]
+        lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+        for row in self.rows:
+            cells = []
+            for key in ("fpr", "auroc", "aupr_out"):
+                cell = f"{row[key] * scale:.{digits}f}"
+                if with_std:
+                    cell += f" ± {row[key + '_std'] * scale:.{digits}f}"
+                cells.append(cell)
+            name = f"**{row['name']}**" if row["name"] == "mean" else row["name"]
+            lines.append("| " + " | ".join([name, *cells]) + " |")
+        return "\n".join(lines)
+
+
+def evaluate_ood(
+    in_scores: Any,
+    out_scores_by_set: Mapping[str, Any],
+    n_draws: int = 1,
+    ratio: int = 5,
+    seed: int = 0,
+    recall_level: float = 0.95,
+) -> OODTable:
+    """The paper's protocol: all in-distribution scores against ``len(in) // ratio`` anomalies per set.
+
+    For each anomaly set, ``n_draws`` independent draws (seeded with ``seed``; the same generator state
+    sequence for every call with the same arguments) give metrics whose mean and standard deviation are
+    reported; the final ``"mean"`` row averages the per-set means (and per-set stds).
+    """
+    recall_level = _check_recall_level(recall_level)
+    if not out_scores_by_set:
+        raise ValueError("out_scores_by_set is empty: give at least one anomaly set, e.g. {'gaussian': scores}")
+    if n_draws < 1:
+        raise ValueError(f"n_draws must be >= 1, got {n_draws}")
+    if "mean" in out_scores_by_set:
+        raise ValueError("'mean' is reserved for the average row; rename that anomaly set")
+    in_array = as_score_array(in_scores, "in_scores")
+    rows = []
+    for set_index, (name, out_scores) in enumerate(out_scores_by_set.items()):
+        out_array = as_score_array(out_scores, f"out_scores[{name!r}]")
+        rng = np.random.default_rng([seed, set_index])
+        draws = []
+        for _ in range(n_draws):
+            sample = sample_base_rate(out_array, in_array.size, rng, ratio)
+            draws.append(_metrics_from_curve(_grouped_curve(in_array, sample), recall_level))
+        row: dict[str, Any] = {"name": name, "n_in": int(in_array.size), "n_out": int(sample.size)}
+        for key in METRIC_KEYS:
+            values = np.array([d[key] for d in draws])
+            row[key] = float(values.mean())
+            row[key + "_std"] = float(values.std())
+        rows.append(row)
+    mean_row: dict[str, Any] = {"name": "mean", "n_in": int(in_array.size), "n_out": int(sum(r["n_out"] for r in rows))}
+    for key in METRIC_KEYS:
+        mean_row[key] = float(np.mean([r[key] for r in rows]))
+        mean_row[key + "_std"] = float(np.mean([r[key + "_std"] for r in rows]))
+    rows.append(mean_row)
+    return OODTable(rows=rows, recall_level=recall_level, n_draws=n_draws, ratio=ratio, seed=seed)
+
+
+def misclassification_metrics(confidence: Any, correct: Any) -> dict[str, float]:
+    """Misclassification detection (Hendrycks & Gimpel 2017): errors are POSITIVE, scored by ``-confidence``.
+
+    Returns ``{"auroc", "aupr_err", "aupr_succ"}``: AUROC, average precision with errors positive, and
+    average precision with correct predictions positive (scored by ``confidence``).
+    """
+    confidence = as_score_array(confidence, "confidence")
+    correct = np.asarray(correct.detach().cpu() if hasattr(correct, "detach") else correct)
+    if correct.shape != confidence.shape:
+        raise ValueError(f"confidence has {confidence.size} values but correct has shape {correct.shape}; give one flag per prediction")
+    if correct.dtype != bool:
+        if not np.isin(correct, (0, 1)).all():
+            raise ValueError("correct must be boolean (or 0/1): True where the prediction was right")
+        correct = correct.astype(bool)
+    n_err = int((~correct).sum())
+    if n_err == 0 or n_err == correct.size:
+        raise ValueError(
+            f"misclassification metrics need both errors and correct predictions; got {n_err} error(s) out of {correct.size}"
+        )
+    result = ood_metrics(-confidence[correct], -confidence[~correct])
+    return {"auroc": result["auroc"], "aupr_err": result["aupr_out"], "aupr_succ": result["aupr_in"]}
