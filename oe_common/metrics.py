@@ -34,6 +34,7 @@ __all__ = [
     "OODTable",
     "misclassification_metrics",
     "as_score_array",
+    "roc_curve_points",
 ]
 
 METRIC_KEYS = ("auroc", "aupr_out", "aupr_in", "fpr")
@@ -129,6 +130,12 @@ def ood_metrics(in_scores: Any, out_scores: Any, recall_level: float = 0.95) -> 
     recall_level = _check_recall_level(recall_level)
     curve = _grouped_curve(as_score_array(in_scores, "in_scores"), as_score_array(out_scores, "out_scores"))
     return _metrics_from_curve(curve, recall_level)
+
+
+def roc_curve_points(in_scores: Any, out_scores: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``(fpr, tpr)`` of every distinct threshold, starting at ``(0, 0)`` (for plotting ROC curves)."""
+    curve = _grouped_curve(as_score_array(in_scores, "in_scores"), as_score_array(out_scores, "out_scores"))
+    return np.concatenate([[0.0], curve.fps / curve.n_in]), np.concatenate([[0.0], curve.tps / curve.n_out])
 
 
 def fpr_at_recall(in_scores: Any, out_scores: Any, recall_level: float = 0.95) -> float:

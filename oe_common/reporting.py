@@ -1,0 +1,184 @@
+"""What every recipe writes: ``results.json`` (records + meta), a Markdown table and PNG plots.
+
+A *record* is one row of a results table, flat and JSON-friendly, e.g. for text::
+
+    {"level": "word", "protocol": "paper", "model": "oe", "score": "nll", "domain": "email",
+     "fpr90": 0.01, "auroc": 0.99, "aupr": 0.98, "aupr_in": 0.99, "n_in": 1177, "n_out": 235}
+
+Metric values are fractions; ``fpr<N>`` is named after the recall level (FPR90, FPR95, FPR99). ``meta`` holds the
+commit, hardware, date, library versions and seconds per stage, so every number can be traced to a run.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from .metrics import OODTable, as_score_array, roc_curve_points
+
+__all__ = [
+    "detection_records",
+    "run_meta",
+    "write_results",
+    "records_to_markdown",
+    "plot_roc_curves",
+    "plot_score_histograms",
+    "plot_reliability_diagram",
+]
+
+
+def detection_records(table: OODTable, **fields: Any) -> list[dict[str, Any]]:
+    """Flatten an :class:`OODTable` into records, one per row (``domain`` = set name or ``"mean"``).
+
+    ``fields`` (e.g. ``level="word", model="oe", score="nll"``) are copied into every record.
+    """
+    fpr_key = table.fpr_label.lower()
+    records = []
+    for row in table.rows:
+        records.append(
+            {
+                **fields,
+                "domain": row["name"],
+                fpr_key: row["fpr"],
+                "auroc": row["auroc"],
+                "aupr": row["aupr_out"],
+                "aupr_in": row["aupr_in"],
+                f"{fpr_key}_std": row["fpr_std"],
+                "auroc_std": row["auroc_std"],
+                "aupr_std": row["aupr_out_std"],
+                "n_in": row["n_in"],
+                "n_out": row["n_out"],
+                "n_draws": table.n_draws,
+            }
+        )
+    return records
+
+
+def _git_commit() -> str:
+    try:
+        root = Path(__file__).resolve().parents[1]
+        out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "") if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _hardware() -> str:
+    import torch
+
+    cpu = f"{platform.machine()} CPU x{os.cpu_count()}"
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)} x{torch.cuda.device_count()} + {cpu}"
+    return cpu
+
+
+def run_meta(stage_seconds: Mapping[str, float] | None = None, **extra: Any) -> dict[str, Any]:
+    """Provenance of a run: commit, hardware, UTC date, library versions, seconds per stage, plus ``extra``."""
+    import torch
+    import transformers
+
+    return {
+        "commit": _git_commit(),
+        "hardware": _hardware(),
+        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "versions": {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__},
+        "seconds": {k: round(float(v), 1) for k, v in (stage_seconds or {}).items()},
+        **extra,
+    }
+
+
+def records_to_markdown(records: Sequence[Mapping[str, Any]], columns: Sequence[str], percent: Iterable[str] = (), digits: int = 1) -> str:
+    """A Markdown table of ``columns`` from ``records``; columns named in ``percent`` are shown x100."""
+    percent = set(percent)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for record in records:
+        cells = []
+        for column in columns:
+            value = record.get(column, "")
+            if isinstance(value, float):
+                value = f"{value * 100:.{digits}f}" if column in percent else f"{value:.4g}"
+            cells.append(str(value))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_results(out_dir: str | os.PathLike, records: list[dict[str, Any]], meta: dict[str, Any], markdown: str) -> dict[str, Path]:
+    """Write ``results.json`` (``{"records": [...], "meta": {...}}``) and ``results.md`` into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out / "results.json", out / "results.md"
+    json_path.write_text(json.dumps({"records": records, "meta": meta}, indent=2) + "\n")
+    md_path.write_text(markdown.rstrip() + "\n")
+    return {"json": json_path, "markdown": md_path}
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_roc_curves(in_scores: Any, out_scores_by_set: Mapping[str, Any], path: str | os.PathLike, title: str = "") -> Path:
+    """One ROC curve per anomaly set (anomalies positive) in a single PNG."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for name, out_scores in out_scores_by_set.items():
+        fpr, tpr = roc_curve_points(in_scores, out_scores)
+        ax.plot(fpr, tpr, label=name)
+    ax.plot([0, 1], [0, 1], "k:", linewidth=0.8)
+    ax.set(xlabel="false positive rate (in-distribution flagged)", ylabel="true positive rate (anomalies flagged)", title=title)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_score_histograms(in_scores: Any, out_scores_by_set: Mapping[str, Any], path: str | os.PathLike, title: str = "", bins: int = 50) -> Path:
+    """Histograms of in-distribution vs anomaly scores (density-normalised) in one PNG."""
+    plt = _pyplot()
+    in_array = as_score_array(in_scores, "in_scores")
+    arrays = {name: as_score_array(s, name) for name, s in out_scores_by_set.items()}
+    edges = np.histogram_bin_edges(np.concatenate([in_array, *arrays.values()]), bins=bins)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.hist(in_array, bins=edges, density=True, alpha=0.5, label="in-distribution", color="black")
+    for name, scores in arrays.items():
+        ax.hist(scores, bins=edges, density=True, histtype="step", linewidth=1.3, label=name)
+    ax.set(xlabel="anomaly score (higher = more anomalous)", ylabel="density", title=title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_reliability_diagram(confidence: Any, correct: Any, path: str | os.PathLike, bin_size: int = 100, title: str = "") -> Path:
+    """Accuracy vs mean confidence per adaptive bin (the bins of :func:`oe_common.calibration.calibration_errors`)."""
+    plt = _pyplot()
+    c = as_score_array(confidence, "confidence")
+    ok = np.asarray(correct, dtype=float)
+    order = np.argsort(c, kind="stable")
+    c, ok = c[order], ok[order]
+    n_bins = max(1, c.size // bin_size)
+    edges = [b * bin_size for b in range(n_bins)] + [c.size]
+    conf = [c[a:b].mean() for a, b in zip(edges[:-1], edges[1:])]
+    acc = [ok[a:b].mean() for a, b in zip(edges[:-1], edges[1:])]
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot([0, 1], [0, 1], "k:", linewidth=0.8)
+    ax.plot(conf, acc, "o-", markersize=3)
+    ax.set(xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1), title=title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)

@@ -1,0 +1,720 @@
+"""Corpora for the PTB language-model OE experiments (paper section 5, Table 6): PTB in-distribution,
+WikiText-2 as the outlier-exposure set, the five English Web Treebank domains as test anomalies.
+
+Everything is read from a data directory (``data_dir=...`` or ``$OE_DATA_DIR``; see
+:mod:`oe_common.data_dir`) laid out as ``data/README.md`` describes::
+
+    ptb/ptb.{train,valid,test}.txt                      word level (required for both levels)
+    ptb/ptb.char.train.txt.gz, ptb.char.{valid,test}.txt char level (each file may also be plain / gzipped)
+    wikitext-2/wiki.train.tokens.gz, wiki.{valid,test}.tokens
+    ewt/en_ewt-ud-{train,dev,test}.conllu[.gz]
+
+When a PTB or WikiText file is missing and ``HF_HUB_OFFLINE`` / ``HF_DATASETS_OFFLINE`` are not set, the loader
+falls back to the Hugging Face Hub (``load_dataset("ptb_text_only")``, ``load_dataset("wikitext",
+"wikitext-2-v1")``); PTB-char files, if missing, are derived from the PTB word lines with the exact rule of
+``data/ptb/derive_char.py`` (byte-identical to Mikolov's files). Otherwise a
+:class:`oe_common.data_dir.MissingDataError` names the missing files and where to put them.
+
+Streams (one int array of vocabulary ids per split / domain)
+------------------------------------------------------------
+* **PTB word**: ``line.split() + ["<eos>"]`` per line; vocabulary = the 10,000 train types (``<eos>``,
+  ``<unk>`` included), ids in first-appearance order of train. Test = 82,430 ids.
+* **PTB char**: per line of ``ptb.char.*`` ``line.split() + ["<eos>"]`` (the file's final space-only line is
+  dropped); 50 symbols (49 characters incl. ``_`` + ``<eos>``), ids in first-appearance order of train.
+* **WikiText-2 (OE outliers)**, word: ``line.split() + ["<eos>"]`` for every line (blank lines included, as
+  the standard loader), PTB vocabulary, no lower-casing, OOV -> ``<unk>`` (the paper's code). About 41% of
+  the train tokens become ``<unk>`` (capitalised words, digits, ``@-@`` ...). Char: see
+  :func:`oe_text.normalize.wikitext_char_lines` (glue ``@-@``/``@,@``/``@.@``, lower-case, drop non-PTB
+  characters -- digits are PTB characters and are kept -- ``_`` between words, ``<eos>`` per non-empty line).
+* **EWT (test anomalies)**, per domain (prefix of ``# sent_id`` before the first ``-``), sentences of the
+  train, dev and test files in that order (document order inside a file), the syntactic words of each
+  sentence (multiword-token ranges ``1-2`` and empty nodes ``8.1`` skipped), ``<eos>`` after each sentence.
+  Two protocols, both always available:
+
+  - ``"paper"``: the FORMs unchanged, PTB vocabulary, OOV -> ``<unk>`` (what the released code fed its word
+    LM; no lower-casing, punctuation kept).
+  - ``"clean"``: normalised like PTB itself (:func:`oe_text.normalize.normalize_ewt_clean`): hyphens glued,
+    PUNCT removed, lower-case, numbers -> ``N``, PTB escapes, then OOV -> ``<unk>``; sentences left empty
+    are skipped.
+
+  Char level (both protocols): the protocol's word tokens *after* the vocabulary cut, spelled out the way
+  PTB-char was derived from PTB (characters of each word, ``_`` between words, ``<unk>`` as the five
+  characters ``< u n k >``, ``N`` as ``N``, ``<eos>`` after each sentence). Those words are PTB vocabulary
+  tokens, so "lower-case and drop unknown characters" has nothing left to do. Under ``"paper"`` every
+  capitalised word, punctuation mark and number is ``<unk>`` at word level (28-35% of EWT tokens, vs 8-13%
+  under ``"clean"``), so paper-protocol char streams contain that many ``< u n k >``: a consequence of the
+  word protocol, not of the bug below.
+
+  **Note on the paper's char-level EWT numbers.** The released code (``OODCorpus`` with ``char=True``) looked
+  each whole EWT word up in the *character* dictionary, so every word longer than one character became
+  ``< u n k >`` and the "sentences" were mostly ``< u n k > _ < u n k > _ ...``. The char-level EWT rows of
+  Table 6 were measured on that text and cannot be reproduced with either protocol here; that bug is not
+  copied.
+
+Sequences: non-overlapping windows of ``seq_len + 1`` ids, ``seq_len`` of them predicted (70 word / 150 char),
+each scored on its own; see :mod:`oe_text.windows` for the exact definition. The ``len(in) // 5`` anomaly
+draw per domain is done by :func:`oe_common.metrics.evaluate_ood`, not here.
+
+Loaded arrays are cached in memory per process (keyed by file path, size and mtime, and vocabulary), so
+repeated calls are cheap; returned arrays are read-only.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
+
+import numpy as np
+
+from oe_common.data_dir import MissingDataError, require_files, resolve_data_dir
+
+from .normalize import (
+    EOS,
+    UNK,
+    ConlluWord,
+    derive_char_string,
+    normalize_ewt_clean,
+    normalize_ewt_paper,
+    wikitext_char_lines,
+)
+from .vocab import Vocabulary
+from .windows import make_windows, num_windows, windows_dataset, windows_to_stream
+
+__all__ = [
+    "LEVELS",
+    "PROTOCOLS",
+    "EWT_DOMAINS",
+    "EWT_SPLITS",
+    "DEFAULT_SEQ_LEN",
+    "Vocabulary",
+    "ConlluWord",
+    "ConlluSentence",
+    "TextOEData",
+    "read_conllu",
+    "ptb_vocab",
+    "ptb_stream",
+    "wikitext_stream",
+    "ewt_sentences",
+    "ewt_streams",
+    "ewt_domains",
+    "load_text_oe_data",
+    "make_windows",
+    "windows_dataset",
+    "windows_to_stream",
+    "num_windows",
+    "unk_fraction",
+    "clear_cache",
+]
+
+logger = logging.getLogger(__name__)
+
+LEVELS = ("word", "char")
+PROTOCOLS = ("paper", "clean")
+EWT_DOMAINS = ("answers", "email", "newsgroup", "reviews", "weblog")
+EWT_SPLITS = ("train", "dev", "test")
+DEFAULT_SEQ_LEN = {"word": 70, "char": 150}
+_SPLITS = ("train", "valid", "test")
+_HUB_SPLIT = {"train": "train", "valid": "validation", "test": "test"}
+
+_PTB_WORD = {s: f"ptb.{s}.txt" for s in _SPLITS}
+_PTB_CHAR = {"train": "ptb.char.train.txt.gz", "valid": "ptb.char.valid.txt", "test": "ptb.char.test.txt"}
+_WIKI = {"train": "wiki.train.tokens.gz", "valid": "wiki.valid.tokens", "test": "wiki.test.tokens"}
+
+_PTB_HINT = (
+    "These are Mikolov's simple-examples files data/ptb.{train,valid,test}.txt (see data/README.md; "
+    "any file may be plain or .gz)."
+)
+_PTB_CHAR_HINT = (
+    "These are Mikolov's ptb.char.{train,valid,test}.txt (plain or .gz). Without them the char files are "
+    "derived from ptb/ptb.{train,valid,test}.txt."
+)
+_WIKI_HINT = "These are the tokenized WikiText-2 (wikitext-2-v1) files wiki.{train,valid,test}.tokens (plain or .gz)."
+_EWT_HINT = (
+    "These are the UD English-EWT files en_ewt-ud-{train,dev,test}.conllu (plain or .gz) from "
+    "https://github.com/UniversalDependencies/UD_English-EWT; there is no Hub fallback for EWT."
+)
+
+
+# =============================================================================================== utilities
+# Keys hold file stats, vocabulary fingerprints, or the id() of another cached object (stable while cached;
+# clear_cache() drops everything at once, so a reused id can never hit a stale entry).
+_CACHE: dict[tuple, Any] = {}
+
+
+def clear_cache() -> None:
+    """Forget every cached corpus (e.g. after changing files in place)."""
+    _CACHE.clear()
+
+
+def _cached(key: tuple, build: Callable[[], Any]) -> Any:
+    if key not in _CACHE:
+        value = build()
+        if isinstance(value, np.ndarray):
+            value.flags.writeable = False
+        _CACHE[key] = value
+    return _CACHE[key]
+
+
+def _stat_key(paths: Iterable[Path]) -> tuple:
+    out = []
+    for p in paths:
+        st = p.stat()
+        out.append((str(p.resolve()), st.st_size, st.st_mtime_ns))
+    return tuple(out)
+
+
+def _check_level(level: str) -> str:
+    if level not in LEVELS:
+        raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
+    return level
+
+
+def _check_split(split: str, allowed: Sequence[str] = _SPLITS) -> str:
+    if split not in allowed:
+        raise ValueError(f"split must be one of {tuple(allowed)}, got {split!r}")
+    return split
+
+
+def _check_protocol(protocol: str) -> str:
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    return protocol
+
+
+def _variant(folder: Path, name: str) -> Path | None:
+    """``name`` in ``folder``, accepting the gzipped / plain twin (``x.txt`` <-> ``x.txt.gz``)."""
+    candidates = [name, name[:-3]] if name.endswith(".gz") else [name, name + ".gz"]
+    for cand in candidates:
+        p = folder / cand
+        if p.is_file():
+            return p
+    return None
+
+
+def _locate(data_dir, sub: str, names: Sequence[str], corpus: str, hint: str) -> list[Path]:
+    """The files ``names`` (or their .gz/plain twins) in ``<data_dir>/sub``, or a MissingDataError naming all missing."""
+    folder = resolve_data_dir(data_dir) / sub
+    found = [_variant(folder, n) for n in names]
+    missing = [n for n, f in zip(names, found) if f is None]
+    if missing:
+        require_files(folder, missing, corpus, hint)  # raises MissingDataError with the standard message
+    return [f for f in found if f is not None]
+
+
+def _read_text(path: Path) -> str:
+    if path.name.endswith(".gz"):
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            return f.read()
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+def _text_lines(text: str) -> list[str]:
+    """Lines as ``for line in file`` gives them (split on ``\\n`` only); a final unterminated blank fragment
+    (PTB-char's trailing ``" "``, or the empty string after the last newline) is dropped."""
+    lines = text.split("\n")
+    if lines and not lines[-1].strip():
+        lines.pop()
+    return lines
+
+
+def _hub_disabled() -> bool:
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        value = os.environ.get(var)
+        if value is not None and value.strip().lower() not in ("", "0", "false", "no", "off"):
+            return True
+    return False
+
+
+def _hub_lines(err: MissingDataError, path: str, name: str | None, split: str, column: str) -> list[str]:
+    """Rows of a Hub dataset as text lines; only called after the local files were found missing."""
+    call = f"datasets.load_dataset({path!r}{'' if name is None else ', ' + repr(name)}, split={split!r})"
+    if _hub_disabled():
+        raise MissingDataError(f"{err} (HF_HUB_OFFLINE is set, so the Hub fallback {call} was not tried.)") from None
+    try:
+        import datasets
+
+        logger.warning("%s Falling back to the Hugging Face Hub: %s", err, call)
+        ds = datasets.load_dataset(path, name, split=split)
+        rows = ds[column]
+    except Exception as exc:  # network down, dataset moved, ...: report both problems
+        raise MissingDataError(f"{err} The Hub fallback {call} failed too: {type(exc).__name__}: {exc}") from exc
+    return [str(r).rstrip("\n") for r in rows]
+
+
+def _encode_char_string(s: str, vocab: Vocabulary, what: str) -> np.ndarray:
+    """Encode a string whose characters are char tokens and ``\\n`` is ``<eos>``."""
+    try:
+        raw = np.frombuffer(s.encode("ascii"), dtype=np.uint8)
+    except UnicodeEncodeError:
+        bad = sorted({c for c in s if ord(c) >= 128})[:10]
+        raise ValueError(f"{what}: non-ASCII characters not in the char vocabulary: {bad}") from None
+    ids = vocab.char_lookup_table()[raw]
+    if ids.size and ids.min() < 0:
+        bad = sorted({chr(b) for b in np.unique(raw[ids < 0])})
+        raise ValueError(f"{what}: characters not in the char vocabulary: {bad}")
+    return ids
+
+
+def _word_ids(lines: Iterable[Sequence[str]], vocab: Vocabulary) -> np.ndarray:
+    """``tokens + [eos]`` for every token list, encoded (OOV -> unk)."""
+    eos = vocab.eos
+    flat: list[str] = []
+    for toks in lines:
+        flat.extend(toks)
+        flat.append(eos)
+    return vocab.encode(flat)
+
+
+def _text_line_ids(lines: Sequence[str], vocab: Vocabulary) -> np.ndarray:
+    """``line.split() + [eos]`` for every text line, encoded (OOV -> unk) -- one C-level split of the whole text."""
+    if not lines:
+        return np.zeros(0, dtype=np.int64)
+    sep = f" {vocab.eos}\n"
+    return vocab.encode((sep.join(lines) + sep).split())
+
+
+def unk_fraction(ids: np.ndarray, vocab: Vocabulary) -> float:
+    """Fraction of ids in ``ids`` that are ``vocab.unk_id`` (``<eos>`` counted in the denominator)."""
+    ids = np.asarray(ids)
+    if vocab.unk_id is None:
+        raise ValueError("this vocabulary has no unk token")
+    return float((ids == vocab.unk_id).mean()) if ids.size else 0.0
+
+
+# =============================================================================================== PTB
+def _ptb_word_lines(split: str, data_dir) -> list[str]:
+    _check_split(split)
+    try:
+        paths = _locate(data_dir, "ptb", [_PTB_WORD[s] for s in _SPLITS], "PTB (word level)", _PTB_HINT)
+    except MissingDataError as err:
+        return _cached(("hub", "ptb_text_only", split), lambda: _hub_lines(err, "ptb_text_only", None, _HUB_SPLIT[split], "sentence"))
+    path = paths[_SPLITS.index(split)]
+    return _cached(("ptb_word_lines",) + _stat_key([path]), lambda: _text_lines(_read_text(path)))
+
+
+def _ptb_char_string(split: str, data_dir) -> str:
+    """PTB-char split as one string: one character per char token, ``\\n`` = ``<eos>``."""
+    _check_split(split)
+    try:
+        paths = _locate(data_dir, "ptb", [_PTB_CHAR[s] for s in _SPLITS], "PTB (char level)", _PTB_CHAR_HINT)
+    except MissingDataError as char_err:
+        try:
+            word_lines = _ptb_word_lines(split, data_dir)
+        except MissingDataError as word_err:
+            raise MissingDataError(f"{char_err} {word_err}") from None
+        logger.info("PTB char files missing; deriving ptb.char.%s from the word lines (derive_char.py rule)", split)
+        return _cached(
+            ("ptb_char_derived", id(word_lines)),
+            lambda: "".join(derive_char_string(line.split()) + "\n" for line in word_lines),
+        )
+    path = paths[_SPLITS.index(split)]
+
+    def build() -> str:
+        lines = _text_lines(_read_text(path))
+        # Every char token is a single character separated by whitespace, so removing the whitespace of each
+        # line is `line.split()`; this runs at C speed on the 5M-character train file.
+        return "".join("".join(line.split()) + "\n" for line in lines)
+
+    return _cached(("ptb_char_string",) + _stat_key([path]), build)
+
+
+def ptb_vocab(level: str = "word", data_dir=None) -> Vocabulary:
+    """The PTB vocabulary of ``level`` built from the train split (ids in first-appearance order).
+
+    Word: 10,000 tokens incl. ``<eos>`` and ``<unk>`` (``unk="<unk>"``). Char: 50 symbols incl. ``_`` and
+    ``<eos>`` (``unk=None``).
+    """
+    _check_level(level)
+    if level == "word":
+        lines = _ptb_word_lines("train", data_dir)
+
+        def tokens():
+            for line in lines:
+                yield from line.split()
+                yield EOS
+
+        return _cached(("ptb_vocab", "word", id(lines)), lambda: Vocabulary.build(tokens(), unk=UNK, eos=EOS, level="word"))
+    text = _ptb_char_string("train", data_dir)
+    return _cached(
+        ("ptb_vocab", "char", id(text)),
+        lambda: Vocabulary.build((EOS if c == "\n" else c for c in dict.fromkeys(text)), unk=None, eos=EOS, level="char"),
+    )
+
+
+def ptb_stream(split: str = "train", level: str = "word", data_dir=None, vocab: Vocabulary | None = None) -> np.ndarray:
+    """PTB ``split`` (train/valid/test) as an id array (int64) of the PTB vocabulary of ``level`` (or ``vocab``)."""
+    _check_level(level)
+    _check_split(split)
+    vocab = vocab if vocab is not None else ptb_vocab(level, data_dir)
+    if level == "word":
+        lines = _ptb_word_lines(split, data_dir)
+        return _cached(("ptb_stream", "word", id(lines), vocab.fingerprint), lambda: _text_line_ids(lines, vocab))
+    text = _ptb_char_string(split, data_dir)
+    return _cached(("ptb_stream", "char", id(text), vocab.fingerprint), lambda: _encode_char_string(text, vocab, f"PTB char {split}"))
+
+
+# =============================================================================================== WikiText-2
+def _wikitext_lines(split: str, data_dir) -> list[str]:
+    _check_split(split)
+    try:
+        paths = _locate(data_dir, "wikitext-2", [_WIKI[s] for s in _SPLITS], "WikiText-2", _WIKI_HINT)
+    except MissingDataError as err:
+        return _cached(
+            ("hub", "wikitext-2-v1", split), lambda: _hub_lines(err, "wikitext", "wikitext-2-v1", _HUB_SPLIT[split], "text")
+        )
+    path = paths[_SPLITS.index(split)]
+    return _cached(("wikitext_lines",) + _stat_key([path]), lambda: _text_lines(_read_text(path)))
+
+
+def wikitext_stream(split: str = "train", level: str = "word", data_dir=None, vocab: Vocabulary | None = None) -> np.ndarray:
+    """WikiText-2 ``split`` mapped onto the PTB vocabulary of ``level`` (see the module docstring for the rules)."""
+    _check_level(level)
+    _check_split(split)
+    vocab = vocab if vocab is not None else ptb_vocab(level, data_dir)
+    lines = _wikitext_lines(split, data_dir)
+    if level == "word":
+        if vocab.unk is None:
+            raise ValueError("word-level WikiText needs a vocabulary with an unk token")
+        return _cached(("wikitext_stream", "word", id(lines), vocab.fingerprint), lambda: _text_line_ids(lines, vocab))
+
+    def build() -> np.ndarray:
+        char_lines = wikitext_char_lines(lines, vocab.symbols())
+        return _encode_char_string("".join(l + "\n" for l in char_lines), vocab, f"WikiText char {split}")
+
+    return _cached(("wikitext_stream", "char", id(lines), vocab.fingerprint), build)
+
+
+# =============================================================================================== EWT
+class ConlluSentence(NamedTuple):
+    sent_id: str
+    domain: str
+    words: list[ConlluWord]
+
+
+_SENT_ID_RE = re.compile(r"#\s*sent_id\s*=?\s*(\S.*?)\s*$")
+
+
+def read_conllu(path: str | os.PathLike) -> Iterator[ConlluSentence]:
+    """Sentences of a CoNLL-U file (plain or .gz) with their syntactic words.
+
+    Multiword-token lines (``1-2``) and empty nodes (``8.1``) are not words; a multiword token's
+    ``SpaceAfter=No`` is given to its last word (its inner words have no space after them). The domain is the
+    part of ``# sent_id`` before the first ``-``; a sentence without ``# sent_id`` is an error.
+    """
+    path = Path(path)
+    opener = gzip.open if path.name.endswith(".gz") else open
+    sent_id: str | None = None
+    words: list[ConlluWord] = []
+    no_space: set[str] = set()
+    start = 0
+
+    def flush(lineno: int) -> ConlluSentence:
+        if sent_id is None:
+            raise ValueError(f"{path}: the sentence at lines {start}-{lineno} has no '# sent_id' comment (it gives the domain)")
+        return ConlluSentence(sent_id, sent_id.split("-", 1)[0], words)
+
+    with opener(path, "rt", encoding="utf-8") as f:
+        lineno = 0
+        for lineno, line in enumerate(f, 1):
+            line = line.rstrip("\r\n")
+            if not line.strip():
+                if words:
+                    yield flush(lineno)
+                sent_id, words, no_space, start = None, [], set(), 0
+                continue
+            if not start:
+                start = lineno
+            if line.startswith("#"):
+                m = _SENT_ID_RE.match(line)
+                if m:
+                    sent_id = m.group(1)
+                continue
+            cols = line.split("\t")
+            if len(cols) != 10:
+                raise ValueError(f"{path}:{lineno}: a CoNLL-U word line has 10 tab-separated columns, found {len(cols)}")
+            tid, misc = cols[0], cols[9]
+            if "-" in tid:  # multiword token a-b: its words follow
+                a, b = tid.split("-", 1)
+                no_space.update(str(k) for k in range(int(a), int(b)))
+                if "SpaceAfter=No" in misc.split("|"):
+                    no_space.add(b)
+                continue
+            if "." in tid:  # empty node
+                continue
+            space_after = "SpaceAfter=No" not in misc.split("|") and tid not in no_space
+            words.append(ConlluWord(cols[1], cols[3], cols[4], space_after))
+        if words:
+            yield flush(lineno)
+
+
+def _ewt_files(data_dir, splits: Sequence[str] | None) -> list[Path]:
+    if splits is None:
+        folder = resolve_data_dir(data_dir) / "ewt"
+        files = sorted(folder.glob("*.conllu")) + sorted(folder.glob("*.conllu.gz"))
+        seen, unique = set(), []
+        for p in files:  # x.conllu and x.conllu.gz: keep the plain one
+            stem = p.name[:-3] if p.name.endswith(".gz") else p.name
+            if stem not in seen:
+                seen.add(stem)
+                unique.append(p)
+        if not unique:
+            require_files(folder, [f"en_ewt-ud-{s}.conllu" for s in EWT_SPLITS], "English Web Treebank (UD)", _EWT_HINT)
+
+        def rank(p: Path):
+            for i, s in enumerate(EWT_SPLITS):
+                if f"-{s}." in p.name:
+                    return (i, p.name)
+            return (len(EWT_SPLITS), p.name)
+
+        return sorted(unique, key=rank)
+    for s in splits:
+        _check_split(s, EWT_SPLITS)
+    return _locate(data_dir, "ewt", [f"en_ewt-ud-{s}.conllu" for s in splits], "English Web Treebank (UD)", _EWT_HINT)
+
+
+def _ewt_parsed(data_dir, splits: Sequence[str] | None) -> dict[str, list[list[ConlluWord]]]:
+    files = _ewt_files(data_dir, splits)
+
+    def build() -> dict[str, list[list[ConlluWord]]]:
+        by_domain: dict[str, list[list[ConlluWord]]] = {d: [] for d in EWT_DOMAINS}
+        for path in files:
+            for sent in read_conllu(path):
+                by_domain.setdefault(sent.domain, []).append(sent.words)
+        return {d: s for d, s in by_domain.items() if s}
+
+    return _cached(("ewt_parsed",) + _stat_key(files), build)
+
+
+def ewt_sentences(
+    protocol: str = "clean",
+    data_dir=None,
+    word_vocab: Vocabulary | None = None,
+    splits: Sequence[str] | None = EWT_SPLITS,
+    map_oov: bool = True,
+) -> dict[str, list[list[str]]]:
+    """Per EWT domain, the word tokens of every sentence under ``protocol`` (no ``<eos>``).
+
+    Args:
+        protocol: ``"paper"`` or ``"clean"`` (module docstring).
+        data_dir: the data directory (else ``$OE_DATA_DIR``).
+        word_vocab: the vocabulary for the OOV cut (default: PTB's word vocabulary from ``data_dir``).
+        splits: UD splits to read, in this order (default train, dev, test); None = every ``*.conllu[.gz]``
+            file in ``ewt/``.
+        map_oov: replace tokens outside ``word_vocab`` with ``<unk>`` (False: the normalised words before the cut).
+
+    Domains come in the order answers, email, newsgroup, reviews, weblog (then any other, in order of first
+    appearance). Under ``"clean"`` sentences left without tokens are skipped. The result is cached: do not
+    modify it in place.
+    """
+    _check_protocol(protocol)
+    parsed = _ewt_parsed(data_dir, splits)
+    norm = normalize_ewt_paper if protocol == "paper" else normalize_ewt_clean
+    if map_oov:
+        word_vocab = word_vocab if word_vocab is not None else ptb_vocab("word", data_dir)
+        if word_vocab.unk is None:
+            raise ValueError("the OOV cut needs a word vocabulary with an unk token")
+    vocab_key = word_vocab.fingerprint if map_oov else None
+
+    def build() -> dict[str, list[list[str]]]:
+        out: dict[str, list[list[str]]] = {}
+        stoi = word_vocab.stoi if map_oov else None
+        unk = word_vocab.unk if map_oov else None
+        for domain, sents in parsed.items():
+            rows = []
+            for words in sents:
+                toks = norm(words)
+                if not toks:
+                    continue
+                if stoi is not None:
+                    toks = [t if t in stoi else unk for t in toks]
+                rows.append(toks)
+            out[domain] = rows
+        return out
+
+    return _cached(("ewt_sentences", protocol, id(parsed), vocab_key), build)
+
+
+def ewt_streams(
+    level: str = "word",
+    protocol: str = "clean",
+    data_dir=None,
+    vocab: Vocabulary | None = None,
+    word_vocab: Vocabulary | None = None,
+    splits: Sequence[str] | None = EWT_SPLITS,
+) -> dict[str, np.ndarray]:
+    """Per EWT domain, the id stream of ``level`` under ``protocol`` (``<eos>`` after each sentence).
+
+    ``vocab`` is the vocabulary of ``level`` (default PTB's); ``word_vocab`` the word vocabulary of the OOV cut
+    (default PTB's; at word level it defaults to ``vocab``).
+    """
+    _check_level(level)
+    _check_protocol(protocol)
+    vocab = vocab if vocab is not None else ptb_vocab(level, data_dir)
+    if word_vocab is None:
+        word_vocab = vocab if level == "word" else ptb_vocab("word", data_dir)
+    sents = ewt_sentences(protocol, data_dir, word_vocab=word_vocab, splits=splits)
+
+    def build() -> dict[str, np.ndarray]:
+        out = {}
+        charset = set(vocab.symbols()) - {"_"}
+        for domain, rows in sents.items():
+            if level == "word":
+                ids = _word_ids(rows, vocab)
+            else:
+                kept = (_keep_chars(words, charset) for words in rows)
+                text = "".join(derive_char_string(words) + "\n" for words in kept if words)
+                ids = _encode_char_string(text, vocab, f"EWT {domain} ({protocol}, char)")
+            ids.flags.writeable = False
+            out[domain] = ids
+        return out
+
+    return _cached(("ewt_streams", level, protocol, id(sents), vocab.fingerprint), build)
+
+
+def _keep_chars(words: Sequence[str], charset: set[str]) -> list[str]:
+    """Drop characters outside ``charset`` (a no-op for PTB vocabulary words); words left empty disappear."""
+    out = []
+    for w in words:
+        if not all(c in charset for c in w):
+            w = "".join(c for c in w if c in charset)
+        if w:
+            out.append(w)
+    return out
+
+
+def ewt_domains(
+    level: str = "word",
+    protocol: str = "clean",
+    data_dir=None,
+    vocab: Vocabulary | None = None,
+    seq_len: int | None = None,
+    *,
+    word_vocab: Vocabulary | None = None,
+    splits: Sequence[str] | None = EWT_SPLITS,
+    drop_last: bool = False,
+) -> dict[str, "Dataset"]:  # noqa: F821
+    """Per EWT domain, all windows as a ``datasets.Dataset`` (``input_ids``, ``labels``, ``attention_mask``).
+
+    ``seq_len`` defaults to 70 (word) / 150 (char). Give these to ``evaluate_ood`` as the anomaly sets; it draws
+    ``n_in // 5`` windows per domain.
+    """
+    _check_level(level)
+    seq_len = DEFAULT_SEQ_LEN[level] if seq_len is None else seq_len
+    vocab = vocab if vocab is not None else ptb_vocab(level, data_dir)
+    streams = ewt_streams(level, protocol, data_dir, vocab=vocab, word_vocab=word_vocab, splits=splits)
+    return {d: windows_dataset(ids, seq_len, pad_id=vocab.eos_id, drop_last=drop_last) for d, ids in streams.items()}
+
+
+# =============================================================================================== bundle
+@dataclass
+class TextOEData:
+    """Everything the PTB OE experiment needs at one level (returned by :func:`load_text_oe_data`).
+
+    Every dataset has the columns ``input_ids``, ``labels`` (== input_ids, -100 on padding) and
+    ``attention_mask``, rows of ``seq_len + 1`` ids (see :mod:`oe_text.windows`).
+    """
+
+    level: str
+    seq_len: int
+    vocab: Vocabulary
+    word_vocab: Vocabulary
+    ptb_train: Any
+    ptb_valid: Any
+    ptb_test: Any
+    wikitext_train: Any
+    wikitext_valid: Any
+    ewt: dict[str, dict[str, Any]]
+    streams: dict[str, np.ndarray] = field(repr=False)
+    stats: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def ewt_domains(self, protocol: str = "clean") -> dict[str, Any]:
+        """The anomaly sets (domain -> Dataset) of one protocol."""
+        if protocol not in self.ewt:
+            raise KeyError(f"protocol {protocol!r} was not loaded; loaded: {sorted(self.ewt)}")
+        return self.ewt[protocol]
+
+    @property
+    def in_test(self):
+        """The in-distribution test set (all PTB test windows)."""
+        return self.ptb_test
+
+    @property
+    def outlier_train(self):
+        """The OE training set (WikiText-2 train windows)."""
+        return self.wikitext_train
+
+
+def load_text_oe_data(
+    level: str = "word",
+    data_dir=None,
+    protocol: str | Sequence[str] = PROTOCOLS,
+    seq_len: int | None = None,
+    *,
+    drop_last: bool = False,
+    ewt_splits: Sequence[str] | None = EWT_SPLITS,
+) -> TextOEData:
+    """Load PTB (train/valid/test), WikiText-2 (train/valid) and the EWT domains as windows at ``level``.
+
+    Args:
+        level: ``"word"`` or ``"char"``.
+        data_dir: the data directory (else ``$OE_DATA_DIR``).
+        protocol: the EWT protocol(s) to load: ``"paper"``, ``"clean"`` or both (default).
+        seq_len: predicted tokens per window (default 70 word / 150 char).
+        drop_last: drop every stream's final partial window instead of padding it.
+        ewt_splits: the UD splits to read for EWT (default all three).
+    """
+    _check_level(level)
+    protocols = (protocol,) if isinstance(protocol, str) else tuple(protocol)
+    if not protocols:
+        raise ValueError("give at least one EWT protocol")
+    for p in protocols:
+        _check_protocol(p)
+    seq_len = DEFAULT_SEQ_LEN[level] if seq_len is None else seq_len
+    word_vocab = ptb_vocab("word", data_dir)
+    vocab = word_vocab if level == "word" else ptb_vocab("char", data_dir)
+
+    streams: dict[str, np.ndarray] = {}
+    for split in _SPLITS:
+        streams[f"ptb/{split}"] = ptb_stream(split, level, data_dir, vocab=vocab)
+    for split in ("train", "valid"):
+        streams[f"wikitext/{split}"] = wikitext_stream(split, level, data_dir, vocab=vocab)
+    for p in protocols:
+        for domain, ids in ewt_streams(level, p, data_dir, vocab=vocab, word_vocab=word_vocab, splits=ewt_splits).items():
+            streams[f"ewt/{p}/{domain}"] = ids
+
+    def win(key: str):
+        return windows_dataset(streams[key], seq_len, pad_id=vocab.eos_id, drop_last=drop_last)
+
+    ewt = {p: {k.split("/")[2]: win(k) for k in streams if k.startswith(f"ewt/{p}/")} for p in protocols}
+    stats: dict[str, Any] = {
+        "tokens": {k: int(v.size) for k, v in streams.items()},
+        "windows": {k: num_windows(v.size, seq_len, drop_last) for k, v in streams.items()},
+    }
+    if level == "word":
+        stats["unk_fraction"] = {k: unk_fraction(v, vocab) for k, v in streams.items()}
+    else:  # the word-level OOV rate of the EWT words the char streams were spelled from
+        stats["ewt_word_unk_fraction"] = {
+            f"ewt/{p}/{d}": (sum(t == word_vocab.unk for s in rows for t in s) / max(1, sum(len(s) for s in rows)))
+            for p in protocols
+            for d, rows in ewt_sentences(p, data_dir, word_vocab=word_vocab, splits=ewt_splits).items()
+        }
+    return TextOEData(
+        level=level,
+        seq_len=seq_len,
+        vocab=vocab,
+        word_vocab=word_vocab,
+        ptb_train=win("ptb/train"),
+        ptb_valid=win("ptb/valid"),
+        ptb_test=win("ptb/test"),
+        wikitext_train=win("wikitext/train"),
+        wikitext_valid=win("wikitext/valid"),
+        ewt=ewt,
+        streams=streams,
+        stats=stats,
+    )

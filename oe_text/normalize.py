@@ -1,0 +1,203 @@
+"""Text normalisation rules that map WikiText-2 and the English Web Treebank onto PTB's conventions.
+
+Everything here is pure string processing (no files, no vocabulary files); the loaders in
+:mod:`oe_text.data` apply these rules and then encode with the PTB vocabulary.
+
+PTB conventions (Mikolov's LM version, checked on ``ptb.train.txt``)
+--------------------------------------------------------------------
+* lower-case; one sentence per line; no punctuation tokens (no ``, . ? ! : ; ( ) " --``), but the symbol
+  tokens ``$ # & '`` and clitics (``'s n't 're``) are words;
+* numbers are the token ``N``. What counts as a number (see :func:`is_number`) was recovered from the data:
+  digit strings with separators become ``N``; tokens where digits are glued to letters are ordinary words
+  (``1950s``, ``20th``, ``'80s``, ``30-year``, ``2-for-1`` are in the vocabulary). ``%`` is also ``N``
+  (PTB has no ``%`` token, only 16 ``percent``, and ``N N`` -- "7.5 %" -- occurs 7,183 times);
+* hyphenated compounds are single tokens (``long-term``, ``third-quarter``, ``hydro-quebec``);
+* ``/`` and ``*`` are escaped as ``\\/`` and ``\\*`` (``mgm\\/ua``, ``property\\/casualty``, ``\\*\\*``);
+* the 10,000 most frequent types form the vocabulary; everything else is ``<unk>``.
+
+PTB-char was derived from the word files (``data/ptb/derive_char.py``): the characters of each word, ``_``
+between words, ``<unk>`` spelled as the five characters ``< u n k >``, ``N`` kept as the character ``N``.
+Its character set has 48 word characters ``# $ & ' * - . / 0-9 < > N \\ a-z`` plus ``_`` (digits are in the
+set: they occur in words such as ``1950s``).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Iterable, NamedTuple, Sequence
+
+__all__ = [
+    "EOS",
+    "UNK",
+    "NUM",
+    "WORD_SEP",
+    "NUMBER_RE",
+    "is_number",
+    "ConlluWord",
+    "normalize_ewt_paper",
+    "normalize_ewt_clean",
+    "join_hyphenated",
+    "ptb_escape",
+    "derive_char_string",
+    "derive_char_tokens",
+    "wikitext_char_lines",
+    "wikitext_char_line",
+]
+
+EOS = "<eos>"
+UNK = "<unk>"
+NUM = "N"
+WORD_SEP = "_"
+
+#: A number, PTB style: optional sign, then digit groups joined by ``. , : / -`` (or PTB's escaped ``\\/``),
+#: optionally starting with a decimal point. Matches ``3``, ``3.5``, ``.5``, ``1,000``, ``-2``, ``10:30``,
+#: ``1/2``, ``08/16/2000``, ``1990-91``, ``555-1234``; not ``1990s``, ``3rd``, ``30-year``, ``Q1``, ``5.``,
+#: ``1,`` or anything with a letter.
+NUMBER_RE = re.compile(r"[+-]?\.?[0-9]+(?:(?:[.,:/-]|\\/)[0-9]+)*")
+
+_APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'"})
+_PTB_ESCAPES = (("/", "\\/"), ("*", "\\*"))
+
+
+def is_number(token: str) -> bool:
+    """True if ``token`` is a number that PTB writes as ``N`` (``%`` included; see the module docstring)."""
+    return token == "%" or NUMBER_RE.fullmatch(token) is not None
+
+
+def ptb_escape(token: str) -> str:
+    """PTB's escaping: ``/`` -> ``\\/`` and ``*`` -> ``\\*`` (already escaped ones are left alone)."""
+    for raw, escaped in _PTB_ESCAPES:
+        if raw in token:
+            token = token.replace(escaped, raw).replace(raw, escaped)
+    return token
+
+
+class ConlluWord(NamedTuple):
+    """One syntactic word of a CoNLL-U sentence (multiword-token ranges and empty nodes are not words)."""
+
+    form: str
+    upos: str = "_"
+    xpos: str = "_"
+    space_after: bool = True
+
+
+def normalize_ewt_paper(words: Sequence[ConlluWord]) -> list[str]:
+    """Protocol ``paper``: the FORM of every syntactic word, unchanged (what the released code fed its word LM).
+
+    No lower-casing, punctuation kept, numbers kept; OOV -> ``<unk>`` happens at encoding time.
+    """
+    return [w.form for w in words]
+
+
+def join_hyphenated(words: Sequence[ConlluWord]) -> list[ConlluWord]:
+    """Glue UD's split hyphens back onto their neighbours, as PTB writes compounds (``long - term`` -> ``long-term``).
+
+    A word is a joining hyphen when its FORM is ``-``, its XPOS is ``HYPH`` (or its UPOS is PUNCT), there is no
+    space before it (the previous word has ``SpaceAfter=No``) and none after it, and a next word exists.
+    Chains (``state - of - the - art``) become one word. Spaced dashes (``a - b``) are left alone.
+    """
+    out: list[ConlluWord] = []
+    i, n = 0, len(words)
+    while i < n:
+        w = words[i]
+        if (
+            out
+            and w.form == "-"
+            and (w.xpos == "HYPH" or w.upos == "PUNCT")
+            and not out[-1].space_after
+            and not w.space_after
+            and i + 1 < n
+            and out[-1].upos != "PUNCT"
+            and words[i + 1].upos != "PUNCT"
+        ):
+            prev, nxt = out[-1], words[i + 1]
+            upos = prev.upos if prev.upos == nxt.upos else "X"
+            out[-1] = ConlluWord(prev.form + "-" + nxt.form, upos, "_", nxt.space_after)
+            i += 2
+            continue
+        out.append(w)
+        i += 1
+    return out
+
+
+def normalize_ewt_clean(words: Sequence[ConlluWord]) -> list[str]:
+    """Protocol ``clean``: the sentence normalised the way PTB itself was (before the vocabulary cut).
+
+    In order: glue split hyphens (:func:`join_hyphenated`); drop words whose UPOS is ``PUNCT``; curly
+    apostrophes ``\u2019 \u2018`` -> ``'``; lower-case; numbers (:func:`is_number`, ``%`` included) -> ``N``;
+    ``/`` and ``*`` escaped as in PTB (:func:`ptb_escape`). OOV -> ``<unk>`` happens at encoding time.
+    Symbols that UD tags SYM rather than PUNCT (``$ # % & + :)`` ...) are kept, as PTB keeps ``$ # &``.
+    The result can be empty (a sentence made only of punctuation); loaders then skip the sentence.
+    """
+    out = []
+    for w in join_hyphenated(words):
+        if w.upos == "PUNCT":
+            continue
+        tok = w.form.translate(_APOSTROPHES).lower()
+        if not tok or tok.isspace():
+            continue
+        if is_number(tok):
+            out.append(NUM)
+            continue
+        out.append(ptb_escape(tok))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- characters
+def derive_char_string(words: Sequence[str]) -> str:
+    """PTB-char derivation of one line of (already normalised, vocabulary-mapped) words: ``_`` between words.
+
+    ``derive_char_string(["the", "<unk>", "N"]) == "the_<unk>_N"`` -- one character per char token, the exact
+    rule of ``data/ptb/derive_char.py`` (which writes the same characters separated by spaces).
+    """
+    return WORD_SEP.join(words)
+
+
+def derive_char_tokens(words: Sequence[str], eos: str | None = EOS) -> list[str]:
+    """Char tokens of one line: :func:`derive_char_string` split into characters, then ``eos`` (if not None)."""
+    toks = list(derive_char_string(words))
+    if eos is not None:
+        toks.append(eos)
+    return toks
+
+
+def _char_filter_re(charset: Iterable[str]) -> re.Pattern:
+    chars = sorted(set(charset) - {WORD_SEP})
+    if any(len(c) != 1 for c in chars):
+        raise ValueError("charset must contain single characters")
+    return re.compile("[^" + "".join(re.escape(c) for c in chars) + r"\s]+")
+
+
+def wikitext_char_lines(lines: Iterable[str], charset: Iterable[str], keep_empty: bool = False) -> list[str]:
+    """WikiText lines -> PTB-char strings (one per kept line; each character is one char token, no eos).
+
+    Rule (the paper's, with the released code's problems fixed):
+
+    1. ``@-@``, ``@,@``, ``@.@`` are glued back onto their neighbours (``role @-@ playing`` -> ``role-playing``,
+       ``1 @,@ 000`` -> ``1,000``, ``3 @.@ 5`` -> ``3.5``): PTB writes such compounds as one word, and the
+       ``@`` is not a PTB character anyway.
+    2. lower-case;
+    3. drop every character that is not a PTB word character (``charset`` minus ``_``). ``_`` is dropped too,
+       since it is PTB-char's word separator. Digits ARE PTB characters (``1950s``) and are kept -- the released
+       code meant to turn digits into ``N`` but compared characters with ints, and the paper lists "WikiText
+       digits dropped" as a problem; we keep them. So ``1 @,@ 000`` -> ``1000`` (the comma is not a PTB
+       character), ``= = Section = =`` -> ``section``, ``<unk>`` stays ``< u n k >``, accented letters vanish;
+    4. words left empty disappear (no ``__``); ``_`` between the remaining words;
+    5. lines left empty (WikiText's blank lines, or lines of dropped characters only) are dropped
+       (``keep_empty=False``, the default): PTB-char has no empty lines, and a lone ``<eos>`` carries no text.
+       The word level, by contrast, keeps an ``<eos>`` for every line as the standard loader does.
+    """
+    drop = _char_filter_re(charset)
+    out = []
+    for line in lines:
+        line = f" {line} ".replace(" @-@ ", "-").replace(" @,@ ", ",").replace(" @.@ ", ".")
+        words = drop.sub("", line.lower()).split()
+        if words or keep_empty:
+            out.append(WORD_SEP.join(words))
+    return out
+
+
+def wikitext_char_line(line: str, charset: Iterable[str]) -> str:
+    """:func:`wikitext_char_lines` for one line (``""`` if nothing is left)."""
+    res = wikitext_char_lines([line], charset, keep_empty=True)
+    return res[0]

@@ -1,0 +1,125 @@
+"""Cut a token-id stream into independent, non-overlapping language-model windows.
+
+Definition (used for training, OE outliers and scoring alike)
+-------------------------------------------------------------
+A stream ``ids`` (after an optional ``offset``) is cut into consecutive, disjoint chunks of ``seq_len + 1``
+ids: window ``k`` is ``ids[k*(seq_len+1) : (k+1)*(seq_len+1)]``. Each chunk is one example with
+``input_ids == labels`` (the Hugging Face causal-LM convention: the model shifts internally, position ``t``
+predicts ``labels[t+1]``), so a full window has exactly ``seq_len`` predicted tokens and its first token is
+context only. Consecutive windows share no token: the first token of window ``k+1`` is the token after the
+last token of window ``k`` and is never predicted. So
+
+* every stream token lies in exactly one window (concatenating the windows' real tokens gives the stream);
+* no window sees anything from another one: no hidden state is carried and there is no one-token overlap
+  (the released OE code used ``data = ids[i:i+70]``, ``target = ids[i+1:i+71]`` with carried state, so each
+  sequence was conditioned on its predecessor);
+* a stream of ``n`` ids gives ``n // (seq_len+1)`` full windows and ``seq_len/(seq_len+1)`` of its tokens
+  are predicted (70/71 at word level, 150/151 at char level).
+
+The final partial chunk of ``r`` ids is kept when ``r >= 2`` (``drop_last=False``, the default), padded on the
+right to ``seq_len + 1`` with ``pad_id``, ``attention_mask = 0`` and ``labels = -100`` at the padding, so all
+rows have the same length and the default collator works; it then has ``r - 1`` predicted tokens. A final
+single id (nothing to predict) is always dropped; ``drop_last=True`` drops any partial chunk.
+
+Columns: ``input_ids`` (int32), ``labels`` (int32, ``-100`` on padding), ``attention_mask`` (int8, 1 = real
+token), each a fixed-length list of ``seq_len + 1`` values. ``dataset.with_format("torch")`` yields int64
+tensors of shape ``(batch, seq_len + 1)``.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+__all__ = ["IGNORE_INDEX", "make_windows", "windows_dataset", "windows_to_stream", "num_windows"]
+
+IGNORE_INDEX = -100
+
+
+def num_windows(n_ids: int, seq_len: int, drop_last: bool = False) -> int:
+    """How many windows :func:`make_windows` makes from ``n_ids`` ids."""
+    width = _check_seq_len(seq_len) + 1
+    full, rem = divmod(max(int(n_ids), 0), width)
+    return full + (1 if rem >= 2 and not drop_last else 0)
+
+
+def _check_seq_len(seq_len: int) -> int:
+    if isinstance(seq_len, bool) or not isinstance(seq_len, (int, np.integer)) or seq_len < 1:
+        raise ValueError(f"seq_len must be a positive int (predicted tokens per window), got {seq_len!r}")
+    return int(seq_len)
+
+
+def make_windows(
+    ids: np.ndarray,
+    seq_len: int,
+    *,
+    pad_id: int = 0,
+    drop_last: bool = False,
+    offset: int = 0,
+) -> dict[str, np.ndarray]:
+    """Windows of a 1-D id stream as arrays of shape ``(num_windows, seq_len + 1)`` (see the module docstring).
+
+    Args:
+        ids: 1-D integer stream.
+        seq_len: predicted tokens per full window (window width ``seq_len + 1``).
+        pad_id: id written at padded positions (masked out; any valid id, e.g. ``vocab.eos_id``).
+        drop_last: drop the final partial window instead of padding it.
+        offset: skip the first ``offset`` ids (e.g. a random offset per training epoch).
+    """
+    width = _check_seq_len(seq_len) + 1
+    ids = np.asarray(ids)
+    if ids.ndim != 1:
+        raise ValueError(f"ids must be 1-D, got shape {ids.shape}")
+    if ids.size and not np.issubdtype(ids.dtype, np.integer):
+        raise TypeError(f"ids must be integers, got {ids.dtype}")
+    if offset < 0:
+        raise ValueError(f"offset must be >= 0, got {offset}")
+    ids = ids[offset:].astype(np.int32, copy=False)
+    full, rem = divmod(ids.size, width)
+    input_ids = ids[: full * width].reshape(full, width)
+    mask = np.ones((full, width), dtype=np.int8)
+    if rem >= 2 and not drop_last:
+        last = np.full((1, width), pad_id, dtype=np.int32)
+        last[0, :rem] = ids[full * width :]
+        last_mask = np.zeros((1, width), dtype=np.int8)
+        last_mask[0, :rem] = 1
+        input_ids = np.concatenate([input_ids, last])
+        mask = np.concatenate([mask, last_mask])
+    labels = np.where(mask == 1, input_ids, IGNORE_INDEX).astype(np.int32)
+    return {"input_ids": np.ascontiguousarray(input_ids, dtype=np.int32), "labels": labels, "attention_mask": mask}
+
+
+def windows_dataset(
+    ids: np.ndarray,
+    seq_len: int,
+    *,
+    pad_id: int = 0,
+    drop_last: bool = False,
+    offset: int = 0,
+):
+    """:func:`make_windows` as a ``datasets.Dataset`` with columns ``input_ids``, ``labels``, ``attention_mask``."""
+    import pyarrow as pa
+    from datasets import Dataset
+
+    arrays = make_windows(ids, seq_len, pad_id=pad_id, drop_last=drop_last, offset=offset)
+    width = int(seq_len) + 1
+    columns = {name: pa.FixedSizeListArray.from_arrays(pa.array(arr.reshape(-1)), width) for name, arr in arrays.items()}
+    return Dataset.from_dict(columns)
+
+
+def windows_to_stream(windows: Mapping[str, np.ndarray] | object) -> np.ndarray:
+    """Inverse of :func:`make_windows`: the real (unmasked) ids of all windows, concatenated in order.
+
+    Accepts the dict of arrays or a ``datasets.Dataset`` with ``input_ids`` and ``attention_mask`` columns.
+    """
+    if isinstance(windows, Mapping):
+        input_ids, mask = np.asarray(windows["input_ids"]), np.asarray(windows["attention_mask"])
+    else:
+        if len(windows) == 0:  # type: ignore[arg-type]
+            return np.zeros(0, dtype=np.int64)
+        rows = windows.with_format("numpy")[:]  # type: ignore[attr-defined]
+        input_ids, mask = np.asarray(rows["input_ids"]), np.asarray(rows["attention_mask"])
+    if input_ids.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    return input_ids[mask.astype(bool)].astype(np.int64)
