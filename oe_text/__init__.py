@@ -1,1 +1,33 @@
-"""oe_text."""
+"""oe_text: Outlier Exposure for language models (PTB word / character level, paper section 5).
+
+Importing ``oe_text`` registers the AWD-LSTM model type ``"oe_awd_lstm"`` with ``AutoConfig``, ``AutoModel``
+and ``AutoModelForCausalLM``, so a saved model loads with ``AutoModelForCausalLM.from_pretrained(path)``
+(no ``trust_remote_code``).
+
+The data pipeline is imported explicitly as ``oe_text.data`` (``from oe_text import data`` /
+``import oe_text.data``); it is deliberately not imported here so that using the models does not pull in
+the corpus loaders.
+"""
+
+from .modeling_awd_lstm import (
+    AWDLSTMConfig,
+    AWDLSTMForCausalLM,
+    AWDLSTMModel,
+    AWDLSTMPreTrainedModel,
+    register_auto_classes,
+)
+from .models import MODEL_KINDS, PRESETS, build_language_model, shifted_logits_and_targets
+
+register_auto_classes()
+
+__all__ = [
+    "AWDLSTMConfig",
+    "AWDLSTMForCausalLM",
+    "AWDLSTMModel",
+    "AWDLSTMPreTrainedModel",
+    "MODEL_KINDS",
+    "PRESETS",
+    "build_language_model",
+    "register_auto_classes",
+    "shifted_logits_and_targets",
+]
