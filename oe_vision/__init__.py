@@ -1,1 +1,38 @@
-"""oe_vision."""
+"""oe_vision: vision models and data for Outlier Exposure.
+
+Importing the package registers the models with the Auto classes:
+
+* ``AutoConfig`` / ``AutoModelForImageClassification``: ``"oe_wide_resnet"`` -> :class:`WideResNetForImageClassification`,
+  ``"oe_mnist_convnet"`` -> :class:`MnistConvNetForImageClassification`;
+* ``AutoModel``: ``"oe_wide_resnet"`` -> :class:`WideResNetModel` (the feature extractor).
+
+Data loaders live in :mod:`oe_vision.data` and the synthetic anomaly generators in :mod:`oe_vision.synthetic`
+(imported on demand: they pull in torchvision).
+"""
+
+from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
+
+from .models import *  # noqa: F401,F403
+from .models import (
+    MnistConvNetConfig,
+    MnistConvNetForImageClassification,
+    WideResNetConfig,
+    WideResNetForImageClassification,
+    WideResNetModel,
+)
+from .models import __all__ as _models_all
+
+
+def _register(config_cls, *, image_classification=None, base=None) -> None:
+    """Register a config (and its models) with the Auto classes; idempotent (safe on re-import)."""
+    AutoConfig.register(config_cls.model_type, config_cls, exist_ok=True)
+    if image_classification is not None:
+        AutoModelForImageClassification.register(config_cls, image_classification, exist_ok=True)
+    if base is not None:
+        AutoModel.register(config_cls, base, exist_ok=True)
+
+
+_register(WideResNetConfig, image_classification=WideResNetForImageClassification, base=WideResNetModel)
+_register(MnistConvNetConfig, image_classification=MnistConvNetForImageClassification)
+
+__all__ = list(_models_all)
