@@ -1,0 +1,319 @@
+"""The ``oe`` command line: score inputs with a saved detector, evaluate it, run the training recipes.
+
+::
+
+    oe score --model PATH_OR_HUB_ID --input FILE_OR_FOLDER [--output FILE] [--batch-size N] [--device DEV]
+    oe eval  --model PATH_OR_HUB_ID --in FILE_OR_FOLDER --out FILE_OR_FOLDER [...] [--recall-level R]
+    oe train RECIPE [RECIPE ARGS ...]          e.g. oe train ptb-word --preset tiny
+    oe train --list
+
+Inputs: for text detectors a UTF-8 file with one example per line (a final newline is optional; an empty line
+is an error); for image detectors a folder of image files (:data:`~oe_common.detector.IMAGE_SUFFIXES`, sorted by
+name, not recursive). ``oe score`` writes JSON lines ``{"index", "score", "is_anomaly"}`` (plus ``"file"`` for
+images; ``is_anomaly`` is null when the detector has no threshold) to ``--output`` or stdout. Output files are
+written to a temporary file in the same folder and renamed at the end, so a failed run leaves nothing behind.
+
+Exit codes: 0 success, 1 bad input / model / recipe error (message on stderr), 2 bad command-line usage;
+``oe train`` returns the recipe's own exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+__all__ = ["main", "build_parser", "RECIPES", "CliError", "read_text_lines", "list_images", "atomic_write_text"]
+
+#: ``oe train NAME`` -> recipe script, relative to the repository root (recipes are scripts of the source
+#: checkout, not part of the installed package). Edit here when recipes are added or renamed.
+RECIPES: dict[str, str] = {
+    "ptb-word": "recipes/ptb_word_oe.py",
+    "ptb-char": "recipes/ptb_char_oe.py",
+    "mnist": "recipes/mnist_oe.py",
+    "cifar10": "recipes/cifar10_oe.py",
+    "cifar100": "recipes/cifar100_oe.py",
+    "svhn": "recipes/svhn_oe.py",
+    "pixelcnn": "recipes/cifar10_pixelcnnpp_oe.py",
+    "text-classification": "recipes/text_classification_oe.py",
+}
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class CliError(Exception):
+    """A user-facing error: printed as ``oe <command>: error: <message>``, exit code 1."""
+
+
+# =============================================================================================== input / output
+def read_text_lines(path: str | os.PathLike) -> list[str]:
+    """The examples of a text file, one per line (``\\n`` or ``\\r\\n``; a final newline adds no example).
+
+    Raises:
+        CliError: the file does not exist / is a folder / is not UTF-8 / has no line.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CliError(f"input file {str(path)!r} does not exist")
+    if path.is_dir():
+        raise CliError(f"{str(path)!r} is a folder; this is a text detector, give a file with one example per line")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise CliError(f"{str(path)!r} is not UTF-8 text ({exc})") from None
+    except OSError as exc:
+        raise CliError(f"cannot read {str(path)!r}: {exc}") from None
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    lines = [line[:-1] if line.endswith("\r") else line for line in lines]
+    if not lines:
+        raise CliError(f"{str(path)!r} is empty: give one example per line")
+    return lines
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """Image files (by suffix) directly in ``folder``, sorted by name; hidden files are skipped.
+
+    Raises:
+        CliError: the folder does not exist, is a file, or holds no image file.
+    """
+    from .detector import IMAGE_SUFFIXES
+
+    folder = Path(folder)
+    if not folder.exists():
+        raise CliError(f"input folder {str(folder)!r} does not exist")
+    if not folder.is_dir():
+        raise CliError(f"{str(folder)!r} is a file; this is an image detector, give a FOLDER of image files")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise CliError(f"{str(folder)!r} holds no image file ({', '.join(IMAGE_SUFFIXES)})")
+    return files
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to a temporary file in ``path``'s folder, then rename it over ``path``."""
+    path = Path(path)
+    if path.is_dir():
+        raise CliError(f"output {str(path)!r} is a folder; give a file name")
+    if not path.parent.is_dir():
+        raise CliError(f"output folder {str(path.parent)!r} does not exist")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual permissions of a new file
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _load_detector(args: argparse.Namespace):
+    from .detector import OODDetector
+
+    if args.progress is False:  # also silence transformers' own "Loading weights" bar
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    try:
+        return OODDetector.from_pretrained(args.model, revision=args.revision, device=args.device, batch_size=args.batch_size, progress=args.progress)
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise CliError(f"cannot load detector {args.model!r}: {exc}") from exc
+
+
+def _read_inputs(detector, source: str) -> tuple[list[Any], list[str] | None]:
+    """(inputs for ``detector.score``, file names for images / None for text)."""
+    if detector.is_text:
+        return read_text_lines(source), None
+    files = list_images(source)
+    return [str(p) for p in files], [p.name for p in files]
+
+
+def _score(detector, inputs: list[Any], source: str, names: list[str] | None):
+    """``detector.score`` with input errors turned into messages naming lines (1-based) or files."""
+    from .detector import DetectorInputError
+
+    try:
+        return detector.score(inputs)
+    except DetectorInputError as exc:
+        if names is None and exc.indices:
+            where = ", ".join(str(i + 1) for i in exc.indices[:10]) + (" ..." if len(exc.indices) > 10 else "")
+            raise CliError(f"{source}: bad input on line {where}: {exc}") from None
+        if names is not None and exc.indices:
+            raise CliError(f"{source}: bad image {names[exc.indices[0]]!r}: {exc}") from None
+        raise CliError(f"{source}: {exc}") from None
+
+
+# =============================================================================================== commands
+def _cmd_score(args: argparse.Namespace) -> int:
+    if args.output is not None:  # check the destination before the (possibly long) scoring
+        out = Path(args.output)
+        if out.is_dir() or not out.parent.is_dir():
+            raise CliError(f"output {args.output!r}: {'is a folder' if out.is_dir() else 'its folder does not exist'}")
+    detector = _load_detector(args)
+    if args.long_text is not None:
+        if not detector.is_text:
+            raise CliError("--long-text applies to text detectors only")
+        detector.preprocessing.long_text = args.long_text
+    inputs, names = _read_inputs(detector, args.input)
+    scores = _score(detector, inputs, args.input, names)
+    flags = detector.predict_from_scores(scores) if detector.threshold is not None else None
+    if flags is None:
+        print("oe score: warning: the detector has no threshold; is_anomaly is null (fit one with fit_threshold)", file=sys.stderr)
+    lines = []
+    for i, value in enumerate(scores):
+        record: dict[str, Any] = {"index": i, "score": float(value), "is_anomaly": None if flags is None else bool(flags[i])}
+        if names is not None:
+            record["file"] = names[i]
+        lines.append(json.dumps(record))
+    text = "\n".join(lines) + "\n"
+    if args.output is None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    else:
+        atomic_write_text(args.output, text)
+    return 0
+
+
+def _set_names(paths: Sequence[str]) -> list[str]:
+    """Short unique names for the anomaly sets (file stems; the full path where stems collide)."""
+    stems = [Path(p.rstrip("/")).stem or p for p in paths]
+    return [s if stems.count(s) == 1 and s != "mean" else p for s, p in zip(stems, paths)]
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    if args.json is not None:
+        out = Path(args.json)
+        if out.is_dir() or not out.parent.is_dir():
+            raise CliError(f"--json {args.json!r}: {'is a folder' if out.is_dir() else 'its folder does not exist'}")
+    detector = _load_detector(args)
+    in_inputs, in_names = _read_inputs(detector, args.in_path)
+    out_inputs = {name: (src, *_read_inputs(detector, src)) for name, src in zip(_set_names(args.out_paths), args.out_paths)}
+    in_scores = _score(detector, in_inputs, args.in_path, in_names)
+    out_scores = {name: _score(detector, inputs, src, names) for name, (src, inputs, names) in out_inputs.items()}
+    from .metrics import evaluate_ood
+
+    level = args.recall_level if args.recall_level is not None else (0.90 if detector.is_text else 0.95)
+    try:
+        table = evaluate_ood(in_scores, out_scores, n_draws=args.n_draws, ratio=args.ratio, seed=args.seed, recall_level=level)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    table.meta.update({"score": detector.score_name, "model": str(args.model)})
+    print(table.to_markdown())
+    if args.json is not None:
+        atomic_write_text(args.json, table.to_json() + "\n")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    if args.list or not args.recipe:
+        if not args.recipe and not args.list:
+            print("oe train: give a recipe name; available:", file=sys.stderr)
+        for name, rel in RECIPES.items():
+            state = "" if (REPO_ROOT / rel).is_file() else "  (not present in this checkout)"
+            print(f"{name:22s} {rel}{state}", file=sys.stdout if args.list else sys.stderr)
+        return 0 if args.list else 2
+    if args.recipe in RECIPES:
+        script = REPO_ROOT / RECIPES[args.recipe]
+        if not script.is_file():
+            raise CliError(
+                f"recipe {args.recipe!r} maps to {RECIPES[args.recipe]}, which is not in {REPO_ROOT}. Recipes are scripts "
+                "of the source checkout: run `oe train` from an editable install of a clone (pip install -e .)."
+            )
+    elif args.recipe.endswith(".py"):
+        script = Path(args.recipe)
+        if not script.is_file():
+            raise CliError(f"recipe script {args.recipe!r} does not exist")
+    else:
+        raise CliError(f"unknown recipe {args.recipe!r}; choose one of {sorted(RECIPES)} (or give a path to a .py script)")
+    return subprocess.call([sys.executable, str(script), *args.recipe_args])
+
+
+# =============================================================================================== parser
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="checkpoint folder written by OODDetector.save_pretrained, or a Hub repo id")
+    p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) when --model is a repo id")
+    p.add_argument("--batch-size", type=int, default=None, help="windows (text) / images per forward pass (default: by task)")
+    p.add_argument("--device", default=None, help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available)")
+    progress = p.add_mutually_exclusive_group()
+    progress.add_argument("--progress", dest="progress", action="store_true", default=None, help="always show a progress bar")
+    progress.add_argument("--no-progress", dest="progress", action="store_false", help="never show a progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="oe",
+        description="Outlier Exposure anomaly detectors: score inputs, evaluate detectors, run training recipes.",
+        epilog="Scores are 'higher = more anomalous'; anomalies are the positive class. See docs/detector.md.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="{score,eval,train}")
+    sub.required = True
+
+    p = sub.add_parser(
+        "score",
+        help="score a text file (one example per line) or a folder of images; JSON lines out",
+        description="Score every example and write JSON lines {\"index\", \"score\", \"is_anomaly\"} (+ \"file\" for images).",
+    )
+    _add_model_args(p)
+    p.add_argument("--input", required=True, help="text file, one example per line (text detectors) or folder of images")
+    p.add_argument("--output", default=None, help="JSONL file to write (default: stdout); written atomically")
+    p.add_argument("--long-text", choices=("window", "truncate", "error"), default=None,
+                   help="text longer than one window: score windows (token-weighted mean), the first window only, or fail")
+    p.set_defaults(func=_cmd_score)
+
+    p = sub.add_parser(
+        "eval",
+        help="detection metrics (FPR at N%% recall, AUROC, AUPR) of in-distribution vs anomaly inputs",
+        description="Score in-distribution and anomaly inputs and print the evaluate_ood table (Markdown): all "
+        "in-distribution examples against len(in) // ratio anomalies per set.",
+    )
+    _add_model_args(p)
+    p.add_argument("--in", dest="in_path", required=True, help="in-distribution test inputs (file or folder)")
+    p.add_argument("--out", dest="out_paths", required=True, nargs="+", help="one or more anomaly test sets (files or folders)")
+    p.add_argument("--recall-level", type=float, default=None, help="recall for the FPR column (default 0.90 text, 0.95 images)")
+    p.add_argument("--n-draws", type=int, default=1, help="anomaly draws to average (paper: 10 for vision)")
+    p.add_argument("--ratio", type=int, default=5, help="in-distribution : anomaly base rate (default 5)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the anomaly draws")
+    p.add_argument("--json", default=None, help="also write the table as JSON to this file")
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser(
+        "train",
+        help="run a training recipe: oe train NAME [recipe args]",
+        description="Run a recipe script with the remaining arguments, e.g. `oe train ptb-word --preset tiny`. "
+        "`oe train NAME --help` shows the recipe's own options. Recipes: " + ", ".join(f"{k} ({v})" for k, v in RECIPES.items()),
+    )
+    p.add_argument("--list", action="store_true", help="list the recipes and exit")
+    p.add_argument("recipe", nargs="?", help="recipe name (see --list) or a path to a .py script")
+    p.add_argument("recipe_args", nargs=argparse.REMAINDER, help="arguments passed to the recipe unchanged")
+    p.set_defaults(func=_cmd_train)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``oe`` console script; returns the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    except SystemExit as exc:  # --help (0) or a usage error (2)
+        return int(exc.code or 0)
+    try:
+        return int(args.func(args))
+    except CliError as exc:
+        print(f"oe {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"oe {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
