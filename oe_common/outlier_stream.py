@@ -1,0 +1,207 @@
+"""An endless, seeded, per-process stream of outlier batches for Outlier Exposure.
+
+The outlier set ``D_out^OE`` is consumed independently of the in-distribution epoch: :class:`OutlierStream`
+cycles over it forever, reshuffling at every wrap, and every process of a distributed run reads its own
+disjoint shard, so two processes never train on the same outlier example.
+
+==============================================  ======================================================  =====================================================
+dataset                                         shard of process ``rank`` (of ``world_size``)           order within an epoch ``e``
+==============================================  ======================================================  =====================================================
+``datasets.Dataset`` (map-style)                ``split_dataset_by_node`` (a contiguous block)          ``torch.randperm`` seeded with ``seed + e``
+torch map-style ``Dataset`` (has ``__len__``)   indices ``rank, rank + world_size, ...``                ``torch.randperm`` seeded with ``seed + e``
+``datasets.IterableDataset`` (streaming)        ``split_dataset_by_node`` after ``.shuffle(seed)``      HF buffer shuffle; ``set_epoch(e)`` at each wrap
+torch ``IterableDataset``                       every ``world_size``-th example, starting at ``rank``   seeded buffer shuffle; ``set_epoch(e)`` if defined
+==============================================  ======================================================  =====================================================
+
+Shards are disjoint within every pass. They are fixed for map-style datasets; for ``datasets.IterableDataset``
+``datasets`` reshuffles its file shards at every epoch before handing them out, so a process may get other
+shards in the next pass (still disjoint from the other processes').
+
+Batches run across epoch ends (the last examples of epoch ``e`` share a batch with the first of ``e + 1``), so
+every batch has exactly ``batch_size`` examples, even when a shard is smaller than a batch.
+Memory does not grow with the corpus for streaming sets: at most the shuffle buffer and one batch are held.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Callable, Iterator
+
+import torch
+from torch.utils.data import DataLoader, Subset
+
+__all__ = ["OutlierStream", "EmptyOutlierDatasetError", "is_streaming"]
+
+
+class EmptyOutlierDatasetError(ValueError):
+    """The outlier dataset (or this process's shard of it) yields no example."""
+
+
+def _hf_datasets():
+    try:
+        import datasets
+    except ImportError:  # pragma: no cover - datasets is a dependency
+        return None
+    return datasets
+
+
+def is_streaming(dataset: Any) -> bool:
+    """True for datasets without a length (``datasets.IterableDataset``, torch ``IterableDataset``)."""
+    if isinstance(dataset, torch.utils.data.IterableDataset):
+        return True
+    try:
+        len(dataset)
+    except TypeError:
+        return True
+    return False
+
+
+class _EndlessShuffledBatchSampler:
+    """Batches of indices into ``range(n)``: epoch ``e`` is ``randperm(n, seed + e)``, batches cross epoch ends."""
+
+    def __init__(self, n: int, batch_size: int, seed: int):
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.epoch = 0
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batch: list[int] = []
+        while True:
+            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            for index in torch.randperm(self.n, generator=generator).tolist():
+                batch.append(index)
+                if len(batch) == self.batch_size:
+                    yield batch
+                    batch = []
+            self.epoch += 1
+
+
+class OutlierStream:
+    """Endless iterator of collated outlier batches for one process (see the module docstring).
+
+    Args:
+        dataset: a ``datasets.Dataset``, a ``datasets.IterableDataset`` or a torch ``Dataset`` / ``IterableDataset``.
+        batch_size: examples per batch (every batch is full).
+        collate_fn: turns a list of examples into a batch (e.g. a ``transformers`` data collator).
+        seed: shuffling seed; epoch ``e`` uses ``seed + e``. Must be the same on every process.
+        rank, world_size: this process and the number of processes; each gets a disjoint shard.
+        shuffle_buffer_size: buffer of the streaming shuffle (iterable datasets only).
+        num_workers, pin_memory: ``DataLoader`` settings for map-style datasets (iterable datasets are read in
+            the main process).
+
+    Raises:
+        EmptyOutlierDatasetError: the dataset, or this process's shard, has no example (map-style: at once;
+            iterable: when a whole pass yields nothing).
+    """
+
+    def __init__(
+        self,
+        dataset: Any,
+        batch_size: int,
+        collate_fn: Callable[[list[Any]], Any],
+        *,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle_buffer_size: int = 1000,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+    ):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}")
+        if shuffle_buffer_size < 1:
+            raise ValueError(f"shuffle_buffer_size must be >= 1, got {shuffle_buffer_size}")
+        self.batch_size, self.collate_fn, self.seed = batch_size, collate_fn, seed
+        self.rank, self.world_size = rank, world_size
+        self.streaming = is_streaming(dataset)
+        self._where = f"process {rank} of {world_size}" if world_size > 1 else "the only process"
+        datasets = _hf_datasets()
+
+        if not self.streaming:
+            if datasets is not None and isinstance(dataset, datasets.Dataset):
+                from datasets.distributed import split_dataset_by_node
+
+                shard = split_dataset_by_node(dataset, rank=rank, world_size=world_size) if world_size > 1 else dataset
+            else:
+                shard = Subset(dataset, range(rank, len(dataset), world_size)) if world_size > 1 else dataset
+            if len(shard) == 0:
+                raise EmptyOutlierDatasetError(
+                    f"the outlier dataset has {len(dataset)} example(s): none for {self._where}; "
+                    "give at least one outlier example per process"
+                )
+            self.shard = shard
+            self._sampler = _EndlessShuffledBatchSampler(len(shard), batch_size, seed)
+            self._loader = DataLoader(
+                shard,
+                batch_sampler=self._sampler,
+                collate_fn=collate_fn,
+                num_workers=num_workers,
+                pin_memory=pin_memory,
+            )
+            self._iterator: Iterator[Any] = iter(self._loader)
+        else:
+            if datasets is not None and isinstance(dataset, datasets.IterableDataset):
+                from datasets.distributed import split_dataset_by_node
+
+                shard = dataset.shuffle(seed=seed, buffer_size=shuffle_buffer_size)
+                if world_size > 1:
+                    shard = split_dataset_by_node(shard, rank=rank, world_size=world_size)
+                self._hf_iterable = True
+            else:
+                shard = dataset
+                self._hf_iterable = False
+            self.shard = shard
+            self._shuffle_buffer_size = shuffle_buffer_size
+            self._epoch = 0
+            self._iterator = self._iterable_batches()
+
+    @property
+    def epoch(self) -> int:
+        """Passes started over this process's shard (0 during the first). Map-style with ``num_workers > 0``:
+        the sampler's epoch, which prefetching may put slightly ahead of the batches consumed."""
+        return self._sampler.epoch if not self.streaming else self._epoch
+
+    def __iter__(self) -> "OutlierStream":
+        return self
+
+    def __next__(self) -> Any:
+        return next(self._iterator)
+
+    # ---- iterable datasets ------------------------------------------------------------------------
+    def _examples_of_epoch(self, epoch: int) -> Iterator[Any]:
+        if hasattr(self.shard, "set_epoch"):
+            self.shard.set_epoch(epoch)
+        if self._hf_iterable:  # shuffled and split by `datasets`
+            yield from self.shard
+            return
+        rng = random.Random(self.seed + epoch)
+        buffer: list[Any] = []
+        for position, example in enumerate(self.shard):
+            if position % self.world_size != self.rank:
+                continue
+            if len(buffer) < self._shuffle_buffer_size:
+                buffer.append(example)
+                continue
+            slot = rng.randrange(len(buffer))
+            yield buffer[slot]
+            buffer[slot] = example
+        rng.shuffle(buffer)
+        yield from buffer
+
+    def _iterable_batches(self) -> Iterator[Any]:
+        batch: list[Any] = []
+        while True:
+            produced = False
+            for example in self._examples_of_epoch(self._epoch):
+                produced = True
+                batch.append(example)
+                if len(batch) == self.batch_size:
+                    yield self.collate_fn(batch)
+                    batch = []
+            if not produced:
+                raise EmptyOutlierDatasetError(
+                    f"the streaming outlier dataset yielded no example for {self._where} (pass {self._epoch}); "
+                    "check its files / generator, and that it has at least as many examples (or shards) as processes"
+                )
+            self._epoch += 1

@@ -1,0 +1,519 @@
+"""``OETrainer``: Outlier Exposure as a ``transformers.Trainer`` subclass.
+
+Objective (paper eq. 1), per optimizer step::
+
+    loss = L_in(model(x_in), y_in)  +  oe_lambda * L_OE(model(x_out))
+
+``L_in`` is the model's own loss (cross-entropy for classifiers, shifted token cross-entropy for causal LMs) and
+``L_OE`` is :func:`oe_common.losses.oe_uniform_loss` (cross-entropy to the uniform distribution, on every real
+token for language models) or :func:`oe_common.losses.energy_oe_loss` (``oe_loss="energy"``).
+
+The training loop is the stock ``Trainer`` one: only ``compute_loss`` and ``log`` are overridden. Every
+in-distribution micro-batch is paired with the next batch of an endless, seeded, per-process outlier stream
+(:class:`oe_common.outlier_stream.OutlierStream`). With ``outlier_dataset=None`` the class behaves exactly like
+``transformers.Trainer`` (use it for the MSP baseline) and only adds :meth:`OETrainer.evaluate_ood` /
+:meth:`OETrainer.compute_scores`.
+
+Hooks meant to be overridden (see ``docs/custom_models.md``):
+
+* :meth:`OETrainer.logits_and_mask` -- where the logits are in the model's outputs, which positions are real.
+* :meth:`OETrainer.in_distribution_loss` -- the in-distribution term ``L_in``.
+* :meth:`OETrainer.outlier_logits` -- the forward pass over an outlier batch when it runs on its own.
+* :meth:`OETrainer.oe_term` -- the ``L_OE`` term itself.
+* :meth:`OETrainer.is_causal_lm` -- whether token-level logits predict the NEXT token (shifted losses/scores).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import Trainer, TrainingArguments
+from transformers.modeling_outputs import ModelOutput
+from transformers.utils import logging
+
+from . import metrics as oe_metrics
+from .losses import energy_oe_loss, oe_uniform_loss
+from .outlier_stream import OutlierStream, is_streaming
+from .scores import SCORES, sequence_nll_score, sequence_uniform_xent_score
+
+__all__ = ["OETrainingArguments", "OETrainer", "OE_LOSSES", "SCORE_NAMES"]
+
+logger = logging.get_logger(__name__)
+
+#: Accepted values of ``OETrainingArguments.oe_loss``.
+OE_LOSSES = ("uniform", "energy")
+#: Accepted values of ``score`` in :meth:`OETrainer.compute_scores` / :meth:`OETrainer.evaluate_ood`.
+SCORE_NAMES = ("msp", "uniform_xent", "nll", "energy", "max_logit")
+
+_LABEL_KEYS = ("labels", "label", "label_ids")
+
+
+def _shapes(batch: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: (tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__) for k, v in batch.items()}
+
+
+class _KeepKeysCollator:
+    """Drops the columns ``model.forward`` does not take, then collates (like the Trainer's RemoveColumnsCollator;
+    a class, so that DataLoader workers can pickle it)."""
+
+    def __init__(self, collator: Any, keys: set[str]):
+        self.collator, self.keys = collator, keys
+
+    def __call__(self, features: list[Any]) -> Any:
+        if features and isinstance(features[0], Mapping):
+            features = [{k: v for k, v in f.items() if k in self.keys} for f in features]
+        return self.collator(features)
+
+
+def _validate_oe_fields(args: "OETrainingArguments") -> None:
+    if not (isinstance(args.oe_lambda, (int, float)) and math.isfinite(args.oe_lambda) and args.oe_lambda >= 0):
+        raise ValueError(f"oe_lambda must be a finite number >= 0, got {args.oe_lambda!r}")
+    if args.oe_loss not in OE_LOSSES:
+        raise ValueError(f"oe_loss must be one of {OE_LOSSES}, got {args.oe_loss!r}")
+    if args.oe_batch_size is not None and args.oe_batch_size < 1:
+        raise ValueError(f"oe_batch_size must be >= 1 (or None for per_device_train_batch_size * oe_batch_ratio), got {args.oe_batch_size}")
+    if not (args.oe_batch_ratio > 0 and math.isfinite(args.oe_batch_ratio)):
+        raise ValueError(f"oe_batch_ratio must be > 0, got {args.oe_batch_ratio!r}")
+    if args.oe_shuffle_buffer_size < 1:
+        raise ValueError(f"oe_shuffle_buffer_size must be >= 1, got {args.oe_shuffle_buffer_size}")
+
+
+@dataclass
+class OETrainingArguments(TrainingArguments):
+    """``TrainingArguments`` plus the Outlier Exposure settings (all prefixed ``oe_``).
+
+    The outlier batch size per device is ``oe_batch_size`` if set, else
+    ``max(1, round(per_device_train_batch_size * oe_batch_ratio))``: use ``oe_batch_ratio=2`` for the paper's
+    vision setting (128 in-distribution + 256 outliers per step), 1 for language models (the default).
+    """
+
+    oe_lambda: float = field(default=0.5, metadata={"help": "Weight of the OE term (paper: 0.5 vision and LMs, 1.0 text classifiers)."})
+    oe_loss: str = field(default="uniform", metadata={"help": "OE term: 'uniform' (cross-entropy to uniform) or 'energy' (Liu et al. 2020)."})
+    oe_energy_m_in: float = field(default=-25.0, metadata={"help": "Energy OE: in-distribution energies are pushed below this margin."})
+    oe_energy_m_out: float = field(default=-7.0, metadata={"help": "Energy OE: outlier energies are pushed above this margin."})
+    oe_batch_size: Optional[int] = field(default=None, metadata={"help": "Outlier batch size per device (default: per_device_train_batch_size * oe_batch_ratio)."})
+    oe_batch_ratio: float = field(default=1.0, metadata={"help": "Outliers per in-distribution example when oe_batch_size is None (2 for the paper's vision setting, 1 for LMs)."})
+    oe_concat_forward: bool = field(
+        default=True,
+        metadata={"help": "One forward pass over the concatenated in+outlier batch (BatchNorm sees both); falls back to two passes when the batches' shapes differ."},
+    )
+    oe_seed: Optional[int] = field(default=None, metadata={"help": "Seed of the outlier stream's shuffling (default: seed)."})
+    oe_shuffle_buffer_size: int = field(default=1000, metadata={"help": "Shuffle buffer (examples) for streaming outlier datasets."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        _validate_oe_fields(self)
+
+    @property
+    def outlier_batch_size(self) -> int:
+        """The per-device outlier batch size actually used."""
+        if self.oe_batch_size is not None:
+            return int(self.oe_batch_size)
+        return max(1, int(round(self.per_device_train_batch_size * self.oe_batch_ratio)))
+
+
+class OETrainer(Trainer):
+    """A ``transformers.Trainer`` that adds ``oe_lambda * L_OE`` on a stream of outlier batches.
+
+    Args (beyond ``Trainer``'s):
+        outlier_dataset: ``D_out^OE``: a ``datasets.Dataset``, a streaming ``datasets.IterableDataset`` or a torch
+            ``Dataset``; ``None`` gives a plain ``Trainer``. It is cycled forever (independently of the
+            in-distribution epochs), shuffled with ``oe_seed`` (reshuffled at each wrap) and sharded across
+            processes so that no two processes see the same outlier example.
+        outlier_data_collator: collates outlier examples; default: ``data_collator``. A custom collator receives
+            the raw examples (all columns); keys of its output that ``model.forward`` does not accept are dropped,
+            and so are labels (outliers have none).
+
+    Raises at construction: ``args`` is not an :class:`OETrainingArguments` (with outliers), a bad ``oe_*``
+    setting, a streaming train or outlier dataset without ``max_steps``, an outlier dataset (or a process's shard)
+    that yields nothing, a first outlier batch that is not a dict or has token ids outside the model's vocabulary.
+    """
+
+    def __init__(self, *args: Any, outlier_dataset: Any = None, outlier_data_collator: Any = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.outlier_dataset = outlier_dataset
+        self.outlier_data_collator = outlier_data_collator
+        self._outlier_stream: OutlierStream | None = None
+        self._oe_log_sums: torch.Tensor | None = None  # [sum loss_in, sum loss_oe, micro-batches] since the last log
+        self._oe_forward_keys = self._forward_parameter_names()
+        self._warned_no_concat = False
+
+        if self.train_dataset is not None and is_streaming(self.train_dataset) and self.args.max_steps <= 0:
+            raise ValueError("the train dataset is streaming (no length): set max_steps > 0 in the training arguments")
+        if outlier_dataset is None:
+            self._oe_in_loss_func = None
+            return
+
+        if not isinstance(self.args, OETrainingArguments):
+            raise TypeError(f"OETrainer with an outlier_dataset needs OETrainingArguments, got {type(self.args).__name__}")
+        _validate_oe_fields(self.args)
+        if is_streaming(outlier_dataset) and self.args.max_steps <= 0:
+            raise ValueError(
+                "the outlier dataset is streaming (no length): set max_steps > 0 in the training arguments "
+                "so that the length of the run does not depend on it"
+            )
+        # Every term of the loss is a per-micro-batch mean, and the Trainer divides it by the number of
+        # accumulation steps: with equal micro-batches, k accumulated steps of batch b == one step of batch k*b.
+        # A user `compute_loss_func` is used for the in-distribution term (see `in_distribution_loss`), but is
+        # hidden from the Trainer, which would otherwise skip that division.
+        self.model_accepts_loss_kwargs = False
+        self.loss_is_scaled_for_ga = False  # read by transformers 5.23; 5.17 decides from the two settings above
+        self._oe_in_loss_func, self.compute_loss_func = self.compute_loss_func, None
+        self._check_first_outlier_batch()
+
+    # ---- the outlier stream -------------------------------------------------------------------------------
+    def _forward_parameter_names(self) -> set[str] | None:
+        """Named parameters of the (unwrapped) model's forward; ``None`` = do not filter batch keys."""
+        if not self.args.remove_unused_columns:
+            return None
+        model = self.accelerator.unwrap_model(self.model)
+        if hasattr(model, "get_base_model"):  # PEFT
+            model = model.get_base_model()
+        params = inspect.signature(model.forward).parameters.values()
+        return {p.name for p in params if p.kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)}
+
+    def _model_inputs(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+        """``batch`` without labels and without keys that ``model.forward`` does not accept."""
+        keys = self._oe_forward_keys
+        return {k: v for k, v in batch.items() if k not in _LABEL_KEYS and k not in self.label_names and (keys is None or k in keys)}
+
+    def _outlier_collate_fn(self):
+        if self.outlier_data_collator is not None:
+            return self.outlier_data_collator
+        if self._oe_forward_keys is None:
+            return self.data_collator
+        return _KeepKeysCollator(self.data_collator, self._oe_forward_keys)
+
+    def _make_outlier_stream(self, num_workers: int | None = None) -> OutlierStream:
+        args = self.args
+        return OutlierStream(
+            self.outlier_dataset,
+            batch_size=args.outlier_batch_size,
+            collate_fn=self._outlier_collate_fn(),
+            seed=args.seed if args.oe_seed is None else args.oe_seed,
+            rank=args.process_index,
+            world_size=args.world_size,
+            shuffle_buffer_size=args.oe_shuffle_buffer_size,
+            num_workers=args.dataloader_num_workers if num_workers is None else num_workers,
+            pin_memory=args.dataloader_pin_memory and args.device.type != "cpu",
+        )
+
+    @property
+    def outlier_stream(self) -> OutlierStream | None:
+        """This process's outlier stream (created at the first training step); ``None`` without outliers."""
+        if self._outlier_stream is None and self.outlier_dataset is not None:
+            self._outlier_stream = self._make_outlier_stream()
+        return self._outlier_stream
+
+    def next_outlier_batch(self) -> dict[str, Any]:
+        """The next outlier batch of this process, as model inputs on the training device."""
+        batch = next(self.outlier_stream)
+        if not isinstance(batch, Mapping):
+            raise TypeError(f"the outlier collator must return a dict of model inputs, got {type(batch).__name__}")
+        return self._prepare_inputs(self._model_inputs(batch))
+
+    def _input_vocab_size(self) -> int | None:
+        model = self.accelerator.unwrap_model(self.model)
+        sizes = []
+        for getter in ("get_input_embeddings", "get_output_embeddings"):
+            try:
+                module = getattr(model, getter)()
+            except (AttributeError, NotImplementedError):
+                module = None
+            weight = getattr(module, "weight", None)
+            if isinstance(weight, torch.Tensor) and weight.dim() == 2:
+                sizes.append(int(weight.shape[0]))
+        vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+        if isinstance(vocab, int) and vocab > 0:
+            sizes.append(vocab)
+        return min(sizes) if sizes else None
+
+    def _check_first_outlier_batch(self) -> None:
+        """Draw one batch now (from a throw-away stream) so that bad outlier data fails before training."""
+        batch = next(self._make_outlier_stream(num_workers=0))
+        if not isinstance(batch, Mapping):
+            raise TypeError(f"the outlier collator must return a dict of model inputs, got {type(batch).__name__}")
+        inputs = self._model_inputs(batch)
+        if not inputs:
+            raise ValueError(
+                f"the first outlier batch has no model input (keys: {sorted(batch)}; "
+                f"accepted by model.forward: {sorted(self._oe_forward_keys or [])}); check the outlier dataset's columns"
+            )
+        ids = inputs.get("input_ids")
+        vocab = self._input_vocab_size()
+        if isinstance(ids, torch.Tensor) and ids.numel() and vocab is not None:
+            low, high = int(ids.min()), int(ids.max())
+            if high >= vocab or low < 0:
+                raise ValueError(
+                    f"outlier token ids span [{low}, {high}] but the model's vocabulary has {vocab} entries: the outlier "
+                    "set was tokenized with another vocabulary (map it to the in-distribution vocabulary, e.g. unknown "
+                    "words to <unk>)"
+                )
+
+    # ---- hooks ---------------------------------------------------------------------------------------------
+    def is_causal_lm(self, model: nn.Module) -> bool:
+        """Whether token-level logits at position t predict token t+1 (losses and scores are then shifted).
+
+        Default: true for ``transformers`` causal LMs (``*ForCausalLM``, ``*LMHeadModel``, ``loss_type ==
+        "ForCausalLM"``). Override for a custom language model.
+        """
+        model = self.accelerator.unwrap_model(model)
+        if hasattr(model, "get_base_model"):
+            model = model.get_base_model()
+        name = type(model).__name__
+        return getattr(model, "loss_type", None) == "ForCausalLM" or name.endswith(("ForCausalLM", "LMHeadModel"))
+
+    def logits_and_mask(self, outputs: Any, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits of a forward pass and the mask of real positions.
+
+        Default: ``outputs["logits"]`` (tuple outputs: the first tensor of 2+ dims); for token-level logits ``(B, L, V)``
+        the mask is ``batch["attention_mask"]`` (``None`` when absent: every position is real); ``None`` for
+        ``(B, K)`` classifier logits. Override when your model returns its logits elsewhere.
+        """
+        if isinstance(outputs, Mapping) and "logits" in outputs:
+            logits = outputs["logits"]
+        elif isinstance(outputs, torch.Tensor):
+            logits = outputs
+        elif isinstance(outputs, (tuple, list)) and any(isinstance(t, torch.Tensor) and t.dim() >= 2 for t in outputs):
+            logits = next(t for t in outputs if isinstance(t, torch.Tensor) and t.dim() >= 2)  # skips a leading loss
+        else:
+            raise TypeError(f"cannot find logits in the model's outputs ({type(outputs).__name__}); override OETrainer.logits_and_mask")
+        mask = None
+        attention_mask = batch.get("attention_mask") if isinstance(batch, Mapping) else None
+        if logits.dim() == 3 and isinstance(attention_mask, torch.Tensor) and tuple(attention_mask.shape) == tuple(logits.shape[:2]):
+            mask = attention_mask.bool()
+        return logits, mask
+
+    def in_distribution_loss(self, model: nn.Module, outputs: Any, inputs: Mapping[str, Any]) -> torch.Tensor:
+        """``L_in`` for one in-distribution micro-batch, as a mean over its examples (or tokens).
+
+        ``outputs`` are the model's outputs for ``inputs``, or, after a concatenated forward pass, a
+        ``ModelOutput`` holding only the in-distribution ``logits`` (the model then computed no loss). Order of
+        preference: the ``compute_loss_func`` given to the trainer, the label smoother
+        (``label_smoothing_factor``), the loss the model returned, and finally cross-entropy from the logits
+        (shifted for causal LMs; ``config.problem_type`` decides for sequence classifiers as in ``transformers``).
+        """
+        labels = inputs.get("labels")
+        if self._oe_in_loss_func is not None:
+            return self._oe_in_loss_func(outputs, labels, num_items_in_batch=None)
+        if self.label_smoother is not None and labels is not None:
+            return self.label_smoother(outputs, labels, shift_labels=self.is_causal_lm(model))
+        if isinstance(outputs, Mapping) and outputs.get("loss") is not None:
+            return outputs["loss"]
+        if isinstance(outputs, (tuple, list)) and outputs and isinstance(outputs[0], torch.Tensor) and outputs[0].dim() == 0:
+            return outputs[0]  # tuple outputs (return_dict=False) start with the loss
+        if labels is None:
+            raise ValueError("the in-distribution batch has no 'labels' and the model returned no loss")
+        logits, _ = self.logits_and_mask(outputs, inputs)
+        return self._cross_entropy(model, logits, labels)
+
+    def _cross_entropy(self, model: nn.Module, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if logits.dim() >= 3:  # token level
+            if self.is_causal_lm(model):
+                logits, labels = logits[:, :-1], labels[:, 1:]
+            return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1).long(), ignore_index=-100)
+        config = getattr(self.accelerator.unwrap_model(model), "config", None)
+        problem = getattr(config, "problem_type", None)
+        if problem is None:
+            if logits.shape[-1] == 1:
+                problem = "regression"
+            elif labels.dtype in (torch.long, torch.int, torch.int16, torch.int8, torch.uint8):
+                problem = "single_label_classification"
+            else:
+                problem = "multi_label_classification"
+        if problem == "regression":
+            return F.mse_loss(logits.float().squeeze(), labels.float().squeeze())
+        if problem == "multi_label_classification":
+            return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
+        return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1).long(), ignore_index=-100)
+
+    def outlier_logits(self, model: nn.Module, outlier_batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Forward pass over an outlier batch on its own: ``(logits, mask)`` as :meth:`logits_and_mask` returns.
+
+        Used when ``oe_concat_forward=False`` or when the two batches cannot be concatenated. Override it (and set
+        ``oe_concat_forward=False``) for a model whose outlier pass differs from its normal one.
+        """
+        return self.logits_and_mask(model(**outlier_batch), outlier_batch)
+
+    def oe_term(
+        self,
+        out_logits: torch.Tensor,
+        out_mask: torch.Tensor | None,
+        in_logits: torch.Tensor,
+        in_mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """``L_OE`` (before ``oe_lambda``): ``oe_uniform_loss(out)`` or ``energy_oe_loss(in, out)``, in float32."""
+        if self.args.oe_loss == "energy":
+            return energy_oe_loss(
+                in_logits.float(), out_logits.float(), self.args.oe_energy_m_in, self.args.oe_energy_m_out, in_mask=in_mask, out_mask=out_mask
+            )
+        return oe_uniform_loss(out_logits.float(), out_mask)
+
+    # ---- the loss ------------------------------------------------------------------------------------------
+    @staticmethod
+    def _concatenate(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, torch.Tensor] | None:
+        """``a`` and ``b`` stacked along the batch dim, or ``None`` if their keys, dtypes or shapes differ."""
+        if set(a) != set(b) or not a:
+            return None
+        joint = {}
+        for key, x in a.items():
+            y = b[key]
+            if not (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor)) or x.dim() == 0:
+                return None
+            if x.shape[1:] != y.shape[1:] or x.dtype != y.dtype:
+                return None
+            joint[key] = torch.cat([x, y])
+        return joint
+
+    def _in_distribution_forward(self, model: nn.Module, inputs: Mapping[str, Any]) -> tuple[Any, torch.Tensor]:
+        """Forward pass over the in-distribution batch alone: ``(outputs, L_in)``."""
+        forward_inputs = inputs
+        if self._oe_in_loss_func is not None or self.label_smoother is not None:
+            forward_inputs = {k: v for k, v in inputs.items() if k != "labels"}  # the loss is computed outside
+        outputs = model(**forward_inputs)
+        return outputs, self.in_distribution_loss(model, outputs, inputs)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """In-distribution loss + ``oe_lambda * L_OE`` while training with outliers. In evaluation (``eval_loss``)
+        the in-distribution loss alone; without outliers exactly ``Trainer.compute_loss``."""
+        if self.outlier_dataset is None:
+            return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        if not model.training:
+            outputs, loss = self._in_distribution_forward(model, inputs)
+            return (loss, outputs) if return_outputs else loss
+
+        outlier_batch = self.next_outlier_batch()
+        in_model_inputs = self._model_inputs(inputs)
+        joint = self._concatenate(in_model_inputs, outlier_batch) if self.args.oe_concat_forward else None
+        if self.args.oe_concat_forward and joint is None and not self._warned_no_concat:
+            self._warned_no_concat = True
+            logger.warning(
+                f"OETrainer: in-distribution batch {_shapes(in_model_inputs)} and outlier batch {_shapes(outlier_batch)} "
+                "cannot be concatenated (different keys, dtypes or shapes past the batch dim); using two forward passes. "
+                "Pad both to the same length for one joint pass, or set oe_concat_forward=False to silence this."
+            )
+
+        if joint is not None:
+            n_in = next(iter(in_model_inputs.values())).shape[0]
+            logits, mask = self.logits_and_mask(model(**joint), joint)
+            in_logits, out_logits = logits[:n_in], logits[n_in:]
+            in_mask, out_mask = (None, None) if mask is None else (mask[:n_in], mask[n_in:])
+            outputs = ModelOutput(logits=in_logits)
+            loss_in = self.in_distribution_loss(model, outputs, inputs)
+        else:
+            outputs, loss_in = self._in_distribution_forward(model, inputs)
+            in_logits, in_mask = self.logits_and_mask(outputs, inputs)
+            out_logits, out_mask = self.outlier_logits(model, outlier_batch)
+
+        loss_oe = self.oe_term(out_logits, out_mask, in_logits, in_mask)
+        loss = loss_in + self.args.oe_lambda * loss_oe
+
+        record = torch.stack([loss_in.detach().float(), loss_oe.detach().float(), torch.ones((), device=loss_in.device)])
+        self._oe_log_sums = record if self._oe_log_sums is None else self._oe_log_sums + record
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Adds ``loss_in`` and ``loss_oe`` (means over the logging interval and all processes) to training logs."""
+        if "loss" in logs and self._oe_log_sums is not None:
+            totals = self.accelerator.gather(self._oe_log_sums.unsqueeze(0)).reshape(-1, 3).sum(0)
+            self._oe_log_sums = None
+            if totals[2] > 0:
+                logs["loss_in"] = float(totals[0] / totals[2])
+                logs["loss_oe"] = float(totals[1] / totals[2])
+        super().log(logs, start_time)
+
+    # ---- anomaly scores ------------------------------------------------------------------------------------
+    def score_batch(self, model: nn.Module, batch: Mapping[str, Any], score: str = "msp") -> torch.Tensor:
+        """Per-example anomaly scores (higher = more anomalous) of one prepared batch, shape ``(B,)``.
+
+        Classifiers: the ``oe_common.scores`` function of that name on ``(B, K)`` logits (``"nll"`` needs a language
+        model). Token-level logits: a per-sequence mean over real positions -- for causal LMs position t scores the
+        prediction of token t+1 (``"nll"`` = mean token NLL, ``"uniform_xent"`` = mean cross-entropy-to-uniform
+        score, the others the mean of their token-level score).
+        """
+        if score not in SCORE_NAMES:
+            raise ValueError(f"score must be one of {SCORE_NAMES}, got {score!r}")
+        labels = batch.get("labels")
+        logits, mask = self.logits_and_mask(model(**self._model_inputs(batch)), batch)
+        if logits.dim() == 2:
+            if score == "nll":
+                raise ValueError("score='nll' needs token-level (language-model) logits; classifiers have msp, uniform_xent, energy, max_logit")
+            return SCORES[score](logits)
+        if logits.dim() != 3:
+            raise ValueError(f"expected (B, K) or (B, L, V) logits, got shape {tuple(logits.shape)}")
+        targets = labels if isinstance(labels, torch.Tensor) else batch.get("input_ids")
+        if mask is None:
+            mask = torch.ones(logits.shape[:2], dtype=torch.bool, device=logits.device)
+        if self.is_causal_lm(model):
+            logits, mask = logits[:, :-1], mask[:, :-1] & mask[:, 1:]
+            targets = targets[:, 1:] if isinstance(targets, torch.Tensor) else None
+        if score == "nll":
+            if not isinstance(targets, torch.Tensor):
+                raise ValueError("score='nll' needs 'input_ids' or 'labels' in the batch")
+            mask = mask & (targets != -100)
+            return sequence_nll_score(logits, targets.masked_fill(~mask, -100), mask)
+        if score == "uniform_xent":
+            return sequence_uniform_xent_score(logits, mask)
+        per_token = SCORES[score](logits)
+        if not bool(mask.any(-1).all()):
+            raise ValueError("a sequence has no real position to score (too short, or only padding)")
+        mask = mask.to(per_token.dtype)
+        return (per_token * mask).sum(-1) / mask.sum(-1)
+
+    @torch.no_grad()
+    def compute_scores(self, dataset: Any, score: str = "msp") -> np.ndarray:
+        """Anomaly score of every example of ``dataset``, in dataset order, as a float64 array.
+
+        Batches go through ``get_test_dataloader`` (``data_collator``, ``per_device_eval_batch_size``); with several
+        processes each scores its share and the scores are gathered with ``gather_for_metrics``, which drops the
+        samples repeated to even out the last batches: every process returns the single-process array.
+        """
+        if score not in SCORE_NAMES:
+            raise ValueError(f"score must be one of {SCORE_NAMES}, got {score!r}")
+        dataloader = self.get_test_dataloader(dataset)
+        model = self.model
+        was_training = model.training
+        model.eval()
+        chunks = []
+        try:
+            for batch in dataloader:
+                batch = self._prepare_inputs(batch)
+                with self.accelerator.autocast():
+                    scores = self.score_batch(model, batch, score).float()
+                chunks.append(self.accelerator.gather_for_metrics(scores).cpu())
+        finally:
+            model.train(was_training)
+        if not chunks:
+            raise ValueError("the dataset to score is empty")
+        return torch.cat(chunks).double().numpy()
+
+    def evaluate_ood(
+        self,
+        in_dataset: Any,
+        ood_datasets: Mapping[str, Any],
+        score: str = "msp",
+        n_draws: int = 1,
+        recall_level: float = 0.95,
+        seed: int = 0,
+        ratio: int = 5,
+    ) -> oe_metrics.OODTable:
+        """Detection table of ``in_dataset`` against each anomaly set (``oe_common.metrics.evaluate_ood``).
+
+        Scores come from :meth:`compute_scores`; each anomaly set is subsampled to ``len(in) // ratio`` examples
+        (the paper's 1:5 base rate), ``n_draws`` times with ``seed``. ``table.meta["score"]`` records the score.
+        """
+        if not ood_datasets:
+            raise ValueError("ood_datasets is empty: give at least one anomaly set, e.g. {'ewt-email': dataset}")
+        in_scores = self.compute_scores(in_dataset, score)
+        out_scores = {name: self.compute_scores(dataset, score) for name, dataset in ood_datasets.items()}
+        table = oe_metrics.evaluate_ood(in_scores, out_scores, n_draws=n_draws, ratio=ratio, seed=seed, recall_level=recall_level)
+        table.meta["score"] = score
+        return table
