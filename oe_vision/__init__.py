@@ -4,7 +4,8 @@ Importing the package registers the models with the Auto classes:
 
 * ``AutoConfig`` / ``AutoModelForImageClassification``: ``"oe_wide_resnet"`` -> :class:`WideResNetForImageClassification`,
   ``"oe_mnist_convnet"`` -> :class:`MnistConvNetForImageClassification`;
-* ``AutoModel``: ``"oe_wide_resnet"`` -> :class:`WideResNetModel` (the feature extractor).
+* ``AutoModel``: ``"oe_wide_resnet"`` -> :class:`WideResNetModel` (the feature extractor), ``"oe_pixelcnnpp"`` ->
+  :class:`PixelCNNPPModel` (the density model; it registers itself on import).
 
 Data loaders live in :mod:`oe_vision.data` and the synthetic anomaly generators in :mod:`oe_vision.synthetic`
 (imported on demand: they pull in torchvision).
@@ -21,6 +22,7 @@ from .models import (
     WideResNetModel,
 )
 from .models import __all__ as _models_all
+from .modeling_pixelcnnpp import PixelCNNPPConfig, PixelCNNPPModel
 
 
 def _register(config_cls, *, image_classification=None, base=None) -> None:
@@ -35,4 +37,4 @@ def _register(config_cls, *, image_classification=None, base=None) -> None:
 _register(WideResNetConfig, image_classification=WideResNetForImageClassification, base=WideResNetModel)
 _register(MnistConvNetConfig, image_classification=MnistConvNetForImageClassification)
 
-__all__ = list(_models_all)
+__all__ = [*_models_all, "PixelCNNPPConfig", "PixelCNNPPModel"]
