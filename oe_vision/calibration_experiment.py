@@ -1,0 +1,185 @@
+"""Calibration under distribution shift for the vision recipes (paper Sec. 4.4, App. C, Table 7).
+
+Protocol (as the OE authors' ``test_calibration.py``, with the fixes of :mod:`oe_common.calibration`):
+
+1. hold out part of the training set (MNIST 6,000; CIFAR 5,000), never trained on;
+2. fit each model's temperature ``T`` on it by minimising the NLL (:func:`oe_common.calibration.fit_temperature`);
+3. for each test anomaly set: the mixture of ALL in-distribution test examples and ``len(test) // ratio`` anomalies
+   drawn without replacement (``n_draws`` seeded draws), anomalies counted as WRONG predictions; confidence
+   ``c = max softmax(z / T)``, optionally 0-1 rescaled ``(c - 1/K) / (1 - 1/K)``; RMS / MAV calibration error with
+   adaptive bins of 100 examples and soft F1 (:func:`oe_common.calibration.calibration_report`);
+4. the mean over draws, then over anomaly sets (sets that share the OE source's distribution are reported but
+   left out of the mean).
+
+Table 7's three columns are ``baseline`` with ``T`` (``temperature``), the same with 0-1 rescaling
+(``temperature+rescale01``), and the OE model with ITS OWN ``T`` and rescaling. The draws use the same seeds for
+every model and method, so the columns are compared on identical mixtures.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from oe_common.calibration import calibration_report, fit_temperature, max_softmax_confidence, rescale_01
+from oe_common.reporting import plot_reliability_diagram
+
+from .paper_results import TABLE7
+
+__all__ = ["CALIBRATION_METHODS", "TABLE7_COLUMNS", "mixture_calibration", "run_calibration", "table7_markdown", "reliability_diagrams"]
+
+#: ``method name -> rescale``.
+CALIBRATION_METHODS: dict[str, bool] = {"temperature": False, "temperature+rescale01": True}
+#: Table 7 columns as ``(model, method)``.
+TABLE7_COLUMNS: tuple[tuple[str, str], ...] = (("baseline", "temperature"), ("baseline", "temperature+rescale01"), ("oe", "temperature+rescale01"))
+_METRICS = ("rms", "mav", "soft_f1")
+
+
+def _draw_indices(n_out: int, n_in: int, ratio: int, rng: np.random.Generator) -> np.ndarray:
+    wanted = n_in // ratio
+    if wanted < 1:
+        raise ValueError(f"{n_in} in-distribution examples give n_in // {ratio} = 0 anomalies")
+    return rng.choice(n_out, size=min(wanted, n_out), replace=False)
+
+
+def mixture_calibration(
+    test_logits: torch.Tensor,
+    test_labels: torch.Tensor,
+    ood_logits: Mapping[str, torch.Tensor],
+    temperature: float,
+    rescale: bool,
+    mean_sets: Sequence[str],
+    n_draws: int = 10,
+    ratio: int = 5,
+    seed: int = 0,
+    bin_size: int = 100,
+) -> dict[str, dict[str, float]]:
+    """Calibration on the paper's mixture for every anomaly set, plus ``"mean"`` (over ``mean_sets``) and
+    ``"test_only"`` (the in-distribution test set alone, no anomalies).
+
+    Returns ``{domain: {"rms", "mav", "soft_f1", "<metric>_std", "n_in", "n_out", "n_draws"}}`` (fractions; std over
+    draws; the mean row averages the per-set means and stds).
+    """
+    if n_draws < 1:
+        raise ValueError(f"n_draws must be >= 1, got {n_draws}")
+    missing = sorted(set(mean_sets) - set(ood_logits))
+    if missing or not mean_sets:
+        raise ValueError(f"mean_sets must be a non-empty subset of the anomaly sets; unknown: {missing}")
+    n_in = int(test_logits.shape[0])
+    rows: dict[str, dict[str, float]] = {}
+    for set_index, (name, logits) in enumerate(ood_logits.items()):
+        rng = np.random.default_rng([seed, set_index, 7])
+        draws = []
+        for _ in range(n_draws):
+            idx = _draw_indices(int(logits.shape[0]), n_in, ratio, rng)
+            draws.append(calibration_report(test_logits, test_labels, logits[torch.as_tensor(idx)], temperature, rescale, bin_size))
+        row: dict[str, float] = {"n_in": n_in, "n_out": int(draws[0]["n_out"]), "n_draws": n_draws}
+        for key in _METRICS:
+            values = np.array([d[key] for d in draws])
+            row[key], row[key + "_std"] = float(values.mean()), float(values.std())
+        rows[name] = row
+    mean_row: dict[str, float] = {"n_in": n_in, "n_out": int(sum(rows[s]["n_out"] for s in mean_sets)), "n_draws": n_draws}
+    for key in _METRICS:
+        mean_row[key] = float(np.mean([rows[s][key] for s in mean_sets]))
+        mean_row[key + "_std"] = float(np.mean([rows[s][key + "_std"] for s in mean_sets]))
+    rows["mean"] = mean_row
+    alone = calibration_report(test_logits, test_labels, None, temperature, rescale, bin_size)
+    rows["test_only"] = {**{k: alone[k] for k in _METRICS}, "n_in": n_in, "n_out": 0, "n_draws": 1}
+    return rows
+
+
+def run_calibration(
+    outputs: Mapping[str, Mapping[str, Mapping[str, torch.Tensor]]],
+    labels: Mapping[str, torch.Tensor],
+    ood_names: Sequence[str],
+    mean_sets: Sequence[str],
+    n_draws: int,
+    ratio: int,
+    seed: int,
+    dataset: str,
+) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """Fit ``T`` per model on ``"holdout"`` and evaluate both methods on every mixture.
+
+    Args:
+        outputs: ``{model: {set: {"logits": (N, K)}}}`` with sets ``"holdout"``, ``"test"`` and ``ood_names``.
+        labels: ``{"holdout": (N,), "test": (N,)}``.
+
+    Returns:
+        ``(records, temperatures)``: one flat record per model, method and domain (``dataset``, ``model``,
+        ``method``, ``domain``, ``temperature``, ``rms``, ``mav``, ``soft_f1``, stds, counts), and ``{model: T}``.
+    """
+    records: list[dict[str, Any]] = []
+    temperatures: dict[str, float] = {}
+    for model, by_set in outputs.items():
+        temperature = fit_temperature(by_set["holdout"]["logits"], labels["holdout"])
+        temperatures[model] = temperature
+        ood = {name: by_set[name]["logits"] for name in ood_names}
+        for method, rescale in CALIBRATION_METHODS.items():
+            rows = mixture_calibration(by_set["test"]["logits"], labels["test"], ood, temperature, rescale, mean_sets, n_draws, ratio, seed)
+            for domain, row in rows.items():
+                records.append({"dataset": dataset, "model": model, "method": method, "domain": domain, "temperature": temperature,
+                                "in_mean": domain in mean_sets, **row})
+    return records, temperatures
+
+
+def _pick(records: Sequence[Mapping[str, Any]], model: str, method: str, domain: str = "mean") -> Mapping[str, Any] | None:
+    for r in records:
+        if r["model"] == model and r["method"] == method and r["domain"] == domain:
+            return r
+    return None
+
+
+def table7_markdown(records: Sequence[Mapping[str, Any]], dataset: str) -> str:
+    """Table 7 layout (mean over the anomaly sets), ours beside the paper's row for ``dataset`` when it has one."""
+    paper = TABLE7.get(dataset)
+    names = {("baseline", "temperature"): "baseline (temperature tuned)", ("baseline", "temperature+rescale01"): "baseline + 0-1 rescaling",
+             ("oe", "temperature+rescale01"): "OE + 0-1 rescaling (its own T)"}
+    lines = ["| method | T | RMS calib. error ↓ | MAV calib. error ↓ | Soft F1 ↑ | paper RMS | paper MAV | paper Soft F1 |", "|---|---|---|---|---|---|---|---|"]
+    for column, (model, method) in enumerate(TABLE7_COLUMNS):
+        r = _pick(records, model, method)
+        if r is None:
+            continue
+        ref = [f"{paper[k][column]:.1f}" for k in _METRICS] if paper else ["–"] * 3
+        lines.append(f"| {names[(model, method)]} | {r['temperature']:.3f} | {r['rms'] * 100:.1f} | {r['mav'] * 100:.1f} | {r['soft_f1'] * 100:.1f} | " + " | ".join(ref) + " |")
+    return "\n".join(lines)
+
+
+def reliability_diagrams(
+    outputs: Mapping[str, Mapping[str, Mapping[str, torch.Tensor]]],
+    labels: torch.Tensor,
+    temperatures: Mapping[str, float],
+    mean_sets: Sequence[str],
+    out_dir: str | Path,
+    ratio: int = 5,
+    seed: int = 0,
+    title_prefix: str = "",
+) -> dict[str, Path]:
+    """Reliability diagrams (accuracy vs confidence, adaptive bins of 100) of the Table 7 columns on ONE pooled
+    mixture: the test set plus ``len(test) // ratio`` anomalies drawn evenly from ``mean_sets`` (seeded)."""
+    out_dir = Path(out_dir)
+    n_in = int(labels.shape[0])
+    per_set = max(1, (n_in // ratio) // len(mean_sets))
+    reference = next(iter(outputs.values()))
+    picks = {}  # the same anomalies for every model
+    for i, name in enumerate(mean_sets):
+        n_set = int(reference[name]["logits"].shape[0])
+        picks[name] = torch.as_tensor(np.random.default_rng([seed, 11, i]).choice(n_set, size=min(per_set, n_set), replace=False))
+    paths = {}
+    for model, method in TABLE7_COLUMNS:
+        if model not in outputs:
+            continue
+        by_set = outputs[model]
+        pooled = [by_set[name]["logits"][idx] for name, idx in picks.items()]
+        logits = torch.cat([by_set["test"]["logits"], *pooled])
+        n_out = sum(p.shape[0] for p in pooled)
+        correct = np.concatenate([(by_set["test"]["logits"].argmax(-1) == labels).numpy(), np.zeros(n_out, dtype=bool)])
+        confidence = max_softmax_confidence(logits, temperatures[model])
+        if CALIBRATION_METHODS[method]:
+            confidence = rescale_01(confidence, logits.shape[-1])
+        key = f"reliability_{model}_{method.replace('+', '_')}"
+        title = f"{title_prefix}{model}, {method}\nT = {temperatures[model]:.2f}; {n_in} in + {n_out} anomalies (wrong)"
+        paths[key] = plot_reliability_diagram(confidence, correct, out_dir / f"{key}.png", title=title)
+    return paths

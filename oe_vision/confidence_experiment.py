@@ -1,0 +1,124 @@
+"""Confidence branch + Outlier Exposure (paper Sec. 4.2, Table 3): the trainer and the Table 3 layout.
+
+A classifier with a DeVries & Taylor confidence branch (``config.confidence_branch=True``, see
+:mod:`oe_vision.confidence`) outputs class logits ``z`` and a branch logit ``c`` with ``b(x) = sigmoid(c)``. Its
+own training loss (computed by the model in training mode when ``labels`` are given) is DeVries & Taylor's::
+
+    L_branch = NLL(b' p + (1 - b') onehot(y)) + lambda_c * mean(-log b)        (hints on half the batch)
+
+OE for the branch (the paper: "we simply add ``0.5 E_{x ~ D_out^OE}[log b(x)]`` to the network's original
+optimization objective") gives, per step with an in-distribution batch ``(x, y)`` and an outlier batch ``x'``::
+
+    loss = L_branch(x, y) + oe_lambda * mean_{x'} log clamp(sigmoid(c(x')), eps, 1 - eps)   (oe_lambda = 0.5)
+
+The clamp (``eps = 1e-12``, as DeVries & Taylor's code clamps ``b``) bounds the term: without it ``E[log b]`` is
+unbounded below, and in our runs the branch logits of outliers reached -1e24 within 20 steps (loss NaN).
+
+:class:`ConfidenceBranchOETrainer` implements it with two :class:`~oe_common.trainer.OETrainer` hooks:
+:meth:`~ConfidenceBranchOETrainer.outlier_logits` returns the branch logits of the outlier pass (shape ``(B, 1)``)
+and :meth:`~ConfidenceBranchOETrainer.oe_term` is :func:`oe_common.losses.confidence_branch_oe_loss`. It needs
+``oe_concat_forward=False``: the in-distribution pass must carry the labels so that the MODEL computes
+``L_branch`` (the concatenated pass runs without labels and would fall back to plain cross-entropy). For the MNIST
+ConvNet (no BatchNorm) two passes give the same loss as one; for a Wide ResNet the BatchNorm statistics of the
+training forward then come from each batch separately. The classifier logits of the outliers are not used.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from oe_common.losses import confidence_branch_oe_loss
+from oe_common.trainer import OETrainer
+
+from .paper_results import TABLE3
+
+__all__ = ["ConfidenceBranchOETrainer", "branch_logits", "table3_markdown", "BRANCH_EPS", "BRANCH_LOGIT_BOUND"]
+
+#: Clamp of ``b`` before the log in the OE term, as DeVries & Taylor's code clamps ``b`` (1e-12).
+BRANCH_EPS = 1e-12
+#: ``logit(1 - eps) = -logit(eps)``: the branch logits are clamped to ``[-bound, bound]`` (about 27.6).
+BRANCH_LOGIT_BOUND = math.log((1 - BRANCH_EPS) / BRANCH_EPS)
+
+
+def branch_logits(outputs: Any) -> torch.Tensor:
+    """The confidence-branch logits ``c`` ``(B,)`` of a model output (``confidence_logits``); raises if absent."""
+    logits = outputs.get("confidence_logits") if isinstance(outputs, Mapping) else getattr(outputs, "confidence_logits", None)
+    if not isinstance(logits, torch.Tensor):
+        raise ValueError("the model returned no confidence_logits: build it with config.confidence_branch=True")
+    return logits.reshape(-1)
+
+
+class ConfidenceBranchOETrainer(OETrainer):
+    """:class:`~oe_common.trainer.OETrainer` whose OE term acts on the confidence branch: ``+ oe_lambda * E_OE[log b]``.
+
+    Requirements (checked at construction when an ``outlier_dataset`` is given): the model has a confidence branch,
+    ``args.oe_concat_forward`` is False, ``args.oe_loss == "uniform"`` (the field is not used: the term is fixed),
+    no ``label_smoothing_factor`` and no ``compute_loss_func`` (the in-distribution loss must be the model's own).
+    Without outliers it is a plain ``Trainer`` (DeVries & Taylor's training alone).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        if self.outlier_dataset is None:
+            return
+        model = self.accelerator.unwrap_model(self.model)
+        if not getattr(getattr(model, "config", None), "confidence_branch", False):
+            raise ValueError("ConfidenceBranchOETrainer needs a model with a confidence branch (config.confidence_branch=True)")
+        if self.args.oe_concat_forward:
+            raise ValueError(
+                "ConfidenceBranchOETrainer needs oe_concat_forward=False: the in-distribution pass must carry the labels "
+                "so that the model computes its confidence-branch loss"
+            )
+        if self.args.oe_loss != "uniform":
+            raise ValueError(f"oe_loss={self.args.oe_loss!r} is not used by ConfidenceBranchOETrainer (its term is E_OE[log b]); leave it 'uniform'")
+        if self.label_smoother is not None or self._oe_in_loss_func is not None:
+            raise ValueError("ConfidenceBranchOETrainer uses the model's own loss: no label_smoothing_factor / compute_loss_func")
+
+    def outlier_logits(self, model: nn.Module, outlier_batch: Mapping[str, Any]) -> tuple[torch.Tensor, None]:
+        """Forward pass over the outliers; returns the BRANCH logits as ``(B, 1)`` (not the class logits), no mask."""
+        return branch_logits(model(**outlier_batch))[:, None], None
+
+    def oe_term(self, out_logits: torch.Tensor, out_mask: torch.Tensor | None, in_logits: torch.Tensor, in_mask: torch.Tensor | None) -> torch.Tensor:
+        """``E_OE[log b(x')]`` with ``b`` clamped to ``[eps, 1 - eps]`` (minimised: drives ``b`` to 0 on outliers).
+
+        Computed as ``confidence_branch_oe_loss(clamp(c', logit(eps), logit(1 - eps)))`` = ``mean(log clamp(b', eps,
+        1 - eps))`` in float32, the clamp of DeVries & Taylor's code (``eps = 1e-12``): outliers with ``b < eps`` add
+        no gradient. Unclamped, ``E[log b]`` is unbounded below and training diverges.
+        """
+        return confidence_branch_oe_loss(out_logits.float().clamp(-BRANCH_LOGIT_BOUND, BRANCH_LOGIT_BOUND))
+
+
+def table3_markdown(
+    means: Mapping[str, Mapping[str, float]],
+    per_set: Mapping[str, Mapping[str, Mapping[str, float]]],
+    fpr_key: str,
+    set_names: Sequence[str],
+) -> str:
+    """Table 3 layout: MSP -> confidence branch -> branch + OE for FPR / AUROC / AUPR, per set and mean.
+
+    Args:
+        means: ``{"msp" | "branch" | "branch_oe": {metric: fraction}}`` (the ``mean`` rows).
+        per_set: ``{column: {set: {metric: fraction}}}``.
+        fpr_key: ``"fpr99"`` or ``"fpr95"``.
+        set_names: rows, in order.
+    """
+    columns = ("msp", "branch", "branch_oe")
+    label = fpr_key.upper()
+    lines = [f"| D_out^test | {label} ↓ MSP / branch / +OE | AUROC ↑ MSP / branch / +OE | AUPR ↑ MSP / branch / +OE |", "|---|---|---|---|"]
+
+    def cells(rows: Mapping[str, Mapping[str, float]]) -> list[str]:
+        return [" / ".join(f"{rows[c][k] * 100:.1f}" if c in rows else "–" for c in columns) for k in (fpr_key, "auroc", "aupr")]
+
+    for name in set_names:
+        lines.append("| " + " | ".join([name, *cells({c: per_set[c][name] for c in columns if name in per_set.get(c, {})})]) + " |")
+    lines.append("| " + " | ".join(["**mean**", *cells(means)]) + " |")
+    paper = TABLE3["cifar10"]
+    lines.append(
+        "| paper CIFAR-10 mean (WRN 40-4, FPR95) | " + " | ".join(" / ".join(f"{v:.1f}" for v in paper[k]) for k in ("fpr95", "auroc", "aupr")) + " |"
+    )
+    return "\n".join(lines)

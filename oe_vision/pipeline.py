@@ -1,0 +1,845 @@
+"""The vision OE experiments (paper Tables 1, 2, 3, 7, 8, 9) as library code; the recipes only parse arguments.
+
+Stages (each an :class:`oe_common.trainer.OETrainer` run, SGD with Nesterov momentum 0.9 and weight decay on every
+parameter as in the OE code, cosine schedule per step to 0, no gradient clipping, the last step's weights kept):
+
+1. **baseline**: the classifier trained on the in-distribution training set minus a hold-out part (no outliers);
+2. **oe**: that model fine-tuned with ``loss = CE(in) + oe_lambda * H(U, softmax(z))(outliers)``, ``in_batch`` +
+   ``oe_batch`` examples per step in ONE forward pass (BatchNorm sees both);
+3. **oe_scratch** (optional): the same objective from a fresh initialisation, for the baseline's schedule;
+4. **branch** (optional): a classifier with a DeVries & Taylor confidence branch, trained with their loss;
+5. **branch_oe**: that model fine-tuned with ``+ 0.5 * E_OE[log b(x)]``
+   (:class:`oe_vision.confidence_experiment.ConfidenceBranchOETrainer`).
+
+Evaluation of every model on the test set, the hold-out set and every anomaly set (one forward pass each, the
+logits and branch logits are kept): anomaly scores ``msp`` (``-max softmax``), ``uniform_xent``
+(``(1/K) sum log p``, the KL[U||p] score of Tables 2/9) and ``branch`` (``1 - b(x)``); the paper's protocol of
+:func:`oe_common.metrics.evaluate_ood` (ALL test examples vs ``len(test) // 5`` anomalies per set, ``n_draws`` seeded
+draws) at 95% and 99% recall (FPR95 and FPR99); misclassification detection with the MSP; calibration on the test
++ anomaly mixtures (:mod:`oe_vision.calibration_experiment`).
+
+Anomaly sets that share the OE source's distribution (``isun_gray`` when iSUN is MNIST's OE source) are not
+*unseen*: they get their own rows (``oe_source_overlap: true``) and are left out of every ``mean``.
+
+Outputs (:func:`run_vision_oe`): ``results.json`` (detection records + meta with calibration and
+misclassification records), ``results.md`` (the paper's table layouts, the paper's numbers beside ours), ROC /
+score-histogram / reliability PNGs, and the models (safetensors) when ``save_models``. Single process (one GPU or
+the CPU).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+from torchvision.transforms import v2
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, set_seed
+
+from oe_common.metrics import evaluate_ood, misclassification_metrics
+from oe_common.reporting import detection_records, plot_roc_curves, plot_score_histograms, run_meta, write_results
+from oe_common.scores import msp_score, uniform_xent_score
+from oe_common.trainer import OETrainer, OETrainingArguments
+
+from . import data as vdata
+from .calibration_experiment import reliability_diagrams, run_calibration, table7_markdown
+from .confidence import confidence_branch_score
+from .confidence_experiment import ConfidenceBranchOETrainer, table3_markdown
+from .modeling_mnist_convnet import MnistConvNetConfig, MnistConvNetForImageClassification
+from .modeling_wide_resnet import WideResNetConfig, WideResNetForImageClassification
+from .paper_results import MSP_MISCLASSIFICATION, OE_SCRATCH_CIFAR10, PAPER_ONLY_ROWS, detection_table, scores_table
+from .synthetic import SyntheticImageDataset
+
+__all__ = [
+    "DATASETS",
+    "STAGES",
+    "PRESET_NAMES",
+    "CIFAR10_CLASSES",
+    "VisionOEConfig",
+    "VisionData",
+    "TensorImageDataset",
+    "preset_config",
+    "materialize",
+    "load_vision_data",
+    "build_model",
+    "training_arguments",
+    "train_stage",
+    "collect_outputs",
+    "anomaly_scores",
+    "evaluate_detection",
+    "misclassification_record",
+    "save_detector",
+    "detection_markdown",
+    "scores_markdown",
+    "run_vision_oe",
+]
+
+DATASETS = ("mnist", "cifar10")
+#: Training stages in the order :func:`run_vision_oe` runs them.
+STAGES = ("baseline", "oe", "oe_scratch", "branch", "branch_oe")
+_FROM_SCRATCH = ("baseline", "oe_scratch", "branch")
+_WITH_OUTLIERS = ("oe", "oe_scratch", "branch_oe")
+CLASSIFIER_SCORES = ("msp", "uniform_xent")
+BRANCH_SCORES = ("msp", "branch")
+PRESET_NAMES: dict[str, tuple[str, ...]] = {"mnist": ("test", "tiny", "paper"), "cifar10": ("test", "tiny", "short", "paper")}
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+@dataclasses.dataclass
+class VisionOEConfig:
+    """Everything a vision OE run depends on. ``*_max_steps > 0`` overrides the matching ``*_epochs``.
+
+    Epochs count in-distribution batches (the OE stream cycles independently). ``baseline_*`` settings also apply
+    to ``oe_scratch`` and ``branch``; ``oe_*`` settings to ``branch_oe``.
+    """
+
+    dataset: str = "mnist"
+    model: str | None = None  # "convnet" | "wrn"; None: convnet for MNIST, wrn for CIFAR-10
+    wrn_depth: int = 40
+    wrn_widen_factor: int = 2
+    wrn_dropout: float = 0.3
+    # data
+    oe_source: str = "isun"  # MNIST: "cifar10" (gray, 28x28) | "isun" | "auto"; CIFAR-10: "isun"
+    holdout_size: int = 6000  # training images held out (never trained on); the temperature is fitted on them
+    train_size: int | None = None  # cap on the remaining training images (None = all)
+    test_size: int | None = None  # None = the full test set (the paper's protocol)
+    ood_size: int | None = None  # cap per anomaly set (None = real sets in full, synthetic sets of 10,000)
+    oe_pool_size: int | None = None  # cap on the OE source (None = all of it)
+    augment: bool = True  # CIFAR-10: flip + crop(32, pad 4) for the training set and the OE source
+    # optimisation
+    batch_size: int = 50
+    oe_batch_size: int = 100
+    eval_batch_size: int = 500
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    baseline_epochs: float = 10.0
+    baseline_max_steps: int = -1
+    oe_lr: float = 0.01
+    oe_epochs: float = 5.0
+    oe_max_steps: int = -1
+    oe_lambda: float = 0.5
+    branch_oe_lambda: float = 0.5
+    # stages
+    oe_from_scratch: bool = False
+    branch: bool = True
+    calibration: bool = True
+    # evaluation
+    scores: tuple[str, ...] = CLASSIFIER_SCORES
+    n_draws: int = 10
+    ratio: int = 5
+    recall_level: float = 0.99  # the FPR shown in the Markdown tables (both FPR95 and FPR99 are recorded)
+    # runtime
+    bf16: bool = False
+    num_workers: int = 0
+    logging_steps: int = 50
+    save_models: bool = True
+    seed: int = 0
+    cifar_dir: str | None = None  # CIFAR-10 .npz folder (default: $OE_CIFAR10_DIR, then <data_dir>/cifar10)
+
+    def __post_init__(self) -> None:
+        if self.dataset not in DATASETS:
+            raise ValueError(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
+        if self.model is None:
+            self.model = "convnet" if self.dataset == "mnist" else "wrn"
+        if self.model not in ("convnet", "wrn"):
+            raise ValueError(f"model must be 'convnet' or 'wrn', got {self.model!r}")
+        if self.model == "convnet" and self.dataset != "mnist":
+            raise ValueError("the MNIST ConvNet takes 1x28x28 inputs: use model='wrn' for CIFAR-10")
+        sources = ("cifar10", "isun", "auto") if self.dataset == "mnist" else ("isun",)
+        if self.oe_source not in sources:
+            raise ValueError(f"oe_source for {self.dataset} must be one of {sources}, got {self.oe_source!r}")
+        unknown = set(self.scores) - set(CLASSIFIER_SCORES)
+        if unknown or not self.scores:
+            raise ValueError(f"scores must be a non-empty subset of {CLASSIFIER_SCORES}, got {self.scores!r}")
+        self.scores = tuple(self.scores)
+        if self.recall_level not in (0.95, 0.99):
+            raise ValueError(f"recall_level must be 0.95 or 0.99, got {self.recall_level}")
+        for name in ("oe_lambda", "branch_oe_lambda", "weight_decay", "momentum"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("batch_size", "oe_batch_size", "eval_batch_size", "n_draws", "ratio", "holdout_size", "logging_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("train_size", "test_size", "ood_size", "oe_pool_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1 or None, got {value}")
+        if self.baseline_max_steps <= 0 and not self.baseline_epochs > 0 or self.oe_max_steps <= 0 and not self.oe_epochs > 0:
+            raise ValueError("give epochs > 0 or max_steps > 0 for both the baseline and the OE stages")
+
+    @property
+    def fpr_key(self) -> str:
+        """``"fpr99"`` or ``"fpr95"``: the FPR the Markdown tables show."""
+        return f"fpr{round(self.recall_level * 100)}"
+
+    @property
+    def stages(self) -> tuple[str, ...]:
+        """The stages this configuration runs, in order."""
+        return tuple(s for s in STAGES if s in ("baseline", "oe") or (s == "oe_scratch" and self.oe_from_scratch) or (s.startswith("branch") and self.branch))
+
+
+# Presets. "test": the unit test (seconds to a minute on a busy CPU; real MNIST subset, iSUN outliers); "tiny": a
+# 2-core CPU in a few minutes (MNIST: iSUN outliers, so CIFAR is not needed); "short": CIFAR-10 on one GPU in
+# limited time; "paper": the paper's settings on a GPU.
+_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "mnist": {
+        "test": dict(oe_source="isun", holdout_size=500, train_size=2000, test_size=1000, ood_size=300, oe_pool_size=2000,
+                     baseline_max_steps=400, oe_max_steps=80, n_draws=3, logging_steps=50),
+        "tiny": dict(oe_source="isun", holdout_size=6000, ood_size=4000, baseline_epochs=2.0, oe_epochs=1.0, logging_steps=200),
+        "paper": dict(oe_source="cifar10", holdout_size=6000, baseline_epochs=10.0, oe_epochs=5.0, eval_batch_size=1000,
+                      num_workers=4, logging_steps=100),
+    },
+    "cifar10": {
+        "test": dict(wrn_depth=10, wrn_widen_factor=1, holdout_size=128, train_size=256, test_size=250, ood_size=100, oe_pool_size=512,
+                     batch_size=32, oe_batch_size=64, lr=0.1, oe_lr=0.001, baseline_max_steps=4, oe_max_steps=2, n_draws=2,
+                     eval_batch_size=125, recall_level=0.95, branch=False, logging_steps=2),
+        "tiny": dict(wrn_depth=16, wrn_widen_factor=2, holdout_size=1000, train_size=5000, test_size=2000, ood_size=1000,
+                     batch_size=64, oe_batch_size=128, lr=0.1, oe_lr=0.01, baseline_epochs=2.0, oe_epochs=1.0, eval_batch_size=250,
+                     recall_level=0.95, branch=False, logging_steps=20),
+        "short": dict(holdout_size=5000, batch_size=128, oe_batch_size=256, lr=0.1, oe_lr=0.001, baseline_epochs=15.0, oe_epochs=3.0,
+                      eval_batch_size=1000, recall_level=0.95, branch=False, bf16=True, num_workers=8, logging_steps=50),
+        "paper": dict(holdout_size=5000, batch_size=128, oe_batch_size=256, lr=0.1, oe_lr=0.001, baseline_epochs=100.0, oe_epochs=10.0,
+                      eval_batch_size=1000, recall_level=0.95, branch=False, bf16=True, num_workers=8, logging_steps=100),
+    },
+}
+
+
+def preset_config(dataset: str, preset: str, **overrides: Any) -> VisionOEConfig:
+    """The :class:`VisionOEConfig` of a named preset with ``overrides`` applied (``None`` values are ignored)."""
+    if dataset not in _PRESETS:
+        raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
+    if preset not in _PRESETS[dataset]:
+        raise ValueError(f"unknown preset {preset!r} for {dataset}; available: {PRESET_NAMES[dataset]}")
+    fields = {f.name for f in dataclasses.fields(VisionOEConfig)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(f"unknown setting(s) {unknown}; VisionOEConfig has {sorted(fields)}")
+    return VisionOEConfig(dataset=dataset, **{**_PRESETS[dataset][preset], **{k: v for k, v in overrides.items() if v is not None}})
+
+
+# ================================================================================================ data
+class TensorImageDataset(Dataset):
+    """Preprocessed images held as one float tensor; item ``i`` is ``(pixel_values[i], labels[i])``.
+
+    Args:
+        pixel_values: ``(N, C, H, W)`` float32, already through the experiment's transforms.
+        labels: ``(N,)`` int64 (class ids, or :data:`oe_vision.data.OOD_LABEL` for anomalies / outliers).
+    """
+
+    def __init__(self, pixel_values: torch.Tensor, labels: torch.Tensor, name: str = ""):
+        if pixel_values.dim() != 4 or labels.shape != pixel_values.shape[:1]:
+            raise ValueError(f"need pixel_values (N, C, H, W) and labels (N,), got {tuple(pixel_values.shape)} and {tuple(labels.shape)}")
+        self.pixel_values, self.labels, self.name = pixel_values, labels.long(), name
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.pixel_values[index], int(self.labels[index])
+
+    def __repr__(self) -> str:
+        return f"TensorImageDataset(name={self.name!r}, n={len(self)}, image_shape={tuple(self.pixel_values.shape[1:])})"
+
+
+_DETERMINISTIC_STEPS = (v2.ToImage, v2.Resize, v2.CenterCrop, v2.Grayscale, v2.RGB, v2.ToDtype, v2.Normalize, v2.ToPureTensor)
+
+
+def _is_deterministic(transform: Any) -> bool:
+    """Whether a ``v2.Compose`` has only deterministic, batch-safe steps (``RandomInvert(p=1)`` counts as one)."""
+    steps = getattr(transform, "transforms", None)
+    if not isinstance(transform, v2.Compose) or steps is None:
+        return False
+    return all(isinstance(t, _DETERMINISTIC_STEPS) or (isinstance(t, v2.RandomInvert) and t.p >= 1.0) for t in steps)
+
+
+def _unwrap(dataset: Dataset) -> tuple[Dataset, list[int] | None]:
+    """``(base dataset, indices into it)`` through any chain of ``Subset``s (``None`` = all of it, in order)."""
+    indices: list[int] | None = None
+    while isinstance(dataset, Subset):
+        own = [int(i) for i in dataset.indices]
+        indices = own if indices is None else [own[i] for i in indices]
+        dataset = dataset.dataset
+    return dataset, indices
+
+
+def materialize(dataset: Dataset, desc: str = "", batch_size: int = 512, num_workers: int = 0) -> TensorImageDataset:
+    """Run ``dataset``'s transforms once and keep the results as a :class:`TensorImageDataset`.
+
+    For deterministic pipelines only (evaluation sets, MNIST training data): every model then reads the same
+    tensors. Fast paths, both checked against per-item results on the first examples: an
+    :class:`~oe_vision.data.ImageArrayDataset` (or a ``Subset`` of one) with a deterministic ``v2`` pipeline is
+    transformed in chunks of images at once; a whole :class:`~oe_vision.synthetic.SyntheticImageDataset` (no
+    transform) is generated in bulk. Anything else goes through a ``DataLoader`` item by item.
+    """
+    name = getattr(dataset, "name", "") or desc
+    base, indices = _unwrap(dataset)
+    n = len(dataset)
+    if n == 0:
+        raise ValueError(f"cannot materialize an empty dataset ({name})")
+    pixels: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
+    if isinstance(base, vdata.ImageArrayDataset) and _is_deterministic(base.transform):
+        index = torch.arange(len(base)) if indices is None else torch.as_tensor(indices, dtype=torch.long)
+        chunks = [base.transform(base.images[index[s : s + 4096]]) for s in range(0, n, 4096)]
+        pixels, labels = torch.cat(chunks).float().contiguous(), base.labels[index].clone()
+    elif isinstance(base, SyntheticImageDataset) and base.transform is None and (indices is None or indices == list(range(len(base)))):
+        pixels, labels = base.materialize(), torch.full((n,), base.label, dtype=torch.long)
+    if pixels is not None:
+        for i in range(min(4, n)):  # the fast path must equal the per-item pipeline
+            if not torch.equal(pixels[i], dataset[i][0]):
+                pixels = None
+                break
+    if pixels is None:
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=vdata.image_collate)
+        batches = [b for b in tqdm(loader, desc=f"preparing {name}", leave=False)]
+        pixels = torch.cat([b["pixel_values"] for b in batches]).float().contiguous()
+        labels = torch.cat([b["labels"] for b in batches])
+    return TensorImageDataset(pixels, labels, name=name)
+
+
+@dataclasses.dataclass
+class VisionData:
+    """The data of one run. ``train`` and ``oe_source`` are model-ready datasets of ``(pixel_values, label)``;
+    evaluation sets are materialized. ``overlap_sets``: anomaly sets that share the OE source's distribution."""
+
+    dataset: str
+    train: Dataset
+    holdout: TensorImageDataset
+    test: TensorImageDataset
+    ood: dict[str, TensorImageDataset]
+    oe_source: Dataset
+    oe_source_name: str
+    overlap_sets: tuple[str, ...]
+    num_labels: int = 10
+    preprocessing: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def mean_sets(self) -> tuple[str, ...]:
+        """Anomaly sets that enter the ``mean`` rows (all but :attr:`overlap_sets`)."""
+        return tuple(name for name in self.ood if name not in self.overlap_sets)
+
+    def eval_sets(self) -> dict[str, TensorImageDataset]:
+        """``{"test", "holdout", <anomaly sets>}``: what every model is run on."""
+        return {"test": self.test, "holdout": self.holdout, **self.ood}
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "n_train": len(self.train),
+            "n_holdout": len(self.holdout),
+            "n_test": len(self.test),
+            "n_ood": {name: len(ds) for name, ds in self.ood.items()},
+            "oe_source": self.oe_source_name,
+            "n_oe_source": len(self.oe_source),
+            "mean_sets": list(self.mean_sets),
+            "overlap_sets": list(self.overlap_sets),
+        }
+
+
+def _split_train(n: int, holdout: int, train_cap: int | None, seed: int) -> tuple[list[int], list[int]]:
+    """A seeded split of ``range(n)`` into ``(train, holdout)`` indices (sorted); ``train`` capped at ``train_cap``."""
+    if holdout >= n:
+        raise ValueError(f"holdout_size {holdout} leaves no training data out of {n} images")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 12345)).tolist()
+    held, rest = perm[:holdout], perm[holdout:]
+    if train_cap is not None:
+        rest = rest[:train_cap]
+    return sorted(rest), sorted(held)
+
+
+def _capped(dataset: Dataset, cap: int | None, seed: int, key: int) -> Dataset:
+    return dataset if cap is None or cap >= len(dataset) else vdata.subset(dataset, cap, seed, key)
+
+
+def load_vision_data(cfg: VisionOEConfig, data_dir: str | Path | None = None) -> VisionData:
+    """Load, split, subset and preprocess the data of ``cfg`` (see :mod:`oe_vision.data` for every set).
+
+    MNIST: 60,000 training images -> ``holdout_size`` held out + the rest (capped at ``train_size``); OE source
+    CIFAR-10 train in grayscale 28x28 (``oe_source="cifar10"``; needs ``$OE_CIFAR10_DIR`` or ``cifar_dir``) or
+    iSUN's OE part (``"isun"``; then the ``isun_gray`` test set is an overlap set). CIFAR-10: the same split of the
+    50,000 training images (the hold-out without augmentation); OE source iSUN's OE part (6,921 images).
+    """
+    seed = cfg.seed
+    if cfg.dataset == "mnist":
+        full_train, test = vdata.mnist_in_distribution(data_dir)
+        plain_train = full_train
+        oe = vdata.mnist_oe_source(data_dir, source=cfg.oe_source, cifar_dir=cfg.cifar_dir)
+        ood = vdata.mnist_ood_sets(data_dir, n=None, seed=seed)
+        preprocessing = {"size": 28, "channels": 1}
+    else:
+        full_train, test = vdata.cifar10_in_distribution(cfg.cifar_dir, data_dir, augment=cfg.augment)
+        plain_train = full_train
+        if cfg.augment:  # the same images without augmentation (shared storage): the hold-out must not be augmented
+            plain_train = copy.copy(full_train)
+            plain_train.transform = test.transform
+        oe = vdata.cifar10_oe_source(data_dir, augment=cfg.augment)
+        ood = vdata.cifar10_ood_sets(data_dir, n=None, seed=seed)
+        preprocessing = {"size": 32, "channels": 3, "mean": list(vdata.CIFAR10_MEAN), "std": list(vdata.CIFAR10_STD)}
+    oe_name = getattr(oe, "name", "oe")
+    train_idx, holdout_idx = _split_train(len(full_train), cfg.holdout_size, cfg.train_size, seed)
+    train: Dataset = Subset(full_train, train_idx)
+    oe_source: Dataset = _capped(oe, cfg.oe_pool_size, seed, 101)
+    if cfg.dataset == "mnist":  # deterministic pipelines: transform once
+        train = materialize(train, "mnist-train", num_workers=cfg.num_workers)
+        oe_source = materialize(oe_source, oe_name, num_workers=cfg.num_workers)
+    holdout = materialize(Subset(plain_train, holdout_idx), f"{cfg.dataset}-holdout", num_workers=cfg.num_workers)
+    test_set = materialize(_capped(test, cfg.test_size, seed, 102), f"{cfg.dataset}-test", num_workers=cfg.num_workers)
+    ood_sets = {
+        name: materialize(_capped(ds, cfg.ood_size, seed, 200 + i), name, num_workers=cfg.num_workers)
+        for i, (name, ds) in enumerate(tqdm(list(ood.items()), desc="anomaly sets", leave=False))
+    }
+    overlap = tuple(name for name in ood_sets if cfg.dataset == "mnist" and "isun" in oe_name and name == "isun_gray")
+    return VisionData(cfg.dataset, train, holdout, test_set, ood_sets, oe_source, oe_name, overlap, 10, preprocessing)
+
+
+# ================================================================================================ training
+def build_model(cfg: VisionOEConfig, confidence_branch: bool = False) -> PreTrainedModel:
+    """A freshly initialised classifier for ``cfg`` (10 classes), optionally with a confidence branch."""
+    labels = [str(d) for d in range(10)] if cfg.dataset == "mnist" else list(CIFAR10_CLASSES)
+    id2label = dict(enumerate(labels))
+    label2id = {v: k for k, v in id2label.items()}
+    if cfg.model == "convnet":
+        config = MnistConvNetConfig(num_labels=10, id2label=id2label, label2id=label2id, confidence_branch=confidence_branch)
+        return MnistConvNetForImageClassification(config)
+    config = WideResNetConfig(
+        depth=cfg.wrn_depth, widen_factor=cfg.wrn_widen_factor, dropout=cfg.wrn_dropout, num_labels=10,
+        num_channels=3 if cfg.dataset == "cifar10" else 1, image_size=32 if cfg.dataset == "cifar10" else 28,
+        id2label=id2label, label2id=label2id, confidence_branch=confidence_branch,
+    )
+    return WideResNetForImageClassification(config)
+
+
+def training_arguments(cfg: VisionOEConfig, stage: str, output_dir: str | Path) -> OETrainingArguments:
+    """The ``OETrainingArguments`` of one stage (no evaluation or checkpoints during training: the paper keeps the
+    last epoch; cosine schedule without warm-up; no gradient clipping)."""
+    if stage not in STAGES:
+        raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+    scratch = stage in _FROM_SCRATCH
+    cuda = torch.cuda.is_available()
+    return OETrainingArguments(
+        output_dir=str(Path(output_dir) / "checkpoints" / stage),
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.eval_batch_size,
+        learning_rate=cfg.lr if scratch else cfg.oe_lr,
+        num_train_epochs=cfg.baseline_epochs if scratch else cfg.oe_epochs,
+        max_steps=cfg.baseline_max_steps if scratch else cfg.oe_max_steps,
+        weight_decay=cfg.weight_decay,  # informational: the optimizer is built by train_stage
+        max_grad_norm=0.0,
+        lr_scheduler_type="cosine",
+        warmup_steps=0,
+        eval_strategy="no",
+        save_strategy="no",
+        logging_steps=cfg.logging_steps,
+        report_to="none",
+        bf16=cfg.bf16 and cuda,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        dataloader_num_workers=cfg.num_workers,
+        dataloader_pin_memory=cuda,
+        dataloader_persistent_workers=cfg.num_workers > 0,
+        disable_tqdm=False,
+        oe_lambda=cfg.branch_oe_lambda if stage == "branch_oe" else cfg.oe_lambda,
+        oe_batch_size=cfg.oe_batch_size,
+        oe_concat_forward=stage != "branch_oe",
+    )
+
+
+def train_stage(model: PreTrainedModel, data: VisionData, cfg: VisionOEConfig, stage: str, output_dir: str | Path) -> OETrainer:
+    """Train ``model`` in place for ``stage`` and return its trainer.
+
+    Optimizer: ``torch.optim.SGD(model.parameters(), lr, momentum, nesterov=True, weight_decay)`` (decay on every
+    parameter, as the OE code); the Trainer adds the cosine schedule. ``branch``/``branch_oe`` use
+    :class:`~oe_vision.confidence_experiment.ConfidenceBranchOETrainer`; the others :class:`OETrainer`.
+    """
+    args = training_arguments(cfg, stage, output_dir)
+    if stage.startswith("branch") != bool(getattr(model.config, "confidence_branch", False)):
+        raise ValueError(f"stage {stage!r} needs a model {'with' if stage.startswith('branch') else 'without'} a confidence branch")
+    model.to(args.device)
+    lr = cfg.lr if stage in _FROM_SCRATCH else cfg.oe_lr
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0, weight_decay=cfg.weight_decay)
+    trainer_cls = ConfidenceBranchOETrainer if stage.startswith("branch") else OETrainer
+    trainer = trainer_cls(
+        model=model,
+        args=args,
+        train_dataset=data.train,
+        data_collator=vdata.image_collate,
+        outlier_dataset=data.oe_source if stage in _WITH_OUTLIERS else None,
+        optimizers=(optimizer, None),
+    )
+    trainer.train()
+    return trainer
+
+
+# ================================================================================================ evaluation
+@torch.no_grad()
+def collect_outputs(
+    model: PreTrainedModel, sets: Mapping[str, TensorImageDataset], batch_size: int, desc: str = "scoring", bf16: bool = False
+) -> dict[str, dict[str, torch.Tensor | None]]:
+    """One eval-mode pass over every set: ``{set: {"logits": (N, K), "confidence_logits": (N,) or None}}`` (float32, CPU)."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    result: dict[str, dict[str, torch.Tensor | None]] = {}
+    total = sum(math.ceil(len(ds) / batch_size) for ds in sets.values())
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda")
+    try:
+        with tqdm(total=total, desc=desc) as bar:
+            for name, ds in sets.items():
+                logits, branch = [], []
+                for start in range(0, len(ds), batch_size):
+                    x = ds.pixel_values[start : start + batch_size].to(device, non_blocking=True)
+                    with autocast:
+                        out = model(pixel_values=x)
+                    logits.append(out.logits.float().cpu())
+                    if getattr(out, "confidence_logits", None) is not None:
+                        branch.append(out.confidence_logits.float().reshape(-1).cpu())
+                    bar.update(1)
+                result[name] = {"logits": torch.cat(logits), "confidence_logits": torch.cat(branch) if branch else None}
+    finally:
+        model.train(was_training)
+    return result
+
+
+def anomaly_scores(outputs: Mapping[str, torch.Tensor | None], score: str) -> np.ndarray:
+    """Per-example anomaly scores (higher = more anomalous) from :func:`collect_outputs` of one set.
+
+    ``msp``: ``-max_k softmax(z)_k``; ``uniform_xent``: ``(1/K) sum_k log softmax(z)_k``; ``branch``: ``1 - b(x)``.
+    """
+    if score == "msp":
+        return msp_score(outputs["logits"]).double().numpy()
+    if score == "uniform_xent":
+        return uniform_xent_score(outputs["logits"]).double().numpy()
+    if score == "branch":
+        if outputs.get("confidence_logits") is None:
+            raise ValueError("score 'branch' needs a model with a confidence branch")
+        return confidence_branch_score(outputs["confidence_logits"]).double().numpy()
+    raise ValueError(f"unknown score {score!r}; use 'msp', 'uniform_xent' or 'branch'")
+
+
+def _records_at_both_levels(in_scores: np.ndarray, out: Mapping[str, np.ndarray], cfg: VisionOEConfig, seed: int, **fields: Any) -> list[dict[str, Any]]:
+    """Detection records with ``fpr99`` and ``fpr95`` (the same seeded draws: AUROC / AUPR identical at both levels)."""
+    tables = {level: evaluate_ood(in_scores, out, n_draws=cfg.n_draws, ratio=cfg.ratio, seed=seed, recall_level=level) for level in (0.95, 0.99)}
+    records = detection_records(tables[0.99], **fields)
+    for record, row in zip(records, tables[0.95].rows):
+        record["fpr95"], record["fpr95_std"] = row["fpr"], row["fpr_std"]
+    return records
+
+
+def evaluate_detection(
+    outputs: Mapping[str, Mapping[str, torch.Tensor | None]], data: VisionData, cfg: VisionOEConfig, model_name: str, score: str
+) -> tuple[list[dict[str, Any]], np.ndarray, dict[str, np.ndarray]]:
+    """Detection records of one model and score: every unseen set + ``mean`` (over them), then overlap sets.
+
+    Returns ``(records, in_scores, {set: out_scores})``. Record fields: ``dataset``, ``model``, ``score``, ``domain``,
+    ``fpr99``, ``fpr95``, ``auroc``, ``aupr`` (anomalies positive), ``aupr_in``, stds over draws, ``n_in``, ``n_out``,
+    ``n_draws``, ``oe_source_overlap``; metric values are fractions.
+    """
+    in_scores = anomaly_scores(outputs["test"], score)
+    out = {name: anomaly_scores(outputs[name], score) for name in data.ood}
+    fields = dict(dataset=cfg.dataset, model=model_name, score=score)
+    records = _records_at_both_levels(in_scores, {n: out[n] for n in data.mean_sets}, cfg, cfg.seed, **fields, oe_source_overlap=False)
+    if data.overlap_sets:
+        extra = _records_at_both_levels(in_scores, {n: out[n] for n in data.overlap_sets}, cfg, cfg.seed + 1, **fields, oe_source_overlap=True)
+        records += [r for r in extra if r["domain"] != "mean"]
+    return records, in_scores, out
+
+
+def misclassification_record(outputs: Mapping[str, Mapping[str, torch.Tensor | None]], labels: torch.Tensor, model_name: str, dataset: str) -> dict[str, Any]:
+    """Misclassification detection on the test set with the MSP (errors positive): AUROC, AUPR-Err, AUPR-Succ."""
+    logits = outputs["test"]["logits"]
+    correct = (logits.argmax(-1) == labels).numpy()
+    confidence = torch.softmax(logits.double(), -1).amax(-1).numpy()
+    record: dict[str, Any] = {"dataset": dataset, "model": model_name, "score": "msp", "domain": "test", "test_error": float(1 - correct.mean()), "n": int(correct.size)}
+    try:
+        record.update(misclassification_metrics(confidence, correct))
+    except ValueError as err:  # no error (or no correct prediction) on the test set
+        record.update({"auroc": None, "aupr_err": None, "aupr_succ": None, "note": str(err)})
+    return record
+
+
+def save_detector(
+    model: PreTrainedModel, outputs: Mapping[str, Mapping[str, torch.Tensor | None]], data: VisionData, cfg: VisionOEConfig,
+    folder: str | Path, score: str = "msp", target_fpr: float = 0.05,
+) -> Path:
+    """Save ``model`` as an :class:`oe_common.detector.OODDetector` (``oe score --model FOLDER --input images/``).
+
+    The threshold flags ``target_fpr`` of the HELD-OUT training images; the stored evaluation is the detection table
+    of ``score`` on the unseen anomaly sets (the recipe's protocol).
+    """
+    from oe_common.detector import ImagePreprocessing, OODDetector
+
+    in_scores = anomaly_scores(outputs["test"], score)
+    table = evaluate_ood(in_scores, {n: anomaly_scores(outputs[n], score) for n in data.mean_sets}, n_draws=cfg.n_draws, ratio=cfg.ratio,
+                         seed=cfg.seed, recall_level=cfg.recall_level)
+    table.meta["score"] = score
+    training = {
+        "in_distribution_dataset": cfg.dataset, "outlier_dataset": data.oe_source_name, "test_anomaly_datasets": list(data.mean_sets),
+        "oe_lambda": cfg.oe_lambda, "oe_loss": "uniform", "oe_epochs": cfg.oe_epochs, "oe_max_steps": cfg.oe_max_steps,
+        "oe_lr": cfg.oe_lr, "in_batch": cfg.batch_size, "oe_batch": cfg.oe_batch_size, "baseline_epochs": cfg.baseline_epochs,
+        "recipe": f"recipes/{cfg.dataset}_oe.py",
+    }
+    detector = OODDetector(model, ImagePreprocessing(**data.preprocessing), score=score, training=training,
+                           evaluation=table.to_dict(), device=next(model.parameters()).device, progress=False)
+    detector.fit_threshold_from_scores(anomaly_scores(outputs["holdout"], score), target_fpr=target_fpr)
+    return detector.save_pretrained(folder)
+
+
+# ================================================================================================ Markdown
+def _by_domain(records: Sequence[Mapping[str, Any]], model: str, score: str) -> dict[str, Mapping[str, Any]]:
+    return {r["domain"]: r for r in records if r["model"] == model and r["score"] == score}
+
+
+def _name(domain: str, record: Mapping[str, Any] | None) -> str:
+    if domain == "mean":
+        return "**mean**"
+    return f"{domain} †" if record is not None and record.get("oe_source_overlap") else domain
+
+
+def _pct(value: Any) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value * 100:.1f}"
+
+
+def detection_markdown(records: Sequence[Mapping[str, Any]], dataset: str, fpr_key: str, score: str = "msp") -> str:
+    """Table 8 (MNIST) / Table 1 (CIFAR-10) layout: per set ``baseline -> OE`` with ``score``, the paper's rows beside."""
+    base, oe = _by_domain(records, "baseline", score), _by_domain(records, "oe", score)
+    paper = detection_table(dataset)
+    paper_fpr = "fpr99" if dataset == "mnist" else "fpr95"
+    label = fpr_key.upper()
+    lines = [
+        f"| D_out^test | {label} ↓ ours | AUROC ↑ ours | AUPR ↑ ours | {paper_fpr.upper()} ↓ paper | AUROC ↑ paper | AUPR ↑ paper |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for domain, b in base.items():
+        o = oe.get(domain)
+        cells = [f"{_pct(b[k])} → {_pct(o[k])}" if o else _pct(b[k]) for k in (fpr_key, "auroc", "aupr")]
+        ref = paper.get(domain)
+        cells += [f"{ref[k][0]} → {ref[k][1]}" for k in (paper_fpr, "auroc", "aupr")] if ref else ["–"] * 3
+        lines.append("| " + " | ".join([_name(domain, b), *cells]) + " |")
+    return "\n".join(lines)
+
+
+def scores_markdown(records: Sequence[Mapping[str, Any]], dataset: str, fpr_key: str, model: str = "oe") -> str:
+    """Table 9 (MNIST) / Table 2 (CIFAR-10) layout: the OE model's MSP vs KL[U||p] (``uniform_xent``) scores."""
+    msp, kl = _by_domain(records, model, "msp"), _by_domain(records, model, "uniform_xent")
+    label = fpr_key.upper()
+    lines = [f"| D_out^test | {label} ↓ MSP | {label} ↓ KL[U‖p] | AUROC ↑ MSP | AUROC ↑ KL[U‖p] | AUPR ↑ MSP | AUPR ↑ KL[U‖p] |", "|---|---|---|---|---|---|---|"]
+    for domain, m in msp.items():
+        k = kl.get(domain, {})
+        cells = [c for key in (fpr_key, "auroc", "aupr") for c in (_pct(m[key]), _pct(k.get(key)))]
+        lines.append("| " + " | ".join([_name(domain, m), *cells]) + " |")
+    paper = scores_table(dataset)
+    if paper:
+        paper_fpr = "fpr99" if dataset == "mnist" else "fpr95"
+        cells = [f"{v:.1f}" for key in (paper_fpr, "auroc", "aupr") for v in paper[key]]
+        lines.append(f"| paper mean ({paper_fpr.upper()}) | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _models_markdown(records: Sequence[Mapping[str, Any]], models: Sequence[str], score: str, fpr_key: str) -> str:
+    tables = {m: _by_domain(records, m, score) for m in models}
+    label = fpr_key.upper()
+    head = " / ".join(models)
+    lines = [f"| D_out^test | {label} ↓ {head} | AUROC ↑ {head} | AUPR ↑ {head} |", "|---|---|---|---|"]
+    for domain, first in tables[models[0]].items():
+        cells = [" / ".join(_pct(tables[m].get(domain, {}).get(k)) for m in models) for k in (fpr_key, "auroc", "aupr")]
+        lines.append("| " + " | ".join([_name(domain, first), *cells]) + " |")
+    return "\n".join(lines)
+
+
+def _misclassification_markdown(records: Sequence[Mapping[str, Any]], dataset: str) -> str:
+    lines = ["| model | test error | AUROC ↑ | AUPR-Err ↑ | AUPR-Succ ↑ |", "|---|---|---|---|---|"]
+    for r in records:
+        lines.append(f"| {r['model']} | {r['test_error'] * 100:.2f} | {_pct(r['auroc'])} | {_pct(r['aupr_err'])} | {_pct(r['aupr_succ'])} |")
+    ref = MSP_MISCLASSIFICATION.get(dataset)
+    if ref:
+        lines.append(f"| paper (MSP paper, {dataset}) | {ref['test_error']:.2f} | {ref['auroc']:.0f} | {ref['aupr_err']:.0f} | {ref['aupr_succ']:.0f} |")
+    return "\n".join(lines)
+
+
+def _table3(records: Sequence[Mapping[str, Any]], data: VisionData, fpr_key: str) -> str:
+    columns = {"msp": ("baseline", "msp"), "branch": ("branch", "branch"), "branch_oe": ("branch_oe", "branch")}
+    per_set = {c: _by_domain(records, m, s) for c, (m, s) in columns.items()}
+    means = {c: rows["mean"] for c, rows in per_set.items() if "mean" in rows}
+    return table3_markdown(means, per_set, fpr_key, data.mean_sets)
+
+
+_TITLES = {"mnist": "MNIST (ConvNet)", "cifar10": "CIFAR-10 (Wide ResNet)"}
+
+
+def _markdown_report(cfg: VisionOEConfig, data: VisionData, records: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    fpr = cfg.fpr_key.upper()
+    model_desc = "ConvNet (conv5 1→10, conv5 10→20, FC 320→50→10)" if cfg.model == "convnet" else f"WRN-{cfg.wrn_depth}-{cfg.wrn_widen_factor} (dropout {cfg.wrn_dropout})"
+    stats = meta["data"]
+    table_no = ("8", "9") if cfg.dataset == "mnist" else ("1", "2")
+    parts = [
+        f"# {_TITLES[cfg.dataset]}: MSP baseline → Outlier Exposure",
+        "",
+        f"Model {model_desc}; commit `{meta['commit']}`; {meta['hardware']}; {meta['date']}. Values are percentages; detection "
+        f"metrics are means over {cfg.n_draws} draws of `len(test) // {cfg.ratio}` anomalies per set against all "
+        f"{stats['n_test']} test images (anomalies positive). Columns marked 'paper' are the OE paper's numbers (its "
+        "models, OE source and anomaly sets), shown for reference.",
+        "",
+        f"Data: {stats['n_train']} training images ({stats['n_holdout']} more held out, never trained on); OE source "
+        f"`{stats['oe_source']}` ({stats['n_oe_source']} images); anomaly sets: "
+        + ", ".join(f"{n} ({c})" for n, c in stats["n_ood"].items()) + ".",
+        "",
+        "| model | test accuracy | test error | train seconds |",
+        "|---|---|---|---|",
+    ]
+    for stage in cfg.stages:
+        parts.append(f"| {stage} | {meta['test_accuracy'][stage] * 100:.2f} | {meta['test_error'][stage] * 100:.2f} | {meta['seconds'].get(stage + '_train', 0):.0f} |")
+    parts += ["", f"## Detection, MSP score: baseline → OE (Table {table_no[0]} layout)", "", detection_markdown(records, cfg.dataset, cfg.fpr_key)]
+    if "uniform_xent" in cfg.scores and "msp" in cfg.scores:
+        parts += ["", f"## OE model: MSP vs KL[U‖p] score (Table {table_no[1]} layout)", "", scores_markdown(records, cfg.dataset, cfg.fpr_key)]
+    if cfg.oe_from_scratch:
+        parts += ["", "## OE fine-tuned vs OE from scratch (MSP score)", "", _models_markdown(records, ("baseline", "oe", "oe_scratch"), "msp", cfg.fpr_key)]
+        if cfg.dataset == "cifar10":
+            parts.append(f"\nPaper, CIFAR-10 OE from scratch: mean FPR95 {OE_SCRATCH_CIFAR10['fpr95']}, AUROC {OE_SCRATCH_CIFAR10['auroc']}.")
+    if cfg.branch:
+        branch_msp = _by_domain(records, "branch", "msp").get("mean")
+        parts += ["", "## Confidence branch (Table 3 layout; score 1 − b(x) for branch and branch + OE)", "", _table3(records, data, cfg.fpr_key), ""]
+        if branch_msp:
+            parts.append(f"MSP of the branch-trained classifier (the paper's Table 3 'baseline' column): mean {fpr} {_pct(branch_msp[cfg.fpr_key])}, "
+                         f"AUROC {_pct(branch_msp['auroc'])}, AUPR {_pct(branch_msp['aupr'])}. The paper has no MNIST row; its CIFAR-10 row uses FPR95.")
+    parts += ["", "## Misclassification detection with the MSP (errors positive)", "", _misclassification_markdown(meta["misclassification"], cfg.dataset)]
+    if meta.get("calibration"):
+        temps = ", ".join(f"{m} T = {t:.3f}" for m, t in meta["temperatures"].items())
+        parts += ["", f"## Calibration on test + `len(test) // {cfg.ratio}` anomalies per set, anomalies counted wrong (Table 7 layout)", "",
+                  table7_markdown(meta["calibration"], cfg.dataset), "",
+                  f"Temperatures fitted on the {stats['n_holdout']} held-out training images: {temps}. Mean over the unseen anomaly sets "
+                  f"of the mean over {cfg.n_draws} draws; adaptive bins of 100 examples, every bin counted."]
+    if meta.get("calibration_skipped"):
+        parts += ["", "## Calibration", "", meta["calibration_skipped"]]
+    parts += ["", "## Notes", ""]
+    parts += [f"- {line}" for line in _notes(cfg, data)]
+    return "\n".join(parts) + "\n"
+
+
+def _notes(cfg: VisionOEConfig, data: VisionData) -> list[str]:
+    notes = []
+    if data.overlap_sets:
+        notes.append(f"† {', '.join(data.overlap_sets)}: same distribution as the OE source ({data.oe_source_name}), so not an unseen "
+                     "anomaly type; reported, but left out of every mean.")
+    paper_only = PAPER_ONLY_ROWS.get(cfg.dataset, {})
+    ours_only = [n for n in data.ood if n not in detection_table(cfg.dataset)]
+    if paper_only:
+        notes.append("Paper rows without a counterpart here (in the paper's mean, not in ours): " + "; ".join(paper_only.values()) + ".")
+    if ours_only:
+        notes.append("Our sets without a paper row: " + ", ".join(ours_only) + ". The means therefore average different set lists.")
+    if cfg.save_models:
+        notes.append("The OE model is also saved as an OODDetector (`oe_detector/`, MSP score, threshold at 5% FPR on the held-out "
+                     "images): `oe score --model <output-dir>/oe_detector --input <folder of images>`.")
+    if cfg.dataset == "mnist" and "cifar10" in data.oe_source_name:
+        notes.append("OE source: CIFAR-10 train in grayscale 28x28, a stand-in for the paper's 80 Million Tiny Images (withdrawn; "
+                     "CIFAR-10 is a subset of it). The paper's CIFAR-10bw test set is therefore the OE source here: isun_gray "
+                     "(natural scenes in grayscale) takes its place.")
+    elif cfg.dataset == "mnist":
+        notes.append("OE source: iSUN's 6,921-image OE part in grayscale 28x28, a SMALL stand-in for the paper's 80 Million Tiny "
+                     "Images (withdrawn); the paper preset uses CIFAR-10 train in grayscale instead. isun_gray (iSUN's disjoint "
+                     "test part) stands in for the paper's CIFAR-10bw row but shares the OE source's distribution (†).")
+    else:
+        notes.append("OE source: iSUN's 6,921-image OE part, a SMALL stand-in for the paper's 80 Million Tiny Images (withdrawn).")
+    notes.append(f"One baseline serves detection and calibration: it is trained without the {len(data.holdout)} held-out images "
+                 "(the paper trained a separate calibration model on the reduced set).")
+    if cfg.branch:
+        notes.append("Confidence-branch models use the same architecture and schedule as the baseline (the paper: WRN 40-4 "
+                     "trained with DeVries & Taylor's code); branch + OE is fine-tuned from the branch model with the OE "
+                     f"stage's schedule, adding {cfg.branch_oe_lambda} * E_OE[log b(x)].")
+    return notes
+
+
+# ================================================================================================ the run
+def _remove_empty_dirs(folder: Path) -> None:
+    """Remove ``folder`` and its parent if empty (the Trainer creates its output dir; nothing is saved there)."""
+    for path in (folder, folder.parent):
+        try:
+            path.rmdir()
+        except OSError:
+            return
+
+
+def run_vision_oe(cfg: VisionOEConfig, output_dir: str | Path, data_dir: str | Path | None = None, data: VisionData | None = None) -> dict[str, Any]:
+    """Train every stage of ``cfg``, evaluate each model, write results, plots and models into ``output_dir``.
+
+    Returns ``{"records": [...], "meta": {...}, "paths": {...}, "outputs": {model: {set: {"logits", ...}}}, "data": VisionData}``.
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    seconds: dict[str, float] = {}
+    started = time.perf_counter()
+    set_seed(cfg.seed)
+    data = data if data is not None else load_vision_data(cfg, data_dir)
+    seconds["data"] = time.perf_counter() - started
+    eval_sets = data.eval_sets()
+
+    outputs: dict[str, dict[str, dict[str, torch.Tensor | None]]] = {}
+    records: list[dict[str, Any]] = []
+    train_logs: dict[str, dict[str, float]] = {}
+    model: PreTrainedModel | None = None
+    for stage in cfg.stages:
+        if stage in _FROM_SCRATCH:  # "oe" continues from the baseline, "branch_oe" from the branch model
+            set_seed(cfg.seed)
+            model = build_model(cfg, confidence_branch=stage == "branch")
+        t0 = time.perf_counter()
+        trainer = train_stage(model, data, cfg, stage, output_dir)
+        seconds[f"{stage}_train"] = time.perf_counter() - t0
+        logged = [entry for entry in trainer.state.log_history if "loss" in entry]  # the last logged losses + the run summary
+        summary = {**(logged[-1] if logged else {}), **(trainer.state.log_history[-1] if trainer.state.log_history else {})}
+        train_logs[stage] = {k: float(v) for k, v in summary.items() if isinstance(v, (int, float))}
+        _remove_empty_dirs(Path(trainer.args.output_dir))
+        t0 = time.perf_counter()
+        outputs[stage] = collect_outputs(model, eval_sets, cfg.eval_batch_size, desc=f"scoring {stage}", bf16=cfg.bf16)
+        for score in (BRANCH_SCORES if stage.startswith("branch") else cfg.scores):
+            records += evaluate_detection(outputs[stage], data, cfg, stage, score)[0]
+        seconds[f"{stage}_eval"] = time.perf_counter() - t0
+        if cfg.save_models:
+            trainer.save_model(str(output_dir / f"{stage}_model"))
+            if stage == "oe":
+                save_detector(model, outputs[stage], data, cfg, output_dir / "oe_detector")
+                model.train()
+
+    test_labels = data.test.labels
+    accuracy = {s: float((o["test"]["logits"].argmax(-1) == test_labels).float().mean()) for s, o in outputs.items()}
+    misclassification = [misclassification_record(outputs[s], test_labels, s, cfg.dataset) for s in cfg.stages if not s.startswith("branch")]
+    calibration: list[dict[str, Any]] = []
+    temperatures: dict[str, float] = {}
+    paths: dict[str, Path] = {}
+    calibration_skipped: str | None = None
+    if cfg.calibration:
+        t0 = time.perf_counter()
+        try:
+            calibration, temperatures = run_calibration(
+                {m: outputs[m] for m in ("baseline", "oe")}, {"test": test_labels, "holdout": data.holdout.labels},
+                list(data.ood), data.mean_sets, cfg.n_draws, cfg.ratio, cfg.seed, cfg.dataset,
+            )
+        except ValueError as err:  # e.g. a smoke run's chance-level model: no finite temperature minimises the NLL
+            calibration_skipped = f"calibration skipped: {err}"
+            warnings.warn(calibration_skipped, stacklevel=2)
+        else:
+            paths.update(reliability_diagrams({m: outputs[m] for m in ("baseline", "oe")}, test_labels, temperatures, data.mean_sets,
+                                              output_dir, cfg.ratio, cfg.seed, title_prefix=f"{cfg.dataset}: "))
+        seconds["calibration"] = time.perf_counter() - t0
+
+    seconds["total"] = time.perf_counter() - started
+    meta = run_meta(
+        seconds, config=dataclasses.asdict(cfg), dataset=cfg.dataset, data=data.stats(), test_accuracy=accuracy,
+        test_error={s: 1.0 - a for s, a in accuracy.items()}, misclassification=misclassification, calibration=calibration,
+        temperatures=temperatures, calibration_skipped=calibration_skipped, train_logs=train_logs,
+    )
+    paths.update(write_results(output_dir, records, meta, _markdown_report(cfg, data, records, meta)))
+    for stage in cfg.stages:
+        score = "branch" if stage.startswith("branch") else "msp"
+        in_scores = anomaly_scores(outputs[stage]["test"], score)
+        out = {name: anomaly_scores(outputs[stage][name], score) for name in data.ood}
+        title = f"{cfg.dataset} {stage}, score {score}"
+        paths[f"roc_{stage}"] = plot_roc_curves(in_scores, out, output_dir / f"roc_{stage}.png", title)
+        paths[f"hist_{stage}"] = plot_score_histograms(in_scores, out, output_dir / f"hist_{stage}.png", title)
+    return {"records": records, "meta": meta, "paths": paths, "outputs": outputs, "data": data}

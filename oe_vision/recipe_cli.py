@@ -1,0 +1,71 @@
+"""Argument parsing shared by ``recipes/mnist_oe.py`` and ``recipes/cifar10_oe.py``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Sequence
+
+from .pipeline import PRESET_NAMES, preset_config, run_vision_oe
+
+_DESCRIPTIONS = {
+    "mnist": "MNIST ConvNet: MSP baseline, OE fine-tuning, confidence branch (+ OE), calibration; paper Tables 3, 7, 8, 9.",
+    "cifar10": "CIFAR-10 Wide ResNet: MSP baseline, OE fine-tuning on iSUN, calibration; paper Tables 1, 2, 7 (3 with --branch).",
+}
+
+
+def build_parser(dataset: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"{dataset}_oe.py", description=_DESCRIPTIONS[dataset])
+    presets = PRESET_NAMES[dataset]
+    parser.add_argument("--preset", choices=presets, default="tiny",
+                        help="test: seconds (smoke); tiny: CPU in minutes; " + ("short: one GPU, limited time; " if "short" in presets else "") + "paper: the paper's settings (GPU)")
+    parser.add_argument("--data-dir", default=None, help="corpora folder (default: $OE_DATA_DIR)")
+    parser.add_argument("--cifar-dir", default=None, help="folder with CIFAR-10's train-0*.npz / test.npz (default: $OE_CIFAR10_DIR)")
+    parser.add_argument("--output-dir", default=None, help=f"where results go (default: runs/{dataset}_<preset>)")
+    parser.add_argument("--seed", type=int, default=None)
+    if dataset == "mnist":
+        parser.add_argument("--oe-source", choices=("cifar10", "isun", "auto"), default=None,
+                            help="OE outliers: CIFAR-10 train in gray 28x28 (paper preset) or iSUN (test/tiny presets)")
+    parser.add_argument("--oe-from-scratch", action="store_true", default=None, help="also train a model with OE from scratch")
+    parser.add_argument("--branch", dest="branch", action="store_true", default=None, help="run the confidence-branch stages (Table 3)")
+    parser.add_argument("--no-branch", dest="branch", action="store_false", help="skip the confidence-branch stages")
+    parser.add_argument("--no-calibration", dest="calibration", action="store_false", default=None, help="skip the calibration stage")
+    parser.add_argument("--baseline-epochs", type=float, default=None)
+    parser.add_argument("--oe-epochs", type=float, default=None)
+    parser.add_argument("--baseline-max-steps", type=int, default=None)
+    parser.add_argument("--oe-max-steps", type=int, default=None)
+    parser.add_argument("--lr", type=float, default=None, help="learning rate of the from-scratch stages")
+    parser.add_argument("--oe-lr", type=float, default=None, help="learning rate of the fine-tuning stages")
+    parser.add_argument("--batch-size", type=int, default=None, help="in-distribution images per step")
+    parser.add_argument("--oe-batch-size", type=int, default=None, help="outliers per step")
+    parser.add_argument("--oe-lambda", type=float, default=None)
+    parser.add_argument("--train-size", type=int, default=None, help="cap on the training images (after the hold-out)")
+    parser.add_argument("--test-size", type=int, default=None, help="cap on the test images (smoke runs only)")
+    parser.add_argument("--ood-size", type=int, default=None, help="cap per anomaly set")
+    parser.add_argument("--n-draws", type=int, default=None)
+    parser.add_argument("--num-workers", type=int, default=None, help="DataLoader workers")
+    parser.add_argument("--no-save-models", dest="save_models", action="store_false", default=None)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (CPU runs only)")
+    return parser
+
+
+def main(dataset: str, argv: Sequence[str] | None = None) -> dict:
+    args = build_parser(dataset).parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    overrides = {
+        key: getattr(args, key, None)
+        for key in (
+            "seed", "oe_source", "oe_from_scratch", "branch", "calibration", "baseline_epochs", "oe_epochs", "baseline_max_steps",
+            "oe_max_steps", "lr", "oe_lr", "batch_size", "oe_batch_size", "oe_lambda", "train_size", "test_size", "ood_size", "n_draws",
+            "num_workers", "save_models", "cifar_dir",
+        )
+    }
+    cfg = preset_config(dataset, args.preset, **overrides)
+    output_dir = args.output_dir or os.path.join("runs", f"{dataset}_{args.preset}")
+    result = run_vision_oe(cfg, output_dir, data_dir=args.data_dir)
+    print(result["paths"]["markdown"].read_text())
+    print(f"results written to {output_dir}")
+    return result
