@@ -15,9 +15,12 @@ def check_logits(logits: torch.Tensor, name: str = "logits", min_dim: int = 1) -
         raise TypeError(f"{name} must be floating point, got {logits.dtype}")
     if logits.shape[-1] < 1 or logits.numel() == 0:
         raise ValueError(f"{name} is empty: shape {tuple(logits.shape)}")
-    bad = (~torch.isfinite(logits)).sum().item()
-    if bad:
-        raise ValueError(f"{name} contains {bad} NaN/inf value(s); check the model's outputs (e.g. an fp16 overflow)")
+    # Fast path: one reduction (a NaN/inf anywhere makes the sum non-finite); the exact count only when it trips,
+    # since a sum of large finite values can overflow too.
+    if not torch.isfinite(logits.sum(dtype=torch.float32)):
+        bad = int((~torch.isfinite(logits)).sum().item())
+        if bad:
+            raise ValueError(f"{name} contains {bad} NaN/inf value(s); check the model's outputs (e.g. an fp16 overflow)")
     return logits
 
 

@@ -31,6 +31,7 @@ __all__ = [
     "token_nll",
     "sequence_nll_score",
     "sequence_uniform_xent_score",
+    "sequence_scores",
     "SCORES",
 ]
 
@@ -71,15 +72,28 @@ def token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
     Args:
         logits: ``(B, L, V)``, ALREADY ALIGNED with ``targets`` (for a causal LM: logits[:, :-1] vs ids[:, 1:]).
-        targets: ``(B, L)`` integer ids; positions equal to ``-100`` get NLL 0 (use a mask to exclude them).
+        targets: ``(B, L)`` integer ids in ``[0, V)``; positions equal to ``-100`` get NLL 0 (use a mask to exclude them).
     Returns:
         ``(B, L)`` float tensor.
     """
     logits = check_logits(logits, min_dim=3)
+    _check_targets(targets, logits)
+    return _nll_from_lse(torch.logsumexp(logits.float(), dim=-1), logits, targets)
+
+
+def _check_targets(targets: torch.Tensor, logits: torch.Tensor) -> None:
     if targets.shape != logits.shape[:-1]:
         raise ValueError(f"targets shape {tuple(targets.shape)} does not match logits {tuple(logits.shape)} (need logits.shape[:-1])")
-    flat = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1).long(), reduction="none", ignore_index=-100)
-    return flat.view(targets.shape)
+    bad = int(((targets < 0) & (targets != -100) | (targets >= logits.shape[-1])).sum().item())
+    if bad:
+        raise ValueError(f"{bad} target id(s) outside [0, {logits.shape[-1]}) (and not -100); the vocabulary does not match the model")
+
+
+def _nll_from_lse(lse: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``lse - z[y]`` with 0 where ``targets == -100`` (no log-softmax tensor of the full vocabulary is built)."""
+    ignored = targets == -100
+    picked = logits.gather(-1, targets.masked_fill(ignored, 0).long().unsqueeze(-1)).squeeze(-1).float()
+    return (lse - picked).masked_fill(ignored, 0.0)
 
 
 def _masked_row_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -92,9 +106,7 @@ def sequence_nll_score(logits: torch.Tensor, targets: torch.Tensor, mask: torch.
 
     ``mask`` defaults to ``targets != -100``. Divide by ``ln 2`` for bits per token (word / character).
     """
-    nll = token_nll(logits, targets)
-    mask = check_mask(targets != -100 if mask is None else mask, nll.shape)
-    return _masked_row_mean(nll, mask)
+    return sequence_scores(logits, targets, mask, ("nll",))["nll"]
 
 
 def sequence_uniform_xent_score(logits: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -102,9 +114,35 @@ def sequence_uniform_xent_score(logits: torch.Tensor, mask: torch.Tensor | None 
 
     This is the score the OE authors' language-model code recorded.
     """
-    per_token = uniform_xent_score(check_logits(logits, min_dim=3))
-    mask = check_mask(torch.ones_like(per_token, dtype=torch.bool) if mask is None else mask, per_token.shape)
-    return _masked_row_mean(per_token, mask)
+    return sequence_scores(logits, None, mask, ("uniform_xent",))["uniform_xent"]
+
+
+def sequence_scores(
+    logits: torch.Tensor, targets: torch.Tensor | None, mask: torch.Tensor | None, names: tuple[str, ...] = ("nll", "uniform_xent")
+) -> dict[str, torch.Tensor]:
+    """Several per-sequence scores from ONE ``logsumexp`` over the vocabulary: ``{name: (B,)}``.
+
+    ``"nll"`` (needs ``targets``, aligned with ``logits``) and ``"uniform_xent"`` are per-sequence means over the
+    valid positions of ``mask`` (default: ``targets != -100``, or every position without targets).
+    """
+    logits = check_logits(logits, min_dim=3)
+    unknown = set(names) - {"nll", "uniform_xent"}
+    if unknown:
+        raise ValueError(f"unknown sequence score(s) {sorted(unknown)}; choose from ('nll', 'uniform_xent')")
+    if targets is not None:
+        _check_targets(targets, logits)
+    elif "nll" in names:
+        raise ValueError("the 'nll' score needs targets")
+    if mask is None:
+        mask = targets != -100 if targets is not None else torch.ones(logits.shape[:-1], dtype=torch.bool, device=logits.device)
+    mask = check_mask(mask, logits.shape[:-1])
+    lse = torch.logsumexp(logits.float(), dim=-1)
+    result = {}
+    if "nll" in names:
+        result["nll"] = _masked_row_mean(_nll_from_lse(lse, logits, targets), mask)
+    if "uniform_xent" in names:
+        result["uniform_xent"] = _masked_row_mean(logits.float().mean(dim=-1) - lse, mask)
+    return result
 
 
 #: Classifier scores by name (all take logits, higher = more anomalous).

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -42,7 +42,7 @@ from transformers.utils import logging
 from . import metrics as oe_metrics
 from .losses import energy_oe_loss, oe_uniform_loss
 from .outlier_stream import OutlierStream, is_streaming
-from .scores import SCORES, sequence_nll_score, sequence_uniform_xent_score
+from .scores import SCORES, sequence_scores
 
 __all__ = ["OETrainingArguments", "OETrainer", "OE_LOSSES", "SCORE_NAMES"]
 
@@ -439,14 +439,19 @@ class OETrainer(Trainer):
         prediction of token t+1 (``"nll"`` = mean token NLL, ``"uniform_xent"`` = mean cross-entropy-to-uniform
         score, the others the mean of their token-level score).
         """
-        if score not in SCORE_NAMES:
-            raise ValueError(f"score must be one of {SCORE_NAMES}, got {score!r}")
+        return self.score_batch_many(model, batch, (score,))[score]
+
+    def score_batch_many(self, model: nn.Module, batch: Mapping[str, Any], scores: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Several scores of one batch from ONE forward pass: ``{name: (B,)}`` (see :meth:`score_batch`)."""
+        for score in scores:
+            if score not in SCORE_NAMES:
+                raise ValueError(f"score must be one of {SCORE_NAMES}, got {score!r}")
         labels = batch.get("labels")
         logits, mask = self.logits_and_mask(model(**self._model_inputs(batch)), batch)
         if logits.dim() == 2:
-            if score == "nll":
+            if "nll" in scores:
                 raise ValueError("score='nll' needs token-level (language-model) logits; classifiers have msp, uniform_xent, energy, max_logit")
-            return SCORES[score](logits)
+            return {score: SCORES[score](logits) for score in scores}
         if logits.dim() != 3:
             raise ValueError(f"expected (B, K) or (B, L, V) logits, got shape {tuple(logits.shape)}")
         targets = labels if isinstance(labels, torch.Tensor) else batch.get("input_ids")
@@ -455,45 +460,59 @@ class OETrainer(Trainer):
         if self.is_causal_lm(model):
             logits, mask = logits[:, :-1], mask[:, :-1] & mask[:, 1:]
             targets = targets[:, 1:] if isinstance(targets, torch.Tensor) else None
-        if score == "nll":
-            if not isinstance(targets, torch.Tensor):
-                raise ValueError("score='nll' needs 'input_ids' or 'labels' in the batch")
-            mask = mask & (targets != -100)
-            return sequence_nll_score(logits, targets.masked_fill(~mask, -100), mask)
-        if score == "uniform_xent":
-            return sequence_uniform_xent_score(logits, mask)
-        per_token = SCORES[score](logits)
-        if not bool(mask.any(-1).all()):
-            raise ValueError("a sequence has no real position to score (too short, or only padding)")
-        mask = mask.to(per_token.dtype)
-        return (per_token * mask).sum(-1) / mask.sum(-1)
+        result: dict[str, torch.Tensor] = {}
+        sequence_names = tuple(s for s in scores if s in ("nll", "uniform_xent"))
+        if sequence_names:
+            if "nll" in sequence_names:
+                if not isinstance(targets, torch.Tensor):
+                    raise ValueError("score='nll' needs 'input_ids' or 'labels' in the batch")
+                mask = mask & (targets != -100)
+                targets = targets.masked_fill(~mask, -100)
+            result.update(sequence_scores(logits, targets if "nll" in sequence_names else None, mask, sequence_names))
+        for score in scores:
+            if score in result:
+                continue
+            per_token = SCORES[score](logits)
+            if not bool(mask.any(-1).all()):
+                raise ValueError("a sequence has no real position to score (too short, or only padding)")
+            weights = mask.to(per_token.dtype)
+            result[score] = (per_token * weights).sum(-1) / weights.sum(-1)
+        return result
 
     @torch.no_grad()
-    def compute_scores(self, dataset: Any, score: str = "msp") -> np.ndarray:
+    def compute_scores(self, dataset: Any, score: str | Sequence[str] = "msp") -> np.ndarray | dict[str, np.ndarray]:
         """Anomaly score of every example of ``dataset``, in dataset order, as a float64 array.
 
-        Batches go through ``get_test_dataloader`` (``data_collator``, ``per_device_eval_batch_size``); with several
-        processes each scores its share and the scores are gathered with ``gather_for_metrics``, which drops the
-        samples repeated to even out the last batches: every process returns the single-process array.
+        ``score`` may also be a list of names: then every batch goes through the model ONCE and a dict
+        ``{name: array}`` is returned. Batches go through ``get_test_dataloader`` (``data_collator``,
+        ``per_device_eval_batch_size``); with several processes each scores its share and the scores are gathered
+        with ``gather_for_metrics``, which drops the samples repeated to even out the last batches: every process
+        returns the single-process array.
         """
-        if score not in SCORE_NAMES:
-            raise ValueError(f"score must be one of {SCORE_NAMES}, got {score!r}")
+        names = (score,) if isinstance(score, str) else tuple(score)
+        if not names:
+            raise ValueError("give at least one score name")
+        for name in names:
+            if name not in SCORE_NAMES:
+                raise ValueError(f"score must be one of {SCORE_NAMES}, got {name!r}")
         dataloader = self.get_test_dataloader(dataset)
         model = self.model
         was_training = model.training
         model.eval()
-        chunks = []
+        chunks: dict[str, list[torch.Tensor]] = {name: [] for name in names}
         try:
             for batch in dataloader:
                 batch = self._prepare_inputs(batch)
                 with self.accelerator.autocast():
-                    scores = self.score_batch(model, batch, score).float()
-                chunks.append(self.accelerator.gather_for_metrics(scores).cpu())
+                    batch_scores = self.score_batch_many(model, batch, names)
+                for name in names:
+                    chunks[name].append(self.accelerator.gather_for_metrics(batch_scores[name].float()).cpu())
         finally:
             model.train(was_training)
-        if not chunks:
+        if not chunks[names[0]]:
             raise ValueError("the dataset to score is empty")
-        return torch.cat(chunks).double().numpy()
+        arrays = {name: torch.cat(parts).double().numpy() for name, parts in chunks.items()}
+        return arrays[score] if isinstance(score, str) else arrays
 
     def evaluate_ood(
         self,

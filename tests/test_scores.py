@@ -84,3 +84,35 @@ def test_sequence_uniform_xent_masks_padding():
 def test_bad_input(call, match):
     with pytest.raises((ValueError, TypeError), match=match):
         call()
+
+
+def test_sequence_scores_share_one_pass_and_match_the_single_scores():
+    from oe_common.scores import sequence_scores
+
+    logits = torch.randn(3, 6, 11)
+    targets = torch.randint(0, 11, (3, 6))
+    targets[0, 4:] = -100
+    both = sequence_scores(logits, targets, None, ("nll", "uniform_xent"))
+    assert torch.allclose(both["nll"], sequence_nll_score(logits, targets))
+    mask = targets != -100
+    assert torch.allclose(both["uniform_xent"], sequence_uniform_xent_score(logits, mask))
+    direct = torch.stack([F.cross_entropy(logits[b][mask[b]], targets[b][mask[b]]) for b in range(3)])
+    assert torch.allclose(both["nll"], direct, atol=1e-6)
+    with pytest.raises(ValueError, match="needs targets"):
+        sequence_scores(logits, None, None, ("nll",))
+
+
+def test_target_ids_outside_the_vocabulary_are_rejected():
+    logits = torch.randn(1, 3, 5)
+    with pytest.raises(ValueError, match="outside"):
+        token_nll(logits, torch.tensor([[0, 5, 1]]))
+    with pytest.raises(ValueError, match="outside"):
+        token_nll(logits, torch.tensor([[0, -3, 1]]))
+
+
+def test_nan_among_large_finite_logits_is_counted_exactly():
+    logits = torch.full((2, 4), 3e38)  # the fast finiteness check overflows here; the exact count must decide
+    assert torch.isfinite(msp_score(logits)).all()
+    logits[1, 2] = float("nan")
+    with pytest.raises(ValueError, match="1 NaN/inf"):
+        msp_score(logits)

@@ -452,6 +452,12 @@ def test_lm_scores_are_per_sequence_means_with_causal_shift(tmp_path):
     np.testing.assert_allclose(msp, expected_msp.numpy(), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="score must be one of"):
         trainer.compute_scores(dataset, "entropy")
+    # several scores from one pass give the same arrays as one score at a time
+    many = trainer.compute_scores(dataset, ["nll", "uniform_xent", "msp"])
+    assert set(many) == {"nll", "uniform_xent", "msp"}
+    np.testing.assert_allclose(many["nll"], trainer.compute_scores(dataset, "nll"), rtol=1e-6)
+    np.testing.assert_allclose(many["uniform_xent"], trainer.compute_scores(dataset, "uniform_xent"), rtol=1e-6)
+    np.testing.assert_allclose(many["msp"], msp, rtol=1e-6)
 
 
 def test_classifier_scores_and_evaluate_ood_table(tmp_path):

@@ -1,0 +1,109 @@
+"""End-to-end PTB word-level OE on real data at the `test` preset, plus the pipeline's building blocks."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from oe_text.pipeline import TextOEConfig, evaluate_scores, preset_config, run_text_oe, table6_markdown
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small models: one thread is as fast on 2 cores and robust to other load
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def word_run(tmp_path_factory, data_dir, single_thread):
+    out = tmp_path_factory.mktemp("ptb_word_test")
+    result = run_text_oe(preset_config("word", "test"), out, data_dir=data_dir)
+    return out, result
+
+
+def _mean(records, protocol, score, model):
+    (row,) = [r for r in records if (r["protocol"], r["score"], r["model"], r["domain"]) == (protocol, score, model, "mean")]
+    return row
+
+
+@pytest.mark.slow
+def test_oe_raises_mean_auroc_on_paper_protocol(word_run):
+    _, result = word_run
+    records = result["records"]
+    base_nll, oe_nll = _mean(records, "paper", "nll", "baseline"), _mean(records, "paper", "nll", "oe")
+    assert oe_nll["auroc"] > base_nll["auroc"] + 0.05, (base_nll["auroc"], oe_nll["auroc"])
+    base_ux, oe_ux = _mean(records, "paper", "uniform_xent", "baseline"), _mean(records, "paper", "uniform_xent", "oe")
+    assert oe_ux["auroc"] > base_ux["auroc"], (base_ux["auroc"], oe_ux["auroc"])
+
+
+@pytest.mark.slow
+def test_results_files_and_records(word_run, data_dir):
+    out, result = word_run
+    data = json.loads((out / "results.json").read_text())
+    records = data["records"]
+    assert {r["protocol"] for r in records} == {"paper", "clean"}
+    assert {r["model"] for r in records} == {"baseline", "oe"} and {r["score"] for r in records} == {"nll", "uniform_xent"}
+    domains = {"answers", "email", "newsgroup", "reviews", "weblog", "mean"}
+    assert {r["domain"] for r in records} == domains
+    assert len(records) == 2 * 2 * 2 * len(domains)
+    for r in records:
+        assert r["level"] == "word"
+        for key in ("fpr90", "auroc", "aupr"):
+            assert 0.0 <= r[key] <= 1.0
+        assert r["n_out"] == r["n_in"] // 5  # the paper's 1:5 base rate
+    meta = data["meta"]
+    for key in ("commit", "hardware", "date", "seconds", "test_quality"):
+        assert key in meta
+    quality = meta["test_quality"]["baseline"]
+    assert quality["bits_per_token"] == pytest.approx(quality["nll_nats"] / math.log(2))
+    assert quality["perplexity"] == pytest.approx(math.exp(quality["nll_nats"]))
+    md = (out / "results.md").read_text()
+    assert "perplexity" in md and "paper" in md and md.count("| **mean** |") == 4
+    for name in ("roc_oe_paper.png", "hist_baseline_clean.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_saved_models_reload_and_reproduce_scores(word_run):
+    from transformers import AutoModelForCausalLM
+
+    import oe_text  # noqa: F401  (registers the model types)
+    from oe_text.vocab import Vocabulary
+
+    out, _ = word_run
+    model = AutoModelForCausalLM.from_pretrained(out / "oe_model").eval()
+    vocab = Vocabulary.load(out / "oe_model" / "vocab.json")
+    assert len(vocab) == 10_000 and model.config.vocab_size == 10_000
+    assert not list(out.joinpath("oe_model").glob("*.bin"))  # safetensors only
+
+
+def test_evaluate_scores_and_table_layout():
+    rng = np.random.default_rng(0)
+    cfg = TextOEConfig(protocols=("paper",), scores=("nll",), n_draws=2)
+    scores = {"nll": {"ptb/test": rng.normal(size=100), "paper/email": rng.normal(3, 1, 50), "paper/weblog": rng.normal(0, 1, 50)}}
+    records = evaluate_scores(scores, cfg, "baseline")
+    by_domain = {r["domain"]: r for r in records}
+    assert set(by_domain) == {"email", "weblog", "mean"}
+    assert by_domain["email"]["auroc"] > 0.9 > by_domain["weblog"]["auroc"]
+    assert by_domain["mean"]["auroc"] == pytest.approx((by_domain["email"]["auroc"] + by_domain["weblog"]["auroc"]) / 2)
+    oe = [dict(r, model="oe", auroc=1.0) for r in records]
+    md = table6_markdown(records + oe, "word", "paper", "nll")
+    email = [line for line in md.splitlines() if line.startswith("| email")][0]
+    assert f"{by_domain['email']['auroc'] * 100:.1f} → 100.0" in email
+    assert "73.5 → 99.2" in email  # the paper's Table 6 email AUROC, shown beside ours
+
+
+def test_preset_config_rejects_unknown_settings():
+    assert preset_config("char", "tiny").level == "char"
+    with pytest.raises(ValueError, match="unknown setting"):
+        preset_config("word", "tiny", learning_rate=1.0)
+    with pytest.raises(ValueError, match="unknown preset"):
+        preset_config("word", "huge")
+    with pytest.raises(ValueError, match="unknown score"):
+        TextOEConfig(scores=("msp",))
