@@ -39,7 +39,7 @@ RECIPES: dict[str, str] = {
     "cifar10": "recipes/cifar10_oe.py",
     "cifar100": "recipes/cifar100_oe.py",
     "svhn": "recipes/svhn_oe.py",
-    "pixelcnn": "recipes/cifar10_pixelcnnpp_oe.py",
+    "pixelcnn": "recipes/pixelcnn_oe.py",
     "text-classification": "recipes/text_classification_oe.py",
 }
 

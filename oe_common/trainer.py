@@ -137,6 +137,10 @@ class OETrainer(Trainer):
     that yields nothing, a first outlier batch that is not a dict or has token ids outside the model's vocabulary.
     """
 
+    #: Score names that :meth:`compute_scores` / :meth:`evaluate_ood` accept (a subclass with its own
+    #: :meth:`score_batch_many` sets its own).
+    score_names: tuple[str, ...] = SCORE_NAMES
+
     def __init__(self, *args: Any, outlier_dataset: Any = None, outlier_data_collator: Any = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.outlier_dataset = outlier_dataset
@@ -441,11 +445,18 @@ class OETrainer(Trainer):
         """
         return self.score_batch_many(model, batch, (score,))[score]
 
+    def _check_score_names(self, names: Sequence[str]) -> None:
+        for name in names:
+            if name not in self.score_names:
+                raise ValueError(f"score must be one of {self.score_names}, got {name!r}")
+
     def score_batch_many(self, model: nn.Module, batch: Mapping[str, Any], scores: Sequence[str]) -> dict[str, torch.Tensor]:
-        """Several scores of one batch from ONE forward pass: ``{name: (B,)}`` (see :meth:`score_batch`)."""
-        for score in scores:
-            if score not in SCORE_NAMES:
-                raise ValueError(f"score must be one of {SCORE_NAMES}, got {score!r}")
+        """Several scores of one batch from ONE forward pass: ``{name: (B,)}`` (see :meth:`score_batch`).
+
+        This is the hook to override for other kinds of model (e.g. density models): :meth:`score_batch`,
+        :meth:`compute_scores` and :meth:`evaluate_ood` all go through it, and accept the names in ``score_names``.
+        """
+        self._check_score_names(scores)
         labels = batch.get("labels")
         logits, mask = self.logits_and_mask(model(**self._model_inputs(batch)), batch)
         if logits.dim() == 2:
@@ -492,9 +503,7 @@ class OETrainer(Trainer):
         names = (score,) if isinstance(score, str) else tuple(score)
         if not names:
             raise ValueError("give at least one score name")
-        for name in names:
-            if name not in SCORE_NAMES:
-                raise ValueError(f"score must be one of {SCORE_NAMES}, got {name!r}")
+        self._check_score_names(names)
         dataloader = self.get_test_dataloader(dataset)
         model = self.model
         was_training = model.training

@@ -1,0 +1,704 @@
+"""The PixelCNN++ Outlier Exposure experiment (paper Table 5) as library code; ``recipes/pixelcnn_oe.py`` parses arguments.
+
+Stages:
+
+1. **baseline**: PixelCNN++ trained by maximum likelihood on the in-distribution training images (or loaded from
+   ``baseline_checkpoint``);
+2. **oe**: that model fine-tuned for ``oe_epochs`` (paper: 1-2) with the likelihood loss plus the OE margin loss
+   ``max(0, m*D + nll(x_in) - nll(x_out))`` (:class:`oe_vision.density_oe.DensityOETrainer`, equal in / outlier
+   batch sizes, per-subpixel scale);
+3. **evaluation** of both models: anomaly score bits per dimension (higher = more anomalous) on the in-distribution
+   test images, every anomaly set and held-out OE-source images; the paper's protocol of
+   :func:`oe_common.metrics.evaluate_ood` (ALL test images vs ``len(test) // ratio`` anomalies per set, ``n_draws``
+   seeded draws): FPR95, AUROC, AUPR per set and their mean; plus the likelihood check the paper's density
+   experiment is about: which anomaly sets get a HIGHER likelihood (lower mean bits/dim) than in-distribution data.
+
+Data (all 8-bit images, stored as ``uint8`` and fed to the model as such; resized or synthetic images are snapped
+to the 256 levels):
+
+* MNIST (1x28x28): the anomaly sets of the classifier recipes, :func:`oe_vision.data.mnist_ood_sets` (gaussian,
+  bernoulli, blobs, isun_gray, fashion_mnist, negative_mnist, notmnist, omniglot); OE source
+  :func:`oe_vision.data.mnist_oe_source` (CIFAR-10 train in gray when available, else iSUN's OE part, disjoint from
+  the ``isun_gray`` test images). With iSUN as the OE source ``isun_gray`` shares its distribution: it is reported
+  on its own row (``oe_source_overlap: true``) and left out of the ``mean``, as in the classifier recipes.
+* CIFAR-10 (3x32x32, needs ``$OE_CIFAR10_DIR`` / ``cifar_dir``): :func:`oe_vision.data.cifar10_ood_sets` mapped back
+  from the classifier's standardised space to pixels (``x * std + mean``, clamped to ``[0, 1]``); OE source iSUN's
+  OE part (RGB, 32x32; the paper used 80 Million Tiny Images, withdrawn).
+* ``oe_holdout`` OE-source images are never trained on; they are scored as the row ``oe_source_heldout`` (an
+  overlap row) and give the bits/dim gap ``mean(out) - mean(in)`` that the margin loss is meant to widen.
+
+No mixed precision: ``bf16`` would round the mixture means to about the width of one intensity bin (2/255), so the
+GPU presets use TF32 matmuls instead.
+
+Outputs (:func:`run_density_oe`): ``results.json`` (records + meta), ``results.md`` (Table 5 layout with the paper's
+CIFAR-10 means labelled as such, and the likelihood check), ROC and bits/dim histogram PNGs per model, the models.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm.auto import tqdm
+from transformers import set_seed
+
+from oe_common.metrics import evaluate_ood
+from oe_common.reporting import detection_records, plot_roc_curves, plot_score_histograms, run_meta, write_results
+
+from . import data as vdata
+from .density_oe import DensityOETrainer, DensityOETrainingArguments, density_collate, to_uint8_pixels
+from .modeling_pixelcnnpp import PixelCNNPPConfig, PixelCNNPPModel
+
+__all__ = [
+    "DATASETS",
+    "PRESET_NAMES",
+    "PAPER_TABLE5_MEAN",
+    "OE_HELDOUT_NAME",
+    "DensityOEConfig",
+    "DensityData",
+    "UInt8ImageDataset",
+    "preset_config",
+    "to_uint8_dataset",
+    "load_density_data",
+    "build_model",
+    "training_arguments",
+    "train_stage",
+    "score_sets",
+    "bits_per_dim_summary",
+    "evaluate_density",
+    "table5_markdown",
+    "likelihood_markdown",
+    "run_density_oe",
+    "build_parser",
+    "main",
+]
+
+DATASETS = ("mnist", "cifar10")
+PRESET_NAMES = ("test", "tiny", "paper")
+SCORE = "bits_per_dim"
+#: Row name of the held-out OE-source images.
+OE_HELDOUT_NAME = "oe_source_heldout"
+#: Paper Table 5, PixelCNN++ on CIFAR-10, mean over its anomaly sets (percentages): (baseline, OE).
+PAPER_TABLE5_MEAN = {"fpr95": (66.6, 46.4), "auroc": (65.8, 83.7), "aupr": (39.9, 66.0)}
+_ITEM_HINT = "(image, label) pairs or dicts with 'pixel_values'"
+
+
+@dataclasses.dataclass
+class DensityOEConfig:
+    """Everything a PixelCNN++ OE run depends on. ``*_max_steps > 0`` overrides the matching ``*_epochs`` (epochs count
+    in-distribution batches; the outlier stream cycles independently)."""
+
+    dataset: str = "mnist"
+    model_preset: str = "tiny"  # a PixelCNNPPConfig preset ("tiny" | "paper") ...
+    model_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)  # ... with these fields replaced
+    baseline_checkpoint: str | None = None  # a saved PixelCNNPPModel to start from (skips baseline training)
+    # data
+    oe_source: str = "auto"  # MNIST: "auto" (CIFAR-10 gray when available, else iSUN) | "cifar10" | "isun"; CIFAR-10: "isun" ("auto" = "isun")
+    train_size: int | None = None  # cap on the in-distribution training images (None = all)
+    test_size: int | None = None  # cap on the in-distribution test images (None = all: the paper's protocol)
+    ood_size: int | None = None  # images per anomaly set (None = real sets in full, synthetic sets of 10,000)
+    oe_holdout: int = 1000  # OE-source images never trained on, scored as "oe_source_heldout"
+    oe_pool_size: int | None = None  # cap on the OE-source images used for training (None = the rest)
+    cifar_dir: str | None = None
+    # optimisation (AdamW without weight decay, cosine schedule, the last weights kept)
+    batch_size: int = 32  # in-distribution images per step; the outlier batch has the same size (the paper's pairing)
+    eval_batch_size: int = 256
+    baseline_lr: float = 1e-3
+    baseline_epochs: float = 1.0
+    baseline_max_steps: int = -1
+    oe_lr: float = 3e-4
+    oe_epochs: float = 1.0  # paper: 1-2 epochs of OE fine-tuning
+    oe_max_steps: int = -1
+    oe_lambda: float = 1.0
+    margin_per_subpixel: float = 1.0
+    warmup_ratio: float = 0.0
+    max_grad_norm: float = 1.0
+    oe_concat_forward: bool = True
+    # evaluation
+    n_draws: int = 1
+    ratio: int = 5
+    recall_level: float = 0.95
+    # runtime
+    num_threads: int | None = None  # torch CPU threads for the run (CPU only; restored afterwards)
+    num_workers: int = 0
+    logging_steps: int = 50
+    save_models: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.dataset not in DATASETS:
+            raise ValueError(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
+        if self.dataset == "cifar10" and self.oe_source == "auto":
+            self.oe_source = "isun"  # CIFAR-10's only OE source here
+        sources = ("auto", "cifar10", "isun") if self.dataset == "mnist" else ("isun",)
+        if self.oe_source not in sources:
+            raise ValueError(f"oe_source for {self.dataset} must be one of {sources}, got {self.oe_source!r}")
+        for name in ("oe_lambda", "margin_per_subpixel", "warmup_ratio", "max_grad_norm"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("batch_size", "eval_batch_size", "n_draws", "ratio", "oe_holdout", "logging_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("train_size", "test_size", "ood_size", "oe_pool_size", "num_threads"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1 or None, got {value}")
+        if not 0.5 <= self.recall_level < 1:
+            raise ValueError(f"recall_level must be in [0.5, 1), got {self.recall_level}")
+        if self.baseline_checkpoint is None and self.baseline_max_steps <= 0 and not self.baseline_epochs > 0:
+            raise ValueError("give baseline_epochs > 0 or baseline_max_steps > 0 (or a baseline_checkpoint)")
+        if self.oe_max_steps <= 0 and not self.oe_epochs > 0:
+            raise ValueError("give oe_epochs > 0 or oe_max_steps > 0")
+        self.model_config()  # fails early on a bad preset / override
+
+    @property
+    def fpr_key(self) -> str:
+        return f"fpr{round(self.recall_level * 100)}"
+
+    def model_config(self) -> PixelCNNPPConfig:
+        """The PixelCNN++ configuration; its channels / size are checked against the dataset."""
+        config = PixelCNNPPConfig.from_preset(self.model_preset, **self.model_overrides)
+        channels, size = (1, 28) if self.dataset == "mnist" else (3, 32)
+        if (config.image_channels, config.image_size) != (channels, size):
+            raise ValueError(
+                f"{self.dataset} images are {channels}x{size}x{size} but the model preset {self.model_preset!r} (+ overrides) is built for "
+                f"{config.image_channels}x{config.image_size}x{config.image_size}: set model_overrides image_channels / image_size"
+            )
+        return config
+
+
+_MNIST_MODEL = dict(image_channels=1, image_size=28)
+_CIFAR_TINY_MODEL = dict(image_channels=3, image_size=32)
+# Presets. "test": the unit test (tiny model, a few hundred MNIST images, a few dozen steps, seconds on a CPU).
+# "tiny": the CPU demo (the tiny PixelCNN++, an MNIST subset, one thread: on a shared 2-core machine the small
+# convolutions ran 2-3x faster on one thread than on two). "paper": GPU runs; CIFAR-10 uses the PixelCNN++ paper's
+# model (53.7 M parameters: days of training to reach its 2.92 bits/dim from scratch -- pass a trained model as
+# baseline_checkpoint to fine-tune it with OE only), MNIST a mid-sized gray model.
+_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "mnist": {
+        "test": dict(model_preset="tiny", model_overrides=dict(nr_filters=8, nr_logistic_mix=2), oe_source="isun", train_size=384,
+                     test_size=150, ood_size=60, oe_holdout=60, oe_pool_size=384, batch_size=16, eval_batch_size=150,
+                     baseline_lr=4e-3, baseline_max_steps=40, oe_lr=2e-3, oe_max_steps=16, logging_steps=8, save_models=False,
+                     num_threads=1),
+        "tiny": dict(model_preset="tiny", oe_source="isun", train_size=4000, test_size=1000, ood_size=200, oe_holdout=200,
+                     batch_size=16, eval_batch_size=100, baseline_lr=2e-3, baseline_epochs=1.0, oe_lr=5e-4, oe_epochs=0.5,
+                     logging_steps=25, num_threads=1),
+        "paper": dict(model_preset="tiny", model_overrides=dict(nr_resnet=3, nr_filters=80, nr_logistic_mix=5, dropout=0.1),
+                      oe_source="auto", oe_holdout=2000, batch_size=64, eval_batch_size=500, baseline_lr=1e-3, baseline_epochs=20.0,
+                      oe_lr=2e-4, oe_epochs=2.0, n_draws=10, num_workers=4, logging_steps=100),
+    },
+    "cifar10": {
+        "test": dict(model_preset="tiny", model_overrides=dict(_CIFAR_TINY_MODEL, nr_filters=8, nr_logistic_mix=2), train_size=256,
+                     test_size=100, ood_size=40, oe_holdout=40, oe_pool_size=256, batch_size=16, eval_batch_size=100,
+                     baseline_lr=4e-3, baseline_max_steps=16, oe_lr=2e-3, oe_max_steps=8, logging_steps=8, save_models=False,
+                     num_threads=1),
+        "tiny": dict(model_preset="tiny", model_overrides=dict(_CIFAR_TINY_MODEL), train_size=3000, test_size=500, ood_size=100,
+                     oe_holdout=200, batch_size=16, eval_batch_size=100, baseline_lr=2e-3, baseline_epochs=1.0, oe_lr=5e-4,
+                     oe_epochs=0.5, logging_steps=25, num_threads=1),
+        "paper": dict(model_preset="paper", oe_holdout=1000, batch_size=32, eval_batch_size=250, baseline_lr=1e-3, baseline_epochs=100.0,
+                      oe_lr=1e-4, oe_epochs=2.0, n_draws=10, num_workers=8, logging_steps=100),
+    },
+}
+
+
+def preset_config(dataset: str, preset: str, **overrides: Any) -> DensityOEConfig:
+    """The :class:`DensityOEConfig` of a named preset (``test``, ``tiny``, ``paper``) with ``overrides`` (``None`` ignored)."""
+    if dataset not in _PRESETS:
+        raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
+    if preset not in _PRESETS[dataset]:
+        raise ValueError(f"unknown preset {preset!r}; available: {PRESET_NAMES}")
+    fields = {f.name for f in dataclasses.fields(DensityOEConfig)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(f"unknown setting(s) {unknown}; DensityOEConfig has {sorted(fields)}")
+    settings = {**_PRESETS[dataset][preset], **{k: v for k, v in overrides.items() if v is not None}}
+    settings["model_overrides"] = dict(settings.get("model_overrides", {}))  # never share the preset's dict
+    if dataset == "mnist":
+        settings["model_overrides"] = {**_MNIST_MODEL, **settings["model_overrides"]}
+    return DensityOEConfig(dataset=dataset, **settings)
+
+
+# ================================================================================================ data
+class UInt8ImageDataset(Dataset):
+    """Images held as one ``uint8`` tensor ``(N, C, H, W)``; item ``i`` is ``(images[i], labels[i])``.
+
+    Use with :func:`oe_vision.density_oe.density_collate` (uint8 goes to the model as is)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor | None = None, name: str = ""):
+        if images.dtype != torch.uint8 or images.dim() != 4:
+            raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
+        labels = torch.full((len(images),), vdata.OOD_LABEL, dtype=torch.int64) if labels is None else labels.long()
+        if labels.shape != (len(images),):
+            raise ValueError(f"{len(images)} images but labels of shape {tuple(labels.shape)}")
+        self.images, self.labels, self.name = images, labels, name
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.images[index], int(self.labels[index])
+
+    def subset(self, indices: Sequence[int], name: str | None = None) -> "UInt8ImageDataset":
+        index = torch.as_tensor(list(indices), dtype=torch.long)
+        return UInt8ImageDataset(self.images[index], self.labels[index], self.name if name is None else name)
+
+    def __repr__(self) -> str:
+        return f"UInt8ImageDataset(name={self.name!r}, n={len(self)}, image_shape={tuple(self.images.shape[1:])})"
+
+
+def _pairs_collate(batch: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    if batch and isinstance(batch[0], Mapping):
+        return torch.stack([torch.as_tensor(b["pixel_values"]) for b in batch]), torch.as_tensor([int(b.get("labels", b.get("label", -1))) for b in batch])
+    try:
+        pixels, labels = zip(*((b[0], b[1]) for b in batch))
+    except (TypeError, IndexError) as err:
+        raise TypeError(f"dataset items must be {_ITEM_HINT}") from err
+    return torch.stack([torch.as_tensor(p) for p in pixels]), torch.as_tensor(labels, dtype=torch.int64)
+
+
+def to_uint8_dataset(
+    dataset: Dataset, name: str = "", unstandardize: tuple[Sequence[float], Sequence[float]] | None = None,
+    batch_size: int = 512, num_workers: int = 0,
+) -> UInt8ImageDataset:
+    """Run ``dataset``'s transforms once and keep the images as ``uint8``.
+
+    Items are (image, label) pairs or dicts with ``"pixel_values"``, images ``uint8`` or floats in ``[0, 1]``; ``unstandardize=(mean, std)`` first
+    maps per-channel standardised images back (``x * std + mean``). Floats are clamped to ``[0, 1]`` and rounded to
+    the 256 levels (:func:`~oe_vision.density_oe.to_uint8_pixels`).
+    """
+    name = name or getattr(dataset, "name", "")
+    if len(dataset) == 0:
+        raise ValueError(f"cannot convert an empty dataset ({name})")
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=_pairs_collate)
+    images, labels = [], []
+    for pixels, label in tqdm(loader, desc=f"preparing {name}", leave=False, disable=len(dataset) <= 2 * batch_size):
+        if unstandardize is not None:
+            mean, std = (torch.as_tensor(v, dtype=torch.float32).view(1, -1, 1, 1) for v in unstandardize)
+            pixels = pixels.float() * std + mean
+        images.append(to_uint8_pixels(pixels))
+        labels.append(label)
+    return UInt8ImageDataset(torch.cat(images), torch.cat(labels), name)
+
+
+@dataclasses.dataclass
+class DensityData:
+    """The data of one run, all :class:`UInt8ImageDataset`. ``overlap_sets``: anomaly rows that share the OE source's
+    distribution (``isun_gray`` with iSUN outliers, and always the held-out OE-source images); not in the ``mean``."""
+
+    dataset: str
+    train: UInt8ImageDataset
+    test: UInt8ImageDataset
+    ood: dict[str, UInt8ImageDataset]
+    oe_train: UInt8ImageDataset
+    oe_heldout: UInt8ImageDataset
+    oe_source_name: str
+    overlap_sets: tuple[str, ...]
+
+    @property
+    def mean_sets(self) -> tuple[str, ...]:
+        """The unseen anomaly sets, averaged in the ``mean`` rows."""
+        return tuple(n for n in self.ood if n not in self.overlap_sets)
+
+    def eval_sets(self) -> dict[str, UInt8ImageDataset]:
+        """``{"test", <anomaly sets>, "oe_source_heldout"}``: what every model is scored on."""
+        return {"test": self.test, **self.ood, OE_HELDOUT_NAME: self.oe_heldout}
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "n_train": len(self.train), "n_test": len(self.test), "n_ood": {n: len(d) for n, d in self.ood.items()},
+            "oe_source": self.oe_source_name, "n_oe_train": len(self.oe_train), "n_oe_heldout": len(self.oe_heldout),
+            "mean_sets": list(self.mean_sets), "overlap_sets": list(self.overlap_sets),
+            "image_shape": list(self.test.images.shape[1:]),
+        }
+
+
+def _capped(dataset: Dataset, cap: int | None, seed: int, key: int) -> Dataset:
+    return dataset if cap is None or cap >= len(dataset) else vdata.subset(dataset, cap, seed, key)
+
+
+def load_density_data(cfg: DensityOEConfig, data_dir: str | Path | None = None) -> DensityData:
+    """Load, subset and convert the data of ``cfg`` to ``uint8`` (module docstring). Nothing is downloaded: missing
+    corpora raise :class:`oe_vision.data.MissingDataError` naming what is expected."""
+    seed, workers = cfg.seed, cfg.num_workers
+    unstandardize = None
+    if cfg.dataset == "mnist":
+        train, test = vdata.mnist_in_distribution(data_dir)
+        oe_pool = vdata.mnist_oe_source(data_dir, source=cfg.oe_source, cifar_dir=cfg.cifar_dir)
+        ood = vdata.mnist_ood_sets(data_dir, n=cfg.ood_size, seed=seed)
+    else:
+        raw = vdata.image_transform()  # [0, 1], no standardisation, no augmentation
+        train = vdata.load_cifar10("train", cfg.cifar_dir, data_dir, raw)
+        test = vdata.load_cifar10("test", cfg.cifar_dir, data_dir, raw)
+        oe_pool = vdata.load_isun(data_dir, vdata.image_transform(size=32, channels=3), part="oe")  # unlabeled (-1)
+        oe_pool.name = "oe:isun-oe-rgb32"
+        ood = vdata.cifar10_ood_sets(data_dir, n=cfg.ood_size, seed=seed)
+        unstandardize = (vdata.CIFAR10_MEAN, vdata.CIFAR10_STD)
+    oe_name = getattr(oe_pool, "name", "oe")
+    if cfg.oe_holdout >= len(oe_pool):
+        raise ValueError(f"oe_holdout {cfg.oe_holdout} leaves no OE-source image for training out of {len(oe_pool)}")
+    perm = torch.randperm(len(oe_pool), generator=torch.Generator().manual_seed(seed + 4242)).tolist()
+    held, rest = sorted(perm[: cfg.oe_holdout]), perm[cfg.oe_holdout :]
+    rest = sorted(rest if cfg.oe_pool_size is None else rest[: cfg.oe_pool_size])
+    data = DensityData(
+        dataset=cfg.dataset,
+        train=to_uint8_dataset(_capped(train, cfg.train_size, seed, 301), f"{cfg.dataset}-train", num_workers=workers),
+        test=to_uint8_dataset(_capped(test, cfg.test_size, seed, 302), f"{cfg.dataset}-test", num_workers=workers),
+        ood={name: to_uint8_dataset(ds, name, unstandardize, num_workers=workers) for name, ds in ood.items()},
+        oe_train=to_uint8_dataset(Subset(oe_pool, rest), oe_name, num_workers=workers),
+        oe_heldout=to_uint8_dataset(Subset(oe_pool, held), OE_HELDOUT_NAME, num_workers=workers),
+        oe_source_name=oe_name,
+        overlap_sets=(),
+    )
+    overlap = tuple(n for n in data.ood if cfg.dataset == "mnist" and "isun" in oe_name and n == "isun_gray")
+    data.overlap_sets = overlap + (OE_HELDOUT_NAME,)
+    return data
+
+
+# ================================================================================================ training
+def build_model(cfg: DensityOEConfig) -> PixelCNNPPModel:
+    """A fresh PixelCNN++ for ``cfg`` or, with ``baseline_checkpoint``, the saved model (its shape is checked)."""
+    if cfg.baseline_checkpoint:
+        model = PixelCNNPPModel.from_pretrained(cfg.baseline_checkpoint)
+        want = cfg.model_config()
+        if (model.config.image_channels, model.config.image_size) != (want.image_channels, want.image_size):
+            raise ValueError(f"baseline_checkpoint {cfg.baseline_checkpoint!r} is a {model.config.image_channels}-channel "
+                             f"{model.config.image_size}px model; {cfg.dataset} needs {want.image_channels} channels, {want.image_size}px")
+        return model
+    return PixelCNNPPModel(cfg.model_config())
+
+
+def training_arguments(cfg: DensityOEConfig, stage: str, output_dir: str | Path) -> DensityOETrainingArguments:
+    """Arguments of one stage (``baseline`` | ``oe``): AdamW without weight decay, cosine schedule, no evaluation or
+    checkpoints during training (the last weights are kept), TF32 on GPUs (no bf16: module docstring)."""
+    if stage not in ("baseline", "oe"):
+        raise ValueError(f"stage must be 'baseline' or 'oe', got {stage!r}")
+    baseline = stage == "baseline"
+    cuda = torch.cuda.is_available()
+    return DensityOETrainingArguments(
+        output_dir=str(Path(output_dir) / "checkpoints" / stage),
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.eval_batch_size,
+        learning_rate=cfg.baseline_lr if baseline else cfg.oe_lr,
+        num_train_epochs=cfg.baseline_epochs if baseline else cfg.oe_epochs,
+        max_steps=cfg.baseline_max_steps if baseline else cfg.oe_max_steps,
+        optim="adamw_torch",
+        weight_decay=0.0,
+        max_grad_norm=cfg.max_grad_norm,
+        lr_scheduler_type="cosine",
+        warmup_steps=cfg.warmup_ratio,  # a float < 1 is a ratio of the total steps
+        eval_strategy="no",
+        save_strategy="no",
+        logging_steps=cfg.logging_steps,
+        report_to="none",
+        tf32=True if cuda else None,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        dataloader_num_workers=cfg.num_workers,
+        dataloader_pin_memory=cuda,
+        disable_tqdm=False,
+        oe_lambda=cfg.oe_lambda,
+        oe_margin_per_subpixel=cfg.margin_per_subpixel,
+        oe_batch_ratio=1.0,  # equal in / outlier batch sizes
+        oe_concat_forward=cfg.oe_concat_forward,
+        oe_seed=cfg.seed + 1,
+    )
+
+
+def train_stage(model: PixelCNNPPModel, data: DensityData, cfg: DensityOEConfig, stage: str, output_dir: str | Path,
+                train: bool = True) -> DensityOETrainer:
+    """Train ``model`` in place for ``stage`` (``baseline``: likelihood only; ``oe``: likelihood + margin on
+    ``data.oe_train``) and return its trainer (``train=False``: only build it, e.g. to score a loaded model)."""
+    trainer = DensityOETrainer(
+        model=model,
+        args=training_arguments(cfg, stage, output_dir),
+        train_dataset=data.train,
+        data_collator=density_collate,
+        outlier_dataset=data.oe_train if stage == "oe" else None,
+    )
+    if train:
+        trainer.train()
+    return trainer
+
+
+# ================================================================================================ evaluation
+def score_sets(trainer: DensityOETrainer, sets: Mapping[str, Dataset], desc: str = "scoring") -> dict[str, np.ndarray]:
+    """Bits per dimension of every image of every set: ``{name: (n,) float64}``."""
+    return {name: trainer.compute_scores(ds, SCORE) for name, ds in tqdm(list(sets.items()), desc=desc, leave=False)}
+
+
+def bits_per_dim_summary(scores: Mapping[str, np.ndarray]) -> dict[str, dict[str, Any]]:
+    """Per set (``scores`` must hold ``"test"``, the in-distribution test images): mean and median bits/dim, the
+    fraction of its images below the in-distribution median, and ``more_likely_than_in``: its MEAN bits/dim is lower
+    than the in-distribution test mean (the failure of likelihood-based detection the paper's OE experiment fixes)."""
+    if "test" not in scores:
+        raise ValueError("scores need the in-distribution 'test' set")
+    in_mean, in_median = float(np.mean(scores["test"])), float(np.median(scores["test"]))
+    summary = {}
+    for name, values in scores.items():
+        values = np.asarray(values, dtype=np.float64)
+        summary[name] = {
+            "mean": float(values.mean()), "median": float(np.median(values)), "n": int(values.size),
+            "frac_below_in_median": float((values < in_median).mean()),
+            "more_likely_than_in": bool(values.mean() < in_mean) if name != "test" else None,
+        }
+    return summary
+
+
+def evaluate_density(scores: Mapping[str, np.ndarray], data: DensityData, cfg: DensityOEConfig, model_name: str) -> list[dict[str, Any]]:
+    """Detection records of one model: every unseen set + ``mean`` (over them), then the overlap rows.
+
+    Fields: ``dataset``, ``model``, ``score`` (``bits_per_dim``), ``domain``, ``fpr95`` (or the ``recall_level``'s),
+    ``auroc``, ``aupr`` (anomalies positive), ``aupr_in``, stds over draws, ``n_in``, ``n_out``, ``n_draws``,
+    ``oe_source_overlap``, and the likelihood check: ``mean_bits_per_dim``, ``median_bits_per_dim``,
+    ``in_mean_bits_per_dim``, ``frac_below_in_median``, ``more_likely_than_in`` (for ``mean``: the number of unseen
+    sets more likely than D_in, ``n_more_likely_than_in``). Metric values are fractions.
+    """
+    summary = bits_per_dim_summary(scores)
+    in_scores = scores["test"]
+    fields = dict(dataset=cfg.dataset, model=model_name, score=SCORE)
+    table = evaluate_ood(in_scores, {n: scores[n] for n in data.mean_sets}, n_draws=cfg.n_draws, ratio=cfg.ratio, seed=cfg.seed,
+                         recall_level=cfg.recall_level)
+    records = detection_records(table, **fields, oe_source_overlap=False)
+    overlap = [n for n in data.overlap_sets if n in scores]
+    if overlap:
+        extra = evaluate_ood(in_scores, {n: scores[n] for n in overlap}, n_draws=cfg.n_draws, ratio=cfg.ratio, seed=cfg.seed + 1,
+                             recall_level=cfg.recall_level)
+        records += [r for r in detection_records(extra, **fields, oe_source_overlap=True) if r["domain"] != "mean"]
+    in_mean = summary["test"]["mean"]
+    for record in records:
+        record["in_mean_bits_per_dim"] = in_mean
+        if record["domain"] == "mean":
+            means = [summary[n]["mean"] for n in data.mean_sets]
+            record["mean_bits_per_dim"] = float(np.mean(means))
+            record["n_more_likely_than_in"] = int(sum(summary[n]["more_likely_than_in"] for n in data.mean_sets))
+            continue
+        s = summary[record["domain"]]
+        record.update(mean_bits_per_dim=s["mean"], median_bits_per_dim=s["median"], frac_below_in_median=s["frac_below_in_median"],
+                      more_likely_than_in=s["more_likely_than_in"])
+    return records
+
+
+# ================================================================================================ Markdown
+def _pct(value: Any) -> str:
+    return "" if value is None else f"{value * 100:.1f}"
+
+
+def table5_markdown(records: Sequence[Mapping[str, Any]], fpr_key: str = "fpr95") -> str:
+    """Paper Table 5 layout: per anomaly set ``baseline → OE`` for FPR / AUROC / AUPR (percentages), the ``mean``,
+    the paper's CIFAR-10 means (labelled as the paper's), then the overlap rows (marked †, not in the mean)."""
+    base = {r["domain"]: r for r in records if r["model"] == "baseline"}
+    oe = {r["domain"]: r for r in records if r["model"] == "oe"}
+    label = fpr_key.upper()
+    lines = [f"| D_out^test | {label} ↓ | AUROC ↑ | AUPR ↑ |", "|---|---|---|---|"]
+
+    def row(domain: str, name: str) -> str:
+        b, o = base[domain], oe.get(domain)
+        cells = [f"{_pct(b[k])} → {_pct(o[k]) if o else '–'}" for k in (fpr_key, "auroc", "aupr")]
+        return "| " + " | ".join([name, *cells]) + " |"
+
+    ordered = [d for d in base if d != "mean" and not base[d]["oe_source_overlap"]]
+    lines += [row(d, d) for d in ordered]
+    if "mean" in base:
+        lines.append(row("mean", "**mean**"))
+    paper = PAPER_TABLE5_MEAN
+    lines.append("| *paper, PixelCNN++ on CIFAR-10, mean (their sets)* | " + " | ".join(f"*{paper[k][0]} → {paper[k][1]}*" for k in ("fpr95", "auroc", "aupr")) + " |")
+    lines += [row(d, f"{d} †") for d in base if d != "mean" and base[d]["oe_source_overlap"]]
+    return "\n".join(lines)
+
+
+def likelihood_markdown(summaries: Mapping[str, Mapping[str, Mapping[str, Any]]], data: DensityData) -> str:
+    """Mean / median bits per dim per set for each model and whether the set is MORE LIKELY than D_in (lower mean)."""
+    models = [m for m in ("baseline", "oe") if m in summaries]
+    header = ["set"]
+    for m in models:
+        header += [f"{m}: mean bits/dim", f"{m}: median", f"{m}: below D_in median", f"{m}: more likely than D_in"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name in ["test", *data.ood, OE_HELDOUT_NAME]:
+        label = "**D_in test**" if name == "test" else (f"{name} †" if name in data.overlap_sets else name)
+        cells = [label]
+        for m in models:
+            s = summaries[m][name]
+            flag = "" if s["more_likely_than_in"] is None else ("**yes**" if s["more_likely_than_in"] else "no")
+            cells += [f"{s['mean']:.3f}", f"{s['median']:.3f}", f"{s['frac_below_in_median'] * 100:.1f}%", flag]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _markdown_report(cfg: DensityOEConfig, data: DensityData, records: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    title = {"mnist": "MNIST", "cifar10": "CIFAR-10"}[cfg.dataset]
+    test_bpd, seconds = meta["test_bits_per_dim"], meta["seconds"]
+    before = meta["more_likely_than_in_before_oe"]
+    gap = meta["oe_source_gap_bits_per_dim"]
+    model = meta["model"]
+    parts = [
+        f"# PixelCNN++ with Outlier Exposure on {title} (paper Table 5 layout)",
+        "",
+        f"PixelCNN++ `{cfg.model_preset}` preset {model['overrides']} ({model['parameters'] / 1e6:.2f} M parameters); OE source "
+        f"`{data.oe_source_name}` ({len(data.oe_train)} training images); commit `{meta['commit']}`; {meta['hardware']}; {meta['date']}.",
+        f"Score: bits per dimension (higher = more anomalous). {len(data.test)} D_in test images vs `len(test) // {cfg.ratio}` "
+        f"anomalies per set, {cfg.n_draws} draw(s); values in %, `baseline → OE`. OE: likelihood + margin "
+        f"`max(0, {cfg.margin_per_subpixel:g}·D + nll_in − nll_out)`, λ = {cfg.oe_lambda:g}, equal in/outlier batches of {cfg.batch_size}.",
+        "",
+        "| model | D_in test bits/dim | train seconds | scoring seconds |",
+        "|---|---|---|---|",
+    ]
+    for m in ("baseline", "oe"):
+        parts.append(f"| {m} | {test_bpd[m]:.3f} | {seconds.get(m + '_train', 0):.0f} | {seconds.get(m + '_eval', 0):.0f} |")
+    parts += [
+        "",
+        f"## Detection (score bits/dim; ours on {title}, the paper's row on CIFAR-10)",
+        "",
+        table5_markdown(records, cfg.fpr_key),
+        "",
+        "† shares the OE source's distribution (not an unseen anomaly); not in the mean.",
+        "",
+        "## Likelihood check: which anomaly sets does the model find MORE likely than D_in?",
+        "",
+        likelihood_markdown(meta["bits_per_dim_summary"], data),
+        "",
+        "Sets with a lower mean bits/dim (higher likelihood) than the D_in test images BEFORE OE: "
+        + (", ".join(f"`{n}`" for n in before) if before else "none") + ".",
+        f"Mean bits/dim gap on held-out OE-source images (out − in): baseline {gap['baseline']:.3f} → OE {gap['oe']:.3f}. "
+        f"The margin ({cfg.margin_per_subpixel:g} nat/subpixel = {cfg.margin_per_subpixel / math.log(2):.2f} bits/dim) was not yet met, "
+        f"so the margin term had a gradient, on {_pct(meta['oe_margin_active_fraction'])}% of the (in, outlier) training pairs"
+        " (near 0: the outliers are already that much less likely and OE fine-tuning acts as further likelihood training).",
+    ]
+    return "\n".join(parts) + "\n"
+
+
+# ================================================================================================ run
+def _num_parameters(model: torch.nn.Module) -> int:
+    return int(sum(p.numel() for p in model.parameters()))
+
+
+def _remove_empty_dirs(folder: Path) -> None:
+    for path in (folder, folder.parent):
+        try:
+            path.rmdir()
+        except OSError:
+            return
+
+
+def run_density_oe(cfg: DensityOEConfig, output_dir: str | Path, data_dir: str | Path | None = None, data: DensityData | None = None) -> dict[str, Any]:
+    """Baseline likelihood training (or ``baseline_checkpoint``), OE fine-tuning, evaluation of both; writes results,
+    plots and (``save_models``) both models into ``output_dir``.
+
+    Returns ``{"records", "meta", "paths", "scores": {model: {set: bits/dim}}, "data"}``.
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    threads_before = torch.get_num_threads()
+    if cfg.num_threads and not torch.cuda.is_available():
+        torch.set_num_threads(cfg.num_threads)
+    try:
+        return _run(cfg, output_dir, data_dir, data)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _run(cfg: DensityOEConfig, output_dir: Path, data_dir: str | Path | None, data: DensityData | None) -> dict[str, Any]:
+    seconds: dict[str, float] = {}
+    started = time.perf_counter()
+    set_seed(cfg.seed)
+    data = data if data is not None else load_density_data(cfg, data_dir)
+    seconds["data"] = time.perf_counter() - started
+    sets = data.eval_sets()
+
+    set_seed(cfg.seed)
+    model = build_model(cfg)
+    scores: dict[str, dict[str, np.ndarray]] = {}
+    margin_active: float | None = None
+    records: list[dict[str, Any]] = []
+    train_logs: dict[str, dict[str, float]] = {}
+    for stage in ("baseline", "oe"):
+        t0 = time.perf_counter()
+        trainer = train_stage(model, data, cfg, stage, output_dir, train=not (stage == "baseline" and cfg.baseline_checkpoint))
+        seconds[f"{stage}_train"] = time.perf_counter() - t0
+        logged = [e for e in trainer.state.log_history if "loss" in e]
+        summary = {**(logged[-1] if logged else {}), **(trainer.state.log_history[-1] if trainer.state.log_history else {})}
+        train_logs[stage] = {k: float(v) for k, v in summary.items() if isinstance(v, (int, float))}
+        if stage == "oe":
+            margin_active = trainer.margin_active_fraction
+        _remove_empty_dirs(Path(trainer.args.output_dir))
+        t0 = time.perf_counter()
+        scores[stage] = score_sets(trainer, sets, desc=f"scoring {stage}")
+        records += evaluate_density(scores[stage], data, cfg, stage)
+        seconds[f"{stage}_eval"] = time.perf_counter() - t0
+        if cfg.save_models:
+            trainer.save_model(str(output_dir / f"{stage}_model"))
+
+    summaries = {m: bits_per_dim_summary(s) for m, s in scores.items()}
+    test_bpd = {m: summaries[m]["test"]["mean"] for m in scores}
+    gap = {m: summaries[m][OE_HELDOUT_NAME]["mean"] - summaries[m]["test"]["mean"] for m in scores}
+    before = [n for n in data.ood if summaries["baseline"][n]["more_likely_than_in"]]
+    seconds["total"] = time.perf_counter() - started
+    meta = run_meta(
+        seconds, config=dataclasses.asdict(cfg), dataset=cfg.dataset, data=data.stats(), score=SCORE,
+        model={"preset": cfg.model_preset, "overrides": dict(cfg.model_overrides), "parameters": _num_parameters(model),
+               "baseline_checkpoint": cfg.baseline_checkpoint},
+        test_bits_per_dim=test_bpd, bits_per_dim_summary=summaries, more_likely_than_in_before_oe=before,
+        more_likely_than_in_after_oe=[n for n in data.ood if summaries["oe"][n]["more_likely_than_in"]],
+        oe_source_gap_bits_per_dim=gap, oe_margin_active_fraction=margin_active, train_logs=train_logs,
+        paper_table5_cifar10_mean={k: list(v) for k, v in PAPER_TABLE5_MEAN.items()},
+    )
+    paths = write_results(output_dir, records, meta, _markdown_report(cfg, data, records, meta))
+    for stage, by_set in scores.items():
+        out = {n: s for n, s in by_set.items() if n != "test"}
+        title = f"PixelCNN++ {cfg.dataset} {stage}: bits/dim"
+        paths[f"roc_{stage}"] = plot_roc_curves(by_set["test"], out, output_dir / f"roc_{stage}.png", title)
+        paths[f"hist_{stage}"] = plot_score_histograms(by_set["test"], out, output_dir / f"hist_{stage}.png", title)
+    return {"records": records, "meta": meta, "paths": paths, "scores": scores, "data": data}
+
+
+# ================================================================================================ command line
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pixelcnn_oe.py",
+        description="PixelCNN++ density model: likelihood baseline, OE fine-tuning with the margin loss, detection by bits/dim (paper Table 5).",
+    )
+    parser.add_argument("--dataset", choices=DATASETS, default="mnist", help="in-distribution data (cifar10 needs $OE_CIFAR10_DIR or --cifar-dir)")
+    parser.add_argument("--preset", choices=PRESET_NAMES, default="tiny", help="test: seconds (smoke); tiny: CPU in minutes; paper: GPU")
+    parser.add_argument("--data-dir", default=None, help="corpora folder (default: $OE_DATA_DIR)")
+    parser.add_argument("--cifar-dir", default=None, help="folder with CIFAR-10's train-0*.npz / test.npz (default: $OE_CIFAR10_DIR)")
+    parser.add_argument("--output-dir", default=None, help="where results go (default: runs/pixelcnn_<dataset>_<preset>)")
+    parser.add_argument("--oe-source", choices=("auto", "cifar10", "isun"), default=None, help="MNIST's OE source (auto: CIFAR-10 gray when present, else iSUN)")
+    parser.add_argument("--baseline-checkpoint", default=None, help="a saved PixelCNN++ (folder) to fine-tune instead of training a baseline")
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--baseline-epochs", type=float, default=None)
+    parser.add_argument("--oe-epochs", type=float, default=None)
+    parser.add_argument("--baseline-max-steps", type=int, default=None)
+    parser.add_argument("--oe-max-steps", type=int, default=None)
+    parser.add_argument("--baseline-lr", type=float, default=None)
+    parser.add_argument("--oe-lr", type=float, default=None)
+    parser.add_argument("--batch-size", type=int, default=None, help="in-distribution images per step (= outliers per step)")
+    parser.add_argument("--oe-lambda", type=float, default=None)
+    parser.add_argument("--margin", dest="margin_per_subpixel", type=float, default=None, help="margin in nats per subpixel (paper: 1)")
+    parser.add_argument("--train-size", type=int, default=None)
+    parser.add_argument("--test-size", type=int, default=None, help="cap on the D_in test images (smoke runs only)")
+    parser.add_argument("--ood-size", type=int, default=None, help="images per anomaly set")
+    parser.add_argument("--n-draws", type=int, default=None)
+    parser.add_argument("--num-workers", type=int, default=None)
+    parser.add_argument("--threads", dest="num_threads", type=int, default=None, help="torch CPU threads (CPU runs only)")
+    parser.add_argument("--no-save-models", dest="save_models", action="store_false", default=None)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Entry point of ``recipes/pixelcnn_oe.py``: prints the Markdown report and the wall time."""
+    started = time.perf_counter()
+    args = build_parser().parse_args(argv)
+    overrides = {k: v for k, v in vars(args).items() if k not in ("dataset", "preset", "data_dir", "output_dir")}
+    cfg = preset_config(args.dataset, args.preset, **overrides)
+    output_dir = args.output_dir or os.path.join("runs", f"pixelcnn_{args.dataset}_{args.preset}")
+    result = run_density_oe(cfg, output_dir, data_dir=args.data_dir)
+    print(result["paths"]["markdown"].read_text())
+    print(f"results written to {output_dir}; wall time {time.perf_counter() - started:.0f} s")
+    return result

@@ -1,0 +1,251 @@
+"""Outlier Exposure for density models (PixelCNN++, paper Sec. 4.3 / Table 5) as an ``OETrainer`` subclass.
+
+Objective per in-distribution micro-batch ``x_in`` (B images) and outlier micro-batch ``x_out`` (B' images), with
+``D = C * H * W`` subpixels per image, ``nll`` the per-image negative log-likelihood in nats, ``n = min(B, B')``::
+
+    loss = (1 / D) * [ mean_{i<B} nll(x_in_i)
+                       + oe_lambda * mean_{i<n} max(0, m * D + nll(x_in_i) - nll(x_out_i)) ]
+
+i.e. :func:`oe_vision.modeling_pixelcnnpp.pixelcnn_oe_loss` (equal to it when ``B = B'``): the likelihood term is the
+model's own ``loss`` (mean nats per subpixel), the margin term (:func:`oe_common.losses.density_margin_loss`, margin
+``m * D`` nats with ``m = oe_margin_per_subpixel``, paper: 1) pairs in-distribution and outlier images element-wise
+and is divided by ``D`` so that the total stays "per subpixel" and the learning rates of likelihood training apply.
+The paper's setting is equal in / outlier batch sizes (``oe_batch_ratio = 1``, the default here); a larger outlier
+batch is trimmed to ``B`` BEFORE the forward pass (its extra images would not enter the loss), a smaller one pairs
+with the first ``B'`` in-distribution images (every in-distribution image still enters the likelihood term).
+
+Forward pass: with ``oe_concat_forward=True`` (default) one pass over ``[x_in; x_out[:n]]`` (``2B`` images; PixelCNN++
+has no BatchNorm and each image's likelihood depends on that image only, so this equals two passes up to float
+rounding and is faster on a GPU); ``oe_concat_forward=False`` runs two passes. Both give the same loss (tested).
+
+Gradient accumulation stays exact: every term is a per-micro-batch mean and ``OETrainer`` switches the
+``transformers`` loss-kwargs path off (``model_accepts_loss_kwargs = False``), so with equal micro-batches ``k``
+accumulated steps of ``b`` images equal one step of ``k * b`` (the outlier stream's order does not depend on the
+batch size).
+
+Anomaly score: bits per dimension ``nll / (D ln 2)`` (:meth:`DensityOETrainer.score_batch`, score
+``"bits_per_dim"``; ``"nll"`` gives nats per image); higher = more anomalous.
+
+Inputs: batches ``{"pixel_values": (B, C, H, W)}`` as ``uint8`` (0..255) or floats in ``[-1, 1]`` on the 256-level
+grid (the model's input convention). :func:`density_collate` builds them from ``(image, label)`` pairs whose
+images are ``uint8`` or ``[0, 1]`` floats (the :mod:`oe_vision.data` loaders): do NOT feed ``[0, 1]`` floats
+directly, the model would read them as the upper half of ``[-1, 1]``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from oe_common import metrics as oe_metrics
+from oe_common.losses import density_margin_loss
+from oe_common.trainer import OETrainer, OETrainingArguments
+
+__all__ = [
+    "DENSITY_SCORE_NAMES",
+    "DensityOETrainingArguments",
+    "DensityOETrainer",
+    "density_collate",
+    "to_uint8_pixels",
+]
+
+#: Scores of :meth:`DensityOETrainer.compute_scores`: bits per subpixel (the paper's) and nats per image.
+DENSITY_SCORE_NAMES = ("bits_per_dim", "nll")
+
+
+def to_uint8_pixels(images: torch.Tensor) -> torch.Tensor:
+    """``uint8`` images unchanged; floats in ``[0, 1]`` -> ``round(255 x)`` as ``uint8`` (values outside are clamped).
+
+    Resized / synthetic images are thereby snapped to the 256 levels the discretized likelihood is defined on.
+    """
+    if images.dtype == torch.uint8:
+        return images
+    if not images.is_floating_point():
+        raise TypeError(f"images must be uint8 or floating point in [0, 1], got {images.dtype}")
+    return torch.round(images.float().clamp(0.0, 1.0) * 255.0).to(torch.uint8)
+
+
+def density_collate(batch: Sequence[Any]) -> dict[str, torch.Tensor]:
+    """``[(image, label), ...]`` (image ``uint8`` or ``[0, 1]`` float, ``(C, H, W)``) or ``[{"pixel_values": ...}]``
+    -> ``{"pixel_values": uint8 (B, C, H, W), "labels": (B,)}`` (labels ``-1`` when the examples have none)."""
+    if not batch:
+        raise ValueError("density_collate got an empty batch")
+    if isinstance(batch[0], Mapping):
+        pixels = [b["pixel_values"] for b in batch]
+        labels = [int(b.get("labels", b.get("label", -1))) for b in batch]
+    else:
+        pixels, labels = zip(*((b[0], b[1]) for b in batch))
+    images = torch.stack([torch.as_tensor(p) for p in pixels])
+    if images.dim() != 4:
+        raise ValueError(f"images must be (C, H, W) each, got a stack of shape {tuple(images.shape)}")
+    return {"pixel_values": to_uint8_pixels(images), "labels": torch.as_tensor(labels, dtype=torch.int64)}
+
+
+@dataclass
+class DensityOETrainingArguments(OETrainingArguments):
+    """``OETrainingArguments`` for density-model OE. Differences: ``oe_lambda`` defaults to 1 (the paper adds the margin
+    term to the likelihood with equal weight), and ``oe_margin_per_subpixel`` (``m``, paper: 1 nat per subpixel).
+    ``oe_batch_ratio`` stays 1 (equal in / outlier batch sizes, the paper's pairing). ``oe_loss`` is not used."""
+
+    oe_lambda: float = field(default=1.0, metadata={"help": "Weight of the margin term (paper: 1, likelihood and margin summed)."})
+    oe_margin_per_subpixel: float = field(default=1.0, metadata={"help": "Margin m in nats per subpixel; the margin is m * D nats per image."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        m = self.oe_margin_per_subpixel
+        if not (isinstance(m, (int, float)) and math.isfinite(m) and m >= 0):
+            raise ValueError(f"oe_margin_per_subpixel must be a finite number >= 0, got {m!r}")
+
+
+class DensityOETrainer(OETrainer):
+    """``OETrainer`` for models whose forward returns a per-image ``nll`` (nats): PixelCNN++ (``PixelCNNPPModel``).
+
+    Without ``outlier_dataset`` it is plain maximum-likelihood training (the model's ``loss``, mean nats per
+    subpixel) plus :meth:`compute_scores` with the density scores. With outliers, the loss of the module docstring.
+    ``args`` must then be :class:`DensityOETrainingArguments`. Use ``data_collator=density_collate`` with image
+    datasets of ``(image, label)`` pairs.
+
+    Training logs get ``loss_in`` (nats per subpixel), ``loss_oe`` (margin term per subpixel, before ``oe_lambda``) and
+    ``oe_margin_active`` (fraction of pairs whose margin is not met yet); :attr:`margin_active_fraction` over the run.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._margin_interval: torch.Tensor | None = None  # [active pairs, pairs] since the last log
+        self._margin_total: torch.Tensor | None = None  # the same over the whole run (this process)
+        if self.outlier_dataset is not None and not isinstance(self.args, DensityOETrainingArguments):
+            raise TypeError(
+                f"DensityOETrainer with an outlier_dataset needs DensityOETrainingArguments (margin, oe_lambda=1 default), "
+                f"got {type(self.args).__name__}"
+            )
+
+    # ---- helpers -------------------------------------------------------------------------------------------
+    @staticmethod
+    def _pixels(batch: Mapping[str, Any], what: str) -> torch.Tensor:
+        x = batch.get("pixel_values") if isinstance(batch, Mapping) else None
+        if not isinstance(x, torch.Tensor) or x.dim() != 4:
+            raise ValueError(f"the {what} batch needs 'pixel_values' of shape (B, C, H, W); got keys {sorted(batch) if isinstance(batch, Mapping) else type(batch).__name__}")
+        return x
+
+    @staticmethod
+    def _model_scale(x: torch.Tensor) -> torch.Tensor:
+        """uint8 -> the model's float scale ``[-1, 1]`` (so that uint8 and float batches can be concatenated)."""
+        return x.float() / 127.5 - 1.0 if x.dtype == torch.uint8 else x
+
+    @staticmethod
+    def _nll(outputs: Any) -> torch.Tensor:
+        nll = outputs.get("nll") if isinstance(outputs, Mapping) else None
+        if not isinstance(nll, torch.Tensor) or nll.dim() != 1:
+            raise TypeError("the model must return a per-image 'nll' (B,) in nats (e.g. PixelCNNPPModel with return_loss=True)")
+        return nll
+
+    @property
+    def margin_per_subpixel(self) -> float:
+        return float(getattr(self.args, "oe_margin_per_subpixel", 1.0))
+
+    def density_nll_pair(self, model: nn.Module, x_in: torch.Tensor, x_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-image nll (nats) of ``x_in`` ``(B,)`` and ``x_out`` ``(B',)``: one forward over both or two (``oe_concat_forward``)."""
+        if self.args.oe_concat_forward:
+            same = x_in.dtype == x_out.dtype
+            joint = torch.cat([x_in, x_out] if same else [self._model_scale(x_in), self._model_scale(x_out)])
+            nll = self._nll(model(pixel_values=joint))
+            return nll[: len(x_in)], nll[len(x_in) :]
+        return self._nll(model(pixel_values=x_in)), self._nll(model(pixel_values=x_out))
+
+    def density_oe_terms(self, nll_in: torch.Tensor, nll_out: torch.Tensor, num_subpixels: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(loss_in, loss_oe)`` per subpixel: ``mean nll_in / D`` and ``mean_i max(0, m D + nll_in_i - nll_out_i) / D``
+        over the first ``min(B, B')`` pairs. The training loss is ``loss_in + oe_lambda * loss_oe``."""
+        n = min(len(nll_in), len(nll_out))
+        loss_in = nll_in.mean() / num_subpixels
+        margin = self.margin_per_subpixel * num_subpixels
+        loss_oe = density_margin_loss(nll_in[:n].float(), nll_out[:n].float(), margin) / num_subpixels
+        return loss_in, loss_oe
+
+    # ---- the loss ------------------------------------------------------------------------------------------
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """Likelihood loss (the model's) without outliers or in evaluation; with outliers while training, likelihood +
+        ``oe_lambda`` * margin term, both per subpixel (module docstring)."""
+        if self.outlier_dataset is None or not model.training:
+            return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        x_in = self._pixels(inputs, "in-distribution")
+        x_out = self._pixels(self.next_outlier_batch(), "outlier")
+        if x_in.shape[1:] != x_out.shape[1:]:
+            raise ValueError(
+                f"in-distribution images {tuple(x_in.shape[1:])} and outliers {tuple(x_out.shape[1:])} differ in shape: the "
+                "margin compares per-image nll, so both must have the same number of subpixels (resize the outliers)"
+            )
+        x_out = x_out[: len(x_in)]  # extra outliers would not enter the loss: skip their forward pass
+        nll_in, nll_out = self.density_nll_pair(model, x_in, x_out)
+        num_subpixels = int(x_in[0].numel())
+        loss_in, loss_oe = self.density_oe_terms(nll_in, nll_out, num_subpixels)
+        loss = loss_in + self.args.oe_lambda * loss_oe
+
+        record = torch.stack([loss_in.detach().float(), loss_oe.detach().float(), torch.ones((), device=loss_in.device)])
+        self._oe_log_sums = record if self._oe_log_sums is None else self._oe_log_sums + record
+        n = len(nll_out)
+        active = (self.margin_per_subpixel * num_subpixels + nll_in[:n].detach() - nll_out.detach() > 0).float().sum()
+        counts = torch.stack([active, torch.full_like(active, n)])
+        self._margin_interval = counts if self._margin_interval is None else self._margin_interval + counts
+        self._margin_total = counts if self._margin_total is None else self._margin_total + counts
+        if return_outputs:
+            outputs = {"loss": loss_in, "nll": nll_in, "bits_per_dim": nll_in / (num_subpixels * math.log(2.0))}
+            return loss, outputs
+        return loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Adds ``oe_margin_active``: the fraction of (in, outlier) pairs whose margin was NOT yet met (the pairs that
+        get a gradient from the margin term) since the last log, over all processes."""
+        if "loss" in logs and self._margin_interval is not None:
+            totals = self.accelerator.gather(self._margin_interval.unsqueeze(0)).reshape(-1, 2).sum(0)
+            self._margin_interval = None
+            if totals[1] > 0:
+                logs["oe_margin_active"] = float(totals[0] / totals[1])
+        super().log(logs, start_time)
+
+    @property
+    def margin_active_fraction(self) -> float | None:
+        """Fraction of this process's (in, outlier) training pairs with an active margin term over the whole run
+        (``None`` before any OE step). Near 0: the outliers are already ``m`` nats per subpixel less likely, the
+        margin term does nothing and OE fine-tuning is plain likelihood training."""
+        if self._margin_total is None or self._margin_total[1] == 0:
+            return None
+        return float(self._margin_total[0] / self._margin_total[1])
+
+    # ---- anomaly scores ------------------------------------------------------------------------------------
+    score_names = DENSITY_SCORE_NAMES
+
+    def score_batch_many(self, model: nn.Module, batch: Mapping[str, Any], scores: Sequence[str]) -> dict[str, torch.Tensor]:
+        """``{name: (B,)}`` anomaly scores of one prepared batch from one forward pass: ``"bits_per_dim"`` =
+        ``nll / (D ln 2)`` and/or ``"nll"`` (nats). :meth:`OETrainer.compute_scores` batches, gathers and orders them."""
+        self._check_score_names(scores)
+        x = self._pixels(batch, "scored")
+        nll = self._nll(model(pixel_values=x)).float()
+        by_name = {"nll": nll, "bits_per_dim": nll / (x[0].numel() * math.log(2.0))}
+        return {name: by_name[name] for name in scores}
+
+    def score_batch(self, model: nn.Module, batch: Mapping[str, Any], score: str = "bits_per_dim") -> torch.Tensor:
+        """``(B,)`` anomaly scores of one prepared batch (default: bits per dimension)."""
+        return self.score_batch_many(model, batch, (score,))[score]
+
+    def compute_scores(self, dataset: Any, score: str | Sequence[str] = "bits_per_dim") -> np.ndarray | dict[str, np.ndarray]:
+        """:meth:`OETrainer.compute_scores` with bits per dimension as the default score."""
+        return super().compute_scores(dataset, score)
+
+    def evaluate_ood(
+        self,
+        in_dataset: Any,
+        ood_datasets: Mapping[str, Any],
+        score: str = "bits_per_dim",
+        n_draws: int = 1,
+        recall_level: float = 0.95,
+        seed: int = 0,
+        ratio: int = 5,
+    ) -> oe_metrics.OODTable:
+        """:meth:`OETrainer.evaluate_ood` with bits per dimension as the default score."""
+        return super().evaluate_ood(in_dataset, ood_datasets, score=score, n_draws=n_draws, recall_level=recall_level, seed=seed, ratio=ratio)
