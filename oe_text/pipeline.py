@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from transformers import set_seed
 
 from oe_common.metrics import evaluate_ood
+from oe_common.presets import preset_settings
 from oe_common.reporting import detection_records, plot_roc_curves, plot_score_histograms, run_meta, write_results
 from oe_common.trainer import OETrainer, OETrainingArguments
 
@@ -121,13 +122,7 @@ def preset_config(level: str, preset: str, **overrides: Any) -> TextOEConfig:
     """The :class:`TextOEConfig` of a named preset (``test``, ``tiny``, ``paper``) with ``overrides`` applied."""
     if level not in _PRESETS:
         raise ValueError(f"level must be 'word' or 'char', got {level!r}")
-    if preset not in _PRESETS[level]:
-        raise ValueError(f"unknown preset {preset!r}; available: {PRESET_NAMES}")
-    fields = {f.name for f in dataclasses.fields(TextOEConfig)}
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-        raise ValueError(f"unknown setting(s) {unknown}; TextOEConfig has {sorted(fields)}")
-    return TextOEConfig(level=level, **{**_PRESETS[level][preset], **{k: v for k, v in overrides.items() if v is not None}})
+    return TextOEConfig(level=level, **preset_settings(TextOEConfig, _PRESETS[level], preset, overrides))
 
 
 def _first(dataset: Any, n: int | None) -> Any:

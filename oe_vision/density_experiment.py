@@ -50,6 +50,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 from transformers import set_seed
 
+from oe_common.presets import preset_settings
 from oe_common.metrics import evaluate_ood
 from oe_common.reporting import detection_records, plot_roc_curves, plot_score_histograms, run_meta, write_results
 
@@ -213,13 +214,7 @@ def preset_config(dataset: str, preset: str, **overrides: Any) -> DensityOEConfi
     """The :class:`DensityOEConfig` of a named preset (``test``, ``tiny``, ``paper``) with ``overrides`` (``None`` ignored)."""
     if dataset not in _PRESETS:
         raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
-    if preset not in _PRESETS[dataset]:
-        raise ValueError(f"unknown preset {preset!r}; available: {PRESET_NAMES}")
-    fields = {f.name for f in dataclasses.fields(DensityOEConfig)}
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-        raise ValueError(f"unknown setting(s) {unknown}; DensityOEConfig has {sorted(fields)}")
-    settings = {**_PRESETS[dataset][preset], **{k: v for k, v in overrides.items() if v is not None}}
+    settings = preset_settings(DensityOEConfig, _PRESETS[dataset], preset, overrides)
     settings["model_overrides"] = dict(settings.get("model_overrides", {}))  # never share the preset's dict
     if dataset == "mnist":
         settings["model_overrides"] = {**_MNIST_MODEL, **settings["model_overrides"]}

@@ -44,6 +44,7 @@ from torchvision.transforms import v2
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, set_seed
 
+from oe_common.presets import preset_settings
 from oe_common.metrics import evaluate_ood, misclassification_metrics
 from oe_common.reporting import detection_records, plot_roc_curves, plot_score_histograms, run_meta, write_results
 from oe_common.scores import msp_score, uniform_xent_score
@@ -217,13 +218,7 @@ def preset_config(dataset: str, preset: str, **overrides: Any) -> VisionOEConfig
     """The :class:`VisionOEConfig` of a named preset with ``overrides`` applied (``None`` values are ignored)."""
     if dataset not in _PRESETS:
         raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
-    if preset not in _PRESETS[dataset]:
-        raise ValueError(f"unknown preset {preset!r} for {dataset}; available: {PRESET_NAMES[dataset]}")
-    fields = {f.name for f in dataclasses.fields(VisionOEConfig)}
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-        raise ValueError(f"unknown setting(s) {unknown}; VisionOEConfig has {sorted(fields)}")
-    return VisionOEConfig(dataset=dataset, **{**_PRESETS[dataset][preset], **{k: v for k, v in overrides.items() if v is not None}})
+    return VisionOEConfig(dataset=dataset, **preset_settings(VisionOEConfig, _PRESETS[dataset], preset, overrides))
 
 
 # ================================================================================================ data
