@@ -304,8 +304,8 @@ def run_text_oe(cfg: TextOEConfig, output_dir: str | Path, data_dir: str | Path 
             "best_valid_loss": float(trainer.state.best_metric) if trainer.state.best_metric is not None else float("nan"),
         }
         records += evaluate_scores(all_scores[stage], cfg, stage)
-        if trainer.is_world_process_zero():
-            trainer.save_model(str(output_dir / f"{stage}_model"))
+        if trainer.is_world_process_zero():  # safetensors + config + vocabulary; no pickled training arguments
+            trainer.accelerator.unwrap_model(trainer.model).save_pretrained(output_dir / f"{stage}_model")
             data.vocab.save(output_dir / f"{stage}_model" / "vocab.json")
 
     seconds["total"] = time.perf_counter() - started
