@@ -71,6 +71,11 @@ def _git_commit() -> str:
         return "unknown"
 
 
+#: The commit of the code that runs: read when the module is imported, i.e. when the run starts (HEAD may move
+#: while a long run goes on; ``run_meta`` then also records ``commit_at_end``).
+_COMMIT_AT_START = _git_commit()
+
+
 def _hardware() -> str:
     import torch
 
@@ -85,8 +90,11 @@ def run_meta(stage_seconds: Mapping[str, float] | None = None, **extra: Any) -> 
     import torch
     import transformers
 
+    at_end = _git_commit()
+    moved = {"commit_at_end": at_end} if at_end != _COMMIT_AT_START else {}
     return {
-        "commit": _git_commit(),
+        "commit": _COMMIT_AT_START,
+        **moved,
         "hardware": _hardware(),
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__},
