@@ -101,7 +101,7 @@ _PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "test": dict(model="transformer", model_preset="tiny", batch_size=16, baseline_max_steps=90, oe_max_steps=45,
                      eval_steps=45, oe_eval_steps=45, baseline_lr=3e-3, oe_lr=2e-3, train_windows=1600,
                      valid_windows=64, test_windows=150, ewt_windows=60, n_draws=3, eval_batch_size=50),
-        "tiny": dict(model="transformer", model_preset="tiny", batch_size=32, baseline_max_steps=400, oe_max_steps=150,
+        "tiny": dict(model="transformer", model_preset="tiny", batch_size=32, baseline_max_steps=400, oe_max_steps=100,
                      eval_steps=100, oe_eval_steps=50, baseline_lr=3e-3, oe_lr=1e-3, valid_windows=128, ewt_windows=400),
         "paper": dict(model_preset="paper", batch_size=64, baseline_epochs=40, oe_epochs=5, baseline_lr=2e-3, oe_lr=5e-4,
                       eval_steps=400, bf16=True, eval_batch_size=128),
