@@ -161,6 +161,7 @@ def _training_arguments(cfg: TextOEConfig, stage: str, output_dir: Path) -> OETr
         oe_loss=cfg.oe_loss,
         oe_batch_ratio=1.0,
         dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
     )
 
 
