@@ -20,6 +20,12 @@ shards in the next pass (still disjoint from the other processes').
 Batches run across epoch ends (the last examples of epoch ``e`` share a batch with the first of ``e + 1``), so
 every batch has exactly ``batch_size`` examples, even when a shard is smaller than a batch.
 Memory does not grow with the corpus for streaming sets: at most the shuffle buffer and one batch are held.
+
+Resuming: the stream of a process is one flat, seeded sequence of examples (pass after pass), so its position is
+the number of examples drawn so far (:attr:`OutlierStream.examples_drawn`). ``OutlierStream(..., skip_examples=n)``
+continues exactly where a stream with the same dataset, seed, rank and world size stood after ``n`` examples, for
+any batch size. Map-style datasets jump there without reading anything; iterable datasets read (but do not
+collate) the ``n`` examples. :class:`oe_common.trainer.OETrainer` saves this position in every checkpoint.
 """
 
 from __future__ import annotations
@@ -57,17 +63,22 @@ def is_streaming(dataset: Any) -> bool:
 
 
 class _EndlessShuffledBatchSampler:
-    """Batches of indices into ``range(n)``: epoch ``e`` is ``randperm(n, seed + e)``, batches cross epoch ends."""
+    """Batches of indices into ``range(n)``: epoch ``e`` is ``randperm(n, seed + e)``, batches cross epoch ends.
 
-    def __init__(self, n: int, batch_size: int, seed: int):
+    ``start`` skips that many indices of the endless sequence (epoch ``start // n``, offset ``start % n``).
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, start: int = 0):
         self.n, self.batch_size, self.seed = n, batch_size, seed
-        self.epoch = 0
+        self.epoch, self._offset = divmod(start, n)
 
     def __iter__(self) -> Iterator[list[int]]:
         batch: list[int] = []
         while True:
             generator = torch.Generator().manual_seed(self.seed + self.epoch)
-            for index in torch.randperm(self.n, generator=generator).tolist():
+            order = torch.randperm(self.n, generator=generator).tolist()
+            offset, self._offset = self._offset, 0
+            for index in order[offset:]:
                 batch.append(index)
                 if len(batch) == self.batch_size:
                     yield batch
@@ -87,6 +98,8 @@ class OutlierStream:
         shuffle_buffer_size: buffer of the streaming shuffle (iterable datasets only).
         num_workers, pin_memory: ``DataLoader`` settings for map-style datasets (iterable datasets are read in
             the main process).
+        skip_examples: start after this many examples of this process's endless sequence (to resume a run; see
+            the module docstring).
 
     Raises:
         EmptyOutlierDatasetError: the dataset, or this process's shard, has no example (map-style: at once;
@@ -105,7 +118,10 @@ class OutlierStream:
         shuffle_buffer_size: int = 1000,
         num_workers: int = 0,
         pin_memory: bool = False,
+        skip_examples: int = 0,
     ):
+        if skip_examples < 0:
+            raise ValueError(f"skip_examples must be >= 0, got {skip_examples}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if not 0 <= rank < world_size:
@@ -114,6 +130,7 @@ class OutlierStream:
             raise ValueError(f"shuffle_buffer_size must be >= 1, got {shuffle_buffer_size}")
         self.batch_size, self.collate_fn, self.seed = batch_size, collate_fn, seed
         self.rank, self.world_size = rank, world_size
+        self.examples_drawn = skip_examples
         self.streaming = is_streaming(dataset)
         self._where = f"process {rank} of {world_size}" if world_size > 1 else "the only process"
         datasets = _hf_datasets()
@@ -131,7 +148,7 @@ class OutlierStream:
                     "give at least one outlier example per process"
                 )
             self.shard = shard
-            self._sampler = _EndlessShuffledBatchSampler(len(shard), batch_size, seed)
+            self._sampler = _EndlessShuffledBatchSampler(len(shard), batch_size, seed, start=skip_examples)
             self._loader = DataLoader(
                 shard,
                 batch_sampler=self._sampler,
@@ -154,7 +171,7 @@ class OutlierStream:
             self.shard = shard
             self._shuffle_buffer_size = shuffle_buffer_size
             self._epoch = 0
-            self._iterator = self._iterable_batches()
+            self._iterator = self._iterable_batches(skip_examples)
 
     @property
     def epoch(self) -> int:
@@ -166,7 +183,9 @@ class OutlierStream:
         return self
 
     def __next__(self) -> Any:
-        return next(self._iterator)
+        batch = next(self._iterator)
+        self.examples_drawn += self.batch_size
+        return batch
 
     # ---- iterable datasets ------------------------------------------------------------------------
     def _examples_of_epoch(self, epoch: int) -> Iterator[Any]:
@@ -189,12 +208,15 @@ class OutlierStream:
         rng.shuffle(buffer)
         yield from buffer
 
-    def _iterable_batches(self) -> Iterator[Any]:
+    def _iterable_batches(self, skip: int) -> Iterator[Any]:
         batch: list[Any] = []
         while True:
             produced = False
             for example in self._examples_of_epoch(self._epoch):
                 produced = True
+                if skip:
+                    skip -= 1
+                    continue
                 batch.append(example)
                 if len(batch) == self.batch_size:
                     yield self.collate_fn(batch)

@@ -31,6 +31,7 @@ __all__ = [
     "plot_roc_curves",
     "plot_score_histograms",
     "plot_reliability_diagram",
+    "remove_empty_dirs",
 ]
 
 
@@ -190,3 +191,14 @@ def plot_reliability_diagram(confidence: Any, correct: Any, path: str | os.PathL
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)
+
+
+def remove_empty_dirs(folder: str | Path) -> None:
+    """Remove ``folder`` and then its parent, each only if empty (a ``Trainer`` creates its ``output_dir`` even
+    when a run saves nothing there); stops at the first folder that is not empty or does not exist."""
+    folder = Path(folder)
+    for path in (folder, folder.parent):
+        try:
+            path.rmdir()
+        except OSError:
+            return

@@ -26,7 +26,9 @@ Hooks meant to be overridden (see ``docs/custom_models.md``):
 from __future__ import annotations
 
 import inspect
+import json
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -37,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import Trainer, TrainingArguments
 from transformers.modeling_outputs import ModelOutput
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 from transformers.utils import logging
 
 from . import metrics as oe_metrics
@@ -44,7 +47,7 @@ from .losses import energy_oe_loss, oe_uniform_loss
 from .outlier_stream import OutlierStream, is_streaming
 from .scores import SCORES, sequence_scores
 
-__all__ = ["OETrainingArguments", "OETrainer", "OE_LOSSES", "SCORE_NAMES"]
+__all__ = ["OETrainingArguments", "OETrainer", "OE_LOSSES", "SCORE_NAMES", "OUTLIER_STREAM_STATE_NAME"]
 
 logger = logging.get_logger(__name__)
 
@@ -54,6 +57,9 @@ OE_LOSSES = ("uniform", "energy")
 SCORE_NAMES = ("msp", "uniform_xent", "nll", "energy", "max_logit")
 
 _LABEL_KEYS = ("labels", "label", "label_ids")
+
+#: File in every checkpoint folder that records where the outlier stream stood (read when resuming).
+OUTLIER_STREAM_STATE_NAME = "oe_outlier_stream.json"
 
 
 def _shapes(batch: Mapping[str, Any]) -> dict[str, Any]:
@@ -149,6 +155,7 @@ class OETrainer(Trainer):
         self._oe_log_sums: torch.Tensor | None = None  # [sum loss_in, sum loss_oe, micro-batches] since the last log
         self._oe_forward_keys = self._forward_parameter_names()
         self._warned_no_concat = False
+        self._outlier_skip_examples = 0  # set when resuming from a checkpoint
 
         if self.train_dataset is not None and is_streaming(self.train_dataset) and self.args.max_steps <= 0:
             raise ValueError("the train dataset is streaming (no length): set max_steps > 0 in the training arguments")
@@ -196,7 +203,7 @@ class OETrainer(Trainer):
             return self.data_collator
         return _KeepKeysCollator(self.data_collator, self._oe_forward_keys)
 
-    def _make_outlier_stream(self, num_workers: int | None = None) -> OutlierStream:
+    def _make_outlier_stream(self, num_workers: int | None = None, skip_examples: int = 0) -> OutlierStream:
         args = self.args
         return OutlierStream(
             self.outlier_dataset,
@@ -208,14 +215,75 @@ class OETrainer(Trainer):
             shuffle_buffer_size=args.oe_shuffle_buffer_size,
             num_workers=args.dataloader_num_workers if num_workers is None else num_workers,
             pin_memory=args.dataloader_pin_memory and args.device.type != "cpu",
+            skip_examples=skip_examples,
         )
 
     @property
     def outlier_stream(self) -> OutlierStream | None:
         """This process's outlier stream (created at the first training step); ``None`` without outliers."""
         if self._outlier_stream is None and self.outlier_dataset is not None:
-            self._outlier_stream = self._make_outlier_stream()
+            self._outlier_stream = self._make_outlier_stream(skip_examples=self._outlier_skip_examples)
         return self._outlier_stream
+
+    # ---- checkpoints: the outlier stream's position --------------------------------------------------------
+    def _outlier_stream_state(self) -> dict[str, Any]:
+        args = self.args
+        stream = self._outlier_stream
+        return {
+            "examples_drawn_per_process": stream.examples_drawn if stream is not None else self._outlier_skip_examples,
+            "oe_seed": args.seed if args.oe_seed is None else args.oe_seed,
+            "world_size": args.world_size,
+        }
+
+    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        """``Trainer``'s checkpoint plus :data:`OUTLIER_STREAM_STATE_NAME` (the outlier stream's position), so that
+        ``train(resume_from_checkpoint=...)`` continues the outlier stream instead of restarting it."""
+        super()._save_checkpoint(model, trial)
+        if self.outlier_dataset is None or not self.args.should_save:
+            return
+        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        if os.path.isdir(folder):
+            with open(os.path.join(folder, OUTLIER_STREAM_STATE_NAME), "w") as handle:
+                json.dump(self._outlier_stream_state(), handle, indent=2)
+
+    def _restore_outlier_stream(self, checkpoint: str) -> None:
+        """Position the outlier stream where it stood when ``checkpoint`` was saved (see :meth:`train`)."""
+        path = os.path.join(checkpoint, OUTLIER_STREAM_STATE_NAME)
+        self._outlier_stream, self._outlier_skip_examples = None, 0
+        if not os.path.isfile(path):
+            logger.warning(
+                f"OETrainer: {checkpoint} has no {OUTLIER_STREAM_STATE_NAME} (saved without outliers, or by another "
+                "trainer): the outlier stream starts from its first batch"
+            )
+            return
+        with open(path) as handle:
+            saved = json.load(handle)
+        now = self._outlier_stream_state()
+        if (saved.get("oe_seed"), saved.get("world_size")) != (now["oe_seed"], now["world_size"]):
+            logger.warning(
+                f"OETrainer: the checkpoint's outlier stream had oe_seed={saved.get('oe_seed')}, "
+                f"world_size={saved.get('world_size')}; this run has oe_seed={now['oe_seed']}, "
+                f"world_size={now['world_size']}, so its position does not carry over: the outlier stream starts "
+                "from its first batch"
+            )
+            return
+        self._outlier_skip_examples = int(saved["examples_drawn_per_process"])
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, trial: Any = None, ignore_keys_for_eval: list[str] | None = None, **kwargs: Any):
+        """``Trainer.train``; when resuming with outliers, the outlier stream also continues from the checkpoint.
+
+        Every process skips the outlier examples it had drawn before the checkpoint (map-style sets jump there at
+        no cost; streaming sets read past them), so a resumed run sees the same outlier batches as an
+        uninterrupted one (given the same ``oe_seed`` and number of processes; otherwise a warning is logged and the
+        stream restarts).
+        """
+        if self.outlier_dataset is not None and resume_from_checkpoint not in (None, False):
+            checkpoint = resume_from_checkpoint
+            if checkpoint is True:
+                checkpoint = get_last_checkpoint(self.args.output_dir)
+            if checkpoint is not None:  # Trainer raises its own error for a missing checkpoint
+                self._restore_outlier_stream(str(checkpoint))
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
 
     def next_outlier_batch(self) -> dict[str, Any]:
         """The next outlier batch of this process, as model inputs on the training device."""

@@ -52,7 +52,7 @@ from transformers import set_seed
 
 from oe_common.presets import preset_settings
 from oe_common.metrics import evaluate_ood
-from oe_common.reporting import detection_records, plot_roc_curves, plot_score_histograms, run_meta, write_results
+from oe_common.reporting import detection_records, plot_roc_curves, plot_score_histograms, remove_empty_dirs, run_meta, write_results
 
 from . import data as vdata
 from .density_oe import DensityOETrainer, DensityOETrainingArguments, density_collate, to_uint8_pixels
@@ -574,14 +574,6 @@ def _num_parameters(model: torch.nn.Module) -> int:
     return int(sum(p.numel() for p in model.parameters()))
 
 
-def _remove_empty_dirs(folder: Path) -> None:
-    for path in (folder, folder.parent):
-        try:
-            path.rmdir()
-        except OSError:
-            return
-
-
 def run_density_oe(cfg: DensityOEConfig, output_dir: str | Path, data_dir: str | Path | None = None, data: DensityData | None = None) -> dict[str, Any]:
     """Baseline likelihood training (or ``baseline_checkpoint``), OE fine-tuning, evaluation of both; writes results,
     plots and (``save_models``) both models into ``output_dir``.
@@ -622,7 +614,7 @@ def _run(cfg: DensityOEConfig, output_dir: Path, data_dir: str | Path | None, da
         train_logs[stage] = {k: float(v) for k, v in summary.items() if isinstance(v, (int, float))}
         if stage == "oe":
             margin_active = trainer.margin_active_fraction
-        _remove_empty_dirs(Path(trainer.args.output_dir))
+        remove_empty_dirs(Path(trainer.args.output_dir))
         t0 = time.perf_counter()
         scores[stage] = score_sets(trainer, sets, desc=f"scoring {stage}")
         records += evaluate_density(scores[stage], data, cfg, stage)

@@ -46,7 +46,7 @@ from transformers import PreTrainedModel, set_seed
 
 from oe_common.presets import preset_settings
 from oe_common.metrics import evaluate_ood, misclassification_metrics
-from oe_common.reporting import detection_records, plot_roc_curves, plot_score_histograms, run_meta, write_results
+from oe_common.reporting import detection_records, plot_roc_curves, plot_score_histograms, remove_empty_dirs, run_meta, write_results
 from oe_common.scores import msp_score, uniform_xent_score
 from oe_common.trainer import OETrainer, OETrainingArguments
 
@@ -752,15 +752,6 @@ def _notes(cfg: VisionOEConfig, data: VisionData) -> list[str]:
 
 
 # ================================================================================================ the run
-def _remove_empty_dirs(folder: Path) -> None:
-    """Remove ``folder`` and its parent if empty (the Trainer creates its output dir; nothing is saved there)."""
-    for path in (folder, folder.parent):
-        try:
-            path.rmdir()
-        except OSError:
-            return
-
-
 def run_vision_oe(cfg: VisionOEConfig, output_dir: str | Path, data_dir: str | Path | None = None, data: VisionData | None = None) -> dict[str, Any]:
     """Train every stage of ``cfg``, evaluate each model, write results, plots and models into ``output_dir``.
 
@@ -789,7 +780,7 @@ def run_vision_oe(cfg: VisionOEConfig, output_dir: str | Path, data_dir: str | P
         logged = [entry for entry in trainer.state.log_history if "loss" in entry]  # the last logged losses + the run summary
         summary = {**(logged[-1] if logged else {}), **(trainer.state.log_history[-1] if trainer.state.log_history else {})}
         train_logs[stage] = {k: float(v) for k, v in summary.items() if isinstance(v, (int, float))}
-        _remove_empty_dirs(Path(trainer.args.output_dir))
+        remove_empty_dirs(Path(trainer.args.output_dir))
         t0 = time.perf_counter()
         outputs[stage] = collect_outputs(model, eval_sets, cfg.eval_batch_size, desc=f"scoring {stage}", bf16=cfg.bf16)
         for score in (BRANCH_SCORES if stage.startswith("branch") else cfg.scores):

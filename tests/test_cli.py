@@ -21,12 +21,7 @@ from oe_vision import MnistConvNetConfig, MnistConvNetForImageClassification
 WORDS = [f"w{i}" for i in range(12)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+TORCH_THREADS = 1  # tiny models: see the conftest fixture _torch_threads
 
 
 @pytest.fixture(scope="module")

@@ -37,13 +37,7 @@ NO_DROPOUT = dict(embedding_dropout=0.0, input_dropout=0.0, hidden_dropout=0.0, 
 TRAINING = {"oe_lambda": 0.5, "oe_loss": "uniform", "outlier_dataset": "wikitext-2", "in_distribution_dataset": "ptb", "epochs": 1}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread is much faster than several on a shared machine (restored afterwards)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+TORCH_THREADS = 1  # tiny models: see the conftest fixture _torch_threads
 
 
 def make_vocab() -> Vocabulary:

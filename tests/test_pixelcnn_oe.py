@@ -28,13 +28,7 @@ from oe_vision.density_oe import DensityOETrainer, DensityOETrainingArguments, d
 from oe_vision.modeling_pixelcnnpp import PixelCNNPPConfig, PixelCNNPPModel, pixelcnn_oe_loss
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny convolutions run fastest on one thread on the shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+TORCH_THREADS = 1  # tiny models: see the conftest fixture _torch_threads
 
 
 SIZE = 8  # 1x8x8 images: D = 64 subpixels

@@ -42,3 +42,16 @@ def test_roc_points_and_plots(tmp_path):
     assert path.read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match="NaN"):
         plot_roc_curves([0.0, float("nan")], {"x": [1.0]}, tmp_path / "bad.png")
+
+
+def test_remove_empty_dirs_removes_only_empty_folders(tmp_path):
+    from oe_common.reporting import remove_empty_dirs
+
+    (tmp_path / "a" / "checkpoints" / "stage").mkdir(parents=True)
+    remove_empty_dirs(tmp_path / "a" / "checkpoints" / "stage")
+    assert not (tmp_path / "a" / "checkpoints").exists() and (tmp_path / "a").is_dir()  # folder and parent only
+    (tmp_path / "b" / "stage").mkdir(parents=True)
+    (tmp_path / "b" / "keep.txt").write_text("x")
+    remove_empty_dirs(tmp_path / "b" / "stage")
+    assert not (tmp_path / "b" / "stage").exists() and (tmp_path / "b" / "keep.txt").exists()
+    remove_empty_dirs(tmp_path / "missing")  # no error

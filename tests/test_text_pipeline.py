@@ -12,16 +12,11 @@ import torch
 from oe_text.pipeline import TextOEConfig, evaluate_scores, preset_config, run_text_oe, table6_markdown
 
 
-@pytest.fixture(scope="module")
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small models: one thread is as fast on 2 cores and robust to other load
-    yield
-    torch.set_num_threads(threads)
+TORCH_THREADS = 1  # small models: see the conftest fixture _torch_threads
 
 
 @pytest.fixture(scope="module")
-def word_run(tmp_path_factory, data_dir, single_thread):
+def word_run(tmp_path_factory, data_dir):
     out = tmp_path_factory.mktemp("ptb_word_test")
     result = run_text_oe(preset_config("word", "test"), out, data_dir=data_dir)
     return out, result

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from pathlib import Path
@@ -18,18 +19,12 @@ from oe_common.losses import oe_uniform_loss
 from oe_common.metrics import OODTable
 from oe_common.outlier_stream import EmptyOutlierDatasetError, OutlierStream
 from oe_common.scores import msp_score, sequence_nll_score, sequence_uniform_xent_score
-from oe_common.trainer import OETrainer, OETrainingArguments
+from oe_common.trainer import OUTLIER_STREAM_STATE_NAME, OETrainer, OETrainingArguments
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread, and the CI machine's 2 cores are shared with other tests."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+TORCH_THREADS = 1  # tiny models: see the conftest fixture _torch_threads
 
 
 def make_args(tmp_path, **overrides) -> OETrainingArguments:
@@ -405,6 +400,74 @@ def test_outlier_stream_with_dataloader_workers_is_the_same_stream():
         return [_ids(next(stream)) for _ in range(6)]
 
     assert first_batches(1) == first_batches(0)
+
+
+@pytest.mark.parametrize("source", sorted(SOURCES))
+@pytest.mark.parametrize("rank", [0, 1])
+def test_outlier_stream_skip_examples_continues_the_same_sequence(source, rank):
+    """A stream started at ``skip_examples=k`` yields the k-th example onwards of the uninterrupted stream, for any
+    batch size, across wraps, and counts ``examples_drawn`` from k."""
+    def stream(batch_size, skip=0):
+        return OutlierStream(SOURCES[source](11), batch_size=batch_size, collate_fn=_collate, seed=5, rank=rank,
+                             world_size=2, shuffle_buffer_size=4, skip_examples=skip)
+
+    uninterrupted = stream(3)
+    full = [i for _ in range(12) for i in _ids(next(uninterrupted))]  # 36 examples: several passes over a shard of 5-6
+    for skip in (0, 4, 6, 13):
+        resumed = stream(2, skip)
+        rest = [i for _ in range(8) for i in _ids(next(resumed))]
+        assert rest == full[skip:skip + 16]
+        assert resumed.examples_drawn == skip + 16
+    with pytest.raises(ValueError, match="skip_examples"):
+        stream(2, -1)
+
+
+class _RecordingOETrainer(OETrainer):
+    """Records the input_ids of every outlier batch it trains on."""
+
+    def next_outlier_batch(self):
+        batch = super().next_outlier_batch()
+        self.seen_outliers = getattr(self, "seen_outliers", []) + [batch["input_ids"].clone()]
+        return batch
+
+
+@pytest.mark.parametrize("streaming", [False, True], ids=["map", "streaming"])
+def test_resuming_from_a_checkpoint_continues_the_outlier_stream(tmp_path, streaming):
+    """Train 6 steps saving at step 3; a new trainer resumed from checkpoint-3 trains on the outlier batches 4-6 of
+    the uninterrupted run (not on batches 1-3 again) and ends with the same weights."""
+    outliers = hf_dataset(lm_rows(20, seed=2, outliers=True))
+    if streaming:
+        outliers = outliers.to_iterable_dataset(num_shards=2)
+
+    def trainer(out):
+        args = make_args(tmp_path, output_dir=str(tmp_path / out), per_device_train_batch_size=4, max_steps=6,
+                         save_strategy="steps", save_steps=3, optim="adamw_torch", learning_rate=0.01)
+        return _RecordingOETrainer(model=tiny_gpt2_lm(), args=args, train_dataset=hf_dataset(lm_rows(48, seed=1)), outlier_dataset=outliers)
+
+    full = trainer("full")
+    full.train()
+    state = json.loads((tmp_path / "full" / "checkpoint-3" / OUTLIER_STREAM_STATE_NAME).read_text())
+    assert state["examples_drawn_per_process"] == 3 * 4
+
+    resumed = trainer("full")
+    resumed.train(resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-3"))
+    assert len(full.seen_outliers) == 6 and len(resumed.seen_outliers) == 3
+    for a, b in zip(full.seen_outliers[3:], resumed.seen_outliers):
+        assert torch.equal(a, b)
+    assert not torch.equal(resumed.seen_outliers[0], full.seen_outliers[0])
+    assert_same_weights(weights(full.model), weights(resumed.model), atol=1e-6)
+
+
+def test_resuming_from_a_checkpoint_without_stream_state_warns(tmp_path, caplog):
+    args = make_args(tmp_path, per_device_train_batch_size=4, max_steps=2, save_strategy="steps", save_steps=1)
+    Trainer(model=tiny_gpt2_lm(), args=args, train_dataset=hf_dataset(lm_rows(16, seed=1))).train()  # no stream state
+    args = make_args(tmp_path, per_device_train_batch_size=4, max_steps=3)
+    oe = OETrainer(model=tiny_gpt2_lm(), args=args, train_dataset=hf_dataset(lm_rows(16, seed=1)),
+                   outlier_dataset=hf_dataset(lm_rows(8, seed=2, outliers=True)))
+    with caplog.at_level(logging.WARNING, logger="oe_common.trainer"):
+        oe.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-2"))
+    assert OUTLIER_STREAM_STATE_NAME in caplog.text and "first batch" in caplog.text
+    assert oe.outlier_stream.examples_drawn == 4  # one step after step 2, from the stream's start
 
 
 def test_training_from_a_streaming_text_corpus(tmp_path):

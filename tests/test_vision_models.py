@@ -327,9 +327,11 @@ def test_save_load_round_trip_exact(tmp_path, cls, cfg):
     x = torch.rand(3, cfg.num_channels, cfg.image_size, cfg.image_size)
     with torch.no_grad():
         out_a, out_b = model(x), loaded(x)
-    assert torch.equal(out_a.logits, out_b.logits)
+    # Weights are bit-identical (above); outputs may differ in the last bits: the loaded tensors are not 64-byte
+    # aligned, and the CPU BLAS then takes another summation order (seen: 3.7e-9 on an AMD EPYC).
+    torch.testing.assert_close(out_a.logits, out_b.logits, rtol=0, atol=1e-6)
     if cfg.confidence_branch:
-        assert torch.equal(out_a.confidence_logits, out_b.confidence_logits)
+        torch.testing.assert_close(out_a.confidence_logits, out_b.confidence_logits, rtol=0, atol=1e-6)
         assert loaded.confidence_lambda.item() != pytest.approx(cfg.confidence_lambda)  # the adapted value came back
 
 

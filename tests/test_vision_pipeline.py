@@ -26,12 +26,7 @@ REQUIRED = ("dataset", "model", "score", "domain", "auroc", "aupr", "fpr99", "fp
 FRACTIONS = ("auroc", "aupr", "aupr_in", "fpr99", "fpr95")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+TORCH_THREADS = 1  # tiny models: see the conftest fixture _torch_threads
 
 
 @pytest.fixture(scope="module")
