@@ -390,7 +390,9 @@ class OETrainer(Trainer):
     def _cross_entropy(self, model: nn.Module, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if logits.dim() >= 3:  # token level
             if self.is_causal_lm(model):
-                logits, labels = logits[:, :-1], labels[:, 1:]
+                # position t predicts token t+1: shift the labels (the last position gets -100) rather than slicing
+                # the logits, which would copy them and zero-fill a full-size gradient
+                labels = F.pad(labels[:, 1:], (0, 1), value=-100)
             return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1).long(), ignore_index=-100)
         config = getattr(self.accelerator.unwrap_model(model), "config", None)
         problem = getattr(config, "problem_type", None)
@@ -476,8 +478,10 @@ class OETrainer(Trainer):
         if joint is not None:
             n_in = next(iter(in_model_inputs.values())).shape[0]
             logits, mask = self.logits_and_mask(model(**joint), joint)
-            in_logits, out_logits = logits[:n_in], logits[n_in:]
-            in_mask, out_mask = (None, None) if mask is None else (mask[:n_in], mask[n_in:])
+            # split, not two slices: the backward then concatenates two gradients instead of zero-filling and
+            # adding two full-size ones
+            in_logits, out_logits = logits.split([n_in, logits.shape[0] - n_in])
+            in_mask, out_mask = (None, None) if mask is None else mask.split([n_in, mask.shape[0] - n_in])
             outputs = ModelOutput(logits=in_logits)
             loss_in = self.in_distribution_loss(model, outputs, inputs)
         else:

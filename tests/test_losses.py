@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from oe_common.losses import confidence_branch_oe_loss, density_margin_loss, energy_oe_loss, oe_uniform_loss
+from oe_common.losses import confidence_branch_oe_loss, density_margin_loss, energy_oe_loss, oe_uniform_loss, uniform_cross_entropy
 
 
 def kl_uniform_plus_log_k(logits):
@@ -29,6 +29,15 @@ def test_oe_uniform_loss_classifier_value_and_gradient():
     # minimised by a uniform prediction, where it equals log K
     assert oe_uniform_loss(torch.zeros(2, 10)).item() == pytest.approx(math.log(10), abs=1e-6)
     assert oe_uniform_loss(z).item() > math.log(10)
+
+
+def test_uniform_cross_entropy_fused_gradient_passes_gradcheck():
+    z = (torch.randn(4, 5, 7, dtype=torch.float64) * 3).requires_grad_(True)
+    assert torch.autograd.gradcheck(uniform_cross_entropy, (z,))
+    assert torch.allclose(uniform_cross_entropy(z), kl_uniform_plus_log_k(z))
+    big = torch.tensor([[1000.0, 0.0, -1000.0]], requires_grad=True)  # stable for extreme logits
+    uniform_cross_entropy(big).sum().backward()
+    assert torch.isfinite(big.grad).all() and torch.allclose(big.grad, torch.tensor([[1 - 1 / 3, -1 / 3, -1 / 3]]))
 
 
 def test_oe_uniform_loss_lm_with_mask_averages_over_real_tokens():

@@ -349,8 +349,8 @@ def binary_block_images(n: int, generator: torch.Generator) -> torch.Tensor:
 def trained_tiny():
     """A tiny gray model trained for 50 Adam steps on a fixed batch of 8 images (shared with the OE tests).
 
-    Gradients are clipped to norm 1: without clipping, Adam at this rate spiked (1.9 -> 0.4 -> 30 bits/dim) late in
-    the run on one CPU and not on another, from float rounding alone.
+    Gradients are clipped to norm 1: without clipping, Adam at this rate could spike late in the run (seen on
+    2026-11-29: 1.9 -> 0.4 -> 30 bits/dim at step 26), so that passing depended on float rounding.
     """
     torch.manual_seed(0)
     model = PixelCNNPPModel(tiny_config(1, 8, filters=16, mix=3))
