@@ -9,6 +9,7 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 3
 export PYTHONPATH="$PWD:/tmp/site" OE_DATA_DIR="$PWD/.devdata/data" PYTHONUNBUFFERED=1 HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1
+if [ -f "$HOME/cifar10/test.npz" ]; then export OE_CIFAR10_DIR="$HOME/cifar10"; fi  # staged by earlier calls (README.md)
 out=${OUT:-/tmp/out}/run
 mkdir -p "$out"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
