@@ -110,7 +110,7 @@ _PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "test": dict(model="transformer", model_preset="tiny", batch_size=16, baseline_max_steps=90, oe_max_steps=45,
                      eval_steps=45, oe_eval_steps=45, baseline_lr=3e-3, oe_lr=2e-3, train_windows=800,
                      valid_windows=32, test_windows=120, ewt_windows=60, n_draws=3, eval_batch_size=50),
-        # char tiny: 1000 + 300 steps (7.4 min on the 2-core CPU); at 400 + 150 the model stayed at 2.9 bpc
+        # char tiny: 1000 + 300 steps (7 min on the 2-core CPU); at 400 + 150 the model stayed at 2.9 bpc
         "tiny": dict(model="transformer", model_preset="tiny", batch_size=32, baseline_max_steps=1000, oe_max_steps=300,
                      eval_steps=100, oe_eval_steps=50, baseline_lr=3e-3, oe_lr=1e-3, valid_windows=128, ewt_windows=600),
         "paper": dict(model_preset="paper_char", batch_size=64, baseline_epochs=30, oe_epochs=5, baseline_lr=2e-3,
