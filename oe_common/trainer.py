@@ -125,6 +125,11 @@ class OETrainingArguments(TrainingArguments):
             return int(self.oe_batch_size)
         return max(1, int(round(self.per_device_train_batch_size * self.oe_batch_ratio)))
 
+    @property
+    def outlier_seed(self) -> int:
+        """The seed of the outlier stream's shuffling actually used: ``oe_seed`` if set, else ``seed``."""
+        return self.seed if self.oe_seed is None else self.oe_seed
+
 
 class OETrainer(Trainer):
     """A ``transformers.Trainer`` that adds ``oe_lambda * L_OE`` on a stream of outlier batches.
@@ -209,7 +214,7 @@ class OETrainer(Trainer):
             self.outlier_dataset,
             batch_size=args.outlier_batch_size,
             collate_fn=self._outlier_collate_fn(),
-            seed=args.seed if args.oe_seed is None else args.oe_seed,
+            seed=args.outlier_seed,
             rank=args.process_index,
             world_size=args.world_size,
             shuffle_buffer_size=args.oe_shuffle_buffer_size,
@@ -227,12 +232,11 @@ class OETrainer(Trainer):
 
     # ---- checkpoints: the outlier stream's position --------------------------------------------------------
     def _outlier_stream_state(self) -> dict[str, Any]:
-        args = self.args
         stream = self._outlier_stream
         return {
             "examples_drawn_per_process": stream.examples_drawn if stream is not None else self._outlier_skip_examples,
-            "oe_seed": args.seed if args.oe_seed is None else args.oe_seed,
-            "world_size": args.world_size,
+            "oe_seed": self.args.outlier_seed,
+            "world_size": self.args.world_size,
         }
 
     def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
