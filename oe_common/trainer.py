@@ -289,6 +289,27 @@ class OETrainer(Trainer):
                 self._restore_outlier_stream(str(checkpoint))
         return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
 
+    def _issue_warnings_after_load(self, load_result: Any) -> None:
+        """``Trainer``'s warnings after loading a checkpoint (resume, best model), minus tied weights.
+
+        A checkpoint stores a tied decoder weight once (as the embedding), so ``load_state_dict(strict=False)``
+        reports it missing although it shares its tensor with a loaded one; ``Trainer`` then warns "There were
+        missing keys" for every tied causal LM (GPT-2 included). A missing key is dropped here only when the
+        model's parameter under that name IS the tensor of a parameter that was loaded; anything else still warns.
+        """
+        missing = list(getattr(load_result, "missing_keys", None) or [])
+        if missing:
+            model = self.accelerator.unwrap_model(self.model)
+            names_by_tensor: dict[int, set[str]] = {}
+            for name, tensor in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]:
+                names_by_tensor.setdefault(id(tensor), set()).add(name)
+            missing_set = set(missing)
+            aliases = {name: names for names in names_by_tensor.values() for name in names}
+            still_missing = [key for key in missing if not (aliases.get(key, set()) - missing_set)]
+            if len(still_missing) != len(missing):
+                load_result = load_result._replace(missing_keys=still_missing) if hasattr(load_result, "_replace") else load_result
+        super()._issue_warnings_after_load(load_result)
+
     def next_outlier_batch(self) -> dict[str, Any]:
         """The next outlier batch of this process, as model inputs on the training device."""
         batch = next(self.outlier_stream)

@@ -254,3 +254,13 @@ def test_recipe_is_registered():
     from oe_common.cli import REPO_ROOT, RECIPES
 
     assert RECIPES["pixelcnn"] == "recipes/pixelcnn_oe.py" and (REPO_ROOT / RECIPES["pixelcnn"]).is_file()
+
+
+def test_report_explains_a_near_zero_margin_activity_only_when_it_is_near_zero():
+    from oe_vision.density_experiment import _margin_sentence
+
+    cfg = preset_config("mnist", "test")
+    assert "56.6% of the (in, outlier) training pairs." in _margin_sentence(cfg, 0.566)
+    assert "Near 0" not in _margin_sentence(cfg, 0.566)
+    assert "0.0% of the" in _margin_sentence(cfg, 0.0) and "Near 0" in _margin_sentence(cfg, 0.0)
+    assert "not recorded" in _margin_sentence(cfg, None)

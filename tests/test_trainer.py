@@ -549,3 +549,50 @@ def test_example_script_runs(tmp_path, model_kind, monkeypatch):
 
     table = oe_custom_model.main(["--model", model_kind, "--max-steps", "3", "--output-dir", str(tmp_path / "ex")])
     assert table.names[-1] == "mean" and 0.0 <= table["mean"]["auroc"] <= 1.0
+
+
+class _ListHandler(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def _trainer_warnings(run) -> list[str]:
+    """Warnings of the ``transformers.trainer`` logger (which does not propagate to pytest's caplog) during ``run()``."""
+    handler, trainer_logger = _ListHandler(), logging.getLogger("transformers.trainer")
+    trainer_logger.addHandler(handler)
+    try:
+        run()
+    finally:
+        trainer_logger.removeHandler(handler)
+    return handler.messages
+
+
+def test_loading_the_best_checkpoint_of_a_tied_lm_does_not_report_the_decoder_missing(tmp_path):
+    model = tiny_gpt2_lm()
+    data = hf_dataset(lm_rows(16, seed=1))
+    args = make_args(tmp_path, per_device_train_batch_size=4, max_steps=4, eval_strategy="steps", eval_steps=2, save_strategy="steps",
+                     save_steps=2, load_best_model_at_end=True, metric_for_best_model="eval_loss", greater_is_better=False)
+    trainer = OETrainer(model=model, args=args, train_dataset=data, eval_dataset=data, outlier_dataset=hf_dataset(lm_rows(8, seed=2, outliers=True)))
+    messages = _trainer_warnings(trainer.train)
+    assert trainer.state.best_model_checkpoint is not None
+    assert not [m for m in messages if "missing keys" in m], messages
+    assert model.lm_head.weight is model.transformer.wte.weight
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_other_missing_keys_still_warn_after_loading(tmp_path, tied):
+    from torch.nn.modules.module import _IncompatibleKeys
+
+    model = tiny_gpt2_lm()
+    if not tied:
+        model.config.tie_word_embeddings = False
+        model.lm_head.weight = nn.Parameter(model.lm_head.weight.detach().clone())
+    trainer = OETrainer(model=model, args=make_args(tmp_path))
+    result = _IncompatibleKeys(missing_keys=["lm_head.weight", "transformer.wpe.weight"], unexpected_keys=[])
+    messages = _trainer_warnings(lambda: trainer._issue_warnings_after_load(result))
+    assert len(messages) == 1 and "transformer.wpe.weight" in messages[0]
+    assert ("lm_head.weight" in messages[0]) == (not tied)  # untied: the decoder really was not loaded
