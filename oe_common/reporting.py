@@ -25,6 +25,8 @@ from .metrics import OODTable, as_score_array, roc_curve_points
 
 __all__ = [
     "detection_records",
+    "steps_cell",
+    "time_budget_notes",
     "run_meta",
     "write_results",
     "records_to_markdown",
@@ -117,6 +119,28 @@ def records_to_markdown(records: Sequence[Mapping[str, Any]], columns: Sequence[
             cells.append(str(value))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def steps_cell(report: Mapping[str, Any]) -> str:
+    """``"812"``, or ``"812 of 2000 (time budget)"`` when a :class:`oe_common.callbacks.TimeBudgetCallback` cut the
+    stage short; ``report`` is :func:`oe_common.callbacks.training_steps_report`'s dict (``""`` without one)."""
+    if "steps" not in report:
+        return ""
+    if report.get("stopped_by_time_budget"):
+        return f"{report['steps']} of {report['planned_steps']} (time budget)"
+    return str(report["steps"])
+
+
+def time_budget_notes(reports: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Markdown lines (empty list if none) saying which stages a time budget stopped early, e.g.
+    ``reports = {"baseline": training_steps_report(trainer), "oe": ...}``."""
+    notes = [
+        f"- `{stage}` stopped by its time budget ({report['time_budget_minutes']:g} min) after step {report['steps']} of "
+        f"{report['planned_steps']} planned (its learning-rate schedule was planned for all of them)."
+        for stage, report in reports.items()
+        if report.get("stopped_by_time_budget")
+    ]
+    return ["", *notes] if notes else []
 
 
 def write_results(out_dir: str | os.PathLike, records: list[dict[str, Any]], meta: dict[str, Any], markdown: str) -> dict[str, Path]:

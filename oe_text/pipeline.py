@@ -32,7 +32,8 @@ from transformers import set_seed
 
 from oe_common.metrics import evaluate_ood
 from oe_common.presets import preset_settings
-from oe_common.reporting import detection_records, plot_roc_curves, plot_score_histograms, run_meta, write_results
+from oe_common.reporting import detection_records, steps_cell, time_budget_notes, plot_roc_curves, plot_score_histograms, run_meta, write_results
+from oe_common.callbacks import check_time_budget, time_budget_callbacks, training_steps_report
 from oe_common.trainer import OETrainer, OETrainingArguments
 
 from .data import TextOEData, load_text_oe_data
@@ -62,6 +63,8 @@ class TextOEConfig:
     oe_lr: float = 1e-3
     oe_epochs: float = 5.0  # measured in PTB batches, as the paper's fine-tuning
     oe_max_steps: int = -1
+    baseline_max_minutes: float | None = None  # wall-clock budget of the stage (None = none): stops early, keeps the best checkpoint
+    oe_max_minutes: float | None = None
     oe_lambda: float = 0.5
     oe_loss: str = "uniform"
     weight_decay: float = 1.2e-6
@@ -88,6 +91,8 @@ class TextOEConfig:
             raise ValueError(f"unknown score(s) {sorted(unknown)}; text scores are {SCORE_NAMES}")
         if self.oe_lambda < 0:
             raise ValueError(f"oe_lambda must be >= 0, got {self.oe_lambda}")
+        for name in ("baseline_max_minutes", "oe_max_minutes"):
+            check_time_budget(name, getattr(self, name))
 
 
 # Presets. "test" is for the unit tests (about a minute on a 2-core CPU); "tiny" is the README's main job (a 2-core
@@ -179,6 +184,7 @@ def train_stage(model: torch.nn.Module, data: TextOEData, cfg: TextOEConfig, sta
         train_dataset=_first(data.ptb_train, cfg.train_windows).with_format("torch"),
         eval_dataset=_first(data.ptb_valid, cfg.valid_windows).with_format("torch"),
         outlier_dataset=data.wikitext_train.with_format("torch") if stage == "oe" else None,
+        callbacks=time_budget_callbacks(cfg.baseline_max_minutes if stage == "baseline" else cfg.oe_max_minutes),
     )
     trainer.train()
     return trainer
@@ -259,12 +265,13 @@ def _markdown_report(cfg: TextOEConfig, records: list[dict[str, Any]], meta: dic
         f"{meta['hardware']}; {meta['date']}. Values are percentages, mean over {cfg.n_draws} draws of "
         f"`n_in // 5` anomalies per domain. 'paper' columns are the OE paper's Table 6 numbers (their protocol).",
         "",
-        "| model | PTB test perplexity | bits per " + unit + " | train seconds | train tokens/s |",
-        "|---|---|---|---|---|",
+        "| model | PTB test perplexity | bits per " + unit + " | train steps | train seconds | train tokens/s |",
+        "|---|---|---|---|---|---|",
     ]
     for model in ("baseline", "oe"):
         q = quality[model]
-        parts.append(f"| {model} | {q['perplexity']:.2f} | {q['bits_per_token']:.3f} | {meta['seconds'].get(model + '_train', 0):.0f} | {q['train_tokens_per_second']:.0f} |")
+        parts.append(f"| {model} | {q['perplexity']:.2f} | {q['bits_per_token']:.3f} | {steps_cell(q)} | {meta['seconds'].get(model + '_train', 0):.0f} | {q['train_tokens_per_second']:.0f} |")
+    parts += time_budget_notes(quality)
     for protocol in cfg.protocols:
         for score in cfg.scores:
             parts += ["", f"## EWT protocol `{protocol}`, score `{score}`", "", table6_markdown(records, cfg.level, protocol, score)]
@@ -304,6 +311,7 @@ def run_text_oe(cfg: TextOEConfig, output_dir: str | Path, data_dir: str | Path 
             "nll_nats": nll,
             "train_tokens_per_second": float(train_metrics.get("train_samples_per_second", 0.0)) * data.seq_len,
             "best_valid_loss": float(trainer.state.best_metric) if trainer.state.best_metric is not None else float("nan"),
+            **training_steps_report(trainer),
         }
         records += evaluate_scores(all_scores[stage], cfg, stage)
         if trainer.is_world_process_zero():  # safetensors + config + vocabulary; no pickled training arguments

@@ -23,6 +23,9 @@ def build_parser(level: str) -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--baseline-max-steps", type=int, default=None)
     parser.add_argument("--oe-max-steps", type=int, default=None)
+    parser.add_argument("--baseline-max-minutes", type=float, default=None,
+                        help="wall-clock budget of baseline training: stop there (best checkpoint kept) so that a fixed-length GPU session still evaluates")
+    parser.add_argument("--oe-max-minutes", type=float, default=None, help="the same for OE fine-tuning")
     parser.add_argument("--baseline-epochs", type=float, default=None)
     parser.add_argument("--oe-epochs", type=float, default=None)
     parser.add_argument("--batch-size", type=int, default=None)
@@ -45,6 +48,8 @@ def main(level: str, argv: Sequence[str] | None = None) -> dict:
         "seed": args.seed,
         "baseline_max_steps": args.baseline_max_steps,
         "oe_max_steps": args.oe_max_steps,
+        "baseline_max_minutes": args.baseline_max_minutes,
+        "oe_max_minutes": args.oe_max_minutes,
         "baseline_epochs": args.baseline_epochs,
         "oe_epochs": args.oe_epochs,
         "batch_size": args.batch_size,

@@ -50,9 +50,19 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 from transformers import set_seed
 
+from oe_common.callbacks import check_time_budget, time_budget_callbacks, training_steps_report
 from oe_common.presets import preset_settings
 from oe_common.metrics import evaluate_ood
-from oe_common.reporting import detection_records, plot_roc_curves, plot_score_histograms, remove_empty_dirs, run_meta, write_results
+from oe_common.reporting import (
+    detection_records,
+    plot_roc_curves,
+    plot_score_histograms,
+    remove_empty_dirs,
+    run_meta,
+    steps_cell,
+    time_budget_notes,
+    write_results,
+)
 
 from . import data as vdata
 from .density_oe import DensityOETrainer, DensityOETrainingArguments, density_collate, to_uint8_pixels
@@ -118,6 +128,8 @@ class DensityOEConfig:
     oe_lr: float = 3e-4
     oe_epochs: float = 1.0  # paper: 1-2 epochs of OE fine-tuning
     oe_max_steps: int = -1
+    baseline_max_minutes: float | None = None  # wall-clock budget of the stage (None = none): stops it early
+    oe_max_minutes: float | None = None
     oe_lambda: float = 1.0
     margin_per_subpixel: float = 1.0
     warmup_ratio: float = 0.0
@@ -158,6 +170,8 @@ class DensityOEConfig:
             raise ValueError("give baseline_epochs > 0 or baseline_max_steps > 0 (or a baseline_checkpoint)")
         if self.oe_max_steps <= 0 and not self.oe_epochs > 0:
             raise ValueError("give oe_epochs > 0 or oe_max_steps > 0")
+        for name in ("baseline_max_minutes", "oe_max_minutes"):
+            check_time_budget(name, getattr(self, name))
         self.model_config()  # fails early on a bad preset / override
 
     @property
@@ -417,6 +431,7 @@ def train_stage(model: PixelCNNPPModel, data: DensityData, cfg: DensityOEConfig,
         train_dataset=data.train,
         data_collator=density_collate,
         outlier_dataset=data.oe_train if stage == "oe" else None,
+        callbacks=time_budget_callbacks(cfg.baseline_max_minutes if stage == "baseline" else cfg.oe_max_minutes),
     )
     if train:
         trainer.train()
@@ -555,11 +570,13 @@ def _markdown_report(cfg: DensityOEConfig, data: DensityData, records: list[dict
         f"anomalies per set, {cfg.n_draws} draw(s); values in %, `baseline → OE`. OE: likelihood + margin "
         f"`max(0, {cfg.margin_per_subpixel:g}·D + nll_in − nll_out)`, λ = {cfg.oe_lambda:g}, equal in/outlier batches of {cfg.batch_size}.",
         "",
-        "| model | D_in test bits/dim | train seconds | scoring seconds |",
-        "|---|---|---|---|",
+        "| model | D_in test bits/dim | train steps | train seconds | scoring seconds |",
+        "|---|---|---|---|---|",
     ]
+    steps = meta.get("training_steps", {})
     for m in ("baseline", "oe"):
-        parts.append(f"| {m} | {test_bpd[m]:.3f} | {seconds.get(m + '_train', 0):.0f} | {seconds.get(m + '_eval', 0):.0f} |")
+        parts.append(f"| {m} | {test_bpd[m]:.3f} | {steps_cell(steps.get(m, {})) or 'loaded'} | {seconds.get(m + '_train', 0):.0f} | {seconds.get(m + '_eval', 0):.0f} |")
+    parts += time_budget_notes(steps)
     parts += [
         "",
         f"## Detection (score bits/dim; ours on {title}, the paper's row on CIFAR-10)",
@@ -616,9 +633,13 @@ def _run(cfg: DensityOEConfig, output_dir: Path, data_dir: str | Path | None, da
     margin_active: float | None = None
     records: list[dict[str, Any]] = []
     train_logs: dict[str, dict[str, float]] = {}
+    training_steps: dict[str, dict[str, Any]] = {}
     for stage in ("baseline", "oe"):
         t0 = time.perf_counter()
-        trainer = train_stage(model, data, cfg, stage, output_dir, train=not (stage == "baseline" and cfg.baseline_checkpoint))
+        trained = not (stage == "baseline" and cfg.baseline_checkpoint)
+        trainer = train_stage(model, data, cfg, stage, output_dir, train=trained)
+        if trained:
+            training_steps[stage] = training_steps_report(trainer)
         seconds[f"{stage}_train"] = time.perf_counter() - t0
         logged = [e for e in trainer.state.log_history if "loss" in e]
         summary = {**(logged[-1] if logged else {}), **(trainer.state.log_history[-1] if trainer.state.log_history else {})}
@@ -644,7 +665,7 @@ def _run(cfg: DensityOEConfig, output_dir: Path, data_dir: str | Path | None, da
                "baseline_checkpoint": cfg.baseline_checkpoint},
         test_bits_per_dim=test_bpd, bits_per_dim_summary=summaries, more_likely_than_in_before_oe=before,
         more_likely_than_in_after_oe=[n for n in data.ood if summaries["oe"][n]["more_likely_than_in"]],
-        oe_source_gap_bits_per_dim=gap, oe_margin_active_fraction=margin_active, train_logs=train_logs,
+        oe_source_gap_bits_per_dim=gap, oe_margin_active_fraction=margin_active, train_logs=train_logs, training_steps=training_steps,
         paper_table5_cifar10_mean={k: list(v) for k, v in PAPER_TABLE5_MEAN.items()},
     )
     paths = write_results(output_dir, records, meta, _markdown_report(cfg, data, records, meta))
@@ -674,6 +695,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--oe-epochs", type=float, default=None)
     parser.add_argument("--baseline-max-steps", type=int, default=None)
     parser.add_argument("--oe-max-steps", type=int, default=None)
+    parser.add_argument("--baseline-max-minutes", type=float, default=None, help="wall-clock budget of baseline training: it stops there")
+    parser.add_argument("--oe-max-minutes", type=float, default=None, help="the same for OE fine-tuning")
     parser.add_argument("--baseline-lr", type=float, default=None)
     parser.add_argument("--oe-lr", type=float, default=None)
     parser.add_argument("--batch-size", type=int, default=None, help="in-distribution images per step (= outliers per step)")

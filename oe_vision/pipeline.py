@@ -44,9 +44,19 @@ from torchvision.transforms import v2
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, set_seed
 
+from oe_common.callbacks import check_time_budget, time_budget_callbacks, training_steps_report
 from oe_common.presets import preset_settings
 from oe_common.metrics import evaluate_ood, misclassification_metrics
-from oe_common.reporting import detection_records, plot_roc_curves, plot_score_histograms, remove_empty_dirs, run_meta, write_results
+from oe_common.reporting import (
+    detection_records,
+    plot_roc_curves,
+    plot_score_histograms,
+    remove_empty_dirs,
+    run_meta,
+    steps_cell,
+    time_budget_notes,
+    write_results,
+)
 from oe_common.scores import msp_score, uniform_xent_score
 from oe_common.trainer import OETrainer, OETrainingArguments
 
@@ -127,6 +137,8 @@ class VisionOEConfig:
     oe_lr: float = 0.01
     oe_epochs: float = 5.0
     oe_max_steps: int = -1
+    baseline_max_minutes: float | None = None  # wall-clock budget of each from-scratch stage (None = none): stops it early
+    oe_max_minutes: float | None = None  # the same for each fine-tuning stage (oe, branch_oe)
     oe_lambda: float = 0.5
     branch_oe_lambda: float = 0.5
     # stages
@@ -176,6 +188,8 @@ class VisionOEConfig:
                 raise ValueError(f"{name} must be >= 1 or None, got {value}")
         if self.baseline_max_steps <= 0 and not self.baseline_epochs > 0 or self.oe_max_steps <= 0 and not self.oe_epochs > 0:
             raise ValueError("give epochs > 0 or max_steps > 0 for both the baseline and the OE stages")
+        for name in ("baseline_max_minutes", "oe_max_minutes"):
+            check_time_budget(name, getattr(self, name))
 
     @property
     def fpr_key(self) -> str:
@@ -468,6 +482,7 @@ def train_stage(model: PreTrainedModel, data: VisionData, cfg: VisionOEConfig, s
         data_collator=vdata.image_collate,
         outlier_dataset=data.oe_source if stage in _WITH_OUTLIERS else None,
         optimizers=(optimizer, None),
+        callbacks=time_budget_callbacks(cfg.baseline_max_minutes if stage in _FROM_SCRATCH else cfg.oe_max_minutes),
     )
     trainer.train()
     return trainer
@@ -686,11 +701,14 @@ def _markdown_report(cfg: VisionOEConfig, data: VisionData, records: list[dict[s
         f"`{stats['oe_source']}` ({stats['n_oe_source']} images); anomaly sets: "
         + ", ".join(f"{n} ({c})" for n, c in stats["n_ood"].items()) + ".",
         "",
-        "| model | test accuracy | test error | train seconds |",
-        "|---|---|---|---|",
+        "| model | test accuracy | test error | train steps | train seconds |",
+        "|---|---|---|---|---|",
     ]
+    steps = meta.get("training_steps", {})
     for stage in cfg.stages:
-        parts.append(f"| {stage} | {meta['test_accuracy'][stage] * 100:.2f} | {meta['test_error'][stage] * 100:.2f} | {meta['seconds'].get(stage + '_train', 0):.0f} |")
+        parts.append(f"| {stage} | {meta['test_accuracy'][stage] * 100:.2f} | {meta['test_error'][stage] * 100:.2f} | "
+                     f"{steps_cell(steps.get(stage, {}))} | {meta['seconds'].get(stage + '_train', 0):.0f} |")
+    parts += time_budget_notes(steps)
     parts += ["", f"## Detection, MSP score: baseline → OE (Table {table_no[0]} layout)", "", detection_markdown(records, cfg.dataset, cfg.fpr_key)]
     if "uniform_xent" in cfg.scores and "msp" in cfg.scores:
         parts += ["", f"## OE model: MSP vs KL[U‖p] score (Table {table_no[1]} layout)", "", scores_markdown(records, cfg.dataset, cfg.fpr_key)]
@@ -769,6 +787,7 @@ def run_vision_oe(cfg: VisionOEConfig, output_dir: str | Path, data_dir: str | P
     outputs: dict[str, dict[str, dict[str, torch.Tensor | None]]] = {}
     records: list[dict[str, Any]] = []
     train_logs: dict[str, dict[str, float]] = {}
+    training_steps: dict[str, dict[str, Any]] = {}
     model: PreTrainedModel | None = None
     for stage in cfg.stages:
         if stage in _FROM_SCRATCH:  # "oe" continues from the baseline, "branch_oe" from the branch model
@@ -780,6 +799,7 @@ def run_vision_oe(cfg: VisionOEConfig, output_dir: str | Path, data_dir: str | P
         logged = [entry for entry in trainer.state.log_history if "loss" in entry]  # the last logged losses + the run summary
         summary = {**(logged[-1] if logged else {}), **(trainer.state.log_history[-1] if trainer.state.log_history else {})}
         train_logs[stage] = {k: float(v) for k, v in summary.items() if isinstance(v, (int, float))}
+        training_steps[stage] = training_steps_report(trainer)
         remove_empty_dirs(Path(trainer.args.output_dir))
         t0 = time.perf_counter()
         outputs[stage] = collect_outputs(model, eval_sets, cfg.eval_batch_size, desc=f"scoring {stage}", bf16=cfg.bf16)
@@ -818,7 +838,7 @@ def run_vision_oe(cfg: VisionOEConfig, output_dir: str | Path, data_dir: str | P
     meta = run_meta(
         seconds, config=dataclasses.asdict(cfg), dataset=cfg.dataset, data=data.stats(), test_accuracy=accuracy,
         test_error={s: 1.0 - a for s, a in accuracy.items()}, misclassification=misclassification, calibration=calibration,
-        temperatures=temperatures, calibration_skipped=calibration_skipped, train_logs=train_logs,
+        temperatures=temperatures, calibration_skipped=calibration_skipped, train_logs=train_logs, training_steps=training_steps,
     )
     paths.update(write_results(output_dir, records, meta, _markdown_report(cfg, data, records, meta)))
     for stage in cfg.stages:

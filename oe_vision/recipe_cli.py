@@ -34,6 +34,9 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
     parser.add_argument("--oe-epochs", type=float, default=None)
     parser.add_argument("--baseline-max-steps", type=int, default=None)
     parser.add_argument("--oe-max-steps", type=int, default=None)
+    parser.add_argument("--baseline-max-minutes", type=float, default=None,
+                        help="wall-clock budget of each from-scratch stage (baseline, oe_scratch, branch): it stops there")
+    parser.add_argument("--oe-max-minutes", type=float, default=None, help="the same for each fine-tuning stage (oe, branch_oe)")
     parser.add_argument("--lr", type=float, default=None, help="learning rate of the from-scratch stages")
     parser.add_argument("--oe-lr", type=float, default=None, help="learning rate of the fine-tuning stages")
     parser.add_argument("--batch-size", type=int, default=None, help="in-distribution images per step")
@@ -59,7 +62,7 @@ def main(dataset: str, argv: Sequence[str] | None = None) -> dict:
         key: getattr(args, key, None)
         for key in (
             "seed", "oe_source", "oe_from_scratch", "branch", "calibration", "baseline_epochs", "oe_epochs", "baseline_max_steps",
-            "oe_max_steps", "lr", "oe_lr", "batch_size", "oe_batch_size", "oe_lambda", "train_size", "test_size", "ood_size", "n_draws",
+            "oe_max_steps", "baseline_max_minutes", "oe_max_minutes", "lr", "oe_lr", "batch_size", "oe_batch_size", "oe_lambda", "train_size", "test_size", "ood_size", "n_draws",
             "num_workers", "save_models", "cifar_dir",
         )
     }

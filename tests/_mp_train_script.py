@@ -14,7 +14,9 @@ Used by tests/test_trainer_multiprocess.py.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from transformers import default_data_collator
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _oe_tiny import classifier_rows, hf_dataset, tiny_bert_classifier  # noqa: E402
 
+from oe_common.callbacks import TimeBudgetCallback  # noqa: E402
 from oe_common.trainer import OETrainer, OETrainingArguments  # noqa: E402
 
 N_EVAL_IN, N_EVAL_OUT = 13, 11  # not multiples of 2 processes x batch 4: the last batches get padded
@@ -33,11 +36,21 @@ def eval_sets():
     return hf_dataset(classifier_rows(N_EVAL_IN, seed=3)), hf_dataset(classifier_rows(N_EVAL_OUT, seed=4, outliers=True))
 
 
+def budget_callbacks(over_at_step: int) -> list[TimeBudgetCallback]:
+    """``[]``, or a 1-second budget whose clock reads 0 except on process 1 from the end of step ``over_at_step``."""
+    if not over_at_step:
+        return []
+    reads, rank = itertools.count(), int(os.environ.get("RANK", "0"))  # read 0: train begin; read k: end of step k
+    return [TimeBudgetCallback(1.0, clock=lambda: 1e9 if rank == 1 and next(reads) >= over_at_step else 0.0)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--two-forwards", action="store_true", help="oe_concat_forward=False")
+    parser.add_argument("--rank1-over-budget-at", type=int, default=0,
+                        help="a time budget whose (fake) clock runs out on process 1 only, at the end of this step")
     opts = parser.parse_args()
     out = Path(opts.out)
     torch.set_num_threads(1)
@@ -59,6 +72,7 @@ def main() -> None:
         train_dataset=hf_dataset(classifier_rows(64, seed=1)),
         outlier_dataset=hf_dataset(classifier_rows(40, seed=2, outliers=True, with_ids=True)),
         outlier_data_collator=recording_collator,
+        callbacks=budget_callbacks(opts.rank1_over_budget_at),
     )
     seen.clear()  # the construction-time check drew one batch from a throw-away stream
     trainer.train()
@@ -70,7 +84,7 @@ def main() -> None:
     rank = trainer.args.process_index
     report = {
         "rank": rank, "world_size": trainer.args.world_size, "outlier_ids": outlier_ids, "scores_in": scores,
-        "table": table.to_dict(), "log_history": trainer.state.log_history,
+        "table": table.to_dict(), "log_history": trainer.state.log_history, "global_step": trainer.state.global_step,
     }
     (out / f"rank{rank}.json").write_text(json.dumps(report))
     torch.save({k: v.detach().cpu() for k, v in trainer.model.state_dict().items()}, out / f"weights{rank}.pt")

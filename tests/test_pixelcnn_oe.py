@@ -264,3 +264,15 @@ def test_report_explains_a_near_zero_margin_activity_only_when_it_is_near_zero()
     assert "Near 0" not in _margin_sentence(cfg, 0.566)
     assert "0.0% of the" in _margin_sentence(cfg, 0.0) and "Near 0" in _margin_sentence(cfg, 0.0)
     assert "not recorded" in _margin_sentence(cfg, None)
+
+
+def test_time_budgets_cut_both_stages_and_the_report_says_so(tmp_path, data_dir):
+    cfg = preset_config("mnist", "test", baseline_max_minutes=1e-9, oe_max_minutes=1e-9)
+    result = run_density_oe(cfg, tmp_path, data_dir=data_dir)
+    steps = result["meta"]["training_steps"]
+    assert steps["baseline"]["steps"] == 1 and steps["baseline"]["planned_steps"] == cfg.baseline_max_steps
+    assert steps["oe"]["steps"] == 1 and steps["oe"]["planned_steps"] == cfg.oe_max_steps
+    md = (tmp_path / "results.md").read_text()
+    assert f"| 1 of {cfg.baseline_max_steps} (time budget) |" in md and "`oe` stopped by its time budget" in md
+    with pytest.raises(ValueError, match="baseline_max_minutes must be a positive"):
+        preset_config("mnist", "test", baseline_max_minutes=0.0)

@@ -105,3 +105,21 @@ def test_preset_config_rejects_unknown_settings():
         preset_config("word", "huge")
     with pytest.raises(ValueError, match="unknown score"):
         TextOEConfig(scores=("msp",))
+
+
+@pytest.mark.slow
+def test_time_budgets_stop_both_stages_and_the_report_says_so(tmp_path, data_dir):
+    cfg = preset_config("word", "test", baseline_max_minutes=1e-9, oe_max_minutes=1e-9, ewt_windows=20, test_windows=50, n_draws=1)
+    result = run_text_oe(cfg, tmp_path, data_dir=data_dir)
+    quality = result["meta"]["test_quality"]
+    for stage, planned in (("baseline", cfg.baseline_max_steps), ("oe", cfg.oe_max_steps)):
+        assert quality[stage]["steps"] == 1 and quality[stage]["planned_steps"] == planned
+        assert quality[stage]["stopped_by_time_budget"] and quality[stage]["time_budget_minutes"] == 1e-9
+    md = (tmp_path / "results.md").read_text()
+    assert f"| 1 of {cfg.baseline_max_steps} (time budget) |" in md and "`oe` stopped by its time budget" in md
+    assert {r["model"] for r in result["records"]} == {"baseline", "oe"}  # evaluation still ran after the cut
+
+
+def test_time_budget_must_be_positive():
+    with pytest.raises(ValueError, match="baseline_max_minutes must be a positive"):
+        preset_config("word", "test", baseline_max_minutes=0)

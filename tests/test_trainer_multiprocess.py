@@ -68,3 +68,18 @@ def test_two_cpu_processes_train_on_disjoint_outliers_and_evaluate_like_one(tmp_
         assert row.keys() == other.keys()
         for key, value in row.items():
             assert value == (other[key] if isinstance(value, str) else pytest.approx(other[key], rel=1e-9, abs=1e-12)), key
+
+
+@pytest.mark.multiprocess
+def test_a_time_budget_that_runs_out_on_one_process_stops_both(tmp_path):
+    """Process 1 alone is over budget after step 2: both stop there (without the all-reduce of the decision,
+    process 0 would wait for process 1 in the next gradient all-reduce until the timeout)."""
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS.parent), env.get("PYTHONPATH", "")])
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(SCRIPT), "--out", str(tmp_path),
+               "--steps", "6", "--rank1-over-budget-at", "2"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, f"torchrun failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    reports = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert [r["global_step"] for r in reports] == [2, 2]
+    assert [len(r["outlier_ids"]) for r in reports] == [2 * 4, 2 * 4]

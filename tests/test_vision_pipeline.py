@@ -192,3 +192,18 @@ def test_presets_and_recipes():
     from oe_common.cli import RECIPES, REPO_ROOT
 
     assert (REPO_ROOT / RECIPES["mnist"]).is_file() and (REPO_ROOT / RECIPES["cifar10"]).is_file()
+
+
+def test_time_budgets_cut_every_stage_and_the_report_says_so(data_dir, tmp_path):
+    cfg = preset_config("mnist", "test", baseline_max_minutes=1e-9, oe_max_minutes=1e-9, branch=False, calibration=False,
+                        save_models=False, n_draws=1)
+    result = run_vision_oe(cfg, tmp_path, data_dir=data_dir)
+    steps = result["meta"]["training_steps"]
+    assert set(steps) == {"baseline", "oe"}
+    assert steps["baseline"]["steps"] == 1 and steps["baseline"]["planned_steps"] == cfg.baseline_max_steps
+    assert steps["oe"]["steps"] == 1 and steps["oe"]["planned_steps"] == cfg.oe_max_steps
+    assert all(s["stopped_by_time_budget"] for s in steps.values())
+    md = (tmp_path / "results.md").read_text()
+    assert f"| 1 of {cfg.oe_max_steps} (time budget) |" in md and "`baseline` stopped by its time budget" in md
+    with pytest.raises(ValueError, match="oe_max_minutes must be a positive"):
+        preset_config("mnist", "test", oe_max_minutes=-1.0)
