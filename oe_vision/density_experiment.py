@@ -709,15 +709,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-workers", type=int, default=None)
     parser.add_argument("--threads", dest="num_threads", type=int, default=None, help="torch CPU threads (CPU runs only)")
     parser.add_argument("--no-save-models", dest="save_models", action="store_false", default=None)
+    model = parser.add_argument_group("model size (replace the preset's PixelCNN++ fields)")
+    for flag in _MODEL_FLAGS:
+        model.add_argument("--" + flag.replace("_", "-"), dest=flag, type=int, default=None)
     return parser
+
+
+#: PixelCNN++ config fields the command line can set (merged into the preset's ``model_overrides``).
+_MODEL_FLAGS = ("nr_resnet", "nr_filters", "nr_logistic_mix")
+
+
+def config_from_args(args: argparse.Namespace) -> DensityOEConfig:
+    """The run's config: the preset with the given flags applied (``--nr-filters`` etc. update its model fields)."""
+    overrides = {k: v for k, v in vars(args).items() if k not in ("dataset", "preset", "data_dir", "output_dir", *_MODEL_FLAGS)}
+    model_fields = {k: getattr(args, k) for k in _MODEL_FLAGS if getattr(args, k, None) is not None}
+    if model_fields:
+        overrides["model_overrides"] = {**preset_config(args.dataset, args.preset).model_overrides, **model_fields}
+    return preset_config(args.dataset, args.preset, **overrides)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Entry point of ``recipes/pixelcnn_oe.py``: prints the Markdown report and the wall time."""
     started = time.perf_counter()
     args = build_parser().parse_args(argv)
-    overrides = {k: v for k, v in vars(args).items() if k not in ("dataset", "preset", "data_dir", "output_dir")}
-    cfg = preset_config(args.dataset, args.preset, **overrides)
+    cfg = config_from_args(args)
     output_dir = args.output_dir or os.path.join("runs", f"pixelcnn_{args.dataset}_{args.preset}")
     result = run_density_oe(cfg, output_dir, data_dir=args.data_dir)
     print(result["paths"]["markdown"].read_text())

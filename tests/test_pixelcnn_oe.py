@@ -276,3 +276,14 @@ def test_time_budgets_cut_both_stages_and_the_report_says_so(tmp_path, data_dir)
     assert f"| 1 of {cfg.baseline_max_steps} (time budget) |" in md and "`oe` stopped by its time budget" in md
     with pytest.raises(ValueError, match="baseline_max_minutes must be a positive"):
         preset_config("mnist", "test", baseline_max_minutes=0.0)
+
+
+def test_model_size_flags_update_the_presets_model_fields():
+    from oe_vision.density_experiment import build_parser, config_from_args
+
+    cfg = config_from_args(build_parser().parse_args(["--dataset", "cifar10", "--preset", "tiny", "--nr-filters", "48", "--nr-resnet", "2"]))
+    model = cfg.model_config()
+    assert (model.nr_filters, model.nr_resnet, model.image_channels, model.image_size) == (48, 2, 3, 32)  # the preset's 3x32x32 kept
+    assert model.nr_logistic_mix == preset_config("cifar10", "tiny").model_config().nr_logistic_mix
+    plain = config_from_args(build_parser().parse_args(["--preset", "paper", "--oe-lr", "1e-5"]))
+    assert plain.model_overrides == preset_config("mnist", "paper").model_overrides and plain.oe_lr == 1e-5
