@@ -16,4 +16,11 @@ from .scores import (
     uniform_xent_score,
 )
 
+__all__ = [
+    "MissingDataError", "OODTable", "calibration_errors", "calibration_report", "confidence_branch_oe_loss", "density_margin_loss",
+    "energy_oe_loss", "energy_score", "evaluate_ood", "fit_temperature", "fpr_at_recall", "max_logit_score", "misclassification_metrics",
+    "msp_score", "ood_metrics", "oe_uniform_loss", "rescale_01", "resolve_data_dir", "sample_base_rate", "sequence_nll_score",
+    "sequence_uniform_xent_score", "soft_f1", "uniform_xent_score",
+]
+
 __version__ = "0.1.0"

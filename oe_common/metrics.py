@@ -19,10 +19,9 @@ distinct thresholds exactly as scikit-learn does (``roc_curve`` with ``drop_inte
 from __future__ import annotations
 
 import json
-import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 

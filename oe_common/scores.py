@@ -19,7 +19,6 @@ minus sign so that uniform predictions (what OE teaches the model to output on o
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from ._checks import check_logits, check_mask
 

@@ -293,7 +293,7 @@ def _ptb_word_lines(split: str, data_dir) -> list[str]:
     try:
         paths = _locate(data_dir, "ptb", [_PTB_WORD[s] for s in _SPLITS], "PTB (word level)", _PTB_HINT)
     except MissingDataError as err:
-        return _cached(("hub", "ptb_text_only", split), lambda: _hub_lines(err, "ptb_text_only", None, _HUB_SPLIT[split], "sentence"))
+        return _cached(("hub", "ptb_text_only", split), lambda err=err: _hub_lines(err, "ptb_text_only", None, _HUB_SPLIT[split], "sentence"))
     path = paths[_SPLITS.index(split)]
     return _cached(("ptb_word_lines",) + _stat_key([path]), lambda: _text_lines(_read_text(path)))
 
@@ -366,7 +366,7 @@ def _wikitext_lines(split: str, data_dir) -> list[str]:
         paths = _locate(data_dir, "wikitext-2", [_WIKI[s] for s in _SPLITS], "WikiText-2", _WIKI_HINT)
     except MissingDataError as err:
         return _cached(
-            ("hub", "wikitext-2-v1", split), lambda: _hub_lines(err, "wikitext", "wikitext-2-v1", _HUB_SPLIT[split], "text")
+            ("hub", "wikitext-2-v1", split), lambda err=err: _hub_lines(err, "wikitext", "wikitext-2-v1", _HUB_SPLIT[split], "text")
         )
     path = paths[_SPLITS.index(split)]
     return _cached(("wikitext_lines",) + _stat_key([path]), lambda: _text_lines(_read_text(path)))

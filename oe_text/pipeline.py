@@ -243,7 +243,7 @@ def table6_markdown(records: list[dict[str, Any]], level: str, protocol: str, sc
     base, oe = pick("baseline"), pick("oe")
     paper = TABLE6.get(level, {})
     lines = [
-        f"| D_out^test | FPR90 ↓ ours | AUROC ↑ ours | AUPR ↑ ours | FPR90 paper | AUROC paper | AUPR paper |",
+        "| D_out^test | FPR90 ↓ ours | AUROC ↑ ours | AUPR ↑ ours | FPR90 paper | AUROC paper | AUPR paper |",
         "|---|---|---|---|---|---|---|",
     ]
     for domain in base:

@@ -7,7 +7,6 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
 from oe_text.pipeline import TextOEConfig, evaluate_scores, preset_config, run_text_oe, table6_markdown
 
