@@ -7,6 +7,7 @@ trains on an unseen machine is not known in advance. :class:`TimeBudgetCallback`
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -14,6 +15,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
 
 __all__ = ["TimeBudgetCallback", "check_time_budget", "time_budget_callbacks", "training_steps_report"]
 
@@ -23,41 +27,95 @@ class TimeBudgetCallback(TrainerCallback):
 
     Checked at the end of every optimizer step. The step at which the budget runs out is evaluated and saved
     (when the run evaluates / saves by steps or epochs at all), so ``load_best_model_at_end`` still chooses among
-    all evaluated checkpoints, the last one included. With several processes the decision is all-reduced (any
-    process over budget stops all), so that no process waits in a collective for one that has stopped.
+    all evaluated checkpoints, the last one included. With several processes every decision is all-reduced (any
+    process over budget stops all; the smallest fitted step count wins), so that no process waits in a collective
+    for one that has stopped.
 
-    The learning-rate schedule was planned for the full run: a run cut short ends at a higher learning rate
-    than planned. Report :attr:`stopped_at_step` with the results (``None`` = the budget was not reached).
+    Without ``fit_schedule`` the learning-rate schedule stays planned for the full run, so a run cut short ends at
+    a higher learning rate than planned. With ``fit_schedule=True``, after ``probe_steps`` optimizer steps the
+    callback measures the seconds per step from step ``probe_steps // 4`` on (so start-up costs such as CUDA
+    initialisation do not count; evaluations in between do) and, when the planned steps do not fit,
+    lowers the run's step count to ``done + (safety * max_seconds - elapsed) / seconds_per_step`` and re-plans the
+    learning-rate schedule for it (transformers' schedules, which keep ``num_training_steps`` in a
+    ``functools.partial``; for any other scheduler it warns and only the step count changes). The run then ends
+    the way a run of that length ends (last-step evaluation and checkpoint included); the hard stop at
+    ``max_seconds`` stays as the backstop.
+
+    After ``train``: :attr:`planned_steps` (the run's steps at the start), :attr:`fitted_steps` (``None`` = not
+    re-planned), :attr:`stopped_at_step` (``None`` = the hard stop was not needed).
 
     Args:
         max_seconds: the budget (> 0), in seconds of wall-clock time from ``on_train_begin``.
+        fit_schedule: re-plan the step count and learning-rate schedule to the budget (see above).
+        probe_steps: optimizer steps before re-planning (>= 2).
+        safety: fraction of the budget the re-planned run aims to use (0 < safety <= 1).
         clock: the time source (seconds); injectable for tests.
     """
 
-    def __init__(self, max_seconds: float, clock: Callable[[], float] = time.perf_counter):
+    def __init__(self, max_seconds: float, fit_schedule: bool = False, probe_steps: int = 20, safety: float = 0.9,
+                 clock: Callable[[], float] = time.perf_counter):
         if not (isinstance(max_seconds, (int, float)) and max_seconds > 0):
             raise ValueError(f"max_seconds must be a positive number of seconds, got {max_seconds!r}")
+        if not (isinstance(probe_steps, int) and probe_steps >= 2):
+            raise ValueError(f"probe_steps must be an int >= 2, got {probe_steps!r}")
+        if not 0 < safety <= 1:
+            raise ValueError(f"safety must be in (0, 1], got {safety!r}")
         self.max_seconds = float(max_seconds)
+        self.fit_schedule = fit_schedule
+        self.probe_steps = probe_steps
+        self.safety = float(safety)
         self.clock = clock
+        self.planned_steps: int | None = None
+        self.fitted_steps: int | None = None
         self.stopped_at_step: int | None = None
         self._start: float | None = None
+        self._probe_from: tuple[int, float] | None = None  # (step, elapsed seconds) where the timing window starts
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
         self._start = self.clock()
-        self.stopped_at_step = None
+        self.planned_steps, self.fitted_steps, self.stopped_at_step = state.max_steps, None, None
+        self._probe_from = None
 
-    def _over_budget(self, args: TrainingArguments) -> bool:
-        over = self._start is not None and self.clock() - self._start >= self.max_seconds
+    @staticmethod
+    def _all_reduce(args: TrainingArguments, value: float, op: Any) -> float:
+        """``value`` reduced over all processes with ``op`` (itself with one process)."""
         if args.world_size > 1 and dist.is_available() and dist.is_initialized():
-            flag = torch.tensor([1.0 if over else 0.0], device=args.device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            over = bool(flag.item() > 0)
-        return over
+            tensor = torch.tensor([float(value)], dtype=torch.float64 if args.device.type != "mps" else torch.float32, device=args.device)
+            dist.all_reduce(tensor, op=op)
+            value = float(tensor.item())
+        return value
+
+    def _fit(self, args: TrainingArguments, state: TrainerState, lr_scheduler: Any, elapsed: float) -> None:
+        done = state.global_step
+        first_step, first_elapsed = self._probe_from
+        per_step = (elapsed - first_elapsed) / max(1, done - first_step)
+        left = max(0.0, self.safety * self.max_seconds - elapsed)
+        affordable = done + int(left // per_step) if per_step > 0 else state.max_steps
+        affordable = int(self._all_reduce(args, min(affordable, state.max_steps), dist.ReduceOp.MIN))
+        self.fitted_steps = max(affordable, done)
+        if self.fitted_steps >= state.max_steps:
+            return
+        state.max_steps = self.fitted_steps
+        if not _replan_schedule(lr_scheduler, self.fitted_steps):
+            logger.warning(
+                f"TimeBudgetCallback: the run now ends at step {self.fitted_steps} (of {self.planned_steps}), but its "
+                f"learning-rate scheduler ({type(lr_scheduler).__name__}) could not be re-planned: it stays planned for "
+                f"{self.planned_steps} steps"
+            )
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
-        if self.stopped_at_step is not None or state.global_step >= state.max_steps or not self._over_budget(args):
+        if self.stopped_at_step is not None or state.global_step >= state.max_steps or self._start is None:
             return control
-        self.stopped_at_step = state.global_step
+        elapsed = self.clock() - self._start
+        if self.fit_schedule and self._probe_from is None and state.global_step >= max(1, self.probe_steps // 4):
+            self._probe_from = (state.global_step, elapsed)
+        elif self.fit_schedule and self.fitted_steps is None and state.global_step >= self.probe_steps:
+            self._fit(args, state, kwargs.get("lr_scheduler"), elapsed)
+        over = self._all_reduce(args, 1.0 if elapsed >= self.max_seconds else 0.0, dist.ReduceOp.MAX) > 0
+        if not over and state.global_step < state.max_steps:
+            return control
+        if over:
+            self.stopped_at_step = state.global_step
         control.should_training_stop = True
         if args.eval_strategy != "no":  # str enums: compare by value
             control.should_evaluate = True
@@ -65,9 +123,21 @@ class TimeBudgetCallback(TrainerCallback):
             control.should_save = True
         return control
 
-    def summary(self, state: TrainerState) -> dict[str, Any]:
-        """``{"max_seconds", "stopped_at_step", "planned_steps"}`` for a results file (after ``train``)."""
-        return {"max_seconds": self.max_seconds, "stopped_at_step": self.stopped_at_step, "planned_steps": state.max_steps}
+    def summary(self) -> dict[str, Any]:
+        """``{"max_seconds", "planned_steps", "fitted_steps", "stopped_at_step"}`` for a results file (after ``train``)."""
+        return {"max_seconds": self.max_seconds, "planned_steps": self.planned_steps, "fitted_steps": self.fitted_steps,
+                "stopped_at_step": self.stopped_at_step}
+
+
+def _replan_schedule(lr_scheduler: Any, num_training_steps: int) -> bool:
+    """Set ``num_training_steps`` of a transformers ``LambdaLR`` schedule (its lambdas are ``functools.partial``s
+    with that keyword); ``True`` on success. Accelerate's wrapper is looked through."""
+    scheduler = getattr(lr_scheduler, "scheduler", lr_scheduler)
+    lambdas = getattr(scheduler, "lr_lambdas", None)
+    if not lambdas or not all(isinstance(f, functools.partial) and "num_training_steps" in f.keywords for f in lambdas):
+        return False
+    scheduler.lr_lambdas = [functools.partial(f.func, *f.args, **{**f.keywords, "num_training_steps": num_training_steps}) for f in lambdas]
+    return True
 
 
 def check_time_budget(name: str, minutes: float | None) -> None:
@@ -77,19 +147,28 @@ def check_time_budget(name: str, minutes: float | None) -> None:
 
 
 def time_budget_callbacks(minutes: float | None) -> list[TrainerCallback]:
-    """``[TimeBudgetCallback(minutes * 60)]``, or ``[]`` for ``None`` (no budget): for ``Trainer(callbacks=...)``."""
-    return [] if minutes is None else [TimeBudgetCallback(minutes * 60.0)]
+    """``[TimeBudgetCallback(minutes * 60, fit_schedule=True)]``, or ``[]`` for ``None`` (no budget): what the
+    recipes pass to ``Trainer(callbacks=...)`` for ``--*-max-minutes``."""
+    return [] if minutes is None else [TimeBudgetCallback(minutes * 60.0, fit_schedule=True)]
 
 
 def training_steps_report(trainer: Any) -> dict[str, Any]:
-    """After ``trainer.train()``: ``{"steps", "planned_steps", "time_budget_minutes", "stopped_by_time_budget"}``.
+    """After ``trainer.train()``: ``{"steps", "planned_steps", "time_budget_minutes", "fitted_steps",
+    "shortened_by_time_budget", "stopped_by_time_budget"}``.
 
-    ``time_budget_minutes`` is ``None`` when the trainer had no :class:`TimeBudgetCallback`.
+    ``planned_steps`` is the run's step count when training began; ``fitted_steps`` the count a
+    ``fit_schedule`` budget re-planned it to (``None``: not re-planned); ``shortened_by_time_budget``: re-planned
+    to fewer steps; ``stopped_by_time_budget``: the hard stop at the budget was needed. ``time_budget_minutes`` is
+    ``None`` when the trainer had no :class:`TimeBudgetCallback`.
     """
     budget = next((c for c in trainer.callback_handler.callbacks if isinstance(c, TimeBudgetCallback)), None)
+    planned = budget.planned_steps if budget is not None and budget.planned_steps is not None else trainer.state.max_steps
+    fitted = None if budget is None else budget.fitted_steps
     return {
         "steps": int(trainer.state.global_step),
-        "planned_steps": int(trainer.state.max_steps),
+        "planned_steps": int(planned),
         "time_budget_minutes": None if budget is None else budget.max_seconds / 60.0,
+        "fitted_steps": fitted,
+        "shortened_by_time_budget": fitted is not None and fitted < planned,
         "stopped_by_time_budget": budget is not None and budget.stopped_at_step is not None,
     }

@@ -122,24 +122,32 @@ def records_to_markdown(records: Sequence[Mapping[str, Any]], columns: Sequence[
 
 
 def steps_cell(report: Mapping[str, Any]) -> str:
-    """``"812"``, or ``"812 of 2000 (time budget)"`` when a :class:`oe_common.callbacks.TimeBudgetCallback` cut the
-    stage short; ``report`` is :func:`oe_common.callbacks.training_steps_report`'s dict (``""`` without one)."""
+    """``"812"``, or ``"812 of 2000 (time budget)"`` when a :class:`oe_common.callbacks.TimeBudgetCallback` shortened
+    or stopped the stage; ``report`` is :func:`oe_common.callbacks.training_steps_report`'s dict (``""`` without one)."""
     if "steps" not in report:
         return ""
-    if report.get("stopped_by_time_budget"):
+    if report.get("stopped_by_time_budget") or report.get("shortened_by_time_budget"):
         return f"{report['steps']} of {report['planned_steps']} (time budget)"
     return str(report["steps"])
 
 
 def time_budget_notes(reports: Mapping[str, Mapping[str, Any]]) -> list[str]:
-    """Markdown lines (empty list if none) saying which stages a time budget stopped early, e.g.
+    """Markdown lines (empty list if none) saying which stages a time budget shortened or stopped, e.g.
     ``reports = {"baseline": training_steps_report(trainer), "oe": ...}``."""
-    notes = [
-        f"- `{stage}` stopped by its time budget ({report['time_budget_minutes']:g} min) after step {report['steps']} of "
-        f"{report['planned_steps']} planned (its learning-rate schedule was planned for all of them)."
-        for stage, report in reports.items()
-        if report.get("stopped_by_time_budget")
-    ]
+    notes = []
+    for stage, report in reports.items():
+        minutes = report.get("time_budget_minutes")
+        if report.get("shortened_by_time_budget"):
+            notes.append(
+                f"- `{stage}` was shortened by its time budget ({minutes:g} min): after timing its first steps the run "
+                f"and its learning-rate schedule were re-planned from {report['planned_steps']} to {report['fitted_steps']} steps"
+                + (f", and it still had to stop at step {report['steps']}." if report.get("stopped_by_time_budget") else ".")
+            )
+        elif report.get("stopped_by_time_budget"):
+            notes.append(
+                f"- `{stage}` stopped by its time budget ({minutes:g} min) after step {report['steps']} of "
+                f"{report['planned_steps']} planned (its learning-rate schedule was planned for all of them)."
+            )
     return ["", *notes] if notes else []
 
 

@@ -36,11 +36,18 @@ def eval_sets():
     return hf_dataset(classifier_rows(N_EVAL_IN, seed=3)), hf_dataset(classifier_rows(N_EVAL_OUT, seed=4, outliers=True))
 
 
-def budget_callbacks(over_at_step: int) -> list[TimeBudgetCallback]:
-    """``[]``, or a 1-second budget whose clock reads 0 except on process 1 from the end of step ``over_at_step``."""
+def budget_callbacks(over_at_step: int, fit: bool) -> list[TimeBudgetCallback]:
+    """``[]``, or a time budget with a fake clock that differs between the processes:
+
+    * ``over_at_step``: a 1-second budget whose clock reads 0 except on process 1 from the end of that step;
+    * ``fit``: a 10-second ``fit_schedule`` budget (4 probe steps) whose clock ticks 0.5 s per step on process 0 and
+      1 s on process 1, so the two would re-plan to 18 and 9 steps on their own.
+    """
+    reads, rank = itertools.count(), int(os.environ.get("RANK", "0"))  # read 0: train begin; read k: end of step k
+    if fit:
+        return [TimeBudgetCallback(10.0, fit_schedule=True, probe_steps=4, clock=lambda: next(reads) * (1.0 if rank == 1 else 0.5))]
     if not over_at_step:
         return []
-    reads, rank = itertools.count(), int(os.environ.get("RANK", "0"))  # read 0: train begin; read k: end of step k
     return [TimeBudgetCallback(1.0, clock=lambda: 1e9 if rank == 1 and next(reads) >= over_at_step else 0.0)]
 
 
@@ -51,6 +58,7 @@ def main() -> None:
     parser.add_argument("--two-forwards", action="store_true", help="oe_concat_forward=False")
     parser.add_argument("--rank1-over-budget-at", type=int, default=0,
                         help="a time budget whose (fake) clock runs out on process 1 only, at the end of this step")
+    parser.add_argument("--fit-budget", action="store_true", help="a fit_schedule time budget whose clock runs twice as fast on process 1")
     opts = parser.parse_args()
     out = Path(opts.out)
     torch.set_num_threads(1)
@@ -72,7 +80,7 @@ def main() -> None:
         train_dataset=hf_dataset(classifier_rows(64, seed=1)),
         outlier_dataset=hf_dataset(classifier_rows(40, seed=2, outliers=True, with_ids=True)),
         outlier_data_collator=recording_collator,
-        callbacks=budget_callbacks(opts.rank1_over_budget_at),
+        callbacks=budget_callbacks(opts.rank1_over_budget_at, opts.fit_budget),
     )
     seen.clear()  # the construction-time check drew one batch from a throw-away stream
     trainer.train()

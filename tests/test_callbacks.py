@@ -7,7 +7,9 @@ import itertools
 import pytest
 
 from _oe_tiny import hf_dataset, lm_rows, tiny_gpt2_lm
-from oe_common.callbacks import TimeBudgetCallback
+import logging
+
+from oe_common.callbacks import TimeBudgetCallback, training_steps_report
 from oe_common.trainer import OETrainer, OETrainingArguments
 
 TORCH_THREADS = 1  # tiny models: see the conftest fixture _torch_threads
@@ -19,11 +21,12 @@ def ticking_clock(seconds_per_call: float = 1.0):
     return lambda: next(counter) * seconds_per_call
 
 
-def train(tmp_path, budget: TimeBudgetCallback, max_steps: int) -> OETrainer:
+def train(tmp_path, budget: TimeBudgetCallback, max_steps: int, scheduler: str = "linear") -> OETrainer:
     data = hf_dataset(lm_rows(64, seed=1))
     args = OETrainingArguments(
         output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, max_steps=max_steps, learning_rate=1e-3,
         eval_strategy="steps", eval_steps=100, save_strategy="steps", save_steps=100, logging_steps=100,
+        lr_scheduler_type=scheduler, warmup_steps=0,
         report_to="none", disable_tqdm=True, use_cpu=True, seed=0, dataloader_num_workers=0,
     )
     trainer = OETrainer(model=tiny_gpt2_lm(), args=args, train_dataset=data, eval_dataset=data.select(range(8)),
@@ -38,7 +41,9 @@ def test_training_stops_at_the_step_where_the_budget_runs_out_and_that_step_is_e
     assert trainer.state.global_step == 4 and budget.stopped_at_step == 4
     assert [e["step"] for e in trainer.state.log_history if "eval_loss" in e] == [4]
     assert (tmp_path / "out" / "checkpoint-4").is_dir()
-    assert budget.summary(trainer.state) == {"max_seconds": 3.5, "stopped_at_step": 4, "planned_steps": 10}
+    assert budget.summary() == {"max_seconds": 3.5, "planned_steps": 10, "fitted_steps": None, "stopped_at_step": 4}
+    report = training_steps_report(trainer)
+    assert report["stopped_by_time_budget"] and not report["shortened_by_time_budget"] and report["planned_steps"] == 10
 
 
 def test_a_run_within_its_budget_is_not_touched(tmp_path):
@@ -48,7 +53,42 @@ def test_a_run_within_its_budget_is_not_touched(tmp_path):
     assert [e["step"] for e in trainer.state.log_history if "eval_loss" in e] == [3]  # only the Trainer's own last-step evaluation
 
 
+@pytest.mark.parametrize("scheduler", ["linear", "cosine"])
+def test_fit_schedule_shortens_the_run_and_its_learning_rate_schedule_to_the_budget(tmp_path, scheduler):
+    # 1 s per step: timed over steps 1..4, then (0.9 * 10 s - 4 s) / 1 s = 5 more steps fit -> the run ends at step 9
+    budget = TimeBudgetCallback(10.0, fit_schedule=True, probe_steps=4, clock=ticking_clock())
+    trainer = train(tmp_path, budget, max_steps=20, scheduler=scheduler)
+    assert trainer.state.global_step == 9 and budget.fitted_steps == 9 and budget.stopped_at_step is None
+    assert trainer.lr_scheduler.get_last_lr()[0] == pytest.approx(0.0, abs=1e-12)  # annealed to 0 at the new end
+    assert [e["step"] for e in trainer.state.log_history if "eval_loss" in e] == [9] and (tmp_path / "out" / "checkpoint-9").is_dir()
+    report = training_steps_report(trainer)
+    assert report == {"steps": 9, "planned_steps": 20, "time_budget_minutes": pytest.approx(10 / 60), "fitted_steps": 9,
+                      "shortened_by_time_budget": True, "stopped_by_time_budget": False}
+
+
+def test_fit_schedule_keeps_a_plan_that_fits(tmp_path):
+    budget = TimeBudgetCallback(100.0, fit_schedule=True, probe_steps=4, clock=ticking_clock())
+    trainer = train(tmp_path, budget, max_steps=10)
+    assert trainer.state.global_step == 10 and budget.fitted_steps == 10
+    assert not training_steps_report(trainer)["shortened_by_time_budget"]
+
+
+def test_fit_schedule_with_a_scheduler_it_cannot_replan_warns_and_still_shortens_the_run(tmp_path, caplog):
+    budget = TimeBudgetCallback(10.0, fit_schedule=True, probe_steps=4, clock=ticking_clock())
+    with caplog.at_level(logging.WARNING, logger="oe_common.callbacks"):
+        trainer = train(tmp_path, budget, max_steps=20, scheduler="constant")
+    assert trainer.state.global_step == 9 and "could not be re-planned" in caplog.text
+    assert trainer.lr_scheduler.get_last_lr()[0] == pytest.approx(1e-3)
+
+
 @pytest.mark.parametrize("bad", [0, -1.0, None, "5"])
 def test_budget_must_be_positive(bad):
     with pytest.raises(ValueError, match="positive number of seconds"):
         TimeBudgetCallback(bad)
+
+
+def test_fit_settings_are_checked():
+    with pytest.raises(ValueError, match="probe_steps"):
+        TimeBudgetCallback(10.0, probe_steps=1)
+    with pytest.raises(ValueError, match="safety"):
+        TimeBudgetCallback(10.0, safety=1.5)

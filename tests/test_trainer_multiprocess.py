@@ -21,16 +21,19 @@ SCRIPT = TESTS / "_mp_train_script.py"
 STEPS = 4
 
 
-@pytest.mark.multiprocess
-def test_two_cpu_processes_train_on_disjoint_outliers_and_evaluate_like_one(tmp_path):
+def _run_two_processes(tmp_path, *script_args) -> list[dict]:
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     env["PYTHONPATH"] = os.pathsep.join([str(TESTS.parent), env.get("PYTHONPATH", "")])
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(SCRIPT), "--out", str(tmp_path), "--steps", str(STEPS)]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(SCRIPT), "--out", str(tmp_path), *script_args]
     # a generous limit only guards against a hung process group; speed is not asserted here
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, f"torchrun failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
 
-    reports = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+
+@pytest.mark.multiprocess
+def test_two_cpu_processes_train_on_disjoint_outliers_and_evaluate_like_one(tmp_path):
+    reports = _run_two_processes(tmp_path, "--steps", str(STEPS))
     assert [r["world_size"] for r in reports] == [2, 2] and [r["rank"] for r in reports] == [0, 1]
 
     # each process trained on its own outlier shard: STEPS batches of 4, no example shared
@@ -74,12 +77,13 @@ def test_two_cpu_processes_train_on_disjoint_outliers_and_evaluate_like_one(tmp_
 def test_a_time_budget_that_runs_out_on_one_process_stops_both(tmp_path):
     """Process 1 alone is over budget after step 2: both stop there (without the all-reduce of the decision,
     process 0 would wait for process 1 in the next gradient all-reduce until the timeout)."""
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    env["PYTHONPATH"] = os.pathsep.join([str(TESTS.parent), env.get("PYTHONPATH", "")])
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(SCRIPT), "--out", str(tmp_path),
-               "--steps", "6", "--rank1-over-budget-at", "2"]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, f"torchrun failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-    reports = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    reports = _run_two_processes(tmp_path, "--steps", "6", "--rank1-over-budget-at", "2")
     assert [r["global_step"] for r in reports] == [2, 2]
     assert [len(r["outlier_ids"]) for r in reports] == [2 * 4, 2 * 4]
+
+
+@pytest.mark.multiprocess
+def test_a_fitted_time_budget_plans_the_same_length_on_every_process(tmp_path):
+    """Alone, process 0 would re-plan to 18 steps and process 1 to 9: both must run 9 (the smaller)."""
+    reports = _run_two_processes(tmp_path, "--steps", "20", "--fit-budget")
+    assert [r["global_step"] for r in reports] == [9, 9]
