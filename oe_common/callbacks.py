@@ -42,7 +42,8 @@ class TimeBudgetCallback(TrainerCallback):
     ``max_seconds`` stays as the backstop.
 
     After ``train``: :attr:`planned_steps` (the run's steps at the start), :attr:`fitted_steps` (``None`` = not
-    re-planned), :attr:`stopped_at_step` (``None`` = the hard stop was not needed).
+    re-planned), :attr:`stopped_at_step` (``None`` = the hard stop was not needed); :func:`training_steps_report`
+    puts them in a dict for a results file.
 
     Args:
         max_seconds: the budget (> 0), in seconds of wall-clock time from ``on_train_begin``.
@@ -80,7 +81,7 @@ class TimeBudgetCallback(TrainerCallback):
     def _all_reduce(args: TrainingArguments, value: float, op: Any) -> float:
         """``value`` reduced over all processes with ``op`` (itself with one process)."""
         if args.world_size > 1 and dist.is_available() and dist.is_initialized():
-            tensor = torch.tensor([float(value)], dtype=torch.float64 if args.device.type != "mps" else torch.float32, device=args.device)
+            tensor = torch.tensor([float(value)], dtype=torch.float32, device=args.device)  # step counts: exact below 2**24
             dist.all_reduce(tensor, op=op)
             value = float(tensor.item())
         return value
@@ -122,11 +123,6 @@ class TimeBudgetCallback(TrainerCallback):
         if args.save_strategy != "no":
             control.should_save = True
         return control
-
-    def summary(self) -> dict[str, Any]:
-        """``{"max_seconds", "planned_steps", "fitted_steps", "stopped_at_step"}`` for a results file (after ``train``)."""
-        return {"max_seconds": self.max_seconds, "planned_steps": self.planned_steps, "fitted_steps": self.fitted_steps,
-                "stopped_at_step": self.stopped_at_step}
 
 
 def _replan_schedule(lr_scheduler: Any, num_training_steps: int) -> bool:

@@ -41,7 +41,7 @@ def test_training_stops_at_the_step_where_the_budget_runs_out_and_that_step_is_e
     assert trainer.state.global_step == 4 and budget.stopped_at_step == 4
     assert [e["step"] for e in trainer.state.log_history if "eval_loss" in e] == [4]
     assert (tmp_path / "out" / "checkpoint-4").is_dir()
-    assert budget.summary() == {"max_seconds": 3.5, "planned_steps": 10, "fitted_steps": None, "stopped_at_step": 4}
+    assert (budget.planned_steps, budget.fitted_steps) == (10, None)
     report = training_steps_report(trainer)
     assert report["stopped_by_time_budget"] and not report["shortened_by_time_budget"] and report["planned_steps"] == 10
 
