@@ -63,7 +63,7 @@ class TextOEConfig:
     oe_lr: float = 1e-3
     oe_epochs: float = 5.0  # measured in PTB batches, as the paper's fine-tuning
     oe_max_steps: int = -1
-    baseline_max_minutes: float | None = None  # wall-clock budget of the stage (None = none): stops early, keeps the best checkpoint
+    baseline_max_minutes: float | None = None  # wall-clock budget of the stage (None = none): oe_common.callbacks.time_budget_callbacks
     oe_max_minutes: float | None = None
     oe_lambda: float = 0.5
     oe_loss: str = "uniform"

@@ -23,7 +23,7 @@ def build_parser(level: str) -> argparse.ArgumentParser:
     parser.add_argument("--baseline-max-steps", type=int, default=None)
     parser.add_argument("--oe-max-steps", type=int, default=None)
     parser.add_argument("--baseline-max-minutes", type=float, default=None,
-                        help="wall-clock budget of baseline training: stop there (best checkpoint kept) so that a fixed-length GPU session still evaluates")
+                        help="wall-clock budget of baseline training (minutes): re-planned to fit, hard stop at the budget, so that a fixed-length GPU session still evaluates")
     parser.add_argument("--oe-max-minutes", type=float, default=None, help="the same for OE fine-tuning")
     parser.add_argument("--baseline-epochs", type=float, default=None)
     parser.add_argument("--oe-epochs", type=float, default=None)

@@ -128,7 +128,7 @@ class DensityOEConfig:
     oe_lr: float = 3e-4
     oe_epochs: float = 1.0  # paper: 1-2 epochs of OE fine-tuning
     oe_max_steps: int = -1
-    baseline_max_minutes: float | None = None  # wall-clock budget of the stage (None = none): stops it early
+    baseline_max_minutes: float | None = None  # wall-clock budget of the stage (None = none): oe_common.callbacks.time_budget_callbacks
     oe_max_minutes: float | None = None
     oe_lambda: float = 1.0
     margin_per_subpixel: float = 1.0
@@ -695,7 +695,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--oe-epochs", type=float, default=None)
     parser.add_argument("--baseline-max-steps", type=int, default=None)
     parser.add_argument("--oe-max-steps", type=int, default=None)
-    parser.add_argument("--baseline-max-minutes", type=float, default=None, help="wall-clock budget of baseline training: it stops there")
+    parser.add_argument("--baseline-max-minutes", type=float, default=None, help="wall-clock budget of baseline training (minutes): re-planned to fit, hard stop at the budget")
     parser.add_argument("--oe-max-minutes", type=float, default=None, help="the same for OE fine-tuning")
     parser.add_argument("--baseline-lr", type=float, default=None)
     parser.add_argument("--oe-lr", type=float, default=None)

@@ -137,7 +137,7 @@ class VisionOEConfig:
     oe_lr: float = 0.01
     oe_epochs: float = 5.0
     oe_max_steps: int = -1
-    baseline_max_minutes: float | None = None  # wall-clock budget of each from-scratch stage (None = none): stops it early
+    baseline_max_minutes: float | None = None  # wall-clock budget of each from-scratch stage (None = none): time_budget_callbacks
     oe_max_minutes: float | None = None  # the same for each fine-tuning stage (oe, branch_oe)
     oe_lambda: float = 0.5
     branch_oe_lambda: float = 0.5

@@ -35,7 +35,7 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
     parser.add_argument("--baseline-max-steps", type=int, default=None)
     parser.add_argument("--oe-max-steps", type=int, default=None)
     parser.add_argument("--baseline-max-minutes", type=float, default=None,
-                        help="wall-clock budget of each from-scratch stage (baseline, oe_scratch, branch): it stops there")
+                        help="wall-clock budget (minutes) of each from-scratch stage (baseline, oe_scratch, branch): re-planned to fit, hard stop at the budget")
     parser.add_argument("--oe-max-minutes", type=float, default=None, help="the same for each fine-tuning stage (oe, branch_oe)")
     parser.add_argument("--lr", type=float, default=None, help="learning rate of the from-scratch stages")
     parser.add_argument("--oe-lr", type=float, default=None, help="learning rate of the fine-tuning stages")
