@@ -122,7 +122,7 @@ def test_concat_and_two_forwards_give_the_same_gradients(tmp_path):
         trainer.compute_loss(model, {"pixel_values": images(4, 3, smooth=True).images}).backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
     for name in grads[0]:
-        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-6, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")
 
 
 def one_step(tmp_path, batch: int, accumulation: int, outliers: bool = True) -> dict[str, torch.Tensor]:
@@ -138,7 +138,7 @@ def test_gradient_accumulation_is_exact(tmp_path):
     accumulated = one_step(tmp_path, batch=2, accumulation=4)
     plain = one_step(tmp_path, batch=8, accumulation=1, outliers=False)
     for key in full:
-        torch.testing.assert_close(full[key], accumulated[key], rtol=1e-9, atol=1e-10, msg=lambda m: f"{key}: {m}")
+        torch.testing.assert_close(full[key], accumulated[key], rtol=1e-9, atol=1e-10, msg=lambda m, key=key: f"{key}: {m}")
     assert max(float((full[k] - plain[k]).abs().max()) for k in full) > 1e-4  # the margin term moved the weights
 
 

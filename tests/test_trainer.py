@@ -44,7 +44,7 @@ def weights(model: nn.Module) -> dict[str, torch.Tensor]:
 def assert_same_weights(a: dict, b: dict, atol: float = 2e-6) -> None:
     assert a.keys() == b.keys()
     for key in a:
-        torch.testing.assert_close(a[key], b[key], atol=atol, rtol=1e-5, msg=lambda m: f"{key}: {m}")
+        torch.testing.assert_close(a[key], b[key], atol=atol, rtol=1e-5, msg=lambda m, key=key: f"{key}: {m}")
 
 
 def max_change(before: dict, after: dict) -> float:

@@ -111,7 +111,7 @@ def test_calibration_stage(mnist_run):
         assert 0 < t < 100 and math.isfinite(t)
         # t minimises the held-out NLL of softmax(z / t)
         logits, labels = outputs[model]["holdout"]["logits"].double(), data.holdout.labels
-        nll = lambda temp: float(F.cross_entropy(logits / temp, labels))  # noqa: E731
+        nll = lambda temp, logits=logits, labels=labels: float(F.cross_entropy(logits / temp, labels))  # noqa: E731
         assert nll(t) <= min(nll(t * 1.1), nll(t / 1.1))
     calib = meta["calibration"]
     for r in calib:
