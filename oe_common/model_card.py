@@ -26,7 +26,7 @@ import yaml
 
 from .metrics import OODTable
 
-__all__ = ["LIBRARY_NAME", "BASE_TAGS", "card_metadata", "render_model_card", "parse_front_matter", "evaluation_table"]
+__all__ = ["LIBRARY_NAME", "BASE_TAGS", "card_metadata", "render_model_card", "parse_front_matter", "evaluation_table", "is_oe_model_card"]
 
 #: ``library_name`` on the Hub (the PyPI name of this toolkit).
 LIBRARY_NAME = "oe-toolkit"
@@ -212,3 +212,16 @@ def parse_front_matter(text: str) -> tuple[dict[str, Any], str]:
     if not isinstance(metadata, dict):
         raise ValueError("the model card's YAML front matter is not a mapping")
     return metadata, text[end + 5 :]
+
+
+def is_oe_model_card(text: str) -> bool:
+    """True when ``text`` is a card this toolkit wrote: YAML front matter with ``library_name: oe-toolkit``.
+
+    :meth:`~oe_common.detector.OODDetector.save_pretrained` overwrites only such a ``README.md``; any other
+    file of that name (no front matter, another library's card, unparsable YAML) belongs to the user.
+    """
+    try:
+        metadata, _ = parse_front_matter(text)
+    except (ValueError, yaml.YAMLError):
+        return False
+    return metadata.get("library_name") == LIBRARY_NAME
