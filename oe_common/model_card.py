@@ -158,7 +158,8 @@ def render_model_card(
     else:
         how = ""
         if info.get("rule") == "target_fpr":
-            how = (f" It was fitted on {info.get('n_in', '?')} held-out in-distribution examples to flag at most "
+            what = f" ({info['data']})" if info.get("data") else ""
+            how = (f" It was fitted on {info.get('n_in', '?')} held-out in-distribution examples{what} to flag at most "
                    f"{100 * info['target_fpr']:.2f}% of them (achieved {100 * info.get('achieved_fpr', float('nan')):.2f}%).")
         elif info.get("rule") == "target_tpr":
             how = (f" It was fitted on held-out data to detect at least {100 * info['target_tpr']:.2f}% of "
@@ -187,7 +188,8 @@ def render_model_card(
         out += [
             f"Anomalies are the positive class. All {n_in} in-distribution test examples against `n_in // {table.ratio}` "
             f"anomalies per test set ({table.n_draws} draw(s), seed {table.seed}); {table.fpr_label} is the false-positive "
-            f"rate at {round(table.recall_level * 100)}% recall. Values in %. Score: `{table.meta.get('score', score)}`.",
+            f"rate at {round(table.recall_level * 100)}% recall. Values in %. Score: `{table.meta.get('score', score)}`."
+            + (f" Examples: {table.meta['examples']}." if table.meta.get("examples") else ""),
             "",
             table.to_markdown(),
             "",
