@@ -239,7 +239,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
 def _set_names(paths: Sequence[str]) -> list[str]:
     """Short unique names for the anomaly sets (file stems; the full path where stems collide)."""
     stems = [Path(p.rstrip("/")).stem or p for p in paths]
-    return [s if stems.count(s) == 1 and s != "mean" else p for s, p in zip(stems, paths)]
+    return [s if stems.count(s) == 1 and s != "mean" else p for s, p in zip(stems, paths, strict=True)]
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -249,7 +249,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         check_output_file(args.json, [args.in_path, *args.out_paths], "--json")
     detector = _load_detector(args)
     in_inputs, in_names = _read_inputs(detector, args.in_path)
-    out_inputs = {name: (src, *_read_inputs(detector, src)) for name, src in zip(_set_names(args.out_paths), args.out_paths)}
+    out_inputs = {name: (src, *_read_inputs(detector, src)) for name, src in zip(_set_names(args.out_paths), args.out_paths, strict=True)}
     in_scores = _score(detector, in_inputs, args.in_path, in_names)
     out_scores = {name: _score(detector, inputs, src, names) for name, (src, inputs, names) in out_inputs.items()}
     from .metrics import evaluate_ood

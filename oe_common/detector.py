@@ -690,7 +690,7 @@ class OODDetector:
         for index, ids in enumerate(ids_list):
             if lm:
                 arrays = make_windows(ids, pre.seq_len, pad_id=self.vocab.eos_id)
-                rows = [row[: int(mask.sum())] for row, mask in zip(arrays["input_ids"], arrays["attention_mask"])]
+                rows = [row[: int(mask.sum())] for row, mask in zip(arrays["input_ids"], arrays["attention_mask"], strict=True)]
             else:
                 rows = [ids[start : start + width] for start in range(0, ids.size, width)]
             if pre.long_text == "truncate":

@@ -420,7 +420,7 @@ def save_text_detector(
         valid = valid[: cfg.valid_windows * (data.seq_len + 1)]
     valid_lines = stream_lines(valid, data.vocab)
     detector.fit_threshold(valid_lines, target_fpr=target_fpr)
-    detector.threshold_info["data"] = f"PTB validation sentences ({len(valid_lines)} lines), one example per line"
+    detector.threshold_info["data"] = "PTB validation sentences, one example per line"
     return detector.save_pretrained(folder)
 
 
