@@ -8,10 +8,12 @@
     oe train --list
 
 Inputs: for text detectors a UTF-8 file with one example per line (a final newline is optional; an empty line
-is an error); for image detectors a folder of image files (:data:`~oe_common.detector.IMAGE_SUFFIXES`, sorted by
+is an error; a leading byte-order mark is ignored), or ``-`` for standard input; for image detectors a folder of image files (:data:`~oe_common.detector.IMAGE_SUFFIXES`, sorted by
 name, not recursive). ``oe score`` writes JSON lines ``{"index", "score", "is_anomaly"}`` (plus ``"file"`` for
 images; ``is_anomaly`` is null when the detector has no threshold) to ``--output`` or stdout. Output files are
 written to a temporary file in the same folder and renamed at the end, so a failed run leaves nothing behind.
+Before any model is loaded, an output file is checked: its folder must exist and be writable, and it must not be
+one of the input files (under any spelling or symlink).
 
 Exit codes: 0 success, 1 bad input / model / recipe error (message on stderr), 2 bad command-line usage;
 ``oe train`` returns the recipe's own exit code.
@@ -28,7 +30,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["main", "build_parser", "RECIPES", "CliError", "read_text_lines", "list_images", "atomic_write_text"]
+__all__ = ["main", "build_parser", "RECIPES", "CliError", "read_text_lines", "list_images", "atomic_write_text", "check_output_file", "STDIN"]
 
 #: ``oe train NAME`` -> recipe script, relative to the repository root (recipes are scripts of the source
 #: checkout, not part of the installed package). Edit here when recipes are added or renamed.
@@ -51,29 +53,44 @@ class CliError(Exception):
 
 
 # =============================================================================================== input / output
+#: ``--input -``: read the examples from standard input.
+STDIN = "-"
+
+
 def read_text_lines(path: str | os.PathLike) -> list[str]:
     """The examples of a text file, one per line (``\\n`` or ``\\r\\n``; a final newline adds no example).
+
+    ``"-"`` reads standard input. The text is UTF-8; a leading byte-order mark (``\\ufeff``, written by some
+    editors) is not part of the first example.
 
     Raises:
         CliError: the file does not exist / is a folder / is not UTF-8 / has no line.
     """
-    path = Path(path)
-    if not path.exists():
-        raise CliError(f"input file {str(path)!r} does not exist")
-    if path.is_dir():
-        raise CliError(f"{str(path)!r} is a folder; this is a text detector, give a file with one example per line")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise CliError(f"{str(path)!r} is not UTF-8 text ({exc})") from None
-    except OSError as exc:
-        raise CliError(f"cannot read {str(path)!r}: {exc}") from None
+    if str(path) == STDIN:
+        name = "standard input"
+        try:
+            text = sys.stdin.buffer.read().decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise CliError(f"{name} is not UTF-8 text ({exc})") from None
+    else:
+        path = Path(path)
+        name = repr(str(path))
+        if not path.exists():
+            raise CliError(f"input file {name} does not exist")
+        if path.is_dir():
+            raise CliError(f"{name} is a folder; this is a text detector, give a file with one example per line")
+        try:
+            text = path.read_text(encoding="utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise CliError(f"{name} is not UTF-8 text ({exc})") from None
+        except OSError as exc:
+            raise CliError(f"cannot read {name}: {exc}") from None
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
     lines = [line[:-1] if line.endswith("\r") else line for line in lines]
     if not lines:
-        raise CliError(f"{str(path)!r} is empty: give one example per line")
+        raise CliError(f"{name} is empty: give one example per line")
     return lines
 
 
@@ -96,6 +113,32 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     return files
 
 
+def check_output_file(output: str | os.PathLike, inputs: Sequence[str | os.PathLike] = (), flag: str = "--output") -> None:
+    """Fail early (before a long scoring run) when ``output`` cannot be written, or would replace an input.
+
+    Checks: not a folder; its folder exists and a file can be created in it (a real probe: permission bits do
+    not tell the whole story, e.g. read-only mounts); not the same file as any of ``inputs`` (``os.path.samefile``:
+    other spellings, symlinks and hard links included).
+
+    Raises:
+        CliError: naming ``flag`` and the path.
+    """
+    out = Path(output)
+    if out.is_dir():
+        raise CliError(f"{flag} {str(output)!r} is a folder; give a file name")
+    if not out.parent.is_dir():
+        raise CliError(f"{flag} {str(output)!r}: its folder {str(out.parent)!r} does not exist")
+    for source in inputs:
+        if str(source) != STDIN and out.exists() and Path(source).exists() and os.path.samefile(out, source):
+            raise CliError(f"{flag} {str(output)!r} is the input file {str(source)!r}: writing would replace the input; give another file name")
+    try:
+        fd, probe = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".probe")
+    except OSError as exc:
+        raise CliError(f"{flag} {str(output)!r}: cannot write to the folder {str(out.parent)!r} ({exc.strerror or exc})") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to a temporary file in ``path``'s folder, then rename it over ``path``."""
     path = Path(path)
@@ -103,7 +146,10 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         raise CliError(f"output {str(path)!r} is a folder; give a file name")
     if not path.parent.is_dir():
         raise CliError(f"output folder {str(path.parent)!r} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise CliError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
@@ -133,16 +179,20 @@ def _read_inputs(detector, source: str) -> tuple[list[Any], list[str] | None]:
     """(inputs for ``detector.score``, file names for images / None for text)."""
     if detector.is_text:
         return read_text_lines(source), None
+    if source == STDIN:
+        raise CliError("this is an image detector: give a FOLDER of image files, not '-' (standard input)")
     files = list_images(source)
     return [str(p) for p in files], [p.name for p in files]
 
 
 def _score(detector, inputs: list[Any], source: str, names: list[str] | None):
     """``detector.score`` with input errors turned into messages naming lines (1-based) or files."""
+    import numpy as np
+
     from .detector import DetectorInputError
 
     try:
-        return detector.score(inputs)
+        scores = detector.score(inputs)
     except DetectorInputError as exc:
         if names is None and exc.indices:
             where = ", ".join(str(i + 1) for i in exc.indices[:10]) + (" ..." if len(exc.indices) > 10 else "")
@@ -150,14 +200,17 @@ def _score(detector, inputs: list[Any], source: str, names: list[str] | None):
         if names is not None and exc.indices:
             raise CliError(f"{source}: bad image {names[exc.indices[0]]!r}: {exc}") from None
         raise CliError(f"{source}: {exc}") from None
+    nan = np.flatnonzero(np.isnan(scores))
+    if nan.size:  # NaN > threshold is False: it would be reported as normal (and NaN is not JSON)
+        where = ", ".join(names[i] if names is not None else f"line {i + 1}" for i in nan[:10]) + (" ..." if nan.size > 10 else "")
+        raise CliError(f"{source}: the model gave NaN scores ({where}); the checkpoint is unusable for these inputs")
+    return scores
 
 
 # =============================================================================================== commands
 def _cmd_score(args: argparse.Namespace) -> int:
     if args.output is not None:  # check the destination before the (possibly long) scoring
-        out = Path(args.output)
-        if out.is_dir() or not out.parent.is_dir():
-            raise CliError(f"output {args.output!r}: {'is a folder' if out.is_dir() else 'its folder does not exist'}")
+        check_output_file(args.output, [args.input], "--output")
     detector = _load_detector(args)
     if args.long_text is not None:
         if not detector.is_text:
@@ -186,17 +239,17 @@ def _cmd_score(args: argparse.Namespace) -> int:
 def _set_names(paths: Sequence[str]) -> list[str]:
     """Short unique names for the anomaly sets (file stems; the full path where stems collide)."""
     stems = [Path(p.rstrip("/")).stem or p for p in paths]
-    return [s if stems.count(s) == 1 and s != "mean" else p for s, p in zip(stems, paths)]
+    return [s if stems.count(s) == 1 and s != "mean" else p for s, p in zip(stems, paths, strict=True)]
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    if [args.in_path, *args.out_paths].count(STDIN) > 1:
+        raise CliError("standard input ('-') can be read only once: give it for one of --in / --out")
     if args.json is not None:
-        out = Path(args.json)
-        if out.is_dir() or not out.parent.is_dir():
-            raise CliError(f"--json {args.json!r}: {'is a folder' if out.is_dir() else 'its folder does not exist'}")
+        check_output_file(args.json, [args.in_path, *args.out_paths], "--json")
     detector = _load_detector(args)
     in_inputs, in_names = _read_inputs(detector, args.in_path)
-    out_inputs = {name: (src, *_read_inputs(detector, src)) for name, src in zip(_set_names(args.out_paths), args.out_paths)}
+    out_inputs = {name: (src, *_read_inputs(detector, src)) for name, src in zip(_set_names(args.out_paths), args.out_paths, strict=True)}
     in_scores = _score(detector, in_inputs, args.in_path, in_names)
     out_scores = {name: _score(detector, inputs, src, names) for name, (src, inputs, names) in out_inputs.items()}
     from .metrics import evaluate_ood
@@ -263,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Score every example and write JSON lines {\"index\", \"score\", \"is_anomaly\"} (+ \"file\" for images).",
     )
     _add_model_args(p)
-    p.add_argument("--input", required=True, help="text file, one example per line (text detectors) or folder of images")
+    p.add_argument("--input", required=True, help="text file, one example per line, or - for standard input (text detectors); folder of images")
     p.add_argument("--output", default=None, help="JSONL file to write (default: stdout); written atomically")
     p.add_argument("--long-text", choices=("window", "truncate", "error"), default=None,
                    help="text longer than one window: score windows (token-weighted mean), the first window only, or fail")
@@ -308,7 +361,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except CliError as exc:
-        print(f"oe {args.command}: error: {exc}", file=sys.stderr)
+        message = " ".join(str(exc).splitlines())  # one line, whatever a library put in the message
+        print(f"oe {args.command}: error: {message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"oe {args.command}: interrupted", file=sys.stderr)

@@ -64,6 +64,7 @@ import importlib
 import json
 import math
 import os
+import re
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -72,7 +73,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
-from .metrics import OODTable, as_score_array, evaluate_ood
+from .metrics import OODTable, _real_number, as_score_array, evaluate_ood
 from .scores import energy_score, max_logit_score, msp_score, token_nll, uniform_xent_score
 
 __all__ = [
@@ -101,6 +102,7 @@ MODEL_CARD_NAME = "README.md"
 MODEL_CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
+_SHARD_RE = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")
 _PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.ckpt", "tf_model.h5")
 _FORMAT = "oe.OODDetector"
 _VERSION = 1
@@ -149,6 +151,34 @@ class DetectorCheckpointError(ValueError):
 
 
 # =============================================================================================== thresholds
+def _check_target_fpr(target_fpr: Any) -> float:
+    value = _real_number(target_fpr)
+    if value is None or not 0.0 <= value < 1.0:
+        raise ValueError(f"target_fpr must be a number in [0, 1), got {target_fpr!r}")
+    return value
+
+
+def _check_target_tpr(target_tpr: Any) -> float:
+    value = _real_number(target_tpr)
+    if value is None or not 0.0 < value <= 1.0:
+        raise ValueError(f"target_tpr must be a number in (0, 1], got {target_tpr!r}")
+    return value
+
+
+def _check_threshold_target(target_fpr: Any, target_tpr: Any, has_out_data: bool) -> tuple[str, float]:
+    """``("target_fpr" | "target_tpr", value)``: exactly one valid target; ``target_tpr`` needs anomalies."""
+    if (target_fpr is None) == (target_tpr is None):
+        raise ValueError("give exactly one of target_fpr (in-distribution data only) or target_tpr (needs out_data)")
+    if target_fpr is not None:
+        return "target_fpr", _check_target_fpr(target_fpr)
+    if not has_out_data:
+        raise ValueError(
+            "target_tpr needs held-out anomalies: fit_threshold(in_data, out_data, target_tpr=...); "
+            "with in-distribution data only use target_fpr"
+        )
+    return "target_tpr", _check_target_tpr(target_tpr)
+
+
 def threshold_for_fpr(in_scores: Any, target_fpr: float) -> float:
     """Threshold flagging at most ``target_fpr`` of the held-out in-distribution ``in_scores`` (flag = ``score > t``).
 
@@ -161,9 +191,8 @@ def threshold_for_fpr(in_scores: Any, target_fpr: float) -> float:
         in_scores: ``(n,)`` anomaly scores of held-out in-distribution examples.
         target_fpr: allowed false-positive rate, in ``[0, 1)``.
     """
+    target_fpr = _check_target_fpr(target_fpr)
     scores = np.sort(as_score_array(in_scores, "in_scores"))
-    if isinstance(target_fpr, bool) or not isinstance(target_fpr, (int, float)) or not 0.0 <= target_fpr < 1.0:
-        raise ValueError(f"target_fpr must be a number in [0, 1), got {target_fpr!r}")
     n = scores.size
     k = int(math.floor(round(target_fpr * n, 9)))  # round(): 0.29 * 100 = 28.999999999999996 must give 29
     return float(scores[n - k - 1])
@@ -182,10 +211,9 @@ def threshold_for_tpr(in_scores: Any, out_scores: Any, target_tpr: float) -> flo
         out_scores: ``(m,)`` held-out anomaly scores.
         target_tpr: fraction of anomalies to detect, in ``(0, 1]``.
     """
+    target_tpr = _check_target_tpr(target_tpr)
     ins = as_score_array(in_scores, "in_scores")
     outs = np.sort(as_score_array(out_scores, "out_scores"))
-    if isinstance(target_tpr, bool) or not isinstance(target_tpr, (int, float)) or not 0.0 < target_tpr <= 1.0:
-        raise ValueError(f"target_tpr must be a number in (0, 1], got {target_tpr!r}")
     m = outs.size
     j = max(1, int(math.ceil(round(target_tpr * m, 9))))
     o_star = outs[m - j]
@@ -628,10 +656,19 @@ class OODDetector:
         return self.predict_from_scores(self.score(inputs))
 
     def predict_from_scores(self, scores: Any) -> np.ndarray:
-        """``scores > threshold`` (bool array); needs a threshold (:meth:`fit_threshold` or ``threshold=``)."""
+        """``scores > threshold`` (bool array); needs a threshold (:meth:`fit_threshold` or ``threshold=``).
+
+        Raises:
+            ValueError: a NaN score (``NaN > t`` is False, so it would silently count as normal).
+        """
         if self.threshold is None:
             raise ValueError("this detector has no threshold: call fit_threshold(in_data, target_fpr=...) or set .threshold")
-        return np.asarray(scores, dtype=np.float64) > self.threshold
+        values = np.asarray(scores.detach().cpu() if hasattr(scores, "detach") else scores, dtype=np.float64)
+        nan = np.flatnonzero(np.isnan(values.ravel()))
+        if nan.size:
+            raise ValueError(f"{nan.size} NaN score(s) (index {_some(nan.tolist())}): a NaN is neither normal nor anomalous; "
+                             "check the model (e.g. NaN weights) and the inputs")
+        return values > self.threshold
 
     def _windows(self, ids_list: list[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]:
         """Cut each text's ids into windows; returns the windows (real ids only) and their owner text index."""
@@ -653,7 +690,7 @@ class OODDetector:
         for index, ids in enumerate(ids_list):
             if lm:
                 arrays = make_windows(ids, pre.seq_len, pad_id=self.vocab.eos_id)
-                rows = [row[: int(mask.sum())] for row, mask in zip(arrays["input_ids"], arrays["attention_mask"])]
+                rows = [row[: int(mask.sum())] for row, mask in zip(arrays["input_ids"], arrays["attention_mask"], strict=True)]
             else:
                 rows = [ids[start : start + width] for start in range(0, ids.size, width)]
             if pre.long_text == "truncate":
@@ -792,7 +829,9 @@ class OODDetector:
 
         ``in_data`` / ``out_data`` are raw inputs (anything :meth:`score` takes). For precomputed scores use
         :meth:`fit_threshold_from_scores`. The rule and the achieved rates are kept in ``threshold_info``.
+        The target is checked before any scoring (which can take long).
         """
+        _check_threshold_target(target_fpr, target_tpr, out_data is not None)
         in_scores = self.score(in_data)
         out_scores = None if out_data is None else self.score(out_data)
         return self.fit_threshold_from_scores(in_scores, out_scores, target_fpr=target_fpr, target_tpr=target_tpr)
@@ -806,21 +845,11 @@ class OODDetector:
         target_tpr: float | None = None,
     ) -> float:
         """:meth:`fit_threshold` on precomputed scores (``(n,)`` in-distribution, optional ``(m,)`` anomalies)."""
-        if (target_fpr is None) == (target_tpr is None):
-            raise ValueError("give exactly one of target_fpr (in-distribution data only) or target_tpr (needs out_data)")
+        rule, target = _check_threshold_target(target_fpr, target_tpr, out_scores is not None)
         ins = as_score_array(in_scores, "in_scores")
         outs = None if out_scores is None else as_score_array(out_scores, "out_scores")
-        if target_fpr is not None:
-            threshold = threshold_for_fpr(ins, target_fpr)
-            info: dict[str, Any] = {"rule": "target_fpr", "target_fpr": float(target_fpr)}
-        else:
-            if outs is None:
-                raise ValueError(
-                    "target_tpr needs held-out anomalies: fit_threshold(in_data, out_data, target_tpr=...); "
-                    "with in-distribution data only use target_fpr"
-                )
-            threshold = threshold_for_tpr(ins, outs, target_tpr)
-            info = {"rule": "target_tpr", "target_tpr": float(target_tpr)}
+        threshold = threshold_for_fpr(ins, target) if rule == "target_fpr" else threshold_for_tpr(ins, outs, target)
+        info: dict[str, Any] = {"rule": rule, rule: target}
         info.update({"n_in": int(ins.size), "achieved_fpr": float(np.mean(ins > threshold))})
         if outs is not None:
             info.update({"n_out": int(outs.size), "achieved_tpr": float(np.mean(outs > threshold))})
@@ -880,14 +909,32 @@ class OODDetector:
 
         The model goes to the folder ROOT through its own ``save_pretrained`` (safetensors); no pickle file is
         written. ``repo_id`` only changes the usage snippet on the model card. Returns the folder.
+
+        Into a folder that already holds files: weights of an earlier save (``model.safetensors``, its
+        ``.index.json`` and ``model-XXXXX-of-YYYYY.safetensors`` shards) are removed first, so a stale index or
+        single file can never be loaded in place of the new weights. A ``README.md`` is overwritten only when it
+        is a card this toolkit wrote (:func:`~oe_common.model_card.is_oe_model_card`); any other ``README.md``
+        is the user's, and the save is refused before anything is written.
+
+        Raises:
+            DetectorCheckpointError: the folder holds pickled weights or a ``README.md`` that is not ours.
         """
-        from .model_card import render_model_card
+        from .model_card import is_oe_model_card, render_model_card
 
         folder = Path(save_directory)
-        folder.mkdir(parents=True, exist_ok=True)
+        card_path = folder / MODEL_CARD_NAME
+        if card_path.is_dir() or (card_path.exists() and not is_oe_model_card(_read_text_or_empty(card_path))):
+            raise DetectorCheckpointError(
+                f"{card_path} exists and is not an oe model card; refusing to overwrite it: move it away or save the "
+                "detector into another folder"
+            )
         for stale in _PICKLE_WEIGHTS:  # never leave pickled weights next to ours
             if (folder / stale).exists():
                 raise DetectorCheckpointError(f"{folder / stale} exists: refusing to save a detector next to pickled weights")
+        folder.mkdir(parents=True, exist_ok=True)
+        for path in folder.iterdir():  # an earlier save's weights (transformers keeps a stale index or single file)
+            if path.name in (WEIGHTS_NAME, WEIGHTS_INDEX_NAME) or _SHARD_RE.fullmatch(path.name):
+                path.unlink()
         self.model.save_pretrained(folder)
         if not (folder / WEIGHTS_NAME).is_file() and not (folder / WEIGHTS_INDEX_NAME).is_file():
             raise DetectorCheckpointError(f"the model's save_pretrained wrote no {WEIGHTS_NAME} in {folder}")
@@ -951,29 +998,38 @@ class OODDetector:
         task = config.get("task")
         if task not in TASKS:
             raise DetectorCheckpointError(f"{DETECTOR_CONFIG_NAME}: unknown task {task!r}; known: {TASKS}")
-        model = _load_model(folder, task)
+        # Every file is checked before use so that a corrupt one is NAMED (not a traceback from a library).
         spec = dict(config.get("preprocessing") or {})
-        if task in TEXT_TASKS:
-            from oe_text.vocab import Vocabulary
-
-            vocab = Vocabulary.load(folder / spec.get("vocab_file", VOCAB_NAME))
-            preprocessing: TextPreprocessing | ImagePreprocessing = TextPreprocessing.from_dict(spec, vocab)
-        else:
-            preprocessing = ImagePreprocessing.from_dict(spec)
-        return cls(
-            model,
-            preprocessing,
-            score=config.get("score"),
-            threshold=config.get("threshold"),
-            task=task,
-            score_kwargs=config.get("score_kwargs"),
-            training=config.get("training"),
-            evaluation=config.get("evaluation"),
-            threshold_info=config.get("threshold_info"),
-            device=device,
-            batch_size=batch_size,
-            progress=progress,
-        )
+        try:
+            if task in TEXT_TASKS:
+                vocab = _load_vocab(folder / spec.get("vocab_file", VOCAB_NAME))
+                preprocessing: TextPreprocessing | ImagePreprocessing = TextPreprocessing.from_dict(spec, vocab)
+            else:
+                preprocessing = ImagePreprocessing.from_dict(spec)
+        except (ValueError, TypeError) as exc:
+            if isinstance(exc, DetectorCheckpointError):
+                raise
+            raise DetectorCheckpointError(f"{folder / DETECTOR_CONFIG_NAME}: bad preprocessing spec: {exc}") from None
+        _check_weight_files(folder)
+        model = _load_model(folder, task)
+        _check_finite_weights(model, folder)
+        try:
+            return cls(
+                model,
+                preprocessing,
+                score=config.get("score"),
+                threshold=config.get("threshold"),
+                task=task,
+                score_kwargs=config.get("score_kwargs"),
+                training=config.get("training"),
+                evaluation=config.get("evaluation"),
+                threshold_info=config.get("threshold_info"),
+                device=device,
+                batch_size=batch_size,
+                progress=progress,
+            )
+        except (ValueError, TypeError) as exc:  # e.g. an unknown score, a vocabulary larger than the model
+            raise DetectorCheckpointError(f"checkpoint {folder} is inconsistent ({DETECTOR_CONFIG_NAME}, {VOCAB_NAME}, {MODEL_CONFIG_NAME}): {exc}") from None
 
     def push_to_hub(
         self,
@@ -1013,6 +1069,14 @@ class OODDetector:
 
 
 # =============================================================================================== loading helpers
+def _read_text_or_empty(path: Path) -> str:
+    """The UTF-8 text of ``path``; ``""`` when it cannot be read or decoded (callers treat that as "not ours")."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -1021,6 +1085,64 @@ def _read_json(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise DetectorCheckpointError(f"{path} must hold a JSON object")
     return data
+
+
+def _load_vocab(path: Path):
+    """The :class:`oe_text.vocab.Vocabulary` saved at ``path``; any defect is a :class:`DetectorCheckpointError` naming it."""
+    from oe_text.vocab import Vocabulary
+
+    data = _read_json(path)
+    try:
+        return Vocabulary.from_dict(data)
+    except KeyError as exc:
+        raise DetectorCheckpointError(f"{path} is not a valid vocabulary: missing field {exc}") from None
+    except (ValueError, TypeError) as exc:
+        raise DetectorCheckpointError(f"{path} is not a valid vocabulary: {exc}") from None
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    """The safetensors files of a checkpoint: ``model.safetensors``, else the shards its index lists."""
+    if (folder / WEIGHTS_NAME).is_file():
+        return [folder / WEIGHTS_NAME]
+    index = folder / WEIGHTS_INDEX_NAME
+    weight_map = _read_json(index).get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise DetectorCheckpointError(f"{index} has no weight_map: the file is corrupt; save or download the checkpoint again")
+    return [folder / str(name) for name in sorted(set(weight_map.values()))]
+
+
+def _check_weight_files(folder: Path) -> None:
+    """Read the header of every weight file: an empty, truncated or corrupt file is named, with what to do."""
+    from safetensors import safe_open
+
+    for path in _weight_files(folder):
+        if not path.is_file():
+            raise DetectorCheckpointError(f"{path} is missing (listed in {folder / WEIGHTS_INDEX_NAME}); save or download the checkpoint again")
+        if path.stat().st_size == 0:
+            raise DetectorCheckpointError(f"{path} is empty: the weights were never written completely; save or download the checkpoint again")
+        try:
+            with safe_open(str(path), framework="pt") as f:  # checks the header and that the data covers it
+                f.keys()
+        except Exception as exc:  # safetensors raises its own SafetensorError (not an OSError) for bad files
+            reason = " ".join(str(exc).split())
+            raise DetectorCheckpointError(
+                f"{path} is not a readable safetensors file ({reason}): it is truncated or corrupt; save or download the checkpoint again"
+            ) from None
+
+
+def _check_finite_weights(model: torch.nn.Module, folder: Path) -> None:
+    """Refuse NaN / inf in any floating-point parameter or buffer: every score would be NaN (counted as normal)."""
+    bad = [
+        name
+        for name, tensor in [*model.named_parameters(), *model.named_buffers()]
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+    ]
+    if bad:
+        where = ", ".join(str(p) for p in _weight_files(folder))
+        raise DetectorCheckpointError(
+            f"{where}: {len(bad)} weight tensor(s) hold NaN/inf values ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); "
+            "the model is unusable (training diverged or the file is corrupt)"
+        )
 
 
 def _load_model(folder: Path, task: str) -> torch.nn.Module:
@@ -1044,5 +1166,6 @@ def _load_model(folder: Path, task: str) -> torch.nn.Module:
     auto_cls = getattr(transformers, _AUTO_CLASS[task])
     try:
         return auto_cls.from_pretrained(folder, use_safetensors=True, trust_remote_code=False)
-    except (ValueError, KeyError) as exc:
-        raise DetectorCheckpointError(f"cannot load the {model_type!r} model in {folder} as {_AUTO_CLASS[task]}: {exc}") from exc
+    except (ValueError, KeyError, RuntimeError, OSError) as exc:
+        reason = " ".join(str(exc).split())
+        raise DetectorCheckpointError(f"cannot load the {model_type!r} model in {folder} as {_AUTO_CLASS[task]}: {reason}") from exc

@@ -58,10 +58,22 @@ def as_score_array(scores: Any, name: str = "scores") -> np.ndarray:
     return array
 
 
+def _real_number(value: Any) -> float | None:
+    """``value`` as a float when it is a real number (Python or NumPy), else None.
+
+    Bools are not numbers here (``True`` is not a rate). A NumPy float keeps its decimal value
+    (``np.float32(0.95)`` -> ``0.95``, not ``0.949999988...``) through its shortest repr.
+    """
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        return None
+    return float(str(value)) if isinstance(value, np.floating) else float(value)
+
+
 def _check_recall_level(recall_level: float) -> float:
-    if not (isinstance(recall_level, (int, float)) and 0.0 < recall_level <= 1.0):
-        raise ValueError(f"recall_level must be in (0, 1] (e.g. 0.95 for FPR95), got {recall_level!r}")
-    return float(recall_level)
+    value = _real_number(recall_level)
+    if value is None or not 0.0 < value <= 1.0:
+        raise ValueError(f"recall_level must be a number in (0, 1] (e.g. 0.95 for FPR95), got {recall_level!r}")
+    return value
 
 
 @dataclass(frozen=True)

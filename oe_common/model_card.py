@@ -26,7 +26,7 @@ import yaml
 
 from .metrics import OODTable
 
-__all__ = ["LIBRARY_NAME", "BASE_TAGS", "card_metadata", "render_model_card", "parse_front_matter", "evaluation_table"]
+__all__ = ["LIBRARY_NAME", "BASE_TAGS", "card_metadata", "render_model_card", "parse_front_matter", "evaluation_table", "is_oe_model_card"]
 
 #: ``library_name`` on the Hub (the PyPI name of this toolkit).
 LIBRARY_NAME = "oe-toolkit"
@@ -158,7 +158,8 @@ def render_model_card(
     else:
         how = ""
         if info.get("rule") == "target_fpr":
-            how = (f" It was fitted on {info.get('n_in', '?')} held-out in-distribution examples to flag at most "
+            what = f" ({info['data']})" if info.get("data") else ""
+            how = (f" It was fitted on {info.get('n_in', '?')} held-out in-distribution examples{what} to flag at most "
                    f"{100 * info['target_fpr']:.2f}% of them (achieved {100 * info.get('achieved_fpr', float('nan')):.2f}%).")
         elif info.get("rule") == "target_tpr":
             how = (f" It was fitted on held-out data to detect at least {100 * info['target_tpr']:.2f}% of "
@@ -187,7 +188,8 @@ def render_model_card(
         out += [
             f"Anomalies are the positive class. All {n_in} in-distribution test examples against `n_in // {table.ratio}` "
             f"anomalies per test set ({table.n_draws} draw(s), seed {table.seed}); {table.fpr_label} is the false-positive "
-            f"rate at {round(table.recall_level * 100)}% recall. Values in %. Score: `{table.meta.get('score', score)}`.",
+            f"rate at {round(table.recall_level * 100)}% recall. Values in %. Score: `{table.meta.get('score', score)}`."
+            + (f" Examples: {table.meta['examples']}." if table.meta.get("examples") else ""),
             "",
             table.to_markdown(),
             "",
@@ -212,3 +214,16 @@ def parse_front_matter(text: str) -> tuple[dict[str, Any], str]:
     if not isinstance(metadata, dict):
         raise ValueError("the model card's YAML front matter is not a mapping")
     return metadata, text[end + 5 :]
+
+
+def is_oe_model_card(text: str) -> bool:
+    """True when ``text`` is a card this toolkit wrote: YAML front matter with ``library_name: oe-toolkit``.
+
+    :meth:`~oe_common.detector.OODDetector.save_pretrained` overwrites only such a ``README.md``; any other
+    file of that name (no front matter, another library's card, unparsable YAML) belongs to the user.
+    """
+    try:
+        metadata, _ = parse_front_matter(text)
+    except (ValueError, yaml.YAMLError):
+        return False
+    return metadata.get("library_name") == LIBRARY_NAME

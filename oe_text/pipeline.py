@@ -14,7 +14,9 @@ Stages (each a :class:`oe_common.trainer.OETrainer` run or an evaluation):
 
 Every window is scored on its own (fresh state; no hidden state carried between windows), in training and in
 evaluation. Outputs (:func:`run_text_oe`): ``results.json`` (records + meta), ``results.md`` (Table 6 layout with
-the paper's numbers beside ours), ROC and score-histogram PNGs, and both models (safetensors) with the vocabulary.
+the paper's numbers beside ours), ROC and score-histogram PNGs, both models (safetensors) with the vocabulary, and
+``detector/``: the OE model as an :class:`oe_common.detector.OODDetector` (:func:`save_text_detector`), so that
+``oe score --model <output_dir>/detector --input sentences.txt`` scores raw sentences.
 """
 
 from __future__ import annotations
@@ -40,10 +42,17 @@ from .data import TextOEData, load_text_oe_data
 from .models import build_language_model
 from .paper_results import TABLE6
 
-__all__ = ["TextOEConfig", "PRESET_NAMES", "preset_config", "train_stage", "score_model", "evaluate_scores", "run_text_oe", "table6_markdown"]
+__all__ = [
+    "TextOEConfig", "PRESET_NAMES", "preset_config", "train_stage", "score_model", "evaluate_scores", "run_text_oe", "table6_markdown",
+    "save_text_detector", "stream_lines", "DETECTOR_TARGET_FPR",
+]
 
 PRESET_NAMES = ("test", "tiny", "paper")
 SCORE_NAMES = ("nll", "uniform_xent")
+#: False-alarm rate of the saved detector's threshold, fitted on the PTB validation sentences.
+DETECTOR_TARGET_FPR = 0.05
+#: Normaliser of the saved detector per level: raw English -> PTB conventions (identity on PTB's own lines).
+DETECTOR_NORMALIZER = {"word": "ptb", "char": "ptb_char"}
 
 
 @dataclasses.dataclass
@@ -331,8 +340,88 @@ def run_text_oe(cfg: TextOEConfig, output_dir: str | Path, data_dir: str | Path 
                 title = f"PTB {cfg.level} {stage}, EWT {protocol}, score {cfg.scores[0]}"
                 paths[f"roc_{stage}_{protocol}"] = plot_roc_curves(by_set["ptb/test"], out, output_dir / f"roc_{stage}_{protocol}.png", title)
                 paths[f"hist_{stage}_{protocol}"] = plot_score_histograms(by_set["ptb/test"], out, output_dir / f"hist_{stage}_{protocol}.png", title)
+        paths["detector"] = save_text_detector(trainer.accelerator.unwrap_model(trainer.model), data, cfg, records, output_dir / "detector")
         result["paths"] = paths
     return result
+
+
+def stream_lines(stream: np.ndarray, vocab: Any) -> list[str]:
+    """The lines of a corpus stream (ids with ``<eos>`` after each line) as raw text, one str per line.
+
+    Word level: the tokens joined by spaces (PTB's own line). Char level: the characters joined, with the word
+    separator ``_`` turned back into spaces, i.e. the PTB word line it was spelled from.
+    """
+    from .normalize import WORD_SEP
+
+    ids = np.asarray(stream)
+    ends = np.flatnonzero(ids == vocab.eos_id)
+    lines, start = [], 0
+    for end in ends:
+        tokens = vocab.decode(ids[start:end])
+        start = end + 1
+        if tokens:
+            lines.append(" ".join(tokens) if vocab.level == "word" else "".join(tokens).replace(WORD_SEP, " "))
+    return lines
+
+
+def save_text_detector(
+    model: torch.nn.Module,
+    data: TextOEData,
+    cfg: TextOEConfig,
+    records: list[dict[str, Any]],
+    folder: str | Path,
+    target_fpr: float = DETECTOR_TARGET_FPR,
+) -> Path:
+    """Save the OE language model as an :class:`oe_common.detector.OODDetector` (``oe score --model FOLDER``).
+
+    * preprocessing: the PTB vocabulary, normaliser :data:`DETECTOR_NORMALIZER` (raw English in PTB
+      conventions; PTB's own lines pass unchanged), windows of ``data.seq_len`` predicted tokens;
+    * score ``nll``: mean NLL per predicted token of a sentence (``<eos>`` before and after it);
+    * threshold: flags ``target_fpr`` of the PTB VALIDATION sentences (held out from training; it only chose the
+      checkpoint), scored by the detector itself, so it applies to sentences as a user gives them. With
+      ``cfg.valid_windows`` set (the CPU presets) only the complete sentences inside those windows are used, the
+      validation data the run itself used;
+    * evaluation on the card: the recipe's own ``oe`` / ``nll`` records (``results.json``) under the ``clean``
+      EWT protocol (the one matching the ``ptb`` normaliser; else the first protocol run), measured on
+      windows of ``seq_len`` tokens, as the card says.
+    """
+    from oe_common.detector import OODDetector, TextPreprocessing
+    from oe_common.metrics import OODTable
+
+    protocol = "clean" if "clean" in cfg.protocols else cfg.protocols[0]
+    rows = [r for r in records if (r["model"], r["score"], r["protocol"]) == ("oe", "nll", protocol)]
+    evaluation = None
+    if rows:
+        fpr_key = next(k for k in rows[0] if k.startswith("fpr") and not k.endswith("_std"))
+        table = OODTable(
+            rows=[{"name": r["domain"], "n_in": r["n_in"], "n_out": r["n_out"], "fpr": r[fpr_key], "auroc": r["auroc"],
+                   "aupr_out": r["aupr"], "aupr_in": r["aupr_in"], "fpr_std": r[f"{fpr_key}_std"], "auroc_std": r["auroc_std"],
+                   "aupr_out_std": r["aupr_std"]} for r in rows],
+            recall_level=cfg.recall_level, n_draws=int(rows[0].get("n_draws", cfg.n_draws)), ratio=int(rows[0].get("ratio", 5)),
+            seed=cfg.seed,
+            meta={"score": "nll", "protocol": protocol,
+                  "examples": f"PTB test windows against EWT {protocol} windows of {data.seq_len} {cfg.level} tokens (the recipe's results.json)"},
+        )
+        evaluation = table.to_dict()
+    training = {
+        "in_distribution_dataset": "ptb" if cfg.level == "word" else "ptb-char",
+        "outlier_dataset": "wikitext-2",
+        "test_anomaly_datasets": [f"ewt/{protocol}/{d}" for d in data.ewt.get(protocol, {})],
+        "oe_lambda": cfg.oe_lambda, "oe_loss": cfg.oe_loss, "oe_lr": cfg.oe_lr, "oe_epochs": cfg.oe_epochs,
+        "oe_max_steps": cfg.oe_max_steps, "baseline_lr": cfg.baseline_lr, "baseline_epochs": cfg.baseline_epochs,
+        "baseline_max_steps": cfg.baseline_max_steps, "batch_size": cfg.batch_size, "model": cfg.model,
+        "model_preset": cfg.model_preset, "seed": cfg.seed, "recipe": f"recipes/ptb_{cfg.level}_oe.py",
+    }
+    preprocessing = TextPreprocessing(data.vocab, normalizer=DETECTOR_NORMALIZER[cfg.level], seq_len=data.seq_len)
+    detector = OODDetector(model, preprocessing, score="nll", training=training, evaluation=evaluation,
+                           device=next(model.parameters()).device, batch_size=cfg.eval_batch_size, progress=False)
+    valid = data.streams["ptb/valid"]
+    if cfg.valid_windows is not None:  # windows are consecutive chunks of seq_len + 1 ids (oe_text.windows)
+        valid = valid[: cfg.valid_windows * (data.seq_len + 1)]
+    valid_lines = stream_lines(valid, data.vocab)
+    detector.fit_threshold(valid_lines, target_fpr=target_fpr)
+    detector.threshold_info["data"] = "PTB validation sentences, one example per line"
+    return detector.save_pretrained(folder)
 
 
 def _jsonable(value: Any) -> Any:
