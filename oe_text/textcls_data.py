@@ -21,7 +21,8 @@ columns ``text`` (str) and ``label`` (``ClassLabel``; names sorted, ids = positi
 * ``sst2``: labels ``"0"`` (negative) / ``"1"`` (positive); 67,349 / 872 / 1,821.
 * ``trec``: TREC-50 (the whole ``COARSE:fine`` string, as the paper); ``trec6``: the coarse part. No official
   validation split: a seeded ``validation_fraction`` of the DISTINCT train questions (duplicates stay on one side)
-  is carved out; train keeps the rest, both in file order. Every test label must occur in train.
+  is carved out; train keeps the rest, both in file order. Label names are those of the whole train file;
+  every test label must occur in it.
 
 OOD sets (:func:`load_ood_texts`) are ``Dataset`` s with one ``text`` column: ``clinc150_oos`` (``oos_test``;
 ``clinc150_oos_train`` / ``clinc150_oos_validation`` too), ``multi30k``, ``ewt_<domain>``, and the test texts of
@@ -162,6 +163,7 @@ def load_textcls(name: str, data_dir=None, *, validation_fraction: float = 0.1, 
     rows = {s: read_tsv(p, root) for s, p in zip(split_names, paths, strict=True)}
     if name == "trec6":
         rows = {s: (t, [lab.split(":", 1)[0] for lab in labs]) for s, (t, labs) in rows.items()}
+    label_names = sorted(set(rows["train"][1]))  # from the whole train file, before any validation carve-out
     if folder == "trec":
         if not 0 < validation_fraction < 1:
             raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction!r}")
@@ -170,7 +172,6 @@ def load_textcls(name: str, data_dir=None, *, validation_fraction: float = 0.1, 
         for split, rows_of in (("validation", np.flatnonzero(is_val)), ("train", np.flatnonzero(~is_val))):
             rows[split] = ([texts[i] for i in rows_of], [labels[i] for i in rows_of])
 
-    label_names = sorted(set(rows["train"][1]))
     index = {lab: i for i, lab in enumerate(label_names)}
     for split in ("validation", "test"):
         unknown = sorted(set(rows[split][1]) - set(index))
