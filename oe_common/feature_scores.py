@@ -12,18 +12,21 @@ al. 2021, Podolskiy et al. 2021): on penultimate (pooled) features ``x in R^D`` 
 ``Sigma`` is the maximum-likelihood estimate of the class-centred features (scikit-learn's
 ``EmpiricalCovariance(assume_centered=True)``). Distances are computed by whitening: with ``Sigma = V diag(l) V^T``,
 ``W = V[:, kept] / sqrt(l[kept])`` and ``d_k(x)^2 = ||(x - mu_k) W||^2``, in float64.
+
+:func:`classifier_input_features` extracts the penultimate features of a sequence classifier (the input of its
+``classifier`` head).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import torch
 
-__all__ = ["MahalanobisScore"]
+__all__ = ["MahalanobisScore", "classifier_input_features"]
 
 _WEIGHTS_NAME = "mahalanobis.safetensors"
 
@@ -145,3 +148,28 @@ class MahalanobisScore:
             rcond = float((f.metadata() or {}).get("rcond", "1e-10"))
             means, cov = f.get_tensor("means"), f.get_tensor("covariance")
         return cls(rcond=rcond).set_parameters(means, cov)
+
+
+def classifier_input_features(model: torch.nn.Module, inputs: Mapping[str, Any], head: str = "classifier") -> torch.Tensor:
+    """The penultimate features of a sequence classifier: what its head module ``head`` receives, ``(B, D)``.
+
+    Runs ``model(**inputs)`` once (no gradient, the model's current train/eval mode) with a forward pre-hook on
+    ``model.<head>``. For ``BertForSequenceClassification`` (and the toolkit's GRU classifier) the head is
+    ``classifier`` and its input is the pooled feature (BERT: ``dropout(pooler_output)``, the identity in eval
+    mode; GRU: the last layer's final state). Heads that receive a ``(B, L, D)`` sequence (e.g. RoBERTa's
+    classification head) are rejected: choose the pooling for those explicitly.
+    """
+    module = model.get_submodule(head)
+    captured: list[torch.Tensor] = []
+    handle = module.register_forward_pre_hook(lambda _m, args: captured.append(args[0].detach()))
+    try:
+        with torch.no_grad():
+            model(**inputs)
+    finally:
+        handle.remove()
+    if len(captured) != 1:
+        raise RuntimeError(f"model.{head} ran {len(captured)} times in one forward pass; expected once")
+    features = captured[0]
+    if features.dim() != 2:
+        raise ValueError(f"model.{head} receives a {tuple(features.shape)} tensor, not (batch, features); pool it explicitly")
+    return features

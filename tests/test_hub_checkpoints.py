@@ -17,7 +17,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tomllib
 import zipfile
 from pathlib import Path
 
@@ -198,6 +197,7 @@ def test_registry_and_entry_points(tmp_path, monkeypatch):
 
 def test_pyproject_declares_the_oe_text_entry_point():
     """`oe fetch-checkpoint all-minilm-l6-v2` in a fresh shell finds oe_text's registration through this."""
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
     project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
     module = project["entry-points"][hc.ENTRY_POINT_GROUP]["oe_text"]
     import importlib

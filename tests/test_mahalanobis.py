@@ -97,3 +97,36 @@ def test_unfitted_and_wrong_width():
     x, y = blobs()
     with pytest.raises(ValueError, match="6"):
         MahalanobisScore().fit(x, y).score(np.ones((1, 5)))
+
+
+def test_classifier_input_features_gru_and_bert():
+    """The head's input: the GRU's last-layer final state; BERT's pooler output (eval mode)."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from oe_common.feature_scores import classifier_input_features
+    from oe_text.modeling_gru_classifier import GRUClassifierConfig, GRUForSequenceClassification
+
+    torch.manual_seed(0)
+    ids = torch.tensor([[5, 6, 7, 8], [3, 4, 0, 0]])
+    mask = (ids != 0).long()
+    gru = GRUForSequenceClassification(GRUClassifierConfig(vocab_size=20, num_labels=3)).eval()
+    feats = classifier_input_features(gru, {"input_ids": ids, "attention_mask": mask})
+    _, h_n = gru.gru(gru.embeddings(ids[1:, :2]))
+    torch.testing.assert_close(feats[1:], h_n[-1])
+    assert feats.shape == (2, 128) and not feats.requires_grad
+
+    bert = BertForSequenceClassification(
+        BertConfig(vocab_size=20, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, num_labels=3)
+    ).eval()
+    feats = classifier_input_features(bert, {"input_ids": ids, "attention_mask": mask})
+    torch.testing.assert_close(feats, bert.bert(input_ids=ids, attention_mask=mask).pooler_output)
+    # fit + score on those features works end to end
+    det = MahalanobisScore().fit(feats, torch.tensor([0, 0]))
+    assert det(feats).shape == (2,)
+    with pytest.raises(AttributeError):
+        classifier_input_features(bert, {"input_ids": ids}, head="no_such_head")
+
+
+def test_zero_covariance_is_an_error():
+    with pytest.raises(ValueError, match="covariance of the features is zero"):
+        MahalanobisScore().fit(np.array([[1.0, 2.0], [3.0, 4.0]]), np.array([0, 1]))  # one example per class
