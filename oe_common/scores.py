@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 
 from ._checks import check_logits, check_mask
+from .feature_scores import MahalanobisScore
 
 __all__ = [
     "msp_score",
@@ -32,6 +33,7 @@ __all__ = [
     "sequence_uniform_xent_score",
     "sequence_scores",
     "SCORES",
+    "MahalanobisScore",
 ]
 
 

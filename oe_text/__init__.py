@@ -2,7 +2,8 @@
 
 Importing ``oe_text`` registers the AWD-LSTM model type ``"oe_awd_lstm"`` with ``AutoConfig``, ``AutoModel``
 and ``AutoModelForCausalLM``, so a saved model loads with ``AutoModelForCausalLM.from_pretrained(path)``
-(no ``trust_remote_code``).
+(no ``trust_remote_code``), the paper's GRU text classifier ``"oe_gru_classifier"`` with ``AutoConfig`` and
+``AutoModelForSequenceClassification``, and the Hub checkpoints of :mod:`oe_text.hub_checkpoints`.
 
 The data pipeline is imported explicitly as ``oe_text.data`` (``from oe_text import data`` /
 ``import oe_text.data``); it is deliberately not imported here so that using the models does not pull in
@@ -16,15 +17,21 @@ from .modeling_awd_lstm import (
     AWDLSTMPreTrainedModel,
     register_auto_classes,
 )
+from . import hub_checkpoints  # noqa: F401 - registers the Hub checkpoints (oe fetch-checkpoint)
+from .modeling_gru_classifier import GRUClassifierConfig, GRUForSequenceClassification
+from .modeling_gru_classifier import register_auto_classes as _register_gru
 from .models import MODEL_KINDS, PRESETS, build_language_model, shifted_logits_and_targets
 
 register_auto_classes()
+_register_gru()
 
 __all__ = [
     "AWDLSTMConfig",
     "AWDLSTMForCausalLM",
     "AWDLSTMModel",
     "AWDLSTMPreTrainedModel",
+    "GRUClassifierConfig",
+    "GRUForSequenceClassification",
     "MODEL_KINDS",
     "PRESETS",
     "build_language_model",

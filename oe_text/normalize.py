@@ -39,6 +39,7 @@ __all__ = [
     "join_hyphenated",
     "ptb_escape",
     "derive_char_string",
+    "unsplit_wikitext",
     "derive_char_tokens",
     "wikitext_char_lines",
     "wikitext_char_line",
@@ -168,6 +169,12 @@ def _char_filter_re(charset: Iterable[str]) -> re.Pattern:
     return re.compile("[^" + "".join(re.escape(c) for c in chars) + r"\s]+")
 
 
+def unsplit_wikitext(line: str) -> str:
+    """Glue WikiText's ``@-@``, ``@,@``, ``@.@`` back onto their neighbours (``role @-@ playing`` -> ``role-playing``,
+    ``1 @,@ 000`` -> ``1,000``, ``3 @.@ 5`` -> ``3.5``); the result has one leading and one trailing space."""
+    return f" {line} ".replace(" @-@ ", "-").replace(" @,@ ", ",").replace(" @.@ ", ".")
+
+
 def wikitext_char_lines(lines: Iterable[str], charset: Iterable[str], keep_empty: bool = False) -> list[str]:
     """WikiText lines -> PTB-char strings (one per kept line; each character is one char token, no eos).
 
@@ -190,7 +197,7 @@ def wikitext_char_lines(lines: Iterable[str], charset: Iterable[str], keep_empty
     drop = _char_filter_re(charset)
     out = []
     for line in lines:
-        line = f" {line} ".replace(" @-@ ", "-").replace(" @,@ ", ",").replace(" @.@ ", ".")
+        line = unsplit_wikitext(line)
         words = drop.sub("", line.lower()).split()
         if words or keep_empty:
             out.append(WORD_SEP.join(words))

