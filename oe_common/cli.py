@@ -323,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Outlier Exposure anomaly detectors: score inputs, evaluate detectors, run training recipes.",
         epilog="Scores are 'higher = more anomalous'; anomalies are the positive class. See docs/detector.md.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="{score,eval,train}")
+    sub = parser.add_subparsers(dest="command", metavar="{score,eval,train,fetch-checkpoint}")
     sub.required = True
 
     p = sub.add_parser(
