@@ -172,6 +172,16 @@ def test_ptb_train_truncated_to_200kb_stops_the_load(data_dir, tmp_path, sums):
     assert ("SHA-256" in msg) == sums and (sums or "42,068" in msg)
 
 
+def test_unlisted_gz_twin_beside_a_checksum_list_is_checked_by_counts(data_dir, tmp_path):
+    root = _mirror(data_dir, tmp_path / "data", ("ptb",))
+    (root / "ptb" / "ptb.train.txt").unlink()
+    gz = root / "ptb" / "ptb.train.txt.gz"  # the loaders accept the gzipped twin; SHA256SUMS does not list it
+    gz.write_bytes(gzip.compress((data_dir / "ptb" / "ptb.train.txt").read_bytes()[:200_000]))
+    with pytest.raises(DataIntegrityError) as err:
+        T.ptb_stream("train", "word", root)
+    assert "where this corpus has 42,068, 929,589, 10,000" in _one_line(err, "ptb.train.txt.gz")
+
+
 def test_opt_out_reads_a_changed_corpus(data_dir, tmp_path, monkeypatch):
     root = _mirror(data_dir, tmp_path / "data", ("ptb",))
     _replace(root / "ptb" / "ptb.valid.txt", b" a b c \n d e \n")
