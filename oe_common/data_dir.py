@@ -2,20 +2,44 @@
 
 Corpora are never copied into the repository. Every loader calls :func:`resolve_data_dir`
 and :func:`require_files`, so a missing corpus always produces the same kind of error: one
-that names the directory searched, the files expected, and how to provide them.
+that names the directory searched, the files expected, and how to provide them. Data that is
+there but wrong (checksum, counts, encoding) raises :class:`oe_common.data_integrity.DataIntegrityError`;
+both are :class:`DataError`, which the recipes print as one line before exiting with status 1.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import sys
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable, TypeVar
 
 ENV_VAR = "OE_DATA_DIR"
+_F = TypeVar("_F", bound=Callable)
 
 
-class MissingDataError(FileNotFoundError):
+class DataError(Exception):
+    """A corpus is missing or wrong; the message is one line naming the file and saying what to do."""
+
+
+class MissingDataError(DataError, FileNotFoundError):
     """A corpus the caller asked for is not in the data directory."""
+
+
+def exit_on_data_error(main: _F) -> _F:
+    """Decorator for a recipe's ``main``: a :class:`DataError` ends the program with one line on stderr
+    (``<script>: error: <message>``) and exit status 1 instead of a traceback."""
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except DataError as exc:
+            print(f"{Path(sys.argv[0]).name or 'oe'}: error: {exc}", file=sys.stderr)
+            raise SystemExit(1) from None
+
+    return wrapper  # type: ignore[return-value]
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:

@@ -57,6 +57,12 @@ draw per domain is done by :func:`oe_common.metrics.evaluate_ood`, not here.
 
 Loaded arrays are cached in memory per process (keyed by file path, size and mtime, and vocabulary), so
 repeated calls are cheap; returned arrays are read-only.
+
+Wrong data stops the load with a one-line :class:`oe_common.data_integrity.DataIntegrityError` naming the file
+(see :mod:`oe_common.data_integrity`): every file is checked against the data folder's ``SHA256SUMS`` before it is
+read (digests cached per file change), what is read is compared with the sizes of the standard corpora
+(:data:`KNOWN_SIZES`), and non-UTF-8 text or a truncated ``.gz`` is reported with the file's name.
+``OE_SKIP_DATA_CHECKS=1`` skips the checksum and size checks (your own corpora under the standard names).
 """
 
 from __future__ import annotations
@@ -72,6 +78,14 @@ from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 import numpy as np
 
 from oe_common.data_dir import MissingDataError, require_files, resolve_data_dir
+from oe_common.data_integrity import (
+    DataIntegrityError,
+    check_counts,
+    checks_enabled,
+    expected_sha256,
+    reading,
+    verify_checksums,
+)
 
 from .normalize import (
     EOS,
@@ -109,6 +123,7 @@ __all__ = [
     "num_windows",
     "unk_fraction",
     "clear_cache",
+    "KNOWN_SIZES",
 ]
 
 logger = logging.getLogger(__name__)
@@ -134,6 +149,24 @@ _PTB_CHAR_HINT = (
     "derived from ptb/ptb.{train,valid,test}.txt."
 )
 _WIKI_HINT = "These are the tokenized WikiText-2 (wikitext-2-v1) files wiki.{train,valid,test}.tokens (plain or .gz)."
+#: Sizes of the standard corpora (data/README.md), keyed by ``<folder>/<file>`` (a ``.gz`` twin has its plain name's
+#: entry). Loaders compare what they read with them. ``tokens``: ``line.split()`` tokens plus one ``<eos>`` per line
+#: (char files: characters); ``vocabulary``: distinct tokens incl. ``<eos>``; ``sentences``: CoNLL-U sentences.
+KNOWN_SIZES: dict[str, dict[str, int]] = {
+    "ptb/ptb.train.txt": {"lines": 42_068, "tokens": 929_589, "vocabulary": 10_000},
+    "ptb/ptb.valid.txt": {"lines": 3_370, "tokens": 73_760},
+    "ptb/ptb.test.txt": {"lines": 3_761, "tokens": 82_430},
+    "ptb/ptb.char.train.txt": {"lines": 42_068, "tokens": 5_017_482, "vocabulary": 50},
+    "ptb/ptb.char.valid.txt": {"lines": 3_370, "tokens": 393_042},
+    "ptb/ptb.char.test.txt": {"lines": 3_761, "tokens": 442_423},
+    "wikitext-2/wiki.train.tokens": {"lines": 36_718, "tokens": 2_088_628, "vocabulary": 33_278},
+    "wikitext-2/wiki.valid.tokens": {"lines": 3_760, "tokens": 217_646},
+    "wikitext-2/wiki.test.tokens": {"lines": 4_358, "tokens": 245_569},
+    "ewt/en_ewt-ud-train.conllu": {"sentences": 12_544},
+    "ewt/en_ewt-ud-dev.conllu": {"sentences": 2_001},
+    "ewt/en_ewt-ud-test.conllu": {"sentences": 2_077},
+}
+
 _EWT_HINT = (
     "These are the UD English-EWT files en_ewt-ud-{train,dev,test}.conllu (plain or .gz) from "
     "https://github.com/UniversalDependencies/UD_English-EWT; there is no Hub fallback for EWT."
@@ -200,18 +233,44 @@ def _locate(data_dir, sub: str, names: Sequence[str], corpus: str, hint: str) ->
     """The files ``names`` (or their .gz/plain twins) in ``<data_dir>/sub``, or a MissingDataError naming all missing."""
     folder = resolve_data_dir(data_dir) / sub
     found = [_variant(folder, n) for n in names]
-    missing = [n for n, f in zip(names, found) if f is None]
+    missing = [n for n, f in zip(names, found, strict=True) if f is None]
     if missing:
         require_files(folder, missing, corpus, hint)  # raises MissingDataError with the standard message
-    return [f for f in found if f is not None]
+    paths = [f for f in found if f is not None]
+    verify_checksums(paths)
+    return paths
 
 
 def _read_text(path: Path) -> str:
-    if path.name.endswith(".gz"):
-        with gzip.open(path, "rt", encoding="utf-8") as f:
+    """The whole file as text (gzip when the name ends in .gz); undecodable data is a one-line error naming it."""
+    with reading(path):
+        if path.name.endswith(".gz"):
+            with gzip.open(path, "rt", encoding="utf-8") as f:
+                return f.read()
+        with open(path, encoding="utf-8") as f:
             return f.read()
-    with open(path, encoding="utf-8") as f:
-        return f.read()
+
+
+def _known_sizes(path: Path) -> dict[str, int] | None:
+    name = path.name[:-3] if path.name.endswith(".gz") else path.name
+    return KNOWN_SIZES.get(f"{path.parent.name}/{name}")
+
+
+def _read_lines(path: Path) -> list[str]:
+    """:func:`_text_lines` of ``path``, checked against :data:`KNOWN_SIZES` when it is a standard corpus file.
+
+    A file that a ``SHA256SUMS`` lists was verified by :func:`_locate` before this read, which pins its content
+    exactly; counting its tokens again would only cost time (0.6 s CPU for PTB + WikiText), so it is skipped.
+    """
+    lines = _text_lines(_read_text(path))
+    known = _known_sizes(path)
+    if known and checks_enabled() and expected_sha256(path) is None:
+        tokens = "\n".join(lines).split()
+        found = {"lines": len(lines), "tokens": len(tokens) + len(lines)}
+        if "vocabulary" in known:
+            found["vocabulary"] = len(set(tokens) | {EOS})
+        check_counts(path, found, known)
+    return lines
 
 
 def _text_lines(text: str) -> list[str]:
@@ -295,7 +354,7 @@ def _ptb_word_lines(split: str, data_dir) -> list[str]:
     except MissingDataError as err:
         return _cached(("hub", "ptb_text_only", split), lambda err=err: _hub_lines(err, "ptb_text_only", None, _HUB_SPLIT[split], "sentence"))
     path = paths[_SPLITS.index(split)]
-    return _cached(("ptb_word_lines",) + _stat_key([path]), lambda: _text_lines(_read_text(path)))
+    return _cached(("ptb_word_lines",) + _stat_key([path]), lambda: _read_lines(path))
 
 
 def _ptb_char_string(split: str, data_dir) -> str:
@@ -316,7 +375,7 @@ def _ptb_char_string(split: str, data_dir) -> str:
     path = paths[_SPLITS.index(split)]
 
     def build() -> str:
-        lines = _text_lines(_read_text(path))
+        lines = _read_lines(path)
         # Every char token is a single character separated by whitespace, so removing the whitespace of each
         # line is `line.split()`; this runs at C speed on the 5M-character train file.
         return "".join("".join(line.split()) + "\n" for line in lines)
@@ -369,7 +428,7 @@ def _wikitext_lines(split: str, data_dir) -> list[str]:
             ("hub", "wikitext-2-v1", split), lambda err=err: _hub_lines(err, "wikitext", "wikitext-2-v1", _HUB_SPLIT[split], "text")
         )
     path = paths[_SPLITS.index(split)]
-    return _cached(("wikitext_lines",) + _stat_key([path]), lambda: _text_lines(_read_text(path)))
+    return _cached(("wikitext_lines",) + _stat_key([path]), lambda: _read_lines(path))
 
 
 def wikitext_stream(split: str = "train", level: str = "word", data_dir=None, vocab: Vocabulary | None = None) -> np.ndarray:
@@ -480,12 +539,22 @@ def _ewt_files(data_dir, splits: Sequence[str] | None) -> list[Path]:
 
 def _ewt_parsed(data_dir, splits: Sequence[str] | None) -> dict[str, list[list[ConlluWord]]]:
     files = _ewt_files(data_dir, splits)
+    verify_checksums(files)
 
     def build() -> dict[str, list[list[ConlluWord]]]:
         by_domain: dict[str, list[list[ConlluWord]]] = {d: [] for d in EWT_DOMAINS}
         for path in files:
-            for sent in read_conllu(path):
-                by_domain.setdefault(sent.domain, []).append(sent.words)
+            n = 0
+            with reading(path):
+                try:
+                    for sent in read_conllu(path):
+                        by_domain.setdefault(sent.domain, []).append(sent.words)
+                        n += 1
+                except ValueError as exc:  # a malformed line: read_conllu's message names the file and line
+                    if isinstance(exc, UnicodeDecodeError):
+                        raise
+                    raise DataIntegrityError(str(exc)) from None
+            check_counts(path, {"sentences": n}, _known_sizes(path))
         return {d: s for d, s in by_domain.items() if s}
 
     return _cached(("ewt_parsed",) + _stat_key(files), build)

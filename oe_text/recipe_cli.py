@@ -6,6 +6,8 @@ import argparse
 import os
 from typing import Sequence
 
+from oe_common.data_dir import exit_on_data_error
+
 from .pipeline import PRESET_NAMES, preset_config, run_text_oe
 
 
@@ -35,6 +37,7 @@ def build_parser(level: str) -> argparse.ArgumentParser:
     return parser
 
 
+@exit_on_data_error
 def main(level: str, argv: Sequence[str] | None = None) -> dict:
     args = build_parser(level).parse_args(argv)
     if args.threads:

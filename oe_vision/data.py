@@ -26,6 +26,12 @@ Reading choices:
   ``cifar_dir=...``, else ``$OE_CIFAR10_DIR``, else ``<data_dir>/cifar10`` (:func:`resolve_cifar10_dir`).
 * CIFAR-100, SVHN (torchvision classes, ``download=False``), Textures, Places365, LSUN (any folder of images,
   :func:`load_image_folder`) are optional: they are read only from a directory the caller names.
+
+Wrong data stops the load with a one-line :class:`oe_common.data_integrity.DataIntegrityError` naming the file: the
+files of the data directory are checked against its ``SHA256SUMS`` before they are read (digests cached per file
+change), the number of images (and MNIST-style labels 0-9) against the standard corpora (:data:`KNOWN_COUNTS`), and
+a truncated archive or unreadable image is reported with the file's name. ``OE_SKIP_DATA_CHECKS=1`` skips the
+checksum and count checks.
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ from torch.utils.data import Dataset, Subset
 from torchvision.transforms import v2
 
 from oe_common.data_dir import MissingDataError, require_files, resolve_data_dir
+from oe_common.data_integrity import DataIntegrityError, check_counts, reading, verify_checksums
 
 from . import synthetic
 
@@ -61,6 +68,7 @@ __all__ = [
     "CIFAR10_OOD_NAMES",
     "ISUN_TEST_SIZE",
     "OMNIGLOT_ARCHIVES",
+    "KNOWN_COUNTS",
     "MissingDataError",
     "read_idx",
     "ImageArrayDataset",
@@ -103,6 +111,15 @@ OMNIGLOT_ARCHIVES = ("images_background_small1.zip", "images_background_small2.z
 _IDX_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+#: Number of examples in each standard corpus file (data/README.md), keyed by ``<folder>/<file>``; the loaders
+#: compare what they read with them (IDX: the header's first dimension; archives: their images).
+KNOWN_COUNTS: dict[str, int] = {
+    **{f"mnist/{f}": 60_000 for f in _IDX_FILES["train"]},
+    **{f"{d}/{f}": 10_000 for d in ("mnist", "fashion-mnist", "notmnist") for f in _IDX_FILES["test"]},
+    "omniglot/images_background_small1.zip": 2_720,
+    "omniglot/images_background_small2.zip": 3_120,
+    "isun/iSUN.tar.gz": 8_925,
 }
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
@@ -244,7 +261,7 @@ def _cifar_like(invert: bool = False, augment: bool = False, center_crop: bool =
 
 def image_collate(batch: Sequence[tuple[torch.Tensor, int]]) -> dict[str, torch.Tensor]:
     """``[(pixel_values, label), ...]`` -> ``{"pixel_values": (B, C, H, W), "labels": (B,)}`` (HF model inputs)."""
-    pixels, labels = zip(*batch)
+    pixels, labels = zip(*batch, strict=True)
     return {"pixel_values": torch.stack(pixels), "labels": torch.as_tensor(labels, dtype=torch.int64)}
 
 
@@ -272,14 +289,19 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     Checks the magic number (two zero bytes, type 0x08 = uint8, number of dims) and the payload size.
     """
     path = Path(path)
-    raw = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
+    with reading(path):
+        if path.suffix == ".gz":
+            with gzip.open(path) as f:
+                raw = f.read()
+        else:
+            raw = path.read_bytes()
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08 or not 1 <= raw[3] <= 4:
-        raise ValueError(f"{path}: not an IDX file of unsigned bytes (header {raw[:4].hex()})")
+        raise DataIntegrityError(f"{path}: not an IDX file of unsigned bytes (header {raw[:4].hex()})")
     ndim = raw[3]
     dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     offset = 4 + 4 * ndim
     if len(raw) - offset != int(np.prod(dims)):
-        raise ValueError(f"{path}: header says {dims} = {int(np.prod(dims))} bytes, file has {len(raw) - offset}")
+        raise DataIntegrityError(f"{path}: header says {dims} = {int(np.prod(dims))} bytes, file has {len(raw) - offset}")
     return np.frombuffer(raw, np.uint8, offset=offset).reshape(dims)
 
 
@@ -288,10 +310,22 @@ def _idx_pair(folder: str, split: str, corpus: str) -> tuple[torch.Tensor, torch
     if split not in _IDX_FILES:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     images_path, labels_path = require_files(Path(folder), _IDX_FILES[split], f"{corpus} ({split})")
+    verify_checksums([images_path, labels_path])
     images, labels = read_idx(images_path), read_idx(labels_path)
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-        raise ValueError(f"{corpus} ({split}): images {images.shape} and labels {labels.shape} do not match")
+        raise DataIntegrityError(f"{corpus} ({split}): images {images.shape} and labels {labels.shape} do not match ({folder})")
+    check_counts(images_path, {"images": len(images)}, _known(images_path, "images"))
+    known_labels = _known(labels_path, "labels")
+    if known_labels is not None:  # every standard IDX corpus has the 10 classes 0-9
+        known_labels["labels outside 0-9"] = 0
+    check_counts(labels_path, {"labels": len(labels), "labels outside 0-9": int((labels > 9).sum())}, known_labels)
     return torch.from_numpy(images.copy()), torch.from_numpy(labels.astype(np.int64))
+
+
+def _known(path: Path, what: str) -> dict[str, int] | None:
+    """``{what: n}`` from :data:`KNOWN_COUNTS` for a standard corpus file, else None."""
+    n = KNOWN_COUNTS.get(f"{path.parent.name}/{path.name}")
+    return None if n is None else {what: n}
 
 
 def _load_idx(subdir: str, corpus: str, split: str, data_dir, transform, name: str) -> ImageArrayDataset:
@@ -325,12 +359,16 @@ def load_notmnist(split: str = "test", data_dir=None, transform: Callable | None
 @functools.lru_cache(maxsize=2)
 def _omniglot(folder: str, archives: tuple[str, ...]) -> tuple[list[bytes], torch.Tensor]:
     blobs, keys = [], []
-    for path in require_files(Path(folder), archives, "Omniglot"):
-        with zipfile.ZipFile(path) as zf:
-            for member in sorted(n for n in zf.namelist() if n.lower().endswith(".png")):
+    paths = require_files(Path(folder), archives, "Omniglot")
+    verify_checksums(paths)
+    for path in paths:
+        with reading(path), zipfile.ZipFile(path) as zf:
+            members = sorted(n for n in zf.namelist() if n.lower().endswith(".png"))
+            for member in members:
                 parts = member.split("/")  # <archive>/<Alphabet>/<characterNN>/<id>_<drawer>.png
                 keys.append("/".join(parts[-3:-1]))
                 blobs.append(zf.read(member))
+        check_counts(path, {"images": len(members)}, _known(path, "images"))
     classes = {k: i for i, k in enumerate(sorted(set(keys)))}
     return blobs, torch.tensor([classes[k] for k in keys], dtype=torch.int64)
 
@@ -350,15 +388,17 @@ def load_omniglot(
 @functools.lru_cache(maxsize=2)
 def _isun(path: str) -> torch.Tensor:
     encoded = {}
-    with tarfile.open(path) as tf:  # read in archive order: seeking back in a .tar.gz re-decompresses it
+    verify_checksums([path])
+    with reading(path), tarfile.open(path) as tf:  # read in archive order: seeking back in a .tar.gz re-decompresses it
         for member in tf:
             if member.isfile() and Path(member.name).suffix.lower() in _IMAGE_SUFFIXES:
                 encoded[member.name] = tf.extractfile(member).read()
     if not encoded:
         raise MissingDataError(f"iSUN: no images in {path!r}")
+    check_counts(path, {"images": len(encoded)}, _known(Path(path), "images"))
     arrays = []
     for name in sorted(encoded, key=lambda n: (int(Path(n).stem) if Path(n).stem.isdigit() else -1, n)):
-        with Image.open(io.BytesIO(encoded[name])) as img:
+        with reading(f"{path}:{name}"), Image.open(io.BytesIO(encoded[name])) as img:
             arrays.append(np.asarray(img.convert("RGB"), dtype=np.uint8))
     return torch.from_numpy(np.stack(arrays))
 
@@ -447,7 +487,7 @@ def load_cifar10(split: str = "train", cifar_dir=None, data_dir=None, transform:
     names = CIFAR10_FILES[:5] if split == "train" else CIFAR10_FILES[5:]
     images, labels = [], []
     for name in names:
-        with np.load(folder / name) as part:
+        with reading(folder / name), np.load(folder / name) as part:
             x, y = part["images"], part["labels"]
         if x.dtype != np.uint8 or x.shape[1:] != (32, 32, 3) or len(x) != len(y):
             raise ValueError(f"{folder / name}: expected uint8 images (N, 32, 32, 3) with N labels, got {x.dtype} {x.shape}, {y.shape}")

@@ -51,6 +51,7 @@ from tqdm.auto import tqdm
 from transformers import set_seed
 
 from oe_common.callbacks import check_time_budget, time_budget_callbacks, training_steps_report
+from oe_common.data_dir import exit_on_data_error
 from oe_common.presets import preset_settings
 from oe_common.metrics import evaluate_ood
 from oe_common.reporting import (
@@ -267,7 +268,7 @@ def _pairs_collate(batch: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor]:
     if batch and isinstance(batch[0], Mapping):
         return torch.stack([torch.as_tensor(b["pixel_values"]) for b in batch]), torch.as_tensor([int(b.get("labels", b.get("label", -1))) for b in batch])
     try:
-        pixels, labels = zip(*((b[0], b[1]) for b in batch))
+        pixels, labels = zip(*((b[0], b[1]) for b in batch), strict=True)
     except (TypeError, IndexError) as err:
         raise TypeError(f"dataset items must be {_ITEM_HINT}") from err
     return torch.stack([torch.as_tensor(p) for p in pixels]), torch.as_tensor(labels, dtype=torch.int64)
@@ -728,6 +729,7 @@ def config_from_args(args: argparse.Namespace) -> DensityOEConfig:
     return preset_config(args.dataset, args.preset, **overrides)
 
 
+@exit_on_data_error
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Entry point of ``recipes/pixelcnn_oe.py``: prints the Markdown report and the wall time."""
     started = time.perf_counter()

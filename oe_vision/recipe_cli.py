@@ -6,6 +6,8 @@ import argparse
 import os
 from typing import Sequence
 
+from oe_common.data_dir import exit_on_data_error
+
 from .pipeline import PRESET_NAMES, preset_config, run_vision_oe
 
 _DESCRIPTIONS = {
@@ -52,6 +54,7 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
     return parser
 
 
+@exit_on_data_error
 def main(dataset: str, argv: Sequence[str] | None = None) -> dict:
     args = build_parser(dataset).parse_args(argv)
     if args.threads:

@@ -137,9 +137,10 @@ def _lines(lines: list[str]) -> str:
 
 
 @pytest.fixture()
-def tiny(tmp_path) -> Path:
+def tiny(tmp_path, monkeypatch) -> Path:
     """A complete tiny data directory (some files gzipped, as in the real one)."""
     D.clear_cache()
+    monkeypatch.setenv("OE_SKIP_DATA_CHECKS", "1")  # standard file names, not the standard corpus sizes
     root = tmp_path / "data"
     for split, lines in (("train", PTB_TRAIN), ("valid", PTB_VALID), ("test", PTB_TEST)):
         _write(root / "ptb" / f"ptb.{split}.txt", _lines(lines))

@@ -1,0 +1,258 @@
+"""Checks that a loader reads the corpus it expects, so that wrong data stops a run with one line naming the file.
+
+Three checks, each raising :class:`DataIntegrityError` (a :class:`~oe_common.data_dir.DataError` and a
+``ValueError``) whose message is one line: the file, what is wrong, what to do.
+
+1. **Checksums** (:func:`verify_checksums`, called by the loaders before they read a file). The nearest
+   ``SHA256SUMS`` in the file's folder or up to two folders above it (``sha256sum`` format, paths relative to its
+   folder; the shared data folder ships one) gives the expected SHA-256. Files it does not list -- a user's own
+   corpora -- are not checked. Digests are cached in ``$XDG_CACHE_HOME/oe/sha256.json`` (default
+   ``~/.cache/oe``), keyed by the file's resolved path, size and ``mtime_ns``, so a run pays the hashing once per
+   file change; never in the data folder, which may be read-only. An unwritable cache only costs re-hashing.
+2. **Content** (:func:`check_counts`): the loaders compare what they read (lines, tokens, vocabulary size,
+   sentences, images) with the known sizes of the standard corpora (``data/README.md``), e.g. a PTB train file
+   of NUL bytes (a 3-token vocabulary) or one truncated to 200 KB.
+3. **Decoding** (:func:`reading`): non-UTF-8 text, a truncated gzip / zip / tar archive, an unreadable image
+   become one line naming the file instead of a traceback that does not.
+
+Opt-out: ``OE_SKIP_DATA_CHECKS=1`` skips checks 1 and 2 (for corpora you changed on purpose or your own corpora
+under the standard file names); a file that cannot be decoded always stops the run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+import logging
+import os
+import re
+import tarfile
+import tempfile
+import time
+import zipfile
+import zlib
+from pathlib import Path
+from typing import Iterable, Iterator, Mapping
+
+from .data_dir import DataError
+
+__all__ = [
+    "SKIP_ENV",
+    "CHECKSUM_FILE",
+    "DataIntegrityError",
+    "checks_enabled",
+    "cache_file",
+    "file_sha256",
+    "read_sha256sums",
+    "expected_sha256",
+    "verify_checksums",
+    "check_counts",
+    "reading",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Environment variable that switches the checksum and content checks off (``1``, ``true``, ``yes``, ``on``).
+SKIP_ENV = "OE_SKIP_DATA_CHECKS"
+#: The checksum list a data folder ships (``sha256sum`` format).
+CHECKSUM_FILE = "SHA256SUMS"
+_SEARCH_LEVELS = 3  # the file's folder and two above: <data>/SHA256SUMS lists <data>/ptb/ptb.train.txt
+_RACY_NS = 2_000_000_000  # a digest of a file modified < 2 s ago is not cached: a same-size rewrite in the same
+# timestamp tick would keep size and mtime_ns (git's "racily clean" rule)
+_OPT_OUT = f"or set {SKIP_ENV}=1 to use it anyway (e.g. your own corpus)"
+
+
+class DataIntegrityError(DataError, ValueError):
+    """A corpus file is there but wrong: checksum mismatch, unexpected size, or undecodable."""
+
+
+def checks_enabled() -> bool:
+    """False when ``$OE_SKIP_DATA_CHECKS`` is set to a true value (``1``, ``true``, ``yes``, ``on``)."""
+    return os.environ.get(SKIP_ENV, "").strip().lower() not in ("1", "true", "yes", "on")
+
+
+# ============================================================================================ checksum cache
+def cache_file() -> Path:
+    """``$XDG_CACHE_HOME/oe/sha256.json`` (``~/.cache/oe/sha256.json`` when ``XDG_CACHE_HOME`` is unset)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "oe" / "sha256.json"
+
+
+_MEMO: dict[str, list] = {}
+_MEMO_FROM: Path | None = None
+_WARNED: set[str] = set()
+
+
+def _read_cache(path: Path) -> dict[str, list]:
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8")).get("entries", {})
+        return {k: v for k, v in entries.items() if isinstance(v, list) and len(v) == 3}
+    except (OSError, ValueError, AttributeError):  # absent, unreadable or garbled: start afresh
+        return {}
+
+
+def _memo() -> dict[str, list]:
+    global _MEMO, _MEMO_FROM
+    path = cache_file()
+    if path != _MEMO_FROM:
+        _MEMO, _MEMO_FROM = _read_cache(path), path
+    return _MEMO
+
+
+def _store(key: str, entry: list) -> None:
+    """Add one digest to the cache file (merged with what other processes wrote; atomic replace)."""
+    path = cache_file()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        entries = _read_cache(path)
+        entries[key] = entry
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".sha256.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump({"version": 1, "entries": entries}, f)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+    except OSError as exc:
+        if str(path) not in _WARNED:
+            _WARNED.add(str(path))
+            logger.warning("cannot write the checksum cache %s (%s): corpora are re-hashed on every run", path, exc)
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 (hex) of ``path``, from the cache when the file's resolved path, size and ``mtime_ns`` match."""
+    real = Path(path).resolve()
+    st = real.stat()
+    key = str(real)
+    memo = _memo()
+    hit = memo.get(key)
+    if hit is not None and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
+        return hit[2]
+    digest = _sha256(real)
+    if time.time_ns() - st.st_mtime_ns >= _RACY_NS:
+        entry = [st.st_size, st.st_mtime_ns, digest]
+        memo[key] = entry
+        _store(key, entry)
+    return digest
+
+
+# ============================================================================================ checksum lists
+_SUMS_LINE = re.compile(r"^([0-9a-fA-F]{64}) [ *](.+)$")
+
+
+@functools.lru_cache(maxsize=16)
+def _parse_sums(path: str, size: int, mtime_ns: int) -> dict[str, str]:
+    table: dict[str, str] = {}
+    with reading(path):
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        m = _SUMS_LINE.match(line)
+        if not m:
+            raise DataIntegrityError(
+                f"{path}:{lineno}: not a sha256sum line ('<64 hex digits>  <relative path>'); restore the file, {_OPT_OUT}"
+            )
+        name = m.group(2)
+        table[name[2:] if name.startswith("./") else name] = m.group(1).lower()
+    return table
+
+
+def read_sha256sums(path: str | os.PathLike) -> dict[str, str]:
+    """``{relative path: sha256 hex}`` of a ``sha256sum``-format file (parsed once per file change)."""
+    st = os.stat(path)
+    return dict(_parse_sums(str(path), st.st_size, st.st_mtime_ns))
+
+
+def expected_sha256(path: str | os.PathLike) -> tuple[Path, str] | None:
+    """``(SHA256SUMS file, expected hex)`` from the nearest checksum list that names ``path``, else None.
+
+    Lists are looked for in the file's folder and up to two folders above, along the path as given (not resolved:
+    a folder of symlinks to the corpora is checked against its own ``SHA256SUMS``).
+    """
+    p = Path(os.path.abspath(path))
+    for folder in list(p.parents)[:_SEARCH_LEVELS]:
+        sums = folder / CHECKSUM_FILE
+        if sums.is_file():
+            digest = read_sha256sums(sums).get(p.relative_to(folder).as_posix())
+            if digest is not None:
+                return sums, digest
+    return None
+
+
+def verify_checksums(paths: Iterable[str | os.PathLike]) -> None:
+    """Raise :class:`DataIntegrityError` for the first file of ``paths`` whose SHA-256 differs from its listing.
+
+    Files no ``SHA256SUMS`` lists are not checked; nothing is checked when ``$OE_SKIP_DATA_CHECKS`` is set.
+    """
+    if not checks_enabled():
+        return
+    for path in paths:
+        listed = expected_sha256(path)
+        if listed is None:
+            continue
+        sums, want = listed
+        got = file_sha256(path)
+        if got != want:
+            raise DataIntegrityError(
+                f"{path}: SHA-256 {got[:12]}... does not match {want[:12]}... listed in {sums}: the file is corrupt, "
+                f"truncated or another version. Restore the original (check all with `cd {sums.parent} && sha256sum -c "
+                f"{CHECKSUM_FILE}`), {_OPT_OUT}"
+            )
+
+
+# ============================================================================================ content
+def check_counts(path: str | os.PathLike, found: Mapping[str, int], expected: Mapping[str, int] | None) -> None:
+    """Raise :class:`DataIntegrityError` when a count read from ``path`` differs from the known corpus size.
+
+    ``found`` / ``expected``: ``{"lines": n, "tokens": m, ...}`` (only keys of ``expected`` are compared;
+    ``expected=None``: not a known corpus, nothing to compare). Skipped when ``$OE_SKIP_DATA_CHECKS`` is set.
+    """
+    if not expected or not checks_enabled():
+        return
+    bad = [k for k in expected if found.get(k) != expected[k]]
+    if bad:
+        read = ", ".join(f"{found.get(k, 0):,} {k}" for k in bad)
+        want = ", ".join(f"{expected[k]:,}" for k in bad)
+        raise DataIntegrityError(
+            f"{path}: read {read} where this corpus has {want} (data/README.md): the file is truncated, corrupt or "
+            f"another version. Restore the original, {_OPT_OUT}"
+        )
+
+
+# ============================================================================================ decoding
+@contextlib.contextmanager
+def reading(path: str | os.PathLike) -> Iterator[None]:
+    """Turn the errors of decoding ``path`` inside the block into a one-line :class:`DataIntegrityError`.
+
+    Covers non-UTF-8 text, truncated / corrupt gzip, zip and tar archives, unreadable images. Not switched off by
+    ``$OE_SKIP_DATA_CHECKS``: such a file cannot be read at all.
+    """
+    todo = "replace it with a good copy (data/README.md says where each corpus comes from)"
+    try:
+        yield
+    except DataError:
+        raise
+    except UnicodeDecodeError as exc:
+        byte = exc.object[exc.start] if exc.start < len(exc.object) else None
+        what = f"byte 0x{byte:02x}" if isinstance(byte, int) else "a byte"
+        raise DataIntegrityError(f"{path}: not UTF-8 text ({what} is not valid UTF-8); {todo}") from None
+    except (EOFError, zlib.error) as exc:
+        raise DataIntegrityError(f"{path}: the compressed data is truncated or corrupt ({exc}); {todo}") from None
+    except (zipfile.BadZipFile, tarfile.TarError) as exc:
+        raise DataIntegrityError(f"{path}: not a readable archive ({type(exc).__name__}: {exc}); {todo}") from None
+    except FileNotFoundError:
+        raise
+    except PermissionError as exc:
+        raise DataIntegrityError(f"{path}: cannot be read ({exc.strerror}); fix its permissions") from None
+    except OSError as exc:  # gzip.BadGzipFile, PIL.UnidentifiedImageError, a truncated image, an I/O error, ...
+        raise DataIntegrityError(f"{path}: cannot be read ({type(exc).__name__}: {exc}); {todo}") from None
