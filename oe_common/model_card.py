@@ -186,7 +186,7 @@ def render_model_card(
         n_in = table.rows[0].get("n_in", "?")
         out += [
             f"Anomalies are the positive class. All {n_in} in-distribution test examples against `n_in // {table.ratio}` "
-            f"anomalies per test set ({table.n_draws} draw(s), seed {table.seed}); {table.fpr_label} is the false-positive "
+            f"anomalies per test set (what ran: {table.protocol}; seed {table.seed}); {table.fpr_label} is the false-positive "
             f"rate at {round(table.recall_level * 100)}% recall. Values in %. Score: `{table.meta.get('score', score)}`.",
             "",
             table.to_markdown(),
