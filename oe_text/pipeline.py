@@ -75,7 +75,7 @@ class TextOEConfig:
     oe_max_steps: int = -1
     baseline_max_minutes: float | None = None  # wall-clock budget of the stage (None = none): oe_common.callbacks.time_budget_callbacks
     oe_max_minutes: float | None = None
-    oe_lambda: float = 0.5
+    oe_lambda: float = 0.5  # the released LM code's value; the paper's text says 1.0 for NLP
     oe_loss: str = "uniform"
     weight_decay: float = 1.2e-6
     max_grad_norm: float = 0.25

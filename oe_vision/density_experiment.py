@@ -133,7 +133,7 @@ class DensityOEConfig:
     baseline_max_minutes: float | None = None  # wall-clock budget of the stage (None = none): oe_common.callbacks.time_budget_callbacks
     oe_max_minutes: float | None = None
     oe_lambda: float = 1.0
-    margin_per_subpixel: float = 1.0
+    margin_per_subpixel: float = 1.0  # our reading of the paper's "a margin of 1 per pixel" (unit not stated)
     warmup_ratio: float = 0.0
     max_grad_norm: float = 1.0
     oe_concat_forward: bool = True

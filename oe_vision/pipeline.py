@@ -133,7 +133,7 @@ class VisionOEConfig:
     eval_batch_size: int = 500
     lr: float = 0.01
     momentum: float = 0.9
-    weight_decay: float = 5e-4
+    weight_decay: float = 5e-4  # the paper's value; the released OE MNIST script used none
     baseline_epochs: float = 10.0
     baseline_max_steps: int = -1
     oe_lr: float = 0.01
