@@ -133,6 +133,20 @@ def test_recipes_take_allow_small_sets(module):
     assert parser.parse_args([]).allow_small_sets is None  # the preset's value (False)
 
 
+def test_oe_eval_takes_allow_small_sets_and_the_api_forwards_it():
+    import inspect
+
+    from oe_common import cli
+    from oe_common.detector import OODDetector
+    from oe_common.trainer import OETrainer
+
+    argv = ["eval", "--model", "m", "--in", "a.txt", "--out", "b.txt"]
+    assert cli.build_parser().parse_args([*argv, "--allow-small-sets"]).allow_small_sets is True
+    assert cli.build_parser().parse_args(argv).allow_small_sets is False
+    for method in (OETrainer.evaluate_ood, OODDetector.evaluate):
+        assert inspect.signature(method).parameters["allow_small_sets"].default is False
+
+
 # ---------------------------------------------------------------------------------------------- confidence-branch OE loss
 def test_confidence_branch_oe_loss_is_the_clamped_formula():
     """``mean(log clamp(sigmoid(c), eps, 1 - eps))``, bounded below by ``log(eps)`` without any caller's clamp."""
