@@ -31,7 +31,7 @@ __all__ = [
     "evaluate_ood",
     "OODTable",
     "base_rate_label",
-    "protocol_label",
+    "sampling_label",
     "misclassification_metrics",
     "as_score_array",
     "roc_curve_points",
@@ -181,7 +181,7 @@ def base_rate_label(n_in: int, n_out: int, ratio: int, capped: bool) -> str:
     return f"1:{n_in / n_out:.3g}" if capped else f"1:{ratio}"
 
 
-def protocol_label(base_rate: str, n_draws: int) -> str:
+def sampling_label(base_rate: str, n_draws: int) -> str:
     """``"1:10, 1 draw"``: the base rate and the number of distinct draws that ran."""
     return f"{base_rate}, {n_draws} draw{'' if n_draws == 1 else 's'}"
 
@@ -222,20 +222,20 @@ class OODTable:
                 return row
         raise KeyError(f"no row {name!r}; rows are {self.names}")
 
-    def row_protocol(self, row: Mapping[str, Any]) -> str:
+    def row_sampling(self, row: Mapping[str, Any]) -> str:
         """``"1:10, 1 draw"``: the base rate and distinct draws that ran for ``row`` (tables saved before these
         fields existed give the requested values)."""
-        return protocol_label(row.get("base_rate", f"1:{self.ratio}"), int(row.get("n_draws", self.n_draws)))
+        return sampling_label(row.get("base_rate", f"1:{self.ratio}"), int(row.get("n_draws", self.n_draws)))
 
     def ran_as_requested(self, row: Mapping[str, Any]) -> bool:
         """Whether ``row`` got the requested base rate and number of distinct draws."""
         return not row.get("capped", False) and int(row.get("n_draws", self.n_draws)) == self.n_draws
 
     @property
-    def protocol(self) -> str:
+    def sampling(self) -> str:
         """What ran, e.g. ``"1:5, 10 draws"``, or per set where the sets differ (``"gaussian 1:5, 10 draws; isun 1:10, 1 draw"``)."""
         sets = [row for row in self.rows if row["name"] != "mean"]
-        labels = {row["name"]: self.row_protocol(row) for row in sets}
+        labels = {row["name"]: self.row_sampling(row) for row in sets}
         if len(set(labels.values())) == 1:
             return next(iter(labels.values()))
         return "; ".join(f"{name} {label}" for name, label in labels.items())
@@ -247,7 +247,7 @@ class OODTable:
             "ratio": self.ratio,
             "seed": self.seed,
             "allow_small_sets": self.allow_small_sets,
-            "protocol": self.protocol,
+            "sampling": self.sampling,
             "meta": self.meta,
             "rows": self.rows,
         }
@@ -275,7 +275,7 @@ class OODTable:
             if row["name"] == "mean":
                 name = "**mean**"
             else:
-                name = row["name"] if self.ran_as_requested(row) else f"{row['name']} [{self.row_protocol(row)}]"
+                name = row["name"] if self.ran_as_requested(row) else f"{row['name']} [{self.row_sampling(row)}]"
             lines.append("| " + " | ".join([name, *cells]) + " |")
         return "\n".join(lines)
 

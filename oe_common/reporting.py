@@ -25,7 +25,7 @@ from .metrics import OODTable, as_score_array, roc_curve_points
 
 __all__ = [
     "detection_records",
-    "protocol_note",
+    "sampling_note",
     "protocol_sentence",
     "steps_cell",
     "time_budget_notes",
@@ -45,7 +45,7 @@ def detection_records(table: OODTable, **fields: Any) -> list[dict[str, Any]]:
     ``fields`` (e.g. ``level="word", model="oe", score="nll"``) are copied into every record. Besides the metrics,
     each record says what ran: ``n_in``, ``n_out`` (anomalies per draw), ``n_out_wanted``, ``n_out_available``,
     ``capped``, ``base_rate`` (``"1:5"``), ``n_draws`` (distinct draws), ``n_draws_requested`` and ``sampling``
-    (``"1:5, 10 draws"``: what :func:`protocol_note` labels a table row with).
+    (``"1:5, 10 draws"``: what :func:`sampling_note` labels a table row with).
     """
     fpr_key = table.fpr_label.lower()
     records = []
@@ -69,13 +69,13 @@ def detection_records(table: OODTable, **fields: Any) -> list[dict[str, Any]]:
                 "base_rate": row.get("base_rate", f"1:{table.ratio}"),
                 "n_draws": int(row.get("n_draws", table.n_draws)),
                 "n_draws_requested": table.n_draws,
-                "sampling": table.row_protocol(row),
+                "sampling": table.row_sampling(row),
             }
         )
     return records
 
 
-def protocol_note(record: Mapping[str, Any]) -> str:
+def sampling_note(record: Mapping[str, Any]) -> str:
     """``""`` when a detection record ran as requested, else what ran (``"1:10, 1 draw"``) for a table label."""
     if record.get("domain") == "mean" or "sampling" not in record:
         return ""
@@ -113,7 +113,7 @@ def protocol_sentence(records: Sequence[Mapping[str, Any]], in_name: str = "in-d
     described = {name: describe(r) for name, r in per_set.items()}
     counts: dict[str, tuple[int, bool]] = {}  # the most common description; on a tie, one that ran as requested
     for name, text in described.items():
-        counts[text] = (counts.get(text, (0, False))[0] + 1, not protocol_note(per_set[name]))
+        counts[text] = (counts.get(text, (0, False))[0] + 1, not sampling_note(per_set[name]))
     common = max(counts, key=lambda text: counts[text])
     n_in = sorted({int(r["n_in"]) for r in per_set.values()})
     sentence = f"All {'/'.join(str(n) for n in n_in)} {in_name} vs {common} per set"

@@ -36,7 +36,7 @@ from oe_common.reporting import (
     detection_records,
     plot_roc_curves,
     plot_score_histograms,
-    protocol_note,
+    sampling_note,
     protocol_sentence,
     run_meta,
     steps_cell,
@@ -268,7 +268,7 @@ def table6_markdown(records: list[dict[str, Any]], level: str, protocol: str, sc
         cells = [f"{base[domain][k] * 100:.1f} → {oe[domain][k] * 100:.1f}" for k in (fpr_key, "auroc", "aupr")] if domain in oe else ["", "", ""]
         ref = paper.get(domain)
         cells += [f"{ref[k][0]} → {ref[k][1]}" for k in ("fpr90", "auroc", "aupr")] if ref else ["", "", ""]
-        note = protocol_note(base[domain])
+        note = sampling_note(base[domain])
         name = f"**{domain}**" if domain == "mean" else (f"{domain} [{note}]" if note else domain)
         lines.append("| " + " | ".join([name, *cells]) + " |")
     return "\n".join(lines)

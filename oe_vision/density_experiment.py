@@ -57,7 +57,7 @@ from oe_common.reporting import (
     detection_records,
     plot_roc_curves,
     plot_score_histograms,
-    protocol_note,
+    sampling_note,
     protocol_sentence,
     remove_empty_dirs,
     run_meta,
@@ -517,7 +517,7 @@ def table5_markdown(records: Sequence[Mapping[str, Any]], fpr_key: str = "fpr95"
     def row(domain: str, name: str) -> str:
         b, o = base[domain], oe.get(domain)
         cells = [f"{_pct(b[k])} → {_pct(o[k]) if o else '–'}" for k in (fpr_key, "auroc", "aupr")]
-        note = protocol_note(b)
+        note = sampling_note(b)
         return "| " + " | ".join([f"{name} [{note}]" if note else name, *cells]) + " |"
 
     ordered = [d for d in base if d != "mean" and not base[d]["oe_source_overlap"]]

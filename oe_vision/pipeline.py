@@ -51,7 +51,7 @@ from oe_common.reporting import (
     detection_records,
     plot_roc_curves,
     plot_score_histograms,
-    protocol_note,
+    sampling_note,
     protocol_sentence,
     remove_empty_dirs,
     run_meta,
@@ -620,7 +620,7 @@ def _name(domain: str, record: Mapping[str, Any] | None) -> str:
     if domain == "mean":
         return "**mean**"
     name = f"{domain} †" if record is not None and record.get("oe_source_overlap") else domain
-    note = protocol_note(record) if record is not None else ""
+    note = sampling_note(record) if record is not None else ""
     return f"{name} [{note}]" if note else name
 
 

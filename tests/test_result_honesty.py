@@ -17,7 +17,7 @@ import torch
 
 from oe_common.losses import BRANCH_EPS, confidence_branch_oe_loss
 from oe_common.metrics import evaluate_ood, ood_metrics, sample_base_rate
-from oe_common.reporting import detection_records, protocol_note, protocol_sentence
+from oe_common.reporting import detection_records, sampling_note, protocol_sentence
 
 
 def _scores(seed: int, n: int, shift: float = 0.0) -> np.ndarray:
@@ -46,8 +46,8 @@ def test_allowed_small_set_records_the_base_rate_and_one_draw():
     assert mean["capped"] is True and mean["n_draws"] == 1 and mean["n_out"] == 300
     md = table.to_markdown()
     assert "| small [1:10, 1 draw] |" in md and "| big |" in md
-    assert table.protocol == "big 1:5, 4 draws; small 1:10, 1 draw"
-    assert table.to_dict()["allow_small_sets"] is True and table.to_dict()["protocol"] == table.protocol
+    assert table.sampling == "big 1:5, 4 draws; small 1:10, 1 draw"
+    assert table.to_dict()["allow_small_sets"] is True and table.to_dict()["sampling"] == table.sampling
 
 
 def test_a_draw_of_a_whole_set_is_one_draw():
@@ -65,8 +65,8 @@ def test_records_and_heading_sentence_say_what_ran():
     by = {r["domain"]: r for r in records}
     assert by["c"]["protocol"] == "paper"  # the caller's fields are not overwritten
     assert (by["c"]["n_out"], by["c"]["n_out_wanted"], by["c"]["capped"], by["c"]["n_draws"], by["c"]["n_draws_requested"]) == (120, 200, True, 1, 10)
-    assert by["c"]["sampling"] == "1:8.33, 1 draw" and protocol_note(by["c"]) == "1:8.33, 1 draw"
-    assert protocol_note(by["a"]) == "" and protocol_note(by["mean"]) == ""
+    assert by["c"]["sampling"] == "1:8.33, 1 draw" and sampling_note(by["c"]) == "1:8.33, 1 draw"
+    assert sampling_note(by["a"]) == "" and sampling_note(by["mean"]) == ""
     sentence = protocol_sentence(records, "test images")
     assert sentence.startswith("All 1000 test images vs 200 anomalies (1:5), 10 draws per set; except c: 120 anomalies (1:8.33, capped")
     assert "10 draws of" not in sentence
