@@ -257,9 +257,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     level = args.recall_level if args.recall_level is not None else (0.90 if detector.is_text else 0.95)
     try:
-        table = evaluate_ood(in_scores, out_scores, n_draws=args.n_draws, ratio=args.ratio, seed=args.seed, recall_level=level)
+        table = evaluate_ood(in_scores, out_scores, n_draws=args.n_draws, ratio=args.ratio, seed=args.seed, recall_level=level,
+                             allow_small_sets=args.allow_small_sets)
     except ValueError as exc:
-        raise CliError(str(exc)) from None
+        raise CliError(str(exc).replace("allow_small_sets=True", "--allow-small-sets")) from None
     table.meta.update({"score": detector.score_name, "model": str(args.model)})
     print(table.to_markdown())
     if args.json is not None:
@@ -350,6 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recall-level", type=float, default=None, help="recall for the FPR column (default 0.90 text, 0.95 images)")
     p.add_argument("--n-draws", type=int, default=1, help="anomaly draws to average (paper: 10 for vision)")
     p.add_argument("--ratio", type=int, default=5, help="in-distribution : anomaly base rate (default 5)")
+    p.add_argument("--allow-small-sets", action="store_true",
+                   help="use an anomaly set with fewer than len(in) // ratio inputs whole (labelled in the table) instead of stopping")
     p.add_argument("--seed", type=int, default=0, help="seed of the anomaly draws")
     p.add_argument("--json", default=None, help="also write the table as JSON to this file")
     p.set_defaults(func=_cmd_eval)

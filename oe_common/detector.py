@@ -867,8 +867,10 @@ class OODDetector:
         ratio: int = 5,
         seed: int = 0,
         store: bool = True,
+        allow_small_sets: bool = False,
     ) -> OODTable:
-        """Score the test data and run :func:`oe_common.metrics.evaluate_ood` (1 : ``ratio`` base rate).
+        """Score the test data and run :func:`oe_common.metrics.evaluate_ood` (1 : ``ratio`` base rate; a set with
+        fewer than ``len(in) // ratio`` examples is an error unless ``allow_small_sets``).
 
         ``recall_level`` defaults to 0.90 for text (FPR90) and 0.95 for images (FPR95), as in the paper.
         With ``store=True`` the table is kept in ``evaluation`` (saved in the config and on the model card).
@@ -876,7 +878,8 @@ class OODDetector:
         level = recall_level if recall_level is not None else (0.90 if self.is_text else 0.95)
         in_scores = self.score(in_data)
         out_scores = {name: self.score(data) for name, data in out_data_by_set.items()}
-        table = evaluate_ood(in_scores, out_scores, n_draws=n_draws, ratio=ratio, seed=seed, recall_level=level)
+        table = evaluate_ood(in_scores, out_scores, n_draws=n_draws, ratio=ratio, seed=seed, recall_level=level,
+                             allow_small_sets=allow_small_sets)
         table.meta.update({"score": self.score_name})
         if store:
             self.evaluation = table.to_dict()

@@ -19,7 +19,6 @@ distinct thresholds exactly as scikit-learn does (``roc_curve`` with ``drop_inte
 from __future__ import annotations
 
 import json
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -31,6 +30,8 @@ __all__ = [
     "sample_base_rate",
     "evaluate_ood",
     "OODTable",
+    "base_rate_label",
+    "sampling_label",
     "misclassification_metrics",
     "as_score_array",
     "roc_curve_points",
@@ -154,30 +155,60 @@ def fpr_at_recall(in_scores: Any, out_scores: Any, recall_level: float = 0.95) -
     return ood_metrics(in_scores, out_scores, recall_level)["fpr"]
 
 
-def sample_base_rate(out_scores: Any, n_in: int, rng: np.random.Generator, ratio: int = 5) -> np.ndarray:
+def sample_base_rate(out_scores: Any, n_in: int, rng: np.random.Generator, ratio: int = 5, allow_small_sets: bool = False) -> np.ndarray:
     """Draw ``n_in // ratio`` anomaly scores without replacement (the paper's 1 : ``ratio`` base rate).
 
-    If fewer anomalies exist, all of them are used and a warning says so (the achieved count is reported by
-    :func:`evaluate_ood` as ``n_out``).
+    Raises:
+        ValueError: fewer than ``n_in // ratio`` anomalies exist, unless ``allow_small_sets``: then all of them are
+            used, a lower base rate that :func:`evaluate_ood` records (``capped``, ``base_rate``) and labels.
     """
     out_scores = as_score_array(out_scores, "out_scores")
-    if ratio < 1:
-        raise ValueError(f"ratio must be >= 1, got {ratio}")
+    wanted = _wanted_anomalies(n_in, ratio)
+    if out_scores.size < wanted:
+        if not allow_small_sets:
+            raise ValueError(_too_small_message([f"only {out_scores.size} anomaly scores"], n_in, ratio, wanted))
+        return out_scores.copy()
+    return out_scores[rng.choice(out_scores.size, size=wanted, replace=False)]
+
+
+def _wanted_anomalies(n_in: int, ratio: int) -> int:
+    if not (isinstance(ratio, (int, np.integer)) and not isinstance(ratio, bool) and ratio >= 1):
+        raise ValueError(f"ratio must be an integer >= 1 (5 for the paper's 1:5 base rate), got {ratio!r}")
     wanted = n_in // ratio
     if wanted < 1:
         raise ValueError(f"{n_in} in-distribution scores give n_in // {ratio} = 0 anomalies; use more in-distribution data")
-    if out_scores.size < wanted:
-        warnings.warn(f"only {out_scores.size} anomalies available, fewer than n_in // {ratio} = {wanted}; using all of them", stacklevel=2)
-        return out_scores.copy()
-    return out_scores[rng.choice(out_scores.size, size=wanted, replace=False)]
+    return int(wanted)
+
+
+def _too_small_message(sets: list[str], n_in: int, ratio: int, wanted: int) -> str:
+    return (
+        f"{'; '.join(sets)}, fewer than n_in // {ratio} = {wanted} (n_in = {n_in}): the 1:{ratio} base rate cannot be drawn; "
+        f"give more anomalies (or fewer in-distribution examples), or pass allow_small_sets=True to use each small set whole "
+        f"(a lower base rate, one distinct draw, labelled in the table)"
+    )
+
+
+def base_rate_label(n_in: int, n_out: int, ratio: int, capped: bool) -> str:
+    """``"1:5"`` for the requested 1 : ``ratio``; a capped set's achieved ``1 : n_in / n_out`` (``"1:10"``, ``"1:3.33"``)."""
+    return f"1:{n_in / n_out:.3g}" if capped else f"1:{ratio}"
+
+
+def sampling_label(base_rate: str, n_draws: int) -> str:
+    """``"1:10, 1 draw"``: the base rate and the number of distinct draws that ran."""
+    return f"{base_rate}, {n_draws} draw{'' if n_draws == 1 else 's'}"
 
 
 @dataclass
 class OODTable:
     """Detection results per anomaly set plus a ``"mean"`` row over sets.
 
-    ``rows``: one dict per set with ``name``, ``n_in``, ``n_out``, each metric of :data:`METRIC_KEYS`
-    (mean over draws) and ``<metric>_std`` (standard deviation over draws, 0 for one draw).
+    ``rows``: one dict per set with ``name``, each metric of :data:`METRIC_KEYS` (mean over draws),
+    ``<metric>_std`` (standard deviation over draws, 0 for one draw) and what actually ran: ``n_in``, ``n_out``
+    (anomalies per draw), ``n_out_wanted`` (``n_in // ratio``), ``n_out_available`` (the set's size), ``capped``
+    (``n_out < n_out_wanted``: only with ``allow_small_sets``), ``n_draws`` (DISTINCT draws: 1 when a draw takes
+    the whole set, as every draw would be the same) and ``base_rate`` (``"1:5"``; a capped set's achieved rate).
+    The ``"mean"`` row sums the counts, takes the fewest draws and ``capped`` of any set.
+    ``n_draws`` / ``ratio`` of the table are the requested values.
     """
 
     rows: list[dict[str, Any]]
@@ -186,6 +217,7 @@ class OODTable:
     ratio: int
     seed: int
     meta: dict[str, Any] = field(default_factory=dict)
+    allow_small_sets: bool = False
 
     @property
     def fpr_label(self) -> str:
@@ -202,12 +234,32 @@ class OODTable:
                 return row
         raise KeyError(f"no row {name!r}; rows are {self.names}")
 
+    def row_sampling(self, row: Mapping[str, Any]) -> str:
+        """``"1:10, 1 draw"``: the base rate and distinct draws that ran for ``row`` (tables saved before these
+        fields existed give the requested values)."""
+        return sampling_label(row.get("base_rate", f"1:{self.ratio}"), int(row.get("n_draws", self.n_draws)))
+
+    def ran_as_requested(self, row: Mapping[str, Any]) -> bool:
+        """Whether ``row`` got the requested base rate and number of distinct draws."""
+        return not row.get("capped", False) and int(row.get("n_draws", self.n_draws)) == self.n_draws
+
+    @property
+    def sampling(self) -> str:
+        """What ran, e.g. ``"1:5, 10 draws"``, or per set where the sets differ (``"gaussian 1:5, 10 draws; isun 1:10, 1 draw"``)."""
+        sets = [row for row in self.rows if row["name"] != "mean"]
+        labels = {row["name"]: self.row_sampling(row) for row in sets}
+        if len(set(labels.values())) == 1:
+            return next(iter(labels.values()))
+        return "; ".join(f"{name} {label}" for name, label in labels.items())
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "recall_level": self.recall_level,
             "n_draws": self.n_draws,
             "ratio": self.ratio,
             "seed": self.seed,
+            "allow_small_sets": self.allow_small_sets,
+            "sampling": self.sampling,
             "meta": self.meta,
             "rows": self.rows,
         }
@@ -216,8 +268,12 @@ class OODTable:
         return json.dumps(self.to_dict(), **{"indent": 2, **kwargs})
 
     def to_markdown(self, percent: bool = True, digits: int = 2, with_std: bool | None = None) -> str:
-        """Render as a Markdown table (values x100 when ``percent``); ``± std`` when several draws were made."""
-        with_std = self.n_draws > 1 if with_std is None else with_std
+        """Render as a Markdown table (values x100 when ``percent``); ``± std`` when several distinct draws were made.
+
+        A set that did not run as requested (capped, or fewer distinct draws) is labelled with what ran:
+        ``mnist [1:10, 1 draw]``.
+        """
+        with_std = any(int(row.get("n_draws", self.n_draws)) > 1 for row in self.rows) if with_std is None else with_std
         scale = 100.0 if percent else 1.0
         headers = ["D_out^test", self.fpr_label + " ↓", "AUROC ↑", "AUPR ↑"]
         lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
@@ -228,7 +284,10 @@ class OODTable:
                 if with_std:
                     cell += f" ± {row[key + '_std'] * scale:.{digits}f}"
                 cells.append(cell)
-            name = f"**{row['name']}**" if row["name"] == "mean" else row["name"]
+            if row["name"] == "mean":
+                name = "**mean**"
+            else:
+                name = row["name"] if self.ran_as_requested(row) else f"{row['name']} [{self.row_sampling(row)}]"
             lines.append("| " + " | ".join([name, *cells]) + " |")
         return "\n".join(lines)
 
@@ -240,12 +299,18 @@ def evaluate_ood(
     ratio: int = 5,
     seed: int = 0,
     recall_level: float = 0.95,
+    allow_small_sets: bool = False,
 ) -> OODTable:
     """The paper's protocol: all in-distribution scores against ``len(in) // ratio`` anomalies per set.
 
     For each anomaly set, ``n_draws`` independent draws (seeded with ``seed``; the same generator state
     sequence for every call with the same arguments) give metrics whose mean and standard deviation are
-    reported; the final ``"mean"`` row averages the per-set means (and per-set stds).
+    reported; the final ``"mean"`` row averages the per-set means (and per-set stds). A draw that takes a whole set
+    is made once (every draw would be the same): the row's ``n_draws`` counts the distinct draws.
+
+    Raises:
+        ValueError: a set has fewer than ``len(in) // ratio`` scores, unless ``allow_small_sets``: then such a set is
+            used whole (``capped``; its row's ``base_rate`` and the table label say which rate ran).
     """
     recall_level = _check_recall_level(recall_level)
     if not out_scores_by_set:
@@ -255,26 +320,43 @@ def evaluate_ood(
     if "mean" in out_scores_by_set:
         raise ValueError("'mean' is reserved for the average row; rename that anomaly set")
     in_array = as_score_array(in_scores, "in_scores")
+    wanted = _wanted_anomalies(in_array.size, ratio)
+    arrays = {name: as_score_array(scores, f"out_scores[{name!r}]") for name, scores in out_scores_by_set.items()}
+    small = [f"anomaly set {name!r} has {array.size} scores" for name, array in arrays.items() if array.size < wanted]
+    if small and not allow_small_sets:
+        raise ValueError(_too_small_message(small, in_array.size, ratio, wanted))
     rows = []
-    for set_index, (name, out_scores) in enumerate(out_scores_by_set.items()):
-        out_array = as_score_array(out_scores, f"out_scores[{name!r}]")
+    for set_index, (name, out_array) in enumerate(arrays.items()):
         rng = np.random.default_rng([seed, set_index])
+        n_out = min(wanted, out_array.size)
+        distinct = 1 if n_out == out_array.size else n_draws
         draws = []
-        for _ in range(n_draws):
-            sample = sample_base_rate(out_array, in_array.size, rng, ratio)
+        for _ in range(distinct):
+            sample = sample_base_rate(out_array, in_array.size, rng, ratio, allow_small_sets=allow_small_sets)
             draws.append(_metrics_from_curve(_grouped_curve(in_array, sample), recall_level))
-        row: dict[str, Any] = {"name": name, "n_in": int(in_array.size), "n_out": int(sample.size)}
+        capped = n_out < wanted
+        row: dict[str, Any] = {
+            "name": name, "n_in": int(in_array.size), "n_out": int(n_out), "n_out_wanted": wanted,
+            "n_out_available": int(out_array.size), "capped": capped, "n_draws": distinct,
+            "base_rate": base_rate_label(in_array.size, n_out, ratio, capped),
+        }
         for key in METRIC_KEYS:
             values = np.array([d[key] for d in draws])
             row[key] = float(values.mean())
             row[key + "_std"] = float(values.std())
         rows.append(row)
-    mean_row: dict[str, Any] = {"name": "mean", "n_in": int(in_array.size), "n_out": int(sum(r["n_out"] for r in rows))}
+    labels = {r["base_rate"] for r in rows}
+    mean_row: dict[str, Any] = {
+        "name": "mean", "n_in": int(in_array.size), "n_out": int(sum(r["n_out"] for r in rows)),
+        "n_out_wanted": wanted * len(rows), "n_out_available": int(sum(r["n_out_available"] for r in rows)),
+        "capped": any(r["capped"] for r in rows), "n_draws": min(r["n_draws"] for r in rows),
+        "base_rate": labels.pop() if len(labels) == 1 else "mixed",
+    }
     for key in METRIC_KEYS:
         mean_row[key] = float(np.mean([r[key] for r in rows]))
         mean_row[key + "_std"] = float(np.mean([r[key + "_std"] for r in rows]))
     rows.append(mean_row)
-    return OODTable(rows=rows, recall_level=recall_level, n_draws=n_draws, ratio=ratio, seed=seed)
+    return OODTable(rows=rows, recall_level=recall_level, n_draws=n_draws, ratio=ratio, seed=seed, allow_small_sets=allow_small_sets)
 
 
 def misclassification_metrics(confidence: Any, correct: Any) -> dict[str, float]:

@@ -69,6 +69,7 @@ def evaluation_table(evaluation: Mapping[str, Any] | None) -> OODTable | None:
         ratio=int(evaluation.get("ratio", 5)),
         seed=int(evaluation.get("seed", 0)),
         meta=dict(evaluation.get("meta") or {}),
+        allow_small_sets=bool(evaluation.get("allow_small_sets", False)),
     )
 
 
@@ -187,7 +188,7 @@ def render_model_card(
         n_in = table.rows[0].get("n_in", "?")
         out += [
             f"Anomalies are the positive class. All {n_in} in-distribution test examples against `n_in // {table.ratio}` "
-            f"anomalies per test set ({table.n_draws} draw(s), seed {table.seed}); {table.fpr_label} is the false-positive "
+            f"anomalies per test set (what ran: {table.sampling}; seed {table.seed}); {table.fpr_label} is the false-positive "
             f"rate at {round(table.recall_level * 100)}% recall. Values in %. Score: `{table.meta.get('score', score)}`."
             + (f" Examples: {table.meta['examples']}." if table.meta.get("examples") else ""),
             "",

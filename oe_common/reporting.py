@@ -25,6 +25,8 @@ from .metrics import OODTable, as_score_array, roc_curve_points
 
 __all__ = [
     "detection_records",
+    "sampling_note",
+    "protocol_sentence",
     "steps_cell",
     "time_budget_notes",
     "run_meta",
@@ -40,7 +42,10 @@ __all__ = [
 def detection_records(table: OODTable, **fields: Any) -> list[dict[str, Any]]:
     """Flatten an :class:`OODTable` into records, one per row (``domain`` = set name or ``"mean"``).
 
-    ``fields`` (e.g. ``level="word", model="oe", score="nll"``) are copied into every record.
+    ``fields`` (e.g. ``level="word", model="oe", score="nll"``) are copied into every record. Besides the metrics,
+    each record says what ran: ``n_in``, ``n_out`` (anomalies per draw), ``n_out_wanted``, ``n_out_available``,
+    ``capped``, ``base_rate`` (``"1:5"``), ``n_draws`` (distinct draws), ``n_draws_requested`` and ``sampling``
+    (``"1:5, 10 draws"``: what :func:`sampling_note` labels a table row with).
     """
     fpr_key = table.fpr_label.lower()
     records = []
@@ -58,10 +63,64 @@ def detection_records(table: OODTable, **fields: Any) -> list[dict[str, Any]]:
                 "aupr_std": row["aupr_out_std"],
                 "n_in": row["n_in"],
                 "n_out": row["n_out"],
-                "n_draws": table.n_draws,
+                "n_out_wanted": row.get("n_out_wanted", row["n_in"] // table.ratio),
+                "n_out_available": row.get("n_out_available"),
+                "capped": bool(row.get("capped", False)),
+                "base_rate": row.get("base_rate", f"1:{table.ratio}"),
+                "n_draws": int(row.get("n_draws", table.n_draws)),
+                "n_draws_requested": table.n_draws,
+                "sampling": table.row_sampling(row),
             }
         )
     return records
+
+
+def sampling_note(record: Mapping[str, Any]) -> str:
+    """``""`` when a detection record ran as requested, else what ran (``"1:10, 1 draw"``) for a table label."""
+    if record.get("domain") == "mean" or "sampling" not in record:
+        return ""
+    as_requested = not record.get("capped") and record.get("n_draws") == record.get("n_draws_requested")
+    return "" if as_requested else record["sampling"]
+
+
+def protocol_sentence(records: Sequence[Mapping[str, Any]], in_name: str = "in-distribution test examples", set_fields: Sequence[str] = ()) -> str:
+    """One sentence, from the records, of the base rate and draws that ran, e.g. ``"All 10000 in-distribution test
+    examples vs 2000 anomalies per set (1:5), 10 draws; except isun_gray: 2000 (1:5, the whole set), 1 draw."``
+
+    Sets that ran differently from the most common protocol are listed; a capped set (fewer anomalies than the
+    requested base rate needs: ``allow_small_sets``) says so. Records of several models / scores share their sets'
+    protocol (they score the same data), so each set is described once; ``set_fields`` are record fields that, with
+    ``domain``, name a set (e.g. ``("protocol",)`` for the text recipes' ``paper/email``).
+    """
+    per_set: dict[str, Mapping[str, Any]] = {}
+    for record in records:
+        if record.get("domain") != "mean" and "n_out" in record:
+            name = "/".join([*(str(record[f]) for f in set_fields if f in record), str(record["domain"])])
+            per_set.setdefault(name, record)
+    if not per_set:
+        return ""
+
+    def describe(r: Mapping[str, Any]) -> str:
+        draws = int(r.get("n_draws", 1))
+        whole = r.get("n_out_available") is not None and r["n_out"] == r["n_out_available"]
+        rate = str(r.get("base_rate", ""))
+        if r.get("capped"):
+            rate += f", capped: the set has only {r['n_out']} of the {r.get('n_out_wanted')} wanted"
+        elif whole and int(r.get("n_draws_requested", draws)) > 1:
+            rate += ", the whole set, so every draw is the same"
+        return f"{r['n_out']} anomalies ({rate}), {draws} draw{'' if draws == 1 else 's'}"
+
+    described = {name: describe(r) for name, r in per_set.items()}
+    counts: dict[str, tuple[int, bool]] = {}  # the most common description; on a tie, one that ran as requested
+    for name, text in described.items():
+        counts[text] = (counts.get(text, (0, False))[0] + 1, not sampling_note(per_set[name]))
+    common = max(counts, key=lambda text: counts[text])
+    n_in = sorted({int(r["n_in"]) for r in per_set.values()})
+    sentence = f"All {'/'.join(str(n) for n in n_in)} {in_name} vs {common} per set"
+    others = [f"{name}: {text}" for name, text in described.items() if text != common]
+    if others:
+        sentence += "; except " + "; ".join(others)
+    return sentence + "."
 
 
 def _git_commit() -> str:
@@ -213,8 +272,8 @@ def plot_reliability_diagram(confidence: Any, correct: Any, path: str | os.PathL
     c, ok = c[order], ok[order]
     n_bins = max(1, c.size // bin_size)
     edges = [b * bin_size for b in range(n_bins)] + [c.size]
-    conf = [c[a:b].mean() for a, b in zip(edges[:-1], edges[1:])]
-    acc = [ok[a:b].mean() for a, b in zip(edges[:-1], edges[1:])]
+    conf = [c[a:b].mean() for a, b in zip(edges[:-1], edges[1:], strict=True)]
+    acc = [ok[a:b].mean() for a, b in zip(edges[:-1], edges[1:], strict=True)]
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     ax.plot([0, 1], [0, 1], "k:", linewidth=0.8)
     ax.plot(conf, acc, "o-", markersize=3)

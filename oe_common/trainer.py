@@ -629,16 +629,19 @@ class OETrainer(Trainer):
         recall_level: float = 0.95,
         seed: int = 0,
         ratio: int = 5,
+        allow_small_sets: bool = False,
     ) -> oe_metrics.OODTable:
         """Detection table of ``in_dataset`` against each anomaly set (``oe_common.metrics.evaluate_ood``).
 
         Scores come from :meth:`compute_scores`; each anomaly set is subsampled to ``len(in) // ratio`` examples
-        (the paper's 1:5 base rate), ``n_draws`` times with ``seed``. ``table.meta["score"]`` records the score.
+        (the paper's 1:5 base rate), ``n_draws`` times with ``seed``. ``table.meta["score"]`` records the score. A
+        smaller set is an error unless ``allow_small_sets`` (then used whole; its row says what ran).
         """
         if not ood_datasets:
             raise ValueError("ood_datasets is empty: give at least one anomaly set, e.g. {'ewt-email': dataset}")
         in_scores = self.compute_scores(in_dataset, score)
         out_scores = {name: self.compute_scores(dataset, score) for name, dataset in ood_datasets.items()}
-        table = oe_metrics.evaluate_ood(in_scores, out_scores, n_draws=n_draws, ratio=ratio, seed=seed, recall_level=recall_level)
+        table = oe_metrics.evaluate_ood(in_scores, out_scores, n_draws=n_draws, ratio=ratio, seed=seed, recall_level=recall_level,
+                                        allow_small_sets=allow_small_sets)
         table.meta["score"] = score
         return table

@@ -34,7 +34,17 @@ from transformers import set_seed
 
 from oe_common.metrics import evaluate_ood
 from oe_common.presets import preset_settings
-from oe_common.reporting import detection_records, steps_cell, time_budget_notes, plot_roc_curves, plot_score_histograms, run_meta, write_results
+from oe_common.reporting import (
+    detection_records,
+    plot_roc_curves,
+    plot_score_histograms,
+    sampling_note,
+    protocol_sentence,
+    run_meta,
+    steps_cell,
+    time_budget_notes,
+    write_results,
+)
 from oe_common.callbacks import check_time_budget, time_budget_callbacks, training_steps_report
 from oe_common.trainer import OETrainer, OETrainingArguments
 
@@ -74,7 +84,7 @@ class TextOEConfig:
     oe_max_steps: int = -1
     baseline_max_minutes: float | None = None  # wall-clock budget of the stage (None = none): oe_common.callbacks.time_budget_callbacks
     oe_max_minutes: float | None = None
-    oe_lambda: float = 0.5
+    oe_lambda: float = 0.5  # the released LM code's value; the paper's text says 1.0 for NLP
     oe_loss: str = "uniform"
     weight_decay: float = 1.2e-6
     max_grad_norm: float = 0.25
@@ -90,6 +100,7 @@ class TextOEConfig:
     scores: tuple[str, ...] = SCORE_NAMES
     n_draws: int = 10
     recall_level: float = 0.90
+    allow_small_sets: bool = False  # a domain with fewer than n_in // 5 windows: an error unless True (then used whole, labelled)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -234,18 +245,25 @@ def _token_weighted_nll(window_nll: np.ndarray, dataset: Any) -> float:
 
 
 def evaluate_scores(scores: Mapping[str, Mapping[str, np.ndarray]], cfg: TextOEConfig, model_name: str) -> list[dict[str, Any]]:
-    """Detection records (paper protocol of ``evaluate_ood``) for every protocol and score of one model."""
+    """Detection records (paper protocol of ``evaluate_ood``) for every protocol and score of one model.
+
+    Each record carries what ran (``n_in``, ``n_out``, ``capped``, ``base_rate``, ``n_draws``: see
+    :func:`oe_common.reporting.detection_records`); a domain too small for the 1:5 base rate is an error unless
+    ``cfg.allow_small_sets``."""
     records = []
     for protocol in cfg.protocols:
         for score, by_set in scores.items():
             out = {name.split("/", 1)[1]: s for name, s in by_set.items() if name.startswith(protocol + "/")}
-            table = evaluate_ood(by_set["ptb/test"], out, n_draws=cfg.n_draws, seed=cfg.seed, recall_level=cfg.recall_level)
+            table = evaluate_ood(by_set["ptb/test"], out, n_draws=cfg.n_draws, seed=cfg.seed, recall_level=cfg.recall_level,
+                                 allow_small_sets=cfg.allow_small_sets)
             records += detection_records(table, level=cfg.level, protocol=protocol, model=model_name, score=score)
     return records
 
 
 def table6_markdown(records: list[dict[str, Any]], level: str, protocol: str, score: str, fpr_key: str = "fpr90") -> str:
-    """Table 6 layout: per domain ``baseline -> OE`` for FPR90 / AUROC / AUPR, the paper's numbers beside them."""
+    """Table 6 layout: per domain ``baseline -> OE`` for FPR90 / AUROC / AUPR, the paper's numbers beside them.
+
+    A domain that did not run at the requested base rate and draws is labelled with what ran (``email [1:10, 1 draw]``)."""
     def pick(model: str) -> dict[str, dict[str, Any]]:
         return {r["domain"]: r for r in records if r["level"] == level and r["protocol"] == protocol and r["score"] == score and r["model"] == model}
 
@@ -259,7 +277,8 @@ def table6_markdown(records: list[dict[str, Any]], level: str, protocol: str, sc
         cells = [f"{base[domain][k] * 100:.1f} → {oe[domain][k] * 100:.1f}" for k in (fpr_key, "auroc", "aupr")] if domain in oe else ["", "", ""]
         ref = paper.get(domain)
         cells += [f"{ref[k][0]} → {ref[k][1]}" for k in ("fpr90", "auroc", "aupr")] if ref else ["", "", ""]
-        name = f"**{domain}**" if domain == "mean" else domain
+        note = sampling_note(base[domain])
+        name = f"**{domain}**" if domain == "mean" else (f"{domain} [{note}]" if note else domain)
         lines.append("| " + " | ".join([name, *cells]) + " |")
     return "\n".join(lines)
 
@@ -271,8 +290,9 @@ def _markdown_report(cfg: TextOEConfig, records: list[dict[str, Any]], meta: dic
         f"# PTB {cfg.level}-level OE: baseline → OE (Table 6 layout)",
         "",
         f"Model `{cfg.model}` preset `{cfg.model_preset}`; seq_len {meta['seq_len']}; commit `{meta['commit']}`; "
-        f"{meta['hardware']}; {meta['date']}. Values are percentages, mean over {cfg.n_draws} draws of "
-        f"`n_in // 5` anomalies per domain. 'paper' columns are the OE paper's Table 6 numbers (their protocol).",
+        f"{meta['hardware']}; {meta['date']}. Values are percentages, the mean over the draws. "
+        + protocol_sentence(records, "PTB test windows", set_fields=("protocol",))
+        + " 'paper' columns are the OE paper's Table 6 numbers (their protocol).",
         "",
         "| model | PTB test perplexity | bits per " + unit + " | train steps | train seconds | train tokens/s |",
         "|---|---|---|---|---|---|",

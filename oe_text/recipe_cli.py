@@ -33,6 +33,8 @@ def build_parser(level: str) -> argparse.ArgumentParser:
     parser.add_argument("--oe-lambda", type=float, default=None)
     parser.add_argument("--oe-loss", choices=("uniform", "energy"), default=None)
     parser.add_argument("--n-draws", type=int, default=None)
+    parser.add_argument("--allow-small-sets", action="store_true", default=None,
+                        help="use an EWT domain with fewer than n_in // 5 windows whole (labelled in the tables) instead of stopping")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (CPU runs only)")
     return parser
 
@@ -58,6 +60,7 @@ def main(level: str, argv: Sequence[str] | None = None) -> dict:
         "oe_lambda": args.oe_lambda,
         "oe_loss": args.oe_loss,
         "n_draws": args.n_draws,
+        "allow_small_sets": args.allow_small_sets,
     }
     cfg = preset_config(level, args.preset, **overrides)
     output_dir = args.output_dir or os.path.join("runs", f"ptb_{level}_{args.preset}")

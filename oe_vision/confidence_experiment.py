@@ -32,16 +32,16 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from oe_common.losses import confidence_branch_oe_loss
+from oe_common.losses import BRANCH_EPS, confidence_branch_oe_loss
 from oe_common.trainer import OETrainer
 
 from .paper_results import TABLE3
 
 __all__ = ["ConfidenceBranchOETrainer", "branch_logits", "table3_markdown", "BRANCH_EPS", "BRANCH_LOGIT_BOUND"]
 
-#: Clamp of ``b`` before the log in the OE term, as DeVries & Taylor's code clamps ``b`` (1e-12).
-BRANCH_EPS = 1e-12
-#: ``logit(1 - eps) = -logit(eps)``: the branch logits are clamped to ``[-bound, bound]`` (about 27.6).
+#: ``BRANCH_EPS`` (1e-12, from :mod:`oe_common.losses`) clamps ``b`` before the log in the OE term, as DeVries &
+#: Taylor's code clamps ``b``; equivalently the branch logits are clamped to ``[-bound, bound]``, ``bound =
+#: logit(1 - eps) = -logit(eps)`` (about 27.6).
 BRANCH_LOGIT_BOUND = math.log((1 - BRANCH_EPS) / BRANCH_EPS)
 
 
@@ -86,11 +86,11 @@ class ConfidenceBranchOETrainer(OETrainer):
     def oe_term(self, out_logits: torch.Tensor, out_mask: torch.Tensor | None, in_logits: torch.Tensor, in_mask: torch.Tensor | None) -> torch.Tensor:
         """``E_OE[log b(x')]`` with ``b`` clamped to ``[eps, 1 - eps]`` (minimised: drives ``b`` to 0 on outliers).
 
-        Computed as ``confidence_branch_oe_loss(clamp(c', logit(eps), logit(1 - eps)))`` = ``mean(log clamp(b', eps,
-        1 - eps))`` in float32, the clamp of DeVries & Taylor's code (``eps = 1e-12``): outliers with ``b < eps`` add
-        no gradient. Unclamped, ``E[log b]`` is unbounded below and training diverges.
+        :func:`oe_common.losses.confidence_branch_oe_loss` (which clamps, the clamp of DeVries & Taylor's code,
+        ``eps = 1e-12``: outliers with ``b < eps`` add no gradient; unclamped, ``E[log b]`` is unbounded below and
+        training diverges) on float32 logits.
         """
-        return confidence_branch_oe_loss(out_logits.float().clamp(-BRANCH_LOGIT_BOUND, BRANCH_LOGIT_BOUND))
+        return confidence_branch_oe_loss(out_logits.float(), eps=BRANCH_EPS)
 
 
 def table3_markdown(

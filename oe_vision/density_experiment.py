@@ -58,6 +58,8 @@ from oe_common.reporting import (
     detection_records,
     plot_roc_curves,
     plot_score_histograms,
+    sampling_note,
+    protocol_sentence,
     remove_empty_dirs,
     run_meta,
     steps_cell,
@@ -132,7 +134,7 @@ class DensityOEConfig:
     baseline_max_minutes: float | None = None  # wall-clock budget of the stage (None = none): oe_common.callbacks.time_budget_callbacks
     oe_max_minutes: float | None = None
     oe_lambda: float = 1.0
-    margin_per_subpixel: float = 1.0
+    margin_per_subpixel: float = 1.0  # our reading of the paper's "a margin of 1 per pixel" (unit not stated)
     warmup_ratio: float = 0.0
     max_grad_norm: float = 1.0
     oe_concat_forward: bool = True
@@ -140,6 +142,7 @@ class DensityOEConfig:
     n_draws: int = 1
     ratio: int = 5
     recall_level: float = 0.95
+    allow_small_sets: bool = False  # an anomaly set with fewer than len(test) // ratio images: an error unless True (used whole, labelled)
     # runtime
     num_threads: int | None = None  # torch CPU threads for the run (CPU only; restored afterwards)
     num_workers: int = 0
@@ -467,8 +470,9 @@ def evaluate_density(scores: Mapping[str, np.ndarray], data: DensityData, cfg: D
     """Detection records of one model: every unseen set + ``mean`` (over them), then the overlap rows.
 
     Fields: ``dataset``, ``model``, ``score`` (``bits_per_dim``), ``domain``, ``fpr95`` (or the ``recall_level``'s),
-    ``auroc``, ``aupr`` (anomalies positive), ``aupr_in``, stds over draws, ``n_in``, ``n_out``, ``n_draws``,
-    ``oe_source_overlap``, and the likelihood check: ``mean_bits_per_dim``, ``median_bits_per_dim``,
+    ``auroc``, ``aupr`` (anomalies positive), ``aupr_in``, stds over draws, ``oe_source_overlap``, what ran (``n_in``,
+    ``n_out``, ``capped``, ``base_rate``, ``n_draws``, ...: :func:`oe_common.reporting.detection_records`; a set smaller
+    than ``len(test) // ratio`` is an error unless ``cfg.allow_small_sets``), and the likelihood check: ``mean_bits_per_dim``, ``median_bits_per_dim``,
     ``in_mean_bits_per_dim``, ``frac_below_in_median``, ``more_likely_than_in`` (for ``mean``: the number of unseen
     sets more likely than D_in, ``n_more_likely_than_in``). Metric values are fractions.
     """
@@ -476,12 +480,12 @@ def evaluate_density(scores: Mapping[str, np.ndarray], data: DensityData, cfg: D
     in_scores = scores["test"]
     fields = dict(dataset=cfg.dataset, model=model_name, score=SCORE)
     table = evaluate_ood(in_scores, {n: scores[n] for n in data.mean_sets}, n_draws=cfg.n_draws, ratio=cfg.ratio, seed=cfg.seed,
-                         recall_level=cfg.recall_level)
+                         recall_level=cfg.recall_level, allow_small_sets=cfg.allow_small_sets)
     records = detection_records(table, **fields, oe_source_overlap=False)
     overlap = [n for n in data.overlap_sets if n in scores]
     if overlap:
         extra = evaluate_ood(in_scores, {n: scores[n] for n in overlap}, n_draws=cfg.n_draws, ratio=cfg.ratio, seed=cfg.seed + 1,
-                             recall_level=cfg.recall_level)
+                             recall_level=cfg.recall_level, allow_small_sets=cfg.allow_small_sets)
         records += [r for r in detection_records(extra, **fields, oe_source_overlap=True) if r["domain"] != "mean"]
     in_mean = summary["test"]["mean"]
     for record in records:
@@ -504,7 +508,8 @@ def _pct(value: Any) -> str:
 
 def table5_markdown(records: Sequence[Mapping[str, Any]], fpr_key: str = "fpr95") -> str:
     """Paper Table 5 layout: per anomaly set ``baseline → OE`` for FPR / AUROC / AUPR (percentages), the ``mean``,
-    the paper's CIFAR-10 means (labelled as the paper's), then the overlap rows (marked †, not in the mean)."""
+    the paper's CIFAR-10 means (labelled as the paper's), then the overlap rows (marked †, not in the mean). A set that
+    did not run at the requested base rate and draws is labelled with what ran (``mnist [1:10, 1 draw]``)."""
     base = {r["domain"]: r for r in records if r["model"] == "baseline"}
     oe = {r["domain"]: r for r in records if r["model"] == "oe"}
     label = fpr_key.upper()
@@ -513,7 +518,8 @@ def table5_markdown(records: Sequence[Mapping[str, Any]], fpr_key: str = "fpr95"
     def row(domain: str, name: str) -> str:
         b, o = base[domain], oe.get(domain)
         cells = [f"{_pct(b[k])} → {_pct(o[k]) if o else '–'}" for k in (fpr_key, "auroc", "aupr")]
-        return "| " + " | ".join([name, *cells]) + " |"
+        note = sampling_note(b)
+        return "| " + " | ".join([f"{name} [{note}]" if note else name, *cells]) + " |"
 
     ordered = [d for d in base if d != "mean" and not base[d]["oe_source_overlap"]]
     lines += [row(d, d) for d in ordered]
@@ -567,8 +573,8 @@ def _markdown_report(cfg: DensityOEConfig, data: DensityData, records: list[dict
         "",
         f"PixelCNN++ `{cfg.model_preset}` preset {model['overrides']} ({model['parameters'] / 1e6:.2f} M parameters); OE source "
         f"`{data.oe_source_name}` ({len(data.oe_train)} training images); commit `{meta['commit']}`; {meta['hardware']}; {meta['date']}.",
-        f"Score: bits per dimension (higher = more anomalous). {len(data.test)} D_in test images vs `len(test) // {cfg.ratio}` "
-        f"anomalies per set, {cfg.n_draws} draw(s); values in %, `baseline → OE`. OE: likelihood + margin "
+        f"Score: bits per dimension (higher = more anomalous). {protocol_sentence(records, 'D_in test images')} "
+        f"Values in %, `baseline → OE`. OE: likelihood + margin "
         f"`max(0, {cfg.margin_per_subpixel:g}·D + nll_in − nll_out)`, λ = {cfg.oe_lambda:g}, equal in/outlier batches of {cfg.batch_size}.",
         "",
         "| model | D_in test bits/dim | train steps | train seconds | scoring seconds |",
@@ -707,6 +713,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--test-size", type=int, default=None, help="cap on the D_in test images (smoke runs only)")
     parser.add_argument("--ood-size", type=int, default=None, help="images per anomaly set")
     parser.add_argument("--n-draws", type=int, default=None)
+    parser.add_argument("--allow-small-sets", action="store_true", default=None,
+                        help="use an anomaly set with fewer than len(test) // 5 images whole (labelled in the tables) instead of stopping")
     parser.add_argument("--num-workers", type=int, default=None)
     parser.add_argument("--threads", dest="num_threads", type=int, default=None, help="torch CPU threads (CPU runs only)")
     parser.add_argument("--no-save-models", dest="save_models", action="store_false", default=None)

@@ -51,6 +51,8 @@ from oe_common.reporting import (
     detection_records,
     plot_roc_curves,
     plot_score_histograms,
+    sampling_note,
+    protocol_sentence,
     remove_empty_dirs,
     run_meta,
     steps_cell,
@@ -131,7 +133,7 @@ class VisionOEConfig:
     eval_batch_size: int = 500
     lr: float = 0.01
     momentum: float = 0.9
-    weight_decay: float = 5e-4
+    weight_decay: float = 5e-4  # the paper's value; the released OE MNIST script used none
     baseline_epochs: float = 10.0
     baseline_max_steps: int = -1
     oe_lr: float = 0.01
@@ -150,6 +152,7 @@ class VisionOEConfig:
     n_draws: int = 10
     ratio: int = 5
     recall_level: float = 0.99  # the FPR shown in the Markdown tables (both FPR95 and FPR99 are recorded)
+    allow_small_sets: bool = False  # an anomaly set with fewer than len(test) // ratio images: an error unless True (used whole, labelled)
     # runtime
     bf16: bool = False
     num_workers: int = 0
@@ -536,9 +539,12 @@ def anomaly_scores(outputs: Mapping[str, torch.Tensor | None], score: str) -> np
 
 def _records_at_both_levels(in_scores: np.ndarray, out: Mapping[str, np.ndarray], cfg: VisionOEConfig, seed: int, **fields: Any) -> list[dict[str, Any]]:
     """Detection records with ``fpr99`` and ``fpr95`` (the same seeded draws: AUROC / AUPR identical at both levels)."""
-    tables = {level: evaluate_ood(in_scores, out, n_draws=cfg.n_draws, ratio=cfg.ratio, seed=seed, recall_level=level) for level in (0.95, 0.99)}
+    tables = {
+        level: evaluate_ood(in_scores, out, n_draws=cfg.n_draws, ratio=cfg.ratio, seed=seed, recall_level=level, allow_small_sets=cfg.allow_small_sets)
+        for level in (0.95, 0.99)
+    }
     records = detection_records(tables[0.99], **fields)
-    for record, row in zip(records, tables[0.95].rows):
+    for record, row in zip(records, tables[0.95].rows, strict=True):
         record["fpr95"], record["fpr95_std"] = row["fpr"], row["fpr_std"]
     return records
 
@@ -549,8 +555,9 @@ def evaluate_detection(
     """Detection records of one model and score: every unseen set + ``mean`` (over them), then overlap sets.
 
     Returns ``(records, in_scores, {set: out_scores})``. Record fields: ``dataset``, ``model``, ``score``, ``domain``,
-    ``fpr99``, ``fpr95``, ``auroc``, ``aupr`` (anomalies positive), ``aupr_in``, stds over draws, ``n_in``, ``n_out``,
-    ``n_draws``, ``oe_source_overlap``; metric values are fractions.
+    ``fpr99``, ``fpr95``, ``auroc``, ``aupr`` (anomalies positive), ``aupr_in``, stds over draws, ``oe_source_overlap``
+    and what ran (``n_in``, ``n_out``, ``capped``, ``base_rate``, ``n_draws``, ...: :func:`oe_common.reporting.detection_records`);
+    metric values are fractions. A set smaller than ``len(test) // ratio`` is an error unless ``cfg.allow_small_sets``.
     """
     in_scores = anomaly_scores(outputs["test"], score)
     out = {name: anomaly_scores(outputs[name], score) for name in data.ood}
@@ -588,7 +595,7 @@ def save_detector(
 
     in_scores = anomaly_scores(outputs["test"], score)
     table = evaluate_ood(in_scores, {n: anomaly_scores(outputs[n], score) for n in data.mean_sets}, n_draws=cfg.n_draws, ratio=cfg.ratio,
-                         seed=cfg.seed, recall_level=cfg.recall_level)
+                         seed=cfg.seed, recall_level=cfg.recall_level, allow_small_sets=cfg.allow_small_sets)
     table.meta["score"] = score
     training = {
         "in_distribution_dataset": cfg.dataset, "outlier_dataset": data.oe_source_name, "test_anomaly_datasets": list(data.mean_sets),
@@ -608,9 +615,13 @@ def _by_domain(records: Sequence[Mapping[str, Any]], model: str, score: str) -> 
 
 
 def _name(domain: str, record: Mapping[str, Any] | None) -> str:
+    """The row label: ``**mean**``, ``isun_gray †`` (overlap set), plus what ran when it was not the requested
+    base rate and draws (``mnist [1:10, 1 draw]``)."""
     if domain == "mean":
         return "**mean**"
-    return f"{domain} †" if record is not None and record.get("oe_source_overlap") else domain
+    name = f"{domain} †" if record is not None and record.get("oe_source_overlap") else domain
+    note = sampling_note(record) if record is not None else ""
+    return f"{name} [{note}]" if note else name
 
 
 def _pct(value: Any) -> str:
@@ -693,9 +704,8 @@ def _markdown_report(cfg: VisionOEConfig, data: VisionData, records: list[dict[s
         f"# {_TITLES[cfg.dataset]}: MSP baseline → Outlier Exposure",
         "",
         f"Model {model_desc}; commit `{meta['commit']}`; {meta['hardware']}; {meta['date']}. Values are percentages; detection "
-        f"metrics are means over {cfg.n_draws} draws of `len(test) // {cfg.ratio}` anomalies per set against all "
-        f"{stats['n_test']} test images (anomalies positive). Columns marked 'paper' are the OE paper's numbers (its "
-        "models, OE source and anomaly sets), shown for reference.",
+        f"metrics (anomalies positive) are means over the draws. {protocol_sentence(records, 'test images')} Columns marked "
+        "'paper' are the OE paper's numbers (its models, OE source and anomaly sets), shown for reference.",
         "",
         f"Data: {stats['n_train']} training images ({stats['n_holdout']} more held out, never trained on); OE source "
         f"`{stats['oe_source']}` ({stats['n_oe_source']} images); anomaly sets: "
@@ -725,10 +735,11 @@ def _markdown_report(cfg: VisionOEConfig, data: VisionData, records: list[dict[s
     parts += ["", "## Misclassification detection with the MSP (errors positive)", "", _misclassification_markdown(meta["misclassification"], cfg.dataset)]
     if meta.get("calibration"):
         temps = ", ".join(f"{m} T = {t:.3f}" for m, t in meta["temperatures"].items())
-        parts += ["", f"## Calibration on test + `len(test) // {cfg.ratio}` anomalies per set, anomalies counted wrong (Table 7 layout)", "",
+        parts += ["", "## Calibration on test + the detection tables' anomaly draws per set, anomalies counted wrong (Table 7 layout)", "",
                   table7_markdown(meta["calibration"], cfg.dataset), "",
                   f"Temperatures fitted on the {stats['n_holdout']} held-out training images: {temps}. Mean over the unseen anomaly sets "
-                  f"of the mean over {cfg.n_draws} draws; adaptive bins of 100 examples, every bin counted."]
+                  "of the mean over the draws (the base rate and distinct draws of the detection tables above); adaptive bins of "
+                  "100 examples, every bin counted."]
     if meta.get("calibration_skipped"):
         parts += ["", "## Calibration", "", meta["calibration_skipped"]]
     parts += ["", "## Notes", ""]

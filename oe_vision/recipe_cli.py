@@ -48,6 +48,8 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
     parser.add_argument("--test-size", type=int, default=None, help="cap on the test images (smoke runs only)")
     parser.add_argument("--ood-size", type=int, default=None, help="cap per anomaly set")
     parser.add_argument("--n-draws", type=int, default=None)
+    parser.add_argument("--allow-small-sets", action="store_true", default=None,
+                        help="use an anomaly set with fewer than len(test) // 5 images whole (labelled in the tables) instead of stopping")
     parser.add_argument("--num-workers", type=int, default=None, help="DataLoader workers")
     parser.add_argument("--no-save-models", dest="save_models", action="store_false", default=None)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (CPU runs only)")
@@ -65,7 +67,7 @@ def main(dataset: str, argv: Sequence[str] | None = None) -> dict:
         key: getattr(args, key, None)
         for key in (
             "seed", "oe_source", "oe_from_scratch", "branch", "calibration", "baseline_epochs", "oe_epochs", "baseline_max_steps",
-            "oe_max_steps", "baseline_max_minutes", "oe_max_minutes", "lr", "oe_lr", "batch_size", "oe_batch_size", "oe_lambda", "train_size", "test_size", "ood_size", "n_draws",
+            "oe_max_steps", "baseline_max_minutes", "oe_max_minutes", "lr", "oe_lr", "batch_size", "oe_batch_size", "oe_lambda", "train_size", "test_size", "ood_size", "n_draws", "allow_small_sets",
             "num_workers", "save_models", "cifar_dir",
         )
     }

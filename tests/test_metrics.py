@@ -88,8 +88,9 @@ def test_sample_base_rate_draws_one_fifth_without_replacement():
     draw = sample_base_rate(out_scores, n_in=2003, rng=rng)
     assert draw.size == 2003 // 5
     assert np.unique(draw).size == draw.size
-    with pytest.warns(UserWarning, match="only 10 anomalies"):
-        assert sample_base_rate(np.arange(10.0), n_in=100, rng=rng).size == 10
+    with pytest.raises(ValueError, match="only 10 anomaly scores, fewer than n_in // 5 = 20"):
+        sample_base_rate(np.arange(10.0), n_in=100, rng=rng)
+    assert sample_base_rate(np.arange(10.0), n_in=100, rng=rng, allow_small_sets=True).size == 10
 
 
 def test_evaluate_ood_protocol_matches_manual_draws():
