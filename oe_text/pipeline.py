@@ -416,7 +416,10 @@ def save_text_detector(
         table = OODTable(
             rows=[{"name": r["domain"], "n_in": r["n_in"], "n_out": r["n_out"], "fpr": r[fpr_key], "auroc": r["auroc"],
                    "aupr_out": r["aupr"], "aupr_in": r["aupr_in"], "fpr_std": r[f"{fpr_key}_std"], "auroc_std": r["auroc_std"],
-                   "aupr_out_std": r["aupr_std"]} for r in rows],
+                   "aupr_out_std": r["aupr_std"],
+                   # what actually ran (oe_common.metrics.OODTable): the card prints its sampling from these
+                   **{k: r[k] for k in ("n_out_wanted", "n_out_available", "capped", "n_draws", "base_rate") if k in r}}
+                  for r in rows],
             recall_level=cfg.recall_level, n_draws=int(rows[0].get("n_draws", cfg.n_draws)), ratio=int(rows[0].get("ratio", 5)),
             seed=cfg.seed,
             meta={"score": "nll", "protocol": protocol,
