@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from oe_common.calibration import calibration_report, fit_temperature, max_softmax_confidence, rescale_01
+from oe_common.metrics import base_rate_label, sample_base_rate
 from oe_common.reporting import plot_reliability_diagram
 
 from .paper_results import TABLE7
@@ -38,13 +39,6 @@ TABLE7_COLUMNS: tuple[tuple[str, str], ...] = (("baseline", "temperature"), ("ba
 _METRICS = ("rms", "mav", "soft_f1")
 
 
-def _draw_indices(n_out: int, n_in: int, ratio: int, rng: np.random.Generator) -> np.ndarray:
-    wanted = n_in // ratio
-    if wanted < 1:
-        raise ValueError(f"{n_in} in-distribution examples give n_in // {ratio} = 0 anomalies")
-    return rng.choice(n_out, size=min(wanted, n_out), replace=False)
-
-
 def mixture_calibration(
     test_logits: torch.Tensor,
     test_labels: torch.Tensor,
@@ -56,12 +50,17 @@ def mixture_calibration(
     ratio: int = 5,
     seed: int = 0,
     bin_size: int = 100,
+    allow_small_sets: bool = False,
 ) -> dict[str, dict[str, float]]:
     """Calibration on the paper's mixture for every anomaly set, plus ``"mean"`` (over ``mean_sets``) and
     ``"test_only"`` (the in-distribution test set alone, no anomalies).
 
-    Returns ``{domain: {"rms", "mav", "soft_f1", "<metric>_std", "n_in", "n_out", "n_draws"}}`` (fractions; std over
-    draws; the mean row averages the per-set means and stds).
+    Anomalies are drawn as :func:`oe_common.metrics.sample_base_rate` draws them: a set smaller than
+    ``n_in // ratio`` is an error unless ``allow_small_sets``, and is then used whole.
+
+    Returns ``{domain: {"rms", "mav", "soft_f1", "<metric>_std", "n_in", "n_out", "n_out_wanted", "capped",
+    "base_rate", "n_draws"}}`` (fractions; std over draws; the mean row averages the per-set means and stds).
+    ``n_draws`` counts DISTINCT draws, as in :class:`oe_common.metrics.OODTable`: 1 for a set used whole.
     """
     if n_draws < 1:
         raise ValueError(f"n_draws must be >= 1, got {n_draws}")
@@ -69,19 +68,26 @@ def mixture_calibration(
     if missing or not mean_sets:
         raise ValueError(f"mean_sets must be a non-empty subset of the anomaly sets; unknown: {missing}")
     n_in = int(test_logits.shape[0])
-    rows: dict[str, dict[str, float]] = {}
+    wanted = n_in // ratio
+    rows: dict[str, dict[str, Any]] = {}
     for set_index, (name, logits) in enumerate(ood_logits.items()):
         rng = np.random.default_rng([seed, set_index, 7])
+        n_set = int(logits.shape[0])
+        capped = n_set <= wanted  # the whole set every draw: one distinct draw
         draws = []
-        for _ in range(n_draws):
-            idx = _draw_indices(int(logits.shape[0]), n_in, ratio, rng)
+        for _ in range(1 if capped else n_draws):
+            idx = sample_base_rate(np.arange(n_set), n_in, rng, ratio, allow_small_sets).astype(np.int64)
             draws.append(calibration_report(test_logits, test_labels, logits[torch.as_tensor(idx)], temperature, rescale, bin_size))
-        row: dict[str, float] = {"n_in": n_in, "n_out": int(draws[0]["n_out"]), "n_draws": n_draws}
+        n_out = int(draws[0]["n_out"])
+        row: dict[str, Any] = {"n_in": n_in, "n_out": n_out, "n_out_wanted": wanted, "capped": n_out < wanted,
+                               "base_rate": base_rate_label(n_in, n_out, ratio, n_out < wanted), "n_draws": len(draws)}
         for key in _METRICS:
             values = np.array([d[key] for d in draws])
             row[key], row[key + "_std"] = float(values.mean()), float(values.std())
         rows[name] = row
-    mean_row: dict[str, float] = {"n_in": n_in, "n_out": int(sum(rows[s]["n_out"] for s in mean_sets)), "n_draws": n_draws}
+    mean_row: dict[str, Any] = {"n_in": n_in, "n_out": int(sum(rows[s]["n_out"] for s in mean_sets)),
+                                "n_out_wanted": wanted * len(mean_sets), "capped": any(rows[s]["capped"] for s in mean_sets),
+                                "n_draws": min(rows[s]["n_draws"] for s in mean_sets)}
     for key in _METRICS:
         mean_row[key] = float(np.mean([rows[s][key] for s in mean_sets]))
         mean_row[key + "_std"] = float(np.mean([rows[s][key + "_std"] for s in mean_sets]))
@@ -100,6 +106,7 @@ def run_calibration(
     ratio: int,
     seed: int,
     dataset: str,
+    allow_small_sets: bool = False,
 ) -> tuple[list[dict[str, Any]], dict[str, float]]:
     """Fit ``T`` per model on ``"holdout"`` and evaluate both methods on every mixture.
 
@@ -118,7 +125,8 @@ def run_calibration(
         temperatures[model] = temperature
         ood = {name: by_set[name]["logits"] for name in ood_names}
         for method, rescale in CALIBRATION_METHODS.items():
-            rows = mixture_calibration(by_set["test"]["logits"], labels["test"], ood, temperature, rescale, mean_sets, n_draws, ratio, seed)
+            rows = mixture_calibration(by_set["test"]["logits"], labels["test"], ood, temperature, rescale, mean_sets, n_draws, ratio, seed,
+                                       allow_small_sets=allow_small_sets)
             for domain, row in rows.items():
                 records.append({"dataset": dataset, "model": model, "method": method, "domain": domain, "temperature": temperature,
                                 "in_mean": domain in mean_sets, **row})

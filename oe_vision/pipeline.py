@@ -835,7 +835,7 @@ def run_vision_oe(cfg: VisionOEConfig, output_dir: str | Path, data_dir: str | P
         try:
             calibration, temperatures = run_calibration(
                 {m: outputs[m] for m in ("baseline", "oe")}, {"test": test_labels, "holdout": data.holdout.labels},
-                list(data.ood), data.mean_sets, cfg.n_draws, cfg.ratio, cfg.seed, cfg.dataset,
+                list(data.ood), data.mean_sets, cfg.n_draws, cfg.ratio, cfg.seed, cfg.dataset, allow_small_sets=cfg.allow_small_sets,
             )
         except ValueError as err:  # e.g. a smoke run's chance-level model: no finite temperature minimises the NLL
             calibration_skipped = f"calibration skipped: {err}"

@@ -162,3 +162,21 @@ def test_confidence_branch_oe_loss_is_the_clamped_formula():
     assert half.dtype == torch.float32 and half.item() == pytest.approx(math.log(BRANCH_EPS), rel=1e-4)
     with pytest.raises(ValueError, match="eps"):
         confidence_branch_oe_loss(torch.zeros(2), eps=0.0)
+
+
+def test_calibration_mixtures_refuse_small_sets_and_record_what_ran():
+    """The Table 7 mixtures draw anomalies like ``evaluate_ood``: a too-small set is an error unless allowed, and then
+    it is used whole, once, and recorded as capped (before: silently ``min(wanted, available)``, ``n_draws`` as asked)."""
+    from oe_vision.calibration_experiment import mixture_calibration
+
+    g = torch.Generator().manual_seed(0)
+    test, labels = torch.randn(100, 10, generator=g), torch.randint(0, 10, (100,), generator=g)
+    ood = {"big": torch.randn(50, 10, generator=g), "small": torch.randn(8, 10, generator=g)}
+    with pytest.raises(ValueError, match="allow_small_sets"):
+        mixture_calibration(test, labels, ood, 1.0, False, ["big", "small"], n_draws=5)
+    rows = mixture_calibration(test, labels, ood, 1.0, False, ["big", "small"], n_draws=5, allow_small_sets=True)
+    assert (rows["big"]["n_out"], rows["big"]["capped"], rows["big"]["base_rate"], rows["big"]["n_draws"]) == (20, False, "1:5", 5)
+    assert rows["big"]["rms_std"] > 0
+    assert (rows["small"]["n_out"], rows["small"]["capped"], rows["small"]["base_rate"], rows["small"]["n_draws"]) == (8, True, "1:12.5", 1)
+    assert rows["small"]["rms_std"] == 0.0
+    assert rows["mean"]["capped"] and rows["mean"]["n_draws"] == 1
