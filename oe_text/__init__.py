@@ -2,7 +2,8 @@
 
 Importing ``oe_text`` registers the AWD-LSTM model type ``"oe_awd_lstm"`` with ``AutoConfig``, ``AutoModel``
 and ``AutoModelForCausalLM``, so a saved model loads with ``AutoModelForCausalLM.from_pretrained(path)``
-(no ``trust_remote_code``).
+(no ``trust_remote_code``), and registers :class:`~oe_text.preprocessing.TextPreprocessing` as the preprocessing
+of the ``OODDetector`` text tasks (:mod:`oe_common.preprocessing`).
 
 The data pipeline is imported explicitly as ``oe_text.data`` (``from oe_text import data`` /
 ``import oe_text.data``); it is deliberately not imported here so that using the models does not pull in
@@ -17,6 +18,7 @@ from .modeling_awd_lstm import (
     register_auto_classes,
 )
 from .models import MODEL_KINDS, PRESETS, build_language_model, shifted_logits_and_targets
+from .preprocessing import TextPreprocessing  # registers it with oe_common.preprocessing
 
 register_auto_classes()
 
@@ -27,6 +29,7 @@ __all__ = [
     "AWDLSTMPreTrainedModel",
     "MODEL_KINDS",
     "PRESETS",
+    "TextPreprocessing",
     "build_language_model",
     "register_auto_classes",
     "shifted_logits_and_targets",
