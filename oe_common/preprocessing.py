@@ -22,11 +22,8 @@ __all__ = ["DetectorPreprocessing", "ScoringBatches", "register_preprocessing", 
 
 
 class ScoringBatches(NamedTuple):
-    """What :meth:`DetectorPreprocessing.batches` returns.
-
-    ``batches`` yields ``(model_inputs, owners)``: keyword arguments of the model's forward pass (CPU tensors) and,
-    per row, the 0-based index of the input it belongs to (an input may span several rows, e.g. text windows).
-    """
+    """``batches`` yields ``(model_inputs, owners)``: the forward pass's keyword arguments (CPU tensors) and, per row,
+    the 0-based index of the input it belongs to (an input may span several rows, e.g. the windows of a long text)."""
 
     n_inputs: int
     n_batches: int
@@ -34,21 +31,20 @@ class ScoringBatches(NamedTuple):
 
 
 class DetectorPreprocessing:
-    """Base class of a detector's preprocessing. ``kind`` is the ``"type"`` saved in ``detector_config.json``,
-    ``tasks`` the detector tasks it serves. Subclasses implement :meth:`from_config`, :meth:`to_dict` and
-    :meth:`batches`; the other methods have do-nothing defaults."""
+    """Base class of a detector's preprocessing: ``kind`` is the ``"type"`` saved in ``detector_config.json``, ``tasks``
+    the detector tasks it serves. Subclasses implement :meth:`from_config`, :meth:`to_dict` and :meth:`batches`."""
 
     kind: ClassVar[str] = ""
     tasks: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def required_files(cls, spec: Mapping[str, Any]) -> list[str]:
-        """Files besides the model that a saved checkpoint with this ``spec`` must hold (named when missing)."""
+        """Files besides the model that a checkpoint saved with this ``spec`` holds (named when missing)."""
         return []
 
     @classmethod
     def from_config(cls, spec: Mapping[str, Any], folder: Path) -> "DetectorPreprocessing":
-        """Rebuild from the saved ``spec`` (:meth:`to_dict`) and the checkpoint ``folder`` (for :meth:`save`'s files)."""
+        """Rebuild from the saved spec (:meth:`to_dict`) and the checkpoint ``folder`` (:meth:`save`'s files)."""
         raise NotImplementedError
 
     def to_dict(self) -> dict[str, Any]:
@@ -63,10 +59,10 @@ class DetectorPreprocessing:
         return self
 
     def check_model(self, model: torch.nn.Module, task: str) -> None:
-        """Raise ``ValueError`` when the model cannot take this preprocessing's inputs (e.g. a vocabulary too large)."""
+        """Raise ``ValueError`` when the model cannot take these inputs (e.g. a vocabulary larger than the model's)."""
 
     def batches(self, inputs: Any, task: str, batch_size: int) -> ScoringBatches:
-        """Raw inputs -> model-input batches of at most ``batch_size`` rows (see :class:`ScoringBatches`)."""
+        """Raw inputs -> batches of at most ``batch_size`` rows."""
         raise NotImplementedError
 
 

@@ -92,11 +92,6 @@ class TextPreprocessing(DetectorPreprocessing):
         }
 
     @classmethod
-    def from_dict(cls, spec: Mapping[str, Any], vocab: Any) -> "TextPreprocessing":
-        keys = ("normalizer", "seq_len", "prepend_eos", "append_eos", "long_text")
-        return cls(vocab=vocab, **{k: spec[k] for k in keys if k in spec})
-
-    @classmethod
     def required_files(cls, spec: Mapping[str, Any]) -> list[str]:
         return [spec.get("vocab_file", VOCAB_NAME)]
 
@@ -110,7 +105,8 @@ class TextPreprocessing(DetectorPreprocessing):
             raise DetectorCheckpointError(f"{path} is not a valid vocabulary: missing field {exc}") from None
         except (ValueError, TypeError) as exc:
             raise DetectorCheckpointError(f"{path} is not a valid vocabulary: {exc}") from None
-        return cls.from_dict(spec, vocab)
+        keys = ("normalizer", "seq_len", "prepend_eos", "append_eos", "long_text")
+        return cls(vocab=vocab, **{k: spec[k] for k in keys if k in spec})
 
     def save(self, folder: Path) -> None:
         self.vocab.save(folder / VOCAB_NAME)

@@ -53,16 +53,12 @@ class ImagePreprocessing(DetectorPreprocessing):
         return {"type": self.kind, **asdict(self)}
 
     @classmethod
-    def from_dict(cls, spec: Mapping[str, Any]) -> "ImagePreprocessing":
+    def from_config(cls, spec: Mapping[str, Any], folder: Path) -> "ImagePreprocessing":
         allowed = {"size", "channels", "invert", "mean", "std", "center_crop"}
         unknown = sorted(set(spec) - allowed - {"type"})
         if unknown:
             raise DetectorCheckpointError(f"unknown image preprocessing field(s) {unknown}; known: {sorted(allowed)}")
         return cls(**{k: spec[k] for k in allowed if k in spec})
-
-    @classmethod
-    def from_config(cls, spec: Mapping[str, Any], folder: Path) -> "ImagePreprocessing":
-        return cls.from_dict(spec)
 
     def transform(self) -> Callable:
         """The torchvision v2 pipeline (input: PIL image, HWC uint8 array or CHW uint8 tensor)."""
