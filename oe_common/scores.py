@@ -220,8 +220,9 @@ def example_scores(
     * ``(B, L, V)`` token logits: the per-sequence mean ``s_b = (1/|M_b|) sum_{t in M_b} s_{b,t}`` over the real
       positions ``M_b`` of ``mask`` (default: all). With ``causal=True`` position ``t`` scores the prediction of
       token ``t+1`` (:func:`causal_shift`). ``"nll"`` is the mean token NLL against ``targets`` (the input ids;
-      ``-100`` = ignored, and then also dropped from the other scores' positions), ``"uniform_xent"`` and ``"nll"``
-      share one ``logsumexp`` (:func:`sequence_scores`); the others average their token-level score.
+      ``-100`` = ignored: with ``"nll"`` among ``names`` those positions are dropped for every score);
+      ``"uniform_xent"`` and ``"nll"`` share one ``logsumexp`` (:func:`sequence_scores`); the others average their
+      token-level score.
 
     ``temperature`` is the energy score's ``T``. Names must be in :data:`SCORE_NAMES`.
     """
