@@ -8,6 +8,11 @@ A detector answers "is this input unlike the training data?" for raw inputs (tex
 
 Tasks and scores (all "higher = more anomalous", see :mod:`oe_common.scores`)
 ------------------------------------------------------------------------------
+Preprocessing is registered by the modality packages (:mod:`oe_common.preprocessing`): ``oe_text`` registers
+:class:`oe_text.preprocessing.TextPreprocessing`, ``oe_vision`` :class:`oe_vision.preprocessing.ImagePreprocessing`;
+the detector imports the package its task names (:data:`_REGISTERING_PACKAGES`). Scores are computed by
+:func:`oe_common.scores.example_scores`, the function the trainer and the pipelines use.
+
 * ``"causal-lm"`` (e.g. :class:`oe_text.AWDLSTMForCausalLM`, GPT-2): a text is encoded with its
   :class:`~oe_text.vocab.Vocabulary` after the normalisation used in training, as ids
   ``[<eos>] + tokens + [<eos>]`` (``prepend_eos`` / ``append_eos``: the leading ``<eos>`` plays the role of the
@@ -30,7 +35,7 @@ Tasks and scores (all "higher = more anomalous", see :mod:`oe_common.scores`)
   ``seq_len`` tokens are truncated by default (``"window"``: token-weighted mean over chunks of ``seq_len``).
 * ``"image-classification"`` (:mod:`oe_vision` models): inputs are image files / PIL images / uint8 arrays,
   preprocessed by :func:`oe_vision.data.image_transform` built from a small JSON spec
-  (:class:`ImagePreprocessing`: size, channels, invert, mean, std, center_crop), or an already
+  (``ImagePreprocessing``: size, channels, invert, mean, std, center_crop), or an already
   preprocessed float tensor ``(N, C, H, W)``. Scores ``msp`` (default), ``uniform_xent``, ``max_logit``,
   ``energy``.
 
@@ -66,38 +71,32 @@ import math
 import os
 import re
 import tempfile
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from .metrics import OODTable, _real_number, as_score_array, evaluate_ood
-from .scores import energy_score, max_logit_score, msp_score, token_nll, uniform_xent_score
+from .preprocessing import DetectorPreprocessing, preprocessing_class
+from .scores import SCORE_NAMES, causal_shift, example_scores
 
 __all__ = [
     "OODDetector",
-    "TextPreprocessing",
-    "ImagePreprocessing",
     "DetectorInputError",
     "DetectorCheckpointError",
     "threshold_for_fpr",
     "threshold_for_tpr",
-    "normalize_text",
+    "read_checkpoint_json",
     "TASKS",
     "TEXT_TASKS",
     "SCORE_NAMES",
-    "NORMALIZERS",
-    "LONG_TEXT_MODES",
     "DETECTOR_CONFIG_NAME",
-    "VOCAB_NAME",
     "MODEL_CARD_NAME",
     "IMAGE_SUFFIXES",
 ]
 
 DETECTOR_CONFIG_NAME = "detector_config.json"
-VOCAB_NAME = "vocab.json"
 MODEL_CARD_NAME = "README.md"
 MODEL_CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -109,9 +108,6 @@ _VERSION = 1
 
 TEXT_TASKS = ("causal-lm", "text-classification")
 TASKS = TEXT_TASKS + ("image-classification",)
-SCORE_NAMES = ("msp", "uniform_xent", "max_logit", "energy", "nll")
-NORMALIZERS = ("whitespace", "ptb", "ptb_char", "wikitext_char")
-LONG_TEXT_MODES = ("window", "truncate", "error")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 #: Default score per task: the LM's mean NLL (paper section 2), -MSP for classifiers (Table 1).
@@ -124,15 +120,11 @@ _AUTO_CLASS = {
     "text-classification": "AutoModelForSequenceClassification",
     "image-classification": "AutoModelForImageClassification",
 }
-#: Packages whose import registers the toolkit's model types with the Auto classes.
+#: Packages whose import registers the task's preprocessing (:mod:`oe_common.preprocessing`) and the toolkit's
+#: model types with the Auto classes. Names as data: ``oe_common`` never imports a modality package directly.
 _REGISTERING_PACKAGES = {"causal-lm": ("oe_text",), "text-classification": ("oe_text",), "image-classification": ("oe_vision",)}
 #: A progress bar is shown automatically from this many batches on (``progress=None``).
 PROGRESS_MIN_BATCHES = 20
-
-# Tokens the "ptb" normaliser drops as punctuation (PTB keeps $ # & ' % * / as words or N).
-_PUNCT_CHARS = frozenset('!"(),-.:;?[]{}`\u2013\u2014\u2026\u201c\u201d\u00ab\u00bb')
-_PUNCT_TOKENS = frozenset({"``", "''", "-lrb-", "-rrb-", "-lcb-", "-rcb-"})
-
 
 # =============================================================================================== errors
 class DetectorInputError(ValueError):
@@ -223,206 +215,33 @@ def threshold_for_tpr(in_scores: Any, out_scores: Any, target_tpr: float) -> flo
 
 
 # =============================================================================================== preprocessing
-def _is_punct_token(token: str) -> bool:
-    return token in _PUNCT_TOKENS or all(c in _PUNCT_CHARS for c in token)
+#: Names that moved to the modality packages, resolved on first use through the registry (backward compatibility
+#: of ``from oe_common.detector import TextPreprocessing``): name -> the task whose package registers it.
+_MOVED = {"TextPreprocessing": "causal-lm", "ImagePreprocessing": "image-classification"}
 
 
-def normalize_text(line: str, normalizer: str, charset: Iterable[str] | None = None) -> list[str]:
-    """Tokens of one raw text line under a named normalisation (no ``<eos>``; see :data:`NORMALIZERS`).
-
-    * ``"whitespace"``: ``line.split()``: text already in the corpus' token format (PTB / WikiText word files,
-      PTB-char files with space-separated characters, EWT ``paper`` protocol). OOV words become ``<unk>``.
-    * ``"ptb"``: whitespace-tokenised English mapped to PTB word conventions, the EWT ``clean`` rule
-      (:func:`oe_text.normalize.normalize_ewt_clean`) with every token made only of punctuation
-      (``. , ? ! : ; ( ) " -- ...``) treated as PUNCT and dropped: lower-case, numbers -> ``N``, ``/ *``
-      escaped; PTB's ``N`` stays ``N`` (so PTB text is unchanged). Punctuation glued to a word (``end.``) is
-      not split off: tokenise first.
-    * ``"ptb_char"``: ``"ptb"`` then spelled out as PTB-char (characters of each word, ``_`` between words);
-      characters outside ``charset`` are dropped.
-    * ``"wikitext_char"``: the rule applied to the WikiText-2 OE outliers at character level
-      (:func:`oe_text.normalize.wikitext_char_line`: glue ``@-@``, lower-case, drop non-PTB characters, ``_``).
-    """
-    from oe_text.normalize import ConlluWord, normalize_ewt_clean, wikitext_char_line
-
-    if normalizer == "whitespace":
-        return line.split()
-    if normalizer in ("ptb", "ptb_char"):
-        # PTB's own number token "N" stays a number (lower-casing would turn it into the word "n"), so the
-        # rule is idempotent on PTB text.
-        words = [ConlluWord("0" if tok == "N" else tok, "PUNCT" if _is_punct_token(tok) else "X") for tok in line.split()]
-        tokens = normalize_ewt_clean(words)
-        if normalizer == "ptb":
-            return tokens
-        if charset is None:
-            raise ValueError("the 'ptb_char' normaliser needs the character set (the char vocabulary)")
-        keep = set(charset)
-        return [c for c in "_".join(tokens) if c in keep]
-    if normalizer == "wikitext_char":
-        if charset is None:
-            raise ValueError("the 'wikitext_char' normaliser needs the character set (the char vocabulary)")
-        return list(wikitext_char_line(line, charset))
-    raise ValueError(f"unknown normalizer {normalizer!r}; choose one of {NORMALIZERS}")
+def _import_registering(task: str) -> None:
+    """Import the packages that register ``task``'s preprocessing and model types (names given as data)."""
+    for package in _REGISTERING_PACKAGES[task]:
+        importlib.import_module(package)
 
 
-@dataclass
-class TextPreprocessing:
-    """How raw text becomes model input. Everything but ``vocab`` is saved in ``detector_config.json``.
-
-    Args:
-        vocab: the :class:`oe_text.vocab.Vocabulary` the model was trained with (saved as ``vocab.json``).
-        normalizer: one of :data:`NORMALIZERS` (see :func:`normalize_text`).
-        seq_len: language models: predicted tokens per window (70 word / 150 char, as in training);
-            classifiers: tokens per input.
-        prepend_eos / append_eos: add ``<eos>`` before / after the tokens (``None``: both for a causal LM,
-            neither for a classifier).
-        long_text: what to do with texts longer than one window: ``"window"`` / ``"truncate"`` / ``"error"``
-            (``None``: ``"window"`` for a causal LM, ``"truncate"`` for a classifier).
-    """
-
-    vocab: Any
-    normalizer: str = "whitespace"
-    seq_len: int = 70
-    prepend_eos: bool | None = None
-    append_eos: bool | None = None
-    long_text: str | None = None
-
-    def __post_init__(self) -> None:
-        from oe_text.vocab import Vocabulary
-
-        if not isinstance(self.vocab, Vocabulary):
-            raise TypeError(f"vocab must be an oe_text.vocab.Vocabulary, got {type(self.vocab).__name__}")
-        if self.normalizer not in NORMALIZERS:
-            raise ValueError(f"unknown normalizer {self.normalizer!r}; choose one of {NORMALIZERS}")
-        if self.normalizer in ("ptb_char", "wikitext_char") and self.vocab.level != "char":
-            raise ValueError(f"normalizer {self.normalizer!r} produces characters but the vocabulary is {self.vocab.level}-level")
-        if isinstance(self.seq_len, bool) or not isinstance(self.seq_len, (int, np.integer)) or self.seq_len < 1:
-            raise ValueError(f"seq_len must be a positive int, got {self.seq_len!r}")
-        self.seq_len = int(self.seq_len)
-        if self.long_text is not None and self.long_text not in LONG_TEXT_MODES:
-            raise ValueError(f"long_text must be one of {LONG_TEXT_MODES}, got {self.long_text!r}")
-
-    def resolved(self, task: str) -> "TextPreprocessing":
-        """A copy with the task's defaults filled in for the ``None`` fields."""
-        lm = task == "causal-lm"
-        return TextPreprocessing(
-            vocab=self.vocab,
-            normalizer=self.normalizer,
-            seq_len=self.seq_len,
-            prepend_eos=lm if self.prepend_eos is None else bool(self.prepend_eos),
-            append_eos=lm if self.append_eos is None else bool(self.append_eos),
-            long_text=("window" if lm else "truncate") if self.long_text is None else self.long_text,
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "type": "text",
-            "level": self.vocab.level,
-            "vocab_file": VOCAB_NAME,
-            "vocab_size": len(self.vocab),
-            "normalizer": self.normalizer,
-            "seq_len": self.seq_len,
-            "prepend_eos": self.prepend_eos,
-            "append_eos": self.append_eos,
-            "long_text": self.long_text,
-        }
-
-    @classmethod
-    def from_dict(cls, spec: Mapping[str, Any], vocab: Any) -> "TextPreprocessing":
-        keys = ("normalizer", "seq_len", "prepend_eos", "append_eos", "long_text")
-        return cls(vocab=vocab, **{k: spec[k] for k in keys if k in spec})
-
-    def encode(self, texts: Sequence[str]) -> list[np.ndarray]:
-        """Ids of each text (normalised, ``<eos>`` added as configured).
-
-        Raises:
-            DetectorInputError: naming every text (0-based index) that is empty after normalisation or holds
-                tokens that the vocabulary cannot encode.
-        """
-        vocab = self.vocab
-        charset = vocab.symbols() if vocab.level == "char" else None
-        empty, unencodable, ids_list = [], {}, []
-        for index, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise TypeError(f"text inputs must be str, got {type(text).__name__} at index {index}")
-            tokens = normalize_text(text, self.normalizer, charset)
-            if not tokens:
-                empty.append(index)
-                ids_list.append(None)
-                continue
-            if vocab.unk is None:
-                bad = sorted({t for t in tokens if t not in vocab.stoi})
-                if bad:
-                    unencodable[index] = bad
-                    ids_list.append(None)
-                    continue
-            if self.prepend_eos:
-                tokens = [vocab.eos, *tokens]
-            if self.append_eos:
-                tokens = [*tokens, vocab.eos]
-            ids_list.append(vocab.encode(tokens))
-        if empty or unencodable:
-            parts = []
-            if empty:
-                what = "empty" if self.normalizer == "whitespace" else f"empty after the {self.normalizer!r} normalisation"
-                parts.append(f"{len(empty)} input(s) {what} at index {_some(empty)}")
-            if unencodable:
-                detail = "; ".join(f"index {i}: {toks[:5]}" for i, toks in list(unencodable.items())[:5])
-                parts.append(f"{len(unencodable)} input(s) with tokens not in the {vocab.level} vocabulary (it has no unk) ({detail})")
-            raise DetectorInputError("; ".join(parts), sorted(empty + list(unencodable)))
-        return ids_list
+def _preprocessing_class(task: str) -> type[DetectorPreprocessing]:
+    _import_registering(task)
+    cls = preprocessing_class(task)
+    if cls is None:
+        raise TypeError(f"no preprocessing is registered for task {task!r} (importing {_REGISTERING_PACKAGES[task]} should register it)")
+    return cls
 
 
-@dataclass
-class ImagePreprocessing:
-    """A JSON-serialisable description of the image pipeline (:func:`oe_vision.data.image_transform` arguments).
-
-    ``size`` (side in pixels), ``channels`` (1 grayscale / 3 RGB), ``invert``, ``mean`` / ``std``
-    (per-channel ``Normalize``, both or neither), ``center_crop`` (resize the shorter side then crop).
-    No augmentation is ever applied at scoring time.
-    """
-
-    size: int | None = None
-    channels: int | None = None
-    invert: bool = False
-    mean: list[float] | None = None
-    std: list[float] | None = None
-    center_crop: bool = False
-
-    def __post_init__(self) -> None:
-        if self.size is not None and (isinstance(self.size, bool) or not isinstance(self.size, (int, np.integer)) or self.size < 1):
-            raise ValueError(f"size must be a positive int or None, got {self.size!r}")
-        if self.channels not in (None, 1, 3):
-            raise ValueError(f"channels must be 1, 3 or None, got {self.channels!r}")
-        if (self.mean is None) != (self.std is None):
-            raise ValueError("give both mean and std (or neither)")
-        self.mean = None if self.mean is None else [float(v) for v in self.mean]
-        self.std = None if self.std is None else [float(v) for v in self.std]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"type": "image", **asdict(self)}
-
-    @classmethod
-    def from_dict(cls, spec: Mapping[str, Any]) -> "ImagePreprocessing":
-        allowed = {"size", "channels", "invert", "mean", "std", "center_crop"}
-        unknown = sorted(set(spec) - allowed - {"type"})
-        if unknown:
-            raise DetectorCheckpointError(f"unknown image preprocessing field(s) {unknown}; known: {sorted(allowed)}")
-        return cls(**{k: spec[k] for k in allowed if k in spec})
-
-    def transform(self) -> Callable:
-        """The torchvision v2 pipeline (input: PIL image, HWC uint8 array or CHW uint8 tensor)."""
-        from oe_vision.data import image_transform
-
-        return image_transform(
-            size=self.size, channels=self.channels, invert=self.invert, mean=self.mean, std=self.std, center_crop=self.center_crop
-        )
-
-    @property
-    def pil_mode(self) -> str:
-        return "L" if self.channels == 1 else "RGB"
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        return _preprocessing_class(_MOVED[name])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def _some(indices: Sequence[int], limit: int = 10) -> str:
+def some_indices(indices: Sequence[int], limit: int = 10) -> str:
+    """``"3, 7, 9"``: the first ``limit`` indices for an error message, then how many more."""
     shown = ", ".join(str(i) for i in list(indices)[:limit])
     return shown + (f", ... ({len(indices) - limit} more)" if len(indices) > limit else "")
 
@@ -520,8 +339,9 @@ class OODDetector:
 
     Args:
         model: a trained ``transformers`` model: causal LM, text sequence classifier or image classifier.
-        preprocessing: :class:`TextPreprocessing` (text tasks) or :class:`ImagePreprocessing` (images; default:
-            no resizing / normalisation, scale to ``[0, 1]``).
+        preprocessing: the task's registered preprocessing (:mod:`oe_common.preprocessing`):
+            ``oe_text.preprocessing.TextPreprocessing`` (text tasks) or ``oe_vision.preprocessing.ImagePreprocessing``
+            (images; default: no resizing / normalisation, scale to ``[0, 1]``).
         score: one of :data:`SCORE_NAMES` (``nll`` for causal LMs only); default ``nll`` for LMs, ``msp`` else.
         threshold: decision threshold, or None until :meth:`fit_threshold` (``predict`` needs one).
         task: ``"causal-lm"``, ``"text-classification"`` or ``"image-classification"``; inferred from the model
@@ -538,7 +358,7 @@ class OODDetector:
     def __init__(
         self,
         model: torch.nn.Module,
-        preprocessing: TextPreprocessing | ImagePreprocessing | None = None,
+        preprocessing: DetectorPreprocessing | None = None,
         *,
         score: str | None = None,
         threshold: float | None = None,
@@ -554,15 +374,12 @@ class OODDetector:
         self.task = _infer_task(model) if task is None else task
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
-        if self.task in TEXT_TASKS:
-            if not isinstance(preprocessing, TextPreprocessing):
-                raise TypeError(f"a {self.task} detector needs preprocessing=TextPreprocessing(vocab, ...), got {type(preprocessing).__name__}")
-            preprocessing = preprocessing.resolved(self.task)
-        else:
-            preprocessing = ImagePreprocessing() if preprocessing is None else preprocessing
-            if not isinstance(preprocessing, ImagePreprocessing):
-                raise TypeError(f"an image detector needs preprocessing=ImagePreprocessing(...), got {type(preprocessing).__name__}")
-        self.preprocessing = preprocessing
+        pre_cls = _preprocessing_class(self.task)
+        if preprocessing is None and self.task not in TEXT_TASKS:
+            preprocessing = pre_cls()  # images: no resizing / normalisation
+        if not isinstance(preprocessing, pre_cls):
+            raise TypeError(f"a {self.task} detector needs preprocessing={pre_cls.__name__}(...), got {type(preprocessing).__name__}")
+        self.preprocessing = preprocessing.resolved(self.task)
         self.score_name = DEFAULT_SCORE[self.task] if score is None else score
         if self.score_name not in SCORE_NAMES:
             raise ValueError(f"unknown score {self.score_name!r}; choose one of {SCORE_NAMES}")
@@ -582,13 +399,13 @@ class OODDetector:
         self.progress = progress
         self.device = _default_device() if device is None else torch.device(device)
         self.model = model.to(self.device).eval()
-        self._check_model_fits()
+        self.preprocessing.check_model(self.model, self.task)
 
     # ------------------------------------------------------------------ properties
     @property
     def vocab(self):
         """The vocabulary (text tasks), else None."""
-        return self.preprocessing.vocab if isinstance(self.preprocessing, TextPreprocessing) else None
+        return getattr(self.preprocessing, "vocab", None)
 
     @property
     def is_text(self) -> bool:
@@ -606,17 +423,6 @@ class OODDetector:
         self.model.to(self.device)
         return self
 
-    def _check_model_fits(self) -> None:
-        config = getattr(self.model, "config", None)
-        if self.is_text:
-            vocab_size = getattr(config, "vocab_size", None)
-            if vocab_size is not None and len(self.vocab) > vocab_size:
-                raise ValueError(f"the vocabulary has {len(self.vocab)} tokens but the model only {vocab_size}")
-            width = self.preprocessing.seq_len + (1 if self.task == "causal-lm" else 0)
-            n_pos = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
-            if n_pos is not None and width > n_pos:
-                raise ValueError(f"windows of {width} ids do not fit the model's {n_pos} positions; lower seq_len")
-
     # ------------------------------------------------------------------ scoring
     def _progress_bar(self, n_batches: int, desc: str):
         from tqdm.auto import tqdm
@@ -624,17 +430,7 @@ class OODDetector:
         show = self.progress if self.progress is not None else n_batches >= PROGRESS_MIN_BATCHES
         return tqdm(total=n_batches, desc=desc, unit="batch", disable=not show, leave=False)
 
-    def _classifier_score(self, logits: torch.Tensor) -> torch.Tensor:
-        if self.score_name == "msp":
-            return msp_score(logits)
-        if self.score_name == "uniform_xent":
-            return uniform_xent_score(logits)
-        if self.score_name == "max_logit":
-            return max_logit_score(logits)
-        if self.score_name == "energy":
-            return energy_score(logits, **self.score_kwargs)
-        raise ValueError(f"score {self.score_name!r} is not a classifier score")
-
+    @torch.inference_mode()
     def score(self, inputs: Any) -> np.ndarray:
         """Anomaly scores (higher = more anomalous), float64 array of shape ``(N,)``.
 
@@ -646,10 +442,35 @@ class OODDetector:
             DetectorInputError: inputs that cannot be scored (empty texts, over-long texts with
                 ``long_text="error"``, unreadable images), with their 0-based indices.
         """
-        if self.is_text:
-            texts = [inputs] if isinstance(inputs, str) else list(inputs)
-            return self._score_text(texts)
-        return self._score_images(inputs)
+        n, n_batches, batches = self.preprocessing.batches(inputs, self.task, self.batch_size)
+        sums, weights = np.zeros(n, dtype=np.float64), np.zeros(n, dtype=np.float64)
+        if n == 0:
+            return sums
+        with self._progress_bar(n_batches, f"scoring {self.preprocessing.kind}s") as bar:
+            for model_inputs, owners in batches:
+                model_inputs = {k: v.to(self.device) for k, v in model_inputs.items()}
+                values, counts = self._row_scores(_logits(self.model(**model_inputs)), model_inputs)
+                np.add.at(sums, owners, (values.double() * counts).cpu().numpy())
+                np.add.at(weights, owners, counts.cpu().numpy())
+                bar.update(1)
+        return sums / weights
+
+    def _row_scores(self, logits: torch.Tensor, model_inputs: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per batch row: its score and its weight in the mean over an input's rows (:func:`~oe_common.scores.example_scores`).
+
+        Causal LM window: the mean over its ``T_w`` predicted tokens, weight ``T_w`` (so an input's score is the mean over
+        all its predicted tokens); text classifier chunk: weight = its number of tokens; image: weight 1.
+        """
+        mask = model_inputs.get("attention_mask")
+        targets = None
+        if self.task == "causal-lm":
+            logits, targets, mask = causal_shift(logits, model_inputs["input_ids"], mask)
+            counts = mask.sum(-1)
+        else:
+            counts = mask.sum(-1) if mask is not None else torch.ones(len(logits), device=logits.device)
+            mask = None  # (B, K) classifier logits have no positions
+        values = example_scores(logits, (self.score_name,), targets=targets, mask=mask, **self.score_kwargs)[self.score_name]
+        return values, counts.double()
 
     def predict(self, inputs: Any) -> np.ndarray:
         """``score(inputs) > threshold`` as a bool array (True = anomaly)."""
@@ -666,148 +487,9 @@ class OODDetector:
         values = np.asarray(scores.detach().cpu() if hasattr(scores, "detach") else scores, dtype=np.float64)
         nan = np.flatnonzero(np.isnan(values.ravel()))
         if nan.size:
-            raise ValueError(f"{nan.size} NaN score(s) (index {_some(nan.tolist())}): a NaN is neither normal nor anomalous; "
+            raise ValueError(f"{nan.size} NaN score(s) (index {some_indices(nan.tolist())}): a NaN is neither normal nor anomalous; "
                              "check the model (e.g. NaN weights) and the inputs")
         return values > self.threshold
-
-    def _windows(self, ids_list: list[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]:
-        """Cut each text's ids into windows; returns the windows (real ids only) and their owner text index."""
-        from oe_text.windows import make_windows
-
-        pre = self.preprocessing
-        lm = self.task == "causal-lm"
-        width = pre.seq_len + 1 if lm else pre.seq_len
-        too_long = [i for i, ids in enumerate(ids_list) if ids.size > width]
-        if too_long and pre.long_text == "error":
-            unit = "predicted tokens" if lm else "tokens"
-            sizes = ", ".join(f"index {i}: {ids_list[i].size - (1 if lm else 0)}" for i in too_long[:5])
-            raise DetectorInputError(
-                f"{len(too_long)} input(s) longer than seq_len={pre.seq_len} {unit} ({sizes}); "
-                "shorten them or use long_text='window' / 'truncate'",
-                too_long,
-            )
-        windows, owners, nothing = [], [], []
-        for index, ids in enumerate(ids_list):
-            if lm:
-                arrays = make_windows(ids, pre.seq_len, pad_id=self.vocab.eos_id)
-                rows = [row[: int(mask.sum())] for row, mask in zip(arrays["input_ids"], arrays["attention_mask"], strict=True)]
-            else:
-                rows = [ids[start : start + width] for start in range(0, ids.size, width)]
-            if pre.long_text == "truncate":
-                rows = rows[:1]
-            if not rows:
-                nothing.append(index)
-            windows.extend(rows)
-            owners.extend([index] * len(rows))
-        if nothing:
-            raise DetectorInputError(f"{len(nothing)} input(s) have a single token and nothing to predict (index {_some(nothing)})", nothing)
-        return windows, np.asarray(owners, dtype=np.int64)
-
-    @torch.inference_mode()
-    def _score_text(self, texts: list[str]) -> np.ndarray:
-        if not texts:
-            return np.zeros(0, dtype=np.float64)
-        ids_list = self.preprocessing.encode(texts)
-        windows, owners = self._windows(ids_list)
-        sums = np.zeros(len(texts), dtype=np.float64)
-        counts = np.zeros(len(texts), dtype=np.float64)
-        order = sorted(range(len(windows)), key=lambda k: -windows[k].size)  # similar lengths share a batch
-        n_batches = math.ceil(len(order) / self.batch_size)
-        pad_id = self.vocab.eos_id
-        with self._progress_bar(n_batches, "scoring texts") as bar:
-            for start in range(0, len(order), self.batch_size):
-                chunk = order[start : start + self.batch_size]
-                length = max(windows[k].size for k in chunk)
-                input_ids = torch.full((len(chunk), length), pad_id, dtype=torch.long)
-                mask = torch.zeros((len(chunk), length), dtype=torch.long)
-                for row, k in enumerate(chunk):
-                    w = torch.from_numpy(np.asarray(windows[k], dtype=np.int64))
-                    input_ids[row, : w.numel()] = w
-                    mask[row, : w.numel()] = 1
-                input_ids, mask = input_ids.to(self.device), mask.to(self.device)
-                logits = _logits(self.model(input_ids=input_ids, attention_mask=mask))
-                if self.task == "causal-lm":
-                    window_sum, window_count = self._lm_window_sums(logits, input_ids, mask)
-                else:  # one score per chunk, weighted by its number of tokens
-                    window_count = mask.sum(-1).double()
-                    window_sum = self._classifier_score(logits).double() * window_count
-                idx = owners[chunk]
-                np.add.at(sums, idx, window_sum.cpu().numpy())
-                np.add.at(counts, idx, window_count.cpu().numpy())
-                bar.update(1)
-        return sums / counts
-
-    def _lm_window_sums(self, logits: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per window: the sum of the per-token score over predicted positions, and their number ``T_w``.
-
-        Causal shift: ``logits[:, t]`` scores ``input_ids[:, t+1]``; positions whose target is padding are masked.
-        ``sum / T_w`` is :func:`~oe_common.scores.sequence_nll_score` / ``sequence_uniform_xent_score``.
-        """
-        from oe_text.models import shifted_logits_and_targets
-
-        shifted, targets = shifted_logits_and_targets(logits, input_ids, mask)
-        valid = targets != -100
-        per_token = token_nll(shifted, targets) if self.score_name == "nll" else self._classifier_score(shifted)
-        per_token = per_token.double().masked_fill(~valid, 0.0)
-        return per_token.sum(-1), valid.sum(-1).double()
-
-    def _load_image(self, item: Any, index: int):
-        from PIL import Image, UnidentifiedImageError
-
-        mode = self.preprocessing.pil_mode
-        if isinstance(item, (str, os.PathLike)):
-            try:
-                with Image.open(item) as img:
-                    return img.convert(mode)
-            except (OSError, UnidentifiedImageError, ValueError) as exc:
-                raise DetectorInputError(f"cannot read image {str(item)!r} (index {index}): {exc}", [index]) from None
-        if isinstance(item, Image.Image):
-            return item.convert(mode)
-        if isinstance(item, (np.ndarray, torch.Tensor)):
-            if item.dtype not in (np.uint8, torch.uint8):
-                raise DetectorInputError(
-                    f"image array at index {index} has dtype {item.dtype}; give uint8 images, or a preprocessed float "
-                    "tensor (N, C, H, W) for the whole batch",
-                    [index],
-                )
-            return item
-        raise DetectorInputError(f"unsupported image input of type {type(item).__name__} at index {index}", [index])
-
-    @torch.inference_mode()
-    def _score_images(self, inputs: Any) -> np.ndarray:
-        if isinstance(inputs, torch.Tensor) and inputs.is_floating_point():
-            if inputs.dim() != 4:
-                raise DetectorInputError(f"a preprocessed image tensor must be (N, C, H, W), got shape {tuple(inputs.shape)}")
-            batches: Iterator = (inputs[s : s + self.batch_size] for s in range(0, len(inputs), self.batch_size))
-            n = len(inputs)
-        else:
-            if isinstance(inputs, (str, os.PathLike)):
-                raise TypeError("give a list of image paths (OODDetector.score does not list folders; see oe_common.cli.list_images)")
-            items = list(inputs)
-            n = len(items)
-            transform = self.preprocessing.transform()
-
-            def make_batches() -> Iterator[torch.Tensor]:
-                for s in range(0, n, self.batch_size):
-                    tensors = [transform(self._load_image(item, s + k)) for k, item in enumerate(items[s : s + self.batch_size])]
-                    shapes = {tuple(t.shape) for t in tensors}
-                    if len(shapes) > 1:
-                        raise DetectorInputError(
-                            f"images {s}..{s + len(tensors) - 1} have different shapes after preprocessing {sorted(shapes)}; "
-                            "set ImagePreprocessing(size=...)"
-                        )
-                    yield torch.stack(tensors)
-
-            batches = make_batches()
-        if n == 0:
-            return np.zeros(0, dtype=np.float64)
-        out = []
-        with self._progress_bar(math.ceil(n / self.batch_size), "scoring images") as bar:
-            for pixel_values in batches:
-                logits = _logits(self.model(pixel_values=pixel_values.to(self.device, torch.float32)))
-                out.append(self._classifier_score(logits).double().cpu().numpy())
-                bar.update(1)
-        return np.concatenate(out)
 
     # ------------------------------------------------------------------ thresholds and evaluation
     def fit_threshold(
@@ -943,8 +625,7 @@ class OODDetector:
             raise DetectorCheckpointError(f"the model's save_pretrained wrote no {WEIGHTS_NAME} in {folder}")
         config = self.to_config()
         (folder / DETECTOR_CONFIG_NAME).write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        if self.vocab is not None:
-            self.vocab.save(folder / VOCAB_NAME)
+        self.preprocessing.save(folder)
         model_config = self.model.config.to_dict() if hasattr(self.model, "config") else {}
         num_parameters = sum(p.numel() for p in {id(p): p for p in self.model.parameters()}.values())
         card = render_model_card(config, model_config=model_config, repo_id=repo_id, num_parameters=num_parameters)
@@ -986,15 +667,14 @@ class OODDetector:
             missing.append(WEIGHTS_NAME)
         config = None
         if (folder / DETECTOR_CONFIG_NAME).is_file():
-            config = _read_json(folder / DETECTOR_CONFIG_NAME)
+            config = read_checkpoint_json(folder / DETECTOR_CONFIG_NAME)
             if config.get("format") != _FORMAT:
                 raise DetectorCheckpointError(f"{folder / DETECTOR_CONFIG_NAME} is not an OODDetector config (format={config.get('format')!r})")
             if int(config.get("version", 0)) > _VERSION:
                 raise DetectorCheckpointError(f"detector config version {config.get('version')} is newer than this code ({_VERSION}); upgrade oe")
-            if config.get("preprocessing", {}).get("type") == "text":
-                vocab_file = config["preprocessing"].get("vocab_file", VOCAB_NAME)
-                if not (folder / vocab_file).is_file():
-                    missing.append(vocab_file)
+            if config.get("task") in TASKS:
+                spec = dict(config.get("preprocessing") or {})
+                missing += [n for n in _preprocessing_class(config["task"]).required_files(spec) if not (folder / n).is_file()]
         if missing:
             raise DetectorCheckpointError(f"checkpoint {str(name_or_path)!r} is missing {', '.join(missing)} (looked in {folder})")
         assert config is not None
@@ -1002,13 +682,8 @@ class OODDetector:
         if task not in TASKS:
             raise DetectorCheckpointError(f"{DETECTOR_CONFIG_NAME}: unknown task {task!r}; known: {TASKS}")
         # Every file is checked before use so that a corrupt one is NAMED (not a traceback from a library).
-        spec = dict(config.get("preprocessing") or {})
         try:
-            if task in TEXT_TASKS:
-                vocab = _load_vocab(folder / spec.get("vocab_file", VOCAB_NAME))
-                preprocessing: TextPreprocessing | ImagePreprocessing = TextPreprocessing.from_dict(spec, vocab)
-            else:
-                preprocessing = ImagePreprocessing.from_dict(spec)
+            preprocessing = _preprocessing_class(task).from_config(dict(config.get("preprocessing") or {}), folder)
         except (ValueError, TypeError) as exc:
             if isinstance(exc, DetectorCheckpointError):
                 raise
@@ -1032,7 +707,8 @@ class OODDetector:
                 progress=progress,
             )
         except (ValueError, TypeError) as exc:  # e.g. an unknown score, a vocabulary larger than the model
-            raise DetectorCheckpointError(f"checkpoint {folder} is inconsistent ({DETECTOR_CONFIG_NAME}, {VOCAB_NAME}, {MODEL_CONFIG_NAME}): {exc}") from None
+            files = ", ".join([DETECTOR_CONFIG_NAME, *_preprocessing_class(task).required_files(config.get("preprocessing") or {}), MODEL_CONFIG_NAME])
+            raise DetectorCheckpointError(f"checkpoint {folder} is inconsistent ({files}): {exc}") from None
 
     def push_to_hub(
         self,
@@ -1080,7 +756,8 @@ def _read_text_or_empty(path: Path) -> str:
         return ""
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_checkpoint_json(path: Path) -> dict[str, Any]:
+    """The JSON object in checkpoint file ``path``; any defect is a :class:`DetectorCheckpointError` naming the file."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -1090,25 +767,12 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def _load_vocab(path: Path):
-    """The :class:`oe_text.vocab.Vocabulary` saved at ``path``; any defect is a :class:`DetectorCheckpointError` naming it."""
-    from oe_text.vocab import Vocabulary
-
-    data = _read_json(path)
-    try:
-        return Vocabulary.from_dict(data)
-    except KeyError as exc:
-        raise DetectorCheckpointError(f"{path} is not a valid vocabulary: missing field {exc}") from None
-    except (ValueError, TypeError) as exc:
-        raise DetectorCheckpointError(f"{path} is not a valid vocabulary: {exc}") from None
-
-
 def _weight_files(folder: Path) -> list[Path]:
     """The safetensors files of a checkpoint: ``model.safetensors``, else the shards its index lists."""
     if (folder / WEIGHTS_NAME).is_file():
         return [folder / WEIGHTS_NAME]
     index = folder / WEIGHTS_INDEX_NAME
-    weight_map = _read_json(index).get("weight_map")
+    weight_map = read_checkpoint_json(index).get("weight_map")
     if not isinstance(weight_map, dict) or not weight_map:
         raise DetectorCheckpointError(f"{index} has no weight_map: the file is corrupt; save or download the checkpoint again")
     return [folder / str(name) for name in sorted(set(weight_map.values()))]
@@ -1153,9 +817,8 @@ def _load_model(folder: Path, task: str) -> torch.nn.Module:
     import transformers
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-    for package in _REGISTERING_PACKAGES[task]:
-        importlib.import_module(package)
-    model_config = _read_json(folder / MODEL_CONFIG_NAME)
+    _import_registering(task)
+    model_config = read_checkpoint_json(folder / MODEL_CONFIG_NAME)
     model_type = model_config.get("model_type")
     if not model_type:
         raise DetectorCheckpointError(f"{folder / MODEL_CONFIG_NAME} has no model_type")

@@ -14,11 +14,18 @@ energy_score         ``E(z) = -T * logsumexp(z / T)``                           
 
 ``H(U, p) = KL(U || p) + log K`` is the OE training loss; it is smallest for a uniform prediction, hence the
 minus sign so that uniform predictions (what OE teaches the model to output on outliers) score highest.
+
+:func:`example_scores` is THE path from a batch of model outputs to per-example scores (``OETrainer``,
+``OODDetector`` and the experiment pipelines all call it); :data:`SCORE_NAMES` is the one registry of score names;
+:func:`shift_labels` / :func:`causal_shift` are the one place where "position t predicts token t+1" is written.
 """
 
 from __future__ import annotations
 
+from typing import Mapping, Sequence
+
 import torch
+import torch.nn.functional as F
 
 from ._checks import check_logits, check_mask
 from .feature_scores import MahalanobisScore
@@ -32,7 +39,11 @@ __all__ = [
     "sequence_nll_score",
     "sequence_uniform_xent_score",
     "sequence_scores",
+    "shift_labels",
+    "causal_shift",
+    "example_scores",
     "SCORES",
+    "SCORE_NAMES",
     "MahalanobisScore",
 ]
 
@@ -146,10 +157,106 @@ def sequence_scores(
     return result
 
 
-#: Classifier scores by name (all take logits, higher = more anomalous).
+#: Classifier (and token-level) scores by name (all take logits, higher = more anomalous).
 SCORES = {
     "msp": msp_score,
     "uniform_xent": uniform_xent_score,
     "max_logit": max_logit_score,
     "energy": energy_score,
 }
+#: THE registry of score names: every score of :data:`SCORES`, plus ``"nll"`` (language models only: it needs the
+#: target ids). Pipelines may offer a subset as their default selection; they validate it against this tuple.
+SCORE_NAMES = (*SCORES, "nll")
+
+
+def shift_labels(labels: torch.Tensor) -> torch.Tensor:
+    """Next-token targets aligned with a causal LM's logits: ``out[:, t] = labels[:, t+1]``, ``-100`` at the last position.
+
+    The Hugging Face causal-LM convention (position ``t`` predicts token ``t+1``): ``(B, L)`` -> ``(B, L)``, so the
+    loss can use the logits unsliced. :func:`causal_shift` builds on it for the scores.
+    """
+    return F.pad(labels[:, 1:], (0, 1), value=-100)
+
+
+def causal_shift(
+    logits: torch.Tensor, targets: torch.Tensor | None = None, mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Align a causal LM's logits with the tokens they predict, dropping the last position (it predicts nothing).
+
+    Args:
+        logits: ``(B, L, V)``.
+        targets: optional ``(B, L)`` ids the logits were computed from (or labels, ``-100`` = ignore).
+        mask: optional ``(B, L)``, 1 = real token, 0 = padding (default: every position is real).
+    Returns:
+        ``logits[:, :-1]`` (a view), the ``(B, L-1)`` int64 targets ``targets[:, 1:]`` with ``-100`` wherever the
+        position or its target is padding (``None`` without targets), and the ``(B, L-1)`` bool mask
+        ``mask[:, :-1] & mask[:, 1:]`` of the scored positions.
+    """
+    if logits.dim() != 3:
+        raise ValueError(f"logits must be (batch, length, vocab), got shape {tuple(logits.shape)}")
+    if logits.shape[1] < 2:
+        raise ValueError("need sequences of at least 2 tokens: the first token is never predicted")
+    for name, value in (("targets", targets), ("mask", mask)):
+        if value is not None and tuple(value.shape) != tuple(logits.shape[:2]):
+            raise ValueError(f"{name} shape {tuple(value.shape)} does not match logits {tuple(logits.shape)} (need logits.shape[:2])")
+    real = torch.ones(logits.shape[:2], dtype=torch.bool, device=logits.device) if mask is None else mask.to(logits.device).bool()
+    valid = real[:, :-1] & real[:, 1:]
+    if targets is not None:
+        # the last column of shift_labels is all -100 (nothing left to predict): dropped with the last logits
+        targets = shift_labels(targets.to(logits.device).long())[:, :-1].masked_fill(~valid, -100)
+    return logits[:, :-1], targets, valid
+
+
+def example_scores(
+    logits: torch.Tensor,
+    names: Sequence[str],
+    *,
+    targets: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
+    causal: bool = False,
+    temperature: float = 1.0,
+) -> dict[str, torch.Tensor]:
+    """Per-example anomaly scores of one batch of model outputs, ``{name: (B,)}`` (higher = more anomalous).
+
+    * ``(B, K)`` classifier logits: ``SCORES[name](logits)`` (``"nll"`` is refused: it needs a language model).
+    * ``(B, L, V)`` token logits: the per-sequence mean ``s_b = (1/|M_b|) sum_{t in M_b} s_{b,t}`` over the real
+      positions ``M_b`` of ``mask`` (default: all). With ``causal=True`` position ``t`` scores the prediction of
+      token ``t+1`` (:func:`causal_shift`). ``"nll"`` is the mean token NLL against ``targets`` (the input ids;
+      ``-100`` = ignored: with ``"nll"`` among ``names`` those positions are dropped for every score);
+      ``"uniform_xent"`` and ``"nll"`` share one ``logsumexp`` (:func:`sequence_scores`); the others average their
+      token-level score.
+
+    ``temperature`` is the energy score's ``T``. Names must be in :data:`SCORE_NAMES`.
+    """
+    unknown = [name for name in names if name not in SCORE_NAMES]
+    if unknown:
+        raise ValueError(f"unknown score(s) {unknown}; choose from {SCORE_NAMES}")
+    kwargs: Mapping[str, Mapping] = {"energy": {"temperature": temperature}}
+    if logits.dim() == 2:
+        if "nll" in names:
+            raise ValueError("score='nll' needs token-level (language-model) logits; classifiers have msp, uniform_xent, energy, max_logit")
+        return {name: SCORES[name](logits, **kwargs.get(name, {})) for name in names}
+    if logits.dim() != 3:
+        raise ValueError(f"expected (B, K) or (B, L, V) logits, got shape {tuple(logits.shape)}")
+    if causal:
+        logits, targets, mask = causal_shift(logits, targets, mask)
+    else:
+        mask = torch.ones(logits.shape[:2], dtype=torch.bool, device=logits.device) if mask is None else mask.bool()
+    result: dict[str, torch.Tensor] = {}
+    sequence_names = tuple(name for name in names if name in ("nll", "uniform_xent"))
+    if sequence_names:
+        if "nll" in sequence_names:
+            if not isinstance(targets, torch.Tensor):
+                raise ValueError("score='nll' needs the target ids ('input_ids' or 'labels')")
+            mask = mask & (targets != -100)
+            targets = targets.masked_fill(~mask, -100)
+        result.update(sequence_scores(logits, targets if "nll" in sequence_names else None, mask, sequence_names))
+    for name in names:
+        if name in result:
+            continue
+        per_token = SCORES[name](logits, **kwargs.get(name, {}))
+        if not bool(mask.any(-1).all()):
+            raise ValueError("a sequence has no real position to score (too short, or only padding)")
+        weights = mask.to(per_token.dtype)
+        result[name] = (per_token * weights).sum(-1) / weights.sum(-1)
+    return result

@@ -45,7 +45,7 @@ from transformers.utils import logging
 from . import metrics as oe_metrics
 from .losses import energy_oe_loss, oe_uniform_loss
 from .outlier_stream import OutlierStream, is_streaming
-from .scores import SCORES, sequence_scores
+from .scores import SCORE_NAMES, example_scores, shift_labels
 
 __all__ = ["OETrainingArguments", "OETrainer", "OE_LOSSES", "SCORE_NAMES", "OUTLIER_STREAM_STATE_NAME"]
 
@@ -53,8 +53,6 @@ logger = logging.get_logger(__name__)
 
 #: Accepted values of ``OETrainingArguments.oe_loss``.
 OE_LOSSES = ("uniform", "energy")
-#: Accepted values of ``score`` in :meth:`OETrainer.compute_scores` / :meth:`OETrainer.evaluate_ood`.
-SCORE_NAMES = ("msp", "uniform_xent", "nll", "energy", "max_logit")
 
 _LABEL_KEYS = ("labels", "label", "label_ids")
 
@@ -417,7 +415,7 @@ class OETrainer(Trainer):
             if self.is_causal_lm(model):
                 # position t predicts token t+1: shift the labels (the last position gets -100) rather than slicing
                 # the logits, which would copy them and zero-fill a full-size gradient
-                labels = F.pad(labels[:, 1:], (0, 1), value=-100)
+                labels = shift_labels(labels)
             return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1).long(), ignore_index=-100)
         config = getattr(self.accelerator.unwrap_model(model), "config", None)
         problem = getattr(config, "problem_type", None)
@@ -538,7 +536,7 @@ class OETrainer(Trainer):
         Classifiers: the ``oe_common.scores`` function of that name on ``(B, K)`` logits (``"nll"`` needs a language
         model). Token-level logits: a per-sequence mean over real positions -- for causal LMs position t scores the
         prediction of token t+1 (``"nll"`` = mean token NLL, ``"uniform_xent"`` = mean cross-entropy-to-uniform
-        score, the others the mean of their token-level score).
+        score, the others the mean of their token-level score): :func:`oe_common.scores.example_scores`.
         """
         return self.score_batch_many(model, batch, (score,))[score]
 
@@ -556,36 +554,8 @@ class OETrainer(Trainer):
         self._check_score_names(scores)
         labels = batch.get("labels")
         logits, mask = self.logits_and_mask(model(**self._model_inputs(batch)), batch)
-        if logits.dim() == 2:
-            if "nll" in scores:
-                raise ValueError("score='nll' needs token-level (language-model) logits; classifiers have msp, uniform_xent, energy, max_logit")
-            return {score: SCORES[score](logits) for score in scores}
-        if logits.dim() != 3:
-            raise ValueError(f"expected (B, K) or (B, L, V) logits, got shape {tuple(logits.shape)}")
         targets = labels if isinstance(labels, torch.Tensor) else batch.get("input_ids")
-        if mask is None:
-            mask = torch.ones(logits.shape[:2], dtype=torch.bool, device=logits.device)
-        if self.is_causal_lm(model):
-            logits, mask = logits[:, :-1], mask[:, :-1] & mask[:, 1:]
-            targets = targets[:, 1:] if isinstance(targets, torch.Tensor) else None
-        result: dict[str, torch.Tensor] = {}
-        sequence_names = tuple(s for s in scores if s in ("nll", "uniform_xent"))
-        if sequence_names:
-            if "nll" in sequence_names:
-                if not isinstance(targets, torch.Tensor):
-                    raise ValueError("score='nll' needs 'input_ids' or 'labels' in the batch")
-                mask = mask & (targets != -100)
-                targets = targets.masked_fill(~mask, -100)
-            result.update(sequence_scores(logits, targets if "nll" in sequence_names else None, mask, sequence_names))
-        for score in scores:
-            if score in result:
-                continue
-            per_token = SCORES[score](logits)
-            if not bool(mask.any(-1).all()):
-                raise ValueError("a sequence has no real position to score (too short, or only padding)")
-            weights = mask.to(per_token.dtype)
-            result[score] = (per_token * weights).sum(-1) / weights.sum(-1)
-        return result
+        return example_scores(logits, scores, targets=targets, mask=mask, causal=self.is_causal_lm(model))
 
     @torch.no_grad()
     def compute_scores(self, dataset: Any, score: str | Sequence[str] = "msp") -> np.ndarray | dict[str, np.ndarray]:

@@ -3,7 +3,9 @@
 Importing ``oe_text`` registers the AWD-LSTM model type ``"oe_awd_lstm"`` with ``AutoConfig``, ``AutoModel``
 and ``AutoModelForCausalLM``, so a saved model loads with ``AutoModelForCausalLM.from_pretrained(path)``
 (no ``trust_remote_code``), the paper's GRU text classifier ``"oe_gru_classifier"`` with ``AutoConfig`` and
-``AutoModelForSequenceClassification``, and the Hub checkpoints of :mod:`oe_text.hub_checkpoints`.
+``AutoModelForSequenceClassification``, and the Hub checkpoints of :mod:`oe_text.hub_checkpoints`; it also
+registers :class:`~oe_text.preprocessing.TextPreprocessing` as the preprocessing of the ``OODDetector`` text tasks
+(:mod:`oe_common.preprocessing`).
 
 The data pipeline is imported explicitly as ``oe_text.data`` (``from oe_text import data`` /
 ``import oe_text.data``); it is deliberately not imported here so that using the models does not pull in
@@ -21,6 +23,7 @@ from . import hub_checkpoints  # noqa: F401 - registers the Hub checkpoints (oe 
 from .modeling_gru_classifier import GRUClassifierConfig, GRUForSequenceClassification
 from .modeling_gru_classifier import register_auto_classes as _register_gru
 from .models import MODEL_KINDS, PRESETS, build_language_model, shifted_logits_and_targets
+from .preprocessing import TextPreprocessing  # registers it with oe_common.preprocessing
 
 register_auto_classes()
 _register_gru()
@@ -34,6 +37,7 @@ __all__ = [
     "GRUForSequenceClassification",
     "MODEL_KINDS",
     "PRESETS",
+    "TextPreprocessing",
     "build_language_model",
     "register_auto_classes",
     "shifted_logits_and_targets",

@@ -1,4 +1,4 @@
-"""Language-model factory for the PTB experiments, and the logits/targets alignment used by the scores.
+"""Language-model factory for the PTB experiments (and ``shifted_logits_and_targets``, kept for its callers).
 
 Model family
 ------------
@@ -49,6 +49,8 @@ import copy
 
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedModel
+
+from oe_common.scores import causal_shift
 
 from .modeling_awd_lstm import AWDLSTMConfig, AWDLSTMForCausalLM
 
@@ -132,29 +134,10 @@ def shifted_logits_and_targets(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Align a causal LM's outputs with the tokens they predict: ``(logits[:, :-1], input_ids[:, 1:])``.
 
-    Targets at padded positions (``attention_mask[:, 1:] == 0``) are set to ``-100``. The pair feeds
-    :func:`oe_common.scores.sequence_nll_score` / :func:`~oe_common.scores.token_nll` directly, and the
-    per-sequence NLL of an unpadded sequence equals the model's own ``loss`` with ``labels=input_ids``.
-    For the position mask of :func:`~oe_common.scores.sequence_uniform_xent_score` use ``targets != -100``.
-
-    Args:
-        logits: ``(B, L, V)``.
-        input_ids: ``(B, L)`` integer ids the logits were computed from.
-        attention_mask: optional ``(B, L)``, 1 = real token, 0 = padding.
-    Returns:
-        ``(B, L-1, V)`` logits (a view) and ``(B, L-1)`` int64 targets.
+    :func:`oe_common.scores.causal_shift` without its mask: targets at padded positions are ``-100``. The pair
+    feeds :func:`oe_common.scores.sequence_nll_score` directly, and the per-sequence NLL of an unpadded sequence
+    equals the model's own ``loss`` with ``labels=input_ids``; the position mask is ``targets != -100``.
+    Shapes: ``(B, L, V)`` logits and ``(B, L)`` ids in, ``(B, L-1, V)`` (a view) and ``(B, L-1)`` int64 out.
     """
-    if logits.dim() != 3:
-        raise ValueError(f"logits must be (batch, length, vocab), got shape {tuple(logits.shape)}")
-    if input_ids.shape != logits.shape[:2]:
-        raise ValueError(f"input_ids shape {tuple(input_ids.shape)} does not match logits {tuple(logits.shape)}")
-    if input_ids.shape[1] < 2:
-        raise ValueError("need sequences of at least 2 tokens: the first token is never predicted")
-    targets = input_ids[:, 1:].long()
-    if attention_mask is not None:
-        if attention_mask.shape != input_ids.shape:
-            raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} does not match input_ids {tuple(input_ids.shape)}")
-        targets = targets.masked_fill(~attention_mask[:, 1:].bool().to(targets.device), -100)
-    else:
-        targets = targets.clone()
-    return logits[:, :-1], targets
+    shifted, targets, _ = causal_shift(logits, input_ids, attention_mask)
+    return shifted, targets

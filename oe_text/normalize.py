@@ -24,7 +24,7 @@ set: they occur in words such as ``1950s``).
 from __future__ import annotations
 
 import re
-from typing import Iterable, NamedTuple, Sequence
+from typing import Callable, Iterable, NamedTuple, Sequence
 
 __all__ = [
     "EOS",
@@ -43,6 +43,11 @@ __all__ = [
     "derive_char_tokens",
     "wikitext_char_lines",
     "wikitext_char_line",
+    "normalize_ptb_line",
+    "NORMALIZERS",
+    "CHAR_NORMALIZERS",
+    "register_normalizer",
+    "normalize_text",
 ]
 
 EOS = "<eos>"
@@ -208,3 +213,60 @@ def wikitext_char_line(line: str, charset: Iterable[str]) -> str:
     """:func:`wikitext_char_lines` for one line (``""`` if nothing is left)."""
     res = wikitext_char_lines([line], charset, keep_empty=True)
     return res[0]
+
+
+# ---------------------------------------------------------------------------------------------- raw text lines
+# Tokens the "ptb" rule drops as punctuation (PTB keeps $ # & ' % * / as words or N).
+_PUNCT_CHARS = frozenset('!"(),-.:;?[]{}`\u2013\u2014\u2026\u201c\u201d\u00ab\u00bb')
+_PUNCT_TOKENS = frozenset({"``", "''", "-lrb-", "-rrb-", "-lcb-", "-rcb-"})
+
+
+def normalize_ptb_line(line: str) -> list[str]:
+    """A raw, whitespace-tokenised English line under PTB word conventions: the EWT ``clean`` rule
+    (:func:`normalize_ewt_clean`) with every token made only of punctuation (``. , ? ! : ; ( ) " -- ...``) treated
+    as PUNCT and dropped. PTB's own ``N`` stays ``N`` (lower-casing would make it the word ``n``), so the rule is
+    idempotent on PTB text. Punctuation glued to a word (``end.``) is not split off: tokenise first."""
+    words = []
+    for tok in line.split():
+        punct = tok in _PUNCT_TOKENS or all(c in _PUNCT_CHARS for c in tok)
+        words.append(ConlluWord("0" if tok == NUM else tok, "PUNCT" if punct else "X"))
+    return normalize_ewt_clean(words)
+
+
+#: Normalisers of raw text lines by name (``TextPreprocessing(normalizer=...)``): ``fn(line, charset) -> tokens``,
+#: ``charset`` being the char vocabulary's symbols (None for a word vocabulary). Add one with ONE line in the block
+#: below: ``register_normalizer("name", fn)``, with ``char=True`` when it produces characters.
+NORMALIZERS: dict[str, Callable[[str, frozenset[str] | None], list[str]]] = {}
+#: The names in :data:`NORMALIZERS` that produce characters (they need a char vocabulary and get its ``charset``).
+CHAR_NORMALIZERS: set[str] = set()
+
+
+def register_normalizer(name: str, fn: Callable[[str, frozenset[str] | None], list[str]], *, char: bool = False) -> None:
+    """Register ``fn(line, charset) -> tokens`` as normaliser ``name`` (``char=True``: it yields characters)."""
+    NORMALIZERS[name] = fn
+    if char:
+        CHAR_NORMALIZERS.add(name)
+
+
+def normalize_text(line: str, normalizer: str, charset: Iterable[str] | None = None) -> list[str]:
+    """Tokens of one raw text line under a registered normaliser (no ``<eos>``):
+
+    * ``"whitespace"``: ``line.split()``: text already in the corpus' token format (PTB / WikiText word files,
+      PTB-char files with space-separated characters, EWT ``paper`` protocol).
+    * ``"ptb"``: :func:`normalize_ptb_line` (lower-case, numbers -> ``N``, punctuation tokens dropped, ``/ *`` escaped).
+    * ``"ptb_char"``: ``"ptb"`` spelled out as PTB-char (:func:`derive_char_string`); characters outside
+      ``charset`` are dropped.
+    * ``"wikitext_char"``: the WikiText-2 character rule (:func:`wikitext_char_line`).
+    """
+    fn = NORMALIZERS.get(normalizer)
+    if fn is None:
+        raise ValueError(f"unknown normalizer {normalizer!r}; choose one of {tuple(NORMALIZERS)}")
+    if normalizer in CHAR_NORMALIZERS and charset is None:
+        raise ValueError(f"the {normalizer!r} normaliser needs the character set (the char vocabulary)")
+    return fn(line, None if charset is None else frozenset(charset))
+
+
+register_normalizer("whitespace", lambda line, charset: line.split())
+register_normalizer("ptb", lambda line, charset: normalize_ptb_line(line))
+register_normalizer("ptb_char", lambda line, charset: [c for c in derive_char_string(normalize_ptb_line(line)) if c in charset], char=True)
+register_normalizer("wikitext_char", lambda line, charset: list(wikitext_char_line(line, charset)), char=True)

@@ -46,6 +46,7 @@ from oe_common.reporting import (
     write_results,
 )
 from oe_common.callbacks import check_time_budget, time_budget_callbacks, training_steps_report
+from oe_common import scores as oe_scores
 from oe_common.trainer import OETrainer, OETrainingArguments
 
 from .data import TextOEData, load_text_oe_data
@@ -58,7 +59,8 @@ __all__ = [
 ]
 
 PRESET_NAMES = ("test", "tiny", "paper")
-SCORE_NAMES = ("nll", "uniform_xent")
+#: The scores this pipeline computes and reports: a selection of the registry ``oe_common.scores.SCORE_NAMES``.
+TEXT_SCORES = ("nll", "uniform_xent")
 #: False-alarm rate of the saved detector's threshold, fitted on the PTB validation sentences.
 DETECTOR_TARGET_FPR = 0.05
 #: Normaliser of the saved detector per level: raw English -> PTB conventions (identity on PTB's own lines).
@@ -97,7 +99,7 @@ class TextOEConfig:
     test_windows: int | None = None  # only for smoke tests: the paper uses every PTB test window
     ewt_windows: int | None = None  # cap per EWT domain: a seeded random subset (None = all)
     protocols: tuple[str, ...] = ("paper", "clean")
-    scores: tuple[str, ...] = SCORE_NAMES
+    scores: tuple[str, ...] = TEXT_SCORES
     n_draws: int = 10
     recall_level: float = 0.90
     allow_small_sets: bool = False  # a domain with fewer than n_in // 5 windows: an error unless True (then used whole, labelled)
@@ -106,9 +108,9 @@ class TextOEConfig:
     def __post_init__(self) -> None:
         if self.level not in ("word", "char"):
             raise ValueError(f"level must be 'word' or 'char', got {self.level!r}")
-        unknown = set(self.scores) - set(SCORE_NAMES)
+        unknown = set(self.scores) - (set(TEXT_SCORES) & set(oe_scores.SCORE_NAMES))
         if unknown:
-            raise ValueError(f"unknown score(s) {sorted(unknown)}; text scores are {SCORE_NAMES}")
+            raise ValueError(f"unknown score(s) {sorted(unknown)}; text scores are {TEXT_SCORES}")
         if self.oe_lambda < 0:
             raise ValueError(f"oe_lambda must be >= 0, got {self.oe_lambda}")
         for name in ("baseline_max_minutes", "oe_max_minutes"):

@@ -5,7 +5,9 @@ Importing the package registers the models with the Auto classes:
 * ``AutoConfig`` / ``AutoModelForImageClassification``: ``"oe_wide_resnet"`` -> :class:`WideResNetForImageClassification`,
   ``"oe_mnist_convnet"`` -> :class:`MnistConvNetForImageClassification`;
 * ``AutoModel``: ``"oe_wide_resnet"`` -> :class:`WideResNetModel` (the feature extractor), ``"oe_pixelcnnpp"`` ->
-  :class:`PixelCNNPPModel` (the density model; it registers itself on import).
+  :class:`PixelCNNPPModel` (the density model; it registers itself on import);
+* :mod:`oe_common.preprocessing`: :class:`~oe_vision.preprocessing.ImagePreprocessing` for ``OODDetector``'s
+  ``image-classification`` task.
 
 Data loaders live in :mod:`oe_vision.data` and the synthetic anomaly generators in :mod:`oe_vision.synthetic`
 (imported on demand: they pull in torchvision).
@@ -23,6 +25,7 @@ from .models import (
 )
 from .models import __all__ as _models_all
 from .modeling_pixelcnnpp import PixelCNNPPConfig, PixelCNNPPModel
+from .preprocessing import ImagePreprocessing  # registers it with oe_common.preprocessing
 
 
 def _register(config_cls, *, image_classification=None, base=None) -> None:
@@ -37,4 +40,4 @@ def _register(config_cls, *, image_classification=None, base=None) -> None:
 _register(WideResNetConfig, image_classification=WideResNetForImageClassification, base=WideResNetModel)
 _register(MnistConvNetConfig, image_classification=MnistConvNetForImageClassification)
 
-__all__ = [*_models_all, "PixelCNNPPConfig", "PixelCNNPPModel"]
+__all__ = [*_models_all, "PixelCNNPPConfig", "PixelCNNPPModel", "ImagePreprocessing"]

@@ -59,7 +59,7 @@ from oe_common.reporting import (
     time_budget_notes,
     write_results,
 )
-from oe_common.scores import msp_score, uniform_xent_score
+from oe_common.scores import example_scores
 from oe_common.trainer import OETrainer, OETrainingArguments
 
 from . import data as vdata
@@ -524,17 +524,14 @@ def collect_outputs(
 def anomaly_scores(outputs: Mapping[str, torch.Tensor | None], score: str) -> np.ndarray:
     """Per-example anomaly scores (higher = more anomalous) from :func:`collect_outputs` of one set.
 
-    ``msp``: ``-max_k softmax(z)_k``; ``uniform_xent``: ``(1/K) sum_k log softmax(z)_k``; ``branch``: ``1 - b(x)``.
+    ``branch``: ``1 - b(x)`` of the confidence branch; any other name (``msp``: ``-max_k softmax(z)_k``,
+    ``uniform_xent``: ``(1/K) sum_k log softmax(z)_k``, ...) is :func:`oe_common.scores.example_scores` of the logits.
     """
-    if score == "msp":
-        return msp_score(outputs["logits"]).double().numpy()
-    if score == "uniform_xent":
-        return uniform_xent_score(outputs["logits"]).double().numpy()
     if score == "branch":
         if outputs.get("confidence_logits") is None:
             raise ValueError("score 'branch' needs a model with a confidence branch")
         return confidence_branch_score(outputs["confidence_logits"]).double().numpy()
-    raise ValueError(f"unknown score {score!r}; use 'msp', 'uniform_xent' or 'branch'")
+    return example_scores(outputs["logits"], (score,))[score].double().numpy()
 
 
 def _records_at_both_levels(in_scores: np.ndarray, out: Mapping[str, np.ndarray], cfg: VisionOEConfig, seed: int, **fields: Any) -> list[dict[str, Any]]:

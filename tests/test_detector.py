@@ -19,7 +19,6 @@ from oe_common.detector import (
     ImagePreprocessing,
     OODDetector,
     TextPreprocessing,
-    normalize_text,
     threshold_for_fpr,
     threshold_for_tpr,
 )
@@ -27,6 +26,7 @@ from oe_common.metrics import fpr_at_recall
 from oe_common.model_card import parse_front_matter
 from oe_common.scores import sequence_uniform_xent_score
 from oe_text.models import build_language_model, shifted_logits_and_targets
+from oe_text.normalize import normalize_text
 from oe_text.vocab import Vocabulary
 from oe_text.windows import make_windows
 from oe_vision import MnistConvNetConfig, MnistConvNetForImageClassification

@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from oe_common import cli
-from oe_common.detector import OODDetector, normalize_text, threshold_for_fpr
+from oe_common.detector import OODDetector, threshold_for_fpr
 from oe_text.data import load_text_oe_data, ptb_stream, ptb_vocab
 from oe_text.models import build_language_model
+from oe_text.normalize import normalize_text
 
 TORCH_THREADS = 1  # small models: see the conftest fixture _torch_threads
 

@@ -1,0 +1,82 @@
+"""How raw inputs become model inputs for an :class:`~oe_common.detector.OODDetector`: the interface and its registry.
+
+``oe_common`` knows no modality. A modality package subclasses :class:`DetectorPreprocessing` and registers the
+class when it is imported, the way models are registered with the ``transformers`` Auto classes::
+
+    register_preprocessing(TextPreprocessing)     # oe_text/preprocessing.py (run by ``import oe_text``)
+    register_preprocessing(ImagePreprocessing)    # oe_vision/preprocessing.py (run by ``import oe_vision``)
+
+The detector imports the package named for its task (``_REGISTERING_PACKAGES`` in :mod:`oe_common.detector`,
+a name given as data) and then looks the class up here with :func:`preprocessing_class`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, Iterator, Mapping, NamedTuple
+
+import numpy as np
+import torch
+
+__all__ = ["DetectorPreprocessing", "ScoringBatches", "register_preprocessing", "preprocessing_class"]
+
+
+class ScoringBatches(NamedTuple):
+    """``batches`` yields ``(model_inputs, owners)``: the forward pass's keyword arguments (CPU tensors) and, per row,
+    the 0-based index of the input it belongs to (an input may span several rows, e.g. the windows of a long text)."""
+
+    n_inputs: int
+    n_batches: int
+    batches: Iterator[tuple[dict[str, torch.Tensor], np.ndarray]]
+
+
+class DetectorPreprocessing:
+    """Base class of a detector's preprocessing: ``kind`` is the ``"type"`` saved in ``detector_config.json``, ``tasks``
+    the detector tasks it serves. Subclasses implement :meth:`from_config`, :meth:`to_dict` and :meth:`batches`."""
+
+    kind: ClassVar[str] = ""
+    tasks: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def required_files(cls, spec: Mapping[str, Any]) -> list[str]:
+        """Files besides the model that a checkpoint saved with this ``spec`` holds (named when missing)."""
+        return []
+
+    @classmethod
+    def from_config(cls, spec: Mapping[str, Any], folder: Path) -> "DetectorPreprocessing":
+        """Rebuild from the saved spec (:meth:`to_dict`) and the checkpoint ``folder`` (:meth:`save`'s files)."""
+        raise NotImplementedError
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-serialisable spec saved in ``detector_config.json`` (with ``"type": kind``)."""
+        raise NotImplementedError
+
+    def save(self, folder: Path) -> None:
+        """Write the files besides the spec (e.g. a vocabulary) into ``folder``."""
+
+    def resolved(self, task: str) -> "DetectorPreprocessing":
+        """A copy with the task's defaults filled in (default: ``self``)."""
+        return self
+
+    def check_model(self, model: torch.nn.Module, task: str) -> None:
+        """Raise ``ValueError`` when the model cannot take these inputs (e.g. a vocabulary larger than the model's)."""
+
+    def batches(self, inputs: Any, task: str, batch_size: int) -> ScoringBatches:
+        """Raw inputs -> batches of at most ``batch_size`` rows."""
+        raise NotImplementedError
+
+
+_REGISTRY: dict[str, type[DetectorPreprocessing]] = {}
+
+
+def register_preprocessing(cls: type[DetectorPreprocessing]) -> type[DetectorPreprocessing]:
+    """Register a :class:`DetectorPreprocessing` subclass under its ``kind`` (idempotent; usable as a decorator)."""
+    if not (isinstance(cls, type) and issubclass(cls, DetectorPreprocessing)) or not cls.kind or not cls.tasks:
+        raise TypeError(f"register a DetectorPreprocessing subclass with a kind and tasks, got {cls!r}")
+    _REGISTRY[cls.kind] = cls
+    return cls
+
+
+def preprocessing_class(task: str) -> type[DetectorPreprocessing] | None:
+    """The registered preprocessing class serving ``task`` (None when no imported package registers one)."""
+    return next((cls for cls in _REGISTRY.values() if task in cls.tasks), None)
