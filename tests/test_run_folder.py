@@ -138,7 +138,7 @@ def test_resume_loads_finished_stages_and_refuses_what_it_cannot_resume(tmp_path
     assert state == {"records": [{"auroc": 0.5}], "t": [1, 2]}
     assert isinstance(loaded["ptb/test"]["nll"], np.ndarray) and loaded["ptb/test"]["nll"].tolist() == [1.0, 2.0]
     assert loaded["ptb/test"]["mask"] is None and torch.equal(loaded["t"], arrays["t"])
-    with pytest.raises(RunFolderError, match="another configuration \(a: 1 -> 2\)"):
+    with pytest.raises(RunFolderError, match=r"another configuration \(a: 1 -> 2\)"):
         RunFolder.open(tmp_path / "r", {**CONFIG, "a": 2}, resume=True)
     again.complete()
     with pytest.raises(RunFolderError, match="complete run"):
