@@ -123,14 +123,15 @@ class RunFolder:
         is_main = is_main_process()
         entries = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
         previous = read_manifest(path) if entries else None
-        if entries and resume:
+        if not is_main:  # the main process checks (and may be writing the manifest now); the others only read
+            entries = [MANIFEST_NAME] if resume and previous is not None else []
+        elif entries and resume:
             _check_resumable(path, previous, config)
         elif entries and overwrite:
             if not set(entries) & set(_RUN_MARKERS):
                 raise RunFolderError(f"--overwrite refused: {str(path)!r} holds files but no recipe run (no {MANIFEST_NAME}, results.json "
                                      "or checkpoints/), so nothing is deleted; choose a new or empty --output-dir")
-            if is_main:
-                _clear(path)
+            _clear(path)
         elif entries:
             what = f"a {previous.get('status', 'unknown')} run" if previous else "files (" + ", ".join(entries[:4]) + (", ..." if len(entries) > 4 else "") + ")"
             raise RunFolderError(f"output folder {str(path)!r} already holds {what}; pass --overwrite to delete and replace it, "

@@ -151,6 +151,18 @@ def test_resume_loads_finished_stages_and_refuses_what_it_cannot_resume(tmp_path
     assert _manifest(tmp_path / "new")["resumed"] == 0
 
 
+def test_other_processes_neither_check_nor_write(tmp_path, monkeypatch):
+    RunFolder.open(tmp_path, CONFIG).finish_stage("baseline", {}, {})  # rank 0 was first
+    before = (tmp_path / MANIFEST_NAME).read_text()
+    monkeypatch.setenv("RANK", "1")
+    other = RunFolder.open(tmp_path, CONFIG)  # rank 1 sees rank 0's manifest: not "a previous run"
+    assert not other.stage_done("baseline")
+    other.start_stage("oe")
+    other.complete()
+    assert (tmp_path / MANIFEST_NAME).read_text() == before
+    assert RunFolder.open(tmp_path, CONFIG, resume=True).stage_done("baseline")
+
+
 def test_last_checkpoint_is_the_newest_complete_one(tmp_path):
     run = RunFolder.open(tmp_path, CONFIG)
     folder = tmp_path / "checkpoints" / "oe"
