@@ -198,6 +198,41 @@ def test_recipe_guard_turns_ctrl_c_into_one_line_and_exit_130(tmp_path, capsys):
     assert exc.value.code == 1 and capsys.readouterr().err == "x.py: error: output folder 'a' already holds files\n"
 
 
+def test_ctrl_c_under_oe_train_ends_with_the_recipes_one_line_and_exit_code(tmp_path):
+    """A real SIGINT to the process group of ``oe train <recipe>``: the recipe's line only, its exit code 130."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+
+    from pathlib import Path
+
+    repo_root = Path(__file__).resolve().parents[1]
+    script = tmp_path / "fake_recipe.py"
+    script.write_text(textwrap.dedent("""
+        import sys, time
+        from oe_common.run_folder import RunFolder, recipe_guard
+        with recipe_guard("fake_recipe.py", sys.argv[1]):
+            RunFolder.open(sys.argv[1], {}).start_stage("oe")
+            print("ready", flush=True)
+            time.sleep(120)
+    """))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo_root), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-m", "oe_common.cli", "train", str(script), str(tmp_path / "out")], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env, start_new_session=True)
+    try:
+        assert proc.stdout.readline().strip() == b"ready"
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    lines = err.decode().strip().splitlines()
+    assert proc.returncode == 130 and len(lines) == 1, (proc.returncode, lines)
+    assert "interrupted in stage 'oe'" in lines[0] and lines[0].endswith(f"fake_recipe.py {tmp_path / 'out'} --resume")
+
+
 # ---- the recipes' entry points (no data is loaded: these fail before) ------------------------------------------------------
 class _DataLoaded(Exception):
     pass
