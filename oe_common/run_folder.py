@@ -342,6 +342,18 @@ def interruption_message(output_dir: str | os.PathLike, command: str) -> str:
     return f"{where}. To resume: {command}"
 
 
+def _clear_progress_bars() -> None:
+    """Erase the progress bars an interrupt left open (tqdm's, as Trainer and the pipelines use), so the message
+    starts on a clean line and no bar is drawn again after it."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.leave = False
+        bar.close()
+
+
 @contextlib.contextmanager
 def recipe_guard(prog: str, output_dir: str | os.PathLike, argv: Sequence[str] | None = None, script: str | None = None) -> Iterator[None]:
     """Around a recipe's run: Ctrl-C -> one line with the resume command on stderr, exit code 130, no traceback;
@@ -353,6 +365,7 @@ def recipe_guard(prog: str, output_dir: str | os.PathLike, argv: Sequence[str] |
     try:
         yield
     except KeyboardInterrupt:
+        _clear_progress_bars()
         if is_main_process():
             print(interruption_message(output_dir, resume_command(argv, script)), file=sys.stderr, flush=True)
         raise SystemExit(130) from None

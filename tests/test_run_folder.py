@@ -185,13 +185,21 @@ def test_resume_command_drops_overwrite_and_adds_resume():
 
 
 def test_recipe_guard_turns_ctrl_c_into_one_line_and_exit_130(tmp_path, capsys):
+    import sys
+
+    from tqdm.auto import tqdm
+
     RunFolder.open(tmp_path, CONFIG).start_stage("oe")
     with pytest.raises(SystemExit) as exc:
         with recipe_guard("x.py", tmp_path, ["--preset", "tiny"], "recipes/x.py"):
+            bar = tqdm(total=10, file=sys.stderr, mininterval=0)  # open when Ctrl-C comes, as the Trainer's
+            bar.update(3)
             raise KeyboardInterrupt
     assert exc.value.code == 130
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "interrupted in stage 'oe'" in err and err.strip().endswith("python recipes/x.py --preset tiny --resume")
+    assert err.count("\n") == 1 and err.endswith("\n")
+    line = err.split("\r")[-1]  # what the terminal shows on the last line: the message alone, the bar erased before it
+    assert line.startswith("interrupted in stage 'oe'") and line.strip().endswith("python recipes/x.py --preset tiny --resume")
     with pytest.raises(SystemExit) as exc:
         with recipe_guard("x.py", tmp_path):
             raise RunFolderError("output folder 'a' already holds files")
