@@ -133,7 +133,7 @@ class RunFolder:
                                      "or checkpoints/), so nothing is deleted; choose a new or empty --output-dir")
             _clear(path)
         elif entries:
-            what = f"a {previous.get('status', 'unknown')} run" if previous else "files (" + ", ".join(entries[:4]) + (", ..." if len(entries) > 4 else "") + ")"
+            what = ("a complete run" if previous.get("status") == "complete" else f"an incomplete run (stopped in stage {previous.get('stage')!r})") if previous else "files (" + ", ".join(entries[:4]) + (", ..." if len(entries) > 4 else "") + ")"
             raise RunFolderError(f"output folder {str(path)!r} already holds {what}; pass --overwrite to delete and replace it, "
                                  "--resume to continue it, or choose another --output-dir")
         resuming = bool(entries) and resume
