@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -289,7 +290,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
             raise CliError(f"recipe script {args.recipe!r} does not exist")
     else:
         raise CliError(f"unknown recipe {args.recipe!r}; choose one of {sorted(RECIPES)} (or give a path to a .py script)")
-    return subprocess.call([sys.executable, str(script), *args.recipe_args])
+    with subprocess.Popen([sys.executable, str(script), *args.recipe_args]) as recipe:
+        # Ctrl-C reaches the recipe too (same process group) and it says how to resume: wait for it, add nothing
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            return recipe.wait()
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
 
 def _cmd_fetch_checkpoint(args: argparse.Namespace) -> int:

@@ -155,6 +155,9 @@ class OutlierStream:
                 collate_fn=collate_fn,
                 num_workers=num_workers,
                 pin_memory=pin_memory,
+                # its own generator: creating the iterator draws the workers' base seed from it, not from torch's
+                # global RNG, which would shift the dropout masks of a run resumed from a checkpoint
+                generator=torch.Generator().manual_seed(seed),
             )
             self._iterator: Iterator[Any] = iter(self._loader)
         else:

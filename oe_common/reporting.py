@@ -211,12 +211,19 @@ def time_budget_notes(reports: Mapping[str, Mapping[str, Any]]) -> list[str]:
 
 
 def write_results(out_dir: str | os.PathLike, records: list[dict[str, Any]], meta: dict[str, Any], markdown: str) -> dict[str, Path]:
-    """Write ``results.json`` (``{"records": [...], "meta": {...}}``) and ``results.md`` into ``out_dir``."""
+    """Write ``results.json`` (``{"records": [...], "meta": {...}}``) and ``results.md`` into ``out_dir``.
+
+    Each file is written whole or not at all (a temporary file renamed over it). Whether the folder's run is
+    complete is said by its ``run_manifest.json`` (:mod:`oe_common.run_folder`), which the pipelines mark complete
+    after everything else is written.
+    """
+    from .cli import atomic_write_text
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out / "results.json", out / "results.md"
-    json_path.write_text(json.dumps({"records": records, "meta": meta}, indent=2) + "\n")
-    md_path.write_text(markdown.rstrip() + "\n")
+    atomic_write_text(json_path, json.dumps({"records": records, "meta": meta}, indent=2) + "\n")
+    atomic_write_text(md_path, markdown.rstrip() + "\n")
     return {"json": json_path, "markdown": md_path}
 
 

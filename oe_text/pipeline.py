@@ -47,6 +47,7 @@ from oe_common.reporting import (
 )
 from oe_common.callbacks import check_time_budget, time_budget_callbacks, training_steps_report
 from oe_common import scores as oe_scores
+from oe_common.run_folder import RunFolder
 from oe_common.trainer import OETrainer, OETrainingArguments
 
 from .data import TextOEData, load_text_oe_data
@@ -193,10 +194,12 @@ def _training_arguments(cfg: TextOEConfig, stage: str, output_dir: Path) -> OETr
     )
 
 
-def train_stage(model: torch.nn.Module, data: TextOEData, cfg: TextOEConfig, stage: str, output_dir: Path) -> OETrainer:
+def train_stage(model: torch.nn.Module, data: TextOEData, cfg: TextOEConfig, stage: str, output_dir: Path,
+                resume_from_checkpoint: str | None = None) -> OETrainer:
     """Train ``model`` in place: ``stage="baseline"`` (PTB only) or ``"oe"`` (PTB + WikiText-2 outliers).
 
     The returned trainer holds the checkpoint with the best PTB validation loss (``load_best_model_at_end``).
+    ``resume_from_checkpoint``: a checkpoint of this stage to continue from (``Trainer.train``'s argument).
     """
     if stage not in ("baseline", "oe"):
         raise ValueError(f"stage must be 'baseline' or 'oe', got {stage!r}")
@@ -208,7 +211,7 @@ def train_stage(model: torch.nn.Module, data: TextOEData, cfg: TextOEConfig, sta
         outlier_dataset=data.wikitext_train.with_format("torch") if stage == "oe" else None,
         callbacks=time_budget_callbacks(cfg.baseline_max_minutes if stage == "baseline" else cfg.oe_max_minutes),
     )
-    trainer.train()
+    trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     return trainer
 
 
@@ -309,12 +312,19 @@ def _markdown_report(cfg: TextOEConfig, records: list[dict[str, Any]], meta: dic
     return "\n".join(parts) + "\n"
 
 
-def run_text_oe(cfg: TextOEConfig, output_dir: str | Path, data_dir: str | Path | None = None, data: TextOEData | None = None) -> dict[str, Any]:
+def run_text_oe(cfg: TextOEConfig, output_dir: str | Path, data_dir: str | Path | None = None, data: TextOEData | None = None,
+                overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
     """Run baseline training, OE fine-tuning and the evaluation of both; write results, plots and models.
+
+    ``output_dir`` must be new or empty, unless ``overwrite`` (its contents are deleted first) or ``resume`` (an
+    interrupted run there continues: finished stages are loaded, the running one continues from its last checkpoint);
+    see :class:`oe_common.run_folder.RunFolder` (``run_manifest.json`` says whether the folder's run is complete).
 
     Returns ``{"records": [...], "meta": {...}, "paths": {...}}`` (also on non-main processes, without paths).
     """
     output_dir = Path(output_dir)
+    run = RunFolder.open(output_dir, dataclasses.asdict(cfg), overwrite=overwrite, resume=resume)
+    run.start_stage("data")
     seconds: dict[str, float] = {}
     started = time.perf_counter()
     set_seed(cfg.seed)
@@ -328,8 +338,16 @@ def run_text_oe(cfg: TextOEConfig, output_dir: str | Path, data_dir: str | Path 
     records: list[dict[str, Any]] = []
     trainer = None
     for stage in ("baseline", "oe"):
+        if run.stage_done(stage):  # --resume: a finished stage is loaded, not trained again
+            state, arrays = run.load_stage(stage)
+            model = run.load_stage_model(stage, model)
+            quality[stage], all_scores[stage] = state["quality"], arrays
+            records += state["records"]
+            seconds.update({f"{stage}_{k}": v for k, v in state["seconds"].items()})
+            continue
+        run.start_stage(stage)
         t0 = time.perf_counter()
-        trainer = train_stage(model, data, cfg, stage, output_dir)
+        trainer = train_stage(model, data, cfg, stage, output_dir, resume_from_checkpoint=run.last_checkpoint(stage))
         seconds[f"{stage}_train"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         all_scores[stage] = score_model(trainer, sets, cfg.scores, desc=f"scoring {stage}")
@@ -348,12 +366,16 @@ def run_text_oe(cfg: TextOEConfig, output_dir: str | Path, data_dir: str | Path 
         if trainer.is_world_process_zero():  # safetensors + config + vocabulary; no pickled training arguments
             trainer.accelerator.unwrap_model(trainer.model).save_pretrained(output_dir / f"{stage}_model")
             data.vocab.save(output_dir / f"{stage}_model" / "vocab.json")
+        run.finish_stage(stage, {"quality": quality[stage], "records": [r for r in records if r["model"] == stage],
+                                 "seconds": {k: seconds[f"{stage}_{k}"] for k in ("train", "eval")}},
+                         all_scores[stage], model_dir=output_dir / f"{stage}_model")
 
+    run.start_stage("report")
     seconds["total"] = time.perf_counter() - started
     meta = run_meta(seconds, config=dataclasses.asdict(cfg), seq_len=data.seq_len, test_quality=quality,
                     n_windows={name: len(ds) for name, ds in sets.items()}, data_stats=_jsonable(data.stats))
     result: dict[str, Any] = {"records": records, "meta": meta}
-    if trainer is not None and trainer.is_world_process_zero():
+    if run.is_main:
         paths = write_results(output_dir, records, meta, _markdown_report(cfg, records, meta))
         for stage, by_score in all_scores.items():
             by_set = by_score[cfg.scores[0]]
@@ -362,8 +384,10 @@ def run_text_oe(cfg: TextOEConfig, output_dir: str | Path, data_dir: str | Path 
                 title = f"PTB {cfg.level} {stage}, EWT {protocol}, score {cfg.scores[0]}"
                 paths[f"roc_{stage}_{protocol}"] = plot_roc_curves(by_set["ptb/test"], out, output_dir / f"roc_{stage}_{protocol}.png", title)
                 paths[f"hist_{stage}_{protocol}"] = plot_score_histograms(by_set["ptb/test"], out, output_dir / f"hist_{stage}_{protocol}.png", title)
-        paths["detector"] = save_text_detector(trainer.accelerator.unwrap_model(trainer.model), data, cfg, records, output_dir / "detector")
+        # `model` is the OE model (trained in place, or loaded on --resume, when no trainer ran)
+        paths["detector"] = save_text_detector(model, data, cfg, records, output_dir / "detector")
         result["paths"] = paths
+    run.complete()  # last: the folder now holds a complete run
     return result
 
 

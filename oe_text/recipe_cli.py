@@ -7,6 +7,8 @@ import os
 from typing import Sequence
 
 from oe_common.data_dir import exit_on_data_error
+from oe_common.arg_types import non_negative_float, non_negative_int, positive_float, positive_int
+from oe_common.run_folder import add_run_folder_args, recipe_guard
 
 from .pipeline import PRESET_NAMES, preset_config, run_text_oe
 
@@ -21,27 +23,29 @@ def build_parser(level: str) -> argparse.ArgumentParser:
     parser.add_argument("--output-dir", default=None, help=f"where results go (default: runs/ptb_{level}_<preset>)")
     parser.add_argument("--model", choices=("lstm", "transformer"), default=None, help="model family (default: the preset's; paper: lstm, tiny/test: transformer)")
     parser.add_argument("--model-preset", default=None, help="size preset of oe_text.models (default: the preset's)")
-    parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--baseline-max-steps", type=int, default=None)
-    parser.add_argument("--oe-max-steps", type=int, default=None)
-    parser.add_argument("--baseline-max-minutes", type=float, default=None,
+    add_run_folder_args(parser)
+    parser.add_argument("--seed", type=non_negative_int, default=None)
+    parser.add_argument("--baseline-max-steps", type=positive_int, default=None)
+    parser.add_argument("--oe-max-steps", type=positive_int, default=None)
+    parser.add_argument("--baseline-max-minutes", type=positive_float, default=None,
                         help="wall-clock budget of baseline training (minutes): re-planned to fit, hard stop at the budget, so that a fixed-length GPU session still evaluates")
-    parser.add_argument("--oe-max-minutes", type=float, default=None, help="the same for OE fine-tuning")
-    parser.add_argument("--baseline-epochs", type=float, default=None)
-    parser.add_argument("--oe-epochs", type=float, default=None)
-    parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--oe-lambda", type=float, default=None)
+    parser.add_argument("--oe-max-minutes", type=positive_float, default=None, help="the same for OE fine-tuning")
+    parser.add_argument("--baseline-epochs", type=positive_float, default=None)
+    parser.add_argument("--oe-epochs", type=positive_float, default=None)
+    parser.add_argument("--batch-size", type=positive_int, default=None)
+    parser.add_argument("--oe-lambda", type=non_negative_float, default=None)
     parser.add_argument("--oe-loss", choices=("uniform", "energy"), default=None)
-    parser.add_argument("--n-draws", type=int, default=None)
+    parser.add_argument("--n-draws", type=positive_int, default=None)
     parser.add_argument("--allow-small-sets", action="store_true", default=None,
                         help="use an EWT domain with fewer than n_in // 5 windows whole (labelled in the tables) instead of stopping")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (CPU runs only)")
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (CPU runs only)")
     return parser
 
 
 @exit_on_data_error
 def main(level: str, argv: Sequence[str] | None = None) -> dict:
-    args = build_parser(level).parse_args(argv)
+    parser = build_parser(level)
+    args = parser.parse_args(argv)
     if args.threads:
         import torch
 
@@ -64,7 +68,8 @@ def main(level: str, argv: Sequence[str] | None = None) -> dict:
     }
     cfg = preset_config(level, args.preset, **overrides)
     output_dir = args.output_dir or os.path.join("runs", f"ptb_{level}_{args.preset}")
-    result = run_text_oe(cfg, output_dir, data_dir=args.data_dir)
+    with recipe_guard(parser.prog, output_dir, argv, None if argv is None else f"recipes/{parser.prog}"):
+        result = run_text_oe(cfg, output_dir, data_dir=args.data_dir, overwrite=args.overwrite, resume=args.resume)
     if "paths" in result:
         print(result["paths"]["markdown"].read_text())
         print(f"results written to {output_dir}")

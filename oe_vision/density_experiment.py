@@ -50,8 +50,10 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 from transformers import set_seed
 
+from oe_common.arg_types import non_negative_float, non_negative_int, positive_float, positive_int
 from oe_common.callbacks import check_time_budget, time_budget_callbacks, training_steps_report
 from oe_common.data_dir import exit_on_data_error
+from oe_common.run_folder import RunFolder, add_run_folder_args, recipe_guard
 from oe_common.presets import preset_settings
 from oe_common.metrics import evaluate_ood
 from oe_common.reporting import (
@@ -609,24 +611,30 @@ def _num_parameters(model: torch.nn.Module) -> int:
     return int(sum(p.numel() for p in model.parameters()))
 
 
-def run_density_oe(cfg: DensityOEConfig, output_dir: str | Path, data_dir: str | Path | None = None, data: DensityData | None = None) -> dict[str, Any]:
+def run_density_oe(cfg: DensityOEConfig, output_dir: str | Path, data_dir: str | Path | None = None, data: DensityData | None = None,
+                   overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
     """Baseline likelihood training (or ``baseline_checkpoint``), OE fine-tuning, evaluation of both; writes results,
     plots and (``save_models``) both models into ``output_dir``.
+
+    ``output_dir`` must be new or empty, unless ``overwrite`` (its contents are deleted first) or ``resume`` (an
+    interrupted run there continues: a finished baseline is loaded, the interrupted stage restarts); see
+    :class:`oe_common.run_folder.RunFolder` (``run_manifest.json`` says whether the folder's run is complete).
 
     Returns ``{"records", "meta", "paths", "scores": {model: {set: bits/dim}}, "data"}``.
     """
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    run = RunFolder.open(output_dir, dataclasses.asdict(cfg), overwrite=overwrite, resume=resume)
+    run.start_stage("data")
     threads_before = torch.get_num_threads()
     if cfg.num_threads and not torch.cuda.is_available():
         torch.set_num_threads(cfg.num_threads)
     try:
-        return _run(cfg, output_dir, data_dir, data)
+        return _run(cfg, output_dir, data_dir, data, run)
     finally:
         torch.set_num_threads(threads_before)
 
 
-def _run(cfg: DensityOEConfig, output_dir: Path, data_dir: str | Path | None, data: DensityData | None) -> dict[str, Any]:
+def _run(cfg: DensityOEConfig, output_dir: Path, data_dir: str | Path | None, data: DensityData | None, run: RunFolder) -> dict[str, Any]:
     seconds: dict[str, float] = {}
     started = time.perf_counter()
     set_seed(cfg.seed)
@@ -642,6 +650,16 @@ def _run(cfg: DensityOEConfig, output_dir: Path, data_dir: str | Path | None, da
     train_logs: dict[str, dict[str, float]] = {}
     training_steps: dict[str, dict[str, Any]] = {}
     for stage in ("baseline", "oe"):
+        if run.stage_done(stage):  # --resume: a finished stage is loaded, not trained again
+            state, scores[stage] = run.load_stage(stage)
+            records += state["records"]
+            train_logs[stage], margin_active = state["train_log"], state["margin_active"]
+            training_steps.update(state["training_steps"])
+            seconds.update({f"{stage}_{k}": v for k, v in state["seconds"].items()})
+            if stage == "baseline":  # OE continues from it
+                model = run.load_stage_model(stage, model)
+            continue
+        run.start_stage(stage)
         t0 = time.perf_counter()
         trained = not (stage == "baseline" and cfg.baseline_checkpoint)
         trainer = train_stage(model, data, cfg, stage, output_dir, train=trained)
@@ -660,7 +678,13 @@ def _run(cfg: DensityOEConfig, output_dir: Path, data_dir: str | Path | None, da
         seconds[f"{stage}_eval"] = time.perf_counter() - t0
         if cfg.save_models:
             trainer.save_model(str(output_dir / f"{stage}_model"))
+        state = {"records": [r for r in records if r["model"] == stage], "train_log": train_logs[stage], "margin_active": margin_active,
+                 "training_steps": {k: v for k, v in training_steps.items() if k == stage},
+                 "seconds": {k: seconds[f"{stage}_{k}"] for k in ("train", "eval")}}
+        run.finish_stage(stage, state, scores[stage], model_dir=output_dir / f"{stage}_model" if cfg.save_models else None,
+                         model=model if stage == "baseline" else None)
 
+    run.start_stage("report")
     summaries = {m: bits_per_dim_summary(s) for m, s in scores.items()}
     test_bpd = {m: summaries[m]["test"]["mean"] for m in scores}
     gap = {m: summaries[m][OE_HELDOUT_NAME]["mean"] - summaries[m]["test"]["mean"] for m in scores}
@@ -681,6 +705,7 @@ def _run(cfg: DensityOEConfig, output_dir: Path, data_dir: str | Path | None, da
         title = f"PixelCNN++ {cfg.dataset} {stage}: bits/dim"
         paths[f"roc_{stage}"] = plot_roc_curves(by_set["test"], out, output_dir / f"roc_{stage}.png", title)
         paths[f"hist_{stage}"] = plot_score_histograms(by_set["test"], out, output_dir / f"hist_{stage}.png", title)
+    run.complete()  # last: the folder now holds a complete run
     return {"records": records, "meta": meta, "paths": paths, "scores": scores, "data": data}
 
 
@@ -697,30 +722,31 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output-dir", default=None, help="where results go (default: runs/pixelcnn_<dataset>_<preset>)")
     parser.add_argument("--oe-source", choices=("auto", "cifar10", "isun"), default=None, help="MNIST's OE source (auto: CIFAR-10 gray when present, else iSUN)")
     parser.add_argument("--baseline-checkpoint", default=None, help="a saved PixelCNN++ (folder) to fine-tune instead of training a baseline")
-    parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--baseline-epochs", type=float, default=None)
-    parser.add_argument("--oe-epochs", type=float, default=None)
-    parser.add_argument("--baseline-max-steps", type=int, default=None)
-    parser.add_argument("--oe-max-steps", type=int, default=None)
-    parser.add_argument("--baseline-max-minutes", type=float, default=None, help="wall-clock budget of baseline training (minutes): re-planned to fit, hard stop at the budget")
-    parser.add_argument("--oe-max-minutes", type=float, default=None, help="the same for OE fine-tuning")
-    parser.add_argument("--baseline-lr", type=float, default=None)
-    parser.add_argument("--oe-lr", type=float, default=None)
-    parser.add_argument("--batch-size", type=int, default=None, help="in-distribution images per step (= outliers per step)")
-    parser.add_argument("--oe-lambda", type=float, default=None)
-    parser.add_argument("--margin", dest="margin_per_subpixel", type=float, default=None, help="margin in nats per subpixel (paper: 1)")
-    parser.add_argument("--train-size", type=int, default=None)
-    parser.add_argument("--test-size", type=int, default=None, help="cap on the D_in test images (smoke runs only)")
-    parser.add_argument("--ood-size", type=int, default=None, help="images per anomaly set")
-    parser.add_argument("--n-draws", type=int, default=None)
+    add_run_folder_args(parser)
+    parser.add_argument("--seed", type=non_negative_int, default=None)
+    parser.add_argument("--baseline-epochs", type=positive_float, default=None)
+    parser.add_argument("--oe-epochs", type=positive_float, default=None)
+    parser.add_argument("--baseline-max-steps", type=positive_int, default=None)
+    parser.add_argument("--oe-max-steps", type=positive_int, default=None)
+    parser.add_argument("--baseline-max-minutes", type=positive_float, default=None, help="wall-clock budget of baseline training (minutes): re-planned to fit, hard stop at the budget")
+    parser.add_argument("--oe-max-minutes", type=positive_float, default=None, help="the same for OE fine-tuning")
+    parser.add_argument("--baseline-lr", type=positive_float, default=None)
+    parser.add_argument("--oe-lr", type=positive_float, default=None)
+    parser.add_argument("--batch-size", type=positive_int, default=None, help="in-distribution images per step (= outliers per step)")
+    parser.add_argument("--oe-lambda", type=non_negative_float, default=None)
+    parser.add_argument("--margin", dest="margin_per_subpixel", type=non_negative_float, default=None, help="margin in nats per subpixel (paper: 1)")
+    parser.add_argument("--train-size", type=positive_int, default=None)
+    parser.add_argument("--test-size", type=positive_int, default=None, help="cap on the D_in test images (smoke runs only)")
+    parser.add_argument("--ood-size", type=positive_int, default=None, help="images per anomaly set")
+    parser.add_argument("--n-draws", type=positive_int, default=None)
     parser.add_argument("--allow-small-sets", action="store_true", default=None,
                         help="use an anomaly set with fewer than len(test) // 5 images whole (labelled in the tables) instead of stopping")
-    parser.add_argument("--num-workers", type=int, default=None)
-    parser.add_argument("--threads", dest="num_threads", type=int, default=None, help="torch CPU threads (CPU runs only)")
+    parser.add_argument("--num-workers", type=non_negative_int, default=None)
+    parser.add_argument("--threads", dest="num_threads", type=positive_int, default=None, help="torch CPU threads (CPU runs only)")
     parser.add_argument("--no-save-models", dest="save_models", action="store_false", default=None)
     model = parser.add_argument_group("model size (replace the preset's PixelCNN++ fields)")
     for flag in _MODEL_FLAGS:
-        model.add_argument("--" + flag.replace("_", "-"), dest=flag, type=int, default=None)
+        model.add_argument("--" + flag.replace("_", "-"), dest=flag, type=positive_int, default=None)
     return parser
 
 
@@ -730,7 +756,7 @@ _MODEL_FLAGS = ("nr_resnet", "nr_filters", "nr_logistic_mix")
 
 def config_from_args(args: argparse.Namespace) -> DensityOEConfig:
     """The run's config: the preset with the given flags applied (``--nr-filters`` etc. update its model fields)."""
-    overrides = {k: v for k, v in vars(args).items() if k not in ("dataset", "preset", "data_dir", "output_dir", *_MODEL_FLAGS)}
+    overrides = {k: v for k, v in vars(args).items() if k not in ("dataset", "preset", "data_dir", "output_dir", "overwrite", "resume", *_MODEL_FLAGS)}
     model_fields = {k: getattr(args, k) for k in _MODEL_FLAGS if getattr(args, k, None) is not None}
     if model_fields:
         overrides["model_overrides"] = {**preset_config(args.dataset, args.preset).model_overrides, **model_fields}
@@ -741,10 +767,12 @@ def config_from_args(args: argparse.Namespace) -> DensityOEConfig:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Entry point of ``recipes/pixelcnn_oe.py``: prints the Markdown report and the wall time."""
     started = time.perf_counter()
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     cfg = config_from_args(args)
     output_dir = args.output_dir or os.path.join("runs", f"pixelcnn_{args.dataset}_{args.preset}")
-    result = run_density_oe(cfg, output_dir, data_dir=args.data_dir)
+    with recipe_guard(parser.prog, output_dir, argv, None if argv is None else f"recipes/{parser.prog}"):
+        result = run_density_oe(cfg, output_dir, data_dir=args.data_dir, overwrite=args.overwrite, resume=args.resume)
     print(result["paths"]["markdown"].read_text())
     print(f"results written to {output_dir}; wall time {time.perf_counter() - started:.0f} s")
     return result

@@ -46,6 +46,7 @@ from transformers import PreTrainedModel, set_seed
 
 from oe_common.callbacks import check_time_budget, time_budget_callbacks, training_steps_report
 from oe_common.presets import preset_settings
+from oe_common.run_folder import RunFolder
 from oe_common.metrics import evaluate_ood, misclassification_metrics
 from oe_common.reporting import (
     detection_records,
@@ -778,13 +779,19 @@ def _notes(cfg: VisionOEConfig, data: VisionData) -> list[str]:
 
 
 # ================================================================================================ the run
-def run_vision_oe(cfg: VisionOEConfig, output_dir: str | Path, data_dir: str | Path | None = None, data: VisionData | None = None) -> dict[str, Any]:
+def run_vision_oe(cfg: VisionOEConfig, output_dir: str | Path, data_dir: str | Path | None = None, data: VisionData | None = None,
+                  overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
     """Train every stage of ``cfg``, evaluate each model, write results, plots and models into ``output_dir``.
+
+    ``output_dir`` must be new or empty, unless ``overwrite`` (its contents are deleted first) or ``resume`` (an
+    interrupted run there continues: finished stages are loaded, the interrupted one restarts); see
+    :class:`oe_common.run_folder.RunFolder` (``run_manifest.json`` says whether the folder's run is complete).
 
     Returns ``{"records": [...], "meta": {...}, "paths": {...}, "outputs": {model: {set: {"logits", ...}}}, "data": VisionData}``.
     """
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    run = RunFolder.open(output_dir, dataclasses.asdict(cfg), overwrite=overwrite, resume=resume)
+    run.start_stage("data")
     seconds: dict[str, float] = {}
     started = time.perf_counter()
     set_seed(cfg.seed)
@@ -798,6 +805,15 @@ def run_vision_oe(cfg: VisionOEConfig, output_dir: str | Path, data_dir: str | P
     training_steps: dict[str, dict[str, Any]] = {}
     model: PreTrainedModel | None = None
     for stage in cfg.stages:
+        if run.stage_done(stage):  # --resume: a finished stage is loaded, not trained again
+            state, outputs[stage] = run.load_stage(stage)
+            records += state["records"]
+            train_logs[stage], training_steps[stage] = state["train_log"], state["training_steps"]
+            seconds.update({f"{stage}_{k}": v for k, v in state["seconds"].items()})
+            if stage in ("baseline", "branch"):  # the next stage continues from it
+                model = run.load_stage_model(stage, build_model(cfg, confidence_branch=stage == "branch"))
+            continue
+        run.start_stage(stage)
         if stage in _FROM_SCRATCH:  # "oe" continues from the baseline, "branch_oe" from the branch model
             set_seed(cfg.seed)
             model = build_model(cfg, confidence_branch=stage == "branch")
@@ -819,7 +835,12 @@ def run_vision_oe(cfg: VisionOEConfig, output_dir: str | Path, data_dir: str | P
             if stage == "oe":
                 save_detector(model, outputs[stage], data, cfg, output_dir / "oe_detector")
                 model.train()
+        state = {"records": [r for r in records if r["model"] == stage], "train_log": train_logs[stage],
+                 "training_steps": training_steps[stage], "seconds": {k: seconds[f"{stage}_{k}"] for k in ("train", "eval")}}
+        run.finish_stage(stage, state, outputs[stage], model_dir=output_dir / f"{stage}_model" if cfg.save_models else None,
+                         model=model if stage in ("baseline", "branch") else None)
 
+    run.start_stage("report")
     test_labels = data.test.labels
     accuracy = {s: float((o["test"]["logits"].argmax(-1) == test_labels).float().mean()) for s, o in outputs.items()}
     misclassification = [misclassification_record(outputs[s], test_labels, s, cfg.dataset) for s in cfg.stages if not s.startswith("branch")]
@@ -856,4 +877,5 @@ def run_vision_oe(cfg: VisionOEConfig, output_dir: str | Path, data_dir: str | P
         title = f"{cfg.dataset} {stage}, score {score}"
         paths[f"roc_{stage}"] = plot_roc_curves(in_scores, out, output_dir / f"roc_{stage}.png", title)
         paths[f"hist_{stage}"] = plot_score_histograms(in_scores, out, output_dir / f"hist_{stage}.png", title)
+    run.complete()  # last: the folder now holds a complete run
     return {"records": records, "meta": meta, "paths": paths, "outputs": outputs, "data": data}

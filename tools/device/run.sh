@@ -16,10 +16,12 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, transformers, accelerate, datasets; print('torch', torch.__version__, 'transformers', transformers.__version__, 'accelerate', accelerate.__version__, 'datasets', datasets.__version__)"
 recipe=${1:?usage: tools/device/run.sh RECIPE [ARGS...]}; shift
 start=$(date +%s)
-${LAUNCH:-python3} "$recipe" --output-dir /tmp/run "$@" 2>&1 | tr '\r' '\n' | grep -v -E '^ *[0-9]+%\|' > "$out/log.txt"
+# /tmp/run may hold an earlier call's run (the machine stays warm): replace it, unless this call resumes it
+case " $* " in *" --resume "*) fresh=() ;; *) fresh=(--overwrite) ;; esac
+${LAUNCH:-python3} "$recipe" --output-dir /tmp/run ${fresh[@]+"${fresh[@]}"} "$@" 2>&1 | tr '\r' '\n' | grep -v -E '^ *[0-9]+%\|' > "$out/log.txt"
 status=${PIPESTATUS[0]}
 echo "recipe exit $status after $(( $(date +%s) - start )) s"
 tail -n 40 "$out/log.txt"
-cp /tmp/run/results.json /tmp/run/results.md "$out/" 2>/dev/null
+cp /tmp/run/results.json /tmp/run/results.md /tmp/run/run_manifest.json "$out/" 2>/dev/null
 ls /tmp/run/*.png 2>/dev/null | head -n 5 | xargs -r cp -t "$out/"
 exit "$status"
