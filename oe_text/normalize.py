@@ -24,6 +24,7 @@ set: they occur in words such as ``1950s``).
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from typing import Iterable, NamedTuple, Sequence
 
 __all__ = [
@@ -42,6 +43,10 @@ __all__ = [
     "derive_char_tokens",
     "wikitext_char_lines",
     "wikitext_char_line",
+    "spell_words",
+    "normalize_ewt_spelled",
+    "tokenize_english",
+    "spelled_line",
 ]
 
 EOS = "<eos>"
@@ -201,3 +206,101 @@ def wikitext_char_line(line: str, charset: Iterable[str]) -> str:
     """:func:`wikitext_char_lines` for one line (``""`` if nothing is left)."""
     res = wikitext_char_lines([line], charset, keep_empty=True)
     return res[0]
+
+
+# ---------------------------------------------------------------------------------------------- spelled
+#: Characters PTB-char has only inside the ``<unk>`` marker (checked: every ``<`` / ``>`` of ptb.*.txt is in
+#: ``<unk>``). Text spelled without a vocabulary cut has no ``<unk>``, so they are dropped like any non-PTB
+#: character: a literal ``<unk>`` or ``<<Compaq.com`` in raw text must not look like PTB's marker.
+_UNK_MARKER_CHARS = frozenset("<>")
+
+
+@lru_cache(maxsize=8)
+def _spelled_filter(charset: frozenset) -> re.Pattern:
+    return _char_filter_re(charset - _UNK_MARKER_CHARS)
+
+
+def spell_words(words: Sequence[str], charset: Iterable[str]) -> str:
+    """PTB-char string of normalised words WITHOUT a vocabulary cut (the ``spelled`` rule's last step).
+
+    Every character outside ``charset`` (PTB-char's symbols; ``_`` is the separator, never a word character)
+    is dropped, and so are ``<`` and ``>`` (PTB-char has them only in ``<unk>``); words left empty disappear;
+    ``_`` between the rest (:func:`derive_char_string`). ``spell_words(["caf\u00e9", "<unk>", "N"], ptb) ==
+    "caf_unk_N"``.
+    """
+    drop = _spelled_filter(frozenset(charset))
+    return derive_char_string(drop.sub("", " ".join(words)).split())
+
+
+def normalize_ewt_spelled(words: Sequence[ConlluWord], charset: Iterable[str]) -> str:
+    """Protocol ``spelled`` (char level): :func:`normalize_ewt_clean` (hyphens glued, PUNCT dropped, curly
+    apostrophes straightened, lower-case, numbers -> ``N``, ``/ *`` escaped), no vocabulary cut, then
+    :func:`spell_words`. The paper's rule for its char-level WikiText-2 ("converting words to lowercase, and
+    leaving out characters that do not appear in PTB") on PTB-tokenised words. May return ``""``.
+    """
+    return spell_words(normalize_ewt_clean(words), charset)
+
+
+# Raw-text tokeniser for the detector's ``spelled`` normaliser: splits what UD (and PTB) split so that a raw
+# sentence reads like its CoNLL-U words (tests/test_char_spelled.py measures the agreement on EWT's raw text).
+_PUNCT_CHARS = frozenset('!"(),-.:;?[]{}`\u2013\u2014\u2026\u201c\u201d\u00ab\u00bb')
+_OPENERS = frozenset('"([{`\u201c\u00ab')
+_CLOSERS = frozenset('")]}.,;:!?\u2026\u201d\u00bb')
+_ABBREVIATIONS = frozenset(
+    "mr mrs ms dr prof st jr sr inc corp co ltd vs etc jan feb mar apr jun jul aug sep sept oct nov dec no".split()
+)
+_CLITIC_RE = re.compile(r"(?i)^(.+?)(n't|'s|'re|'ve|'ll|'d|'m)$")
+
+
+def _keeps_period(core: str) -> bool:
+    """``core + "."`` is an abbreviation that keeps its period (``u.s.``, ``mr.``, an initial ``j.``)."""
+    return "." in core or (len(core) == 1 and core.isalpha()) or core.lower() in _ABBREVIATIONS
+
+
+def tokenize_english(line: str) -> list[ConlluWord]:
+    """PTB/UD-style words of one raw English line, punctuation tokens marked ``upos="PUNCT"`` (others ``"X"``).
+
+    Per whitespace token: curly apostrophes -> ``'``; opening brackets/quotes split off the front (and a ``'``
+    unless a digit follows: ``'80s`` stays); ``$``/``#`` split off a number (``$5`` -> ``$ 5``); closing
+    punctuation split off the end, except the period of an abbreviation (``U.S.``, ``Mr.``, ``J.``); ``%`` split
+    off a number (``40%`` -> ``40 %``); a trailing ``'`` after ``s`` is the possessive (a word), otherwise a quote;
+    clitics split as PTB does (``don't`` -> ``do n't``, ``it's`` -> ``it 's``). Hyphenated words stay whole.
+    """
+    out: list[ConlluWord] = []
+    for tok in line.translate(_APOSTROPHES).split():
+        head: list[str] = []
+        while tok and (tok[0] in _OPENERS or (tok[0] == "'" and len(tok) > 1 and not tok[1].isdigit())):
+            head.append(tok[0])
+            tok = tok[1:]
+        if len(tok) > 1 and tok[0] in "$#" and (tok[1].isdigit() or tok[1] == "."):
+            out.extend(ConlluWord(c, "PUNCT") for c in head)
+            head = []
+            out.append(ConlluWord(tok[0], "SYM"))
+            tok = tok[1:]
+        tail: list[ConlluWord] = []
+        while len(tok) > 1:
+            c = tok[-1]
+            if c == "." and _keeps_period(tok[:-1]) and not (tail and tail[0].form == "."):
+                break
+            if c in _CLOSERS:
+                tail.insert(0, ConlluWord(c, "PUNCT"))
+            elif c == "%" and tok[-2].isdigit():
+                tail.insert(0, ConlluWord(c, "SYM"))
+            elif c == "'":
+                tail.insert(0, ConlluWord(c, "PART" if tok[-2] in "sS" else "PUNCT"))
+            else:
+                break
+            tok = tok[:-1]
+        words = [tok] if tok else []
+        m = _CLITIC_RE.match(tok)
+        if m and any(ch.isalpha() for ch in m.group(1)):
+            words = [m.group(1), m.group(2)]
+        out.extend(ConlluWord(c, "PUNCT") for c in head)
+        out.extend(ConlluWord(w, "PUNCT" if all(ch in _PUNCT_CHARS for ch in w) else "X") for w in words)
+        out.extend(tail)
+    return out
+
+
+def spelled_line(line: str, charset: Iterable[str]) -> str:
+    """The ``spelled`` rule on raw English: :func:`normalize_ewt_spelled` of :func:`tokenize_english` (may be ``""``)."""
+    return normalize_ewt_spelled(tokenize_english(line), charset)

@@ -6,6 +6,7 @@ import argparse
 import os
 from typing import Sequence
 
+from .data import DEFAULT_PROTOCOLS, PROTOCOLS
 from .pipeline import PRESET_NAMES, preset_config, run_text_oe
 
 
@@ -31,6 +32,9 @@ def build_parser(level: str) -> argparse.ArgumentParser:
     parser.add_argument("--oe-lambda", type=float, default=None)
     parser.add_argument("--oe-loss", choices=("uniform", "energy"), default=None)
     parser.add_argument("--n-draws", type=int, default=None)
+    choices = [p for p in PROTOCOLS if level == "char" or p in DEFAULT_PROTOCOLS["word"]]
+    parser.add_argument("--protocols", nargs="+", choices=choices, default=None,
+                        help=f"EWT protocols to evaluate, the first is the headline (default: {' '.join(DEFAULT_PROTOCOLS[level])}; see docs/text.md)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (CPU runs only)")
     return parser
 
@@ -55,6 +59,7 @@ def main(level: str, argv: Sequence[str] | None = None) -> dict:
         "oe_lambda": args.oe_lambda,
         "oe_loss": args.oe_loss,
         "n_draws": args.n_draws,
+        "protocols": tuple(args.protocols) if args.protocols else None,
     }
     cfg = preset_config(level, args.preset, **overrides)
     output_dir = args.output_dir or os.path.join("runs", f"ptb_{level}_{args.preset}")
