@@ -108,7 +108,7 @@ _VERSION = 1
 TEXT_TASKS = ("causal-lm", "text-classification")
 TASKS = TEXT_TASKS + ("image-classification",)
 SCORE_NAMES = ("msp", "uniform_xent", "max_logit", "energy", "nll")
-NORMALIZERS = ("whitespace", "ptb", "ptb_char", "wikitext_char")
+NORMALIZERS = ("whitespace", "ptb", "ptb_char", "wikitext_char", "spelled")
 LONG_TEXT_MODES = ("window", "truncate", "error")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -213,6 +213,9 @@ def normalize_text(line: str, normalizer: str, charset: Iterable[str] | None = N
       characters outside ``charset`` are dropped.
     * ``"wikitext_char"``: the rule applied to the WikiText-2 OE outliers at character level
       (:func:`oe_text.normalize.wikitext_char_line`: glue ``@-@``, lower-case, drop non-PTB characters, ``_``).
+    * ``"spelled"``: raw English read the way the char-level EWT evaluation (protocol ``spelled``) reads it
+      (:func:`oe_text.normalize.spelled_line`: PTB-style tokenisation, the ``clean`` rule, no vocabulary cut,
+      characters outside ``charset`` and ``< >`` dropped, ``_`` between words).
     """
     from oe_text.normalize import ConlluWord, normalize_ewt_clean, wikitext_char_line
 
@@ -229,6 +232,12 @@ def normalize_text(line: str, normalizer: str, charset: Iterable[str] | None = N
             raise ValueError("the 'ptb_char' normaliser needs the character set (the char vocabulary)")
         keep = set(charset)
         return [c for c in "_".join(tokens) if c in keep]
+    if normalizer == "spelled":
+        from oe_text.normalize import spelled_line
+
+        if charset is None:
+            raise ValueError("the 'spelled' normaliser needs the character set (the char vocabulary)")
+        return list(spelled_line(line, charset))
     if normalizer == "wikitext_char":
         if charset is None:
             raise ValueError("the 'wikitext_char' normaliser needs the character set (the char vocabulary)")
@@ -265,7 +274,7 @@ class TextPreprocessing:
             raise TypeError(f"vocab must be an oe_text.vocab.Vocabulary, got {type(self.vocab).__name__}")
         if self.normalizer not in NORMALIZERS:
             raise ValueError(f"unknown normalizer {self.normalizer!r}; choose one of {NORMALIZERS}")
-        if self.normalizer in ("ptb_char", "wikitext_char") and self.vocab.level != "char":
+        if self.normalizer in ("ptb_char", "wikitext_char", "spelled") and self.vocab.level != "char":
             raise ValueError(f"normalizer {self.normalizer!r} produces characters but the vocabulary is {self.vocab.level}-level")
         if isinstance(self.seq_len, bool) or not isinstance(self.seq_len, (int, np.integer)) or self.seq_len < 1:
             raise ValueError(f"seq_len must be a positive int, got {self.seq_len!r}")

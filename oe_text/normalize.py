@@ -244,45 +244,76 @@ def normalize_ewt_spelled(words: Sequence[ConlluWord], charset: Iterable[str]) -
 # Raw-text tokeniser for the detector's ``spelled`` normaliser: splits what UD (and PTB) split so that a raw
 # sentence reads like its CoNLL-U words (tests/test_char_spelled.py measures the agreement on EWT's raw text).
 _PUNCT_CHARS = frozenset('!"(),-.:;?[]{}`\u2013\u2014\u2026\u201c\u201d\u00ab\u00bb')
-_OPENERS = frozenset('"([{`\u201c\u00ab')
-_CLOSERS = frozenset('")]}.,;:!?\u2026\u201d\u00bb')
 _ABBREVIATIONS = frozenset(
-    "mr mrs ms dr prof st jr sr inc corp co ltd vs etc jan feb mar apr jun jul aug sep sept oct nov dec no".split()
+    "mr mrs ms dr prof st jr sr inc corp co ltd vs etc jan feb mar apr jun jul aug sep sept oct nov dec no capt".split()
 )
+_INITIALISM_RE = re.compile(r"(?i)^(?:[a-z]\.)+[a-z]$")  # u.s, e.g, a.m (the final period is the one tested)
+_CLITICS = frozenset({"n't", "'s", "'re", "'ve", "'ll", "'d", "'m"})
 _CLITIC_RE = re.compile(r"(?i)^(.+?)(n't|'s|'re|'ve|'ll|'d|'m)$")
+_NUMBER_UNIT_RE = re.compile(r"^([0-9]+(?:[.,][0-9]+)*)([A-Za-z]+)$")  # 375mm, 650k, 4pm -- not 1950s, 20th
+_ORDINAL_SUFFIXES = frozenset({"s", "st", "nd", "rd", "th"})
+_RUN_PUNCT_RE = re.compile("(\\.{2,}|--+|\u2026)")  # "great...the" -> "great ... the"
 
 
 def _keeps_period(core: str) -> bool:
     """``core + "."`` is an abbreviation that keeps its period (``u.s.``, ``mr.``, an initial ``j.``)."""
-    return "." in core or (len(core) == 1 and core.isalpha()) or core.lower() in _ABBREVIATIONS
+    return bool(_INITIALISM_RE.match(core)) or (len(core) == 1 and core.isalpha()) or core.lower() in _ABBREVIATIONS
+
+
+def _is_punct(token: str) -> bool:
+    return all(c in _PUNCT_CHARS for c in token)
+
+
+def _split_core(tok: str) -> list[ConlluWord]:
+    """Words of a token whose edge punctuation is already split off: ``/`` between words, number + unit, clitics."""
+    if "/" in tok and "://" not in tok and not is_number(tok) and re.search(r"[A-Za-z]", tok):
+        parts = [p for p in re.split(r"(/)", tok) if p]
+        if len(parts) > 1:  # food/drinks -> food / drinks, as UD (PTB-escaped to \/ later)
+            return [w for p in parts for w in ([ConlluWord(p, "SYM")] if p == "/" else _split_core(p))]
+    m = _NUMBER_UNIT_RE.match(tok)
+    if m and m.group(2).lower() not in _ORDINAL_SUFFIXES:
+        return [ConlluWord(m.group(1), "NUM"), ConlluWord(m.group(2), "X")]
+    m = _CLITIC_RE.match(tok)
+    if m and any(ch.isalpha() for ch in m.group(1)):
+        return [ConlluWord(m.group(1), "X"), ConlluWord(m.group(2), "PART")]
+    return [ConlluWord(tok, "PUNCT" if _is_punct(tok) else "X")]
 
 
 def tokenize_english(line: str) -> list[ConlluWord]:
-    """PTB/UD-style words of one raw English line, punctuation tokens marked ``upos="PUNCT"`` (others ``"X"``).
+    """PTB/UD-style words of one raw English line, punctuation tokens marked ``upos="PUNCT"``.
 
-    Per whitespace token: curly apostrophes -> ``'``; opening brackets/quotes split off the front (and a ``'``
-    unless a digit follows: ``'80s`` stays); ``$``/``#`` split off a number (``$5`` -> ``$ 5``); closing
-    punctuation split off the end, except the period of an abbreviation (``U.S.``, ``Mr.``, ``J.``); ``%`` split
-    off a number (``40%`` -> ``40 %``); a trailing ``'`` after ``s`` is the possessive (a word), otherwise a quote;
-    clitics split as PTB does (``don't`` -> ``do n't``, ``it's`` -> ``it 's``). Hyphenated words stay whole.
+    Runs of periods, ``--`` and ``\u2026`` separate words (``great...the``). Per whitespace token: curly
+    apostrophes -> ``'``; a lone ``'`` is a quote; punctuation (``. , ; : ! ? - ( ) [ ] { } " `` ``...``,
+    dashes, curly quotes) split off both ends, except a sign or decimal point before a digit (``-2``, ``.5``) and
+    the period of an abbreviation (``U.S.``, ``Mr.``, ``J.``); a leading ``'`` is a quote unless a digit
+    follows (``'80s`` stays); ``$``/``#`` split off a number (``$5`` -> ``$ 5``), ``%`` too (``40%`` -> ``40 %``);
+    a trailing ``'`` after ``s`` is the possessive (a word), otherwise a quote; ``/`` between words split
+    (``food/drinks``; not URLs or numbers like ``1/2``); a number glued to a unit split (``375mm`` -> ``375 mm``,
+    but ``1950s``, ``20th`` stay, as in PTB); clitics split as PTB does (``don't`` -> ``do n't``, ``it's`` -> ``it
+    's``). Hyphenated words stay whole (UD splits them, :func:`join_hyphenated` glues them back). Tokens made
+    only of punctuation are PUNCT.
     """
     out: list[ConlluWord] = []
-    for tok in line.translate(_APOSTROPHES).split():
-        head: list[str] = []
-        while tok and (tok[0] in _OPENERS or (tok[0] == "'" and len(tok) > 1 and not tok[1].isdigit())):
-            head.append(tok[0])
-            tok = tok[1:]
-        if len(tok) > 1 and tok[0] in "$#" and (tok[1].isdigit() or tok[1] == "."):
-            out.extend(ConlluWord(c, "PUNCT") for c in head)
-            head = []
-            out.append(ConlluWord(tok[0], "SYM"))
+    for tok in _RUN_PUNCT_RE.sub(r" \1 ", line.translate(_APOSTROPHES)).split():
+        if _is_punct(tok) or tok == "'":
+            out.append(ConlluWord(tok, "PUNCT"))
+            continue
+        head: list[ConlluWord] = []
+        while len(tok) > 1:
+            c, nxt = tok[0], tok[1]
+            if (c in _PUNCT_CHARS and not (c in "-." and nxt.isdigit())) or (c == "'" and not nxt.isdigit() and tok.lower() not in _CLITICS):
+                head.append(ConlluWord(c, "PUNCT"))
+            elif c in "$#" and (nxt.isdigit() or nxt == "."):
+                head.append(ConlluWord(c, "SYM"))
+            else:
+                break
             tok = tok[1:]
         tail: list[ConlluWord] = []
         while len(tok) > 1:
             c = tok[-1]
-            if c == "." and _keeps_period(tok[:-1]) and not (tail and tail[0].form == "."):
+            if c == "." and _keeps_period(tok[:-1]):
                 break
-            if c in _CLOSERS:
+            if c in _PUNCT_CHARS:
                 tail.insert(0, ConlluWord(c, "PUNCT"))
             elif c == "%" and tok[-2].isdigit():
                 tail.insert(0, ConlluWord(c, "SYM"))
@@ -291,12 +322,8 @@ def tokenize_english(line: str) -> list[ConlluWord]:
             else:
                 break
             tok = tok[:-1]
-        words = [tok] if tok else []
-        m = _CLITIC_RE.match(tok)
-        if m and any(ch.isalpha() for ch in m.group(1)):
-            words = [m.group(1), m.group(2)]
-        out.extend(ConlluWord(c, "PUNCT") for c in head)
-        out.extend(ConlluWord(w, "PUNCT" if all(ch in _PUNCT_CHARS for ch in w) else "X") for w in words)
+        out.extend(head)
+        out.extend(_split_core(tok))
         out.extend(tail)
     return out
 
