@@ -19,6 +19,9 @@ PTB-char was derived from the word files (``data/ptb/derive_char.py``): the char
 between words, ``<unk>`` spelled as the five characters ``< u n k >``, ``N`` kept as the character ``N``.
 Its character set has 48 word characters ``# $ & ' * - . / 0-9 < > N \\ a-z`` plus ``_`` (digits are in the
 set: they occur in words such as ``1950s``).
+
+The char-level EWT protocol ``spelled`` (:func:`normalize_ewt_spelled`) spells the ``clean`` words out with no
+vocabulary cut; :func:`spelled_line` applies it to raw English (the detector's ``spelled`` normaliser).
 """
 
 from __future__ import annotations
