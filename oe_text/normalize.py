@@ -19,11 +19,15 @@ PTB-char was derived from the word files (``data/ptb/derive_char.py``): the char
 between words, ``<unk>`` spelled as the five characters ``< u n k >``, ``N`` kept as the character ``N``.
 Its character set has 48 word characters ``# $ & ' * - . / 0-9 < > N \\ a-z`` plus ``_`` (digits are in the
 set: they occur in words such as ``1950s``).
+
+The char-level EWT protocol ``spelled`` (:func:`normalize_ewt_spelled`) spells the ``clean`` words out with no
+vocabulary cut; :func:`spelled_line` applies it to raw English (the detector's ``spelled`` normaliser).
 """
 
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from typing import Callable, Iterable, NamedTuple, Sequence
 
 __all__ = [
@@ -48,6 +52,10 @@ __all__ = [
     "CHAR_NORMALIZERS",
     "register_normalizer",
     "normalize_text",
+    "spell_words",
+    "normalize_ewt_spelled",
+    "tokenize_english",
+    "spelled_line",
 ]
 
 EOS = "<eos>"
@@ -270,3 +278,128 @@ register_normalizer("whitespace", lambda line, charset: line.split())
 register_normalizer("ptb", lambda line, charset: normalize_ptb_line(line))
 register_normalizer("ptb_char", lambda line, charset: [c for c in derive_char_string(normalize_ptb_line(line)) if c in charset], char=True)
 register_normalizer("wikitext_char", lambda line, charset: list(wikitext_char_line(line, charset)), char=True)
+# ---------------------------------------------------------------------------------------------- spelled
+#: Characters PTB-char has only inside the ``<unk>`` marker (checked: every ``<`` / ``>`` of ptb.*.txt is in
+#: ``<unk>``). Text spelled without a vocabulary cut has no ``<unk>``, so they are dropped like any non-PTB
+#: character: a literal ``<unk>`` or ``<<Compaq.com`` in raw text must not look like PTB's marker.
+_UNK_MARKER_CHARS = frozenset("<>")
+
+
+@lru_cache(maxsize=8)
+def _spelled_filter(charset: frozenset) -> re.Pattern:
+    return _char_filter_re(charset - _UNK_MARKER_CHARS)
+
+
+def spell_words(words: Sequence[str], charset: Iterable[str]) -> str:
+    """PTB-char string of normalised words WITHOUT a vocabulary cut (the ``spelled`` rule's last step).
+
+    Every character outside ``charset`` (PTB-char's symbols; ``_`` is the separator, never a word character)
+    is dropped, and so are ``<`` and ``>`` (PTB-char has them only in ``<unk>``); words left empty disappear;
+    ``_`` between the rest (:func:`derive_char_string`). ``spell_words(["caf\u00e9", "<unk>", "N"], ptb) ==
+    "caf_unk_N"``.
+    """
+    drop = _spelled_filter(frozenset(charset))
+    return derive_char_string(drop.sub("", " ".join(words)).split())
+
+
+def normalize_ewt_spelled(words: Sequence[ConlluWord], charset: Iterable[str]) -> str:
+    """Protocol ``spelled`` (char level): :func:`normalize_ewt_clean` (hyphens glued, PUNCT dropped, curly
+    apostrophes straightened, lower-case, numbers -> ``N``, ``/ *`` escaped), no vocabulary cut, then
+    :func:`spell_words`. The paper's rule for its char-level WikiText-2 ("converting words to lowercase, and
+    leaving out characters that do not appear in PTB") on PTB-tokenised words. May return ``""``.
+    """
+    return spell_words(normalize_ewt_clean(words), charset)
+
+
+# Raw-text tokeniser for the detector's ``spelled`` normaliser: splits what UD (and PTB) split so that a raw
+# sentence reads like its CoNLL-U words (tests/test_char_spelled.py measures the agreement on EWT's raw text).
+_ABBREVIATIONS = frozenset(
+    "mr mrs ms dr prof st jr sr inc corp co ltd vs etc jan feb mar apr jun jul aug sep sept oct nov dec no capt".split()
+)
+_INITIALISM_RE = re.compile(r"(?i)^(?:[a-z]\.)+[a-z]$")  # u.s, e.g, a.m (the final period is the one tested)
+_CLITICS = frozenset({"n't", "'s", "'re", "'ve", "'ll", "'d", "'m"})
+_CLITIC_RE = re.compile(r"(?i)^(.+?)(n't|'s|'re|'ve|'ll|'d|'m)$")
+_NUMBER_UNIT_RE = re.compile(r"^([0-9]+(?:[.,][0-9]+)*)([A-Za-z]+)$")  # 375mm, 650k, 4pm -- not 1950s, 20th
+_ORDINAL_SUFFIXES = frozenset({"s", "st", "nd", "rd", "th"})
+_RUN_PUNCT_RE = re.compile("(\\.{2,}|--+|\u2026)")  # "great...the" -> "great ... the"
+
+
+def _keeps_period(core: str) -> bool:
+    """``core + "."`` is an abbreviation that keeps its period (``u.s.``, ``mr.``, an initial ``j.``)."""
+    return bool(_INITIALISM_RE.match(core)) or (len(core) == 1 and core.isalpha()) or core.lower() in _ABBREVIATIONS
+
+
+def _is_punct(token: str) -> bool:
+    return all(c in _PUNCT_CHARS for c in token)
+
+
+def _split_core(tok: str) -> list[ConlluWord]:
+    """Words of a token whose edge punctuation is already split off: ``/`` between words, number + unit, clitics."""
+    if "/" in tok and "://" not in tok and not is_number(tok) and re.search(r"[A-Za-z]", tok):
+        parts = [p for p in re.split(r"(/)", tok) if p]
+        if len(parts) > 1:  # food/drinks -> food / drinks, as UD (PTB-escaped to \/ later)
+            return [w for p in parts for w in ([ConlluWord(p, "SYM")] if p == "/" else _split_core(p))]
+    m = _NUMBER_UNIT_RE.match(tok)
+    if m and m.group(2).lower() not in _ORDINAL_SUFFIXES:
+        return [ConlluWord(m.group(1), "NUM"), ConlluWord(m.group(2), "X")]
+    m = _CLITIC_RE.match(tok)
+    if m and any(ch.isalpha() for ch in m.group(1)):
+        return [ConlluWord(m.group(1), "X"), ConlluWord(m.group(2), "PART")]
+    return [ConlluWord(tok, "PUNCT" if _is_punct(tok) else "X")]
+
+
+def tokenize_english(line: str) -> list[ConlluWord]:
+    """PTB/UD-style words of one raw English line, punctuation tokens marked ``upos="PUNCT"``.
+
+    Runs of periods, ``--`` and ``\u2026`` separate words (``great...the``). Per whitespace token: curly
+    apostrophes -> ``'``; a lone ``'`` is a quote; punctuation (``. , ; : ! ? - ( ) [ ] { } " `` ``...``,
+    dashes, curly quotes) split off both ends, except a sign or decimal point before a digit (``-2``, ``.5``) and
+    the period of an abbreviation (``U.S.``, ``Mr.``, ``J.``); a leading ``'`` is a quote unless a digit
+    follows (``'80s`` stays); ``$``/``#`` split off a number (``$5`` -> ``$ 5``), ``%`` too (``40%`` -> ``40 %``);
+    a trailing ``'`` after ``s`` is the possessive (a word), otherwise a quote; ``/`` between words split
+    (``food/drinks``; not URLs or numbers like ``1/2``); a number glued to a unit split (``375mm`` -> ``375 mm``,
+    but ``1950s``, ``20th`` stay, as in PTB); clitics split as PTB does (``don't`` -> ``do n't``, ``it's`` -> ``it
+    's``). Hyphenated words stay whole (UD splits them, :func:`join_hyphenated` glues them back). Tokens made
+    only of punctuation are PUNCT.
+    """
+    out: list[ConlluWord] = []
+    for tok in _RUN_PUNCT_RE.sub(r" \1 ", line.translate(_APOSTROPHES)).split():
+        if _is_punct(tok) or tok == "'":
+            out.append(ConlluWord(tok, "PUNCT"))
+            continue
+        head: list[ConlluWord] = []
+        while len(tok) > 1:
+            c, nxt = tok[0], tok[1]
+            if (c in _PUNCT_CHARS and not (c in "-." and nxt.isdigit())) or (c == "'" and not nxt.isdigit() and tok.lower() not in _CLITICS):
+                head.append(ConlluWord(c, "PUNCT"))
+            elif c in "$#" and (nxt.isdigit() or nxt == "."):
+                head.append(ConlluWord(c, "SYM"))
+            else:
+                break
+            tok = tok[1:]
+        tail: list[ConlluWord] = []
+        while len(tok) > 1:
+            c = tok[-1]
+            if c == "." and _keeps_period(tok[:-1]):
+                break
+            if c in _PUNCT_CHARS:
+                tail.insert(0, ConlluWord(c, "PUNCT"))
+            elif c == "%" and tok[-2].isdigit():
+                tail.insert(0, ConlluWord(c, "SYM"))
+            elif c == "'":
+                tail.insert(0, ConlluWord(c, "PART" if tok[-2] in "sS" else "PUNCT"))
+            else:
+                break
+            tok = tok[:-1]
+        out.extend(head)
+        out.extend(_split_core(tok))
+        out.extend(tail)
+    return out
+
+
+def spelled_line(line: str, charset: Iterable[str]) -> str:
+    """The ``spelled`` rule on raw English: :func:`normalize_ewt_spelled` of :func:`tokenize_english` (may be ``""``)."""
+    return normalize_ewt_spelled(tokenize_english(line), charset)
+
+
+register_normalizer("spelled", lambda line, charset: list(spelled_line(line, charset)), char=True)

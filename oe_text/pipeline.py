@@ -8,7 +8,7 @@ Stages (each a :class:`oe_common.trainer.OETrainer` run or an evaluation):
    every real outlier token), again keeping the best PTB validation loss;
 3. **evaluation** of both models: per-window anomaly scores ``nll`` (mean token NLL) and ``uniform_xent`` on all
    PTB test windows (in-distribution) and on each English Web Treebank domain under each protocol
-   (``paper`` / ``clean``, see :mod:`oe_text.normalize`), then the paper's protocol of
+   (word: ``paper`` / ``clean``; char: ``spelled`` / ``paper`` / ``clean``; see :mod:`oe_text.data`), then the paper's protocol of
    :func:`oe_common.metrics.evaluate_ood` (``n_in // 5`` anomalies per domain, ``n_draws`` seeded draws),
    FPR90 / AUROC / AUPR per domain and their mean.
 
@@ -50,7 +50,7 @@ from oe_common import scores as oe_scores
 from oe_common.run_folder import RunFolder
 from oe_common.trainer import OETrainer, OETrainingArguments
 
-from .data import TextOEData, load_text_oe_data
+from .data import DEFAULT_PROTOCOLS, PROTOCOLS, TextOEData, load_text_oe_data
 from .models import build_language_model
 from .paper_results import TABLE6
 
@@ -99,7 +99,7 @@ class TextOEConfig:
     valid_windows: int | None = None
     test_windows: int | None = None  # only for smoke tests: the paper uses every PTB test window
     ewt_windows: int | None = None  # cap per EWT domain: a seeded random subset (None = all)
-    protocols: tuple[str, ...] = ("paper", "clean")
+    protocols: tuple[str, ...] | None = None  # EWT protocols to evaluate; None = oe_text.data.DEFAULT_PROTOCOLS[level]
     scores: tuple[str, ...] = TEXT_SCORES
     n_draws: int = 10
     recall_level: float = 0.90
@@ -109,6 +109,10 @@ class TextOEConfig:
     def __post_init__(self) -> None:
         if self.level not in ("word", "char"):
             raise ValueError(f"level must be 'word' or 'char', got {self.level!r}")
+        self.protocols = DEFAULT_PROTOCOLS[self.level] if self.protocols is None else tuple(self.protocols)
+        allowed = PROTOCOLS if self.level == "char" else DEFAULT_PROTOCOLS["word"]
+        if not self.protocols or set(self.protocols) - set(allowed):
+            raise ValueError(f"protocols must be a non-empty subset of {allowed} at {self.level} level, got {self.protocols}")
         unknown = set(self.scores) - (set(TEXT_SCORES) & set(oe_scores.SCORE_NAMES))
         if unknown:
             raise ValueError(f"unknown score(s) {sorted(unknown)}; text scores are {TEXT_SCORES}")

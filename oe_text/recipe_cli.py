@@ -10,6 +10,7 @@ from oe_common.data_dir import exit_on_data_error
 from oe_common.arg_types import non_negative_float, non_negative_int, positive_float, positive_int
 from oe_common.run_folder import add_run_folder_args, recipe_guard
 
+from .data import DEFAULT_PROTOCOLS, PROTOCOLS
 from .pipeline import PRESET_NAMES, preset_config, run_text_oe
 
 
@@ -38,6 +39,9 @@ def build_parser(level: str) -> argparse.ArgumentParser:
     parser.add_argument("--n-draws", type=positive_int, default=None)
     parser.add_argument("--allow-small-sets", action="store_true", default=None,
                         help="use an EWT domain with fewer than n_in // 5 windows whole (labelled in the tables) instead of stopping")
+    choices = [p for p in PROTOCOLS if level == "char" or p in DEFAULT_PROTOCOLS["word"]]
+    parser.add_argument("--protocols", nargs="+", choices=choices, default=None,
+                        help=f"EWT protocols to evaluate, the first is the headline (default: {' '.join(DEFAULT_PROTOCOLS[level])}; see docs/text.md)")
     parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (CPU runs only)")
     return parser
 
@@ -65,6 +69,7 @@ def main(level: str, argv: Sequence[str] | None = None) -> dict:
         "oe_loss": args.oe_loss,
         "n_draws": args.n_draws,
         "allow_small_sets": args.allow_small_sets,
+        "protocols": tuple(args.protocols) if args.protocols else None,
     }
     cfg = preset_config(level, args.preset, **overrides)
     output_dir = args.output_dir or os.path.join("runs", f"ptb_{level}_{args.preset}")

@@ -399,7 +399,7 @@ def test_load_text_oe_data_tiny_both_levels(tiny):
     for level, seq_len in (("word", 3), ("char", 8)):
         d = D.load_text_oe_data(level, tiny, seq_len=seq_len)
         assert d.level == level and d.seq_len == seq_len and d.vocab.level == level
-        assert set(d.ewt) == {"paper", "clean"} and list(d.ewt_domains("clean")) == ["answers", "email", "weblog"]
+        assert tuple(d.ewt) == D.DEFAULT_PROTOCOLS[level] and list(d.ewt_domains("clean")) == ["answers", "email", "weblog"]
         for ds in [d.ptb_train, d.ptb_valid, d.ptb_test, d.wikitext_train, d.wikitext_valid, *d.ewt["paper"].values()]:
             assert ds.column_names == ["input_ids", "labels", "attention_mask"]
             assert len(ds[0]["input_ids"]) == seq_len + 1
