@@ -30,9 +30,16 @@ the detector imports the package its task names (:data:`_REGISTERING_PACKAGES`).
   is the **token-weighted mean over its windows** ``sum_w T_w s_w / sum_w T_w`` = the mean over all predicted
   tokens (``long_text="window"``, the default). ``long_text="truncate"`` scores the first window only,
   ``long_text="error"`` raises :class:`DetectorInputError`.
-* ``"text-classification"`` (any ``AutoModelForSequenceClassification``): ids ``tokens`` (no ``<eos>`` by
-  default), score ``msp`` / ``uniform_xent`` / ``max_logit`` / ``energy`` of the logits; texts longer than
-  ``seq_len`` tokens are truncated by default (``"window"``: token-weighted mean over chunks of ``seq_len``).
+* ``"text-classification"`` (any ``AutoModelForSequenceClassification``): with a vocabulary
+  (``TextPreprocessing``) ids ``tokens`` (no ``<eos>`` by default), texts longer than ``seq_len`` tokens
+  truncated by default (``"window"``: token-weighted mean over chunks of ``seq_len``); with a Hugging Face
+  tokenizer (:class:`oe_text.tokenizer_preprocessing.TokenizerPreprocessing`, saved in the folder) one row per
+  raw string, truncated at ``max_length``, right-padded. Scores ``msp`` / ``uniform_xent`` / ``max_logit`` /
+  ``energy`` of the logits, or ``mahalanobis`` (below).
+* ``mahalanobis`` (text and image classifiers): ``min_k`` Mahalanobis distance of the penultimate feature (the
+  input of ``model.classifier``, :func:`oe_common.feature_scores.classifier_input_features`) to the class means,
+  with a shared covariance, fitted by :meth:`OODDetector.fit_mahalanobis` on training data and saved as
+  ``mahalanobis.safetensors``.
 * ``"image-classification"`` (:mod:`oe_vision` models): inputs are image files / PIL images / uint8 arrays,
   preprocessed by :func:`oe_vision.data.image_transform` built from a small JSON spec
   (``ImagePreprocessing``: size, channels, invert, mean, std, center_crop), or an already
@@ -55,7 +62,9 @@ Checkpoint layout (:meth:`OODDetector.save_pretrained`), all at the ROOT of the 
 
     config.json, model.safetensors   the model, via its own save_pretrained (safetensors only)
     detector_config.json             task, score, threshold, preprocessing spec, OE hyper-parameters, results
-    vocab.json                       the Vocabulary (text tasks)
+    vocab.json                       the Vocabulary (text tasks with TextPreprocessing)
+    tokenizer.json, tokenizer_config.json, ...   the tokenizer's own save_pretrained (TokenizerPreprocessing)
+    mahalanobis.safetensors          class means + shared covariance (after fit_mahalanobis)
     README.md                        the generated model card (YAML metadata + results table)
 
 Loading never unpickles anything (``use_safetensors=True``, no ``torch.load``) and never uses
