@@ -53,7 +53,7 @@ class TokenizerPreprocessing(DetectorPreprocessing):
 
     tokenizer: Any
     max_length: int = 128
-    _files: list[str] | None = field(default=None, repr=False, compare=False)
+    _files: list[str] | None = field(default=None, init=False, repr=False, compare=False)  # saved_files(), found once
 
     def __post_init__(self) -> None:
         from transformers import PreTrainedTokenizerBase
@@ -66,6 +66,9 @@ class TokenizerPreprocessing(DetectorPreprocessing):
         if self.tokenizer.pad_token_id is None:
             raise ValueError(f"the tokenizer ({type(self.tokenizer).__name__}) has no pad token; set tokenizer.pad_token first")
         self.tokenizer.padding_side = "right"  # the GRU classifier reads lengths from a right-padded mask
+
+    def __repr__(self) -> str:
+        return f"TokenizerPreprocessing(tokenizer={type(self.tokenizer).__name__}({len(self.tokenizer)} tokens), max_length={self.max_length})"
 
     # ------------------------------------------------------------------ persistence
     def saved_files(self) -> list[str]:
