@@ -315,7 +315,7 @@ def _resolve_checkpoint(name_or_path: str | os.PathLike, revision: str | None, t
             revision=revision,
             token=token,
             cache_dir=cache_dir,
-            allow_patterns=["*.json", "*.safetensors", "README.md"],
+            allow_patterns=["*.json", "*.safetensors", "README.md", "*.txt", "*.model"],  # + tokenizer vocab / merges / sentencepiece files
             local_files_only=offline,
         )
     except Exception as exc:  # offline, no connection, repo not found, gated, ...: re-raise with what to do
