@@ -217,6 +217,9 @@ def _cmd_score(args: argparse.Namespace) -> int:
     if args.long_text is not None:
         if not detector.is_text:
             raise CliError("--long-text applies to text detectors only")
+        if not hasattr(detector.preprocessing, "long_text"):  # a tokenizer detector: one row per text, truncated
+            raise CliError(f"--long-text applies to vocabulary-based text detectors; this one ({detector.preprocessing.kind}) "
+                           f"truncates every text at max_length={getattr(detector.preprocessing, 'max_length', '?')} tokens")
         detector.preprocessing.long_text = args.long_text
     inputs, names = _read_inputs(detector, args.input)
     scores = _score(detector, inputs, args.input, names)

@@ -30,9 +30,16 @@ the detector imports the package its task names (:data:`_REGISTERING_PACKAGES`).
   is the **token-weighted mean over its windows** ``sum_w T_w s_w / sum_w T_w`` = the mean over all predicted
   tokens (``long_text="window"``, the default). ``long_text="truncate"`` scores the first window only,
   ``long_text="error"`` raises :class:`DetectorInputError`.
-* ``"text-classification"`` (any ``AutoModelForSequenceClassification``): ids ``tokens`` (no ``<eos>`` by
-  default), score ``msp`` / ``uniform_xent`` / ``max_logit`` / ``energy`` of the logits; texts longer than
-  ``seq_len`` tokens are truncated by default (``"window"``: token-weighted mean over chunks of ``seq_len``).
+* ``"text-classification"`` (any ``AutoModelForSequenceClassification``): with a vocabulary
+  (``TextPreprocessing``) ids ``tokens`` (no ``<eos>`` by default), texts longer than ``seq_len`` tokens
+  truncated by default (``"window"``: token-weighted mean over chunks of ``seq_len``); with a Hugging Face
+  tokenizer (:class:`oe_text.tokenizer_preprocessing.TokenizerPreprocessing`, saved in the folder) one row per
+  raw string, truncated at ``max_length``, right-padded. Scores ``msp`` / ``uniform_xent`` / ``max_logit`` /
+  ``energy`` of the logits, or ``mahalanobis`` (below).
+* ``mahalanobis`` (text and image classifiers): ``min_k`` Mahalanobis distance of the penultimate feature (the
+  input of ``model.classifier``, :func:`oe_common.feature_scores.classifier_input_features`) to the class means,
+  with a shared covariance, fitted by :meth:`OODDetector.fit_mahalanobis` on training data and saved as
+  ``mahalanobis.safetensors``.
 * ``"image-classification"`` (:mod:`oe_vision` models): inputs are image files / PIL images / uint8 arrays,
   preprocessed by :func:`oe_vision.data.image_transform` built from a small JSON spec
   (``ImagePreprocessing``: size, channels, invert, mean, std, center_crop), or an already
@@ -55,7 +62,9 @@ Checkpoint layout (:meth:`OODDetector.save_pretrained`), all at the ROOT of the 
 
     config.json, model.safetensors   the model, via its own save_pretrained (safetensors only)
     detector_config.json             task, score, threshold, preprocessing spec, OE hyper-parameters, results
-    vocab.json                       the Vocabulary (text tasks)
+    vocab.json                       the Vocabulary (text tasks with TextPreprocessing)
+    tokenizer.json, tokenizer_config.json, ...   the tokenizer's own save_pretrained (TokenizerPreprocessing)
+    mahalanobis.safetensors          class means + shared covariance (after fit_mahalanobis)
     README.md                        the generated model card (YAML metadata + results table)
 
 Loading never unpickles anything (``use_safetensors=True``, no ``torch.load``) and never uses
@@ -78,8 +87,9 @@ import numpy as np
 import torch
 
 from .metrics import OODTable, _real_number, as_score_array, evaluate_ood
-from .preprocessing import DetectorPreprocessing, preprocessing_class
-from .scores import SCORE_NAMES, causal_shift, example_scores
+from .feature_scores import MAHALANOBIS_NAME, MahalanobisScore, classifier_input_features
+from .preprocessing import DetectorPreprocessing, preprocessing_class, preprocessing_classes
+from .scores import FEATURE_SCORES, SCORE_NAMES, causal_shift, example_scores
 
 __all__ = [
     "OODDetector",
@@ -123,6 +133,8 @@ _AUTO_CLASS = {
 #: Packages whose import registers the task's preprocessing (:mod:`oe_common.preprocessing`) and the toolkit's
 #: model types with the Auto classes. Names as data: ``oe_common`` never imports a modality package directly.
 _REGISTERING_PACKAGES = {"causal-lm": ("oe_text",), "text-classification": ("oe_text",), "image-classification": ("oe_vision",)}
+#: Keys of ``evaluation`` that :meth:`OODDetector.accuracy` writes.
+_ACCURACY_KEYS = ("accuracy", "accuracy_n", "accuracy_data")
 #: A progress bar is shown automatically from this many batches on (``progress=None``).
 PROGRESS_MIN_BATCHES = 20
 
@@ -226,12 +238,22 @@ def _import_registering(task: str) -> None:
         importlib.import_module(package)
 
 
-def _preprocessing_class(task: str) -> type[DetectorPreprocessing]:
+def _preprocessing_class(task: str, kind: str | None = None) -> type[DetectorPreprocessing]:
+    """The preprocessing class of ``task`` named ``kind`` (a saved spec's ``"type"``; None: the task's default)."""
     _import_registering(task)
-    cls = preprocessing_class(task)
+    cls = preprocessing_class(task, kind)
     if cls is None:
+        known = [c.kind for c in preprocessing_classes(task)]
+        if kind is not None and known:
+            raise DetectorCheckpointError(f"preprocessing type {kind!r} does not serve task {task!r}; known types: {known}")
         raise TypeError(f"no preprocessing is registered for task {task!r} (importing {_REGISTERING_PACKAGES[task]} should register it)")
     return cls
+
+
+def _spec_class(task: str, spec: Mapping[str, Any]) -> type[DetectorPreprocessing]:
+    """The class that wrote a saved preprocessing ``spec`` (by its ``"type"``)."""
+    kind = spec.get("type")
+    return _preprocessing_class(task, None if kind is None else str(kind))
 
 
 def __getattr__(name: str) -> Any:
@@ -293,7 +315,7 @@ def _resolve_checkpoint(name_or_path: str | os.PathLike, revision: str | None, t
             revision=revision,
             token=token,
             cache_dir=cache_dir,
-            allow_patterns=["*.json", "*.safetensors", "README.md"],
+            allow_patterns=["*.json", "*.safetensors", "README.md", "*.txt", "*.model"],  # + tokenizer vocab / merges / sentencepiece files
             local_files_only=offline,
         )
     except Exception as exc:  # offline, no connection, repo not found, gated, ...: re-raise with what to do
@@ -367,6 +389,7 @@ class OODDetector:
         training: Mapping[str, Any] | None = None,
         evaluation: Mapping[str, Any] | None = None,
         threshold_info: Mapping[str, Any] | None = None,
+        mahalanobis: MahalanobisScore | None = None,
         device: str | torch.device | None = None,
         batch_size: int | None = None,
         progress: bool | None = None,
@@ -374,21 +397,31 @@ class OODDetector:
         self.task = _infer_task(model) if task is None else task
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
-        pre_cls = _preprocessing_class(self.task)
+        _import_registering(self.task)
         if preprocessing is None and self.task not in TEXT_TASKS:
-            preprocessing = pre_cls()  # images: no resizing / normalisation
-        if not isinstance(preprocessing, pre_cls):
-            raise TypeError(f"a {self.task} detector needs preprocessing={pre_cls.__name__}(...), got {type(preprocessing).__name__}")
+            preprocessing = _preprocessing_class(self.task)()  # images: no resizing / normalisation
+        classes = preprocessing_classes(self.task)
+        if not isinstance(preprocessing, classes):
+            names = " or ".join(f"{c.__name__}(...)" for c in classes)
+            raise TypeError(f"a {self.task} detector needs preprocessing={names}, got {type(preprocessing).__name__}")
         self.preprocessing = preprocessing.resolved(self.task)
         self.score_name = DEFAULT_SCORE[self.task] if score is None else score
         if self.score_name not in SCORE_NAMES:
             raise ValueError(f"unknown score {self.score_name!r}; choose one of {SCORE_NAMES}")
         if self.score_name == "nll" and self.task != "causal-lm":
             raise ValueError("score 'nll' needs a causal language model; classifiers use msp / uniform_xent / max_logit / energy")
+        if self.score_name in FEATURE_SCORES and self.task == "causal-lm":
+            raise ValueError(f"score {self.score_name!r} needs a classifier's penultimate features; a causal LM has none")
         self.score_kwargs = dict(score_kwargs or {})
-        unknown = sorted(set(self.score_kwargs) - ({"temperature"} if self.score_name == "energy" else set()))
+        allowed = {"energy": {"temperature"}, "mahalanobis": {"head"}}.get(self.score_name, set())
+        unknown = sorted(set(self.score_kwargs) - allowed)
         if unknown:
             raise ValueError(f"score {self.score_name!r} takes no argument(s) {unknown}")
+        if mahalanobis is not None and not isinstance(mahalanobis, MahalanobisScore):
+            raise TypeError(f"mahalanobis must be a fitted oe_common.feature_scores.MahalanobisScore, got {type(mahalanobis).__name__}")
+        if mahalanobis is not None and not mahalanobis.is_fitted:
+            raise ValueError("mahalanobis must be fitted: MahalanobisScore().fit(features, labels) or detector.fit_mahalanobis(...)")
+        self.mahalanobis = mahalanobis
         self.threshold = None if threshold is None else float(threshold)
         self.threshold_info = dict(threshold_info or {})
         self.training = dict(training or {})
@@ -442,6 +475,12 @@ class OODDetector:
             DetectorInputError: inputs that cannot be scored (empty texts, over-long texts with
                 ``long_text="error"``, unreadable images), with their 0-based indices.
         """
+        feature_score = self.score_name in FEATURE_SCORES
+        if feature_score and self.mahalanobis is None:
+            raise ValueError(
+                f"score={self.score_name!r} needs class means and a covariance fitted on training data: call "
+                "detector.fit_mahalanobis(train_inputs, train_labels) first"
+            )
         n, n_batches, batches = self.preprocessing.batches(inputs, self.task, self.batch_size)
         sums, weights = np.zeros(n, dtype=np.float64), np.zeros(n, dtype=np.float64)
         if n == 0:
@@ -449,11 +488,107 @@ class OODDetector:
         with self._progress_bar(n_batches, f"scoring {self.preprocessing.kind}s") as bar:
             for model_inputs, owners in batches:
                 model_inputs = {k: v.to(self.device) for k, v in model_inputs.items()}
-                values, counts = self._row_scores(_logits(self.model(**model_inputs)), model_inputs)
+                if feature_score:
+                    values, counts = self._feature_row_scores(model_inputs)
+                else:
+                    values, counts = self._row_scores(_logits(self.model(**model_inputs)), model_inputs)
                 np.add.at(sums, owners, (values.double() * counts).cpu().numpy())
                 np.add.at(weights, owners, counts.cpu().numpy())
                 bar.update(1)
         return sums / weights
+
+    @staticmethod
+    def _row_weights(model_inputs: Mapping[str, torch.Tensor], n_rows: int, device: torch.device) -> torch.Tensor:
+        """A classifier row's weight in the mean over an input's rows: its number of real tokens (text), else 1."""
+        mask = model_inputs.get("attention_mask")
+        return mask.sum(-1).double() if mask is not None else torch.ones(n_rows, dtype=torch.float64, device=device)
+
+    @property
+    def feature_head(self) -> str:
+        """The module whose input is the penultimate feature (``score_kwargs["head"]``, default ``"classifier"``)."""
+        return str(self.score_kwargs.get("head", "classifier"))
+
+    def _features(self, model_inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """``(B, D)`` penultimate features of one batch (:func:`~oe_common.feature_scores.classifier_input_features`)."""
+        try:
+            self.model.get_submodule(self.feature_head)
+        except AttributeError:
+            raise ValueError(
+                f"{type(self.model).__name__} has no module {self.feature_head!r} whose input is the penultimate feature; "
+                "pass score_kwargs={'head': '<name of the final linear layer>'}"
+            ) from None
+        return classifier_input_features(self.model, model_inputs, self.feature_head)
+
+    def _feature_row_scores(self, model_inputs: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per batch row: ``min_k`` Mahalanobis distance of its feature (float64) and its weight (:meth:`_row_weights`)."""
+        assert self.mahalanobis is not None
+        features = self._features(model_inputs)
+        values = self.mahalanobis.distances(features).amin(dim=1)  # (B,) float64 on the CPU
+        return values, self._row_weights(model_inputs, len(features), features.device).cpu()
+
+    @torch.inference_mode()
+    def fit_mahalanobis(self, inputs: Any, labels: Any, *, num_classes: int | None = None, rcond: float = 1e-10) -> MahalanobisScore:
+        """Fit the ``"mahalanobis"`` score on the in-distribution TRAINING data and keep it (saved with the detector).
+
+        ``inputs`` are raw inputs as :meth:`score` takes them, ``labels`` their integer classes ``(N,)``. Every row the
+        preprocessing makes of an input (one per text with a tokenizer; the windows of a long text with a vocabulary)
+        contributes its penultimate feature ``x`` (the input of ``model.<head>``, :attr:`feature_head`) with the
+        input's label. Then (:class:`~oe_common.feature_scores.MahalanobisScore`) ``mu_k`` = class means,
+        ``Sigma`` = the shared covariance of ``x - mu_y``, and ``score(x) = min_k sqrt((x - mu_k)^T pinv(Sigma) (x - mu_k))``.
+        ``num_classes`` defaults to ``model.config.num_labels``; every class needs an example. Returns the fitted score;
+        set ``detector.score_name = "mahalanobis"`` (or construct with ``score="mahalanobis"``) to use it.
+        """
+        if self.task == "causal-lm":
+            raise ValueError("fit_mahalanobis needs a classifier (text-classification or image-classification), not a causal LM")
+        y = np.asarray(labels.detach().cpu() if isinstance(labels, torch.Tensor) else labels)
+        if y.dtype.kind not in "iu":
+            raise TypeError(f"labels must be integer class ids, got dtype {y.dtype}")
+        n, n_batches, batches = self.preprocessing.batches(inputs, self.task, self.batch_size)
+        if y.shape != (n,):
+            raise ValueError(f"labels must have shape ({n},), one per input, got {y.shape}")
+        if n == 0:
+            raise ValueError("fit_mahalanobis needs at least one training input")
+        features, row_labels = [], []
+        with self._progress_bar(n_batches, "features for mahalanobis") as bar:
+            for model_inputs, owners in batches:
+                model_inputs = {k: v.to(self.device) for k, v in model_inputs.items()}
+                features.append(self._features(model_inputs).double().cpu())
+                row_labels.append(y[owners])
+                bar.update(1)
+        if num_classes is None:
+            num_classes = getattr(getattr(self.model, "config", None), "num_labels", None)
+        self.mahalanobis = MahalanobisScore(rcond=rcond).fit(torch.cat(features), np.concatenate(row_labels), num_classes=num_classes)
+        return self.mahalanobis
+
+    @torch.inference_mode()
+    def accuracy(self, inputs: Any, labels: Any, *, data: str | None = None, store: bool = True) -> float:
+        """Classification accuracy on labelled in-distribution inputs: ``mean(argmax_k z_k == y)``, in ``[0, 1]``.
+
+        An input spanning several rows (a long text's windows) is predicted from the token-weighted mean of its rows'
+        logits. With ``store=True`` it is kept in ``evaluation`` (``accuracy``, ``accuracy_n``, ``accuracy_data`` =
+        ``data``, e.g. ``"clinc150 test"``), saved in the config and shown on the model card.
+        """
+        if self.task == "causal-lm":
+            raise ValueError("accuracy needs a classifier, not a causal LM")
+        y = np.asarray(labels.detach().cpu() if isinstance(labels, torch.Tensor) else labels)
+        n, n_batches, batches = self.preprocessing.batches(inputs, self.task, self.batch_size)
+        if y.shape != (n,) or n == 0:
+            raise ValueError(f"labels must have shape ({n},), one per input (and n > 0), got {y.shape}")
+        sums: np.ndarray | None = None
+        with self._progress_bar(n_batches, "accuracy") as bar:
+            for model_inputs, owners in batches:
+                model_inputs = {k: v.to(self.device) for k, v in model_inputs.items()}
+                logits = _logits(self.model(**model_inputs)).double()
+                weights = self._row_weights(model_inputs, len(logits), logits.device)
+                if sums is None:
+                    sums = np.zeros((n, logits.shape[-1]), dtype=np.float64)
+                np.add.at(sums, owners, (logits * weights[:, None]).cpu().numpy())
+                bar.update(1)
+        assert sums is not None
+        value = float(np.mean(sums.argmax(axis=1) == y))
+        if store:
+            self.evaluation = {**(self.evaluation or {}), "accuracy": value, "accuracy_n": int(n), "accuracy_data": data}
+        return value
 
     def _row_scores(self, logits: torch.Tensor, model_inputs: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Per batch row: its score and its weight in the mean over an input's rows (:func:`~oe_common.scores.example_scores`).
@@ -467,7 +602,7 @@ class OODDetector:
             logits, targets, mask = causal_shift(logits, model_inputs["input_ids"], mask)
             counts = mask.sum(-1)
         else:
-            counts = mask.sum(-1) if mask is not None else torch.ones(len(logits), device=logits.device)
+            counts = self._row_weights(model_inputs, len(logits), logits.device)
             mask = None  # (B, K) classifier logits have no positions
         values = example_scores(logits, (self.score_name,), targets=targets, mask=mask, **self.score_kwargs)[self.score_name]
         return values, counts.double()
@@ -563,8 +698,9 @@ class OODDetector:
         table = evaluate_ood(in_scores, out_scores, n_draws=n_draws, ratio=ratio, seed=seed, recall_level=level,
                              allow_small_sets=allow_small_sets)
         table.meta.update({"score": self.score_name})
-        if store:
-            self.evaluation = table.to_dict()
+        if store:  # a stored accuracy (:meth:`accuracy`) stays
+            kept = {k: v for k, v in (self.evaluation or {}).items() if k in _ACCURACY_KEYS}
+            self.evaluation = {**table.to_dict(), **kept}
         return table
 
     # ------------------------------------------------------------------ persistence
@@ -585,6 +721,7 @@ class OODDetector:
             "threshold": self.threshold,
             "threshold_info": self.threshold_info,
             "preprocessing": self.preprocessing.to_dict(),
+            "mahalanobis_file": MAHALANOBIS_NAME if self.mahalanobis is not None else None,
             "training": self.training,
             "evaluation": self.evaluation,
         }
@@ -618,9 +755,11 @@ class OODDetector:
                 raise DetectorCheckpointError(f"{folder / stale} exists: refusing to save a detector next to pickled weights")
         folder.mkdir(parents=True, exist_ok=True)
         for path in folder.iterdir():  # an earlier save's weights (transformers keeps a stale index or single file)
-            if path.name in (WEIGHTS_NAME, WEIGHTS_INDEX_NAME) or _SHARD_RE.fullmatch(path.name):
+            if path.name in (WEIGHTS_NAME, WEIGHTS_INDEX_NAME, MAHALANOBIS_NAME) or _SHARD_RE.fullmatch(path.name):
                 path.unlink()
         self.model.save_pretrained(folder)
+        if self.mahalanobis is not None:
+            self.mahalanobis.save(folder)
         if not (folder / WEIGHTS_NAME).is_file() and not (folder / WEIGHTS_INDEX_NAME).is_file():
             raise DetectorCheckpointError(f"the model's save_pretrained wrote no {WEIGHTS_NAME} in {folder}")
         config = self.to_config()
@@ -674,7 +813,11 @@ class OODDetector:
                 raise DetectorCheckpointError(f"detector config version {config.get('version')} is newer than this code ({_VERSION}); upgrade oe")
             if config.get("task") in TASKS:
                 spec = dict(config.get("preprocessing") or {})
-                missing += [n for n in _preprocessing_class(config["task"]).required_files(spec) if not (folder / n).is_file()]
+                missing += [n for n in _spec_class(config["task"], spec).required_files(spec) if not (folder / n).is_file()]
+            if config.get("mahalanobis_file") not in (None, MAHALANOBIS_NAME):
+                raise DetectorCheckpointError(f"{folder / DETECTOR_CONFIG_NAME}: mahalanobis_file must be {MAHALANOBIS_NAME!r} or null")
+            if config.get("mahalanobis_file") and not (folder / MAHALANOBIS_NAME).is_file():
+                missing.append(MAHALANOBIS_NAME)
         if missing:
             raise DetectorCheckpointError(f"checkpoint {str(name_or_path)!r} is missing {', '.join(missing)} (looked in {folder})")
         assert config is not None
@@ -682,13 +825,15 @@ class OODDetector:
         if task not in TASKS:
             raise DetectorCheckpointError(f"{DETECTOR_CONFIG_NAME}: unknown task {task!r}; known: {TASKS}")
         # Every file is checked before use so that a corrupt one is NAMED (not a traceback from a library).
+        spec = dict(config.get("preprocessing") or {})
         try:
-            preprocessing = _preprocessing_class(task).from_config(dict(config.get("preprocessing") or {}), folder)
+            preprocessing = _spec_class(task, spec).from_config(spec, folder)
         except (ValueError, TypeError) as exc:
             if isinstance(exc, DetectorCheckpointError):
                 raise
             raise DetectorCheckpointError(f"{folder / DETECTOR_CONFIG_NAME}: bad preprocessing spec: {exc}") from None
         _check_weight_files(folder)
+        mahalanobis = _load_mahalanobis(folder) if config.get("mahalanobis_file") else None
         model = _load_model(folder, task)
         _check_finite_weights(model, folder)
         try:
@@ -702,12 +847,13 @@ class OODDetector:
                 training=config.get("training"),
                 evaluation=config.get("evaluation"),
                 threshold_info=config.get("threshold_info"),
+                mahalanobis=mahalanobis,
                 device=device,
                 batch_size=batch_size,
                 progress=progress,
             )
         except (ValueError, TypeError) as exc:  # e.g. an unknown score, a vocabulary larger than the model
-            files = ", ".join([DETECTOR_CONFIG_NAME, *_preprocessing_class(task).required_files(config.get("preprocessing") or {}), MODEL_CONFIG_NAME])
+            files = ", ".join([DETECTOR_CONFIG_NAME, *_spec_class(task, spec).required_files(spec), MODEL_CONFIG_NAME])
             raise DetectorCheckpointError(f"checkpoint {folder} is inconsistent ({files}): {exc}") from None
 
     def push_to_hub(
@@ -795,6 +941,18 @@ def _check_weight_files(folder: Path) -> None:
             raise DetectorCheckpointError(
                 f"{path} is not a readable safetensors file ({reason}): it is truncated or corrupt; save or download the checkpoint again"
             ) from None
+
+
+def _load_mahalanobis(folder: Path) -> MahalanobisScore:
+    """The fitted :class:`MahalanobisScore` of a checkpoint; a corrupt or inconsistent file is named."""
+    path = folder / MAHALANOBIS_NAME
+    try:
+        return MahalanobisScore.load(folder)
+    except Exception as exc:  # safetensors' own error type, a missing tensor, a bad covariance
+        reason = " ".join(str(exc).split())
+        raise DetectorCheckpointError(
+            f"{path} is not a readable Mahalanobis statistics file ({reason}): fit_mahalanobis and save the detector again"
+        ) from None
 
 
 def _check_finite_weights(model: torch.nn.Module, folder: Path) -> None:

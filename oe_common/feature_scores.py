@@ -26,9 +26,11 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-__all__ = ["MahalanobisScore", "classifier_input_features"]
+__all__ = ["MahalanobisScore", "classifier_input_features", "MAHALANOBIS_NAME"]
 
-_WEIGHTS_NAME = "mahalanobis.safetensors"
+#: The file :meth:`MahalanobisScore.save` writes (and an ``OODDetector`` folder holds after ``fit_mahalanobis``).
+MAHALANOBIS_NAME = "mahalanobis.safetensors"
+_WEIGHTS_NAME = MAHALANOBIS_NAME
 
 
 def _as_float64(x: Any, name: str) -> torch.Tensor:

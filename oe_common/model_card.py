@@ -41,6 +41,9 @@ _SCORE_TEXT = {
     "msp": "negative maximum softmax probability, `-max_k p_k` (Hendrycks & Gimpel, 2017)",
     "max_logit": "negative maximum logit, `-max_k z_k`",
     "energy": "free energy `-T · logsumexp(z / T)`",
+    "mahalanobis": "Mahalanobis distance of the penultimate (pooled) feature to the nearest class mean, "
+    "`min_k sqrt((x - μ_k)ᵀ Σ⁺ (x - μ_k))`, with class means and a shared covariance fitted on the training set "
+    "(Lee et al., 2018)",
 }
 _CITATION = """@inproceedings{hendrycks2019oe,
   title     = {Deep Anomaly Detection with Outlier Exposure},
@@ -170,6 +173,9 @@ def render_model_card(
     out.append("")
     if pre:
         out += ["Preprocessing (`detector_config.json` → `preprocessing`):", "", _kv_table(pre), ""]
+        if pre.get("type") == "tokenizer":
+            out += [f"Raw strings go through the Hugging Face tokenizer saved in this folder (`{pre.get('tokenizer_class')}`), "
+                    f"truncated at {pre.get('max_length')} tokens and right-padded.", ""]
         if text and pre.get("long_text") == "window":
             out += [f"Texts longer than {pre.get('seq_len')} predicted tokens are cut into non-overlapping windows "
                     "and scored by the token-weighted mean over the windows.", ""]
@@ -181,9 +187,14 @@ def render_model_card(
         out += ["No training information was recorded.", ""]
 
     out += ["## Evaluation", ""]
-    table = evaluation_table(config.get("evaluation"))
+    evaluation = dict(config.get("evaluation") or {})
+    if evaluation.get("accuracy") is not None:
+        on = evaluation.get("accuracy_data") or f"the {in_name} test set"
+        n_acc = f", {evaluation['accuracy_n']} examples" if evaluation.get("accuracy_n") else ""
+        out += [f"Classification accuracy on {on}{n_acc}: **{100 * float(evaluation['accuracy']):.2f}%**.", ""]
+    table = evaluation_table(evaluation)
     if table is None:
-        out += ["No evaluation results were recorded.", ""]
+        out += ["No detection results were recorded.", ""]
     else:
         n_in = table.rows[0].get("n_in", "?")
         out += [
@@ -199,9 +210,22 @@ def render_model_card(
     out += ["## Files", "",
             "`config.json` + `model.safetensors` (the model; loads with the `transformers` Auto classes after "
             "`import oe_text` / `import oe_vision`), `detector_config.json` (score, threshold, preprocessing, "
-            "training settings, results)" + (", `vocab.json` (the vocabulary)" if text else "") + ". No pickle files.",
+            "training settings, results)" + _extra_files(config, text) + ". No pickle files.",
             "", "## Citation", "", "```bibtex", _CITATION, "```", ""]
     return "\n".join(out)
+
+
+def _extra_files(config: Mapping[str, Any], text: bool) -> str:
+    """The card's list of the files besides the model and the config: tokenizer / vocabulary, Mahalanobis statistics."""
+    pre = dict(config.get("preprocessing") or {})
+    parts = []
+    if pre.get("type") == "tokenizer":
+        parts.append(", ".join(f"`{name}`" for name in pre.get("tokenizer_files") or []) + " (the tokenizer)")
+    elif text:
+        parts.append("`vocab.json` (the vocabulary)")
+    if config.get("mahalanobis_file"):
+        parts.append(f"`{config['mahalanobis_file']}` (class means and shared covariance of the `mahalanobis` score)")
+    return "".join(", " + part for part in parts)
 
 
 def parse_front_matter(text: str) -> tuple[dict[str, Any], str]:

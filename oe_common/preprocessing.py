@@ -7,7 +7,11 @@ class when it is imported, the way models are registered with the ``transformers
     register_preprocessing(ImagePreprocessing)    # oe_vision/preprocessing.py (run by ``import oe_vision``)
 
 The detector imports the package named for its task (``_REGISTERING_PACKAGES`` in :mod:`oe_common.detector`,
-a name given as data) and then looks the class up here with :func:`preprocessing_class`.
+a name given as data) and then looks the class up here with :func:`preprocessing_class`. A task may be served by
+several classes (``text-classification``: ``TextPreprocessing``, a PTB-style vocabulary, and
+``TokenizerPreprocessing``, a Hugging Face tokenizer); a saved detector names its class by the ``"type"`` of its
+spec (``kind``), and a spec without ``"type"`` gets the task's first registered class (the one older checkpoints
+were written with).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from typing import Any, ClassVar, Iterator, Mapping, NamedTuple
 import numpy as np
 import torch
 
-__all__ = ["DetectorPreprocessing", "ScoringBatches", "register_preprocessing", "preprocessing_class"]
+__all__ = ["DetectorPreprocessing", "ScoringBatches", "register_preprocessing", "preprocessing_class", "preprocessing_classes"]
 
 
 class ScoringBatches(NamedTuple):
@@ -77,6 +81,15 @@ def register_preprocessing(cls: type[DetectorPreprocessing]) -> type[DetectorPre
     return cls
 
 
-def preprocessing_class(task: str) -> type[DetectorPreprocessing] | None:
-    """The registered preprocessing class serving ``task`` (None when no imported package registers one)."""
-    return next((cls for cls in _REGISTRY.values() if task in cls.tasks), None)
+def preprocessing_classes(task: str) -> tuple[type[DetectorPreprocessing], ...]:
+    """Every registered preprocessing class serving ``task``, in registration order."""
+    return tuple(cls for cls in _REGISTRY.values() if task in cls.tasks)
+
+
+def preprocessing_class(task: str, kind: str | None = None) -> type[DetectorPreprocessing] | None:
+    """The registered class serving ``task`` whose ``kind`` is ``kind`` (None: the task's first registered class);
+    None when no imported package registers one."""
+    classes = preprocessing_classes(task)
+    if kind is None:
+        return classes[0] if classes else None
+    return next((cls for cls in classes if cls.kind == kind), None)

@@ -43,6 +43,8 @@ __all__ = [
     "causal_shift",
     "example_scores",
     "SCORES",
+    "FEATURE_SCORES",
+    "LOGIT_SCORE_NAMES",
     "SCORE_NAMES",
     "MahalanobisScore",
 ]
@@ -164,9 +166,16 @@ SCORES = {
     "max_logit": max_logit_score,
     "energy": energy_score,
 }
-#: THE registry of score names: every score of :data:`SCORES`, plus ``"nll"`` (language models only: it needs the
-#: target ids). Pipelines may offer a subset as their default selection; they validate it against this tuple.
-SCORE_NAMES = (*SCORES, "nll")
+#: Feature scores: they need statistics of the model's penultimate features fitted on training data, so they cannot
+#: be computed from one batch's logits (:func:`example_scores` refuses them). ``OODDetector`` computes them
+#: (``score="mahalanobis"`` after ``fit_mahalanobis``; :mod:`oe_common.feature_scores`).
+FEATURE_SCORES = {"mahalanobis": MahalanobisScore}
+#: The names computable from logits alone (what :func:`example_scores` and ``OETrainer`` take): :data:`SCORES` plus
+#: ``"nll"`` (language models only: it needs the target ids).
+LOGIT_SCORE_NAMES = (*SCORES, "nll")
+#: THE registry of score names: the logit scores, then the feature scores. Pipelines may offer a subset as their
+#: default selection; they validate it against this tuple.
+SCORE_NAMES = (*LOGIT_SCORE_NAMES, *FEATURE_SCORES)
 
 
 def shift_labels(labels: torch.Tensor) -> torch.Tensor:
@@ -226,11 +235,16 @@ def example_scores(
       ``"uniform_xent"`` and ``"nll"`` share one ``logsumexp`` (:func:`sequence_scores`); the others average their
       token-level score.
 
-    ``temperature`` is the energy score's ``T``. Names must be in :data:`SCORE_NAMES`.
+    ``temperature`` is the energy score's ``T``. Names must be in :data:`LOGIT_SCORE_NAMES` (a feature score of
+    :data:`FEATURE_SCORES` is refused: it needs fitted feature statistics).
     """
-    unknown = [name for name in names if name not in SCORE_NAMES]
+    features = [name for name in names if name in FEATURE_SCORES]
+    if features:
+        raise ValueError(f"score(s) {features} need the model's features and fitted statistics, not logits: "
+                         "use OODDetector(score='mahalanobis') after detector.fit_mahalanobis(train_inputs, train_labels)")
+    unknown = [name for name in names if name not in LOGIT_SCORE_NAMES]
     if unknown:
-        raise ValueError(f"unknown score(s) {unknown}; choose from {SCORE_NAMES}")
+        raise ValueError(f"unknown score(s) {unknown}; choose from {LOGIT_SCORE_NAMES}")
     kwargs: Mapping[str, Mapping] = {"energy": {"temperature": temperature}}
     if logits.dim() == 2:
         if "nll" in names:

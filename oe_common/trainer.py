@@ -45,7 +45,7 @@ from transformers.utils import logging
 from . import metrics as oe_metrics
 from .losses import energy_oe_loss, oe_uniform_loss
 from .outlier_stream import OutlierStream, is_streaming
-from .scores import SCORE_NAMES, example_scores, shift_labels
+from .scores import LOGIT_SCORE_NAMES, SCORE_NAMES, example_scores, shift_labels
 
 __all__ = ["OETrainingArguments", "OETrainer", "OE_LOSSES", "SCORE_NAMES", "OUTLIER_STREAM_STATE_NAME"]
 
@@ -148,7 +148,7 @@ class OETrainer(Trainer):
 
     #: Score names that :meth:`compute_scores` / :meth:`evaluate_ood` accept (a subclass with its own
     #: :meth:`score_batch_many` sets its own).
-    score_names: tuple[str, ...] = SCORE_NAMES
+    score_names: tuple[str, ...] = LOGIT_SCORE_NAMES  # feature scores (mahalanobis) need fitting: OODDetector
 
     def __init__(self, *args: Any, outlier_dataset: Any = None, outlier_data_collator: Any = None, **kwargs: Any):
         super().__init__(*args, **kwargs)

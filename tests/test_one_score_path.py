@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from _oe_tiny import hf_dataset, tiny_gpt2_lm
 
 from oe_common.detector import ImagePreprocessing, OODDetector, TextPreprocessing
-from oe_common.scores import SCORE_NAMES, example_scores
+from oe_common.scores import LOGIT_SCORE_NAMES, example_scores
 from oe_common.trainer import OETrainer, OETrainingArguments
 from oe_text.vocab import Vocabulary
 from oe_vision import MnistConvNetConfig, MnistConvNetForImageClassification
@@ -88,8 +88,8 @@ def test_language_model_scores_are_identical_in_trainer_and_detector(tmp_path, s
 def test_example_scores_knows_every_registered_name_and_refuses_others():
     logits = torch.randn(3, 4, 5)
     targets = torch.randint(0, 5, (3, 4))
-    scores = example_scores(logits, SCORE_NAMES, targets=targets, causal=True)
-    assert set(scores) == set(SCORE_NAMES) and all(v.shape == (3,) for v in scores.values())
+    scores = example_scores(logits, LOGIT_SCORE_NAMES, targets=targets, causal=True)
+    assert set(scores) == set(LOGIT_SCORE_NAMES) and all(v.shape == (3,) for v in scores.values())
     with pytest.raises(ValueError, match="unknown score"):
         example_scores(logits, ("entropy",), targets=targets)
     with pytest.raises(ValueError, match="nll"):

@@ -1,0 +1,158 @@
+"""``TokenizerPreprocessing``: raw strings -> a text classifier's input through a Hugging Face tokenizer.
+
+Registered with :mod:`oe_common.preprocessing` for the task ``text-classification`` beside the vocabulary-based
+:class:`~oe_text.preprocessing.TextPreprocessing`; a saved detector names its class by the spec's ``"type"``
+(``"tokenizer"`` here, ``"text"`` there). The tokenizer is saved into the detector folder with its own
+``save_pretrained`` (``tokenizer.json``, ``tokenizer_config.json``, ... at the folder root, so
+``AutoTokenizer.from_pretrained(folder)`` also loads it by hand) and loaded with
+``AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=False)``.
+
+Rules (one row per input, no windows):
+
+* each text is tokenized with the tokenizer's special tokens (``[CLS] ... [SEP]`` for BERT) and **truncated** to
+  ``max_length`` ids (saved in the spec; the tokenizer's ``truncation_side``, normally the end of the text is cut);
+* texts are sorted longest first and cut into batches of ``batch_size``; each batch is **right-padded** to its
+  longest row (``attention_mask`` 0 at padding; the toolkit's GRU classifier needs right padding, and for
+  attention models the side does not change the logits);
+* a text that is empty or only whitespace is an error (:class:`~oe_common.detector.DetectorInputError`, indices
+  named), as for the vocabulary-based preprocessing.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from oe_common.detector import DetectorCheckpointError, DetectorInputError, read_checkpoint_json, some_indices
+from oe_common.preprocessing import DetectorPreprocessing, ScoringBatches, register_preprocessing
+
+__all__ = ["TokenizerPreprocessing", "TOKENIZER_CONFIG_NAME"]
+
+#: Written by every ``save_pretrained`` of a tokenizer; the one file a tokenizer spec always requires.
+TOKENIZER_CONFIG_NAME = "tokenizer_config.json"
+
+
+@dataclass
+class TokenizerPreprocessing(DetectorPreprocessing):
+    """How raw strings become classifier input: a Hugging Face tokenizer, truncation, right padding.
+
+    Args:
+        tokenizer: a ``transformers`` tokenizer (``AutoTokenizer.from_pretrained(...)``); saved into the detector
+            folder with its ``save_pretrained``. Its padding side is set to ``"right"``.
+        max_length: at most this many ids per text (special tokens included); longer texts are truncated.
+    """
+
+    kind = "tokenizer"
+    tasks = ("text-classification",)
+
+    tokenizer: Any
+    max_length: int = 128
+    _files: list[str] | None = field(default=None, init=False, repr=False, compare=False)  # saved_files(), found once
+
+    def __post_init__(self) -> None:
+        from transformers import PreTrainedTokenizerBase
+
+        if not isinstance(self.tokenizer, PreTrainedTokenizerBase):
+            raise TypeError(f"tokenizer must be a transformers tokenizer (AutoTokenizer.from_pretrained), got {type(self.tokenizer).__name__}")
+        if isinstance(self.max_length, bool) or not isinstance(self.max_length, (int, np.integer)) or self.max_length < 1:
+            raise ValueError(f"max_length must be a positive int, got {self.max_length!r}")
+        self.max_length = int(self.max_length)
+        if self.tokenizer.pad_token_id is None:
+            raise ValueError(f"the tokenizer ({type(self.tokenizer).__name__}) has no pad token; set tokenizer.pad_token first")
+        self.tokenizer.padding_side = "right"  # the GRU classifier reads lengths from a right-padded mask
+
+    def __repr__(self) -> str:
+        return f"TokenizerPreprocessing(tokenizer={type(self.tokenizer).__name__}({len(self.tokenizer)} tokens), max_length={self.max_length})"
+
+    # ------------------------------------------------------------------ persistence
+    def saved_files(self) -> list[str]:
+        """The file names ``tokenizer.save_pretrained`` writes (found once by saving into a temporary folder)."""
+        if self._files is None:
+            with tempfile.TemporaryDirectory(prefix="oe-tokenizer-") as tmp:
+                self.tokenizer.save_pretrained(tmp)
+                self._files = sorted(p.name for p in Path(tmp).iterdir() if p.is_file())
+        return list(self._files)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "type": self.kind,
+            "tokenizer_class": type(self.tokenizer).__name__,
+            "tokenizer_files": self.saved_files(),
+            "vocab_size": len(self.tokenizer),
+            "max_length": self.max_length,
+            "padding_side": "right",
+        }
+
+    @classmethod
+    def required_files(cls, spec: Mapping[str, Any]) -> list[str]:
+        files = spec.get("tokenizer_files") or [TOKENIZER_CONFIG_NAME]
+        return [str(name) for name in files]
+
+    @classmethod
+    def from_config(cls, spec: Mapping[str, Any], folder: Path) -> "TokenizerPreprocessing":
+        from transformers import AutoTokenizer
+
+        files = cls.required_files(spec)
+        for name in files:  # a corrupt JSON file is named here, not deep inside the tokenizers library
+            if name.endswith(".json"):
+                read_checkpoint_json(folder / name)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
+        except Exception as exc:  # tokenizers / transformers raise many types for a bad file
+            reason = " ".join(str(exc).split())[:300]
+            raise DetectorCheckpointError(
+                f"cannot load the tokenizer in {folder} ({', '.join(files)}): {type(exc).__name__}: {reason}; "
+                "save the detector again"
+            ) from None
+        saved = spec.get("vocab_size")
+        if saved is not None and saved != len(tokenizer):
+            raise DetectorCheckpointError(
+                f"the tokenizer in {folder} ({', '.join(files)}) has {len(tokenizer)} tokens, {saved} when it was saved: "
+                "the files are corrupt or were replaced; save the detector again"
+            )
+        return cls(tokenizer=tokenizer, max_length=spec.get("max_length", 128))
+
+    def save(self, folder: Path) -> None:
+        self.tokenizer.save_pretrained(folder)
+
+    def check_model(self, model: torch.nn.Module, task: str) -> None:
+        config = getattr(model, "config", None)
+        vocab_size = getattr(config, "vocab_size", None)
+        if vocab_size is not None and len(self.tokenizer) > vocab_size:
+            raise ValueError(f"the tokenizer has {len(self.tokenizer)} tokens but the model only {vocab_size}")
+        n_pos = getattr(config, "max_position_embeddings", None)
+        if n_pos is not None and self.max_length > n_pos:
+            raise ValueError(f"max_length={self.max_length} does not fit the model's {n_pos} positions; lower max_length")
+
+    # ------------------------------------------------------------------ encoding
+    def batches(self, inputs: Any, task: str, batch_size: int) -> ScoringBatches:
+        """A str or a sequence of str -> right-padded batches of the tokenizer's model inputs, longest first."""
+        texts = [inputs] if isinstance(inputs, str) else list(inputs)
+        for index, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise TypeError(f"text inputs must be str, got {type(text).__name__} at index {index}")
+        empty = [i for i, text in enumerate(texts) if not text.strip()]
+        if empty:
+            raise DetectorInputError(f"{len(empty)} input(s) empty or only whitespace at index {some_indices(empty)}", empty)
+        if not texts:
+            return ScoringBatches(0, 0, iter(()))
+        encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length)
+        rows = [{key: encoded[key][i] for key in encoded.keys()} for i in range(len(texts))]
+        order = sorted(range(len(rows)), key=lambda k: -len(rows[k]["input_ids"]))
+
+        def make_batches():
+            for start in range(0, len(order), batch_size):
+                chunk = order[start : start + batch_size]
+                batch = self.tokenizer.pad([rows[k] for k in chunk], padding="longest", padding_side="right", return_tensors="pt")
+                yield {key: value.long() for key, value in batch.items()}, np.asarray(chunk, dtype=np.int64)
+
+        return ScoringBatches(len(texts), math.ceil(len(order) / batch_size), make_batches())
+
+
+register_preprocessing(TokenizerPreprocessing)
