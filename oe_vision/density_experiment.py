@@ -753,6 +753,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-workers", type=non_negative_int, default=None)
     parser.add_argument("--threads", dest="num_threads", type=positive_int, default=None, help="torch CPU threads (CPU runs only)")
     parser.add_argument("--no-save-models", dest="save_models", action="store_false", default=None)
+    parser.add_argument("--save-steps", type=positive_int, default=None, help="a resumable checkpoint every this many steps of each stage (default: the preset's)")
     model = parser.add_argument_group("model size (replace the preset's PixelCNN++ fields)")
     for flag in _MODEL_FLAGS:
         model.add_argument("--" + flag.replace("_", "-"), dest=flag, type=positive_int, default=None)

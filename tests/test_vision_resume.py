@@ -87,3 +87,22 @@ def test_density_run_interrupted_in_the_oe_stage_resumes_from_its_checkpoint_to_
     assert 0 < reference["meta"]["oe_margin_active_fraction"] < 1
     assert resumed["meta"]["oe_margin_active_fraction"] == reference["meta"]["oe_margin_active_fraction"]
     assert resumed["meta"]["train_logs"]["oe"]["loss"] == reference["meta"]["train_logs"]["oe"]["loss"]
+
+
+def test_save_steps_flag_sets_the_checkpoint_interval_and_is_checked():
+    from oe_vision import density_experiment, recipe_cli
+
+    assert density_experiment.config_from_args(density_experiment.build_parser().parse_args(["--save-steps", "7"])).save_steps == 7
+    assert density_experiment.preset_config("mnist", "test").save_steps == 16
+    assert density_experiment.training_arguments(density_experiment.preset_config("mnist", "test", save_steps=5), "oe", "x").save_steps == 5
+    vision = recipe_cli.build_parser("mnist")
+    assert vision.parse_args(["--save-steps", "7"]).save_steps == 7
+    from oe_vision.pipeline import preset_config, training_arguments
+
+    args = training_arguments(preset_config("mnist", "test", save_steps=9), "oe", "x")
+    assert (args.save_strategy, args.save_steps, args.save_total_limit, args.save_only_model) == ("steps", 9, 1, False)
+    for parser in (vision, density_experiment.build_parser()):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["--save-steps", "0"])
+    with pytest.raises(ValueError, match="save_steps"):
+        preset_config("mnist", "test", save_steps=0)
