@@ -106,3 +106,27 @@ def test_save_steps_flag_sets_the_checkpoint_interval_and_is_checked():
             parser.parse_args(["--save-steps", "0"])
     with pytest.raises(ValueError, match="save_steps"):
         preset_config("mnist", "test", save_steps=0)
+
+
+def test_resuming_from_the_last_steps_checkpoint_trains_no_further_step(tmp_path):
+    """A run interrupted after its last step (while scoring) resumes from the checkpoint saved at that step: no step
+    past ``max_steps`` (``Trainer`` alone runs one more before it checks), the checkpoint's weights kept."""
+    from _oe_tiny import hf_dataset, lm_rows, tiny_gpt2_lm
+
+    from oe_common.trainer import OETrainer, OETrainingArguments
+
+    def trainer():
+        args = OETrainingArguments(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, max_steps=3, learning_rate=0.01,
+                                   save_strategy="steps", save_steps=2, logging_steps=1, report_to="none", disable_tqdm=True,
+                                   use_cpu=True, seed=0)
+        return OETrainer(model=tiny_gpt2_lm(), args=args, train_dataset=hf_dataset(lm_rows(48, seed=1)),
+                         outlier_dataset=hf_dataset(lm_rows(20, seed=2, outliers=True)))
+
+    full = trainer()
+    full.train()
+    assert (tmp_path / "out" / "checkpoint-3" / "trainer_state.json").is_file()  # Trainer saves at the last step too
+    resumed = trainer()
+    resumed.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-3"))
+    assert resumed.state.global_step == 3
+    for name, value in full.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[name]), name
