@@ -21,7 +21,8 @@ state: records, metrics, seconds) and ``stages/<stage>.safetensors`` (its arrays
 the stage to ``stages_done``; a resumed run loads them (:meth:`load_stage`, :meth:`load_stage_model`) instead of
 training again. The stage that was running resumes from its last complete checkpoint in ``checkpoints/<stage>/``
 (:meth:`last_checkpoint`; ``OETrainer.train(resume_from_checkpoint=...)`` also continues the outlier stream), or
-restarts when it has none. :meth:`complete` removes ``stages/`` (resume state, not results).
+restarts when it has none; a pipeline whose checkpoints are resume state only drops them when the stage is done
+(:meth:`drop_checkpoints`). :meth:`complete` removes ``stages/`` (resume state, not results).
 
 Command line: :func:`add_run_folder_args` adds ``--overwrite`` / ``--resume``; :func:`recipe_guard` turns Ctrl-C
 into ONE line that gives the exact command to resume (exit code 130) and a refused folder into one error line
@@ -168,6 +169,16 @@ class RunFolder:
         """The newest complete checkpoint (``checkpoint-N`` with ``trainer_state.json``, written last by the Trainer)
         in ``checkpoints/<stage>/``, or ``None``: pass it as ``trainer.train(resume_from_checkpoint=...)``."""
         return _last_checkpoint(self.path / _CHECKPOINTS_DIR / stage)
+
+    def drop_checkpoints(self, stage: str) -> None:
+        """Delete ``checkpoints/<stage>/`` (and ``checkpoints/`` once empty; main process only): call it after
+        :meth:`finish_stage` for a stage whose checkpoints are resume state only (its model and outputs are saved)."""
+        if not self.is_main:
+            return
+        folder = self.path / _CHECKPOINTS_DIR
+        shutil.rmtree(folder / stage, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # only when empty
 
     def finish_stage(self, stage: str, state: Mapping[str, Any], arrays: Mapping[str, Any] | None = None, *,
                      model_dir: str | os.PathLike | None = None, model: Any = None) -> None:

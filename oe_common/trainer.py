@@ -287,6 +287,14 @@ class OETrainer(Trainer):
                 self._restore_outlier_stream(str(checkpoint))
         return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
 
+    def _run_epoch(self, *args: Any, **kwargs: Any) -> Any:
+        """``Trainer._run_epoch``, or nothing when the state (resumed from a checkpoint saved at the last step, e.g. a
+        run interrupted while scoring) is already at ``max_steps``: Trainer would run one step past it before checking."""
+        if 0 < self.state.max_steps <= self.state.global_step:
+            self.control.should_training_stop = True
+            return None
+        return super()._run_epoch(*args, **kwargs)
+
     def _issue_warnings_after_load(self, load_result: Any) -> None:
         """``Trainer``'s warnings after loading a checkpoint (resume, best model), minus tied weights.
 

@@ -62,7 +62,6 @@ from oe_common.reporting import (
     plot_score_histograms,
     sampling_note,
     protocol_sentence,
-    remove_empty_dirs,
     run_meta,
     steps_cell,
     time_budget_notes,
@@ -149,6 +148,7 @@ class DensityOEConfig:
     num_threads: int | None = None  # torch CPU threads for the run (CPU only; restored afterwards)
     num_workers: int = 0
     logging_steps: int = 50
+    save_steps: int = 500  # a resumable checkpoint of the running stage every this many steps (best a multiple of logging_steps)
     save_models: bool = True
     seed: int = 0
 
@@ -163,7 +163,7 @@ class DensityOEConfig:
         for name in ("oe_lambda", "margin_per_subpixel", "warmup_ratio", "max_grad_norm"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("batch_size", "eval_batch_size", "n_draws", "ratio", "oe_holdout", "logging_steps"):
+        for name in ("batch_size", "eval_batch_size", "n_draws", "ratio", "oe_holdout", "logging_steps", "save_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("train_size", "test_size", "ood_size", "oe_pool_size", "num_threads"):
@@ -207,25 +207,25 @@ _PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "mnist": {
         "test": dict(model_preset="tiny", model_overrides=dict(nr_filters=8, nr_logistic_mix=2), oe_source="isun", train_size=384,
                      test_size=150, ood_size=60, oe_holdout=60, oe_pool_size=384, batch_size=16, eval_batch_size=150,
-                     baseline_lr=4e-3, baseline_max_steps=40, oe_lr=2e-3, oe_max_steps=16, logging_steps=8, save_models=False,
-                     num_threads=1),
+                     baseline_lr=4e-3, baseline_max_steps=40, oe_lr=2e-3, oe_max_steps=16, logging_steps=8, save_steps=16,
+                     save_models=False, num_threads=1),
         "tiny": dict(model_preset="tiny", oe_source="isun", train_size=4000, test_size=1000, ood_size=200, oe_holdout=200,
                      batch_size=16, eval_batch_size=100, baseline_lr=2e-3, baseline_epochs=1.0, oe_lr=5e-4, oe_epochs=0.5,
-                     logging_steps=25, num_threads=1),
+                     logging_steps=25, save_steps=50, num_threads=1),
         "paper": dict(model_preset="tiny", model_overrides=dict(nr_resnet=3, nr_filters=80, nr_logistic_mix=5, dropout=0.1),
                       oe_source="auto", oe_holdout=2000, batch_size=64, eval_batch_size=500, baseline_lr=1e-3, baseline_epochs=20.0,
-                      oe_lr=2e-4, oe_epochs=2.0, n_draws=10, num_workers=4, logging_steps=100),
+                      oe_lr=2e-4, oe_epochs=2.0, n_draws=10, num_workers=4, logging_steps=100, save_steps=1000),
     },
     "cifar10": {
         "test": dict(model_preset="tiny", model_overrides=dict(_CIFAR_TINY_MODEL, nr_filters=8, nr_logistic_mix=2), train_size=256,
                      test_size=100, ood_size=40, oe_holdout=40, oe_pool_size=256, batch_size=16, eval_batch_size=100,
-                     baseline_lr=4e-3, baseline_max_steps=16, oe_lr=2e-3, oe_max_steps=8, logging_steps=8, save_models=False,
-                     num_threads=1),
+                     baseline_lr=4e-3, baseline_max_steps=16, oe_lr=2e-3, oe_max_steps=8, logging_steps=8, save_steps=8,
+                     save_models=False, num_threads=1),
         "tiny": dict(model_preset="tiny", model_overrides=dict(_CIFAR_TINY_MODEL), train_size=3000, test_size=500, ood_size=100,
                      oe_holdout=200, batch_size=16, eval_batch_size=100, baseline_lr=2e-3, baseline_epochs=1.0, oe_lr=5e-4,
-                     oe_epochs=0.5, logging_steps=25, num_threads=1),
+                     oe_epochs=0.5, logging_steps=25, save_steps=50, num_threads=1),
         "paper": dict(model_preset="paper", oe_holdout=1000, batch_size=32, eval_batch_size=250, baseline_lr=1e-3, baseline_epochs=100.0,
-                      oe_lr=1e-4, oe_epochs=2.0, n_draws=10, num_workers=8, logging_steps=100),
+                      oe_lr=1e-4, oe_epochs=2.0, n_draws=10, num_workers=8, logging_steps=100, save_steps=500),
     },
 }
 
@@ -391,8 +391,11 @@ def build_model(cfg: DensityOEConfig) -> PixelCNNPPModel:
 
 
 def training_arguments(cfg: DensityOEConfig, stage: str, output_dir: str | Path) -> DensityOETrainingArguments:
-    """Arguments of one stage (``baseline`` | ``oe``): AdamW without weight decay, cosine schedule, no evaluation or
-    checkpoints during training (the last weights are kept), TF32 on GPUs (no bf16: module docstring)."""
+    """Arguments of one stage (``baseline`` | ``oe``): AdamW without weight decay, cosine schedule, no evaluation during
+    training (the last weights are kept), TF32 on GPUs (no bf16: module docstring). Every ``cfg.save_steps`` steps (and
+    at the end) a checkpoint in ``<output_dir>/checkpoints/<stage>/`` (safetensors weights + optimizer, scheduler,
+    RNG, outlier stream and margin counts; the newest one kept) that ``train_stage(..., resume_from_checkpoint=...)``
+    continues from."""
     if stage not in ("baseline", "oe"):
         raise ValueError(f"stage must be 'baseline' or 'oe', got {stage!r}")
     baseline = stage == "baseline"
@@ -410,7 +413,10 @@ def training_arguments(cfg: DensityOEConfig, stage: str, output_dir: str | Path)
         lr_scheduler_type="cosine",
         warmup_steps=cfg.warmup_ratio,  # a float < 1 is a ratio of the total steps
         eval_strategy="no",
-        save_strategy="no",
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=1,
+        save_only_model=False,  # optimizer / scheduler / RNG state too: needed to resume
         logging_steps=cfg.logging_steps,
         report_to="none",
         tf32=True if cuda else None,
@@ -428,9 +434,10 @@ def training_arguments(cfg: DensityOEConfig, stage: str, output_dir: str | Path)
 
 
 def train_stage(model: PixelCNNPPModel, data: DensityData, cfg: DensityOEConfig, stage: str, output_dir: str | Path,
-                train: bool = True) -> DensityOETrainer:
+                train: bool = True, resume_from_checkpoint: str | None = None) -> DensityOETrainer:
     """Train ``model`` in place for ``stage`` (``baseline``: likelihood only; ``oe``: likelihood + margin on
-    ``data.oe_train``) and return its trainer (``train=False``: only build it, e.g. to score a loaded model)."""
+    ``data.oe_train``) and return its trainer (``train=False``: only build it, e.g. to score a loaded model).
+    ``resume_from_checkpoint``: a checkpoint of this stage to continue from (``Trainer.train``'s argument)."""
     trainer = DensityOETrainer(
         model=model,
         args=training_arguments(cfg, stage, output_dir),
@@ -440,7 +447,7 @@ def train_stage(model: PixelCNNPPModel, data: DensityData, cfg: DensityOEConfig,
         callbacks=time_budget_callbacks(cfg.baseline_max_minutes if stage == "baseline" else cfg.oe_max_minutes),
     )
     if train:
-        trainer.train()
+        trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     return trainer
 
 
@@ -617,7 +624,8 @@ def run_density_oe(cfg: DensityOEConfig, output_dir: str | Path, data_dir: str |
     plots and (``save_models``) both models into ``output_dir``.
 
     ``output_dir`` must be new or empty, unless ``overwrite`` (its contents are deleted first) or ``resume`` (an
-    interrupted run there continues: a finished baseline is loaded, the interrupted stage restarts); see
+    interrupted run there continues: a finished baseline is loaded, the interrupted stage continues from its last
+    checkpoint, every ``cfg.save_steps`` steps); see
     :class:`oe_common.run_folder.RunFolder` (``run_manifest.json`` says whether the folder's run is complete).
 
     Returns ``{"records", "meta", "paths", "scores": {model: {set: bits/dim}}, "data"}``.
@@ -662,7 +670,8 @@ def _run(cfg: DensityOEConfig, output_dir: Path, data_dir: str | Path | None, da
         run.start_stage(stage)
         t0 = time.perf_counter()
         trained = not (stage == "baseline" and cfg.baseline_checkpoint)
-        trainer = train_stage(model, data, cfg, stage, output_dir, train=trained)
+        trainer = train_stage(model, data, cfg, stage, output_dir, train=trained,
+                              resume_from_checkpoint=run.last_checkpoint(stage) if trained else None)
         if trained:
             training_steps[stage] = training_steps_report(trainer)
         seconds[f"{stage}_train"] = time.perf_counter() - t0
@@ -671,7 +680,6 @@ def _run(cfg: DensityOEConfig, output_dir: Path, data_dir: str | Path | None, da
         train_logs[stage] = {k: float(v) for k, v in summary.items() if isinstance(v, (int, float))}
         if stage == "oe":
             margin_active = trainer.margin_active_fraction
-        remove_empty_dirs(Path(trainer.args.output_dir))
         t0 = time.perf_counter()
         scores[stage] = score_sets(trainer, sets, desc=f"scoring {stage}")
         records += evaluate_density(scores[stage], data, cfg, stage)
@@ -683,6 +691,7 @@ def _run(cfg: DensityOEConfig, output_dir: Path, data_dir: str | Path | None, da
                  "seconds": {k: seconds[f"{stage}_{k}"] for k in ("train", "eval")}}
         run.finish_stage(stage, state, scores[stage], model_dir=output_dir / f"{stage}_model" if cfg.save_models else None,
                          model=model if stage == "baseline" else None)
+        run.drop_checkpoints(stage)  # resume state of a finished stage: its model and scores are saved
 
     run.start_stage("report")
     summaries = {m: bits_per_dim_summary(s) for m, s in scores.items()}
@@ -744,6 +753,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-workers", type=non_negative_int, default=None)
     parser.add_argument("--threads", dest="num_threads", type=positive_int, default=None, help="torch CPU threads (CPU runs only)")
     parser.add_argument("--no-save-models", dest="save_models", action="store_false", default=None)
+    parser.add_argument("--save-steps", type=positive_int, default=None, help="a resumable checkpoint every this many steps of each stage (default: the preset's)")
     model = parser.add_argument_group("model size (replace the preset's PixelCNN++ fields)")
     for flag in _MODEL_FLAGS:
         model.add_argument("--" + flag.replace("_", "-"), dest=flag, type=positive_int, default=None)

@@ -34,7 +34,9 @@ directly, the model would read them as the upper half of ``[-1, 1]``.
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -42,6 +44,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 from torch import nn
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from oe_common import metrics as oe_metrics
 from oe_common.losses import density_margin_loss
@@ -49,6 +52,7 @@ from oe_common.trainer import OETrainer, OETrainingArguments
 
 __all__ = [
     "DENSITY_SCORE_NAMES",
+    "MARGIN_COUNTS_NAME",
     "DensityOETrainingArguments",
     "DensityOETrainer",
     "density_collate",
@@ -57,6 +61,8 @@ __all__ = [
 
 #: Scores of :meth:`DensityOETrainer.compute_scores`: bits per subpixel (the paper's) and nats per image.
 DENSITY_SCORE_NAMES = ("bits_per_dim", "nll")
+#: File in every checkpoint folder with the run's margin counts so far (read when resuming).
+MARGIN_COUNTS_NAME = "oe_margin_counts.json"
 
 
 def to_uint8_pixels(images: torch.Tensor) -> torch.Tensor:
@@ -80,7 +86,7 @@ def density_collate(batch: Sequence[Any]) -> dict[str, torch.Tensor]:
         pixels = [b["pixel_values"] for b in batch]
         labels = [int(b.get("labels", b.get("label", -1))) for b in batch]
     else:
-        pixels, labels = zip(*((b[0], b[1]) for b in batch))
+        pixels, labels = zip(*((b[0], b[1]) for b in batch), strict=True)
     images = torch.stack([torch.as_tensor(p) for p in pixels])
     if images.dim() != 4:
         raise ValueError(f"images must be (C, H, W) each, got a stack of shape {tuple(images.shape)}")
@@ -216,6 +222,29 @@ class DensityOETrainer(OETrainer):
         if self._margin_total is None or self._margin_total[1] == 0:
             return None
         return float(self._margin_total[0] / self._margin_total[1])
+
+    # ---- checkpoints: the margin counts ----------------------------------------------------------------------
+    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        """``OETrainer``'s checkpoint plus :data:`MARGIN_COUNTS_NAME` (``[active pairs, pairs]`` so far, main process),
+        so that a resumed run's :attr:`margin_active_fraction` covers every step, not only those after the resume."""
+        super()._save_checkpoint(model, trial)
+        if self._margin_total is None or not self.args.should_save:
+            return
+        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        if os.path.isdir(folder):
+            with open(os.path.join(folder, MARGIN_COUNTS_NAME), "w") as handle:
+                json.dump({"active_pairs": float(self._margin_total[0]), "pairs": float(self._margin_total[1])}, handle)
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, trial: Any = None, ignore_keys_for_eval: list[str] | None = None, **kwargs: Any):
+        """``OETrainer.train``; when resuming, the margin counts also continue from the checkpoint (other processes
+        than the main one restart theirs: only the main process saves them)."""
+        checkpoint = get_last_checkpoint(self.args.output_dir) if resume_from_checkpoint is True else resume_from_checkpoint
+        path = os.path.join(str(checkpoint), MARGIN_COUNTS_NAME) if checkpoint not in (None, False) else None
+        if path is not None and os.path.isfile(path):
+            with open(path) as handle:
+                saved = json.load(handle)
+            self._margin_total = torch.tensor([saved["active_pairs"], saved["pairs"]], device=self.args.device)
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
 
     # ---- anomaly scores ------------------------------------------------------------------------------------
     score_names = DENSITY_SCORE_NAMES

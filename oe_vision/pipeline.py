@@ -54,7 +54,6 @@ from oe_common.reporting import (
     plot_score_histograms,
     sampling_note,
     protocol_sentence,
-    remove_empty_dirs,
     run_meta,
     steps_cell,
     time_budget_notes,
@@ -158,6 +157,7 @@ class VisionOEConfig:
     bf16: bool = False
     num_workers: int = 0
     logging_steps: int = 50
+    save_steps: int = 1000  # a resumable checkpoint of the running stage every this many steps (best a multiple of logging_steps)
     save_models: bool = True
     seed: int = 0
     cifar_dir: str | None = None  # CIFAR-10 .npz folder (default: $OE_CIFAR10_DIR, then <data_dir>/cifar10)
@@ -183,7 +183,7 @@ class VisionOEConfig:
         for name in ("oe_lambda", "branch_oe_lambda", "weight_decay", "momentum"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("batch_size", "oe_batch_size", "eval_batch_size", "n_draws", "ratio", "holdout_size", "logging_steps"):
+        for name in ("batch_size", "oe_batch_size", "eval_batch_size", "n_draws", "ratio", "holdout_size", "logging_steps", "save_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("train_size", "test_size", "ood_size", "oe_pool_size"):
@@ -212,22 +212,25 @@ class VisionOEConfig:
 _PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "mnist": {
         "test": dict(oe_source="isun", holdout_size=500, train_size=2000, test_size=1000, ood_size=300, oe_pool_size=2000,
-                     baseline_max_steps=400, oe_max_steps=80, n_draws=3, logging_steps=50),
-        "tiny": dict(oe_source="isun", holdout_size=6000, ood_size=4000, baseline_epochs=2.0, oe_epochs=1.0, logging_steps=200),
+                     baseline_max_steps=400, oe_max_steps=80, n_draws=3, logging_steps=50, save_steps=50),
+        "tiny": dict(oe_source="isun", holdout_size=6000, ood_size=4000, baseline_epochs=2.0, oe_epochs=1.0, logging_steps=200,
+                     save_steps=400),
         "paper": dict(oe_source="cifar10", holdout_size=6000, baseline_epochs=10.0, oe_epochs=5.0, eval_batch_size=1000,
-                      num_workers=4, logging_steps=100),
+                      num_workers=4, logging_steps=100, save_steps=2000),
     },
     "cifar10": {
         "test": dict(wrn_depth=10, wrn_widen_factor=1, holdout_size=128, train_size=256, test_size=250, ood_size=100, oe_pool_size=512,
                      batch_size=32, oe_batch_size=64, lr=0.1, oe_lr=0.001, baseline_max_steps=4, oe_max_steps=2, n_draws=2,
-                     eval_batch_size=125, recall_level=0.95, branch=False, logging_steps=2),
+                     eval_batch_size=125, recall_level=0.95, branch=False, logging_steps=2, save_steps=2),
         "tiny": dict(wrn_depth=16, wrn_widen_factor=2, holdout_size=1000, train_size=5000, test_size=2000, ood_size=1000,
                      batch_size=64, oe_batch_size=128, lr=0.1, oe_lr=0.01, baseline_epochs=2.0, oe_epochs=1.0, eval_batch_size=250,
-                     recall_level=0.95, branch=False, logging_steps=20),
+                     recall_level=0.95, branch=False, logging_steps=20, save_steps=40),
         "short": dict(holdout_size=5000, batch_size=128, oe_batch_size=256, lr=0.1, oe_lr=0.001, baseline_epochs=15.0, oe_epochs=3.0,
-                      eval_batch_size=1000, recall_level=0.95, branch=False, bf16=True, num_workers=8, logging_steps=50),
+                      eval_batch_size=1000, recall_level=0.95, branch=False, bf16=True, num_workers=8, logging_steps=50,
+                      save_steps=1000),
         "paper": dict(holdout_size=5000, batch_size=128, oe_batch_size=256, lr=0.1, oe_lr=0.001, baseline_epochs=100.0, oe_epochs=10.0,
-                      eval_batch_size=1000, recall_level=0.95, branch=False, bf16=True, num_workers=8, logging_steps=100),
+                      eval_batch_size=1000, recall_level=0.95, branch=False, bf16=True, num_workers=8, logging_steps=100,
+                      save_steps=2000),
     },
 }
 
@@ -431,8 +434,10 @@ def build_model(cfg: VisionOEConfig, confidence_branch: bool = False) -> PreTrai
 
 
 def training_arguments(cfg: VisionOEConfig, stage: str, output_dir: str | Path) -> OETrainingArguments:
-    """The ``OETrainingArguments`` of one stage (no evaluation or checkpoints during training: the paper keeps the
-    last epoch; cosine schedule without warm-up; no gradient clipping)."""
+    """The ``OETrainingArguments`` of one stage: no evaluation during training (the paper keeps the last epoch's
+    weights); cosine schedule without warm-up; no gradient clipping. Every ``cfg.save_steps`` steps (and at the end) a
+    checkpoint in ``<output_dir>/checkpoints/<stage>/`` (safetensors weights + optimizer, scheduler, RNG and outlier
+    stream state; the newest one kept) that ``train_stage(..., resume_from_checkpoint=...)`` continues from."""
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
     scratch = stage in _FROM_SCRATCH
@@ -449,7 +454,10 @@ def training_arguments(cfg: VisionOEConfig, stage: str, output_dir: str | Path) 
         lr_scheduler_type="cosine",
         warmup_steps=0,
         eval_strategy="no",
-        save_strategy="no",
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=1,
+        save_only_model=False,  # optimizer / scheduler / RNG state too: needed to resume
         logging_steps=cfg.logging_steps,
         report_to="none",
         bf16=cfg.bf16 and cuda,
@@ -465,8 +473,12 @@ def training_arguments(cfg: VisionOEConfig, stage: str, output_dir: str | Path) 
     )
 
 
-def train_stage(model: PreTrainedModel, data: VisionData, cfg: VisionOEConfig, stage: str, output_dir: str | Path) -> OETrainer:
+def train_stage(model: PreTrainedModel, data: VisionData, cfg: VisionOEConfig, stage: str, output_dir: str | Path,
+                resume_from_checkpoint: str | None = None) -> OETrainer:
     """Train ``model`` in place for ``stage`` and return its trainer.
+
+    ``resume_from_checkpoint``: a checkpoint of this stage to continue from (``Trainer.train``'s argument; the
+    optimizer, schedule, RNG and outlier stream continue too).
 
     Optimizer: ``torch.optim.SGD(model.parameters(), lr, momentum, nesterov=True, weight_decay)`` (decay on every
     parameter, as the OE code); the Trainer adds the cosine schedule. ``branch``/``branch_oe`` use
@@ -488,7 +500,7 @@ def train_stage(model: PreTrainedModel, data: VisionData, cfg: VisionOEConfig, s
         optimizers=(optimizer, None),
         callbacks=time_budget_callbacks(cfg.baseline_max_minutes if stage in _FROM_SCRATCH else cfg.oe_max_minutes),
     )
-    trainer.train()
+    trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     return trainer
 
 
@@ -784,7 +796,8 @@ def run_vision_oe(cfg: VisionOEConfig, output_dir: str | Path, data_dir: str | P
     """Train every stage of ``cfg``, evaluate each model, write results, plots and models into ``output_dir``.
 
     ``output_dir`` must be new or empty, unless ``overwrite`` (its contents are deleted first) or ``resume`` (an
-    interrupted run there continues: finished stages are loaded, the interrupted one restarts); see
+    interrupted run there continues: finished stages are loaded, the interrupted one continues from its last checkpoint,
+    every ``cfg.save_steps`` steps); see
     :class:`oe_common.run_folder.RunFolder` (``run_manifest.json`` says whether the folder's run is complete).
 
     Returns ``{"records": [...], "meta": {...}, "paths": {...}, "outputs": {model: {set: {"logits", ...}}}, "data": VisionData}``.
@@ -818,13 +831,12 @@ def run_vision_oe(cfg: VisionOEConfig, output_dir: str | Path, data_dir: str | P
             set_seed(cfg.seed)
             model = build_model(cfg, confidence_branch=stage == "branch")
         t0 = time.perf_counter()
-        trainer = train_stage(model, data, cfg, stage, output_dir)
+        trainer = train_stage(model, data, cfg, stage, output_dir, resume_from_checkpoint=run.last_checkpoint(stage))
         seconds[f"{stage}_train"] = time.perf_counter() - t0
         logged = [entry for entry in trainer.state.log_history if "loss" in entry]  # the last logged losses + the run summary
         summary = {**(logged[-1] if logged else {}), **(trainer.state.log_history[-1] if trainer.state.log_history else {})}
         train_logs[stage] = {k: float(v) for k, v in summary.items() if isinstance(v, (int, float))}
         training_steps[stage] = training_steps_report(trainer)
-        remove_empty_dirs(Path(trainer.args.output_dir))
         t0 = time.perf_counter()
         outputs[stage] = collect_outputs(model, eval_sets, cfg.eval_batch_size, desc=f"scoring {stage}", bf16=cfg.bf16)
         for score in (BRANCH_SCORES if stage.startswith("branch") else cfg.scores):
@@ -839,6 +851,7 @@ def run_vision_oe(cfg: VisionOEConfig, output_dir: str | Path, data_dir: str | P
                  "training_steps": training_steps[stage], "seconds": {k: seconds[f"{stage}_{k}"] for k in ("train", "eval")}}
         run.finish_stage(stage, state, outputs[stage], model_dir=output_dir / f"{stage}_model" if cfg.save_models else None,
                          model=model if stage in ("baseline", "branch") else None)
+        run.drop_checkpoints(stage)  # resume state of a finished stage: its model and outputs are saved
 
     run.start_stage("report")
     test_labels = data.test.labels

@@ -55,6 +55,7 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
                         help="use an anomaly set with fewer than len(test) // 5 images whole (labelled in the tables) instead of stopping")
     parser.add_argument("--num-workers", type=non_negative_int, default=None, help="DataLoader workers")
     parser.add_argument("--no-save-models", dest="save_models", action="store_false", default=None)
+    parser.add_argument("--save-steps", type=positive_int, default=None, help="a resumable checkpoint every this many steps of each stage (default: the preset's)")
     parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (CPU runs only)")
     return parser
 
@@ -72,7 +73,7 @@ def main(dataset: str, argv: Sequence[str] | None = None) -> dict:
         for key in (
             "seed", "oe_source", "oe_from_scratch", "branch", "calibration", "baseline_epochs", "oe_epochs", "baseline_max_steps",
             "oe_max_steps", "baseline_max_minutes", "oe_max_minutes", "lr", "oe_lr", "batch_size", "oe_batch_size", "oe_lambda", "train_size", "test_size", "ood_size", "n_draws", "allow_small_sets",
-            "num_workers", "save_models", "cifar_dir",
+            "num_workers", "save_models", "save_steps", "cifar_dir",
         )
     }
     cfg = preset_config(dataset, args.preset, **overrides)

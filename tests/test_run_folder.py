@@ -5,7 +5,6 @@ refused at parse time."""
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 
 import numpy as np
@@ -372,25 +371,4 @@ def test_text_run_interrupted_in_the_oe_stage_resumes_from_its_checkpoint_to_the
         assert resumed["meta"]["test_quality"][stage]["steps"] == 6
 
 
-@pytest.mark.slow
-def test_vision_run_interrupted_in_the_oe_stage_restarts_it_and_reaches_the_same_results(tmp_path, monkeypatch, data_dir):
-    import oe_vision.pipeline as module
-
-    cfg = module.preset_config("mnist", "test", holdout_size=100, train_size=300, test_size=200, ood_size=60, oe_pool_size=300,
-                               baseline_max_steps=12, oe_max_steps=8, branch=False, calibration=False, save_models=False, n_draws=2)
-    data = module.load_vision_data(cfg, data_dir)
-    calls, reference, resumed = _check_interrupt_and_resume(module.run_vision_oe, cfg, data, tmp_path, monkeypatch, module, 1, 4)
-    assert calls == [("oe", None)]  # no checkpoints in the vision stages: the interrupted stage restarts
-    for stage in ("baseline", "oe"):
-        torch.testing.assert_close(resumed["outputs"][stage]["test"]["logits"], reference["outputs"][stage]["test"]["logits"], rtol=0, atol=0)
-
-
-@pytest.mark.slow
-def test_density_run_interrupted_in_the_oe_stage_resumes_to_the_same_results(tmp_path, monkeypatch, data_dir):
-    import oe_vision.density_experiment as module
-
-    cfg = dataclasses.replace(module.preset_config("mnist", "test"), baseline_max_steps=10, oe_max_steps=6)
-    data = module.load_density_data(cfg, data_dir)
-    _, reference, resumed = _check_interrupt_and_resume(module.run_density_oe, cfg, data, tmp_path, monkeypatch, module, 1, 3)
-    for stage in ("baseline", "oe"):
-        np.testing.assert_array_equal(resumed["scores"][stage]["test"], reference["scores"][stage]["test"])
+# The vision and PixelCNN++ recipes: tests/test_vision_resume.py (same helpers).
