@@ -12,7 +12,7 @@ from torch.autograd.function import once_differentiable
 
 from ._checks import check_logits, check_mask
 
-__all__ = ["oe_uniform_loss", "uniform_cross_entropy", "energy_oe_loss", "confidence_branch_oe_loss", "density_margin_loss"]
+__all__ = ["oe_uniform_loss", "uniform_cross_entropy", "joint_token_oe_loss", "energy_oe_loss", "confidence_branch_oe_loss", "density_margin_loss"]
 
 
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -58,6 +58,112 @@ def oe_uniform_loss(logits: torch.Tensor, mask: torch.Tensor | None = None) -> t
     logits = check_logits(logits)
     mask = check_mask(mask, logits.shape[:-1])
     return _masked_mean(uniform_cross_entropy(logits), mask)
+
+
+class _JointTokenLosses(torch.autograd.Function):
+    """Both terms of a language-model OE step from ONE ``(B_in + B_out, L, V)`` logits tensor; see
+    :func:`joint_token_oe_loss`. The forward pass also computes the gradient, block by block while the block is in
+    cache, and saves it instead of the logits; the backward pass only scales it. So no split of the logits, no
+    concatenation of two gradients, and no zero-filled one-hot gradient as ``F.cross_entropy``'s backward makes."""
+
+    @staticmethod
+    def forward(ctx, logits, labels, out_mask, oe_weight, block):
+        vocab = logits.shape[-1]
+        flat = logits.reshape(-1, vocab)
+        n_in_rows = labels.numel()
+        targets = labels.reshape(-1)
+        valid_in = targets != -100
+        safe = torch.where(valid_in, targets, 0)
+        count_in = valid_in.sum()
+        valid_out = None if out_mask is None else out_mask.reshape(-1)
+        count_out = flat.shape[0] - n_in_rows if valid_out is None else valid_out.sum()
+        # per-row gradient weight: 1/count_in on valid in-distribution tokens, oe_weight/count_out on valid outlier ones
+        weight = torch.empty(flat.shape[0], dtype=logits.dtype, device=logits.device)
+        weight[:n_in_rows] = valid_in.to(logits.dtype) / count_in
+        if valid_out is None:
+            weight[n_in_rows:] = oe_weight / count_out
+        else:
+            weight[n_in_rows:] = valid_out.to(logits.dtype) * (oe_weight / count_out.to(logits.dtype))
+
+        grad = torch.empty_like(flat)
+        lse = torch.empty(flat.shape[0], dtype=logits.dtype, device=logits.device)
+        mean = torch.empty(flat.shape[0] - n_in_rows, dtype=logits.dtype, device=logits.device)
+        for start in range(0, flat.shape[0], block):  # every pass over a block while it is in cache
+            stop = min(start + block, flat.shape[0])
+            z, g, w = flat[start:stop], grad[start:stop], weight[start:stop].unsqueeze(1)
+            high = z.amax(-1, keepdim=True)
+            torch.sub(z, high, out=g).exp_()
+            total = g.sum(-1, keepdim=True)
+            lse[start:stop] = (high + total.log()).squeeze(-1)
+            g.mul_(w / total)  # w * softmax
+            if stop > n_in_rows:  # outlier rows: mean_k z_k for the loss, w * (softmax - 1/K) for the gradient
+                first = max(start, n_in_rows) - start
+                mean[start + first - n_in_rows : stop - n_in_rows] = z[first:].mean(-1)
+                g[first:].sub_(w[first:] / vocab)
+        grad[:n_in_rows].scatter_add_(1, safe.unsqueeze(1), -weight[:n_in_rows].unsqueeze(1))  # w * (softmax - onehot)
+
+        in_losses = lse[:n_in_rows] - flat[:n_in_rows].gather(1, safe.unsqueeze(1)).squeeze(1)
+        loss_in = torch.where(valid_in, in_losses, 0.0).sum() / count_in  # no valid token: NaN, as F.cross_entropy
+        out_losses = lse[n_in_rows:] - mean
+        loss_oe = out_losses.mean() if valid_out is None else torch.where(valid_out, out_losses, 0.0).sum() / count_out
+        ctx.save_for_backward(grad)
+        ctx.shape = logits.shape
+        loss = loss_in + oe_weight * loss_oe
+        ctx.mark_non_differentiable(loss_in, loss_oe)
+        return loss, loss_in, loss_oe
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_loss, _grad_in, _grad_oe):
+        (grad,) = ctx.saved_tensors
+        if grad_loss.device.type == "cpu" and float(grad_loss) == 1.0:
+            # the usual case: hand over the saved gradient itself (autograd never writes into it: a leaf's .grad
+            # gets a copy while the graph holds it), sparing a full-size allocation and its page faults
+            return grad.reshape(ctx.shape), None, None, None, None
+        return (grad * grad_loss).reshape(ctx.shape), None, None, None, None
+
+
+def joint_token_oe_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    out_mask: torch.Tensor | None = None,
+    oe_weight: float = 0.5,
+    block_elements: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One language-model OE step's loss from the joint logits of ``B_in`` in-distribution + ``B_out`` outlier windows.
+
+    ``loss = loss_in + oe_weight * loss_oe`` with
+
+    * ``loss_in  = mean_{labels != -100} [logsumexp(z) - z_label]`` over the first ``B_in`` rows (``F.cross_entropy``
+      with ``ignore_index=-100``: NaN if no label is valid);
+    * ``loss_oe  = mean_{out_mask} [logsumexp(z) - mean_k z_k]`` over the other rows (:func:`oe_uniform_loss`).
+
+    Args:
+        logits: ``(B_in + B_out, L, V)`` floating point (in-distribution rows first).
+        labels: ``(B_in, L)`` targets aligned with the logits (already shifted for a causal LM), -100 = ignore.
+        out_mask: optional bool ``(B_out, L)``; False = padding. Rows of only padding raise.
+        oe_weight: ``lambda`` of the OE term.
+        block_elements: logits processed per block (default: 2^18 per CPU thread, so a block stays in cache; all at
+            once on a GPU).
+
+    Returns:
+        ``(loss, loss_in, loss_oe)``: ``loss`` carries the gradient, the two terms are detached (for logging).
+    """
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 3 or not logits.is_floating_point():
+        raise ValueError(f"logits must be a floating-point (B_in + B_out, L, V) tensor, got {getattr(logits, 'shape', type(logits))}")
+    n_in = labels.shape[0] if labels.dim() == 2 else -1
+    if labels.dim() != 2 or tuple(labels.shape) != (n_in, logits.shape[1]) or not 0 < n_in < logits.shape[0]:
+        raise ValueError(f"labels must be (B_in, L) with 0 < B_in < {logits.shape[0]} and L = {logits.shape[1]}, got {tuple(labels.shape)}")
+    out_mask = check_mask(out_mask, torch.Size([logits.shape[0] - n_in, logits.shape[1]]), "out_mask")
+    if block_elements is None:
+        # CPU: 2^18 logits (1 MiB of float32) per thread, so that a block stays in cache between its passes; GPU: one
+        # block (each pass is then one kernel over everything)
+        block_elements = (1 << 18) * torch.get_num_threads() if logits.device.type == "cpu" else logits.numel()
+    block = max(1, block_elements // logits.shape[-1])
+    loss, loss_in, loss_oe = _JointTokenLosses.apply(logits.contiguous(), labels.long(), out_mask, float(oe_weight), block)
+    if not torch.isfinite(loss_oe):
+        check_logits(logits[n_in:], "logits")  # names the NaN/inf count, as oe_uniform_loss does
+    return loss, loss_in, loss_oe
 
 
 def energy_oe_loss(
