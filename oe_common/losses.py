@@ -62,50 +62,41 @@ def oe_uniform_loss(logits: torch.Tensor, mask: torch.Tensor | None = None) -> t
 
 class _JointTokenLosses(torch.autograd.Function):
     """Both terms of a language-model OE step from ONE ``(B_in + B_out, L, V)`` logits tensor; see
-    :func:`joint_token_oe_loss`. The forward pass also computes the gradient, block by block while the block is in
-    cache, and saves it instead of the logits; the backward pass only scales it. So no split of the logits, no
-    concatenation of two gradients, and no zero-filled one-hot gradient as ``F.cross_entropy``'s backward makes."""
+    :func:`joint_token_oe_loss`. The forward pass computes the gradient too, from one fused softmax over all rows, and
+    saves it instead of the logits; the backward pass hands it over. So no split of the logits, no concatenation of
+    two gradients, no zero-filled one-hot gradient (``F.cross_entropy``'s backward) and few full-size passes."""
 
     @staticmethod
-    def forward(ctx, logits, labels, out_mask, oe_weight, block):
+    def forward(ctx, logits, labels, out_mask, oe_weight):
         vocab = logits.shape[-1]
         flat = logits.reshape(-1, vocab)
         n_in_rows = labels.numel()
         targets = labels.reshape(-1)
         valid_in = targets != -100
-        safe = torch.where(valid_in, targets, 0)
+        safe = torch.where(valid_in, targets, 0).unsqueeze(1)
         count_in = valid_in.sum()
         valid_out = None if out_mask is None else out_mask.reshape(-1)
-        count_out = flat.shape[0] - n_in_rows if valid_out is None else valid_out.sum()
-        # per-row gradient weight: 1/count_in on valid in-distribution tokens, oe_weight/count_out on valid outlier ones
-        weight = torch.empty(flat.shape[0], dtype=logits.dtype, device=logits.device)
-        weight[:n_in_rows] = valid_in.to(logits.dtype) / count_in
+        count_out = flat.shape[0] - n_in_rows if valid_out is None else valid_out.sum().to(logits.dtype)
+        # gradient weight per row: 1/count_in on valid in-distribution tokens, oe_weight/count_out on valid outlier ones
+        weight_in = (valid_in.to(logits.dtype) / count_in).unsqueeze(1)
+        weight_out = oe_weight / count_out
+        if valid_out is not None:
+            weight_out = (valid_out.to(logits.dtype) * weight_out).unsqueeze(1)
+
+        grad = torch.softmax(flat, -1)
+        high, at = flat.max(-1, keepdim=True)
+        lse = (high - grad.gather(1, at).log_()).squeeze(1)  # softmax at the max is 1 / sum exp(z - max)
+        loss_in_rows = lse[:n_in_rows] - flat[:n_in_rows].gather(1, safe).squeeze(1)
+        loss_in = torch.where(valid_in, loss_in_rows, 0.0).sum() / count_in  # no valid token: NaN, as F.cross_entropy
+        loss_out_rows = lse[n_in_rows:] - flat[n_in_rows:].mean(-1)
+        loss_oe = loss_out_rows.mean() if valid_out is None else torch.where(valid_out, loss_out_rows, 0.0).sum() / count_out
+
+        grad_in, grad_out = grad[:n_in_rows], grad[n_in_rows:]
+        grad_in.mul_(weight_in).scatter_add_(1, safe, -weight_in)  # w (softmax - onehot)
         if valid_out is None:
-            weight[n_in_rows:] = oe_weight / count_out
+            grad_out.mul_(weight_out).sub_(weight_out / vocab)  # w (softmax - 1/K)
         else:
-            weight[n_in_rows:] = valid_out.to(logits.dtype) * (oe_weight / count_out.to(logits.dtype))
-
-        grad = torch.empty_like(flat)
-        lse = torch.empty(flat.shape[0], dtype=logits.dtype, device=logits.device)
-        mean = torch.empty(flat.shape[0] - n_in_rows, dtype=logits.dtype, device=logits.device)
-        for start in range(0, flat.shape[0], block):  # every pass over a block while it is in cache
-            stop = min(start + block, flat.shape[0])
-            z, g, w = flat[start:stop], grad[start:stop], weight[start:stop].unsqueeze(1)
-            high = z.amax(-1, keepdim=True)
-            torch.sub(z, high, out=g).exp_()
-            total = g.sum(-1, keepdim=True)
-            lse[start:stop] = (high + total.log()).squeeze(-1)
-            g.mul_(w / total)  # w * softmax
-            if stop > n_in_rows:  # outlier rows: mean_k z_k for the loss, w * (softmax - 1/K) for the gradient
-                first = max(start, n_in_rows) - start
-                mean[start + first - n_in_rows : stop - n_in_rows] = z[first:].mean(-1)
-                g[first:].sub_(w[first:] / vocab)
-        grad[:n_in_rows].scatter_add_(1, safe.unsqueeze(1), -weight[:n_in_rows].unsqueeze(1))  # w * (softmax - onehot)
-
-        in_losses = lse[:n_in_rows] - flat[:n_in_rows].gather(1, safe.unsqueeze(1)).squeeze(1)
-        loss_in = torch.where(valid_in, in_losses, 0.0).sum() / count_in  # no valid token: NaN, as F.cross_entropy
-        out_losses = lse[n_in_rows:] - mean
-        loss_oe = out_losses.mean() if valid_out is None else torch.where(valid_out, out_losses, 0.0).sum() / count_out
+            torch.addcmul(-weight_out / vocab, grad_out, weight_out, out=grad_out)
         ctx.save_for_backward(grad)
         ctx.shape = logits.shape
         loss = loss_in + oe_weight * loss_oe
@@ -119,8 +110,8 @@ class _JointTokenLosses(torch.autograd.Function):
         if grad_loss.device.type == "cpu" and float(grad_loss) == 1.0:
             # the usual case: hand over the saved gradient itself (autograd never writes into it: a leaf's .grad
             # gets a copy while the graph holds it), sparing a full-size allocation and its page faults
-            return grad.reshape(ctx.shape), None, None, None, None
-        return (grad * grad_loss).reshape(ctx.shape), None, None, None, None
+            return grad.reshape(ctx.shape), None, None, None
+        return (grad * grad_loss).reshape(ctx.shape), None, None, None
 
 
 def joint_token_oe_loss(
@@ -128,7 +119,6 @@ def joint_token_oe_loss(
     labels: torch.Tensor,
     out_mask: torch.Tensor | None = None,
     oe_weight: float = 0.5,
-    block_elements: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One language-model OE step's loss from the joint logits of ``B_in`` in-distribution + ``B_out`` outlier windows.
 
@@ -143,8 +133,6 @@ def joint_token_oe_loss(
         labels: ``(B_in, L)`` targets aligned with the logits (already shifted for a causal LM), -100 = ignore.
         out_mask: optional bool ``(B_out, L)``; False = padding. Rows of only padding raise.
         oe_weight: ``lambda`` of the OE term.
-        block_elements: logits processed per block (default: 2^18 per CPU thread, so a block stays in cache; all at
-            once on a GPU).
 
     Returns:
         ``(loss, loss_in, loss_oe)``: ``loss`` carries the gradient, the two terms are detached (for logging).
@@ -155,12 +143,7 @@ def joint_token_oe_loss(
     if labels.dim() != 2 or tuple(labels.shape) != (n_in, logits.shape[1]) or not 0 < n_in < logits.shape[0]:
         raise ValueError(f"labels must be (B_in, L) with 0 < B_in < {logits.shape[0]} and L = {logits.shape[1]}, got {tuple(labels.shape)}")
     out_mask = check_mask(out_mask, torch.Size([logits.shape[0] - n_in, logits.shape[1]]), "out_mask")
-    if block_elements is None:
-        # CPU: 2^18 logits (1 MiB of float32) per thread, so that a block stays in cache between its passes; GPU: one
-        # block (each pass is then one kernel over everything)
-        block_elements = (1 << 18) * torch.get_num_threads() if logits.device.type == "cpu" else logits.numel()
-    block = max(1, block_elements // logits.shape[-1])
-    loss, loss_in, loss_oe = _JointTokenLosses.apply(logits.contiguous(), labels.long(), out_mask, float(oe_weight), block)
+    loss, loss_in, loss_oe = _JointTokenLosses.apply(logits, labels.long(), out_mask, float(oe_weight))
     if not torch.isfinite(loss_oe):
         check_logits(logits[n_in:], "logits")  # names the NaN/inf count, as oe_uniform_loss does
     return loss, loss_in, loss_oe

@@ -6,8 +6,9 @@ Conventions (everywhere in the toolkit):
 * scores are outlier scores: HIGHER = MORE anomalous;
 * every metric is a fraction in ``[0, 1]`` (tables multiply by 100 when they render).
 
-All detection metrics of one (in, out) pair come from ONE descending sort of the pooled scores, grouped into
-distinct thresholds exactly as scikit-learn does (``roc_curve`` with ``drop_intermediate=False``):
+All detection metrics of one (in, out) pair are those of scikit-learn's curves over the distinct pooled scores
+(``roc_curve`` with ``drop_intermediate=False``), computed from a value sort of each side and one linear merge of
+their distinct values, with exact integer counts (see ``_metrics_sorted``; equal to scikit-learn to ~1e-16):
 
 * ``auroc``    = trapezoidal area under ``(FPR_k, TPR_k)``, starting at ``(0, 0)``;
 * ``aupr_out`` = average precision with anomalies positive, ``sum_k (R_k - R_{k-1}) P_k`` (the paper's AUPR);
