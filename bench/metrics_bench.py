@@ -17,6 +17,7 @@ each round runs every library once, in turn, so that load on a shared machine hi
 that is not installed is skipped with a note (``pip install -e .[dev]`` installs all three).
 
     python bench/metrics_bench.py [--sizes 10000 100000 1000000 10000000] [--repeats 3] [--out-fraction 0.5]
+                                  [--torch-threads N]
 """
 
 from __future__ import annotations
@@ -109,6 +110,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10**4, 10**5, 10**6, 10**7], help="total scores (in + out)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out-fraction", type=float, default=0.5, help="fraction of anomalies among the scores")
+    parser.add_argument("--torch-threads", type=int, default=None, help="CPU threads of torchmetrics / pytorch-ood (default: torch's)")
     args = parser.parse_args()
     if not 0.0 < args.out_fraction < 1.0:
         parser.error(f"--out-fraction must be in (0, 1), got {args.out_fraction}")
@@ -129,6 +131,8 @@ def main() -> None:
     if importlib.util.find_spec("torch") is not None:
         import torch
 
+        if args.torch_threads is not None:
+            torch.set_num_threads(args.torch_threads)
         threads = f", torch threads {torch.get_num_threads()}"
     print(f"# {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} CPUs{threads} | " + ", ".join(versions))
     print(f"# anomalies {args.out_fraction:g} of the scores, FPR at {RECALL:.0%} recall, best of {args.repeats}")
