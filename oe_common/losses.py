@@ -14,7 +14,8 @@ from torch.autograd.function import once_differentiable
 
 from ._checks import check_logits, check_mask
 
-__all__ = ["oe_uniform_loss", "uniform_cross_entropy", "energy_oe_loss", "confidence_branch_oe_loss", "density_margin_loss", "BRANCH_EPS"]
+__all__ = ["oe_uniform_loss", "uniform_cross_entropy", "joint_token_oe_loss", "energy_oe_loss", "confidence_branch_oe_loss", "density_margin_loss",
+           "BRANCH_EPS"]
 
 
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -60,6 +61,95 @@ def oe_uniform_loss(logits: torch.Tensor, mask: torch.Tensor | None = None) -> t
     logits = check_logits(logits)
     mask = check_mask(mask, logits.shape[:-1])
     return _masked_mean(uniform_cross_entropy(logits), mask)
+
+
+class _JointTokenLosses(torch.autograd.Function):
+    """Both terms of a language-model OE step from ONE ``(B_in + B_out, L, V)`` logits tensor; see
+    :func:`joint_token_oe_loss`. The forward pass computes the gradient too, from one fused softmax over all rows, and
+    saves it instead of the logits; the backward pass hands it over. So no split of the logits, no concatenation of
+    two gradients, no zero-filled one-hot gradient (``F.cross_entropy``'s backward) and few full-size passes."""
+
+    @staticmethod
+    def forward(ctx, logits, labels, out_mask, oe_weight):
+        vocab = logits.shape[-1]
+        flat = logits.reshape(-1, vocab)
+        n_in_rows = labels.numel()
+        targets = labels.reshape(-1)
+        valid_in = targets != -100
+        safe = torch.where(valid_in, targets, 0).unsqueeze(1)
+        count_in = valid_in.sum()
+        valid_out = None if out_mask is None else out_mask.reshape(-1)
+        count_out = flat.shape[0] - n_in_rows if valid_out is None else valid_out.sum().to(logits.dtype)
+        # gradient weight per row: 1/count_in on valid in-distribution tokens, oe_weight/count_out on valid outlier ones
+        weight_in = (valid_in.to(logits.dtype) / count_in).unsqueeze(1)
+        weight_out = oe_weight / count_out
+        if valid_out is not None:
+            weight_out = (valid_out.to(logits.dtype) * weight_out).unsqueeze(1)
+
+        grad = torch.softmax(flat, -1)
+        high, at = flat.max(-1, keepdim=True)
+        lse = (high - grad.gather(1, at).log_()).squeeze(1)  # softmax at the max is 1 / sum exp(z - max)
+        loss_in_rows = lse[:n_in_rows] - flat[:n_in_rows].gather(1, safe).squeeze(1)
+        loss_in = torch.where(valid_in, loss_in_rows, 0.0).sum() / count_in  # no valid token: NaN, as F.cross_entropy
+        loss_out_rows = lse[n_in_rows:] - flat[n_in_rows:].mean(-1)
+        loss_oe = loss_out_rows.mean() if valid_out is None else torch.where(valid_out, loss_out_rows, 0.0).sum() / count_out
+
+        grad_in, grad_out = grad[:n_in_rows], grad[n_in_rows:]
+        grad_in.mul_(weight_in).scatter_add_(1, safe, -weight_in)  # w (softmax - onehot)
+        if valid_out is None:
+            grad_out.mul_(weight_out).sub_(weight_out / vocab)  # w (softmax - 1/K)
+        else:
+            torch.addcmul(-weight_out / vocab, grad_out, weight_out, out=grad_out)
+        ctx.save_for_backward(grad)
+        ctx.shape = logits.shape
+        loss = loss_in + oe_weight * loss_oe
+        ctx.mark_non_differentiable(loss_in, loss_oe)
+        return loss, loss_in, loss_oe
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_loss, _grad_in, _grad_oe):
+        (grad,) = ctx.saved_tensors
+        if grad_loss.device.type == "cpu" and float(grad_loss) == 1.0:
+            # the usual case: hand over the saved gradient itself (autograd never writes into it: a leaf's .grad
+            # gets a copy while the graph holds it), sparing a full-size allocation and its page faults
+            return grad.reshape(ctx.shape), None, None, None
+        return (grad * grad_loss).reshape(ctx.shape), None, None, None
+
+
+def joint_token_oe_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    out_mask: torch.Tensor | None = None,
+    oe_weight: float = 0.5,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One language-model OE step's loss from the joint logits of ``B_in`` in-distribution + ``B_out`` outlier windows.
+
+    ``loss = loss_in + oe_weight * loss_oe`` with
+
+    * ``loss_in  = mean_{labels != -100} [logsumexp(z) - z_label]`` over the first ``B_in`` rows (``F.cross_entropy``
+      with ``ignore_index=-100``: NaN if no label is valid);
+    * ``loss_oe  = mean_{out_mask} [logsumexp(z) - mean_k z_k]`` over the other rows (:func:`oe_uniform_loss`).
+
+    Args:
+        logits: ``(B_in + B_out, L, V)`` floating point (in-distribution rows first).
+        labels: ``(B_in, L)`` targets aligned with the logits (already shifted for a causal LM), -100 = ignore.
+        out_mask: optional bool ``(B_out, L)``; False = padding. Rows of only padding raise.
+        oe_weight: ``lambda`` of the OE term.
+
+    Returns:
+        ``(loss, loss_in, loss_oe)``: ``loss`` carries the gradient, the two terms are detached (for logging).
+    """
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 3 or not logits.is_floating_point():
+        raise ValueError(f"logits must be a floating-point (B_in + B_out, L, V) tensor, got {getattr(logits, 'shape', type(logits))}")
+    n_in = labels.shape[0] if labels.dim() == 2 else -1
+    if labels.dim() != 2 or tuple(labels.shape) != (n_in, logits.shape[1]) or not 0 < n_in < logits.shape[0]:
+        raise ValueError(f"labels must be (B_in, L) with 0 < B_in < {logits.shape[0]} and L = {logits.shape[1]}, got {tuple(labels.shape)}")
+    out_mask = check_mask(out_mask, torch.Size([logits.shape[0] - n_in, logits.shape[1]]), "out_mask")
+    loss, loss_in, loss_oe = _JointTokenLosses.apply(logits, labels.long(), out_mask, float(oe_weight))
+    if not torch.isfinite(loss_oe):
+        check_logits(logits[n_in:], "logits")  # names the NaN/inf count, as oe_uniform_loss does
+    return loss, loss_in, loss_oe
 
 
 def energy_oe_loss(

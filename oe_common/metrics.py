@@ -6,8 +6,9 @@ Conventions (everywhere in the toolkit):
 * scores are outlier scores: HIGHER = MORE anomalous;
 * every metric is a fraction in ``[0, 1]`` (tables multiply by 100 when they render).
 
-All detection metrics of one (in, out) pair come from ONE descending sort of the pooled scores, grouped into
-distinct thresholds exactly as scikit-learn does (``roc_curve`` with ``drop_intermediate=False``):
+All detection metrics of one (in, out) pair are those of scikit-learn's curves over the distinct pooled scores
+(``roc_curve`` with ``drop_intermediate=False``), computed from a value sort of each side and one linear merge of
+their distinct values, with exact integer counts (see ``_metrics_sorted``; equal to scikit-learn to ~1e-16):
 
 * ``auroc``    = trapezoidal area under ``(FPR_k, TPR_k)``, starting at ``(0, 0)``;
 * ``aupr_out`` = average precision with anomalies positive, ``sum_k (R_k - R_{k-1}) P_k`` (the paper's AUPR);
@@ -103,29 +104,110 @@ def _grouped_curve(in_scores: np.ndarray, out_scores: np.ndarray) -> _GroupedCur
     return _GroupedCurve(tps=tps, fps=fps, n_out=out_scores.size, n_in=in_scores.size)
 
 
-def _average_precision(tps: np.ndarray, fps: np.ndarray) -> float:
-    """``sum_k (R_k - R_{k-1}) P_k`` over thresholds in descending order (scikit-learn's definition)."""
-    precision = tps / (tps + fps)
-    recall = tps / tps[-1]
-    recall_steps = np.diff(np.concatenate([[0.0], recall]))
-    return float(np.sum(recall_steps * precision))
+def _sortable(scores: Any, name: str) -> np.ndarray:
+    """Validated 1-D scores to sort. float32 input stays float32 (half the bytes to sort and merge, and every
+    comparison -- hence every metric -- is the same as after a float64 cast); anything else is
+    :func:`as_score_array`'s float64."""
+    if hasattr(scores, "detach") and str(scores.dtype) == "torch.float32":
+        scores = scores.detach().cpu().numpy()
+    if isinstance(scores, np.ndarray) and scores.dtype == np.float32 and scores.ndim == 1 and scores.size:
+        if np.isfinite(scores).all():
+            return scores
+    return as_score_array(scores, name)
 
 
-def _metrics_from_curve(curve: _GroupedCurve, recall_level: float) -> dict[str, float]:
-    tpr = np.concatenate([[0.0], curve.tps / curve.tps[-1]])
-    fpr = np.concatenate([[0.0], curve.fps / curve.fps[-1]])
-    auroc = float(np.trapezoid(tpr, fpr) if hasattr(np, "trapezoid") else np.trapz(tpr, fpr))
-    # In-distribution positive with negated scores: thresholds run in ascending score order over the same groups.
-    in_per_group = np.diff(np.concatenate([[0], curve.fps]))[::-1]
-    out_per_group = np.diff(np.concatenate([[0], curve.tps]))[::-1]
-    aupr_in = _average_precision(np.cumsum(in_per_group), np.cumsum(out_per_group))
-    first = int(np.searchsorted(tpr, recall_level, side="left"))
-    return {
-        "auroc": auroc,
-        "aupr_out": _average_precision(curve.tps, curve.fps),
-        "aupr_in": aupr_in,
-        "fpr": float(fpr[first]),
-    }
+def _fpr_at_recall_sorted(in_sorted: np.ndarray, out_sorted: np.ndarray, recall_level: float) -> float:
+    """FPR at the first ROC point (descending thresholds) whose TPR ``= T / N_out >= recall_level``.
+
+    That point's threshold is the ``T*``-th largest anomaly score, ``T*`` the least count passing the test (done in
+    float64 exactly as ``tps / tps[-1]`` in scikit-learn, so the boundary case agrees bit for bit).
+    """
+    n_out = out_sorted.size
+    needed = min(max(int(np.ceil(recall_level * n_out)), 1), n_out)
+    while needed > 1 and (needed - 1) / n_out >= recall_level:
+        needed -= 1
+    while needed / n_out < recall_level:
+        needed += 1
+    threshold = out_sorted[n_out - needed]
+    return (in_sorted.size - int(np.searchsorted(in_sorted, threshold, side="left"))) / in_sorted.size
+
+
+def _distinct(sorted_values: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(distinct values, count of values <= each)`` of an ascending array; ``(the array, None)`` if no value repeats."""
+    last = np.empty(sorted_values.size, dtype=bool)
+    np.not_equal(sorted_values[1:], sorted_values[:-1], out=last[:-1])
+    last[-1] = True
+    if last.all():
+        return sorted_values, None
+    ends = np.flatnonzero(last)
+    return sorted_values[ends], ends + 1
+
+
+def _take_count(cum: np.ndarray | None, index: np.ndarray) -> np.ndarray:
+    """``[0, *cum][index]``: how many scores the first ``index`` distinct values hold (``index`` itself if no ties)."""
+    if cum is None:
+        return index
+    return np.concatenate([[0], cum])[index]
+
+
+def _weighted_sum(values: np.ndarray, cum: np.ndarray | None) -> float:
+    """``sum_u values_u c_u`` with ``c_u`` the scores per distinct value (all 1 without ties)."""
+    return float(np.sum(values) if cum is None else np.sum(values * np.diff(cum, prepend=0)))
+
+
+def _metrics_sorted(in_sorted: np.ndarray, out_sorted: np.ndarray, recall_level: float) -> dict[str, float]:
+    """The four metrics from the two sides each sorted ascending (values only: no argsort of the scores).
+
+    Each side is reduced to its distinct values ``u`` with counts ``c`` (a linear scan), and one stable merge of the
+    two lists (timsort on two sorted runs: linear) gives, for each distinct value of one side, how many distinct
+    values of the other side lie below it (in-distribution first among equal values). Then with exact integer
+    counts ``#in<``, ``#in<=``, ``#out<``, ``#out<=`` (``N = N_in + N_out``):
+
+    * ``auroc    = sum_{u out} c_u (#in<(u) + #in<=(u)) / (2 N_in N_out)`` (ties count half, scikit-learn's
+      trapezoid);
+    * ``aupr_out = sum_{u out} c_u T_u / (T_u + N_in - #in<(u)) / N_out`` with ``T_u = N_out - #out<(u)`` anomalies
+      ``>= u`` (``sum_k (R_k - R_{k-1}) P_k`` over descending thresholds);
+    * ``aupr_in  = sum_{u in} c_u #in<=(u) / (#in<=(u) + #out<=(u)) / N_in`` (in-distribution positive, scores
+      negated).
+    """
+    n_in, n_out = in_sorted.size, out_sorted.size
+    fpr = _fpr_at_recall_sorted(in_sorted, out_sorted, recall_level)
+    in_values, in_cum = _distinct(in_sorted)
+    out_values, out_cum = _distinct(out_sorted)
+    m_in, m_out = in_values.size, out_values.size
+    order = np.argsort(np.concatenate([in_values, out_values]), kind="stable")
+    is_out = order >= m_in
+    del order
+
+    # anomalies' side: distinct in-distribution values <= u (they come first among equals), < u when the last equals u
+    in_le = np.flatnonzero(is_out)
+    in_le -= np.arange(m_out)
+    tied = in_values[np.maximum(in_le - 1, 0)] == out_values
+    tied &= in_le > 0
+    in_lt = in_le - tied
+    count_le, count_lt = _take_count(in_cum, in_le), _take_count(in_cum, in_lt)
+    del in_le, in_lt, tied
+    auroc = _weighted_sum(count_lt + count_le, out_cum) / (2 * n_in * n_out)
+    del count_le
+    above = n_out - _take_count(out_cum, np.arange(m_out))  # anomalies >= u
+    ratios = above / (above + (n_in - count_lt))
+    del above, count_lt
+    aupr_out = _weighted_sum(ratios, out_cum) / n_out
+    del ratios
+
+    # in-distribution side: distinct anomaly values < u, <= u when the next one equals u
+    out_lt = np.flatnonzero(~is_out)
+    out_lt -= np.arange(m_in)
+    del is_out
+    tied = out_values[np.minimum(out_lt, m_out - 1)] == in_values
+    tied &= out_lt < m_out
+    out_le = out_lt + tied
+    del out_lt, tied
+    in_le_count = np.arange(1, n_in + 1) if in_cum is None else in_cum
+    ratios = in_le_count / (in_le_count + _take_count(out_cum, out_le))
+    del out_le
+    aupr_in = _weighted_sum(ratios, in_cum) / n_in
+    return {"auroc": auroc, "aupr_out": aupr_out, "aupr_in": aupr_in, "fpr": fpr}
 
 
 def ood_metrics(in_scores: Any, out_scores: Any, recall_level: float = 0.95) -> dict[str, float]:
@@ -140,8 +222,9 @@ def ood_metrics(in_scores: Any, out_scores: Any, recall_level: float = 0.95) -> 
         ``{"auroc", "aupr_out", "aupr_in", "fpr"}``, each a fraction in ``[0, 1]``.
     """
     recall_level = _check_recall_level(recall_level)
-    curve = _grouped_curve(as_score_array(in_scores, "in_scores"), as_score_array(out_scores, "out_scores"))
-    return _metrics_from_curve(curve, recall_level)
+    in_sorted = np.sort(_sortable(in_scores, "in_scores"))
+    out_sorted = np.sort(_sortable(out_scores, "out_scores"))
+    return _metrics_sorted(in_sorted, out_sorted, recall_level)
 
 
 def roc_curve_points(in_scores: Any, out_scores: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -325,6 +408,7 @@ def evaluate_ood(
     small = [f"anomaly set {name!r} has {array.size} scores" for name, array in arrays.items() if array.size < wanted]
     if small and not allow_small_sets:
         raise ValueError(_too_small_message(small, in_array.size, ratio, wanted))
+    in_sorted = np.sort(in_array)  # once per call: every draw shares the in-distribution side
     rows = []
     for set_index, (name, out_array) in enumerate(arrays.items()):
         rng = np.random.default_rng([seed, set_index])
@@ -333,7 +417,7 @@ def evaluate_ood(
         draws = []
         for _ in range(distinct):
             sample = sample_base_rate(out_array, in_array.size, rng, ratio, allow_small_sets=allow_small_sets)
-            draws.append(_metrics_from_curve(_grouped_curve(in_array, sample), recall_level))
+            draws.append(_metrics_sorted(in_sorted, np.sort(sample), recall_level))
         capped = n_out < wanted
         row: dict[str, Any] = {
             "name": name, "n_in": int(in_array.size), "n_out": int(n_out), "n_out_wanted": wanted,

@@ -43,7 +43,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 from transformers.utils import logging
 
 from . import metrics as oe_metrics
-from .losses import energy_oe_loss, oe_uniform_loss
+from .losses import energy_oe_loss, joint_token_oe_loss, oe_uniform_loss
 from .outlier_stream import OutlierStream, is_streaming
 from .scores import LOGIT_SCORE_NAMES, SCORE_NAMES, example_scores, shift_labels
 
@@ -418,12 +418,33 @@ class OETrainer(Trainer):
         logits, _ = self.logits_and_mask(outputs, inputs)
         return self._cross_entropy(model, logits, labels)
 
+    def _aligned_token_labels(self, model: nn.Module, labels: torch.Tensor) -> torch.Tensor:
+        """Token labels aligned with the logits: for causal LMs position t predicts token t+1, so the labels are shifted
+        (the last position gets -100) rather than the logits sliced, which would copy them and zero-fill a full-size
+        gradient."""
+        return shift_labels(labels) if self.is_causal_lm(model) else labels
+
+    def _fusable_token_losses(self, logits: torch.Tensor, inputs: Mapping[str, Any], n_in: int) -> bool:
+        """Whether the OE step's two terms are the defaults on token-level logits, so that
+        :func:`~oe_common.losses.joint_token_oe_loss` computes them together (same values, one pass)."""
+        labels = inputs.get("labels")
+        cls = type(self)
+        return (
+            self.args.oe_loss == "uniform"
+            and logits.dim() == 3
+            and isinstance(labels, torch.Tensor)
+            and not labels.is_floating_point()
+            and tuple(labels.shape) == (n_in, logits.shape[1])
+            and self._oe_in_loss_func is None
+            and self.label_smoother is None
+            and cls.in_distribution_loss is OETrainer.in_distribution_loss
+            and cls._cross_entropy is OETrainer._cross_entropy
+            and cls.oe_term is OETrainer.oe_term
+        )
+
     def _cross_entropy(self, model: nn.Module, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if logits.dim() >= 3:  # token level
-            if self.is_causal_lm(model):
-                # position t predicts token t+1: shift the labels (the last position gets -100) rather than slicing
-                # the logits, which would copy them and zero-fill a full-size gradient
-                labels = shift_labels(labels)
+            labels = self._aligned_token_labels(model, labels)
             return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1).long(), ignore_index=-100)
         config = getattr(self.accelerator.unwrap_model(model), "config", None)
         problem = getattr(config, "problem_type", None)
@@ -506,22 +527,31 @@ class OETrainer(Trainer):
                 "Pad both to the same length for one joint pass, or set oe_concat_forward=False to silence this."
             )
 
+        loss = None
         if joint is not None:
             n_in = next(iter(in_model_inputs.values())).shape[0]
             logits, mask = self.logits_and_mask(model(**joint), joint)
-            # split, not two slices: the backward then concatenates two gradients instead of zero-filling and
-            # adding two full-size ones
-            in_logits, out_logits = logits.split([n_in, logits.shape[0] - n_in])
-            in_mask, out_mask = (None, None) if mask is None else mask.split([n_in, mask.shape[0] - n_in])
-            outputs = ModelOutput(logits=in_logits)
-            loss_in = self.in_distribution_loss(model, outputs, inputs)
+            if self._fusable_token_losses(logits, inputs, n_in):
+                # language model, default losses: both terms and their gradient in one pass over the joint logits
+                labels = self._aligned_token_labels(model, inputs["labels"])
+                out_mask = None if mask is None else mask[n_in:]
+                loss, loss_in, loss_oe = joint_token_oe_loss(logits.float(), labels, out_mask, self.args.oe_lambda)
+                outputs = ModelOutput(logits=logits[:n_in])
+            else:
+                # split, not two slices: the backward then concatenates two gradients instead of zero-filling and
+                # adding two full-size ones
+                in_logits, out_logits = logits.split([n_in, logits.shape[0] - n_in])
+                in_mask, out_mask = (None, None) if mask is None else mask.split([n_in, mask.shape[0] - n_in])
+                outputs = ModelOutput(logits=in_logits)
+                loss_in = self.in_distribution_loss(model, outputs, inputs)
         else:
             outputs, loss_in = self._in_distribution_forward(model, inputs)
             in_logits, in_mask = self.logits_and_mask(outputs, inputs)
             out_logits, out_mask = self.outlier_logits(model, outlier_batch)
 
-        loss_oe = self.oe_term(out_logits, out_mask, in_logits, in_mask)
-        loss = loss_in + self.args.oe_lambda * loss_oe
+        if loss is None:
+            loss_oe = self.oe_term(out_logits, out_mask, in_logits, in_mask)
+            loss = loss_in + self.args.oe_lambda * loss_oe
 
         record = torch.stack([loss_in.detach().float(), loss_oe.detach().float(), torch.ones((), device=loss_in.device)])
         self._oe_log_sums = record if self._oe_log_sums is None else self._oe_log_sums + record

@@ -32,8 +32,57 @@ def test_equals_sklearn_with_ties(n_in, n_out, n_levels, recall_level):
     ours = ood_metrics(in_scores, out_scores, recall_level)
     ref = sklearn_reference(in_scores, out_scores, recall_level)
     for key in ("auroc", "aupr_out", "aupr_in", "fpr"):
-        assert ours[key] == pytest.approx(ref[key], abs=1e-9), key
+        assert ours[key] == pytest.approx(ref[key], abs=1e-12), key
     assert fpr_at_recall(in_scores, out_scores, recall_level) == ours["fpr"]
+
+
+def assert_matches_sklearn(in_scores, out_scores, recall_level=0.95):
+    ours = ood_metrics(in_scores, out_scores, recall_level)
+    ref = sklearn_reference(np.asarray(in_scores, np.float64), np.asarray(out_scores, np.float64), recall_level)
+    assert set(ours) == {"auroc", "aupr_out", "aupr_in", "fpr"}
+    for key, value in ref.items():
+        assert ours[key] == pytest.approx(value, abs=1e-12), key
+    return ours
+
+
+@pytest.mark.parametrize(
+    "in_scores,out_scores",
+    [
+        ([3.0] * 5, [3.0] * 4),  # all scores equal: one threshold
+        ([2.0], [1.0]),  # one each, anomaly below
+        ([1.0], [1.0]),  # one each, tied
+        ([0.5], [0.1, 0.9, 0.5, 0.5]),  # one in-distribution score
+        ([0.1, 0.9, 0.5, 0.5], [0.5]),  # one anomaly
+        (np.arange(10.0), np.arange(5.0, 15.0)),  # distinct within each side, five values on both sides
+        ([-0.0, 1.0], [0.0, 2.0]),  # -0.0 == 0.0 is a tie
+        ([1e300, -1e300, 0.0], [-1e-300, 1e-300, 5e-324]),  # extremes and subnormals
+    ],
+)
+@pytest.mark.parametrize("recall_level", [0.5, 0.95, 1.0])
+def test_small_and_degenerate_sets_equal_sklearn(in_scores, out_scores, recall_level):
+    assert_matches_sklearn(in_scores, out_scores, recall_level)
+
+
+@pytest.mark.parametrize("ties", [True, False])
+def test_large_sets_equal_sklearn_to_1e12(ties):
+    rng = np.random.default_rng(11)
+    in_scores, out_scores = rng.normal(size=60_000), rng.normal(0.8, 1.2, size=45_000)
+    if ties:  # ties inside each side and across sides, over many distinct values
+        in_scores, out_scores = np.round(in_scores, 2), np.round(out_scores, 2)
+    assert_matches_sklearn(in_scores, out_scores, 0.95)
+
+
+def test_float32_input_gives_the_float64_result():
+    rng = np.random.default_rng(2)
+    in32 = rng.normal(size=20_000).astype(np.float32)  # float32 draws: repeated values on each side and across
+    out32 = rng.normal(1.0, 1.0, size=7_000).astype(np.float32)
+    in32[:50], out32[:50] = in32[50:100], in32[100:150]
+    expected = assert_matches_sklearn(in32, out32)
+    assert ood_metrics(in32.astype(np.float64), out32.astype(np.float64)) == expected
+    assert ood_metrics(torch.from_numpy(in32), torch.from_numpy(out32)) == expected
+    assert ood_metrics(in32, out32.astype(np.float64)) == expected  # mixed dtypes
+    with pytest.raises(ValueError, match="1 NaN/inf"):
+        ood_metrics(np.r_[in32, np.float32("nan")], out32)
 
 
 def test_orientation_anomalies_positive_higher_is_anomalous():
