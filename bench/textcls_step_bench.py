@@ -2,10 +2,13 @@
 
 Same model (``minilm``: all-MiniLM-L6-v2 with a fresh 150-way head; ``gru``: the paper's 2-layer GRU classifier),
 same batch (``--batch`` CLINC150 train utterances and, for OE, as many WikiText-2 train sentences, tokenized by the
-model's tokenizer, truncated to ``--max-length`` tokens), same optimizer (``torch.optim.AdamW``, ``--lr``, no weight
-decay, gradients clipped to ``--max-grad-norm`` as the ``Trainer`` does by default). Four steps are timed:
+model's tokenizer, truncated to ``--max-length`` tokens), same optimizer (the one the ``Trainer`` builds: ``torch.optim.AdamW``,
+fused where torch supports it, ``--lr``, no weight decay; gradients clipped to ``--max-grad-norm`` as the ``Trainer``
+does by default). Four steps are timed:
 
 1. plain loop: ``logits = model(**x_in).logits``; ``F.cross_entropy(logits, y)``; backward; clip; ``AdamW.step``.
+   The hand loops take the optimizer from ``Trainer.get_optimizer_cls_and_kwargs``, so that the AdamW
+   implementation (fused or not) is not part of the difference.
 2. plain loop, the OE objective by hand: ONE forward over the rows of ``x_in`` and ``x_out`` concatenated (the two
    batches padded to their common length), ``CE(logits_in, y) + lambda * mean_rows(logsumexp(z_out) - mean(z_out))``
    (cross-entropy from the uniform distribution to ``softmax(z_out)``); backward; clip; step.
@@ -50,7 +53,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from transformers import DataCollatorWithPadding, TrainerCallback
+from transformers import DataCollatorWithPadding, Trainer, TrainerCallback
 
 from oe_common.trainer import OETrainer, OETrainingArguments
 from oe_text.hub_checkpoints import MINILM_REPO_ID, MINILM_REVISION
@@ -171,8 +174,39 @@ def build_model(args: argparse.Namespace, tok: Any, num_labels: int) -> tuple[to
     return model, f"{MINILM_REPO_ID}@{MINILM_REVISION[:7]} + new {num_labels}-way head"
 
 
-def make_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
-    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
+def training_args(args: argparse.Namespace, output_dir: str, device: torch.device) -> OETrainingArguments:
+    """OETrainer's arguments: no evaluation, saving or logging; constant learning rate; batches read in order."""
+    return OETrainingArguments(
+        output_dir=output_dir, per_device_train_batch_size=args.batch, max_steps=args.warmup + args.steps,
+        learning_rate=args.lr, weight_decay=0.0, lr_scheduler_type="constant", max_grad_norm=args.max_grad_norm,
+        oe_lambda=args.oe_lambda, train_sampling_strategy="sequential", eval_strategy="no", save_strategy="no",
+        logging_strategy="no", report_to="none", disable_tqdm=True, dataloader_num_workers=0, seed=0,
+        use_cpu=device.type == "cpu",
+    )
+
+
+def make_optimizer(model: torch.nn.Module, targs: OETrainingArguments) -> torch.optim.Optimizer:
+    """The optimizer the Trainer builds from ``targs`` (class and keywords, e.g. ``AdamW(fused=True)``), on the
+    trainable parameters in one group (weight decay is 0, so the Trainer's two groups step identically)."""
+    cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(targs)
+    return cls([p for p in model.parameters() if p.requires_grad], **{**kwargs, "weight_decay": 0.0})
+
+
+def time_plain_loop(model0: torch.nn.Module, loss_fn: Callable[[torch.nn.Module], torch.Tensor], args: argparse.Namespace,
+                    targs: OETrainingArguments, device: torch.device) -> list[float]:
+    """Step times of a plain loop on a fresh copy of ``model0``: zero grads, ``loss_fn(model)``, backward, clip, step."""
+    model = copy.deepcopy(model0).to(device).train()
+    opt = make_optimizer(model, targs)
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        loss_fn(model).backward()
+        if args.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
+        opt.step()
+
+    return time_steps(step, args.warmup, args.steps, device)
 
 
 def pad_to(batch: dict[str, torch.Tensor], length: int, pad_id: int) -> dict[str, torch.Tensor]:
@@ -229,7 +263,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         enc = tok(texts, truncation=True, max_length=args.max_length)
         return [{k: enc[k][i] for k in enc} for i in range(len(texts))]
 
-    in_rows = [{**row, "labels": y} for row, y in zip(encode(in_texts), in_labels)]
+    in_rows = [{**row, "labels": y} for row, y in zip(encode(in_texts), in_labels, strict=True)]
     out_rows = encode(out_texts)
     pad_kw = {"padding": "max_length", "max_length": args.max_length} if args.padding == "max_length" else {}
     collator = DataCollatorWithPadding(tok, **pad_kw)
@@ -238,41 +272,26 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     x_out = {k: v.to(device) for k, v in collator(out_rows).items()}
     joint_len = max(x_in["input_ids"].shape[1], x_out["input_ids"].shape[1])
     joint = {k: torch.cat([a, b]) for (k, a), b in zip(pad_to(x_in, joint_len, tok.pad_token_id).items(),
-                                                        pad_to(x_out, joint_len, tok.pad_token_id).values())}
+                                                        pad_to(x_out, joint_len, tok.pad_token_id).values(), strict=True)}
     real_in = int(x_in["attention_mask"].sum())
     real_out = int(x_out["attention_mask"].sum())
 
     results: dict[str, list[float]] = {}
 
     # (1) and (2): plain PyTorch loops
-    def clip_and_step(model: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
-        if args.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], args.max_grad_norm)
-        opt.step()
+    def plain_loss(model: torch.nn.Module) -> torch.Tensor:
+        return F.cross_entropy(model(**x_in).logits, y)
 
-    model = copy.deepcopy(model0).to(device).train()
-    opt = make_optimizer(model, args.lr)
-
-    def plain_step() -> None:
-        opt.zero_grad(set_to_none=True)
-        F.cross_entropy(model(**x_in).logits, y).backward()
-        clip_and_step(model, opt)
-
-    results["plain"] = time_steps(plain_step, args.warmup, args.steps, device)
-
-    model = copy.deepcopy(model0).to(device).train()
-    opt = make_optimizer(model, args.lr)
-
-    def plain_oe_step() -> None:
-        opt.zero_grad(set_to_none=True)
+    def plain_oe_loss(model: torch.nn.Module) -> torch.Tensor:
         logits = model(**joint).logits.float()
         z_in, z_out = logits[: args.batch], logits[args.batch:]
-        loss = F.cross_entropy(z_in, y) + args.oe_lambda * (torch.logsumexp(z_out, -1) - z_out.mean(-1)).mean()
-        loss.backward()
-        clip_and_step(model, opt)
+        return F.cross_entropy(z_in, y) + args.oe_lambda * (torch.logsumexp(z_out, -1) - z_out.mean(-1)).mean()
 
-    results["plain_oe"] = time_steps(plain_oe_step, args.warmup, args.steps, device)
-    del model, opt
+    with tempfile.TemporaryDirectory() as out_dir:
+        targs = training_args(args, out_dir, device)
+        optimizer_desc = type(make_optimizer(torch.nn.Linear(1, 1), targs)).__name__ + f" ({targs.optim})"
+        results["plain"] = time_plain_loop(model0, plain_loss, args, targs, device)
+        results["plain_oe"] = time_plain_loop(model0, plain_oe_loss, args, targs, device)
 
     # (3): OETrainer's own loop
     concat_used = None
@@ -280,14 +299,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         model = copy.deepcopy(model0)
         timer = StepTimer(device)
         with tempfile.TemporaryDirectory() as out_dir:
-            targs = OETrainingArguments(
-                output_dir=out_dir, per_device_train_batch_size=args.batch, max_steps=args.warmup + args.steps,
-                learning_rate=args.lr, weight_decay=0.0, lr_scheduler_type="constant", max_grad_norm=args.max_grad_norm,
-                oe_lambda=args.oe_lambda, train_sampling_strategy="sequential", eval_strategy="no", save_strategy="no",
-                logging_strategy="no", report_to="none", disable_tqdm=True, dataloader_num_workers=0, seed=0,
-                use_cpu=device.type == "cpu",
-            )
-            trainer = OETrainer(model=model, args=targs, train_dataset=in_rows * (args.warmup + args.steps),
+            trainer = OETrainer(model=model, args=training_args(args, out_dir, device), train_dataset=in_rows * (args.warmup + args.steps),
                                 outlier_dataset=outliers, data_collator=collator, callbacks=[timer])
             trainer.train()
             if outliers is not None:
@@ -310,7 +322,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     print(f"# model: {model_desc}; {n_params / 1e6:.2f}M parameters, {n_train / 1e6:.2f}M trained"
           + (" (word embeddings frozen)" if args.freeze_embeddings else ""))
     print(f"# tokenizer: {tok_desc}; batch {B} CLINC150 train utterances + {B} WikiText-2 train sentences, "
-          f"max {args.max_length} tokens, padding={args.padding}; AdamW lr {args.lr}, clip {args.max_grad_norm}, lambda {args.oe_lambda}")
+          f"max {args.max_length} tokens, padding={args.padding}; {optimizer_desc} lr {args.lr}, clip {args.max_grad_norm}, lambda {args.oe_lambda}")
     print(f"# {platform.machine()} {device.type}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
           + f", torch {torch.__version__}, torch threads {torch.get_num_threads()}, median of {args.steps} steps after {args.warmup} warm-up")
     print(f"# load before: {load_before}")
