@@ -18,6 +18,10 @@ does by default). Four steps are timed:
    the batch repeated and read sequentially, so every step sees the same rows; the outlier set is the outlier rows,
    so every outlier batch holds the same sentences.
 
+The machine may be shared, so the methods alternate step by step: after each trainer step the callback runs one step
+of the matching hand loop ((1) beside (3) without outliers, (2) beside (3) with them), timed on its own and left
+out of the trainer's interval. Run one after the other, the ratios moved between 0.2 and 2.5 on a loaded machine.
+
 ``--padding longest`` (default, ``DataCollatorWithPadding``'s) pads each batch to its longest row: the
 in-distribution and outlier batches then differ in length, and OETrainer falls back to two forward passes (it says
 so in its log and in the table), while the hand loop (2) pads both to the longer one and runs one. ``--padding
@@ -94,21 +98,30 @@ def time_steps(step: Callable[[], None], warmup: int, steps: int, device: torch.
 
 
 class StepTimer(TrainerCallback):
-    """Wall time between consecutive step ends of ``Trainer.train`` (the first interval starts at train begin)."""
+    """Times ``Trainer.train``'s steps, step end to step end, and runs one step of each hand loop in ``between``
+    (timed on its own, and not counted in the trainer's step) after every trainer step: the methods alternate step by
+    step, so a change in the machine's load hits all of them alike. The first trainer interval starts at train begin."""
 
-    def __init__(self, device: torch.device):
-        self.device, self.stamps = device, []
+    def __init__(self, device: torch.device, between: dict[str, Callable[[], None]]):
+        self.device, self.between = device, between
+        self.trainer_times: list[float] = []
+        self.times: dict[str, list[float]] = {key: [] for key in between}
+        self.start = 0.0
 
     def on_train_begin(self, args, state, control, **kwargs):
         sync(self.device)
-        self.stamps = [time.perf_counter()]
+        self.start = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):
         sync(self.device)
-        self.stamps.append(time.perf_counter())
-
-    def intervals(self) -> list[float]:
-        return list(np.diff(self.stamps))
+        now = time.perf_counter()
+        self.trainer_times.append(now - self.start)
+        for key, step in self.between.items():
+            begin = time.perf_counter()
+            step()
+            sync(self.device)
+            self.times[key].append(time.perf_counter() - begin)
+        self.start = time.perf_counter()
 
 
 def benchmark_texts(batch: int, data_dir: str | None, seed: int = 0) -> tuple[list[str], list[int], list[str], int]:
@@ -192,9 +205,9 @@ def make_optimizer(model: torch.nn.Module, targs: OETrainingArguments) -> torch.
     return cls([p for p in model.parameters() if p.requires_grad], **{**kwargs, "weight_decay": 0.0})
 
 
-def time_plain_loop(model0: torch.nn.Module, loss_fn: Callable[[torch.nn.Module], torch.Tensor], args: argparse.Namespace,
-                    targs: OETrainingArguments, device: torch.device) -> list[float]:
-    """Step times of a plain loop on a fresh copy of ``model0``: zero grads, ``loss_fn(model)``, backward, clip, step."""
+def plain_loop_step(model0: torch.nn.Module, loss_fn: Callable[[torch.nn.Module], torch.Tensor], args: argparse.Namespace,
+                    targs: OETrainingArguments, device: torch.device) -> Callable[[], None]:
+    """One step of a plain loop on its own copy of ``model0``: zero grads, ``loss_fn(model)``, backward, clip, step."""
     model = copy.deepcopy(model0).to(device).train()
     opt = make_optimizer(model, targs)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -206,7 +219,7 @@ def time_plain_loop(model0: torch.nn.Module, loss_fn: Callable[[torch.nn.Module]
             torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
         opt.step()
 
-    return time_steps(step, args.warmup, args.steps, device)
+    return step
 
 
 def pad_to(batch: dict[str, torch.Tensor], length: int, pad_id: int) -> dict[str, torch.Tensor]:
@@ -287,25 +300,21 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         z_in, z_out = logits[: args.batch], logits[args.batch:]
         return F.cross_entropy(z_in, y) + args.oe_lambda * (torch.logsumexp(z_out, -1) - z_out.mean(-1)).mean()
 
-    with tempfile.TemporaryDirectory() as out_dir:
-        targs = training_args(args, out_dir, device)
-        optimizer_desc = type(make_optimizer(torch.nn.Linear(1, 1), targs)).__name__ + f" ({targs.optim})"
-        results["plain"] = time_plain_loop(model0, plain_loss, args, targs, device)
-        results["plain_oe"] = time_plain_loop(model0, plain_oe_loss, args, targs, device)
-
-    # (3): OETrainer's own loop
+    # (3) OETrainer's own loop, each of its steps followed by one step of the matching hand loop (1) or (2)
     concat_used = None
-    for key, outliers in (("trainer", None), ("trainer_oe", out_rows)):
-        model = copy.deepcopy(model0)
-        timer = StepTimer(device)
+    for key, hand_key, loss_fn, outliers in (("trainer", "plain", plain_loss, None), ("trainer_oe", "plain_oe", plain_oe_loss, out_rows)):
         with tempfile.TemporaryDirectory() as out_dir:
-            trainer = OETrainer(model=model, args=training_args(args, out_dir, device), train_dataset=in_rows * (args.warmup + args.steps),
+            targs = training_args(args, out_dir, device)
+            optimizer_desc = f"{Trainer.get_optimizer_cls_and_kwargs(targs)[0].__name__} ({targs.optim.value})"
+            timer = StepTimer(device, {hand_key: plain_loop_step(model0, loss_fn, args, targs, device)})
+            trainer = OETrainer(model=copy.deepcopy(model0), args=targs, train_dataset=in_rows * (args.warmup + args.steps),
                                 outlier_dataset=outliers, data_collator=collator, callbacks=[timer])
             trainer.train()
             if outliers is not None:
                 concat_used = not trainer._warned_no_concat
-        results[key] = timer.intervals()[args.warmup:]
-        del trainer, model
+        results[key] = timer.trainer_times[args.warmup:]
+        results[hand_key] = timer.times[hand_key][args.warmup:]
+        del trainer, timer
     load_after = load_uptime()
 
     med = {k: statistics.median(v) for k, v in results.items()}
