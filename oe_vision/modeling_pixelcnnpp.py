@@ -64,8 +64,6 @@ try:  # transformers >= 5: init functions that skip tensors already loaded from 
 except ImportError:  # pragma: no cover - older transformers
     _init = nn.init
 
-from oe_common.losses import density_margin_loss
-
 __all__ = [
     "MODEL_TYPE",
     "PIXELCNNPP_PRESETS",
@@ -76,7 +74,6 @@ __all__ = [
     "discretized_logistic_mixture_log_prob",
     "discretized_logistic_mixture_log_prob_per_subpixel",
     "num_mixture_params",
-    "pixelcnn_oe_loss",
     "preprocess_pixels",
     "register_auto_classes",
     "sample_discretized_logistic_mixture",
@@ -340,34 +337,6 @@ def bits_per_dim(nll: torch.Tensor, num_subpixels: int) -> torch.Tensor:
     if num_subpixels <= 0:
         raise ValueError(f"num_subpixels must be positive, got {num_subpixels}")
     return nll / (num_subpixels * math.log(2.0))
-
-
-def pixelcnn_oe_loss(
-    nll_in: torch.Tensor,
-    nll_out: torch.Tensor,
-    num_subpixels: int,
-    margin_per_subpixel: float = 1.0,
-    oe_lambda: float = 1.0,
-) -> torch.Tensor:
-    """OE fine-tuning objective for PixelCNN++ (paper: the margin loss plus the usual likelihood loss on D_in).
-
-    ``L = [ mean_i nll_in_i + oe_lambda * mean_i max(0, m*D + nll_in_i - nll_out_i) ] / D``
-
-    i.e. the paper's objective in nats per image (likelihood term and margin term with equal weight, ``oe_lambda = 1``),
-    divided by ``D = num_subpixels`` so that the likelihood part equals the model's ``output.loss`` (mean nats per
-    subpixel) and learning rates stay those of likelihood training. The margin term is
-    :func:`oe_common.losses.density_margin_loss` with margin ``margin_per_subpixel * D`` nats (paper: m = 1).
-
-    Args:
-        nll_in: ``(N,)`` per-image nll (nats, summed over subpixels) of in-distribution images (``output.nll``).
-        nll_out: ``(N,)`` the same for outlier images, paired element-wise with ``nll_in`` (trim or split the OE
-            batch to ``N`` first; every ``nll_in`` also enters the likelihood term).
-        num_subpixels: ``D = C * H * W``.
-    """
-    if num_subpixels <= 0:
-        raise ValueError(f"num_subpixels must be positive, got {num_subpixels}")
-    margin = density_margin_loss(nll_in, nll_out, margin_per_subpixel * num_subpixels)
-    return (nll_in.mean() + oe_lambda * margin) / num_subpixels
 
 
 def preprocess_pixels(images: torch.Tensor) -> torch.Tensor:

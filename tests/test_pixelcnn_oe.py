@@ -25,7 +25,8 @@ from oe_vision.density_experiment import (
     run_density_oe,
 )
 from oe_vision.density_oe import DensityOETrainer, DensityOETrainingArguments, density_collate, to_uint8_pixels
-from oe_vision.modeling_pixelcnnpp import PixelCNNPPConfig, PixelCNNPPModel, pixelcnn_oe_loss
+from oe_common.losses import pixelcnn_oe_loss
+from oe_vision.modeling_pixelcnnpp import PixelCNNPPConfig, PixelCNNPPModel
 
 
 TORCH_THREADS = 1  # tiny models: see the conftest fixture _torch_threads
