@@ -1,4 +1,4 @@
-"""PixelCNN++ + Outlier Exposure (oe_vision/density_oe.py, oe_vision/density_experiment.py, recipes/pixelcnn_oe.py).
+"""PixelCNN++ + Outlier Exposure (oe_vision/density_trainer.py, oe_vision/density_experiment.py, recipes/pixelcnn_oe.py).
 
 The trainer's loss against a direct computation, exact gradient accumulation, the bits/dim score, input checks, and
 an end-to-end ``test``-preset run on real MNIST with iSUN outliers (needs $OE_DATA_DIR). Tiny models, one thread.
@@ -24,7 +24,7 @@ from oe_vision.density_experiment import (
     preset_config,
     run_density_oe,
 )
-from oe_vision.density_oe import DensityOETrainer, DensityOETrainingArguments, density_collate, to_uint8_pixels
+from oe_vision.density_trainer import DensityOETrainer, DensityOETrainingArguments, density_collate, to_uint8_pixels
 from oe_common.losses import pixelcnn_oe_loss
 from oe_vision.modeling_pixelcnnpp import PixelCNNPPConfig, PixelCNNPPModel
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from oe_common.trainer import OETrainingArguments
 from oe_vision import MnistConvNetConfig, MnistConvNetForImageClassification
-from oe_vision.confidence_experiment import BRANCH_LOGIT_BOUND, ConfidenceBranchOETrainer
+from oe_vision.confidence_trainer import BRANCH_LOGIT_BOUND, ConfidenceBranchOETrainer
 from oe_vision.data import image_collate
 from oe_vision.pipeline import TensorImageDataset, preset_config, run_vision_oe
 
