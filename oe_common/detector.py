@@ -1,75 +1,15 @@
 """``OODDetector``: a trained model + its preprocessing + an anomaly score + a threshold, saved as a Hub checkpoint.
 
-A detector answers "is this input unlike the training data?" for raw inputs (text lines, image files):
-
     >>> det = OODDetector.from_pretrained("path/or/hub-id")        # doctest: +SKIP
     >>> det.score(["the company said it expects N sales", "lol idk"])   # higher = more anomalous
     >>> det.predict(["..."])                                         # True = anomaly = score > threshold
 
-Tasks and scores (all "higher = more anomalous", see :mod:`oe_common.scores`)
-------------------------------------------------------------------------------
-Preprocessing is registered by the modality packages (:mod:`oe_common.preprocessing`): ``oe_text`` registers
-:class:`oe_text.preprocessing.TextPreprocessing`, ``oe_vision`` :class:`oe_vision.preprocessing.ImagePreprocessing`;
-the detector imports the package its task names (:data:`_REGISTERING_PACKAGES`). Scores are computed by
-:func:`oe_common.scores.example_scores`, the function the trainer and the pipelines use.
-
-* ``"causal-lm"`` (e.g. :class:`oe_text.AWDLSTMForCausalLM`, GPT-2): a text is encoded with its
-  :class:`~oe_text.vocab.Vocabulary` after the normalisation used in training, as ids
-  ``[<eos>] + tokens + [<eos>]`` (``prepend_eos`` / ``append_eos``: the leading ``<eos>`` plays the role of the
-  previous sentence's end in the training stream, so the first word is predicted too). With the causal shift,
-  position ``t`` predicts id ``t+1``; the score is a **per-sequence mean over the predicted (real) tokens**:
-
-  - ``nll``: ``(1/T) sum_t -log p(x_{t+1} | x_<=t)`` (nats; / ln 2 for bits per word / character),
-  - ``uniform_xent``: ``(1/T) sum_t (mean_k z_tk - logsumexp_k z_tk)`` (what the OE authors' LM code recorded),
-  - ``msp`` / ``max_logit`` / ``energy``: the classifier score of each position's next-token distribution,
-    averaged the same way.
-
-  **Over-long texts** (more than ``seq_len`` predicted tokens) are cut into non-overlapping windows of
-  ``seq_len + 1`` ids exactly as :func:`oe_text.windows.make_windows` cuts a stream (each window starts from a
-  zero state; the first id of each window is context only, a final lone id is dropped), and the text's score
-  is the **token-weighted mean over its windows** ``sum_w T_w s_w / sum_w T_w`` = the mean over all predicted
-  tokens (``long_text="window"``, the default). ``long_text="truncate"`` scores the first window only,
-  ``long_text="error"`` raises :class:`DetectorInputError`.
-* ``"text-classification"`` (any ``AutoModelForSequenceClassification``): with a vocabulary
-  (``TextPreprocessing``) ids ``tokens`` (no ``<eos>`` by default), texts longer than ``seq_len`` tokens
-  truncated by default (``"window"``: token-weighted mean over chunks of ``seq_len``); with a Hugging Face
-  tokenizer (:class:`oe_text.tokenizer_preprocessing.TokenizerPreprocessing`, saved in the folder) one row per
-  raw string, truncated at ``max_length``, right-padded. Scores ``msp`` / ``uniform_xent`` / ``max_logit`` /
-  ``energy`` of the logits, or ``mahalanobis`` (below).
-* ``mahalanobis`` (text and image classifiers): ``min_k`` Mahalanobis distance of the penultimate feature (the
-  input of ``model.classifier``, :func:`oe_common.feature_scores.classifier_input_features`) to the class means,
-  with a shared covariance, fitted by :meth:`OODDetector.fit_mahalanobis` on training data and saved as
-  ``mahalanobis.safetensors``.
-* ``"image-classification"`` (:mod:`oe_vision` models): inputs are image files / PIL images / uint8 arrays,
-  preprocessed by :func:`oe_vision.data.image_transform` built from a small JSON spec
-  (``ImagePreprocessing``: size, channels, invert, mean, std, center_crop), or an already
-  preprocessed float tensor ``(N, C, H, W)``. Scores ``msp`` (default), ``uniform_xent``, ``max_logit``,
-  ``energy``.
-
-Thresholds (:meth:`OODDetector.fit_threshold`; exact rules in :func:`threshold_for_fpr` /
-:func:`threshold_for_tpr`): an input is flagged when ``score > threshold``.
-
-* ``target_fpr=f`` (held-out in-distribution data only): the smallest observed in-distribution score ``t``
-  with ``#{s_i > t} <= floor(f * n)``, i.e. the ``(n - floor(f n))``-th smallest score, the (1 - f)
-  quantile. At most a fraction ``f`` of the held-out data is flagged (fewer when scores tie at ``t``:
-  ties are never flagged), and any lower threshold would flag more than ``f n``.
-* ``target_tpr=r`` (needs held-out anomalies ``out_data``): the highest threshold that still flags at least
-  ``ceil(r m)`` of the ``m`` anomalies. On the fitting data its false-positive rate equals
-  :func:`oe_common.metrics.fpr_at_recall` at ``recall_level=r`` (the paper's FPR95 / FPR90).
-
-Checkpoint layout (:meth:`OODDetector.save_pretrained`), all at the ROOT of the folder / Hub repo so that
-``AutoModel*.from_pretrained(dir)`` also loads the bare model::
-
-    config.json, model.safetensors   the model, via its own save_pretrained (safetensors only)
-    detector_config.json             task, score, threshold, preprocessing spec, OE hyper-parameters, results
-    vocab.json                       the Vocabulary (text tasks with TextPreprocessing)
-    tokenizer.json, tokenizer_config.json, ...   the tokenizer's own save_pretrained (TokenizerPreprocessing)
-    mahalanobis.safetensors          class means + shared covariance (after fit_mahalanobis)
-    README.md                        the generated model card (YAML metadata + results table)
-
-Loading never unpickles anything (``use_safetensors=True``, no ``torch.load``) and never uses
-``trust_remote_code``: the model type must be registered with the ``transformers`` Auto classes (importing
-``oe_text`` / ``oe_vision`` does it for the toolkit's models; :meth:`OODDetector.from_pretrained` imports them).
+Main names: :class:`OODDetector` (``score``, ``predict``, ``fit_threshold``, ``fit_mahalanobis``, ``evaluate``,
+``save_pretrained`` / ``from_pretrained``), :func:`threshold_for_fpr` / :func:`threshold_for_tpr` (the threshold
+rules), :class:`DetectorInputError`, :class:`DetectorCheckpointError`. Preprocessing is registered by the modality
+packages (:mod:`oe_common.preprocessing`; the detector imports the package its task names,
+:data:`_REGISTERING_PACKAGES`); scores come from :func:`oe_common.scores.example_scores`. Tasks, scores, long
+texts, threshold rules and the checkpoint layout: docs/detector.md.
 """
 
 from __future__ import annotations
@@ -727,7 +667,7 @@ class OODDetector:
         }
 
     def save_pretrained(self, save_directory: str | os.PathLike, *, repo_id: str | None = None) -> Path:
-        """Write the checkpoint (see the module docstring) into ``save_directory`` (created if needed).
+        """Write the checkpoint (layout: docs/detector.md, "Evaluating, saving and sharing") into ``save_directory`` (created if needed).
 
         The model goes to the folder ROOT through its own ``save_pretrained`` (safetensors); no pickle file is
         written. ``repo_id`` only changes the usage snippet on the model card. Returns the folder.

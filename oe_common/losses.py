@@ -15,7 +15,7 @@ from torch.autograd.function import once_differentiable
 from ._checks import check_logits, check_mask
 
 __all__ = ["oe_uniform_loss", "uniform_cross_entropy", "joint_token_oe_loss", "energy_oe_loss", "confidence_branch_oe_loss", "density_margin_loss",
-           "BRANCH_EPS"]
+           "density_oe_loss", "pixelcnn_oe_loss", "BRANCH_EPS"]
 
 
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -218,3 +218,47 @@ def density_margin_loss(nll_in: torch.Tensor, nll_out: torch.Tensor, margin: flo
     if margin < 0:
         raise ValueError(f"margin must be >= 0, got {margin}")
     return F.relu(margin + nll_in - nll_out).mean()
+
+
+def density_oe_loss(
+    nll_in: torch.Tensor, nll_out: torch.Tensor, num_subpixels: int, oe_lambda: float = 1.0, margin_per_subpixel: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """OE objective of a density model (PixelCNN++, paper Sec. 4.3): likelihood plus margin, per subpixel.
+
+    With ``D = num_subpixels`` and ``n = min(B, B')``::
+
+        loss_in = mean_{i<B} nll_in_i / D
+        loss_oe = mean_{i<n} max(0, m * D + nll_in_i - nll_out_i) / D        (density_margin_loss, m = margin_per_subpixel)
+        loss    = loss_in + oe_lambda * loss_oe
+
+    Dividing by ``D`` makes ``loss_in`` the model's own ``output.loss`` (mean nats per subpixel), so the learning
+    rates of likelihood training apply (paper: ``oe_lambda = 1``, ``m = 1``).
+
+    Args:
+        nll_in: ``(B,)`` per-image nll (nats, summed over subpixels) of in-distribution images; all enter ``loss_in``.
+        nll_out: ``(B',)`` the same for outliers, paired element-wise with the first ``n`` in-distribution images.
+        num_subpixels: ``D = C * H * W``.
+
+    Returns:
+        ``(loss, loss_in, loss_oe)``, scalars (the margin term in float32).
+    """
+    if num_subpixels <= 0:
+        raise ValueError(f"num_subpixels must be positive, got {num_subpixels}")
+    n = min(len(nll_in), len(nll_out))
+    loss_in = nll_in.mean() / num_subpixels
+    loss_oe = density_margin_loss(nll_in[:n].float(), nll_out[:n].float(), margin_per_subpixel * num_subpixels) / num_subpixels
+    return loss_in + oe_lambda * loss_oe, loss_in, loss_oe
+
+
+def pixelcnn_oe_loss(
+    nll_in: torch.Tensor,
+    nll_out: torch.Tensor,
+    num_subpixels: int,
+    margin_per_subpixel: float = 1.0,
+    oe_lambda: float = 1.0,
+) -> torch.Tensor:
+    """:func:`density_oe_loss` of paired batches (``nll_in`` and ``nll_out`` both ``(N,)``), the total only:
+    ``[ mean_i nll_in_i + oe_lambda * mean_i max(0, m*D + nll_in_i - nll_out_i) ] / D``."""
+    if nll_in.shape != nll_out.shape:
+        raise ValueError(f"nll_in and nll_out must be paired (same shape), got {tuple(nll_in.shape)} and {tuple(nll_out.shape)}")
+    return density_oe_loss(nll_in, nll_out, num_subpixels, oe_lambda, margin_per_subpixel)[0]

@@ -1,75 +1,11 @@
 """Corpora for the PTB language-model OE experiments (paper section 5, Table 6): PTB in-distribution,
-WikiText-2 as the outlier-exposure set, the five English Web Treebank domains as test anomalies.
+WikiText-2 as the outlier-exposure set, the five English Web Treebank domains as test anomalies, each loaded as
+one int array of vocabulary ids per split / domain from the data directory (``data_dir=`` or ``$OE_DATA_DIR``).
 
-Everything is read from a data directory (``data_dir=...`` or ``$OE_DATA_DIR``; see
-:mod:`oe_common.data_dir`) laid out as ``data/README.md`` describes::
-
-    ptb/ptb.{train,valid,test}.txt                      word level (required for both levels)
-    ptb/ptb.char.train.txt.gz, ptb.char.{valid,test}.txt char level (each file may also be plain / gzipped)
-    wikitext-2/wiki.train.tokens.gz, wiki.{valid,test}.tokens
-    ewt/en_ewt-ud-{train,dev,test}.conllu[.gz]
-
-When a PTB or WikiText file is missing and ``HF_HUB_OFFLINE`` / ``HF_DATASETS_OFFLINE`` are not set, the loader
-falls back to the Hugging Face Hub (``load_dataset("ptb_text_only")``, ``load_dataset("wikitext",
-"wikitext-2-v1")``); PTB-char files, if missing, are derived from the PTB word lines with the exact rule of
-``data/ptb/derive_char.py`` (byte-identical to Mikolov's files). Otherwise a
-:class:`oe_common.data_dir.MissingDataError` names the missing files and where to put them.
-
-Streams (one int array of vocabulary ids per split / domain)
-------------------------------------------------------------
-* **PTB word**: ``line.split() + ["<eos>"]`` per line; vocabulary = the 10,000 train types (``<eos>``,
-  ``<unk>`` included), ids in first-appearance order of train. Test = 82,430 ids.
-* **PTB char**: per line of ``ptb.char.*`` ``line.split() + ["<eos>"]`` (the file's final space-only line is
-  dropped); 50 symbols (49 characters incl. ``_`` + ``<eos>``), ids in first-appearance order of train.
-* **WikiText-2 (OE outliers)**, word: ``line.split() + ["<eos>"]`` for every line (blank lines included, as
-  the standard loader), PTB vocabulary, no lower-casing, OOV -> ``<unk>`` (the paper's code). About 41% of
-  the train tokens become ``<unk>`` (capitalised words, digits, ``@-@`` ...). Char: see
-  :func:`oe_text.normalize.wikitext_char_lines` (glue ``@-@``/``@,@``/``@.@``, lower-case, drop non-PTB
-  characters -- digits are PTB characters and are kept -- ``_`` between words, ``<eos>`` per non-empty line).
-* **EWT (test anomalies)**, per domain (prefix of ``# sent_id`` before the first ``-``), sentences of the
-  train, dev and test files in that order (document order inside a file), the syntactic words of each
-  sentence (multiword-token ranges ``1-2`` and empty nodes ``8.1`` skipped), ``<eos>`` after each sentence.
-  Three protocols (``"spelled"`` only at char level; :data:`DEFAULT_PROTOCOLS` says what a run evaluates):
-
-  - ``"paper"``: the FORMs unchanged, PTB vocabulary, OOV -> ``<unk>`` (what the released code fed its word
-    LM; no lower-casing, punctuation kept).
-  - ``"clean"``: normalised like PTB itself (:func:`oe_text.normalize.normalize_ewt_clean`): hyphens glued,
-    PUNCT removed, lower-case, numbers -> ``N``, PTB escapes, then OOV -> ``<unk>``; sentences left empty
-    are skipped.
-
-  - ``"spelled"`` (char level only; the char runs' headline protocol): the ``"clean"`` words WITHOUT the
-    vocabulary cut, spelled out (:func:`oe_text.normalize.spell_words`): characters outside PTB-char's set
-    dropped, and ``<`` ``>`` too (PTB-char has them only in its ``<unk>`` marker), ``_`` between words,
-    ``<eos>`` after each non-empty sentence. The paper's rule for its char-level WikiText-2 applied to EWT:
-    a character model has an open vocabulary, so rare words are spelled out instead of becoming ``< u n k >``
-    (0% of the characters, vs 5.4% in PTB test, 9-13% under ``"clean"``, 29-35% under ``"paper"``).
-
-  Char level under ``"paper"`` / ``"clean"``: the protocol's word tokens *after* the vocabulary cut, spelled out the way
-  PTB-char was derived from PTB (characters of each word, ``_`` between words, ``<unk>`` as the five
-  characters ``< u n k >``, ``N`` as ``N``, ``<eos>`` after each sentence). Those words are PTB vocabulary
-  tokens, so "lower-case and drop unknown characters" has nothing left to do. Under ``"paper"`` every
-  capitalised word, punctuation mark and number is ``<unk>`` at word level (28-35% of EWT tokens, vs 8-13%
-  under ``"clean"``), so paper-protocol char streams contain that many ``< u n k >``: a consequence of the
-  word protocol, not of the bug below.
-
-  **Note on the paper's char-level EWT numbers.** The released code (``OODCorpus`` with ``char=True``) looked
-  each whole EWT word up in the *character* dictionary, so every word longer than one character became
-  ``< u n k >`` and the "sentences" were mostly ``< u n k > _ < u n k > _ ...``. The char-level EWT rows of
-  Table 6 were measured on that text and cannot be reproduced with either protocol here; that bug is not
-  copied.
-
-Sequences: non-overlapping windows of ``seq_len + 1`` ids, ``seq_len`` of them predicted (70 word / 150 char),
-each scored on its own; see :mod:`oe_text.windows` for the exact definition. The ``len(in) // 5`` anomaly
-draw per domain is done by :func:`oe_common.metrics.evaluate_ood`, not here.
-
-Loaded arrays are cached in memory per process (keyed by file path, size and mtime, and vocabulary), so
-repeated calls are cheap; returned arrays are read-only.
-
-Wrong data stops the load with a one-line :class:`oe_common.data_integrity.DataIntegrityError` naming the file
-(see :mod:`oe_common.data_integrity`): every file is checked against the data folder's ``SHA256SUMS`` before it is
-read (digests cached per file change), what is read is compared with the sizes of the standard corpora
-(:data:`KNOWN_SIZES`), and non-UTF-8 text or a truncated ``.gz`` is reported with the file's name.
-``OE_SKIP_DATA_CHECKS=1`` skips the checksum and size checks (your own corpora under the standard names).
+Main names: :func:`load_text_oe_data` (all three), :func:`ptb_vocab`, :func:`ptb_stream`, :func:`wikitext_stream`,
+:func:`ewt_streams` / :func:`ewt_domains`, the EWT protocols :data:`PROTOCOLS` / :data:`DEFAULT_PROTOCOLS`,
+:data:`KNOWN_SIZES` (the size checks). Streams, protocols, the Hub fallback, caching and
+the data checks: docs/text.md ("Data and protocols", "Streams in detail") and docs/data.md.
 """
 
 from __future__ import annotations
@@ -463,7 +399,7 @@ def _wikitext_lines(split: str, data_dir) -> list[str]:
 
 
 def wikitext_stream(split: str = "train", level: str = "word", data_dir=None, vocab: Vocabulary | None = None) -> np.ndarray:
-    """WikiText-2 ``split`` mapped onto the PTB vocabulary of ``level`` (see the module docstring for the rules)."""
+    """WikiText-2 ``split`` mapped onto the PTB vocabulary of ``level`` (rules: docs/text.md, "Data and protocols")."""
     _check_level(level)
     _check_split(split)
     vocab = vocab if vocab is not None else ptb_vocab(level, data_dir)
@@ -601,7 +537,7 @@ def ewt_sentences(
     """Per EWT domain, the word tokens of every sentence under ``protocol`` (no ``<eos>``).
 
     Args:
-        protocol: ``"paper"``, ``"clean"`` or ``"spelled"`` (module docstring). ``"spelled"`` gives the
+        protocol: ``"paper"``, ``"clean"`` or ``"spelled"`` (docs/text.md, "Data and protocols"). ``"spelled"`` gives the
             ``"clean"`` words without the OOV cut (``map_oov`` is ignored): the words its char strings spell.
         data_dir: the data directory (else ``$OE_DATA_DIR``).
         word_vocab: the vocabulary for the OOV cut (default: PTB's word vocabulary from ``data_dir``).

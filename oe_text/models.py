@@ -1,46 +1,9 @@
 """Language-model factory for the PTB experiments (and ``shifted_logits_and_targets``, kept for its callers).
 
-Model family
-------------
-The OE paper's language models are QRNNs (Merity et al.; the released code: 4 layers of 1550 units, 400-d
-embedding, tied weights, AWD dropouts). We use the **AWD-LSTM** family instead (Merity, Keskar & Socher 2018,
-:mod:`oe_text.modeling_awd_lstm`): same authors and codebase (``awd-lstm-lm``), same regularisers (embedding /
-locked / weight dropout, tied embedding) and PTB perplexity in the same range (the 24M-parameter AWD-LSTM
-reports 57.3 test perplexity on PTB words, 58.8 without fine-tuning; the QRNN is that codebase's faster
-variant, not a more accurate one). Why not the QRNN itself: it needs a custom CUDA kernel (``torchqrnn`` via
-cupy/pynvrtc) that is unmaintained and absent from current PyTorch, whereas the LSTM runs on the stock cuDNN
-kernel and on a CPU. The paper leaves the model family to us as long as quality matches.
-A small GPT-2 (``kind="transformer"``) is offered as a modern alternative.
-
-Presets and their measured parameter counts (unique parameters, tied weights counted once;
-``model.num_parameters()``), for the PTB word vocabulary (10,000) and a PTB character vocabulary (50):
-
-=============  ===========  ====================================================================  ===========  ==========
-kind           preset       architecture                                                           V = 10,000   V = 50
-=============  ===========  ====================================================================  ===========  ==========
-lstm           tiny         emb 128, 2 LSTM layers (256, 128), tied; light dropouts                1,882,896    599,346
-lstm           small        emb 256, 3 LSTM layers (768, 768, 256), tied; AWD dropouts x 3/4       11,497,232   8,940,082
-lstm           paper        emb 400, 3 LSTM layers (1150, 1150, 400), tied; AWD PTB-word dropouts  24,221,600   20,231,650
-lstm           paper_char   emb 200, 3 LSTM layers (1000, 1000, 200), tied; AWD PTB-char dropouts  15,787,600   13,787,650
-transformer    tiny         GPT-2: 2 layers, d 128, 4 heads, 256 positions, tied                    1,709,568    435,968
-transformer    small        GPT-2: 4 layers, d 256, 4 heads, 256 positions, tied                    5,785,088    3,237,888
-transformer    paper        GPT-2: 6 layers, d 512, 8 heads, 256 positions, tied                    24,166,400   19,072,000
-=============  ===========  ====================================================================  ===========  ==========
-
-(``tests/test_text_models.py::test_preset_parameter_counts`` re-measures every row.)
-
-* ``tiny`` is for CPU CI. Measured on this project's 2-core CPU machine while idle (Adam, batch 32): LSTM word
-  level (V 10,000, 70 tokens) 0.33 s/step, so 300 steps ~ 100 s; LSTM char level (V 50, 150 tokens) 0.17 s/step;
-  GPT-2 word level 0.34 s/step. ~65% of the word-level step is the 10,000-way decoder and softmax. When other jobs
-  share the cores, ``torch.set_num_threads(1)`` was several times faster than 2 threads for these small models.
-* ``paper`` is the AWD-LSTM PTB word-level model: dropouts output 0.4 / hidden 0.25 / input 0.4 / embedding 0.1 /
-  weight 0.5 (awd-lstm-lm README recipe: NT-ASGD lr 30, batch 20, bptt 70, 500 epochs).
-* ``paper_char`` is the AWD-LSTM PTB character-level model (Merity et al. 2018b: emb 200, 3 x 1000,
-  dropouts output 0.1 / hidden 0.25 / input 0.1 / embedding 0 / weight 0.5; Adam lr 2e-3, bptt 150).
-* Every GPT-2 preset has ``n_positions = 256`` (>= 151, so char windows of 150 + 1 fit) and ``use_cache=False``.
-
-``**overrides`` of :func:`build_language_model` replace any field of the preset's config (an unknown name is
-an error).
+Main names: :func:`build_language_model` (``kind`` ``"lstm"``: the AWD-LSTM of :mod:`oe_text.modeling_awd_lstm`,
+or ``"transformer"``: a small GPT-2), :data:`PRESETS` (config fields by kind and preset; ``**overrides`` replace
+any field, an unknown name is an error), :data:`MODEL_KINDS`. Why the AWD-LSTM instead of the paper's QRNN, and
+every preset with its measured parameter count and CPU speed: docs/text.md ("Models").
 """
 
 from __future__ import annotations
@@ -98,7 +61,7 @@ def build_language_model(kind: str, vocab_size: int, preset: str = "tiny", **ove
 
     Both return ``logits`` ``(B, L, vocab_size)`` and take ``labels`` (HF causal shift, -100 ignored), so
     ``transformers.Trainer`` trains them. Set the seed (``transformers.set_seed``) before calling for a
-    reproducible initialisation. See the module docstring for the presets and their parameter counts.
+    reproducible initialisation. The presets and their parameter counts: docs/text.md, "Models".
     """
     if kind not in MODEL_KINDS:
         raise ValueError(f"kind must be one of {MODEL_KINDS}, got {kind!r}")

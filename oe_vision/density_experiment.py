@@ -5,7 +5,7 @@ Stages:
 1. **baseline**: PixelCNN++ trained by maximum likelihood on the in-distribution training images (or loaded from
    ``baseline_checkpoint``);
 2. **oe**: that model fine-tuned for ``oe_epochs`` (paper: 1-2) with the likelihood loss plus the OE margin loss
-   ``max(0, m*D + nll(x_in) - nll(x_out))`` (:class:`oe_vision.density_oe.DensityOETrainer`, equal in / outlier
+   ``max(0, m*D + nll(x_in) - nll(x_out))`` (:class:`oe_vision.density_trainer.DensityOETrainer`, equal in / outlier
    batch sizes, per-subpixel scale);
 3. **evaluation** of both models: anomaly score bits per dimension (higher = more anomalous) on the in-distribution
    test images, every anomaly set and held-out OE-source images; the paper's protocol of
@@ -69,7 +69,7 @@ from oe_common.reporting import (
 )
 
 from . import data as vdata
-from .density_oe import DensityOETrainer, DensityOETrainingArguments, density_collate, to_uint8_pixels
+from .density_trainer import DensityOETrainer, DensityOETrainingArguments, density_collate, to_uint8_pixels
 from .modeling_pixelcnnpp import PixelCNNPPConfig, PixelCNNPPModel
 
 __all__ = [
@@ -245,7 +245,7 @@ def preset_config(dataset: str, preset: str, **overrides: Any) -> DensityOEConfi
 class UInt8ImageDataset(Dataset):
     """Images held as one ``uint8`` tensor ``(N, C, H, W)``; item ``i`` is ``(images[i], labels[i])``.
 
-    Use with :func:`oe_vision.density_oe.density_collate` (uint8 goes to the model as is)."""
+    Use with :func:`oe_vision.density_trainer.density_collate` (uint8 goes to the model as is)."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor | None = None, name: str = ""):
         if images.dtype != torch.uint8 or images.dim() != 4:
@@ -287,7 +287,7 @@ def to_uint8_dataset(
 
     Items are (image, label) pairs or dicts with ``"pixel_values"``, images ``uint8`` or floats in ``[0, 1]``; ``unstandardize=(mean, std)`` first
     maps per-channel standardised images back (``x * std + mean``). Floats are clamped to ``[0, 1]`` and rounded to
-    the 256 levels (:func:`~oe_vision.density_oe.to_uint8_pixels`).
+    the 256 levels (:func:`~oe_vision.density_trainer.to_uint8_pixels`).
     """
     name = name or getattr(dataset, "name", "")
     if len(dataset) == 0:

@@ -1,8 +1,10 @@
-"""PixelCNN++ (Salimans, Karpathy, Chen & Kingma, ICLR 2017) as a Hugging Face ``PreTrainedModel``.
+"""PixelCNN++ (Salimans, Karpathy, Chen & Kingma, ICLR 2017) as a Hugging Face ``PreTrainedModel``: the density
+model of the OE paper's Table 5 (anomaly score: bits per dimension, higher = more anomalous; the OE objective is
+:func:`oe_common.losses.density_oe_loss`).
 
-Used by the Outlier Exposure paper (Table 5) as the density model: trained by maximum likelihood on D_in, then
-fine-tuned with the OE margin loss ``max(0, m*D + nll(x_in) - nll(x_out))`` (m = 1 nat per subpixel, D subpixels)
-plus the usual likelihood loss; the anomaly score is bits per dimension (higher = more anomalous).
+Main names: :class:`PixelCNNPPConfig` (presets :data:`PIXELCNNPP_PRESETS`), :class:`PixelCNNPPModel`,
+:func:`discretized_logistic_mixture_log_prob`, :func:`sample_discretized_logistic_mixture`, :func:`bits_per_dim`,
+:func:`preprocess_pixels`. The architecture and its initialisation: docs/pixelcnn.md ("The model").
 
 Inputs
     ``pixel_values``: ``(B, C, H, W)``, C = ``config.image_channels`` (1 or 3), scaled to ``[-1, 1]`` on the
@@ -11,41 +13,12 @@ Inputs
     multiples of 4 (three resolutions, two stride-2 down-samplings); the network is fully convolutional, so
     H, W need not equal ``config.image_size`` (that field is used for sampling and ``num_subpixels``).
 
-Architecture (as the reference implementation, ``openai/pixel-cnn``)::
-
-    x_pad = [x, 1]                                  (a channel of ones marks the image against zero padding)
-    u  = down_shift(down_shifted_conv 2x3 (x_pad))                               "pixels above"
-    ul = down_shift(down_shifted_conv 1x3 (x_pad))
-         + right_shift(down_right_shifted_conv 2x1 (x_pad))                       "above and to the left"
-    up pass  : 3 resolutions x nr_resnet gated resnets (u; ul gets u as shortcut), stride-2 causal convs
-               between resolutions; every intermediate u/ul is kept for the down pass
-    down pass: 3 resolutions x (nr_resnet, nr_resnet + 1, nr_resnet + 1) gated resnets, each taking the
-               matching up-pass tensor through a 1x1 "nin" shortcut (ul gets [u, ul_skip]); stride-2 causal
-               transposed convs between resolutions
-    params = nin(elu(ul))                           (B, P, H, W) discretized-logistic-mixture parameters
-
-    gated_resnet(x, a) = x + A * sigmoid(B),  [A, B] = conv(dropout(concat_elu(conv(concat_elu(x))
-                                                                                + nin(concat_elu(a)))))
-
-All convolutions use weight normalisation (``w = g * v / ||v||`` per output channel). Deviation: no
-data-dependent initialisation (as in the widely used PyTorch port); instead ``g = 1`` (unit-norm filters,
-LeCun-like scale), ``g = 0.1`` for the second conv of each gated resnet (the reference's ``init_scale=0.1``) and
-``g = 2`` for the stride-2 transposed convs (each output sees about a quarter of the kernel taps; this keeps the
-activation scale ~1 across resolutions, the job data-dependent init does in the reference).
-
 Mixture parameters, layout along dim 1 (``P`` channels, K = ``nr_logistic_mix``):
     ``[0, K)``: mixture logits; then for each channel c one block of ``3K`` (RGB) or ``2K`` (gray):
     ``K`` means, ``K`` log-scales (clamped below at -7), and for RGB ``K`` raw coefficients (``tanh``-ed).
     RGB: P = 10K, gray: P = 3K. Within a component the channels are autoregressive (reference):
     ``mu_G = mu_G' + tanh(a) * x_R``, ``mu_B = mu_B' + tanh(b) * x_R + tanh(c) * x_G``; the coefficients of
     channel slot 0, 1, 2 are a, b, c. The mixture is over the joint (R, G, B) of a pixel.
-
-Likelihood (nats; see :func:`discretized_logistic_mixture_log_prob`): bin ``[x - 1/255, x + 1/255]``, except
-x = -1 (value 0): ``CDF(x + 1/255)``; x = 1 (value 255): ``1 - CDF(x - 1/255)``; an interior bin with
-probability < 1e-5 uses the reference's fallback ``log pdf(x) - log 127.5`` (density at the bin centre times
-the bin width 2/255). The bin difference ``sigmoid(a) - sigmoid(b)`` is evaluated on the side of the logistic
-where it does not cancel (``sigmoid(-b) - sigmoid(-a)`` above the mean): the same number in exact arithmetic,
-more accurate in float32.
 """
 
 from __future__ import annotations
@@ -64,8 +37,6 @@ try:  # transformers >= 5: init functions that skip tensors already loaded from 
 except ImportError:  # pragma: no cover - older transformers
     _init = nn.init
 
-from oe_common.losses import density_margin_loss
-
 __all__ = [
     "MODEL_TYPE",
     "PIXELCNNPP_PRESETS",
@@ -76,7 +47,6 @@ __all__ = [
     "discretized_logistic_mixture_log_prob",
     "discretized_logistic_mixture_log_prob_per_subpixel",
     "num_mixture_params",
-    "pixelcnn_oe_loss",
     "preprocess_pixels",
     "register_auto_classes",
     "sample_discretized_logistic_mixture",
@@ -266,6 +236,12 @@ def discretized_logistic_mixture_log_prob(x: torch.Tensor, params: torch.Tensor)
             e.g. ``PixelCNNPPModel(...).logits``. Computed in float32 (or float64 if either input is float64).
 
     Per pixel: ``log sum_k pi_k prod_c p_k(x_c | x_<c)`` (the mixture is over the pixel's joint channels).
+    Bins: ``[x - 1/255, x + 1/255]``, except
+    x = -1 (value 0): ``CDF(x + 1/255)``; x = 1 (value 255): ``1 - CDF(x - 1/255)``; an interior bin with
+    probability < 1e-5 uses the reference's fallback ``log pdf(x) - log 127.5`` (density at the bin centre times
+    the bin width 2/255). The bin difference ``sigmoid(a) - sigmoid(b)`` is evaluated on the side of the logistic
+    where it does not cancel (``sigmoid(-b) - sigmoid(-a)`` above the mean): the same number in exact arithmetic,
+    more accurate in float32.
     """
     log_probs, log_mix = _component_log_probs(x, params)
     per_pixel = torch.logsumexp(log_mix + log_probs.sum(dim=1), dim=1)  # (B, H, W)
@@ -340,34 +316,6 @@ def bits_per_dim(nll: torch.Tensor, num_subpixels: int) -> torch.Tensor:
     if num_subpixels <= 0:
         raise ValueError(f"num_subpixels must be positive, got {num_subpixels}")
     return nll / (num_subpixels * math.log(2.0))
-
-
-def pixelcnn_oe_loss(
-    nll_in: torch.Tensor,
-    nll_out: torch.Tensor,
-    num_subpixels: int,
-    margin_per_subpixel: float = 1.0,
-    oe_lambda: float = 1.0,
-) -> torch.Tensor:
-    """OE fine-tuning objective for PixelCNN++ (paper: the margin loss plus the usual likelihood loss on D_in).
-
-    ``L = [ mean_i nll_in_i + oe_lambda * mean_i max(0, m*D + nll_in_i - nll_out_i) ] / D``
-
-    i.e. the paper's objective in nats per image (likelihood term and margin term with equal weight, ``oe_lambda = 1``),
-    divided by ``D = num_subpixels`` so that the likelihood part equals the model's ``output.loss`` (mean nats per
-    subpixel) and learning rates stay those of likelihood training. The margin term is
-    :func:`oe_common.losses.density_margin_loss` with margin ``margin_per_subpixel * D`` nats (paper: m = 1).
-
-    Args:
-        nll_in: ``(N,)`` per-image nll (nats, summed over subpixels) of in-distribution images (``output.nll``).
-        nll_out: ``(N,)`` the same for outlier images, paired element-wise with ``nll_in`` (trim or split the OE
-            batch to ``N`` first; every ``nll_in`` also enters the likelihood term).
-        num_subpixels: ``D = C * H * W``.
-    """
-    if num_subpixels <= 0:
-        raise ValueError(f"num_subpixels must be positive, got {num_subpixels}")
-    margin = density_margin_loss(nll_in, nll_out, margin_per_subpixel * num_subpixels)
-    return (nll_in.mean() + oe_lambda * margin) / num_subpixels
 
 
 def preprocess_pixels(images: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,7 @@ parameter as in the OE code, cosine schedule per step to 0, no gradient clipping
 3. **oe_scratch** (optional): the same objective from a fresh initialisation, for the baseline's schedule;
 4. **branch** (optional): a classifier with a DeVries & Taylor confidence branch, trained with their loss;
 5. **branch_oe**: that model fine-tuned with ``+ 0.5 * E_OE[log b(x)]``
-   (:class:`oe_vision.confidence_experiment.ConfidenceBranchOETrainer`).
+   (:class:`oe_vision.confidence_trainer.ConfidenceBranchOETrainer`).
 
 Evaluation of every model on the test set, the hold-out set and every anomaly set (one forward pass each, the
 logits and branch logits are kept): anomaly scores ``msp`` (``-max softmax``), ``uniform_xent``
@@ -65,10 +65,10 @@ from oe_common.trainer import OETrainer, OETrainingArguments
 from . import data as vdata
 from .calibration_experiment import reliability_diagrams, run_calibration, table7_markdown
 from .confidence import confidence_branch_score
-from .confidence_experiment import ConfidenceBranchOETrainer, table3_markdown
+from .confidence_trainer import ConfidenceBranchOETrainer
 from .modeling_mnist_convnet import MnistConvNetConfig, MnistConvNetForImageClassification
 from .modeling_wide_resnet import WideResNetConfig, WideResNetForImageClassification
-from .paper_results import MSP_MISCLASSIFICATION, OE_SCRATCH_CIFAR10, PAPER_ONLY_ROWS, detection_table, scores_table
+from .paper_results import MSP_MISCLASSIFICATION, OE_SCRATCH_CIFAR10, PAPER_ONLY_ROWS, TABLE3, detection_table, scores_table
 from .synthetic import SyntheticImageDataset
 
 __all__ = [
@@ -482,7 +482,7 @@ def train_stage(model: PreTrainedModel, data: VisionData, cfg: VisionOEConfig, s
 
     Optimizer: ``torch.optim.SGD(model.parameters(), lr, momentum, nesterov=True, weight_decay)`` (decay on every
     parameter, as the OE code); the Trainer adds the cosine schedule. ``branch``/``branch_oe`` use
-    :class:`~oe_vision.confidence_experiment.ConfidenceBranchOETrainer`; the others :class:`OETrainer`.
+    :class:`~oe_vision.confidence_trainer.ConfidenceBranchOETrainer`; the others :class:`OETrainer`.
     """
     args = training_arguments(cfg, stage, output_dir)
     if stage.startswith("branch") != bool(getattr(model.config, "confidence_branch", False)):
@@ -692,6 +692,37 @@ def _misclassification_markdown(records: Sequence[Mapping[str, Any]], dataset: s
     ref = MSP_MISCLASSIFICATION.get(dataset)
     if ref:
         lines.append(f"| paper (MSP paper, {dataset}) | {ref['test_error']:.2f} | {ref['auroc']:.0f} | {ref['aupr_err']:.0f} | {ref['aupr_succ']:.0f} |")
+    return "\n".join(lines)
+
+
+def table3_markdown(
+    means: Mapping[str, Mapping[str, float]],
+    per_set: Mapping[str, Mapping[str, Mapping[str, float]]],
+    fpr_key: str,
+    set_names: Sequence[str],
+) -> str:
+    """Table 3 layout: MSP -> confidence branch -> branch + OE for FPR / AUROC / AUPR, per set and mean.
+
+    Args:
+        means: ``{"msp" | "branch" | "branch_oe": {metric: fraction}}`` (the ``mean`` rows).
+        per_set: ``{column: {set: {metric: fraction}}}``.
+        fpr_key: ``"fpr99"`` or ``"fpr95"``.
+        set_names: rows, in order.
+    """
+    columns = ("msp", "branch", "branch_oe")
+    label = fpr_key.upper()
+    lines = [f"| D_out^test | {label} ↓ MSP / branch / +OE | AUROC ↑ MSP / branch / +OE | AUPR ↑ MSP / branch / +OE |", "|---|---|---|---|"]
+
+    def cells(rows: Mapping[str, Mapping[str, float]]) -> list[str]:
+        return [" / ".join(f"{rows[c][k] * 100:.1f}" if c in rows else "–" for c in columns) for k in (fpr_key, "auroc", "aupr")]
+
+    for name in set_names:
+        lines.append("| " + " | ".join([name, *cells({c: per_set[c][name] for c in columns if name in per_set.get(c, {})})]) + " |")
+    lines.append("| " + " | ".join(["**mean**", *cells(means)]) + " |")
+    paper = TABLE3["cifar10"]
+    lines.append(
+        "| paper CIFAR-10 mean (WRN 40-4, FPR95) | " + " | ".join(" / ".join(f"{v:.1f}" for v in paper[k]) for k in ("fpr95", "auroc", "aupr")) + " |"
+    )
     return "\n".join(lines)
 
 

@@ -174,19 +174,40 @@ def test_eval_bad_anomaly_file(text_model, tmp_path, capsys):
 def test_train_unknown_and_missing_recipe(tmp_path, monkeypatch, capsys):
     assert cli.main(["train", "no-such-recipe"]) == 1
     assert "unknown recipe" in capsys.readouterr().err
-    monkeypatch.setitem(cli.RECIPES, "ghost", "recipes/ghost_recipe_that_does_not_exist.py")
+    monkeypatch.setitem(cli.RECIPES, "ghost", ("oe_ghost_recipe_module_that_does_not_exist", "main", {}))
     assert cli.main(["train", "ghost", "--preset", "tiny"]) == 1
-    assert "ghost_recipe_that_does_not_exist.py" in capsys.readouterr().err
+    assert "oe_ghost_recipe_module_that_does_not_exist" in capsys.readouterr().err
     assert cli.main(["train", "--list"]) == 0
-    assert "ptb-word" in capsys.readouterr().out
+    listed = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in listed] == list(cli.RECIPES) and "ptb-word" in cli.RECIPES
 
 
-def test_train_runs_the_recipe_with_its_arguments(tmp_path, monkeypatch):
-    script = tmp_path / "recipe.py"
+def test_every_listed_recipe_is_an_importable_main():
+    import importlib
+
+    for name, (module, function, _kwargs) in cli.RECIPES.items():
+        assert callable(getattr(importlib.import_module(module), function)), name
+
+
+def test_train_runs_the_recipe_in_process_with_its_arguments(tmp_path, monkeypatch):
     record = tmp_path / "argv.json"
-    script.write_text(f"import json, sys\njson.dump(sys.argv[1:], open({str(record)!r}, 'w'))\nsys.exit(3 if '--fail' in sys.argv else 0)\n")
-    monkeypatch.setattr(cli, "REPO_ROOT", tmp_path)
-    monkeypatch.setitem(cli.RECIPES, "toy", "recipe.py")
-    assert cli.main(["train", "toy", "--preset", "tiny", "--help"]) == 0
-    assert json.loads(record.read_text()) == ["--preset", "tiny", "--help"]
-    assert cli.main(["train", "toy", "--fail"]) == 3  # the recipe's exit code
+    (tmp_path / "oe_toy_recipe.py").write_text(
+        "import argparse, json, sys\n"
+        "def main(level, argv=None):\n"
+        f"    json.dump([level, argv], open({str(record)!r}, 'w'))\n"
+        "    argparse.ArgumentParser(prog='toy').parse_args([a for a in argv if a != '--fail'][2:])\n"
+        "    if '--fail' in argv: raise SystemExit(3)\n"
+        "    return {'ok': 1}\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(cli.RECIPES, "toy", ("oe_toy_recipe", "main", {"level": "word"}))
+    assert cli.main(["train", "toy", "--preset", "tiny"]) == 0
+    assert json.loads(record.read_text()) == ["word", ["--preset", "tiny"]]
+    assert cli.main(["train", "toy", "--preset", "tiny", "--help"]) == 0  # the recipe's --help
+    assert cli.main(["train", "toy", "--preset", "tiny", "--bad-flag"]) == 2  # the recipe's usage error
+    assert cli.main(["train", "toy", "--preset", "tiny", "--fail"]) == 3  # the recipe's exit code
+    script = tmp_path / "recipe.py"
+    script.write_text(f"import json, sys\njson.dump(sys.argv, open({str(record)!r}, 'w'))\nsys.exit(3 if '--fail' in sys.argv else 0)\n")
+    assert cli.main(["train", str(script), "--preset", "tiny"]) == 0
+    assert json.loads(record.read_text()) == [str(script), "--preset", "tiny"]
+    assert cli.main(["train", str(script), "--fail"]) == 3

@@ -1,4 +1,4 @@
-"""PixelCNN++ + Outlier Exposure (oe_vision/density_oe.py, oe_vision/density_experiment.py, recipes/pixelcnn_oe.py).
+"""PixelCNN++ + Outlier Exposure (oe_vision/density_trainer.py, oe_vision/density_experiment.py, recipes/pixelcnn_oe.py).
 
 The trainer's loss against a direct computation, exact gradient accumulation, the bits/dim score, input checks, and
 an end-to-end ``test``-preset run on real MNIST with iSUN outliers (needs $OE_DATA_DIR). Tiny models, one thread.
@@ -24,8 +24,9 @@ from oe_vision.density_experiment import (
     preset_config,
     run_density_oe,
 )
-from oe_vision.density_oe import DensityOETrainer, DensityOETrainingArguments, density_collate, to_uint8_pixels
-from oe_vision.modeling_pixelcnnpp import PixelCNNPPConfig, PixelCNNPPModel, pixelcnn_oe_loss
+from oe_vision.density_trainer import DensityOETrainer, DensityOETrainingArguments, density_collate, to_uint8_pixels
+from oe_common.losses import pixelcnn_oe_loss
+from oe_vision.modeling_pixelcnnpp import PixelCNNPPConfig, PixelCNNPPModel
 
 
 TORCH_THREADS = 1  # tiny models: see the conftest fixture _torch_threads
@@ -251,9 +252,9 @@ def test_bits_per_dim_summary_flags_more_likely_sets():
 
 
 def test_recipe_is_registered():
-    from oe_common.cli import REPO_ROOT, RECIPES
+    from oe_common.cli import RECIPES
 
-    assert RECIPES["pixelcnn"] == "recipes/pixelcnn_oe.py" and (REPO_ROOT / RECIPES["pixelcnn"]).is_file()
+    assert RECIPES["pixelcnn"] == ("oe_vision.density_experiment", "main", {})
 
 
 def test_report_explains_a_near_zero_margin_activity_only_when_it_is_near_zero():

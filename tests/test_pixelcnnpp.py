@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from oe_common.losses import density_margin_loss
+from oe_common.losses import density_margin_loss, density_oe_loss, pixelcnn_oe_loss
 from oe_vision import modeling_pixelcnnpp as pcnn
 from oe_vision.modeling_pixelcnnpp import (
     PixelCNNPPConfig,
@@ -20,7 +20,6 @@ from oe_vision.modeling_pixelcnnpp import (
     discretized_logistic_mixture_log_prob,
     discretized_logistic_mixture_log_prob_per_subpixel,
     num_mixture_params,
-    pixelcnn_oe_loss,
     preprocess_pixels,
     register_auto_classes,
     sample_discretized_logistic_mixture,
@@ -440,6 +439,11 @@ def test_pixelcnn_oe_loss_formula():
     )
     with pytest.raises(ValueError):
         pixelcnn_oe_loss(nll_in, nll_out[:2], d)
+    # unequal batches: every in-distribution nll enters the likelihood term, the first B' pair with the outliers
+    loss, loss_in, loss_oe = density_oe_loss(nll_in, nll_out[:2], d, oe_lambda=0.7)
+    torch.testing.assert_close(loss_in, nll_in.mean() / d)
+    torch.testing.assert_close(loss_oe, torch.relu(m * d + nll_in[:2] - nll_out[:2]).mean() / d)
+    torch.testing.assert_close(loss, loss_in + 0.7 * loss_oe)
 
 
 @pytest.mark.parametrize("objective", ["margin_only", "pixelcnn_oe_loss"])

@@ -1,4 +1,4 @@
-"""Confidence branch + Outlier Exposure (paper Sec. 4.2, Table 3): the trainer and the Table 3 layout.
+"""Confidence branch + Outlier Exposure (paper Sec. 4.2, Table 3): :class:`ConfidenceBranchOETrainer`.
 
 A classifier with a DeVries & Taylor confidence branch (``config.confidence_branch=True``, see
 :mod:`oe_vision.confidence`) outputs class logits ``z`` and a branch logit ``c`` with ``b(x) = sigmoid(c)``. Its
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -35,9 +35,7 @@ from torch import nn
 from oe_common.losses import BRANCH_EPS, confidence_branch_oe_loss
 from oe_common.trainer import OETrainer
 
-from .paper_results import TABLE3
-
-__all__ = ["ConfidenceBranchOETrainer", "branch_logits", "table3_markdown", "BRANCH_EPS", "BRANCH_LOGIT_BOUND"]
+__all__ = ["ConfidenceBranchOETrainer", "branch_logits", "BRANCH_EPS", "BRANCH_LOGIT_BOUND"]
 
 #: ``BRANCH_EPS`` (1e-12, from :mod:`oe_common.losses`) clamps ``b`` before the log in the OE term, as DeVries &
 #: Taylor's code clamps ``b``; equivalently the branch logits are clamped to ``[-bound, bound]``, ``bound =
@@ -91,34 +89,3 @@ class ConfidenceBranchOETrainer(OETrainer):
         training diverges) on float32 logits.
         """
         return confidence_branch_oe_loss(out_logits.float(), eps=BRANCH_EPS)
-
-
-def table3_markdown(
-    means: Mapping[str, Mapping[str, float]],
-    per_set: Mapping[str, Mapping[str, Mapping[str, float]]],
-    fpr_key: str,
-    set_names: Sequence[str],
-) -> str:
-    """Table 3 layout: MSP -> confidence branch -> branch + OE for FPR / AUROC / AUPR, per set and mean.
-
-    Args:
-        means: ``{"msp" | "branch" | "branch_oe": {metric: fraction}}`` (the ``mean`` rows).
-        per_set: ``{column: {set: {metric: fraction}}}``.
-        fpr_key: ``"fpr99"`` or ``"fpr95"``.
-        set_names: rows, in order.
-    """
-    columns = ("msp", "branch", "branch_oe")
-    label = fpr_key.upper()
-    lines = [f"| D_out^test | {label} ↓ MSP / branch / +OE | AUROC ↑ MSP / branch / +OE | AUPR ↑ MSP / branch / +OE |", "|---|---|---|---|"]
-
-    def cells(rows: Mapping[str, Mapping[str, float]]) -> list[str]:
-        return [" / ".join(f"{rows[c][k] * 100:.1f}" if c in rows else "–" for c in columns) for k in (fpr_key, "auroc", "aupr")]
-
-    for name in set_names:
-        lines.append("| " + " | ".join([name, *cells({c: per_set[c][name] for c in columns if name in per_set.get(c, {})})]) + " |")
-    lines.append("| " + " | ".join(["**mean**", *cells(means)]) + " |")
-    paper = TABLE3["cifar10"]
-    lines.append(
-        "| paper CIFAR-10 mean (WRN 40-4, FPR95) | " + " | ".join(" / ".join(f"{v:.1f}" for v in paper[k]) for k in ("fpr95", "auroc", "aupr")) + " |"
-    )
-    return "\n".join(lines)

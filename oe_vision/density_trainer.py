@@ -6,7 +6,7 @@ Objective per in-distribution micro-batch ``x_in`` (B images) and outlier micro-
     loss = (1 / D) * [ mean_{i<B} nll(x_in_i)
                        + oe_lambda * mean_{i<n} max(0, m * D + nll(x_in_i) - nll(x_out_i)) ]
 
-i.e. :func:`oe_vision.modeling_pixelcnnpp.pixelcnn_oe_loss` (equal to it when ``B = B'``): the likelihood term is the
+i.e. :func:`oe_common.losses.density_oe_loss` (:func:`~oe_common.losses.pixelcnn_oe_loss` when ``B = B'``): the likelihood term is the
 model's own ``loss`` (mean nats per subpixel), the margin term (:func:`oe_common.losses.density_margin_loss`, margin
 ``m * D`` nats with ``m = oe_margin_per_subpixel``, paper: 1) pairs in-distribution and outlier images element-wise
 and is divided by ``D`` so that the total stays "per subpixel" and the learning rates of likelihood training apply.
@@ -47,7 +47,7 @@ from torch import nn
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from oe_common import metrics as oe_metrics
-from oe_common.losses import density_margin_loss
+from oe_common.losses import density_oe_loss
 from oe_common.trainer import OETrainer, OETrainingArguments
 
 __all__ = [
@@ -164,15 +164,6 @@ class DensityOETrainer(OETrainer):
             return nll[: len(x_in)], nll[len(x_in) :]
         return self._nll(model(pixel_values=x_in)), self._nll(model(pixel_values=x_out))
 
-    def density_oe_terms(self, nll_in: torch.Tensor, nll_out: torch.Tensor, num_subpixels: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(loss_in, loss_oe)`` per subpixel: ``mean nll_in / D`` and ``mean_i max(0, m D + nll_in_i - nll_out_i) / D``
-        over the first ``min(B, B')`` pairs. The training loss is ``loss_in + oe_lambda * loss_oe``."""
-        n = min(len(nll_in), len(nll_out))
-        loss_in = nll_in.mean() / num_subpixels
-        margin = self.margin_per_subpixel * num_subpixels
-        loss_oe = density_margin_loss(nll_in[:n].float(), nll_out[:n].float(), margin) / num_subpixels
-        return loss_in, loss_oe
-
     # ---- the loss ------------------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """Likelihood loss (the model's) without outliers or in evaluation; with outliers while training, likelihood +
@@ -189,8 +180,7 @@ class DensityOETrainer(OETrainer):
         x_out = x_out[: len(x_in)]  # extra outliers would not enter the loss: skip their forward pass
         nll_in, nll_out = self.density_nll_pair(model, x_in, x_out)
         num_subpixels = int(x_in[0].numel())
-        loss_in, loss_oe = self.density_oe_terms(nll_in, nll_out, num_subpixels)
-        loss = loss_in + self.args.oe_lambda * loss_oe
+        loss, loss_in, loss_oe = density_oe_loss(nll_in, nll_out, num_subpixels, self.args.oe_lambda, self.margin_per_subpixel)
 
         record = torch.stack([loss_in.detach().float(), loss_oe.detach().float(), torch.ones((), device=loss_in.device)])
         self._oe_log_sums = record if self._oe_log_sums is None else self._oe_log_sums + record
