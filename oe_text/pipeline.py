@@ -64,8 +64,14 @@ PRESET_NAMES = ("test", "tiny", "paper")
 TEXT_SCORES = ("nll", "uniform_xent")
 #: False-alarm rate of the saved detector's threshold, fitted on the PTB validation sentences.
 DETECTOR_TARGET_FPR = 0.05
-#: Normaliser of the saved detector per level: raw English -> PTB conventions (identity on PTB's own lines).
-DETECTOR_NORMALIZER = {"word": "ptb", "char": "ptb_char"}
+#: Normaliser of the saved detector per level: how it reads raw English, the way the EWT protocol
+#: :data:`DETECTOR_PROTOCOL` reads EWT (word: ``ptb``, PTB conventions; char: ``spelled``, no vocabulary cut).
+DETECTOR_NORMALIZER = {"word": "ptb", "char": "spelled"}
+#: The EWT protocol whose records go on the detector's card (the one its normaliser reproduces).
+DETECTOR_PROTOCOL = {"word": "clean", "char": "spelled"}
+#: Normaliser that reads PTB's own lines exactly as training did (identity on them): the threshold is fitted on
+#: PTB validation sentences read this way (``spelled`` would turn PTB's ``N`` / ``<unk>`` into letters).
+PTB_LINE_NORMALIZER = {"word": "ptb", "char": "ptb_char"}
 
 
 @dataclasses.dataclass
@@ -424,21 +430,20 @@ def save_text_detector(
 ) -> Path:
     """Save the OE language model as an :class:`oe_common.detector.OODDetector` (``oe score --model FOLDER``).
 
-    * preprocessing: the PTB vocabulary, normaliser :data:`DETECTOR_NORMALIZER` (raw English in PTB
-      conventions; PTB's own lines pass unchanged), windows of ``data.seq_len`` predicted tokens;
+    * preprocessing: the PTB vocabulary, normaliser :data:`DETECTOR_NORMALIZER` (raw English read the way the
+      evaluation read EWT: ``ptb`` at word level, ``spelled`` at char level), windows of ``data.seq_len`` tokens;
     * score ``nll``: mean NLL per predicted token of a sentence (``<eos>`` before and after it);
     * threshold: flags ``target_fpr`` of the PTB VALIDATION sentences (held out from training; it only chose the
-      checkpoint), scored by the detector itself, so it applies to sentences as a user gives them. With
-      ``cfg.valid_windows`` set (the CPU presets) only the complete sentences inside those windows are used, the
-      validation data the run itself used;
-    * evaluation on the card: the recipe's own ``oe`` / ``nll`` records (``results.json``) under the ``clean``
-      EWT protocol (the one matching the ``ptb`` normaliser; else the first protocol run), measured on
+      checkpoint), read as in training (:data:`PTB_LINE_NORMALIZER`). With ``cfg.valid_windows`` set (the CPU
+      presets) only the complete sentences inside those windows are used, the validation data the run itself used;
+    * evaluation on the card: the recipe's own ``oe`` / ``nll`` records (``results.json``) under the EWT protocol
+      :data:`DETECTOR_PROTOCOL` (the one the normaliser reproduces; else the first protocol run), measured on
       windows of ``seq_len`` tokens, as the card says.
     """
     from oe_common.detector import OODDetector, TextPreprocessing
     from oe_common.metrics import OODTable
 
-    protocol = "clean" if "clean" in cfg.protocols else cfg.protocols[0]
+    protocol = DETECTOR_PROTOCOL[cfg.level] if DETECTOR_PROTOCOL[cfg.level] in cfg.protocols else cfg.protocols[0]
     rows = [r for r in records if (r["model"], r["score"], r["protocol"]) == ("oe", "nll", protocol)]
     evaluation = None
     if rows:
@@ -472,8 +477,11 @@ def save_text_detector(
     if cfg.valid_windows is not None:  # windows are consecutive chunks of seq_len + 1 ids (oe_text.windows)
         valid = valid[: cfg.valid_windows * (data.seq_len + 1)]
     valid_lines = stream_lines(valid, data.vocab)
-    detector.fit_threshold(valid_lines, target_fpr=target_fpr)
-    detector.threshold_info["data"] = "PTB validation sentences, one example per line"
+    ptb_reader = OODDetector(model, TextPreprocessing(data.vocab, normalizer=PTB_LINE_NORMALIZER[cfg.level], seq_len=data.seq_len),
+                             score="nll", device=detector.device, batch_size=cfg.eval_batch_size, progress=False)
+    detector.fit_threshold_from_scores(ptb_reader.score(valid_lines), target_fpr=target_fpr)
+    detector.threshold_info["data"] = (f"PTB validation sentences, one example per line, read as in training "
+                                       f"(normaliser {PTB_LINE_NORMALIZER[cfg.level]!r})")
     return detector.save_pretrained(folder)
 
 

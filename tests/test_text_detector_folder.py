@@ -114,3 +114,32 @@ def test_run_text_oe_writes_the_detector_folder(tmp_path, data_dir):
     det = OODDetector.from_pretrained(folder, device="cpu", progress=False)
     assert row["score"] == pytest.approx(float(det.score("the stock market fell")[0]), rel=1e-6)
     assert row["is_anomaly"] == bool(row["score"] > config["threshold"])
+
+
+def test_char_detector_reads_raw_english_like_the_spelled_protocol(tmp_path, data_dir):
+    """Issue #16: the char recipe's detector reads raw English with the ``spelled`` rule (its card shows the
+    ``spelled`` records), while its threshold is fitted on PTB validation read as in training (``ptb_char``:
+    ``spelled`` would turn PTB's ``N`` and ``<unk>`` into letters)."""
+    from oe_text.pipeline import evaluate_scores, preset_config, save_text_detector
+
+    cfg = preset_config("char", "test", valid_windows=3, protocols=("spelled", "clean"), n_draws=2)
+    data = load_text_oe_data("char", data_dir, protocol=("spelled", "clean"))
+    torch.manual_seed(0)
+    model = build_language_model(cfg.model, len(data.vocab), cfg.model_preset)
+    rng = np.random.default_rng(0)
+    fake = {"nll": {"ptb/test": rng.normal(size=100), "spelled/email": rng.normal(2, 1, 40), "clean/email": rng.normal(0.5, 1, 40)}}
+    records = evaluate_scores(fake, cfg, "baseline") + evaluate_scores(fake, cfg, "oe")
+    folder = save_text_detector(model, data, cfg, records, tmp_path / "detector")
+    det = OODDetector.from_pretrained(folder, device="cpu", progress=False)
+    assert det.preprocessing.normalizer == "spelled"
+    (mean,) = [r for r in records if (r["model"], r["protocol"], r["domain"]) == ("oe", "spelled", "mean")]
+    assert {row["name"]: row["auroc"] for row in det.evaluation["rows"]}["mean"] == mean["auroc"]
+    stream = data.streams["ptb/valid"][: 3 * (data.seq_len + 1)]
+    n_lines = int((stream == data.vocab.eos_id).sum())
+    lines = _ptb_file_lines(data_dir, "ptb.valid.txt")[:n_lines]
+    as_trained = OODDetector(det.model, type(det.preprocessing)(data.vocab, normalizer="ptb_char", seq_len=data.seq_len),
+                             score="nll", device="cpu", progress=False)
+    assert det.threshold == threshold_for_fpr(as_trained.score(lines), 0.05)
+    assert "ptb_char" in det.threshold_info["data"]
+    # a raw sentence goes through the spelled rule: numbers become N, capitals lower-case
+    assert det.preprocessing.encode(["The 3 cats."])[0].tolist() == data.vocab.encode(["<eos>", *"the_N_cats", "<eos>"]).tolist()
