@@ -265,6 +265,8 @@ class DensityOETrainer(OETrainer):
         recall_level: float = 0.95,
         seed: int = 0,
         ratio: int = 5,
+        allow_small_sets: bool = False,
     ) -> oe_metrics.OODTable:
         """:meth:`OETrainer.evaluate_ood` with bits per dimension as the default score."""
-        return super().evaluate_ood(in_dataset, ood_datasets, score=score, n_draws=n_draws, recall_level=recall_level, seed=seed, ratio=ratio)
+        return super().evaluate_ood(in_dataset, ood_datasets, score=score, n_draws=n_draws, recall_level=recall_level, seed=seed, ratio=ratio,
+                                    allow_small_sets=allow_small_sets)

@@ -167,6 +167,10 @@ def test_bits_per_dim_score(tmp_path):
     np.testing.assert_allclose(scores, out.nll.double().numpy() / (SIZE * SIZE * math.log(2)), rtol=1e-5)
     np.testing.assert_allclose(trainer.compute_scores(data, "nll"), out.nll.double().numpy(), rtol=1e-5)
     assert trainer.evaluate_ood(images(10, 6, smooth=True), {"noise": data}).meta["score"] == "bits_per_dim"
+    many = images(50, 6, smooth=True)  # 50 // 5 = 10 anomalies wanted, 7 given
+    with pytest.raises(ValueError, match="allow_small_sets"):
+        trainer.evaluate_ood(many, {"noise": data})
+    assert trainer.evaluate_ood(many, {"noise": data}, allow_small_sets=True)["noise"]["capped"]
     with pytest.raises(ValueError, match="bits_per_dim"):
         trainer.compute_scores(data, "msp")
 
