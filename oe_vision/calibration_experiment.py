@@ -88,6 +88,8 @@ def mixture_calibration(
     mean_row: dict[str, Any] = {"n_in": n_in, "n_out": int(sum(rows[s]["n_out"] for s in mean_sets)),
                                 "n_out_wanted": wanted * len(mean_sets), "capped": any(rows[s]["capped"] for s in mean_sets),
                                 "n_draws": min(rows[s]["n_draws"] for s in mean_sets)}
+    rates = {rows[s]["base_rate"] for s in mean_sets}  # as OODTable's mean row: the one rate, or "mixed"
+    mean_row["base_rate"] = rates.pop() if len(rates) == 1 else "mixed"
     for key in _METRICS:
         mean_row[key] = float(np.mean([rows[s][key] for s in mean_sets]))
         mean_row[key + "_std"] = float(np.mean([rows[s][key + "_std"] for s in mean_sets]))

@@ -179,4 +179,6 @@ def test_calibration_mixtures_refuse_small_sets_and_record_what_ran():
     assert rows["big"]["rms_std"] > 0
     assert (rows["small"]["n_out"], rows["small"]["capped"], rows["small"]["base_rate"], rows["small"]["n_draws"]) == (8, True, "1:12.5", 1)
     assert rows["small"]["rms_std"] == 0.0
-    assert rows["mean"]["capped"] and rows["mean"]["n_draws"] == 1
+    assert rows["mean"]["capped"] and rows["mean"]["n_draws"] == 1 and rows["mean"]["base_rate"] == "mixed"
+    uncapped = mixture_calibration(test, labels, {"big": ood["big"]}, 1.0, False, ["big"], n_draws=2)
+    assert uncapped["mean"]["base_rate"] == "1:5" and not uncapped["mean"]["capped"]
