@@ -149,6 +149,9 @@ class OETrainer(Trainer):
     #: Score names that :meth:`compute_scores` / :meth:`evaluate_ood` accept (a subclass with its own
     #: :meth:`score_batch_many` sets its own).
     score_names: tuple[str, ...] = LOGIT_SCORE_NAMES  # feature scores (mahalanobis) need fitting: OODDetector
+    #: The score of :meth:`score_batch`, :meth:`compute_scores` and :meth:`evaluate_ood` when none is named
+    #: (a subclass for other models sets its own, e.g. bits per dimension for density models).
+    default_score: str = "msp"
 
     def __init__(self, *args: Any, outlier_dataset: Any = None, outlier_data_collator: Any = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -568,14 +571,16 @@ class OETrainer(Trainer):
         super().log(logs, start_time)
 
     # ---- anomaly scores ------------------------------------------------------------------------------------
-    def score_batch(self, model: nn.Module, batch: Mapping[str, Any], score: str = "msp") -> torch.Tensor:
+    def score_batch(self, model: nn.Module, batch: Mapping[str, Any], score: str | None = None) -> torch.Tensor:
         """Per-example anomaly scores (higher = more anomalous) of one prepared batch, shape ``(B,)``.
 
         Classifiers: the ``oe_common.scores`` function of that name on ``(B, K)`` logits (``"nll"`` needs a language
         model). Token-level logits: a per-sequence mean over real positions -- for causal LMs position t scores the
         prediction of token t+1 (``"nll"`` = mean token NLL, ``"uniform_xent"`` = mean cross-entropy-to-uniform
         score, the others the mean of their token-level score): :func:`oe_common.scores.example_scores`.
+        ``None``: :attr:`default_score`.
         """
+        score = self.default_score if score is None else score
         return self.score_batch_many(model, batch, (score,))[score]
 
     def _check_score_names(self, names: Sequence[str]) -> None:
@@ -596,15 +601,16 @@ class OETrainer(Trainer):
         return example_scores(logits, scores, targets=targets, mask=mask, causal=self.is_causal_lm(model))
 
     @torch.no_grad()
-    def compute_scores(self, dataset: Any, score: str | Sequence[str] = "msp") -> np.ndarray | dict[str, np.ndarray]:
+    def compute_scores(self, dataset: Any, score: str | Sequence[str] | None = None) -> np.ndarray | dict[str, np.ndarray]:
         """Anomaly score of every example of ``dataset``, in dataset order, as a float64 array.
 
         ``score`` may also be a list of names: then every batch goes through the model ONCE and a dict
         ``{name: array}`` is returned. Batches go through ``get_test_dataloader`` (``data_collator``,
         ``per_device_eval_batch_size``); with several processes each scores its share and the scores are gathered
         with ``gather_for_metrics``, which drops the samples repeated to even out the last batches: every process
-        returns the single-process array.
+        returns the single-process array. ``None``: :attr:`default_score`.
         """
+        score = self.default_score if score is None else score
         names = (score,) if isinstance(score, str) else tuple(score)
         if not names:
             raise ValueError("give at least one score name")
@@ -632,7 +638,7 @@ class OETrainer(Trainer):
         self,
         in_dataset: Any,
         ood_datasets: Mapping[str, Any],
-        score: str = "msp",
+        score: str | None = None,
         n_draws: int = 1,
         recall_level: float = 0.95,
         seed: int = 0,
@@ -643,8 +649,10 @@ class OETrainer(Trainer):
 
         Scores come from :meth:`compute_scores`; each anomaly set is subsampled to ``len(in) // ratio`` examples
         (the paper's 1:5 base rate), ``n_draws`` times with ``seed``. ``table.meta["score"]`` records the score. A
-        smaller set is an error unless ``allow_small_sets`` (then used whole; its row says what ran).
+        smaller set is an error unless ``allow_small_sets`` (then used whole; its row says what ran). ``score=None``:
+        :attr:`default_score`.
         """
+        score = self.default_score if score is None else score
         if not ood_datasets:
             raise ValueError("ood_datasets is empty: give at least one anomaly set, e.g. {'ewt-email': dataset}")
         in_scores = self.compute_scores(in_dataset, score)

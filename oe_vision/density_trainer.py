@@ -41,12 +41,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
-from oe_common import metrics as oe_metrics
 from oe_common.losses import density_oe_loss
 from oe_common.trainer import OETrainer, OETrainingArguments
 
@@ -238,6 +236,7 @@ class DensityOETrainer(OETrainer):
 
     # ---- anomaly scores ------------------------------------------------------------------------------------
     score_names = DENSITY_SCORE_NAMES
+    default_score = "bits_per_dim"
 
     def score_batch_many(self, model: nn.Module, batch: Mapping[str, Any], scores: Sequence[str]) -> dict[str, torch.Tensor]:
         """``{name: (B,)}`` anomaly scores of one prepared batch from one forward pass: ``"bits_per_dim"`` =
@@ -247,26 +246,3 @@ class DensityOETrainer(OETrainer):
         nll = self._nll(model(pixel_values=x)).float()
         by_name = {"nll": nll, "bits_per_dim": nll / (x[0].numel() * math.log(2.0))}
         return {name: by_name[name] for name in scores}
-
-    def score_batch(self, model: nn.Module, batch: Mapping[str, Any], score: str = "bits_per_dim") -> torch.Tensor:
-        """``(B,)`` anomaly scores of one prepared batch (default: bits per dimension)."""
-        return self.score_batch_many(model, batch, (score,))[score]
-
-    def compute_scores(self, dataset: Any, score: str | Sequence[str] = "bits_per_dim") -> np.ndarray | dict[str, np.ndarray]:
-        """:meth:`OETrainer.compute_scores` with bits per dimension as the default score."""
-        return super().compute_scores(dataset, score)
-
-    def evaluate_ood(
-        self,
-        in_dataset: Any,
-        ood_datasets: Mapping[str, Any],
-        score: str = "bits_per_dim",
-        n_draws: int = 1,
-        recall_level: float = 0.95,
-        seed: int = 0,
-        ratio: int = 5,
-        allow_small_sets: bool = False,
-    ) -> oe_metrics.OODTable:
-        """:meth:`OETrainer.evaluate_ood` with bits per dimension as the default score."""
-        return super().evaluate_ood(in_dataset, ood_datasets, score=score, n_draws=n_draws, recall_level=recall_level, seed=seed, ratio=ratio,
-                                    allow_small_sets=allow_small_sets)
