@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -33,6 +33,8 @@ __all__ = [
     "OODTable",
     "base_rate_label",
     "sampling_label",
+    "draw_summary",
+    "mean_summary",
     "misclassification_metrics",
     "as_score_array",
     "roc_curve_points",
@@ -281,6 +283,36 @@ def sampling_label(base_rate: str, n_draws: int) -> str:
     return f"{base_rate}, {n_draws} draw{'' if n_draws == 1 else 's'}"
 
 
+def draw_summary(draws: Sequence[Mapping[str, float]], keys: Sequence[str], n_in: int, n_out: int, n_available: int,
+                 ratio: int) -> dict[str, Any]:
+    """One anomaly set's row: what ran (``n_in``, ``n_out`` per draw, ``n_out_wanted = n_in // ratio``,
+    ``n_out_available``, ``capped``, distinct ``n_draws``, ``base_rate``) and, per key, the mean and ``_std`` over
+    ``draws``."""
+    wanted = n_in // ratio
+    capped = n_out < wanted
+    row: dict[str, Any] = {"n_in": int(n_in), "n_out": int(n_out), "n_out_wanted": wanted, "n_out_available": int(n_available),
+                           "capped": capped, "n_draws": len(draws), "base_rate": base_rate_label(n_in, n_out, ratio, capped)}
+    for key in keys:
+        values = np.array([d[key] for d in draws])
+        row[key], row[key + "_std"] = float(values.mean()), float(values.std())
+    return row
+
+
+def mean_summary(rows: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> dict[str, Any]:
+    """The ``"mean"`` row over set rows of :func:`draw_summary`: counts summed, ``capped`` if any set is, the fewest
+    distinct draws, the one base rate (or ``"mixed"``), and per key the mean of the means and of the stds."""
+    labels = {r["base_rate"] for r in rows}
+    row: dict[str, Any] = {
+        "n_in": rows[0]["n_in"], **{k: int(sum(r[k] for r in rows)) for k in ("n_out", "n_out_wanted", "n_out_available")},
+        "capped": any(r["capped"] for r in rows), "n_draws": min(r["n_draws"] for r in rows),
+        "base_rate": labels.pop() if len(labels) == 1 else "mixed",
+    }
+    for key in keys:
+        row[key] = float(np.mean([r[key] for r in rows]))
+        row[key + "_std"] = float(np.mean([r[key + "_std"] for r in rows]))
+    return row
+
+
 @dataclass
 class OODTable:
     """Detection results per anomaly set plus a ``"mean"`` row over sets.
@@ -418,28 +450,8 @@ def evaluate_ood(
         for _ in range(distinct):
             sample = sample_base_rate(out_array, in_array.size, rng, ratio, allow_small_sets=allow_small_sets)
             draws.append(_metrics_sorted(in_sorted, np.sort(sample), recall_level))
-        capped = n_out < wanted
-        row: dict[str, Any] = {
-            "name": name, "n_in": int(in_array.size), "n_out": int(n_out), "n_out_wanted": wanted,
-            "n_out_available": int(out_array.size), "capped": capped, "n_draws": distinct,
-            "base_rate": base_rate_label(in_array.size, n_out, ratio, capped),
-        }
-        for key in METRIC_KEYS:
-            values = np.array([d[key] for d in draws])
-            row[key] = float(values.mean())
-            row[key + "_std"] = float(values.std())
-        rows.append(row)
-    labels = {r["base_rate"] for r in rows}
-    mean_row: dict[str, Any] = {
-        "name": "mean", "n_in": int(in_array.size), "n_out": int(sum(r["n_out"] for r in rows)),
-        "n_out_wanted": wanted * len(rows), "n_out_available": int(sum(r["n_out_available"] for r in rows)),
-        "capped": any(r["capped"] for r in rows), "n_draws": min(r["n_draws"] for r in rows),
-        "base_rate": labels.pop() if len(labels) == 1 else "mixed",
-    }
-    for key in METRIC_KEYS:
-        mean_row[key] = float(np.mean([r[key] for r in rows]))
-        mean_row[key + "_std"] = float(np.mean([r[key + "_std"] for r in rows]))
-    rows.append(mean_row)
+        rows.append({"name": name, **draw_summary(draws, METRIC_KEYS, in_array.size, n_out, out_array.size, ratio)})
+    rows.append({"name": "mean", **mean_summary(rows, METRIC_KEYS)})
     return OODTable(rows=rows, recall_level=recall_level, n_draws=n_draws, ratio=ratio, seed=seed, allow_small_sets=allow_small_sets)
 
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from oe_common.calibration import calibration_report, fit_temperature, max_softmax_confidence, rescale_01
-from oe_common.metrics import base_rate_label, sample_base_rate
+from oe_common.metrics import draw_summary, mean_summary, sample_base_rate
 from oe_common.reporting import plot_reliability_diagram
 
 from .paper_results import TABLE7
@@ -58,8 +58,8 @@ def mixture_calibration(
     Anomalies are drawn as :func:`oe_common.metrics.sample_base_rate` draws them: a set smaller than
     ``n_in // ratio`` is an error unless ``allow_small_sets``, and is then used whole.
 
-    Returns ``{domain: {"rms", "mav", "soft_f1", "<metric>_std", "n_in", "n_out", "n_out_wanted", "capped",
-    "base_rate", "n_draws"}}`` (fractions; std over draws; the mean row averages the per-set means and stds).
+    Returns ``{domain: {"rms", "mav", "soft_f1", "<metric>_std", "n_in", "n_out", "n_out_wanted", "n_out_available",
+    "capped", "base_rate", "n_draws"}}`` (fractions; std over draws; the mean row averages the per-set means and stds).
     ``n_draws`` counts DISTINCT draws, as in :class:`oe_common.metrics.OODTable`: 1 for a set used whole.
     """
     if n_draws < 1:
@@ -73,27 +73,13 @@ def mixture_calibration(
     for set_index, (name, logits) in enumerate(ood_logits.items()):
         rng = np.random.default_rng([seed, set_index, 7])
         n_set = int(logits.shape[0])
-        capped = n_set <= wanted  # the whole set every draw: one distinct draw
+        whole_set = n_set <= wanted  # every draw would take the whole set: one distinct draw
         draws = []
-        for _ in range(1 if capped else n_draws):
+        for _ in range(1 if whole_set else n_draws):
             idx = sample_base_rate(np.arange(n_set), n_in, rng, ratio, allow_small_sets).astype(np.int64)
             draws.append(calibration_report(test_logits, test_labels, logits[torch.as_tensor(idx)], temperature, rescale, bin_size))
-        n_out = int(draws[0]["n_out"])
-        row: dict[str, Any] = {"n_in": n_in, "n_out": n_out, "n_out_wanted": wanted, "capped": n_out < wanted,
-                               "base_rate": base_rate_label(n_in, n_out, ratio, n_out < wanted), "n_draws": len(draws)}
-        for key in _METRICS:
-            values = np.array([d[key] for d in draws])
-            row[key], row[key + "_std"] = float(values.mean()), float(values.std())
-        rows[name] = row
-    mean_row: dict[str, Any] = {"n_in": n_in, "n_out": int(sum(rows[s]["n_out"] for s in mean_sets)),
-                                "n_out_wanted": wanted * len(mean_sets), "capped": any(rows[s]["capped"] for s in mean_sets),
-                                "n_draws": min(rows[s]["n_draws"] for s in mean_sets)}
-    rates = {rows[s]["base_rate"] for s in mean_sets}  # as OODTable's mean row: the one rate, or "mixed"
-    mean_row["base_rate"] = rates.pop() if len(rates) == 1 else "mixed"
-    for key in _METRICS:
-        mean_row[key] = float(np.mean([rows[s][key] for s in mean_sets]))
-        mean_row[key + "_std"] = float(np.mean([rows[s][key + "_std"] for s in mean_sets]))
-    rows["mean"] = mean_row
+        rows[name] = draw_summary(draws, _METRICS, n_in, int(draws[0]["n_out"]), n_set, ratio)
+    rows["mean"] = mean_summary([rows[s] for s in mean_sets], _METRICS)
     alone = calibration_report(test_logits, test_labels, None, temperature, rescale, bin_size)
     rows["test_only"] = {**{k: alone[k] for k in _METRICS}, "n_in": n_in, "n_out": 0, "n_draws": 1}
     return rows
