@@ -33,6 +33,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from . import files
+
 __all__ = ["main", "build_parser", "RECIPES", "CliError", "read_text_lines", "list_images", "atomic_write_text", "check_output_file", "STDIN"]
 
 #: ``oe train NAME`` -> the recipe's entry point as data: (module, function, keyword arguments); the function is
@@ -139,26 +141,16 @@ def check_output_file(output: str | os.PathLike, inputs: Sequence[str | os.PathL
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to a temporary file in ``path``'s folder, then rename it over ``path``."""
+    """:func:`oe_common.files.atomic_write_text` with the command line's one-line errors (:class:`CliError`)."""
     path = Path(path)
     if path.is_dir():
         raise CliError(f"output {str(path)!r} is a folder; give a file name")
     if not path.parent.is_dir():
         raise CliError(f"output folder {str(path.parent)!r} does not exist")
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        files.atomic_write_text(path, text)
     except OSError as exc:
         raise CliError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual permissions of a new file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _load_detector(args: argparse.Namespace):

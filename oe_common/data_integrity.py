@@ -29,7 +29,6 @@ import logging
 import os
 import re
 import tarfile
-import tempfile
 import time
 import zipfile
 import zlib
@@ -37,6 +36,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, Mapping
 
 from .data_dir import DataError
+from .files import atomic_write_text
 
 __all__ = [
     "SKIP_ENV",
@@ -108,15 +108,7 @@ def _store(key: str, entry: list) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         entries = _read_cache(path)
         entries[key] = entry
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".sha256.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump({"version": 1, "entries": entries}, f)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        atomic_write_text(path, json.dumps({"version": 1, "entries": entries}))
     except OSError as exc:
         if str(path) not in _WARNED:
             _WARNED.add(str(path))

@@ -43,6 +43,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
+from .files import atomic_write_text
+
 __all__ = [
     "HubCheckpoint",
     "HubCheckpointError",
@@ -356,7 +358,4 @@ def _write_ref(repo: Path, revision: str, ref: str = "main") -> None:
             logger.warning("%s points to %s, not %s; left as is (pass revision=%s to from_pretrained)", path, current, revision, revision)
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{ref}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(revision)  # no newline: the Hub writes the bare hash
-    os.replace(tmp, path)
+    atomic_write_text(path, revision)  # no newline: the Hub writes the bare hash

@@ -21,6 +21,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from .files import atomic_write_text
 from .metrics import OODTable, as_score_array, roc_curve_points
 
 __all__ = [
@@ -217,7 +218,6 @@ def write_results(out_dir: str | os.PathLike, records: list[dict[str, Any]], met
     complete is said by its ``run_manifest.json`` (:mod:`oe_common.run_folder`), which the pipelines mark complete
     after everything else is written.
     """
-    from .cli import atomic_write_text
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

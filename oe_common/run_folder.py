@@ -46,7 +46,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from .cli import atomic_write_text
+from .files import atomic_write_text
 
 __all__ = [
     "MANIFEST_NAME",
