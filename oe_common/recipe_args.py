@@ -1,0 +1,163 @@
+"""Recipe command lines generated from the experiment config dataclasses (``transformers.HfArgumentParser``).
+
+Every field of a pipeline's config (``TextOEConfig``, ``VisionOEConfig``, ...) becomes a flag with the field's name
+(``--baseline-max-steps`` and ``--baseline_max_steps``), its type and the ``help`` / ``choices`` of the field's
+metadata; nothing is listed by hand. A flag that is not given leaves the preset's value: every generated flag
+defaults to ``None`` ("not given") and the given ones override the preset (:func:`oe_common.presets.preset_settings`).
+
+* numbers are checked at parse time (exit code 2, ``argument --flag: ...``): an ``int`` field must be >= 1 and a
+  ``float`` field > 0 and finite, unless its metadata names another check, e.g.
+  ``seed: int = field(default=0, metadata=flag(arg_type=non_negative_int))``;
+* a ``bool`` field gives ``--name`` (true; ``--name false`` also works) and ``--no-name`` (false);
+* a ``tuple[str, ...]`` / ``list[str]`` field takes several values (``--protocols paper clean``);
+* fields of other types (``dict``) and the fields the recipe fixes (``exclude``) get no flag;
+* a configuration the config's own checks refuse (``__post_init__`` raising ``ValueError``) is a usage error too.
+
+Every recipe also takes :class:`RecipeArguments` (``--preset``, ``--data-dir``, ``--output-dir``, ``--threads``) and
+``--overwrite`` / ``--resume`` (:func:`oe_common.run_folder.add_run_folder_args`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from typing import Any, Callable, Sequence
+
+from transformers import HfArgumentParser
+
+from .arg_types import positive_float, positive_int
+from .run_folder import add_run_folder_args
+
+__all__ = ["RecipeArguments", "flag", "config_flags", "build_recipe_parser", "parse_recipe_args"]
+
+_DEFAULT_CHECK = {int: positive_int, float: positive_float}
+
+
+def flag(help: str | None = None, arg_type: Callable[[str], Any] | None = None, **argparse_kwargs: Any) -> dict[str, Any]:
+    """Field metadata for the generated flag: ``help``, the parse-time check ``arg_type``, other ``add_argument``
+    keywords (``choices``, ``aliases``)."""
+    meta = dict(argparse_kwargs)
+    if help is not None:
+        meta["help"] = help
+    if arg_type is not None:
+        meta["arg_type"] = arg_type
+    return meta
+
+
+@dataclasses.dataclass
+class RecipeArguments:
+    """The arguments every recipe takes besides its config's fields."""
+
+    preset: str = dataclasses.field(default="tiny", metadata=flag("named settings (tiny: CPU in minutes; paper: the paper's settings, GPU; test: seconds)"))
+    data_dir: str | None = dataclasses.field(default=None, metadata=flag("corpora folder (default: $OE_DATA_DIR)"))
+    output_dir: str | None = dataclasses.field(default=None, metadata=flag("where results go (default: runs/<recipe>_<preset>)"))
+    threads: int | None = dataclasses.field(default=None, metadata=flag("torch CPU threads (CPU runs only)"))
+    overwrite: bool = False  # set by the --overwrite / --resume group (add_run_folder_args), not generated
+    resume: bool = False
+
+
+def _unwrap_optional(tp: Any) -> Any:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return tp
+
+
+def _flag_type(tp: Any) -> Any | None:
+    """The generated field's type for a config field's type, or ``None`` when it gets no flag."""
+    tp = _unwrap_optional(tp)
+    origin = typing.get_origin(tp)
+    if origin in (tuple, list):
+        args = [a for a in typing.get_args(tp) if a is not Ellipsis]
+        return list[args[0] if args else str]
+    if tp in (int, float, str, bool):
+        return tp
+    return None
+
+
+def config_flags(config_cls: type, exclude: Sequence[str] = ()) -> type:
+    """A dataclass with one field per command-line setting of ``config_cls``: same name, default ``None``."""
+    hints = typing.get_type_hints(config_cls)
+    fields = []
+    for field in dataclasses.fields(config_cls):
+        if not field.init or field.name in exclude:
+            continue
+        tp = _flag_type(hints[field.name])
+        if tp is None:
+            continue
+        fields.append((field.name, tp | None, dataclasses.field(default=None, metadata=dict(field.metadata))))
+    return dataclasses.make_dataclass(f"{config_cls.__name__}Flags", fields)
+
+
+def _finish_actions(parser: argparse.ArgumentParser, flags_cls: type) -> None:
+    """Parse-time checks on the numeric flags and ``--name`` / ``--no-name`` for the bool ones."""
+    hints = typing.get_type_hints(flags_cls)
+    meta = {f.name: f.metadata for f in dataclasses.fields(flags_cls)}
+    for action in list(parser._actions):
+        if action.dest not in meta:
+            continue
+        action.option_strings.sort(key=lambda option: "_" in option)  # --data-dir first: usage and errors show it
+        tp = _unwrap_optional(hints[action.dest])
+        if tp is bool:
+            action.nargs, action.const = "?", True
+            parser.add_argument(f"--no-{action.dest.replace('_', '-')}", f"--no_{action.dest}", dest=action.dest,
+                                action="store_false", default=None, help=f"set {action.dest} to false")
+        elif tp in _DEFAULT_CHECK:
+            action.type = meta[action.dest].get("arg_type", _DEFAULT_CHECK[tp])
+
+
+def build_recipe_parser(config_cls: type, *, prog: str, description: str, presets: Sequence[str], default_preset: str = "tiny",
+                        exclude: Sequence[str] = (), extra: Sequence[type] = ()) -> HfArgumentParser:
+    """The recipe's parser: :class:`RecipeArguments`, ``--overwrite`` / ``--resume``, one flag per field of
+    ``config_cls`` (minus ``exclude``) and the fields of the ``extra`` dataclasses (recipe-specific flags)."""
+    flags_cls = config_flags(config_cls, exclude)
+    recipe_fields = [f for f in dataclasses.fields(RecipeArguments) if f.name not in ("overwrite", "resume")]
+    recipe_cls = dataclasses.make_dataclass("RecipeArgumentsFlags", [(f.name, f.type, f) for f in recipe_fields])
+    classes = (recipe_cls, flags_cls, *extra)
+    parser = HfArgumentParser([_without_checks(cls) for cls in classes], prog=prog, description=description)
+    for action in parser._actions:
+        if action.dest == "preset":
+            action.choices, action.default = tuple(presets), default_preset
+    for cls in classes:
+        _finish_actions(parser, cls)
+    add_run_folder_args(parser)
+    parser.set_defaults(_oe_config_flags=flags_cls, _oe_extra=tuple(extra))
+    return parser
+
+
+def _without_checks(cls: type) -> type:
+    """``cls`` with the ``arg_type`` metadata removed (not an ``add_argument`` keyword; :func:`_finish_actions`
+    applies it)."""
+    hints = typing.get_type_hints(cls)
+    return dataclasses.make_dataclass(cls.__name__, [
+        (f.name, hints[f.name], dataclasses.field(default=f.default, metadata={k: v for k, v in f.metadata.items() if k != "arg_type"}))
+        for f in dataclasses.fields(cls)])
+
+
+def parse_recipe_args(parser: HfArgumentParser, argv: Sequence[str] | None,
+                      make_config: Callable[[str, dict[str, Any]], Any]) -> tuple[RecipeArguments, Any, dict[str, Any]]:
+    """Parse ``argv`` (default ``sys.argv[1:]``) into ``(recipe arguments, config, extra values)``.
+
+    ``make_config(preset, overrides)`` builds the config from the preset and the given flags (``None`` = not
+    given); a ``ValueError`` it raises becomes a usage error (exit code 2) naming the problem.
+    """
+    namespace = parser.parse_args(argv)
+    values = vars(namespace)
+    flags_cls, extra = values.pop("_oe_config_flags"), values.pop("_oe_extra")
+    recipe = RecipeArguments(**{f.name: values.pop(f.name) for f in dataclasses.fields(RecipeArguments)})
+    extra_values = {f.name: values.pop(f.name) for cls in extra for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(flags_cls)
+    overrides = {}
+    for name in (f.name for f in dataclasses.fields(flags_cls)):
+        value = values.pop(name)
+        if isinstance(value, list) and typing.get_origin(_unwrap_optional(hints[name])) is list:
+            value = tuple(value)
+        overrides[name] = value
+    try:
+        config = make_config(recipe.preset, overrides)
+    except ValueError as err:
+        parser.error(str(err))
+    return recipe, config, extra_values
