@@ -1,6 +1,6 @@
 """The PixelCNN++ Outlier Exposure experiment (paper Table 5) as library code; ``recipes/pixelcnn_oe.py`` parses arguments.
 
-Stages:
+Stages (:class:`PixelCNNDensityExperiment`, run by :func:`oe_common.experiment.run_experiment`):
 
 1. **baseline**: PixelCNN++ trained by maximum likelihood on the in-distribution training images (or loaded from
    ``baseline_checkpoint``);
@@ -36,7 +36,6 @@ CIFAR-10 means labelled as such, and the likelihood check), ROC and bits/dim his
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 import os
@@ -48,14 +47,16 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
-from transformers import set_seed
+from transformers import HfArgumentParser
 
-from oe_common.arg_types import non_negative_float, non_negative_int, positive_float, positive_int
-from oe_common.callbacks import check_time_budget, time_budget_callbacks, training_steps_report
+from oe_common.arg_types import non_negative_float, non_negative_int
+from oe_common.callbacks import check_time_budget
 from oe_common.data_dir import exit_on_data_error
-from oe_common.run_folder import RunFolder, add_run_folder_args, recipe_guard
+from oe_common.experiment import Stage, StagedExperiment, StageModels, StageResult, run_experiment
+from oe_common.run_folder import recipe_guard
 from oe_common.presets import preset_settings
 from oe_common.metrics import evaluate_ood
+from oe_common.recipe_args import RecipeArguments, build_recipe_parser, flag, parse_recipe_args
 from oe_common.reporting import (
     detection_records,
     plot_roc_curves,
@@ -85,14 +86,17 @@ __all__ = [
     "load_density_data",
     "build_model",
     "training_arguments",
-    "train_stage",
     "score_sets",
     "bits_per_dim_summary",
     "evaluate_density",
     "table5_markdown",
     "likelihood_markdown",
+    "PixelCNNDensityExperiment",
     "run_density_oe",
+    "PixelCNNSizeArguments",
     "build_parser",
+    "make_config",
+    "parse_args",
     "main",
 ]
 
@@ -111,20 +115,24 @@ class DensityOEConfig:
     """Everything a PixelCNN++ OE run depends on. ``*_max_steps > 0`` overrides the matching ``*_epochs`` (epochs count
     in-distribution batches; the outlier stream cycles independently)."""
 
-    dataset: str = "mnist"
+    dataset: str = dataclasses.field(default="mnist", metadata=flag("in-distribution data (cifar10 needs $OE_CIFAR10_DIR or --cifar-dir)", choices=DATASETS))
     model_preset: str = "tiny"  # a PixelCNNPPConfig preset ("tiny" | "paper") ...
     model_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)  # ... with these fields replaced
-    baseline_checkpoint: str | None = None  # a saved PixelCNNPPModel to start from (skips baseline training)
+    baseline_checkpoint: str | None = dataclasses.field(  # a saved PixelCNNPPModel to start from (skips baseline training)
+        default=None, metadata=flag("a saved PixelCNN++ (folder) to fine-tune instead of training a baseline"))
     # data
-    oe_source: str = "auto"  # MNIST: "auto" (CIFAR-10 gray when available, else iSUN) | "cifar10" | "isun"; CIFAR-10: "isun" ("auto" = "isun")
+    oe_source: str = dataclasses.field(default="auto", metadata=flag(  # MNIST: "auto" (CIFAR-10 gray when available, else iSUN) | "cifar10" | "isun"; CIFAR-10: "isun" ("auto" = "isun")
+        "MNIST's OE source (auto: CIFAR-10 gray when present, else iSUN)", choices=("auto", "cifar10", "isun")))
     train_size: int | None = None  # cap on the in-distribution training images (None = all)
-    test_size: int | None = None  # cap on the in-distribution test images (None = all: the paper's protocol)
-    ood_size: int | None = None  # images per anomaly set (None = real sets in full, synthetic sets of 10,000)
+    test_size: int | None = dataclasses.field(  # cap on the in-distribution test images (None = all: the paper's protocol)
+        default=None, metadata=flag("cap on the D_in test images (smoke runs only)"))
+    ood_size: int | None = dataclasses.field(default=None, metadata=flag("images per anomaly set"))  # (None = real sets in full, synthetic sets of 10,000)
     oe_holdout: int = 1000  # OE-source images never trained on, scored as "oe_source_heldout"
     oe_pool_size: int | None = None  # cap on the OE-source images used for training (None = the rest)
-    cifar_dir: str | None = None
+    cifar_dir: str | None = dataclasses.field(default=None, metadata=flag("folder with CIFAR-10's train-0*.npz / test.npz (default: $OE_CIFAR10_DIR)"))
     # optimisation (AdamW without weight decay, cosine schedule, the last weights kept)
-    batch_size: int = 32  # in-distribution images per step; the outlier batch has the same size (the paper's pairing)
+    batch_size: int = dataclasses.field(  # in-distribution images per step; the outlier batch has the same size (the paper's pairing)
+        default=32, metadata=flag("in-distribution images per step (= outliers per step)"))
     eval_batch_size: int = 256
     baseline_lr: float = 1e-3
     baseline_epochs: float = 1.0
@@ -132,25 +140,29 @@ class DensityOEConfig:
     oe_lr: float = 3e-4
     oe_epochs: float = 1.0  # paper: 1-2 epochs of OE fine-tuning
     oe_max_steps: int = -1
-    baseline_max_minutes: float | None = None  # wall-clock budget of the stage (None = none): oe_common.callbacks.time_budget_callbacks
-    oe_max_minutes: float | None = None
-    oe_lambda: float = 1.0
-    margin_per_subpixel: float = 1.0  # our reading of the paper's "a margin of 1 per pixel" (unit not stated)
-    warmup_ratio: float = 0.0
-    max_grad_norm: float = 1.0
+    baseline_max_minutes: float | None = dataclasses.field(  # wall-clock budget of the stage (None = none): oe_common.callbacks.time_budget_callbacks
+        default=None, metadata=flag("wall-clock budget of baseline training (minutes): re-planned to fit, hard stop at the budget"))
+    oe_max_minutes: float | None = dataclasses.field(default=None, metadata=flag("the same for OE fine-tuning"))
+    oe_lambda: float = dataclasses.field(default=1.0, metadata=flag(arg_type=non_negative_float))
+    margin_per_subpixel: float = dataclasses.field(  # our reading of the paper's "a margin of 1 per pixel" (unit not stated)
+        default=1.0, metadata=flag("margin in nats per subpixel (paper: 1)", arg_type=non_negative_float, aliases=["--margin"]))
+    warmup_ratio: float = dataclasses.field(default=0.0, metadata=flag(arg_type=non_negative_float))
+    max_grad_norm: float = dataclasses.field(default=1.0, metadata=flag(arg_type=non_negative_float))  # 0: no clipping
     oe_concat_forward: bool = True
     # evaluation
     n_draws: int = 1
     ratio: int = 5
     recall_level: float = 0.95
-    allow_small_sets: bool = False  # an anomaly set with fewer than len(test) // ratio images: an error unless True (used whole, labelled)
+    allow_small_sets: bool = dataclasses.field(  # an anomaly set with fewer than len(test) // ratio images: an error unless True (used whole, labelled)
+        default=False, metadata=flag("use an anomaly set with fewer than len(test) // 5 images whole (labelled in the tables) instead of stopping"))
     # runtime
     num_threads: int | None = None  # torch CPU threads for the run (CPU only; restored afterwards)
-    num_workers: int = 0
+    num_workers: int = dataclasses.field(default=0, metadata=flag(arg_type=non_negative_int))
     logging_steps: int = 50
-    save_steps: int = 500  # a resumable checkpoint of the running stage every this many steps (best a multiple of logging_steps)
+    save_steps: int = dataclasses.field(  # a resumable checkpoint of the running stage every this many steps (best a multiple of logging_steps)
+        default=500, metadata=flag("a resumable checkpoint every this many steps of each stage (default: the preset's)"))
     save_models: bool = True
-    seed: int = 0
+    seed: int = dataclasses.field(default=0, metadata=flag(arg_type=non_negative_int))
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
@@ -390,23 +402,17 @@ def build_model(cfg: DensityOEConfig) -> PixelCNNPPModel:
     return PixelCNNPPModel(cfg.model_config())
 
 
-def training_arguments(cfg: DensityOEConfig, stage: str, output_dir: str | Path) -> DensityOETrainingArguments:
-    """Arguments of one stage (``baseline`` | ``oe``): AdamW without weight decay, cosine schedule, no evaluation during
-    training (the last weights are kept), TF32 on GPUs (no bf16: module docstring). Every ``cfg.save_steps`` steps (and
-    at the end) a checkpoint in ``<output_dir>/checkpoints/<stage>/`` (safetensors weights + optimizer, scheduler,
-    RNG, outlier stream and margin counts; the newest one kept) that ``train_stage(..., resume_from_checkpoint=...)``
-    continues from."""
-    if stage not in ("baseline", "oe"):
-        raise ValueError(f"stage must be 'baseline' or 'oe', got {stage!r}")
-    baseline = stage == "baseline"
+def training_arguments(cfg: DensityOEConfig, stage: Stage, output_dir: str | Path) -> DensityOETrainingArguments:
+    """Arguments of ``stage``: its learning rate, length, ``oe_lambda`` and checkpoint folder
+    (:meth:`oe_common.experiment.Stage.training_arguments`); AdamW without weight decay, cosine schedule, no evaluation
+    during training (the last weights are kept), TF32 on GPUs (no bf16: module docstring). Every ``cfg.save_steps``
+    steps (and at the end) a checkpoint in ``<output_dir>/checkpoints/<stage>/`` (safetensors weights + optimizer,
+    scheduler, RNG, outlier stream and margin counts; the newest one kept) that ``--resume`` continues from."""
     cuda = torch.cuda.is_available()
     return DensityOETrainingArguments(
-        output_dir=str(Path(output_dir) / "checkpoints" / stage),
+        **stage.training_arguments(output_dir),
         per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=cfg.eval_batch_size,
-        learning_rate=cfg.baseline_lr if baseline else cfg.oe_lr,
-        num_train_epochs=cfg.baseline_epochs if baseline else cfg.oe_epochs,
-        max_steps=cfg.baseline_max_steps if baseline else cfg.oe_max_steps,
         optim="adamw_torch",
         weight_decay=0.0,
         max_grad_norm=cfg.max_grad_norm,
@@ -425,30 +431,11 @@ def training_arguments(cfg: DensityOEConfig, stage: str, output_dir: str | Path)
         dataloader_num_workers=cfg.num_workers,
         dataloader_pin_memory=cuda,
         disable_tqdm=False,
-        oe_lambda=cfg.oe_lambda,
         oe_margin_per_subpixel=cfg.margin_per_subpixel,
         oe_batch_ratio=1.0,  # equal in / outlier batch sizes
         oe_concat_forward=cfg.oe_concat_forward,
         oe_seed=cfg.seed + 1,
     )
-
-
-def train_stage(model: PixelCNNPPModel, data: DensityData, cfg: DensityOEConfig, stage: str, output_dir: str | Path,
-                train: bool = True, resume_from_checkpoint: str | None = None) -> DensityOETrainer:
-    """Train ``model`` in place for ``stage`` (``baseline``: likelihood only; ``oe``: likelihood + margin on
-    ``data.oe_train``) and return its trainer (``train=False``: only build it, e.g. to score a loaded model).
-    ``resume_from_checkpoint``: a checkpoint of this stage to continue from (``Trainer.train``'s argument)."""
-    trainer = DensityOETrainer(
-        model=model,
-        args=training_arguments(cfg, stage, output_dir),
-        train_dataset=data.train,
-        data_collator=density_collate,
-        outlier_dataset=data.oe_train if stage == "oe" else None,
-        callbacks=time_budget_callbacks(cfg.baseline_max_minutes if stage == "baseline" else cfg.oe_max_minutes),
-    )
-    if train:
-        trainer.train(resume_from_checkpoint=resume_from_checkpoint)
-    return trainer
 
 
 # ================================================================================================ evaluation
@@ -618,171 +605,140 @@ def _num_parameters(model: torch.nn.Module) -> int:
     return int(sum(p.numel() for p in model.parameters()))
 
 
+class PixelCNNDensityExperiment(StagedExperiment):
+    """The PixelCNN++ OE experiment (module docstring) on :func:`oe_common.experiment.run_experiment`: stage
+    ``baseline`` (likelihood; not trained when ``baseline_checkpoint`` gives it), stage ``oe`` (likelihood + margin on
+    ``data.oe_train``, continuing the baseline), both scored by bits/dim on :meth:`DensityData.eval_sets`."""
+
+    config: DensityOEConfig
+    data: DensityData
+
+    def stages(self) -> list[Stage]:
+        cfg = self.config
+        return [
+            Stage("baseline", cfg.baseline_lr, cfg.baseline_epochs, cfg.baseline_max_steps, cfg.baseline_max_minutes,
+                  train=not cfg.baseline_checkpoint),
+            Stage("oe", cfg.oe_lr, cfg.oe_epochs, cfg.oe_max_steps, cfg.oe_max_minutes, oe_lambda=cfg.oe_lambda, init="baseline"),
+        ]
+
+    def load_data(self, data_dir: str | Path | None) -> DensityData:
+        return load_density_data(self.config, data_dir)
+
+    def build_model(self, stage: Stage) -> PixelCNNPPModel:
+        return build_model(self.config)
+
+    def make_trainer(self, stage: Stage, model: PixelCNNPPModel, output_dir: Path) -> DensityOETrainer:
+        return DensityOETrainer(model=model, args=training_arguments(self.config, stage, output_dir), train_dataset=self.data.train,
+                                data_collator=density_collate, outlier_dataset=self.data.oe_train if stage.uses_outliers else None,
+                                callbacks=stage.callbacks())
+
+    def evaluate(self, stage: Stage, model: PixelCNNPPModel, trainer: DensityOETrainer) -> StageResult:
+        """Records of :func:`evaluate_density`, the margin's activity (``None`` without outliers); arrays: bits/dim per set."""
+        scores = score_sets(trainer, self.data.eval_sets(), desc=f"scoring {stage.name}")
+        margin_active = trainer.margin_active_fraction if stage.uses_outliers else None
+        return StageResult({"records": evaluate_density(scores, self.data, self.config, stage.name), "margin_active": margin_active}, scores)
+
+    def report(self, results: Mapping[str, StageResult], models: StageModels, seconds: dict[str, float], output_dir: Path,
+               is_main: bool) -> dict[str, Any]:
+        cfg, data = self.config, self.data
+        records = [r for result in results.values() for r in result.records]
+        scores = {stage: result.arrays for stage, result in results.items()}
+        summaries = {m: bits_per_dim_summary(s) for m, s in scores.items()}
+        meta = run_meta(
+            seconds, config=dataclasses.asdict(cfg), dataset=cfg.dataset, data=data.stats(), score=SCORE,
+            model={"preset": cfg.model_preset, "overrides": dict(cfg.model_overrides), "parameters": _num_parameters(models["baseline"]),
+                   "baseline_checkpoint": cfg.baseline_checkpoint},
+            test_bits_per_dim={m: summaries[m]["test"]["mean"] for m in scores}, bits_per_dim_summary=summaries,
+            more_likely_than_in_before_oe=[n for n in data.ood if summaries["baseline"][n]["more_likely_than_in"]],
+            more_likely_than_in_after_oe=[n for n in data.ood if summaries["oe"][n]["more_likely_than_in"]],
+            oe_source_gap_bits_per_dim={m: summaries[m][OE_HELDOUT_NAME]["mean"] - summaries[m]["test"]["mean"] for m in scores},
+            oe_margin_active_fraction=results["oe"].state["margin_active"],
+            train_logs={m: r.state["train_log"] for m, r in results.items()},
+            training_steps={m: r.state["training_steps"] for m, r in results.items() if "training_steps" in r.state},
+            paper_table5_cifar10_mean={k: list(v) for k, v in PAPER_TABLE5_MEAN.items()},
+        )
+        paths = write_results(output_dir, records, meta, _markdown_report(cfg, data, records, meta))
+        for stage, by_set in scores.items():
+            out = {n: s for n, s in by_set.items() if n != "test"}
+            title = f"PixelCNN++ {cfg.dataset} {stage}: bits/dim"
+            paths[f"roc_{stage}"] = plot_roc_curves(by_set["test"], out, output_dir / f"roc_{stage}.png", title)
+            paths[f"hist_{stage}"] = plot_score_histograms(by_set["test"], out, output_dir / f"hist_{stage}.png", title)
+        return {"records": records, "meta": meta, "paths": paths, "scores": scores, "data": data}
+
+
 def run_density_oe(cfg: DensityOEConfig, output_dir: str | Path, data_dir: str | Path | None = None, data: DensityData | None = None,
                    overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
-    """Baseline likelihood training (or ``baseline_checkpoint``), OE fine-tuning, evaluation of both; writes results,
-    plots and (``save_models``) both models into ``output_dir``.
+    """Run :class:`PixelCNNDensityExperiment` with ``cfg.num_threads`` torch CPU threads (restored afterwards): baseline
+    likelihood training (or ``baseline_checkpoint``), OE fine-tuning, evaluation of both; writes results, plots and
+    (``save_models``) both models into ``output_dir``.
 
     ``output_dir`` must be new or empty, unless ``overwrite`` (its contents are deleted first) or ``resume`` (an
     interrupted run there continues: a finished baseline is loaded, the interrupted stage continues from its last
-    checkpoint, every ``cfg.save_steps`` steps); see
-    :class:`oe_common.run_folder.RunFolder` (``run_manifest.json`` says whether the folder's run is complete).
+    checkpoint, every ``cfg.save_steps`` steps); see :func:`oe_common.experiment.run_experiment`.
 
     Returns ``{"records", "meta", "paths", "scores": {model: {set: bits/dim}}, "data"}``.
     """
-    output_dir = Path(output_dir)
-    run = RunFolder.open(output_dir, dataclasses.asdict(cfg), overwrite=overwrite, resume=resume)
-    run.start_stage("data")
     threads_before = torch.get_num_threads()
     if cfg.num_threads and not torch.cuda.is_available():
         torch.set_num_threads(cfg.num_threads)
     try:
-        return _run(cfg, output_dir, data_dir, data, run)
+        return run_experiment(PixelCNNDensityExperiment(cfg), output_dir, data_dir, data, overwrite=overwrite, resume=resume)
     finally:
         torch.set_num_threads(threads_before)
 
 
-def _run(cfg: DensityOEConfig, output_dir: Path, data_dir: str | Path | None, data: DensityData | None, run: RunFolder) -> dict[str, Any]:
-    seconds: dict[str, float] = {}
-    started = time.perf_counter()
-    set_seed(cfg.seed)
-    data = data if data is not None else load_density_data(cfg, data_dir)
-    seconds["data"] = time.perf_counter() - started
-    sets = data.eval_sets()
-
-    set_seed(cfg.seed)
-    model = build_model(cfg)
-    scores: dict[str, dict[str, np.ndarray]] = {}
-    margin_active: float | None = None
-    records: list[dict[str, Any]] = []
-    train_logs: dict[str, dict[str, float]] = {}
-    training_steps: dict[str, dict[str, Any]] = {}
-    for stage in ("baseline", "oe"):
-        if run.stage_done(stage):  # --resume: a finished stage is loaded, not trained again
-            state, scores[stage] = run.load_stage(stage)
-            records += state["records"]
-            train_logs[stage], margin_active = state["train_log"], state["margin_active"]
-            training_steps.update(state["training_steps"])
-            seconds.update({f"{stage}_{k}": v for k, v in state["seconds"].items()})
-            if stage == "baseline":  # OE continues from it
-                model = run.load_stage_model(stage, model)
-            continue
-        run.start_stage(stage)
-        t0 = time.perf_counter()
-        trained = not (stage == "baseline" and cfg.baseline_checkpoint)
-        trainer = train_stage(model, data, cfg, stage, output_dir, train=trained,
-                              resume_from_checkpoint=run.last_checkpoint(stage) if trained else None)
-        if trained:
-            training_steps[stage] = training_steps_report(trainer)
-        seconds[f"{stage}_train"] = time.perf_counter() - t0
-        logged = [e for e in trainer.state.log_history if "loss" in e]
-        summary = {**(logged[-1] if logged else {}), **(trainer.state.log_history[-1] if trainer.state.log_history else {})}
-        train_logs[stage] = {k: float(v) for k, v in summary.items() if isinstance(v, (int, float))}
-        if stage == "oe":
-            margin_active = trainer.margin_active_fraction
-        t0 = time.perf_counter()
-        scores[stage] = score_sets(trainer, sets, desc=f"scoring {stage}")
-        records += evaluate_density(scores[stage], data, cfg, stage)
-        seconds[f"{stage}_eval"] = time.perf_counter() - t0
-        if cfg.save_models:
-            trainer.save_model(str(output_dir / f"{stage}_model"))
-        state = {"records": [r for r in records if r["model"] == stage], "train_log": train_logs[stage], "margin_active": margin_active,
-                 "training_steps": {k: v for k, v in training_steps.items() if k == stage},
-                 "seconds": {k: seconds[f"{stage}_{k}"] for k in ("train", "eval")}}
-        run.finish_stage(stage, state, scores[stage], model_dir=output_dir / f"{stage}_model" if cfg.save_models else None,
-                         model=model if stage == "baseline" else None)
-        run.drop_checkpoints(stage)  # resume state of a finished stage: its model and scores are saved
-
-    run.start_stage("report")
-    summaries = {m: bits_per_dim_summary(s) for m, s in scores.items()}
-    test_bpd = {m: summaries[m]["test"]["mean"] for m in scores}
-    gap = {m: summaries[m][OE_HELDOUT_NAME]["mean"] - summaries[m]["test"]["mean"] for m in scores}
-    before = [n for n in data.ood if summaries["baseline"][n]["more_likely_than_in"]]
-    seconds["total"] = time.perf_counter() - started
-    meta = run_meta(
-        seconds, config=dataclasses.asdict(cfg), dataset=cfg.dataset, data=data.stats(), score=SCORE,
-        model={"preset": cfg.model_preset, "overrides": dict(cfg.model_overrides), "parameters": _num_parameters(model),
-               "baseline_checkpoint": cfg.baseline_checkpoint},
-        test_bits_per_dim=test_bpd, bits_per_dim_summary=summaries, more_likely_than_in_before_oe=before,
-        more_likely_than_in_after_oe=[n for n in data.ood if summaries["oe"][n]["more_likely_than_in"]],
-        oe_source_gap_bits_per_dim=gap, oe_margin_active_fraction=margin_active, train_logs=train_logs, training_steps=training_steps,
-        paper_table5_cifar10_mean={k: list(v) for k, v in PAPER_TABLE5_MEAN.items()},
-    )
-    paths = write_results(output_dir, records, meta, _markdown_report(cfg, data, records, meta))
-    for stage, by_set in scores.items():
-        out = {n: s for n, s in by_set.items() if n != "test"}
-        title = f"PixelCNN++ {cfg.dataset} {stage}: bits/dim"
-        paths[f"roc_{stage}"] = plot_roc_curves(by_set["test"], out, output_dir / f"roc_{stage}.png", title)
-        paths[f"hist_{stage}"] = plot_score_histograms(by_set["test"], out, output_dir / f"hist_{stage}.png", title)
-    run.complete()  # last: the folder now holds a complete run
-    return {"records": records, "meta": meta, "paths": paths, "scores": scores, "data": data}
-
-
 # ================================================================================================ command line
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="pixelcnn_oe.py",
+PROG = "pixelcnn_oe.py"
+
+
+@dataclasses.dataclass
+class PixelCNNSizeArguments:
+    """PixelCNN++ config fields the command line can set (``--nr-filters`` ...): they replace the preset's model fields
+    (merged into ``model_overrides``)."""
+
+    nr_resnet: int | None = None
+    nr_filters: int | None = None
+    nr_logistic_mix: int | None = None
+
+
+def build_parser() -> HfArgumentParser:
+    """The recipe's command line: one flag per :class:`DensityOEConfig` field (``--threads`` sets ``num_threads``) and
+    :class:`PixelCNNSizeArguments`."""
+    return build_recipe_parser(
+        DensityOEConfig, prog=PROG, presets=PRESET_NAMES, exclude=("num_threads",), extra=(PixelCNNSizeArguments,),
         description="PixelCNN++ density model: likelihood baseline, OE fine-tuning with the margin loss, detection by bits/dim (paper Table 5).",
     )
-    parser.add_argument("--dataset", choices=DATASETS, default="mnist", help="in-distribution data (cifar10 needs $OE_CIFAR10_DIR or --cifar-dir)")
-    parser.add_argument("--preset", choices=PRESET_NAMES, default="tiny", help="test: seconds (smoke); tiny: CPU in minutes; paper: GPU")
-    parser.add_argument("--data-dir", default=None, help="corpora folder (default: $OE_DATA_DIR)")
-    parser.add_argument("--cifar-dir", default=None, help="folder with CIFAR-10's train-0*.npz / test.npz (default: $OE_CIFAR10_DIR)")
-    parser.add_argument("--output-dir", default=None, help="where results go (default: runs/pixelcnn_<dataset>_<preset>)")
-    parser.add_argument("--oe-source", choices=("auto", "cifar10", "isun"), default=None, help="MNIST's OE source (auto: CIFAR-10 gray when present, else iSUN)")
-    parser.add_argument("--baseline-checkpoint", default=None, help="a saved PixelCNN++ (folder) to fine-tune instead of training a baseline")
-    add_run_folder_args(parser)
-    parser.add_argument("--seed", type=non_negative_int, default=None)
-    parser.add_argument("--baseline-epochs", type=positive_float, default=None)
-    parser.add_argument("--oe-epochs", type=positive_float, default=None)
-    parser.add_argument("--baseline-max-steps", type=positive_int, default=None)
-    parser.add_argument("--oe-max-steps", type=positive_int, default=None)
-    parser.add_argument("--baseline-max-minutes", type=positive_float, default=None, help="wall-clock budget of baseline training (minutes): re-planned to fit, hard stop at the budget")
-    parser.add_argument("--oe-max-minutes", type=positive_float, default=None, help="the same for OE fine-tuning")
-    parser.add_argument("--baseline-lr", type=positive_float, default=None)
-    parser.add_argument("--oe-lr", type=positive_float, default=None)
-    parser.add_argument("--batch-size", type=positive_int, default=None, help="in-distribution images per step (= outliers per step)")
-    parser.add_argument("--oe-lambda", type=non_negative_float, default=None)
-    parser.add_argument("--margin", dest="margin_per_subpixel", type=non_negative_float, default=None, help="margin in nats per subpixel (paper: 1)")
-    parser.add_argument("--train-size", type=positive_int, default=None)
-    parser.add_argument("--test-size", type=positive_int, default=None, help="cap on the D_in test images (smoke runs only)")
-    parser.add_argument("--ood-size", type=positive_int, default=None, help="images per anomaly set")
-    parser.add_argument("--n-draws", type=positive_int, default=None)
-    parser.add_argument("--allow-small-sets", action="store_true", default=None,
-                        help="use an anomaly set with fewer than len(test) // 5 images whole (labelled in the tables) instead of stopping")
-    parser.add_argument("--num-workers", type=non_negative_int, default=None)
-    parser.add_argument("--threads", dest="num_threads", type=positive_int, default=None, help="torch CPU threads (CPU runs only)")
-    parser.add_argument("--no-save-models", dest="save_models", action="store_false", default=None)
-    parser.add_argument("--save-steps", type=positive_int, default=None, help="a resumable checkpoint every this many steps of each stage (default: the preset's)")
-    model = parser.add_argument_group("model size (replace the preset's PixelCNN++ fields)")
-    for flag in _MODEL_FLAGS:
-        model.add_argument("--" + flag.replace("_", "-"), dest=flag, type=positive_int, default=None)
-    return parser
 
 
-#: PixelCNN++ config fields the command line can set (merged into the preset's ``model_overrides``).
-_MODEL_FLAGS = ("nr_resnet", "nr_filters", "nr_logistic_mix")
+def make_config(preset: str, overrides: Mapping[str, Any]) -> DensityOEConfig:
+    """``preset_config`` of the given ``--dataset`` (default mnist; it chooses the preset table) and flags."""
+    overrides = dict(overrides)
+    return preset_config(overrides.pop("dataset", None) or "mnist", preset, **overrides)
 
 
-def config_from_args(args: argparse.Namespace) -> DensityOEConfig:
-    """The run's config: the preset with the given flags applied (``--nr-filters`` etc. update its model fields)."""
-    overrides = {k: v for k, v in vars(args).items() if k not in ("dataset", "preset", "data_dir", "output_dir", "overwrite", "resume", *_MODEL_FLAGS)}
-    model_fields = {k: getattr(args, k) for k in _MODEL_FLAGS if getattr(args, k, None) is not None}
+def parse_args(argv: Sequence[str] | None = None) -> tuple[RecipeArguments, DensityOEConfig]:
+    """``(recipe arguments, config)`` of a command line: the preset with the given flags applied (``--threads`` sets
+    ``num_threads``, ``--nr-filters`` etc. update its model fields). A refused configuration is a usage error."""
+    parser = build_parser()
+    recipe, cfg, model_fields = parse_recipe_args(parser, argv, make_config)
+    changes: dict[str, Any] = {"num_threads": recipe.threads} if recipe.threads is not None else {}
+    model_fields = {k: v for k, v in model_fields.items() if v is not None}
     if model_fields:
-        overrides["model_overrides"] = {**preset_config(args.dataset, args.preset).model_overrides, **model_fields}
-    return preset_config(args.dataset, args.preset, **overrides)
+        changes["model_overrides"] = {**cfg.model_overrides, **model_fields}
+    try:
+        return recipe, dataclasses.replace(cfg, **changes)
+    except ValueError as err:
+        parser.error(str(err))
 
 
 @exit_on_data_error
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Entry point of ``recipes/pixelcnn_oe.py``: prints the Markdown report and the wall time."""
     started = time.perf_counter()
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    cfg = config_from_args(args)
-    output_dir = args.output_dir or os.path.join("runs", f"pixelcnn_{args.dataset}_{args.preset}")
-    with recipe_guard(parser.prog, output_dir, argv, None if argv is None else f"recipes/{parser.prog}"):
-        result = run_density_oe(cfg, output_dir, data_dir=args.data_dir, overwrite=args.overwrite, resume=args.resume)
+    recipe, cfg = parse_args(argv)
+    output_dir = recipe.output_dir or os.path.join("runs", f"pixelcnn_{cfg.dataset}_{recipe.preset}")
+    with recipe_guard(PROG, output_dir, argv, None if argv is None else f"recipes/{PROG}"):
+        result = run_density_oe(cfg, output_dir, data_dir=recipe.data_dir, overwrite=recipe.overwrite, resume=recipe.resume)
     print(result["paths"]["markdown"].read_text())
     print(f"results written to {output_dir}; wall time {time.perf_counter() - started:.0f} s")
     return result

@@ -284,11 +284,39 @@ def test_time_budgets_cut_both_stages_and_the_report_says_so(tmp_path, data_dir)
 
 
 def test_model_size_flags_update_the_presets_model_fields():
-    from oe_vision.density_experiment import build_parser, config_from_args
+    from oe_vision.density_experiment import parse_args
 
-    cfg = config_from_args(build_parser().parse_args(["--dataset", "cifar10", "--preset", "tiny", "--nr-filters", "48", "--nr-resnet", "2"]))
+    _, cfg = parse_args(["--dataset", "cifar10", "--preset", "tiny", "--nr-filters", "48", "--nr-resnet", "2"])
     model = cfg.model_config()
     assert (model.nr_filters, model.nr_resnet, model.image_channels, model.image_size) == (48, 2, 3, 32)  # the preset's 3x32x32 kept
     assert model.nr_logistic_mix == preset_config("cifar10", "tiny").model_config().nr_logistic_mix
-    plain = config_from_args(build_parser().parse_args(["--preset", "paper", "--oe-lr", "1e-5"]))
+    _, plain = parse_args(["--preset", "paper", "--oe-lr", "1e-5"])
     assert plain.model_overrides == preset_config("mnist", "paper").model_overrides and plain.oe_lr == 1e-5
+
+
+def test_command_line_keeps_the_old_flags_and_maps_them_onto_the_config():
+    from oe_vision.density_experiment import parse_args
+
+    recipe, cfg = parse_args(["--dataset", "cifar10", "--preset", "test", "--margin", "2.5", "--threads", "3", "--no-save-models",
+                              "--oe-source", "isun", "--allow-small-sets", "--output-dir", "out"])
+    assert (recipe.preset, recipe.output_dir, cfg.dataset, cfg.margin_per_subpixel, cfg.num_threads) == ("test", "out", "cifar10", 2.5, 3)
+    assert cfg.save_models is False and cfg.allow_small_sets is True and cfg.train_size == preset_config("cifar10", "test").train_size
+    assert parse_args([])[1] == preset_config("mnist", "tiny")  # nothing given: the preset's values
+    for argv in (["--dataset", "svhn"], ["--dataset", "cifar10", "--oe-source", "cifar10"], ["--nr-filters", "0"]):
+        with pytest.raises(SystemExit) as exc:
+            parse_args(argv)
+        assert exc.value.code == 2
+
+
+def test_stages_follow_the_config():
+    from oe_vision.density_experiment import PixelCNNDensityExperiment, training_arguments
+
+    cfg = preset_config("mnist", "test", oe_lambda=0.25, oe_max_minutes=2.0)
+    baseline, oe = PixelCNNDensityExperiment(cfg).stages()
+    assert (baseline.name, baseline.learning_rate, baseline.max_steps, baseline.train, baseline.uses_outliers) == ("baseline", 4e-3, 40, True, False)
+    assert (oe.name, oe.learning_rate, oe.max_steps, oe.oe_lambda, oe.init, oe.max_minutes) == ("oe", 2e-3, 16, 0.25, "baseline", 2.0)
+    args = training_arguments(cfg, oe, "run")
+    assert (args.learning_rate, args.max_steps, args.oe_lambda, args.output_dir) == (2e-3, 16, 0.25, "run/checkpoints/oe")
+    assert training_arguments(cfg, baseline, "run").learning_rate == 4e-3
+    given = PixelCNNDensityExperiment(dataclasses.replace(cfg, baseline_checkpoint="some/model")).stages()
+    assert [s.train for s in given] == [False, True]

@@ -92,9 +92,10 @@ def test_density_run_interrupted_in_the_oe_stage_resumes_from_its_checkpoint_to_
 def test_save_steps_flag_sets_the_checkpoint_interval_and_is_checked():
     from oe_vision import density_experiment, recipe_cli
 
-    assert density_experiment.config_from_args(density_experiment.build_parser().parse_args(["--save-steps", "7"])).save_steps == 7
+    assert density_experiment.parse_args(["--save-steps", "7"])[1].save_steps == 7
     assert density_experiment.preset_config("mnist", "test").save_steps == 16
-    assert density_experiment.training_arguments(density_experiment.preset_config("mnist", "test", save_steps=5), "oe", "x").save_steps == 5
+    cfg = density_experiment.preset_config("mnist", "test", save_steps=5)
+    assert density_experiment.training_arguments(cfg, density_experiment.PixelCNNDensityExperiment(cfg).stages()[1], "x").save_steps == 5
     vision = recipe_cli.build_parser("mnist")
     assert vision.parse_args(["--save-steps", "7"]).save_steps == 7
     from oe_vision.pipeline import preset_config, training_arguments
