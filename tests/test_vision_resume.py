@@ -6,11 +6,12 @@ from it (not from step 0) to the results of an uninterrupted run. Helpers shared
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
 import torch
-from test_run_folder import _check_interrupt_and_resume
+from test_run_folder import _check_interrupt_and_resume, _InterruptAt
 from transformers import TrainerCallback
 
 from oe_common.run_folder import interruption_message
@@ -68,19 +69,59 @@ def test_vision_run_interrupted_in_the_oe_stage_resumes_from_its_checkpoint_to_t
     assert resumed["meta"]["train_logs"]["oe"]["loss"] == reference["meta"]["train_logs"]["oe"]["loss"]
 
 
+def _interrupt_runner_stage(monkeypatch, stage_name: str | None, step: int, starts: list) -> list:
+    """Hooks of :mod:`oe_common.experiment`, for any pipeline on the runner: the trainer of stage ``stage_name`` raises
+    KeyboardInterrupt at ``step``; every trainer appends its first step to ``starts``; every stage the runner trains is
+    recorded as ``(stage, the checkpoint it resumes from)``."""
+    from oe_common.experiment import Stage
+    from oe_common.run_folder import RunFolder
+
+    calls: list = []
+    callbacks, last_checkpoint = Stage.callbacks, RunFolder.last_checkpoint
+
+    def stage_callbacks(stage):
+        return callbacks(stage) + [_FirstStep(starts)] + ([_InterruptAt(step)] if stage.name == stage_name else [])
+
+    def recorded(run, stage):
+        calls.append((stage, last_checkpoint(run, stage)))
+        return calls[-1][1]
+
+    monkeypatch.setattr(Stage, "callbacks", stage_callbacks)
+    monkeypatch.setattr(RunFolder, "last_checkpoint", recorded)
+    return calls
+
+
 @pytest.mark.slow
 def test_density_run_interrupted_in_the_oe_stage_resumes_from_its_checkpoint_to_the_same_results(tmp_path, monkeypatch, data_dir):
     import oe_vision.density_experiment as module
+    from oe_common.run_folder import RunFolderError
 
     # margin 5.3 nats per subpixel: after this baseline the held-out outliers are 6.9-8.5 bits/dim above the test
     # images, so about half the pairs are active (with the paper's 1, none is, and the margin check below could not fail)
     cfg = dataclasses.replace(module.preset_config("mnist", "test"), baseline_max_steps=10, oe_max_steps=6, logging_steps=2, save_steps=2,
                               margin_per_subpixel=5.3)
     data = module.load_density_data(cfg, data_dir)
-    calls, reference, resumed, starts, message = _interrupt_and_resume(module, module.run_density_oe, cfg, data, tmp_path, monkeypatch, 3)
+    starts: list[int] = []
+    reference = module.run_density_oe(cfg, tmp_path / "reference", data=data)
+    out = tmp_path / "interrupted"
+    with monkeypatch.context() as mp:
+        _interrupt_runner_stage(mp, "oe", 3, starts)
+        with pytest.raises(KeyboardInterrupt):
+            module.run_density_oe(cfg, out, data=data)
+    manifest = json.loads((out / "run_manifest.json").read_text())
+    assert manifest["status"] == "running" and manifest["stages_done"] == ["baseline"] and manifest["stage"] == "oe"
+    assert not (out / "results.json").exists()
+    with pytest.raises(RunFolderError):  # a rerun without a flag would mix two runs
+        module.run_density_oe(cfg, out, data=data)
+    message = interruption_message(out, "RESUME")
+    calls = _interrupt_runner_stage(monkeypatch, None, 0, starts)
+    resumed = module.run_density_oe(cfg, out, data=data, resume=True)
+    assert json.loads((out / "run_manifest.json").read_text())["status"] == "complete"
+    assert not (out / "checkpoints").exists() and not (tmp_path / "reference" / "checkpoints").exists()  # resume state dropped
     assert "stage 'oe' continues from its checkpoint at step 2" in message
-    assert calls[0][1].endswith("checkpoints/oe/checkpoint-2")
-    assert starts == [0, 0, 0, 0, 2]
+    assert [c[0] for c in calls] == ["oe"] and calls[0][1].endswith("checkpoints/oe/checkpoint-2")  # the baseline was loaded
+    assert starts == [0, 0, 2]  # interrupted baseline + oe, resumed oe: from step 2, not 0
+    assert json.dumps(resumed["records"], sort_keys=True) == json.dumps(reference["records"], sort_keys=True)
     for stage in ("baseline", "oe"):
         np.testing.assert_array_equal(resumed["scores"][stage]["test"], reference["scores"][stage]["test"])
     # the margin counts continue from the checkpoint: the fraction covers all 6 OE steps, as uninterrupted
