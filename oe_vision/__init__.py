@@ -15,15 +15,17 @@ Data loaders live in :mod:`oe_vision.data` and the synthetic anomaly generators 
 
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 
-from .models import *  # noqa: F401,F403
-from .models import (
-    MnistConvNetConfig,
-    MnistConvNetForImageClassification,
-    WideResNetConfig,
-    WideResNetForImageClassification,
-    WideResNetModel,
+from .confidence import (
+    DEFAULT_CONFIDENCE_BUDGET,
+    DEFAULT_CONFIDENCE_LAMBDA,
+    ConfidenceBranchLoss,
+    ConfidenceImageClassifierOutput,
+    confidence_branch_loss,
+    confidence_branch_score,
+    update_confidence_lambda,
 )
-from .models import __all__ as _models_all
+from .modeling_mnist_convnet import MnistConvNetConfig, MnistConvNetForImageClassification, MnistConvNetPreTrainedModel
+from .modeling_wide_resnet import WRN_PRESETS, WideResNetConfig, WideResNetForImageClassification, WideResNetModel, WideResNetPreTrainedModel
 from .modeling_pixelcnnpp import PixelCNNPPConfig, PixelCNNPPModel
 from .preprocessing import ImagePreprocessing  # registers it with oe_common.preprocessing
 
@@ -40,4 +42,10 @@ def _register(config_cls, *, image_classification=None, base=None) -> None:
 _register(WideResNetConfig, image_classification=WideResNetForImageClassification, base=WideResNetModel)
 _register(MnistConvNetConfig, image_classification=MnistConvNetForImageClassification)
 
-__all__ = [*_models_all, "PixelCNNPPConfig", "PixelCNNPPModel", "ImagePreprocessing"]
+__all__ = [
+    "DEFAULT_CONFIDENCE_BUDGET", "DEFAULT_CONFIDENCE_LAMBDA", "ConfidenceBranchLoss", "ConfidenceImageClassifierOutput",
+    "confidence_branch_loss", "confidence_branch_score", "update_confidence_lambda", "MnistConvNetConfig",
+    "MnistConvNetForImageClassification", "MnistConvNetPreTrainedModel", "WRN_PRESETS", "WideResNetConfig",
+    "WideResNetForImageClassification", "WideResNetModel", "WideResNetPreTrainedModel", "PixelCNNPPConfig", "PixelCNNPPModel",
+    "ImagePreprocessing",
+]

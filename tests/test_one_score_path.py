@@ -44,7 +44,7 @@ class Images(torch.utils.data.Dataset):
 
 @pytest.mark.parametrize("score", ["msp", "uniform_xent", "max_logit", "energy"])
 def test_classifier_scores_are_identical_in_trainer_detector_and_vision_pipeline(tmp_path, score):
-    from oe_vision.pipeline import anomaly_scores
+    from oe_vision.classifier_experiment import anomaly_scores
 
     torch.manual_seed(0)
     model = MnistConvNetForImageClassification(MnistConvNetConfig(image_size=16, num_labels=10)).eval()

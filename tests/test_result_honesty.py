@@ -92,7 +92,7 @@ def test_text_pipeline_errors_on_small_domains_and_labels_them_when_allowed():
 
 
 def test_vision_detection_records_and_labels_what_ran():
-    from oe_vision.pipeline import detection_markdown, evaluate_detection, preset_config
+    from oe_vision.classifier_experiment import detection_markdown, evaluate_detection, preset_config
 
     gen = torch.Generator().manual_seed(0)
     outputs = {"test": {"logits": torch.randn(500, 10, generator=gen) * 4}, "noise": {"logits": torch.randn(300, 10, generator=gen)},
@@ -167,7 +167,7 @@ def test_confidence_branch_oe_loss_is_the_clamped_formula():
 def test_calibration_mixtures_refuse_small_sets_and_record_what_ran():
     """The Table 7 mixtures draw anomalies like ``evaluate_ood``: a too-small set is an error unless allowed, and then
     it is used whole, once, and recorded as capped (before: silently ``min(wanted, available)``, ``n_draws`` as asked)."""
-    from oe_vision.calibration_experiment import mixture_calibration
+    from oe_vision.calibration_tables import mixture_calibration
 
     g = torch.Generator().manual_seed(0)
     test, labels = torch.randn(100, 10, generator=g), torch.randint(0, 10, (100,), generator=g)

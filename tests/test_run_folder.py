@@ -277,10 +277,10 @@ def test_ctrl_c_in_a_recipe_prints_one_line_with_the_resume_command(recipe, tmp_
         monkeypatch.setattr(oe_text.pipeline, "load_text_oe_data", interrupt)
         main, prog = (lambda argv: text_main("word", argv)), "ptb_word_oe.py"
     elif recipe == "vision":
-        import oe_vision.pipeline
+        import oe_vision.classifier_experiment
         from oe_vision.recipe_cli import main as vision_main
 
-        monkeypatch.setattr(oe_vision.pipeline, "load_vision_data", interrupt)
+        monkeypatch.setattr(oe_vision.classifier_experiment, "load_vision_data", interrupt)
         main, prog = (lambda argv: vision_main("mnist", argv)), "mnist_oe.py"
     else:
         import oe_vision.density_experiment

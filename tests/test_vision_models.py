@@ -18,7 +18,7 @@ from oe_vision.confidence import (
     confidence_branch_score,
     update_confidence_lambda,
 )
-from oe_vision.models import (
+from oe_vision import (
     WRN_PRESETS,
     MnistConvNetConfig,
     MnistConvNetForImageClassification,

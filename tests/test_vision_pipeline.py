@@ -20,7 +20,7 @@ from oe_common.trainer import OETrainingArguments
 from oe_vision import MnistConvNetConfig, MnistConvNetForImageClassification
 from oe_vision.confidence_trainer import BRANCH_LOGIT_BOUND, ConfidenceBranchOETrainer
 from oe_vision.data import image_collate
-from oe_vision.pipeline import TensorImageDataset, preset_config, run_vision_oe
+from oe_vision.classifier_experiment import TensorImageDataset, preset_config, run_vision_oe
 
 REQUIRED = ("dataset", "model", "score", "domain", "auroc", "aupr", "fpr99", "fpr95", "n_in", "n_out")
 FRACTIONS = ("auroc", "aupr", "aupr_in", "fpr99", "fpr95")
@@ -96,7 +96,7 @@ def test_results_json_fields_fractions_and_means(mnist_run):
         assert torch.allclose(reloaded.eval()(pixel_values=x).logits, expected_logits, atol=1e-5)
     from oe_common.detector import OODDetector
 
-    detector = OODDetector.from_pretrained(out / "oe_detector", device="cpu", progress=False)
+    detector = OODDetector.from_pretrained(out / "detector", device="cpu", progress=False)
     assert detector.score_name == "msp" and detector.threshold_info["achieved_fpr"] <= 0.05
     expected_msp = -torch.softmax(expected_logits.double(), -1).amax(-1).numpy()
     assert np.allclose(detector.score(x), expected_msp, atol=1e-5)

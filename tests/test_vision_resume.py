@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
 
 import numpy as np
 import pytest
@@ -50,15 +51,41 @@ def _interrupt_and_resume(module, run_fn, cfg, data, tmp_path, monkeypatch, step
     return calls, reference, resumed, starts, messages[0]
 
 
+def _runner_hooks(monkeypatch):
+    """What ``_interrupt_stage`` patches (``time_budget_callbacks``, ``train_stage``), wired to the staged runner: the
+    callbacks of every stage (``Stage.callbacks``) and every ``train`` of the vision experiment's trainers go through it."""
+    import oe_common.experiment as experiment
+    from oe_vision.classifier_experiment import VisionClassifierExperiment
+
+    hooks = types.SimpleNamespace(time_budget_callbacks=experiment.time_budget_callbacks, train_stage=lambda *args, **kwargs: None)
+    monkeypatch.setattr(experiment, "time_budget_callbacks", lambda minutes: hooks.time_budget_callbacks(minutes))
+    make_trainer = VisionClassifierExperiment.make_trainer
+
+    def recording_trainer(self, stage, model, output_dir):
+        trainer = make_trainer(self, stage, model, output_dir)
+        train = trainer.train
+
+        def recorded_train(resume_from_checkpoint=None):
+            hooks.train_stage(model, self.data, self.config, stage.name, output_dir, resume_from_checkpoint=resume_from_checkpoint)
+            return train(resume_from_checkpoint=resume_from_checkpoint)
+
+        trainer.train = recorded_train
+        return trainer
+
+    monkeypatch.setattr(VisionClassifierExperiment, "make_trainer", recording_trainer)
+    return hooks
+
+
 @pytest.mark.slow
 def test_vision_run_interrupted_in_the_oe_stage_resumes_from_its_checkpoint_to_the_same_results(tmp_path, monkeypatch, data_dir):
-    import oe_vision.pipeline as module
+    import oe_vision.classifier_experiment as module
 
     cfg = module.preset_config("mnist", "test", holdout_size=100, train_size=300, test_size=200, ood_size=60, oe_pool_size=300,
                                baseline_max_steps=12, oe_max_steps=8, branch=False, calibration=False, save_models=False, n_draws=2,
                                logging_steps=2, save_steps=2)
     data = module.load_vision_data(cfg, data_dir)
-    calls, reference, resumed, starts, message = _interrupt_and_resume(module, module.run_vision_oe, cfg, data, tmp_path, monkeypatch, 5)
+    hooks = _runner_hooks(monkeypatch)
+    calls, reference, resumed, starts, message = _interrupt_and_resume(hooks, module.run_vision_oe, cfg, data, tmp_path, monkeypatch, 5)
     assert "stage 'oe' continues from its checkpoint at step 4" in message and message.endswith("RESUME")
     assert calls[0][1].endswith("checkpoints/oe/checkpoint-4")
     assert starts == [0, 0, 0, 0, 4]  # reference baseline + oe, interrupted baseline + oe, resumed oe: from step 4, not 0
@@ -139,9 +166,10 @@ def test_save_steps_flag_sets_the_checkpoint_interval_and_is_checked():
     assert density_experiment.training_arguments(cfg, density_experiment.PixelCNNDensityExperiment(cfg).stages()[1], "x").save_steps == 5
     vision = recipe_cli.build_parser("mnist")
     assert vision.parse_args(["--save-steps", "7"]).save_steps == 7
-    from oe_vision.pipeline import preset_config, training_arguments
+    from oe_vision.classifier_experiment import VisionClassifierExperiment, preset_config, training_arguments
 
-    args = training_arguments(preset_config("mnist", "test", save_steps=9), "oe", "x")
+    cfg = preset_config("mnist", "test", save_steps=9)
+    args = training_arguments(cfg, VisionClassifierExperiment(cfg).stages()[1], "x")
     assert (args.save_strategy, args.save_steps, args.save_total_limit, args.save_only_model) == ("steps", 9, 1, False)
     for parser in (vision, density_experiment.build_parser()):
         with pytest.raises(SystemExit):

@@ -1,4 +1,5 @@
-"""The vision OE experiments (paper Tables 1, 2, 3, 7, 8, 9) as library code; the recipes only parse arguments.
+"""The vision classifier OE experiment (paper Tables 1, 2, 3, 7, 8, 9): a :class:`oe_common.experiment.StagedExperiment`;
+the recipes only parse arguments.
 
 Stages (each an :class:`oe_common.trainer.OETrainer` run, SGD with Nesterov momentum 0.9 and weight decay on every
 parameter as in the OE code, cosine schedule per step to 0, no gradient clipping, the last step's weights kept):
@@ -16,15 +17,15 @@ logits and branch logits are kept): anomaly scores ``msp`` (``-max softmax``), `
 (``(1/K) sum log p``, the KL[U||p] score of Tables 2/9) and ``branch`` (``1 - b(x)``); the paper's protocol of
 :func:`oe_common.metrics.evaluate_ood` (ALL test examples vs ``len(test) // 5`` anomalies per set, ``n_draws`` seeded
 draws) at 95% and 99% recall (FPR95 and FPR99); misclassification detection with the MSP; calibration on the test
-+ anomaly mixtures (:mod:`oe_vision.calibration_experiment`).
++ anomaly mixtures (:mod:`oe_vision.calibration_tables`).
 
 Anomaly sets that share the OE source's distribution (``isun_gray`` when iSUN is MNIST's OE source) are not
 *unseen*: they get their own rows (``oe_source_overlap: true``) and are left out of every ``mean``.
 
 Outputs (:func:`run_vision_oe`): ``results.json`` (detection records + meta with calibration and
 misclassification records), ``results.md`` (the paper's table layouts, the paper's numbers beside ours), ROC /
-score-histogram / reliability PNGs, and the models (safetensors) when ``save_models``. Single process (one GPU or
-the CPU).
+score-histogram / reliability PNGs, and the models (safetensors) and the OE model as an ``OODDetector``
+(``detector/``) when ``save_models``. Single process (one GPU or the CPU).
 """
 
 from __future__ import annotations
@@ -42,11 +43,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
-from transformers import PreTrainedModel, set_seed
+from transformers import PreTrainedModel
 
-from oe_common.callbacks import check_time_budget, time_budget_callbacks, training_steps_report
+from oe_common.arg_types import non_negative_float, non_negative_int
+from oe_common.callbacks import check_time_budget
+from oe_common.experiment import Stage, StagedExperiment, StageModels, StageResult, run_experiment
 from oe_common.presets import preset_settings
-from oe_common.run_folder import RunFolder
+from oe_common.recipe_args import flag
 from oe_common.metrics import evaluate_ood, misclassification_metrics
 from oe_common.reporting import (
     detection_records,
@@ -63,7 +66,7 @@ from oe_common.scores import example_scores
 from oe_common.trainer import OETrainer, OETrainingArguments
 
 from . import data as vdata
-from .calibration_experiment import reliability_diagrams, run_calibration, table7_markdown
+from .calibration_tables import reliability_diagrams, run_calibration, table7_markdown
 from .confidence import confidence_branch_score
 from .confidence_trainer import ConfidenceBranchOETrainer
 from .modeling_mnist_convnet import MnistConvNetConfig, MnistConvNetForImageClassification
@@ -84,7 +87,7 @@ __all__ = [
     "load_vision_data",
     "build_model",
     "training_arguments",
-    "train_stage",
+    "VisionClassifierExperiment",
     "collect_outputs",
     "anomaly_scores",
     "evaluate_detection",
@@ -98,8 +101,6 @@ __all__ = [
 DATASETS = ("mnist", "cifar10")
 #: Training stages in the order :func:`run_vision_oe` runs them.
 STAGES = ("baseline", "oe", "oe_scratch", "branch", "branch_oe")
-_FROM_SCRATCH = ("baseline", "oe_scratch", "branch")
-_WITH_OUTLIERS = ("oe", "oe_scratch", "branch_oe")
 CLASSIFIER_SCORES = ("msp", "uniform_xent")
 BRANCH_SCORES = ("msp", "branch")
 PRESET_NAMES: dict[str, tuple[str, ...]] = {"mnist": ("test", "tiny", "paper"), "cifar10": ("test", "tiny", "short", "paper")}
@@ -118,49 +119,53 @@ class VisionOEConfig:
     model: str | None = None  # "convnet" | "wrn"; None: convnet for MNIST, wrn for CIFAR-10
     wrn_depth: int = 40
     wrn_widen_factor: int = 2
-    wrn_dropout: float = 0.3
+    wrn_dropout: float = dataclasses.field(default=0.3, metadata=flag(arg_type=non_negative_float))
     # data
-    oe_source: str = "isun"  # MNIST: "cifar10" (gray, 28x28) | "isun" | "auto"; CIFAR-10: "isun"
+    oe_source: str = dataclasses.field(default="isun", metadata=flag(  # CIFAR-10: "isun" only
+        "OE outliers: CIFAR-10 train in gray 28x28 (MNIST paper preset) or iSUN (test/tiny presets)", choices=("cifar10", "isun", "auto")))
     holdout_size: int = 6000  # training images held out (never trained on); the temperature is fitted on them
-    train_size: int | None = None  # cap on the remaining training images (None = all)
-    test_size: int | None = None  # None = the full test set (the paper's protocol)
-    ood_size: int | None = None  # cap per anomaly set (None = real sets in full, synthetic sets of 10,000)
+    train_size: int | None = dataclasses.field(default=None, metadata=flag("cap on the training images (after the hold-out; default: all)"))
+    test_size: int | None = dataclasses.field(default=None, metadata=flag("cap on the test images (smoke runs only; default: all, the paper's protocol)"))
+    ood_size: int | None = dataclasses.field(default=None, metadata=flag("cap per anomaly set (default: real sets in full, synthetic sets of 10,000)"))
     oe_pool_size: int | None = None  # cap on the OE source (None = all of it)
     augment: bool = True  # CIFAR-10: flip + crop(32, pad 4) for the training set and the OE source
     # optimisation
-    batch_size: int = 50
-    oe_batch_size: int = 100
+    batch_size: int = dataclasses.field(default=50, metadata=flag("in-distribution images per step"))
+    oe_batch_size: int = dataclasses.field(default=100, metadata=flag("outliers per step"))
     eval_batch_size: int = 500
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4  # the paper's value; the released OE MNIST script used none
+    lr: float = dataclasses.field(default=0.01, metadata=flag("learning rate of the from-scratch stages"))
+    momentum: float = dataclasses.field(default=0.9, metadata=flag(arg_type=non_negative_float))
+    weight_decay: float = dataclasses.field(default=5e-4, metadata=flag(arg_type=non_negative_float))  # the paper's value; the released OE MNIST script used none
     baseline_epochs: float = 10.0
     baseline_max_steps: int = -1
-    oe_lr: float = 0.01
+    oe_lr: float = dataclasses.field(default=0.01, metadata=flag("learning rate of the fine-tuning stages"))
     oe_epochs: float = 5.0
     oe_max_steps: int = -1
-    baseline_max_minutes: float | None = None  # wall-clock budget of each from-scratch stage (None = none): time_budget_callbacks
-    oe_max_minutes: float | None = None  # the same for each fine-tuning stage (oe, branch_oe)
-    oe_lambda: float = 0.5
-    branch_oe_lambda: float = 0.5
+    baseline_max_minutes: float | None = dataclasses.field(default=None, metadata=flag(
+        "wall-clock budget (minutes) of each from-scratch stage (baseline, oe_scratch, branch): re-planned to fit, hard stop at the budget"))
+    oe_max_minutes: float | None = dataclasses.field(default=None, metadata=flag("the same for each fine-tuning stage (oe, branch_oe)"))
+    oe_lambda: float = dataclasses.field(default=0.5, metadata=flag(arg_type=non_negative_float))
+    branch_oe_lambda: float = dataclasses.field(default=0.5, metadata=flag(arg_type=non_negative_float))
     # stages
-    oe_from_scratch: bool = False
-    branch: bool = True
-    calibration: bool = True
+    oe_from_scratch: bool = dataclasses.field(default=False, metadata=flag("also train a model with OE from scratch"))
+    branch: bool = dataclasses.field(default=True, metadata=flag("run the confidence-branch stages (Table 3)"))
+    calibration: bool = dataclasses.field(default=True, metadata=flag("run the calibration stage (Table 7)"))
     # evaluation
     scores: tuple[str, ...] = CLASSIFIER_SCORES
     n_draws: int = 10
     ratio: int = 5
     recall_level: float = 0.99  # the FPR shown in the Markdown tables (both FPR95 and FPR99 are recorded)
-    allow_small_sets: bool = False  # an anomaly set with fewer than len(test) // ratio images: an error unless True (used whole, labelled)
+    allow_small_sets: bool = dataclasses.field(default=False, metadata=flag(
+        "use an anomaly set with fewer than len(test) // ratio images whole (labelled in the tables) instead of stopping"))
     # runtime
     bf16: bool = False
-    num_workers: int = 0
+    num_workers: int = dataclasses.field(default=0, metadata=flag("DataLoader workers", arg_type=non_negative_int))
     logging_steps: int = 50
-    save_steps: int = 1000  # a resumable checkpoint of the running stage every this many steps (best a multiple of logging_steps)
+    save_steps: int = dataclasses.field(default=1000, metadata=flag(  # best a multiple of logging_steps
+        "a resumable checkpoint every this many steps of each stage (default: the preset's)"))
     save_models: bool = True
-    seed: int = 0
-    cifar_dir: str | None = None  # CIFAR-10 .npz folder (default: $OE_CIFAR10_DIR, then <data_dir>/cifar10)
+    seed: int = dataclasses.field(default=0, metadata=flag(arg_type=non_negative_int))
+    cifar_dir: str | None = dataclasses.field(default=None, metadata=flag("folder with CIFAR-10's train-0*.npz / test.npz (default: $OE_CIFAR10_DIR, then <data_dir>/cifar10)"))
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
@@ -433,23 +438,18 @@ def build_model(cfg: VisionOEConfig, confidence_branch: bool = False) -> PreTrai
     return WideResNetForImageClassification(config)
 
 
-def training_arguments(cfg: VisionOEConfig, stage: str, output_dir: str | Path) -> OETrainingArguments:
-    """The ``OETrainingArguments`` of one stage: no evaluation during training (the paper keeps the last epoch's
-    weights); cosine schedule without warm-up; no gradient clipping. Every ``cfg.save_steps`` steps (and at the end) a
-    checkpoint in ``<output_dir>/checkpoints/<stage>/`` (safetensors weights + optimizer, scheduler, RNG and outlier
-    stream state; the newest one kept) that ``train_stage(..., resume_from_checkpoint=...)`` continues from."""
-    if stage not in STAGES:
-        raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
-    scratch = stage in _FROM_SCRATCH
+def training_arguments(cfg: VisionOEConfig, stage: Stage, output_dir: str | Path) -> OETrainingArguments:
+    """The ``OETrainingArguments`` of one stage (its lr, length and OE weight: :meth:`Stage.training_arguments`): no
+    evaluation during training (the paper keeps the last epoch's weights); cosine schedule without warm-up; no
+    gradient clipping. Every ``cfg.save_steps`` steps (and at the end) a checkpoint in
+    ``<output_dir>/checkpoints/<stage>/`` (safetensors weights + optimizer, scheduler, RNG and outlier stream state;
+    the newest one kept) that ``--resume`` continues from."""
     cuda = torch.cuda.is_available()
     return OETrainingArguments(
-        output_dir=str(Path(output_dir) / "checkpoints" / stage),
+        **stage.training_arguments(output_dir),
         per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=cfg.eval_batch_size,
-        learning_rate=cfg.lr if scratch else cfg.oe_lr,
-        num_train_epochs=cfg.baseline_epochs if scratch else cfg.oe_epochs,
-        max_steps=cfg.baseline_max_steps if scratch else cfg.oe_max_steps,
-        weight_decay=cfg.weight_decay,  # informational: the optimizer is built by train_stage
+        weight_decay=cfg.weight_decay,  # informational: the optimizer is built by make_trainer
         max_grad_norm=0.0,
         lr_scheduler_type="cosine",
         warmup_steps=0,
@@ -467,41 +467,9 @@ def training_arguments(cfg: VisionOEConfig, stage: str, output_dir: str | Path) 
         dataloader_pin_memory=cuda,
         dataloader_persistent_workers=cfg.num_workers > 0,
         disable_tqdm=False,
-        oe_lambda=cfg.branch_oe_lambda if stage == "branch_oe" else cfg.oe_lambda,
         oe_batch_size=cfg.oe_batch_size,
-        oe_concat_forward=stage != "branch_oe",
+        oe_concat_forward=stage.name != "branch_oe",
     )
-
-
-def train_stage(model: PreTrainedModel, data: VisionData, cfg: VisionOEConfig, stage: str, output_dir: str | Path,
-                resume_from_checkpoint: str | None = None) -> OETrainer:
-    """Train ``model`` in place for ``stage`` and return its trainer.
-
-    ``resume_from_checkpoint``: a checkpoint of this stage to continue from (``Trainer.train``'s argument; the
-    optimizer, schedule, RNG and outlier stream continue too).
-
-    Optimizer: ``torch.optim.SGD(model.parameters(), lr, momentum, nesterov=True, weight_decay)`` (decay on every
-    parameter, as the OE code); the Trainer adds the cosine schedule. ``branch``/``branch_oe`` use
-    :class:`~oe_vision.confidence_trainer.ConfidenceBranchOETrainer`; the others :class:`OETrainer`.
-    """
-    args = training_arguments(cfg, stage, output_dir)
-    if stage.startswith("branch") != bool(getattr(model.config, "confidence_branch", False)):
-        raise ValueError(f"stage {stage!r} needs a model {'with' if stage.startswith('branch') else 'without'} a confidence branch")
-    model.to(args.device)
-    lr = cfg.lr if stage in _FROM_SCRATCH else cfg.oe_lr
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0, weight_decay=cfg.weight_decay)
-    trainer_cls = ConfidenceBranchOETrainer if stage.startswith("branch") else OETrainer
-    trainer = trainer_cls(
-        model=model,
-        args=args,
-        train_dataset=data.train,
-        data_collator=vdata.image_collate,
-        outlier_dataset=data.oe_source if stage in _WITH_OUTLIERS else None,
-        optimizers=(optimizer, None),
-        callbacks=time_budget_callbacks(cfg.baseline_max_minutes if stage in _FROM_SCRATCH else cfg.oe_max_minutes),
-    )
-    trainer.train(resume_from_checkpoint=resume_from_checkpoint)
-    return trainer
 
 
 # ================================================================================================ evaluation
@@ -800,8 +768,8 @@ def _notes(cfg: VisionOEConfig, data: VisionData) -> list[str]:
     if ours_only:
         notes.append("Our sets without a paper row: " + ", ".join(ours_only) + ". The means therefore average different set lists.")
     if cfg.save_models:
-        notes.append("The OE model is also saved as an OODDetector (`oe_detector/`, MSP score, threshold at 5% FPR on the held-out "
-                     "images): `oe score --model <output-dir>/oe_detector --input <folder of images>`.")
+        notes.append("The OE model is also saved as an OODDetector (`detector/`, MSP score, threshold at 5% FPR on the held-out "
+                     "images): `oe score --model <output-dir>/detector --input <folder of images>`.")
     if cfg.dataset == "mnist" and "cifar10" in data.oe_source_name:
         notes.append("OE source: CIFAR-10 train in grayscale 28x28, a stand-in for the paper's 80 Million Tiny Images (withdrawn; "
                      "CIFAR-10 is a subset of it). The paper's CIFAR-10bw test set is therefore the OE source here: isun_gray "
@@ -821,10 +789,106 @@ def _notes(cfg: VisionOEConfig, data: VisionData) -> list[str]:
     return notes
 
 
-# ================================================================================================ the run
+# ================================================================================================ the experiment
+class VisionClassifierExperiment(StagedExperiment):
+    """The classifier experiment of ``config`` (a :class:`VisionOEConfig`) for :func:`oe_common.experiment.run_experiment`."""
+
+    config: VisionOEConfig
+    data: VisionData
+
+    def stages(self) -> list[Stage]:
+        """``baseline`` / ``oe_scratch`` / ``branch`` from scratch with the ``baseline_*`` schedule and ``lr``; ``oe``
+        (from the baseline) and ``branch_oe`` (from the branch model) with the ``oe_*`` schedule and ``oe_lr``."""
+        cfg = self.config
+        scratch = dict(learning_rate=cfg.lr, epochs=cfg.baseline_epochs, max_steps=cfg.baseline_max_steps, max_minutes=cfg.baseline_max_minutes)
+        tune = dict(learning_rate=cfg.oe_lr, epochs=cfg.oe_epochs, max_steps=cfg.oe_max_steps, max_minutes=cfg.oe_max_minutes)
+        every = {"baseline": Stage("baseline", **scratch), "oe": Stage("oe", **tune, oe_lambda=cfg.oe_lambda, init="baseline"),
+                 "oe_scratch": Stage("oe_scratch", **scratch, oe_lambda=cfg.oe_lambda), "branch": Stage("branch", **scratch),
+                 "branch_oe": Stage("branch_oe", **tune, oe_lambda=cfg.branch_oe_lambda, init="branch")}
+        return [every[name] for name in cfg.stages]
+
+    def load_data(self, data_dir: str | Path | None) -> VisionData:
+        return load_vision_data(self.config, data_dir)
+
+    def build_model(self, stage: Stage) -> PreTrainedModel:
+        return build_model(self.config, confidence_branch=stage.name.startswith("branch"))
+
+    def make_trainer(self, stage: Stage, model: PreTrainedModel, output_dir: Path) -> OETrainer:
+        """Optimizer: ``torch.optim.SGD(model.parameters(), lr, momentum, nesterov=True, weight_decay)`` (decay on
+        every parameter, as the OE code); the Trainer adds the cosine schedule. ``branch``/``branch_oe`` use
+        :class:`~oe_vision.confidence_trainer.ConfidenceBranchOETrainer`; the others :class:`OETrainer`."""
+        cfg, branch = self.config, stage.name.startswith("branch")
+        args = training_arguments(cfg, stage, output_dir)
+        if branch != bool(getattr(model.config, "confidence_branch", False)):
+            raise ValueError(f"stage {stage.name!r} needs a model {'with' if branch else 'without'} a confidence branch")
+        model.to(args.device)
+        optimizer = torch.optim.SGD(model.parameters(), lr=stage.learning_rate, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
+                                    weight_decay=cfg.weight_decay)
+        return (ConfidenceBranchOETrainer if branch else OETrainer)(
+            model=model, args=args, train_dataset=self.data.train, data_collator=vdata.image_collate,
+            outlier_dataset=self.data.oe_source if stage.uses_outliers else None, optimizers=(optimizer, None), callbacks=stage.callbacks(),
+        )
+
+    def evaluate(self, stage: Stage, model: PreTrainedModel, trainer: OETrainer) -> StageResult:
+        """One pass over the test, hold-out and anomaly sets (the arrays), then detection records for every score."""
+        cfg = self.config
+        outputs = collect_outputs(model, self.data.eval_sets(), cfg.eval_batch_size, desc=f"scoring {stage.name}", bf16=cfg.bf16)
+        scores = BRANCH_SCORES if stage.name.startswith("branch") else cfg.scores
+        return StageResult({"records": [r for score in scores for r in evaluate_detection(outputs, self.data, cfg, stage.name, score)[0]]}, outputs)
+
+    def report(self, results: Mapping[str, StageResult], models: StageModels, seconds: dict[str, float], output_dir: Path,
+               is_main: bool) -> dict[str, Any]:
+        """Misclassification, calibration, ``results.json`` / ``results.md``, ROC / histogram PNGs and the OE model as
+        an ``OODDetector`` in ``<output_dir>/detector`` (when ``save_models``)."""
+        cfg, data = self.config, self.data
+        outputs = {name: result.arrays for name, result in results.items()}
+        records = [r for result in results.values() for r in result.records]
+        test_labels = data.test.labels
+        accuracy = {s: float((o["test"]["logits"].argmax(-1) == test_labels).float().mean()) for s, o in outputs.items()}
+        misclassification = [misclassification_record(outputs[s], test_labels, s, cfg.dataset) for s in cfg.stages if not s.startswith("branch")]
+        calibration: list[dict[str, Any]] = []
+        temperatures: dict[str, float] = {}
+        paths: dict[str, Path] = {}
+        calibration_skipped: str | None = None
+        if cfg.calibration:
+            t0 = time.perf_counter()
+            try:
+                calibration, temperatures = run_calibration(
+                    {m: outputs[m] for m in ("baseline", "oe")}, {"test": test_labels, "holdout": data.holdout.labels},
+                    list(data.ood), data.mean_sets, cfg.n_draws, cfg.ratio, cfg.seed, cfg.dataset, allow_small_sets=cfg.allow_small_sets,
+                )
+            except ValueError as err:  # e.g. a smoke run's chance-level model: no finite temperature minimises the NLL
+                calibration_skipped = f"calibration skipped: {err}"
+                warnings.warn(calibration_skipped, stacklevel=2)
+            else:
+                paths.update(reliability_diagrams({m: outputs[m] for m in ("baseline", "oe")}, test_labels, temperatures, data.mean_sets,
+                                                  output_dir, cfg.ratio, cfg.seed, title_prefix=f"{cfg.dataset}: "))
+            seconds["calibration"] = time.perf_counter() - t0
+            seconds["total"] += seconds["calibration"]
+
+        meta = run_meta(
+            seconds, config=dataclasses.asdict(cfg), dataset=cfg.dataset, data=data.stats(), test_accuracy=accuracy,
+            test_error={s: 1.0 - a for s, a in accuracy.items()}, misclassification=misclassification, calibration=calibration,
+            temperatures=temperatures, calibration_skipped=calibration_skipped,
+            train_logs={s: r.state["train_log"] for s, r in results.items()}, training_steps={s: r.state["training_steps"] for s, r in results.items()},
+        )
+        paths.update(write_results(output_dir, records, meta, _markdown_report(cfg, data, records, meta)))
+        for stage in cfg.stages:
+            score = "branch" if stage.startswith("branch") else "msp"
+            in_scores = anomaly_scores(outputs[stage]["test"], score)
+            out = {name: anomaly_scores(outputs[stage][name], score) for name in data.ood}
+            title = f"{cfg.dataset} {stage}, score {score}"
+            paths[f"roc_{stage}"] = plot_roc_curves(in_scores, out, output_dir / f"roc_{stage}.png", title)
+            paths[f"hist_{stage}"] = plot_score_histograms(in_scores, out, output_dir / f"hist_{stage}.png", title)
+        if cfg.save_models and is_main:  # a resumed run loads the OE model from oe_model/
+            paths["detector"] = save_detector(models["oe"], outputs["oe"], data, cfg, output_dir / "detector")
+        return {"records": records, "meta": meta, "paths": paths, "outputs": outputs, "data": data}
+
+
 def run_vision_oe(cfg: VisionOEConfig, output_dir: str | Path, data_dir: str | Path | None = None, data: VisionData | None = None,
                   overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
-    """Train every stage of ``cfg``, evaluate each model, write results, plots and models into ``output_dir``.
+    """Train every stage of ``cfg``, evaluate each model, write results, plots and models into ``output_dir``
+    (:func:`oe_common.experiment.run_experiment` of a :class:`VisionClassifierExperiment`).
 
     ``output_dir`` must be new or empty, unless ``overwrite`` (its contents are deleted first) or ``resume`` (an
     interrupted run there continues: finished stages are loaded, the interrupted one continues from its last checkpoint,
@@ -833,93 +897,4 @@ def run_vision_oe(cfg: VisionOEConfig, output_dir: str | Path, data_dir: str | P
 
     Returns ``{"records": [...], "meta": {...}, "paths": {...}, "outputs": {model: {set: {"logits", ...}}}, "data": VisionData}``.
     """
-    output_dir = Path(output_dir)
-    run = RunFolder.open(output_dir, dataclasses.asdict(cfg), overwrite=overwrite, resume=resume)
-    run.start_stage("data")
-    seconds: dict[str, float] = {}
-    started = time.perf_counter()
-    set_seed(cfg.seed)
-    data = data if data is not None else load_vision_data(cfg, data_dir)
-    seconds["data"] = time.perf_counter() - started
-    eval_sets = data.eval_sets()
-
-    outputs: dict[str, dict[str, dict[str, torch.Tensor | None]]] = {}
-    records: list[dict[str, Any]] = []
-    train_logs: dict[str, dict[str, float]] = {}
-    training_steps: dict[str, dict[str, Any]] = {}
-    model: PreTrainedModel | None = None
-    for stage in cfg.stages:
-        if run.stage_done(stage):  # --resume: a finished stage is loaded, not trained again
-            state, outputs[stage] = run.load_stage(stage)
-            records += state["records"]
-            train_logs[stage], training_steps[stage] = state["train_log"], state["training_steps"]
-            seconds.update({f"{stage}_{k}": v for k, v in state["seconds"].items()})
-            if stage in ("baseline", "branch"):  # the next stage continues from it
-                model = run.load_stage_model(stage, build_model(cfg, confidence_branch=stage == "branch"))
-            continue
-        run.start_stage(stage)
-        if stage in _FROM_SCRATCH:  # "oe" continues from the baseline, "branch_oe" from the branch model
-            set_seed(cfg.seed)
-            model = build_model(cfg, confidence_branch=stage == "branch")
-        t0 = time.perf_counter()
-        trainer = train_stage(model, data, cfg, stage, output_dir, resume_from_checkpoint=run.last_checkpoint(stage))
-        seconds[f"{stage}_train"] = time.perf_counter() - t0
-        logged = [entry for entry in trainer.state.log_history if "loss" in entry]  # the last logged losses + the run summary
-        summary = {**(logged[-1] if logged else {}), **(trainer.state.log_history[-1] if trainer.state.log_history else {})}
-        train_logs[stage] = {k: float(v) for k, v in summary.items() if isinstance(v, (int, float))}
-        training_steps[stage] = training_steps_report(trainer)
-        t0 = time.perf_counter()
-        outputs[stage] = collect_outputs(model, eval_sets, cfg.eval_batch_size, desc=f"scoring {stage}", bf16=cfg.bf16)
-        for score in (BRANCH_SCORES if stage.startswith("branch") else cfg.scores):
-            records += evaluate_detection(outputs[stage], data, cfg, stage, score)[0]
-        seconds[f"{stage}_eval"] = time.perf_counter() - t0
-        if cfg.save_models:
-            trainer.save_model(str(output_dir / f"{stage}_model"))
-            if stage == "oe":
-                save_detector(model, outputs[stage], data, cfg, output_dir / "oe_detector")
-                model.train()
-        state = {"records": [r for r in records if r["model"] == stage], "train_log": train_logs[stage],
-                 "training_steps": training_steps[stage], "seconds": {k: seconds[f"{stage}_{k}"] for k in ("train", "eval")}}
-        run.finish_stage(stage, state, outputs[stage], model_dir=output_dir / f"{stage}_model" if cfg.save_models else None,
-                         model=model if stage in ("baseline", "branch") else None)
-        run.drop_checkpoints(stage)  # resume state of a finished stage: its model and outputs are saved
-
-    run.start_stage("report")
-    test_labels = data.test.labels
-    accuracy = {s: float((o["test"]["logits"].argmax(-1) == test_labels).float().mean()) for s, o in outputs.items()}
-    misclassification = [misclassification_record(outputs[s], test_labels, s, cfg.dataset) for s in cfg.stages if not s.startswith("branch")]
-    calibration: list[dict[str, Any]] = []
-    temperatures: dict[str, float] = {}
-    paths: dict[str, Path] = {}
-    calibration_skipped: str | None = None
-    if cfg.calibration:
-        t0 = time.perf_counter()
-        try:
-            calibration, temperatures = run_calibration(
-                {m: outputs[m] for m in ("baseline", "oe")}, {"test": test_labels, "holdout": data.holdout.labels},
-                list(data.ood), data.mean_sets, cfg.n_draws, cfg.ratio, cfg.seed, cfg.dataset, allow_small_sets=cfg.allow_small_sets,
-            )
-        except ValueError as err:  # e.g. a smoke run's chance-level model: no finite temperature minimises the NLL
-            calibration_skipped = f"calibration skipped: {err}"
-            warnings.warn(calibration_skipped, stacklevel=2)
-        else:
-            paths.update(reliability_diagrams({m: outputs[m] for m in ("baseline", "oe")}, test_labels, temperatures, data.mean_sets,
-                                              output_dir, cfg.ratio, cfg.seed, title_prefix=f"{cfg.dataset}: "))
-        seconds["calibration"] = time.perf_counter() - t0
-
-    seconds["total"] = time.perf_counter() - started
-    meta = run_meta(
-        seconds, config=dataclasses.asdict(cfg), dataset=cfg.dataset, data=data.stats(), test_accuracy=accuracy,
-        test_error={s: 1.0 - a for s, a in accuracy.items()}, misclassification=misclassification, calibration=calibration,
-        temperatures=temperatures, calibration_skipped=calibration_skipped, train_logs=train_logs, training_steps=training_steps,
-    )
-    paths.update(write_results(output_dir, records, meta, _markdown_report(cfg, data, records, meta)))
-    for stage in cfg.stages:
-        score = "branch" if stage.startswith("branch") else "msp"
-        in_scores = anomaly_scores(outputs[stage]["test"], score)
-        out = {name: anomaly_scores(outputs[stage][name], score) for name in data.ood}
-        title = f"{cfg.dataset} {stage}, score {score}"
-        paths[f"roc_{stage}"] = plot_roc_curves(in_scores, out, output_dir / f"roc_{stage}.png", title)
-        paths[f"hist_{stage}"] = plot_score_histograms(in_scores, out, output_dir / f"hist_{stage}.png", title)
-    run.complete()  # last: the folder now holds a complete run
-    return {"records": records, "meta": meta, "paths": paths, "outputs": outputs, "data": data}
+    return run_experiment(VisionClassifierExperiment(cfg), output_dir, data_dir=data_dir, data=data, overwrite=overwrite, resume=resume)
