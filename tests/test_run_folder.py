@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 import torch
 from transformers import TrainerCallback
+from transformers.hf_argparser import string_to_bool
 
 from oe_common import arg_types
+from oe_common.experiment import Stage
 from oe_common.run_folder import MANIFEST_NAME, RunFolder, RunFolderError, interruption_message, recipe_guard, resume_command
 
 TORCH_THREADS = 1  # tiny models: see the conftest fixture _torch_threads
@@ -30,7 +32,7 @@ def _parsers():
 def test_every_numeric_flag_of_every_recipe_has_a_checked_type():
     checked = {arg_types.positive_int, arg_types.non_negative_int, arg_types.positive_float, arg_types.non_negative_float, arg_types.probability}
     for name, parser in _parsers().items():
-        numeric = [a for a in parser._actions if a.type is not None and a.type is not str]
+        numeric = [a for a in parser._actions if a.type is not None and a.type not in (str, string_to_bool)]
         assert numeric, name
         unchecked = [a.dest for a in numeric if a.type not in checked]
         assert not unchecked, (name, unchecked)  # plain int / float accept 0, negatives, nan
@@ -311,22 +313,34 @@ class _InterruptAt(TrainerCallback):
             raise KeyboardInterrupt
 
 
-def _interrupt_stage(monkeypatch, module, stage_index: int, step: int) -> list:
-    """Make the ``stage_index``-th training stage of ``module`` raise KeyboardInterrupt at ``step``; record every
-    ``train_stage`` call as ``(stage, resume_from_checkpoint)``."""
-    calls, original_callbacks, original_train = [], module.time_budget_callbacks, module.train_stage
-    count = {"n": 0}
+class _FirstStep(TrainerCallback):
+    """Appends to ``starts`` the global step each trainer starts training at (0, or the resumed checkpoint's step)."""
 
-    def callbacks(minutes):
-        count["n"] += 1
-        return original_callbacks(minutes) + ([_InterruptAt(step)] if count["n"] == stage_index + 1 else [])
+    def __init__(self, starts: list):
+        self.starts, self.seen = starts, False
 
-    def train_stage(model, data, cfg, stage, output_dir, *args, **kwargs):
-        calls.append((stage, kwargs.get("resume_from_checkpoint")))
-        return original_train(model, data, cfg, stage, output_dir, *args, **kwargs)
+    def on_step_begin(self, args, state, control, **kwargs):
+        if not self.seen:
+            self.seen = True
+            self.starts.append(state.global_step)
 
-    monkeypatch.setattr(module, "time_budget_callbacks", callbacks)
-    monkeypatch.setattr(module, "train_stage", train_stage)
+
+def _interrupt_stage(monkeypatch, stage_name: str | None, step: int, starts: list) -> list:
+    """Hooks of the staged runner (:mod:`oe_common.experiment`), for every pipeline: the trainer of stage
+    ``stage_name`` raises KeyboardInterrupt at ``step``; every trainer appends its first step to ``starts``; every
+    stage the runner trains is recorded as ``(stage, the checkpoint it resumes from)``."""
+    calls: list = []
+    callbacks, last_checkpoint = Stage.callbacks, RunFolder.last_checkpoint
+
+    def stage_callbacks(stage):
+        return callbacks(stage) + [_FirstStep(starts)] + ([_InterruptAt(step)] if stage.name == stage_name else [])
+
+    def recorded(run, stage):
+        calls.append((stage, last_checkpoint(run, stage)))
+        return calls[-1][1]
+
+    monkeypatch.setattr(Stage, "callbacks", stage_callbacks)
+    monkeypatch.setattr(RunFolder, "last_checkpoint", recorded)
     return calls
 
 
@@ -334,11 +348,16 @@ def _same(records) -> str:
     return json.dumps(records, sort_keys=True)  # NaN-safe comparison
 
 
-def _check_interrupt_and_resume(run_fn, cfg, data, tmp_path, monkeypatch, module, stage_index, step, **result_keys):
+def _check_interrupt_and_resume(run_fn, cfg, data, tmp_path, monkeypatch, step):
+    """Run ``cfg`` whole, and interrupted in the OE stage at ``step`` then resumed: the same records, the finished
+    baseline loaded (not trained again), the OE stage continued from its last checkpoint, resume state dropped.
+    Returns ``(calls, reference, resumed, starts, message)``: the stages trained by the resume, both results, where
+    each trainer started, the one-line interrupt message."""
     reference = run_fn(cfg, tmp_path / "reference", data=data)
     out = tmp_path / "interrupted"
+    starts: list[int] = []
     with monkeypatch.context() as mp:
-        _interrupt_stage(mp, module, stage_index, step)
+        _interrupt_stage(mp, "oe", step, starts)
         with pytest.raises(KeyboardInterrupt):
             run_fn(cfg, out, data=data)
     manifest = _manifest(out)
@@ -346,25 +365,29 @@ def _check_interrupt_and_resume(run_fn, cfg, data, tmp_path, monkeypatch, module
     assert not (out / "results.json").exists()
     with pytest.raises(RunFolderError):  # a rerun without a flag would mix two runs
         run_fn(cfg, out, data=data)
-    calls = _interrupt_stage(monkeypatch, module, 99, 0)  # record the calls only
+    message = interruption_message(out, "RESUME")
+    calls = _interrupt_stage(monkeypatch, None, 0, starts)  # record the calls only
     resumed = run_fn(cfg, out, data=data, resume=True)
     assert _manifest(out)["status"] == "complete"
     assert [c[0] for c in calls] == ["oe"]  # the finished baseline was loaded, not trained again
     assert _same(resumed["records"]) == _same(reference["records"])
     saved = json.loads((out / "results.json").read_text())
     assert saved["records"] == json.loads((tmp_path / "reference" / "results.json").read_text())["records"]
-    return calls, reference, resumed
+    assert not (out / "checkpoints").exists() and not (tmp_path / "reference" / "checkpoints").exists()  # resume state dropped
+    return calls, reference, resumed, starts, message
 
 
 @pytest.mark.slow
 def test_text_run_interrupted_in_the_oe_stage_resumes_from_its_checkpoint_to_the_same_results(tmp_path, monkeypatch, data_dir):
-    import oe_text.pipeline as module
+    import oe_text.lm_experiment as module
     from oe_text.data import load_text_oe_data
 
     cfg = module.preset_config("word", "test", batch_size=8, baseline_max_steps=6, oe_max_steps=6, eval_steps=2, oe_eval_steps=2,
                                train_windows=400, valid_windows=16, test_windows=40, ewt_windows=20, n_draws=2, eval_batch_size=40)
     data = load_text_oe_data(cfg.level, data_dir, protocol=cfg.protocols, seq_len=cfg.seq_len)
-    calls, reference, resumed = _check_interrupt_and_resume(module.run_text_oe, cfg, data, tmp_path, monkeypatch, module, 1, 3)
+    calls, reference, resumed, starts, message = _check_interrupt_and_resume(module.run_text_oe, cfg, data, tmp_path, monkeypatch, 3)
+    assert "stage 'oe' continues from its checkpoint at step 2" in message
+    assert starts == [0, 0, 2]  # interrupted baseline + oe, resumed oe: from step 2, not 0
     assert calls[0][1].endswith("checkpoints/oe/checkpoint-2")  # continued from the last checkpoint, not from step 0
     for stage in ("baseline", "oe"):
         assert resumed["meta"]["test_quality"][stage]["perplexity"] == reference["meta"]["test_quality"][stage]["perplexity"]
