@@ -164,7 +164,7 @@ def test_char_unk_share_counts_whole_markers_only():
 
 # ============================================================================================ defaults
 def test_char_runs_default_to_spelled_first_and_keep_the_other_protocols():
-    from oe_text.pipeline import TextOEConfig, preset_config
+    from oe_text.lm_experiment import TextOEConfig, preset_config
     from oe_text.recipe_cli import build_parser
 
     assert D.DEFAULT_PROTOCOLS["char"][0] == "spelled" and set(D.DEFAULT_PROTOCOLS["char"]) == set(D.PROTOCOLS)

@@ -74,7 +74,7 @@ def test_records_and_heading_sentence_say_what_ran():
 
 # ---------------------------------------------------------------------------------------------- pipelines
 def test_text_pipeline_errors_on_small_domains_and_labels_them_when_allowed():
-    from oe_text.pipeline import TextOEConfig, _markdown_report, evaluate_scores, table6_markdown
+    from oe_text.lm_experiment import TextOEConfig, _markdown_report, evaluate_scores, table6_markdown
 
     scores = {"nll": {"ptb/test": _scores(0, 100), "paper/email": _scores(1, 10, 2), "paper/reviews": _scores(2, 50, 2)}}
     with pytest.raises(ValueError, match="'email' has 10 scores"):

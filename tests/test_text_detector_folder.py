@@ -24,7 +24,7 @@ def _ptb_file_lines(data_dir, name: str) -> list[str]:
 
 
 def test_stream_lines_give_back_the_ptb_validation_sentences(data_dir):
-    from oe_text.pipeline import stream_lines
+    from oe_text.lm_experiment import stream_lines
 
     word_lines = _ptb_file_lines(data_dir, "ptb.valid.txt")
     word_vocab = ptb_vocab("word", data_dir)
@@ -41,7 +41,7 @@ def test_stream_lines_give_back_the_ptb_validation_sentences(data_dir):
 
 @pytest.fixture(scope="module")
 def saved_detector(tmp_path_factory, data_dir):
-    from oe_text.pipeline import evaluate_scores, preset_config, save_text_detector
+    from oe_text.lm_experiment import evaluate_scores, preset_config, save_text_detector
 
     cfg = preset_config("word", "test", valid_windows=6, protocols=("clean",), n_draws=2)
     data = load_text_oe_data("word", data_dir, protocol="clean")
@@ -97,7 +97,7 @@ def test_oe_score_runs_on_the_detector_folder(saved_detector, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_run_text_oe_writes_the_detector_folder(tmp_path, data_dir):
-    from oe_text.pipeline import preset_config, run_text_oe
+    from oe_text.lm_experiment import preset_config, run_text_oe
 
     cfg = preset_config("word", "test", baseline_max_steps=2, oe_max_steps=2, eval_steps=2, oe_eval_steps=2, ewt_windows=20,
                         test_windows=50, valid_windows=4, n_draws=1, protocols=("clean",))
@@ -120,7 +120,7 @@ def test_char_detector_reads_raw_english_like_the_spelled_protocol(tmp_path, dat
     """Issue #16: the char recipe's detector reads raw English with the ``spelled`` rule (its card shows the
     ``spelled`` records), while its threshold is fitted on PTB validation read as in training (``ptb_char``:
     ``spelled`` would turn PTB's ``N`` and ``<unk>`` into letters)."""
-    from oe_text.pipeline import evaluate_scores, preset_config, save_text_detector
+    from oe_text.lm_experiment import evaluate_scores, preset_config, save_text_detector
 
     cfg = preset_config("char", "test", valid_windows=3, protocols=("spelled", "clean"), n_draws=2)
     data = load_text_oe_data("char", data_dir, protocol=("spelled", "clean"))

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from oe_text.pipeline import TextOEConfig, evaluate_scores, preset_config, run_text_oe, table6_markdown
+from oe_text.lm_experiment import TextOEConfig, evaluate_scores, preset_config, run_text_oe, table6_markdown
 
 
 TORCH_THREADS = 1  # small models: see the conftest fixture _torch_threads

@@ -13,7 +13,8 @@ Stages (each a :class:`oe_common.trainer.OETrainer` run or an evaluation):
    FPR90 / AUROC / AUPR per domain and their mean.
 
 Every window is scored on its own (fresh state; no hidden state carried between windows), in training and in
-evaluation. Outputs (:func:`run_text_oe`): ``results.json`` (records + meta), ``results.md`` (Table 6 layout with
+evaluation. The stages run in :func:`oe_common.experiment.run_experiment` (run folder, seeding, resume, timing);
+:class:`PTBLanguageModelExperiment` says what is PTB's own. Outputs (:func:`run_text_oe`): ``results.json`` (records + meta), ``results.md`` (Table 6 layout with
 the paper's numbers beside ours), ROC and score-histogram PNGs, both models (safetensors) with the vocabulary, and
 ``detector/``: the OE model as an :class:`oe_common.detector.OODDetector` (:func:`save_text_detector`), so that
 ``oe score --model <output_dir>/detector --input sentences.txt`` scores raw sentences.
@@ -22,16 +23,18 @@ the paper's numbers beside ours), ROC and score-histogram PNGs, both models (saf
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
-import time
+from dataclasses import field
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
-from transformers import set_seed
 
+from oe_common.arg_types import non_negative_float, non_negative_int, probability
+from oe_common.experiment import Stage, StagedExperiment, StageModels, StageResult, run_experiment, train_log
 from oe_common.metrics import evaluate_ood
 from oe_common.presets import preset_settings
 from oe_common.reporting import (
@@ -45,18 +48,18 @@ from oe_common.reporting import (
     time_budget_notes,
     write_results,
 )
-from oe_common.callbacks import check_time_budget, time_budget_callbacks, training_steps_report
+from oe_common.callbacks import check_time_budget, training_steps_report
 from oe_common import scores as oe_scores
-from oe_common.run_folder import RunFolder
-from oe_common.trainer import OETrainer, OETrainingArguments
+from oe_common.recipe_args import flag
+from oe_common.trainer import OE_LOSSES, OETrainer, OETrainingArguments
 
 from .data import DEFAULT_PROTOCOLS, PROTOCOLS, TextOEData, load_text_oe_data
 from .models import build_language_model
 from .paper_results import TABLE6
 
 __all__ = [
-    "TextOEConfig", "PRESET_NAMES", "preset_config", "train_stage", "score_model", "evaluate_scores", "run_text_oe", "table6_markdown",
-    "save_text_detector", "stream_lines", "DETECTOR_TARGET_FPR",
+    "TextOEConfig", "PRESET_NAMES", "preset_config", "PTBLanguageModelExperiment", "score_model", "evaluate_scores", "run_text_oe",
+    "table6_markdown", "save_text_detector", "stream_lines", "allowed_protocols", "DETECTOR_TARGET_FPR",
 ]
 
 PRESET_NAMES = ("test", "tiny", "paper")
@@ -74,13 +77,20 @@ DETECTOR_PROTOCOL = {"word": "clean", "char": "spelled"}
 PTB_LINE_NORMALIZER = {"word": "ptb", "char": "ptb_char"}
 
 
+def allowed_protocols(level: str) -> tuple[str, ...]:
+    """The EWT protocols a ``level`` model can read: all at char level; not ``spelled`` (no vocabulary cut) at word level."""
+    return PROTOCOLS if level == "char" else DEFAULT_PROTOCOLS["word"]
+
+
 @dataclasses.dataclass
 class TextOEConfig:
-    """Everything a PTB OE run depends on. ``*_max_steps > 0`` overrides the matching ``*_epochs``."""
+    """Everything a PTB OE run depends on. ``*_max_steps > 0`` overrides the matching ``*_epochs``. Each field is
+    also a recipe flag (``--oe-max-steps``; :func:`oe_common.recipe_args.build_recipe_parser`), except ``level``."""
 
     level: str = "word"
-    model: str = "lstm"  # "lstm" | "transformer"
-    model_preset: str = "tiny"  # a preset of oe_text.models.build_language_model
+    model: str = field(default="lstm", metadata=flag("model family (default: the preset's; paper: lstm, tiny/test: transformer)",
+                                                     choices=("lstm", "transformer")))
+    model_preset: str = field(default="tiny", metadata=flag("size preset of oe_text.models (default: the preset's)"))
     seq_len: int | None = None  # predicted tokens per window; None = 70 (word) / 150 (char)
     batch_size: int = 32  # in-distribution windows per device and step
     eval_batch_size: int = 64
@@ -91,13 +101,15 @@ class TextOEConfig:
     oe_lr: float = 1e-3
     oe_epochs: float = 5.0  # measured in PTB batches, as the paper's fine-tuning
     oe_max_steps: int = -1
-    baseline_max_minutes: float | None = None  # wall-clock budget of the stage (None = none): oe_common.callbacks.time_budget_callbacks
-    oe_max_minutes: float | None = None
-    oe_lambda: float = 0.5  # the released LM code's value; the paper's text says 1.0 for NLP
-    oe_loss: str = "uniform"
-    weight_decay: float = 1.2e-6
+    baseline_max_minutes: float | None = field(default=None, metadata=flag(  # oe_common.callbacks.time_budget_callbacks
+        "wall-clock budget of baseline training (minutes): re-planned to fit, hard stop at the budget, so that a fixed-length GPU session still evaluates"))
+    oe_max_minutes: float | None = field(default=None, metadata=flag("the same for OE fine-tuning"))
+    # the released LM code's value; the paper's text says 1.0 for NLP
+    oe_lambda: float = field(default=0.5, metadata=flag(arg_type=non_negative_float))
+    oe_loss: str = field(default="uniform", metadata=flag(choices=OE_LOSSES))
+    weight_decay: float = field(default=1.2e-6, metadata=flag(arg_type=non_negative_float))
     max_grad_norm: float = 0.25
-    warmup_ratio: float = 0.02
+    warmup_ratio: float = field(default=0.02, metadata=flag(arg_type=non_negative_float))
     eval_steps: int = 200  # PTB validation every this many baseline steps; the best checkpoint is kept
     oe_eval_steps: int | None = None  # the same for OE fine-tuning (default: eval_steps)
     bf16: bool = False
@@ -105,18 +117,21 @@ class TextOEConfig:
     valid_windows: int | None = None
     test_windows: int | None = None  # only for smoke tests: the paper uses every PTB test window
     ewt_windows: int | None = None  # cap per EWT domain: a seeded random subset (None = all)
-    protocols: tuple[str, ...] | None = None  # EWT protocols to evaluate; None = oe_text.data.DEFAULT_PROTOCOLS[level]
-    scores: tuple[str, ...] = TEXT_SCORES
+    protocols: tuple[str, ...] | None = field(default=None, metadata=flag(  # None = oe_text.data.DEFAULT_PROTOCOLS[level]
+        "EWT protocols to evaluate, the first is the headline (default: paper clean; char level: spelled paper clean; see docs/text.md)",
+        choices=PROTOCOLS))
+    scores: tuple[str, ...] = field(default=TEXT_SCORES, metadata=flag(choices=TEXT_SCORES))
     n_draws: int = 10
-    recall_level: float = 0.90
-    allow_small_sets: bool = False  # a domain with fewer than n_in // 5 windows: an error unless True (then used whole, labelled)
-    seed: int = 0
+    recall_level: float = field(default=0.90, metadata=flag(arg_type=probability))
+    allow_small_sets: bool = field(default=False, metadata=flag(
+        "use an EWT domain with fewer than n_in // 5 windows whole (labelled in the tables) instead of stopping"))
+    seed: int = field(default=0, metadata=flag(arg_type=non_negative_int))
 
     def __post_init__(self) -> None:
         if self.level not in ("word", "char"):
             raise ValueError(f"level must be 'word' or 'char', got {self.level!r}")
         self.protocols = DEFAULT_PROTOCOLS[self.level] if self.protocols is None else tuple(self.protocols)
-        allowed = PROTOCOLS if self.level == "char" else DEFAULT_PROTOCOLS["word"]
+        allowed = allowed_protocols(self.level)
         if not self.protocols or set(self.protocols) - set(allowed):
             raise ValueError(f"protocols must be a non-empty subset of {allowed} at {self.level} level, got {self.protocols}")
         unknown = set(self.scores) - (set(TEXT_SCORES) & set(oe_scores.SCORE_NAMES))
@@ -166,63 +181,6 @@ def preset_config(level: str, preset: str, **overrides: Any) -> TextOEConfig:
 
 def _first(dataset: Any, n: int | None) -> Any:
     return dataset if n is None or n >= len(dataset) else dataset.select(range(n))
-
-
-def _training_arguments(cfg: TextOEConfig, stage: str, output_dir: Path) -> OETrainingArguments:
-    baseline = stage == "baseline"
-    eval_steps = cfg.eval_steps if baseline or cfg.oe_eval_steps is None else cfg.oe_eval_steps
-    return OETrainingArguments(
-        output_dir=str(output_dir / "checkpoints" / stage),
-        per_device_train_batch_size=cfg.batch_size,
-        per_device_eval_batch_size=cfg.eval_batch_size,
-        learning_rate=cfg.baseline_lr if baseline else cfg.oe_lr,
-        num_train_epochs=cfg.baseline_epochs if baseline else cfg.oe_epochs,
-        max_steps=cfg.baseline_max_steps if baseline else cfg.oe_max_steps,
-        optim=cfg.optimizer,
-        weight_decay=cfg.weight_decay,
-        max_grad_norm=cfg.max_grad_norm,
-        warmup_steps=cfg.warmup_ratio,  # a float < 1 is a ratio of the total steps in transformers >= 5
-        lr_scheduler_type="cosine",
-        eval_strategy="steps",
-        eval_steps=eval_steps,
-        save_strategy="steps",
-        save_steps=eval_steps,
-        save_total_limit=1,
-        load_best_model_at_end=True,
-        metric_for_best_model="eval_loss",
-        greater_is_better=False,
-        logging_steps=max(1, min(50, eval_steps // 2)),
-        report_to="none",
-        bf16=cfg.bf16 and torch.cuda.is_available(),
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        oe_lambda=cfg.oe_lambda,
-        oe_loss=cfg.oe_loss,
-        oe_batch_ratio=1.0,
-        dataloader_num_workers=0,
-        dataloader_pin_memory=torch.cuda.is_available(),
-    )
-
-
-def train_stage(model: torch.nn.Module, data: TextOEData, cfg: TextOEConfig, stage: str, output_dir: Path,
-                resume_from_checkpoint: str | None = None) -> OETrainer:
-    """Train ``model`` in place: ``stage="baseline"`` (PTB only) or ``"oe"`` (PTB + WikiText-2 outliers).
-
-    The returned trainer holds the checkpoint with the best PTB validation loss (``load_best_model_at_end``).
-    ``resume_from_checkpoint``: a checkpoint of this stage to continue from (``Trainer.train``'s argument).
-    """
-    if stage not in ("baseline", "oe"):
-        raise ValueError(f"stage must be 'baseline' or 'oe', got {stage!r}")
-    trainer = OETrainer(
-        model=model,
-        args=_training_arguments(cfg, stage, output_dir),
-        train_dataset=_first(data.ptb_train, cfg.train_windows).with_format("torch"),
-        eval_dataset=_first(data.ptb_valid, cfg.valid_windows).with_format("torch"),
-        outlier_dataset=data.wikitext_train.with_format("torch") if stage == "oe" else None,
-        callbacks=time_budget_callbacks(cfg.baseline_max_minutes if stage == "baseline" else cfg.oe_max_minutes),
-    )
-    trainer.train(resume_from_checkpoint=resume_from_checkpoint)
-    return trainer
 
 
 def _seeded_subset(dataset: Any, n: int | None, seed: int) -> Any:
@@ -322,83 +280,133 @@ def _markdown_report(cfg: TextOEConfig, records: list[dict[str, Any]], meta: dic
     return "\n".join(parts) + "\n"
 
 
+class PTBLanguageModelExperiment(StagedExperiment):
+    """The PTB language-model OE experiment: a baseline LM trained on PTB, then OE fine-tuning of that model on
+    PTB + WikiText-2, each scored on PTB test and the EWT domains; the report is Table 6 plus the detector."""
+
+    config: TextOEConfig
+    data: TextOEData
+
+    def stages(self) -> list[Stage]:
+        cfg = self.config
+        return [Stage("baseline", cfg.baseline_lr, cfg.baseline_epochs, cfg.baseline_max_steps, cfg.baseline_max_minutes),
+                Stage("oe", cfg.oe_lr, cfg.oe_epochs, cfg.oe_max_steps, cfg.oe_max_minutes, oe_lambda=cfg.oe_lambda, init="baseline")]
+
+    def load_data(self, data_dir: str | Path | None) -> TextOEData:
+        cfg = self.config
+        return load_text_oe_data(cfg.level, data_dir, protocol=cfg.protocols, seq_len=cfg.seq_len)
+
+    @functools.cached_property
+    def eval_sets(self) -> dict[str, Any]:
+        """:func:`_eval_sets` of the loaded data."""
+        return _eval_sets(self.data, self.config)
+
+    def build_model(self, stage: Stage) -> torch.nn.Module:
+        return build_language_model(self.config.model, len(self.data.vocab), self.config.model_preset)
+
+    def training_arguments(self, stage: Stage, output_dir: Path) -> OETrainingArguments:
+        """The stage's arguments: PTB validation and a checkpoint every ``eval_steps`` (``oe_eval_steps``, when set,
+        for the OE stage), the best one by PTB validation loss loaded at the end."""
+        cfg = self.config
+        eval_steps = {"oe": cfg.oe_eval_steps}.get(stage.name) or cfg.eval_steps
+        return OETrainingArguments(
+            **stage.training_arguments(output_dir),
+            per_device_train_batch_size=cfg.batch_size,
+            per_device_eval_batch_size=cfg.eval_batch_size,
+            optim=cfg.optimizer,
+            weight_decay=cfg.weight_decay,
+            max_grad_norm=cfg.max_grad_norm,
+            warmup_steps=cfg.warmup_ratio,  # a float < 1 is a ratio of the total steps in transformers >= 5
+            lr_scheduler_type="cosine",
+            eval_strategy="steps",
+            eval_steps=eval_steps,
+            save_strategy="steps",
+            save_steps=eval_steps,
+            save_total_limit=1,
+            load_best_model_at_end=True,
+            metric_for_best_model="eval_loss",
+            greater_is_better=False,
+            logging_steps=max(1, min(50, eval_steps // 2)),
+            report_to="none",
+            bf16=cfg.bf16 and torch.cuda.is_available(),
+            seed=self.seed,
+            data_seed=self.seed,
+            oe_loss=cfg.oe_loss,
+            oe_batch_ratio=1.0,
+            dataloader_num_workers=0,
+            dataloader_pin_memory=torch.cuda.is_available(),
+        )
+
+    def make_trainer(self, stage: Stage, model: torch.nn.Module, output_dir: Path) -> OETrainer:
+        """PTB train windows (plus WikiText-2 outliers in the OE stage); PTB validation picks the checkpoint."""
+        cfg, data = self.config, self.data
+        return OETrainer(
+            model=model,
+            args=self.training_arguments(stage, output_dir),
+            train_dataset=_first(data.ptb_train, cfg.train_windows).with_format("torch"),
+            eval_dataset=_first(data.ptb_valid, cfg.valid_windows).with_format("torch"),
+            outlier_dataset=data.wikitext_train.with_format("torch") if stage.uses_outliers else None,
+            callbacks=stage.callbacks(),
+        )
+
+    def evaluate(self, stage: Stage, model: torch.nn.Module, trainer: OETrainer) -> StageResult:
+        """Scores of every evaluation set (the stage's arrays), detection records and ``quality`` (PTB test
+        perplexity and bits per token from the token-weighted ``nll``, training throughput and steps)."""
+        cfg, sets = self.config, self.eval_sets
+        scores = score_model(trainer, sets, cfg.scores, desc=f"scoring {stage.name}")
+        nll = _token_weighted_nll(scores["nll"]["ptb/test"], sets["ptb/test"]) if "nll" in cfg.scores else float("nan")
+        quality = {
+            "perplexity": math.exp(nll),
+            "bits_per_token": nll / math.log(2),
+            "nll_nats": nll,
+            "train_tokens_per_second": train_log(trainer).get("train_samples_per_second", 0.0) * self.data.seq_len,
+            "best_valid_loss": float(trainer.state.best_metric) if trainer.state.best_metric is not None else float("nan"),
+            **training_steps_report(trainer),
+        }
+        return StageResult({"quality": quality, "records": evaluate_scores(scores, cfg, stage.name)}, scores)
+
+    def save_model(self, stage: Stage, model: torch.nn.Module, trainer: OETrainer, output_dir: Path) -> Path:
+        """safetensors + config + the vocabulary; no pickled training arguments (``Trainer.save_model`` adds them)."""
+        folder = output_dir / f"{stage.name}{self.model_dir_suffix}"
+        trainer.accelerator.unwrap_model(trainer.model).save_pretrained(folder)
+        self.data.vocab.save(folder / "vocab.json")
+        return folder
+
+    def report(self, results: Mapping[str, StageResult], models: StageModels, seconds: dict[str, float],
+               output_dir: Path, is_main: bool) -> dict[str, Any]:
+        """``results.json`` / ``results.md`` (Table 6), ROC and histogram PNGs of the first score, the detector."""
+        cfg, data, sets = self.config, self.data, self.eval_sets
+        records = [r for result in results.values() for r in result.records]
+        quality = {name: result.state["quality"] for name, result in results.items()}
+        meta = run_meta(seconds, config=dataclasses.asdict(cfg), seq_len=data.seq_len, test_quality=quality,
+                        n_windows={name: len(ds) for name, ds in sets.items()}, data_stats=_jsonable(data.stats))
+        result: dict[str, Any] = {"records": records, "meta": meta}
+        if not is_main:
+            return result
+        paths = write_results(output_dir, records, meta, _markdown_report(cfg, records, meta))
+        for stage, stage_result in results.items():
+            by_set = stage_result.arrays[cfg.scores[0]]
+            for protocol in cfg.protocols:
+                out = {n.split("/", 1)[1]: s for n, s in by_set.items() if n.startswith(protocol + "/")}
+                title = f"PTB {cfg.level} {stage}, EWT {protocol}, score {cfg.scores[0]}"
+                paths[f"roc_{stage}_{protocol}"] = plot_roc_curves(by_set["ptb/test"], out, output_dir / f"roc_{stage}_{protocol}.png", title)
+                paths[f"hist_{stage}_{protocol}"] = plot_score_histograms(by_set["ptb/test"], out, output_dir / f"hist_{stage}_{protocol}.png", title)
+        paths["detector"] = save_text_detector(models["oe"], data, cfg, records, output_dir / "detector")
+        result["paths"] = paths
+        return result
+
+
 def run_text_oe(cfg: TextOEConfig, output_dir: str | Path, data_dir: str | Path | None = None, data: TextOEData | None = None,
                 overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
     """Run baseline training, OE fine-tuning and the evaluation of both; write results, plots and models.
 
     ``output_dir`` must be new or empty, unless ``overwrite`` (its contents are deleted first) or ``resume`` (an
     interrupted run there continues: finished stages are loaded, the running one continues from its last checkpoint);
-    see :class:`oe_common.run_folder.RunFolder` (``run_manifest.json`` says whether the folder's run is complete).
+    see :func:`oe_common.experiment.run_experiment`. ``data``: an already loaded :class:`TextOEData` (tests).
 
     Returns ``{"records": [...], "meta": {...}, "paths": {...}}`` (also on non-main processes, without paths).
     """
-    output_dir = Path(output_dir)
-    run = RunFolder.open(output_dir, dataclasses.asdict(cfg), overwrite=overwrite, resume=resume)
-    run.start_stage("data")
-    seconds: dict[str, float] = {}
-    started = time.perf_counter()
-    set_seed(cfg.seed)
-    data = data if data is not None else load_text_oe_data(cfg.level, data_dir, protocol=cfg.protocols, seq_len=cfg.seq_len)
-    seconds["data"] = time.perf_counter() - started
-    sets = _eval_sets(data, cfg)
-
-    model = build_language_model(cfg.model, len(data.vocab), cfg.model_preset)
-    quality: dict[str, dict[str, float]] = {}
-    all_scores: dict[str, dict[str, dict[str, np.ndarray]]] = {}
-    records: list[dict[str, Any]] = []
-    trainer = None
-    for stage in ("baseline", "oe"):
-        if run.stage_done(stage):  # --resume: a finished stage is loaded, not trained again
-            state, arrays = run.load_stage(stage)
-            model = run.load_stage_model(stage, model)
-            quality[stage], all_scores[stage] = state["quality"], arrays
-            records += state["records"]
-            seconds.update({f"{stage}_{k}": v for k, v in state["seconds"].items()})
-            continue
-        run.start_stage(stage)
-        t0 = time.perf_counter()
-        trainer = train_stage(model, data, cfg, stage, output_dir, resume_from_checkpoint=run.last_checkpoint(stage))
-        seconds[f"{stage}_train"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        all_scores[stage] = score_model(trainer, sets, cfg.scores, desc=f"scoring {stage}")
-        seconds[f"{stage}_eval"] = time.perf_counter() - t0
-        nll = _token_weighted_nll(all_scores[stage]["nll"]["ptb/test"], sets["ptb/test"]) if "nll" in cfg.scores else float("nan")
-        train_metrics = trainer.state.log_history[-1] if trainer.state.log_history else {}
-        quality[stage] = {
-            "perplexity": math.exp(nll),
-            "bits_per_token": nll / math.log(2),
-            "nll_nats": nll,
-            "train_tokens_per_second": float(train_metrics.get("train_samples_per_second", 0.0)) * data.seq_len,
-            "best_valid_loss": float(trainer.state.best_metric) if trainer.state.best_metric is not None else float("nan"),
-            **training_steps_report(trainer),
-        }
-        records += evaluate_scores(all_scores[stage], cfg, stage)
-        if trainer.is_world_process_zero():  # safetensors + config + vocabulary; no pickled training arguments
-            trainer.accelerator.unwrap_model(trainer.model).save_pretrained(output_dir / f"{stage}_model")
-            data.vocab.save(output_dir / f"{stage}_model" / "vocab.json")
-        run.finish_stage(stage, {"quality": quality[stage], "records": [r for r in records if r["model"] == stage],
-                                 "seconds": {k: seconds[f"{stage}_{k}"] for k in ("train", "eval")}},
-                         all_scores[stage], model_dir=output_dir / f"{stage}_model")
-
-    run.start_stage("report")
-    seconds["total"] = time.perf_counter() - started
-    meta = run_meta(seconds, config=dataclasses.asdict(cfg), seq_len=data.seq_len, test_quality=quality,
-                    n_windows={name: len(ds) for name, ds in sets.items()}, data_stats=_jsonable(data.stats))
-    result: dict[str, Any] = {"records": records, "meta": meta}
-    if run.is_main:
-        paths = write_results(output_dir, records, meta, _markdown_report(cfg, records, meta))
-        for stage, by_score in all_scores.items():
-            by_set = by_score[cfg.scores[0]]
-            for protocol in cfg.protocols:
-                out = {n.split("/", 1)[1]: s for n, s in by_set.items() if n.startswith(protocol + "/")}
-                title = f"PTB {cfg.level} {stage}, EWT {protocol}, score {cfg.scores[0]}"
-                paths[f"roc_{stage}_{protocol}"] = plot_roc_curves(by_set["ptb/test"], out, output_dir / f"roc_{stage}_{protocol}.png", title)
-                paths[f"hist_{stage}_{protocol}"] = plot_score_histograms(by_set["ptb/test"], out, output_dir / f"hist_{stage}_{protocol}.png", title)
-        # `model` is the OE model (trained in place, or loaded on --resume, when no trainer ran)
-        paths["detector"] = save_text_detector(model, data, cfg, records, output_dir / "detector")
-        result["paths"] = paths
-    run.complete()  # last: the folder now holds a complete run
-    return result
+    return run_experiment(PTBLanguageModelExperiment(cfg), output_dir, data_dir=data_dir, data=data, overwrite=overwrite, resume=resume)
 
 
 def stream_lines(stream: np.ndarray, vocab: Any) -> list[str]:
