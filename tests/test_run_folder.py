@@ -252,10 +252,10 @@ def _no_data(*args, **kwargs):
 
 
 def test_text_recipe_refuses_a_previous_run_and_leaves_it_untouched(tmp_path, monkeypatch, capsys):
-    import oe_text.pipeline
+    import oe_text.lm_experiment
     from oe_text.recipe_cli import main
 
-    monkeypatch.setattr(oe_text.pipeline, "load_text_oe_data", _no_data)
+    monkeypatch.setattr(oe_text.lm_experiment, "load_text_oe_data", _no_data)
     (tmp_path / "results.json").write_text('{"old": true}')
     with pytest.raises(SystemExit) as exc:
         main("word", ["--preset", "test", "--output-dir", str(tmp_path)])
@@ -273,10 +273,10 @@ def test_ctrl_c_in_a_recipe_prints_one_line_with_the_resume_command(recipe, tmp_
         raise KeyboardInterrupt
 
     if recipe == "text":
-        import oe_text.pipeline
+        import oe_text.lm_experiment
         from oe_text.recipe_cli import main as text_main
 
-        monkeypatch.setattr(oe_text.pipeline, "load_text_oe_data", interrupt)
+        monkeypatch.setattr(oe_text.lm_experiment, "load_text_oe_data", interrupt)
         main, prog = (lambda argv: text_main("word", argv)), "ptb_word_oe.py"
     elif recipe == "vision":
         import oe_vision.classifier_experiment
