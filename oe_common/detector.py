@@ -1,15 +1,6 @@
 """``OODDetector``: a trained model + its preprocessing + an anomaly score + a threshold, saved as a Hub checkpoint.
 
-    >>> det = OODDetector.from_pretrained("path/or/hub-id")        # doctest: +SKIP
-    >>> det.score(["the company said it expects N sales", "lol idk"])   # higher = more anomalous
-    >>> det.predict(["..."])                                         # True = anomaly = score > threshold
-
-Main names: :class:`OODDetector` (``score``, ``predict``, ``fit_threshold``, ``fit_mahalanobis``, ``evaluate``,
-``save_pretrained`` / ``from_pretrained``), :func:`threshold_for_fpr` / :func:`threshold_for_tpr` (the threshold
-rules), :class:`DetectorInputError`, :class:`DetectorCheckpointError`. Preprocessing is registered by the modality
-packages (:mod:`oe_common.preprocessing`; the detector imports the package its task names,
-:data:`_REGISTERING_PACKAGES`); scores come from :func:`oe_common.scores.example_scores`. Tasks, scores, long
-texts, threshold rules and the checkpoint layout: docs/detector.md.
+Details: docs/modules.md, section ``oe_common.detector``.
 """
 
 from __future__ import annotations

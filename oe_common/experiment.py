@@ -1,25 +1,7 @@
 """One staged experiment runner: every recipe pipeline (PTB language models, vision classifiers, PixelCNN++, text
 classifiers) is a configuration of it.
 
-A pipeline subclasses :class:`StagedExperiment` and says only what is its own: the data, a fresh model, the trainer
-of a stage, how a trained model is evaluated, and the report. The runner (:func:`run_experiment`) owns the
-skeleton every pipeline shares::
-
-    open the run folder (oe_common.run_folder)  ->  seed, load data
-    for each Stage:  done in an earlier attempt (--resume)? load its state : train it, evaluate it, save it
-    report (results.json / results.md / plots / detector)  ->  mark the folder complete
-
-A :class:`Stage` is one training run of one model: its own learning rate, length (epochs, or steps when
-``max_steps > 0``), wall-clock budget, OE weight ``oe_lambda`` (``None``: no outliers, in-distribution loss only)
-and initialisation (``init=None``: a freshly seeded model; ``init="baseline"``: continue from that stage's trained
-model). ``Stage.training_arguments()`` gives the matching ``TrainingArguments`` keywords, so a pipeline never
-writes ``cfg.baseline_x if baseline else cfg.oe_x``.
-
-What a stage leaves behind (:class:`StageResult`): a JSON-able ``state`` (its detection ``records`` under the key
-``"records"``, metrics) and ``arrays`` (scores, logits), which ``finish_stage`` writes into the run folder so that a
-resumed run loads them instead of training again. The runner adds ``seconds`` (train / eval), ``training_steps``
-(steps done vs planned, :func:`oe_common.callbacks.training_steps_report`) and ``train_log`` (the last logged
-losses) to every trained stage's state.
+Details: docs/experiments.md, section ``oe_common.experiment``.
 """
 
 from __future__ import annotations

@@ -1,20 +1,6 @@
 """Detection metrics for anomaly scores.
 
-Conventions (everywhere in the toolkit):
-
-* anomalies / out-of-distribution examples are the POSITIVE class;
-* scores are outlier scores: HIGHER = MORE anomalous;
-* every metric is a fraction in ``[0, 1]`` (tables multiply by 100 when they render).
-
-All detection metrics of one (in, out) pair are those of scikit-learn's curves over the distinct pooled scores
-(``roc_curve`` with ``drop_intermediate=False``), computed from a value sort of each side and one linear merge of
-their distinct values, with exact integer counts (see ``_metrics_sorted``; equal to scikit-learn to ~1e-16):
-
-* ``auroc``    = trapezoidal area under ``(FPR_k, TPR_k)``, starting at ``(0, 0)``;
-* ``aupr_out`` = average precision with anomalies positive, ``sum_k (R_k - R_{k-1}) P_k`` (the paper's AUPR);
-* ``aupr_in``  = the same with in-distribution examples positive and scores negated;
-* ``fpr``      = FPR at the first ROC point whose TPR >= ``recall_level`` (the paper's FPR95 / FPR90 / FPR99).
-  The authors' code picked the point whose recall is *closest* to the level; that differs by at most one step.
+Details: docs/modules.md, section ``oe_common.metrics``.
 """
 
 from __future__ import annotations

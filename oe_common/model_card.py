@@ -1,20 +1,6 @@
 """The model card (``README.md``) written next to every saved :class:`~oe_common.detector.OODDetector`.
 
-The card starts with YAML front matter that the Hugging Face Hub indexes::
-
-    ---
-    library_name: oe-toolkit
-    tags: [outlier-exposure, anomaly-detection, out-of-distribution-detection, text | image, <model_type>]
-    datasets: [<in-distribution dataset>, <outlier dataset>, ...]
-    metrics: [auroc, aupr, fpr90]
-    license: <training["license"], when given>
-    ---
-
-followed by what the detector is, how to use it (Python and the ``oe`` command line), how the threshold was
-chosen, how the model was trained (the OE hyper-parameters ``oe_lambda``, ``oe_loss``, ``outlier_dataset`` and
-any other provenance in ``training``) and the detection results table (``evaluation``, an
-:class:`~oe_common.metrics.OODTable` as a dict). Everything comes from ``detector_config.json``, so the card
-can be re-rendered from a checkpoint at any time with :func:`render_model_card`.
+Details: docs/modules.md, section ``oe_common.model_card``.
 """
 
 from __future__ import annotations

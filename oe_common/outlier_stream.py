@@ -1,31 +1,6 @@
 """An endless, seeded, per-process stream of outlier batches for Outlier Exposure.
 
-The outlier set ``D_out^OE`` is consumed independently of the in-distribution epoch: :class:`OutlierStream`
-cycles over it forever, reshuffling at every wrap, and every process of a distributed run reads its own
-disjoint shard, so two processes never train on the same outlier example.
-
-==============================================  ======================================================  =====================================================
-dataset                                         shard of process ``rank`` (of ``world_size``)           order within an epoch ``e``
-==============================================  ======================================================  =====================================================
-``datasets.Dataset`` (map-style)                ``split_dataset_by_node`` (a contiguous block)          ``torch.randperm`` seeded with ``seed + e``
-torch map-style ``Dataset`` (has ``__len__``)   indices ``rank, rank + world_size, ...``                ``torch.randperm`` seeded with ``seed + e``
-``datasets.IterableDataset`` (streaming)        ``split_dataset_by_node`` after ``.shuffle(seed)``      HF buffer shuffle; ``set_epoch(e)`` at each wrap
-torch ``IterableDataset``                       every ``world_size``-th example, starting at ``rank``   seeded buffer shuffle; ``set_epoch(e)`` if defined
-==============================================  ======================================================  =====================================================
-
-Shards are disjoint within every pass. They are fixed for map-style datasets; for ``datasets.IterableDataset``
-``datasets`` reshuffles its file shards at every epoch before handing them out, so a process may get other
-shards in the next pass (still disjoint from the other processes').
-
-Batches run across epoch ends (the last examples of epoch ``e`` share a batch with the first of ``e + 1``), so
-every batch has exactly ``batch_size`` examples, even when a shard is smaller than a batch.
-Memory does not grow with the corpus for streaming sets: at most the shuffle buffer and one batch are held.
-
-Resuming: the stream of a process is one flat, seeded sequence of examples (pass after pass), so its position is
-the number of examples drawn so far (:attr:`OutlierStream.examples_drawn`). ``OutlierStream(..., skip_examples=n)``
-continues exactly where a stream with the same dataset, seed, rank and world size stood after ``n`` examples, for
-any batch size. Map-style datasets jump there without reading anything; iterable datasets read (but do not
-collate) the ``n`` examples. :class:`oe_common.trainer.OETrainer` saves this position in every checkpoint.
+Details: docs/modules.md, section ``oe_common.outlier_stream``.
 """
 
 from __future__ import annotations
@@ -87,7 +62,7 @@ class _EndlessShuffledBatchSampler:
 
 
 class OutlierStream:
-    """Endless iterator of collated outlier batches for one process (see the module docstring).
+    """Endless iterator of collated outlier batches for one process (see docs/modules.md).
 
     Args:
         dataset: a ``datasets.Dataset``, a ``datasets.IterableDataset`` or a torch ``Dataset`` / ``IterableDataset``.
@@ -99,7 +74,7 @@ class OutlierStream:
         num_workers, pin_memory: ``DataLoader`` settings for map-style datasets (iterable datasets are read in
             the main process).
         skip_examples: start after this many examples of this process's endless sequence (to resume a run; see
-            the module docstring).
+            docs/modules.md).
 
     Raises:
         EmptyOutlierDatasetError: the dataset, or this process's shard, has no example (map-style: at once;

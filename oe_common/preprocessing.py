@@ -1,17 +1,6 @@
 """How raw inputs become model inputs for an :class:`~oe_common.detector.OODDetector`: the interface and its registry.
 
-``oe_common`` knows no modality. A modality package subclasses :class:`DetectorPreprocessing` and registers the
-class when it is imported, the way models are registered with the ``transformers`` Auto classes::
-
-    register_preprocessing(TextPreprocessing)     # oe_text/preprocessing.py (run by ``import oe_text``)
-    register_preprocessing(ImagePreprocessing)    # oe_vision/preprocessing.py (run by ``import oe_vision``)
-
-The detector imports the package named for its task (``_REGISTERING_PACKAGES`` in :mod:`oe_common.detector`,
-a name given as data) and then looks the class up here with :func:`preprocessing_class`. A task may be served by
-several classes (``text-classification``: ``TextPreprocessing``, a PTB-style vocabulary, and
-``TokenizerPreprocessing``, a Hugging Face tokenizer); a saved detector names its class by the ``"type"`` of its
-spec (``kind``), and a spec without ``"type"`` gets the task's first registered class (the one older checkpoints
-were written with).
+Details: docs/modules.md, section ``oe_common.preprocessing``.
 """
 
 from __future__ import annotations

@@ -1,20 +1,6 @@
 """Recipe command lines generated from the experiment config dataclasses (``transformers.HfArgumentParser``).
 
-Every field of a pipeline's config (``TextOEConfig``, ``VisionOEConfig``, ...) becomes a flag with the field's name
-(``--baseline-max-steps`` and ``--baseline_max_steps``), its type and the ``help`` / ``choices`` of the field's
-metadata; nothing is listed by hand. A flag that is not given leaves the preset's value: every generated flag
-defaults to ``None`` ("not given") and the given ones override the preset (:func:`oe_common.presets.preset_settings`).
-
-* numbers are checked at parse time (exit code 2, ``argument --flag: ...``): an ``int`` field must be >= 1 and a
-  ``float`` field > 0 and finite, unless its metadata names another check, e.g.
-  ``seed: int = field(default=0, metadata=flag(arg_type=non_negative_int))``;
-* a ``bool`` field gives ``--name`` (true; ``--name false`` also works) and ``--no-name`` (false);
-* a ``tuple[str, ...]`` / ``list[str]`` field takes several values (``--protocols paper clean``);
-* fields of other types (``dict``) and the fields the recipe fixes (``exclude``) get no flag;
-* a configuration the config's own checks refuse (``__post_init__`` raising ``ValueError``) is a usage error too.
-
-Every recipe also takes :class:`RecipeArguments` (``--preset``, ``--data-dir``, ``--output-dir``, ``--threads``) and
-``--overwrite`` / ``--resume`` (:func:`oe_common.run_folder.add_run_folder_args`).
+Details: docs/experiments.md, section ``oe_common.recipe_args``.
 """
 
 from __future__ import annotations

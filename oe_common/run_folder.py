@@ -1,33 +1,6 @@
 """One output folder holds one run: never mixed with another, marked while incomplete, resumable after an interrupt.
 
-Every recipe pipeline (``run_text_oe``, ``run_vision_oe``, ``run_density_oe``) opens its output folder with
-:meth:`RunFolder.open`, which writes ``run_manifest.json`` FIRST::
-
-    {"status": "running", "stage": "oe", "stages_done": ["baseline"], "command": [...], "config": {...},
-     "started": "...", "updated": "...", "resumed": 0}
-
-and rewrites it (atomically) as each stage starts and finishes, and LAST with ``"status": "complete"``. So a folder
-is either a complete run (``status == "complete"``) or visibly an incomplete one (any other status, or no manifest).
-
-Opening a folder:
-
-* missing or empty: a new run (also with ``resume=True``, so a job script may always pass ``--resume``);
-* not empty: refused (:class:`RunFolderError`) unless ``overwrite=True`` -- the folder's contents are DELETED first,
-  and only when it holds a recipe run (a manifest, ``results.json`` or ``checkpoints/``) -- or ``resume=True``, which
-  needs the manifest of an unfinished run made with the same configuration.
-
-Stages. When a stage is trained and scored, :meth:`RunFolder.finish_stage` writes ``stages/<stage>.json`` (its JSON
-state: records, metrics, seconds) and ``stages/<stage>.safetensors`` (its arrays: scores, logits) and only then adds
-the stage to ``stages_done``; a resumed run loads them (:meth:`load_stage`, :meth:`load_stage_model`) instead of
-training again. The stage that was running resumes from its last complete checkpoint in ``checkpoints/<stage>/``
-(:meth:`last_checkpoint`; ``OETrainer.train(resume_from_checkpoint=...)`` also continues the outlier stream), or
-restarts when it has none; a pipeline whose checkpoints are resume state only drops them when the stage is done
-(:meth:`drop_checkpoints`). :meth:`complete` removes ``stages/`` (resume state, not results).
-
-Command line: :func:`add_run_folder_args` adds ``--overwrite`` / ``--resume``; :func:`recipe_guard` turns Ctrl-C
-into ONE line that gives the exact command to resume (exit code 130) and a refused folder into one error line
-(exit code 1). Several processes (``accelerate launch``): only the main process (``RANK`` 0) checks, clears, writes
-and prints; the others read.
+Details: docs/modules.md, section ``oe_common.run_folder``.
 """
 
 from __future__ import annotations
@@ -100,7 +73,7 @@ def _checkpoint_step(path: Path) -> int | None:
 
 
 class RunFolder:
-    """The output folder of one run and its ``run_manifest.json`` (see the module docstring)."""
+    """The output folder of one run and its ``run_manifest.json`` (see docs/modules.md)."""
 
     def __init__(self, path: Path, manifest: dict[str, Any], is_main: bool):
         self.path, self.manifest, self.is_main = path, manifest, is_main

@@ -1,23 +1,6 @@
 """Anomaly scores from logits. Convention: HIGHER score = MORE anomalous (anomalies are the positive class).
 
-All functions take ``logits`` of shape ``(..., K)`` (last dim = classes or vocabulary) and return a tensor of
-shape ``(...)``. The per-sequence scores take ``(B, L, V)`` logits and return ``(B,)``.
-
-===================  =========================================================  ==========================
-name                 formula (z = logits, p = softmax(z))                       uniform p scores
-===================  =========================================================  ==========================
-msp_score            ``-max_k p_k``                                             highest (= -1/K)
-uniform_xent_score   ``-H(U, p) = (1/K) sum_k log p_k = mean(z) - logsumexp(z)``  highest (= -log K)
-max_logit_score      ``-max_k z_k``                                             n/a (scale dependent)
-energy_score         ``E(z) = -T * logsumexp(z / T)``                           n/a
-===================  =========================================================  ==========================
-
-``H(U, p) = KL(U || p) + log K`` is the OE training loss; it is smallest for a uniform prediction, hence the
-minus sign so that uniform predictions (what OE teaches the model to output on outliers) score highest.
-
-:func:`example_scores` is THE path from a batch of model outputs to per-example scores (``OETrainer``,
-``OODDetector`` and the experiment pipelines all call it); :data:`SCORE_NAMES` is the one registry of score names;
-:func:`shift_labels` / :func:`causal_shift` are the one place where "position t predicts token t+1" is written.
+Details: docs/modules.md, section ``oe_common.scores``.
 """
 
 from __future__ import annotations

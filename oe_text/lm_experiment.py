@@ -1,23 +1,6 @@
 """The PTB language-model OE experiment (paper Table 6) as library code; the recipes only parse arguments.
 
-Stages (each a :class:`oe_common.trainer.OETrainer` run or an evaluation):
-
-1. **baseline**: train a language model on PTB windows (no outliers), keeping the checkpoint with the best PTB
-   validation loss;
-2. **oe**: fine-tune that model with ``loss = CE(PTB) + oe_lambda * H(U, p)(WikiText-2)`` (token-level OE on
-   every real outlier token), again keeping the best PTB validation loss;
-3. **evaluation** of both models: per-window anomaly scores ``nll`` (mean token NLL) and ``uniform_xent`` on all
-   PTB test windows (in-distribution) and on each English Web Treebank domain under each protocol
-   (word: ``paper`` / ``clean``; char: ``spelled`` / ``paper`` / ``clean``; see :mod:`oe_text.data`), then the paper's protocol of
-   :func:`oe_common.metrics.evaluate_ood` (``n_in // 5`` anomalies per domain, ``n_draws`` seeded draws),
-   FPR90 / AUROC / AUPR per domain and their mean.
-
-Every window is scored on its own (fresh state; no hidden state carried between windows), in training and in
-evaluation. The stages run in :func:`oe_common.experiment.run_experiment` (run folder, seeding, resume, timing);
-:class:`PTBLanguageModelExperiment` says what is PTB's own. Outputs (:func:`run_text_oe`): ``results.json`` (records + meta), ``results.md`` (Table 6 layout with
-the paper's numbers beside ours), ROC and score-histogram PNGs, both models (safetensors) with the vocabulary, and
-``detector/``: the OE model as an :class:`oe_common.detector.OODDetector` (:func:`save_text_detector`), so that
-``oe score --model <output_dir>/detector --input sentences.txt`` scores raw sentences.
+Details: docs/modules.md, section ``oe_text.lm_experiment``.
 """
 
 from __future__ import annotations

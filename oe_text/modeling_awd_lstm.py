@@ -1,33 +1,6 @@
 """AWD-LSTM language model (Merity, Keskar & Socher, ICLR 2018) as a Hugging Face ``PreTrainedModel``.
 
-Architecture (word- or character-level, the vocabulary is just ``vocab_size``)::
-
-    ids -> embedding (+ embedding dropout: whole word types dropped)
-        -> locked dropout (input_dropout)
-        -> LSTM_1 -> locked dropout (hidden_dropout) -> ... -> LSTM_N      (one LSTM per layer, own sizes,
-        -> locked dropout (output_dropout)                                   DropConnect on hidden-to-hidden)
-        -> linear decoder (weight tied to the embedding when tie_word_embeddings)
-
-* **Locked (variational) dropout**: one Bernoulli mask per sequence and feature, shared over all time steps.
-* **Embedding dropout**: one Bernoulli mask per *vocabulary entry* per forward pass, so every occurrence of a
-  dropped word type in the batch gets a zero vector (the kept ones are rescaled by ``1/(1-p)``).
-* **Weight dropout (DropConnect)** on each layer's hidden-to-hidden matrix: the raw matrix is the stored
-  parameter (``weight_hh``); a dropped copy is made each training forward and handed, together with the other
-  weights, to ``torch._VF.lstm`` -- the same kernel entry point ``nn.LSTM.forward`` calls -- so on a GPU the
-  cuDNN kernel runs. Nothing about ``nn.LSTM``'s parameters is monkey-patched (the classic ``WeightDrop`` wrapper
-  deletes ``weight_hh_l0`` from an ``nn.LSTM``, which breaks ``flatten_parameters``, ``state_dict`` and
-  safetensors saving). On CUDA the four weights are concatenated into one buffer in cuDNN's
-  ``[w_ih | w_hh | b_ih | b_hh]`` order and passed as views into it (:func:`pack_contiguous`), so cuDNN can use
-  it without its own re-packing copy (if the layout does not match on some cuDNN version, cuDNN copies: still
-  correct, only a warning).
-* **No hidden state is carried between calls**: every sequence of every call starts from a zero state, which is
-  the evaluation protocol of the Outlier Exposure paper (each sequence scored on its own). Consequently the
-  model is causal position by position, and right padding cannot change the logits of the real tokens;
-  a left-padded (or holed) ``attention_mask`` is rejected with an error because it *would* change them.
-
-The loss follows the Hugging Face causal-LM convention: ``logits[:, :-1]`` predict ``labels[:, 1:]``, labels
-equal to ``-100`` are ignored, mean over the remaining tokens (``num_items_in_batch`` from ``Trainer`` is
-honoured for gradient accumulation).
+Details: docs/modules.md, section ``oe_text.modeling_awd_lstm``.
 """
 
 from __future__ import annotations

@@ -1,27 +1,6 @@
 """Text normalisation rules that map WikiText-2 and the English Web Treebank onto PTB's conventions.
 
-Everything here is pure string processing (no files, no vocabulary files); the loaders in
-:mod:`oe_text.data` apply these rules and then encode with the PTB vocabulary.
-
-PTB conventions (Mikolov's LM version, checked on ``ptb.train.txt``)
---------------------------------------------------------------------
-* lower-case; one sentence per line; no punctuation tokens (no ``, . ? ! : ; ( ) " --``), but the symbol
-  tokens ``$ # & '`` and clitics (``'s n't 're``) are words;
-* numbers are the token ``N``. What counts as a number (see :func:`is_number`) was recovered from the data:
-  digit strings with separators become ``N``; tokens where digits are glued to letters are ordinary words
-  (``1950s``, ``20th``, ``'80s``, ``30-year``, ``2-for-1`` are in the vocabulary). ``%`` is also ``N``
-  (PTB has no ``%`` token, only 16 ``percent``, and ``N N`` -- "7.5 %" -- occurs 7,183 times);
-* hyphenated compounds are single tokens (``long-term``, ``third-quarter``, ``hydro-quebec``);
-* ``/`` and ``*`` are escaped as ``\\/`` and ``\\*`` (``mgm\\/ua``, ``property\\/casualty``, ``\\*\\*``);
-* the 10,000 most frequent types form the vocabulary; everything else is ``<unk>``.
-
-PTB-char was derived from the word files (``data/ptb/derive_char.py``): the characters of each word, ``_``
-between words, ``<unk>`` spelled as the five characters ``< u n k >``, ``N`` kept as the character ``N``.
-Its character set has 48 word characters ``# $ & ' * - . / 0-9 < > N \\ a-z`` plus ``_`` (digits are in the
-set: they occur in words such as ``1950s``).
-
-The char-level EWT protocol ``spelled`` (:func:`normalize_ewt_spelled`) spells the ``clean`` words out with no
-vocabulary cut; :func:`spelled_line` applies it to raw English (the detector's ``spelled`` normaliser).
+Details: docs/modules.md, section ``oe_text.normalize``.
 """
 
 from __future__ import annotations
@@ -74,7 +53,7 @@ _PTB_ESCAPES = (("/", "\\/"), ("*", "\\*"))
 
 
 def is_number(token: str) -> bool:
-    """True if ``token`` is a number that PTB writes as ``N`` (``%`` included; see the module docstring)."""
+    """True if ``token`` is a number that PTB writes as ``N`` (``%`` included; see docs/modules.md)."""
     return token == "%" or NUMBER_RE.fullmatch(token) is not None
 
 

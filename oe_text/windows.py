@@ -1,29 +1,6 @@
 """Cut a token-id stream into independent, non-overlapping language-model windows.
 
-Definition (used for training, OE outliers and scoring alike)
--------------------------------------------------------------
-A stream ``ids`` (after an optional ``offset``) is cut into consecutive, disjoint chunks of ``seq_len + 1``
-ids: window ``k`` is ``ids[k*(seq_len+1) : (k+1)*(seq_len+1)]``. Each chunk is one example with
-``input_ids == labels`` (the Hugging Face causal-LM convention: the model shifts internally, position ``t``
-predicts ``labels[t+1]``), so a full window has exactly ``seq_len`` predicted tokens and its first token is
-context only. Consecutive windows share no token: the first token of window ``k+1`` is the token after the
-last token of window ``k`` and is never predicted. So
-
-* every stream token lies in exactly one window (concatenating the windows' real tokens gives the stream);
-* no window sees anything from another one: no hidden state is carried and there is no one-token overlap
-  (the released OE code used ``data = ids[i:i+70]``, ``target = ids[i+1:i+71]`` with carried state, so each
-  sequence was conditioned on its predecessor);
-* a stream of ``n`` ids gives ``n // (seq_len+1)`` full windows and ``seq_len/(seq_len+1)`` of its tokens
-  are predicted (70/71 at word level, 150/151 at char level).
-
-The final partial chunk of ``r`` ids is kept when ``r >= 2`` (``drop_last=False``, the default), padded on the
-right to ``seq_len + 1`` with ``pad_id``, ``attention_mask = 0`` and ``labels = -100`` at the padding, so all
-rows have the same length and the default collator works; it then has ``r - 1`` predicted tokens. A final
-single id (nothing to predict) is always dropped; ``drop_last=True`` drops any partial chunk.
-
-Columns: ``input_ids`` (int32), ``labels`` (int32, ``-100`` on padding), ``attention_mask`` (int8, 1 = real
-token), each a fixed-length list of ``seq_len + 1`` values. ``dataset.with_format("torch")`` yields int64
-tensors of shape ``(batch, seq_len + 1)``.
+Details: docs/modules.md, section ``oe_text.windows``.
 """
 
 from __future__ import annotations
@@ -58,7 +35,7 @@ def make_windows(
     drop_last: bool = False,
     offset: int = 0,
 ) -> dict[str, np.ndarray]:
-    """Windows of a 1-D id stream as arrays of shape ``(num_windows, seq_len + 1)`` (see the module docstring).
+    """Windows of a 1-D id stream as arrays of shape ``(num_windows, seq_len + 1)`` (see docs/modules.md).
 
     Args:
         ids: 1-D integer stream.

@@ -1,16 +1,6 @@
 """oe_vision: vision models and data for Outlier Exposure.
 
-Importing the package registers the models with the Auto classes:
-
-* ``AutoConfig`` / ``AutoModelForImageClassification``: ``"oe_wide_resnet"`` -> :class:`WideResNetForImageClassification`,
-  ``"oe_mnist_convnet"`` -> :class:`MnistConvNetForImageClassification`;
-* ``AutoModel``: ``"oe_wide_resnet"`` -> :class:`WideResNetModel` (the feature extractor), ``"oe_pixelcnnpp"`` ->
-  :class:`PixelCNNPPModel` (the density model; it registers itself on import);
-* :mod:`oe_common.preprocessing`: :class:`~oe_vision.preprocessing.ImagePreprocessing` for ``OODDetector``'s
-  ``image-classification`` task.
-
-Data loaders live in :mod:`oe_vision.data` and the synthetic anomaly generators in :mod:`oe_vision.synthetic`
-(imported on demand: they pull in torchvision).
+Details: docs/modules.md, section ``oe_vision.__init__``.
 """
 
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification

@@ -1,19 +1,6 @@
 """Calibration under distribution shift for the vision recipes (paper Sec. 4.4, App. C, Table 7).
 
-Protocol (as the OE authors' ``test_calibration.py``, with the fixes of :mod:`oe_common.calibration`):
-
-1. hold out part of the training set (MNIST 6,000; CIFAR 5,000), never trained on;
-2. fit each model's temperature ``T`` on it by minimising the NLL (:func:`oe_common.calibration.fit_temperature`);
-3. for each test anomaly set: the mixture of ALL in-distribution test examples and ``len(test) // ratio`` anomalies
-   drawn without replacement (``n_draws`` seeded draws), anomalies counted as WRONG predictions; confidence
-   ``c = max softmax(z / T)``, optionally 0-1 rescaled ``(c - 1/K) / (1 - 1/K)``; RMS / MAV calibration error with
-   adaptive bins of 100 examples and soft F1 (:func:`oe_common.calibration.calibration_report`);
-4. the mean over draws, then over anomaly sets (sets that share the OE source's distribution are reported but
-   left out of the mean).
-
-Table 7's three columns are ``baseline`` with ``T`` (``temperature``), the same with 0-1 rescaling
-(``temperature+rescale01``), and the OE model with ITS OWN ``T`` and rescaling. The draws use the same seeds for
-every model and method, so the columns are compared on identical mixtures.
+Details: docs/modules.md, section ``oe_vision.calibration_tables``.
 """
 
 from __future__ import annotations

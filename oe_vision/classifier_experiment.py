@@ -1,31 +1,7 @@
 """The vision classifier OE experiment (paper Tables 1, 2, 3, 7, 8, 9): a :class:`oe_common.experiment.StagedExperiment`;
 the recipes only parse arguments.
 
-Stages (each an :class:`oe_common.trainer.OETrainer` run, SGD with Nesterov momentum 0.9 and weight decay on every
-parameter as in the OE code, cosine schedule per step to 0, no gradient clipping, the last step's weights kept):
-
-1. **baseline**: the classifier trained on the in-distribution training set minus a hold-out part (no outliers);
-2. **oe**: that model fine-tuned with ``loss = CE(in) + oe_lambda * H(U, softmax(z))(outliers)``, ``in_batch`` +
-   ``oe_batch`` examples per step in ONE forward pass (BatchNorm sees both);
-3. **oe_scratch** (optional): the same objective from a fresh initialisation, for the baseline's schedule;
-4. **branch** (optional): a classifier with a DeVries & Taylor confidence branch, trained with their loss;
-5. **branch_oe**: that model fine-tuned with ``+ 0.5 * E_OE[log b(x)]``
-   (:class:`oe_vision.confidence_trainer.ConfidenceBranchOETrainer`).
-
-Evaluation of every model on the test set, the hold-out set and every anomaly set (one forward pass each, the
-logits and branch logits are kept): anomaly scores ``msp`` (``-max softmax``), ``uniform_xent``
-(``(1/K) sum log p``, the KL[U||p] score of Tables 2/9) and ``branch`` (``1 - b(x)``); the paper's protocol of
-:func:`oe_common.metrics.evaluate_ood` (ALL test examples vs ``len(test) // 5`` anomalies per set, ``n_draws`` seeded
-draws) at 95% and 99% recall (FPR95 and FPR99); misclassification detection with the MSP; calibration on the test
-+ anomaly mixtures (:mod:`oe_vision.calibration_tables`).
-
-Anomaly sets that share the OE source's distribution (``isun_gray`` when iSUN is MNIST's OE source) are not
-*unseen*: they get their own rows (``oe_source_overlap: true``) and are left out of every ``mean``.
-
-Outputs (:func:`run_vision_oe`): ``results.json`` (detection records + meta with calibration and
-misclassification records), ``results.md`` (the paper's table layouts, the paper's numbers beside ours), ROC /
-score-histogram / reliability PNGs, and the models (safetensors) and the OE model as an ``OODDetector``
-(``detector/``) when ``save_models``. Single process (one GPU or the CPU).
+Details: docs/modules.md, section ``oe_vision.classifier_experiment``.
 """
 
 from __future__ import annotations

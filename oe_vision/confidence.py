@@ -1,20 +1,6 @@
 """Confidence branch of DeVries & Taylor (2018), "Learning Confidence for Out-of-Distribution Detection".
 
-A classifier with a confidence branch has a second head on its penultimate features that outputs one logit
-``c`` per example; the confidence is ``b(x) = sigmoid(c)`` and the anomaly score is ``1 - b(x)``.
-
-Training rule (DeVries & Taylor, their released ``train.py``), implemented by :func:`confidence_branch_loss`:
-
-* ``p = softmax(z)`` and ``b = sigmoid(c)``, both clamped to ``[eps, 1 - eps]`` (``eps = 1e-12``);
-* hints on about half the batch: a Bernoulli(0.5) mask ``h``; where ``h = 1`` the confidence ``b`` is used,
-  where ``h = 0`` it is replaced by 1 (no hint): ``b' = h * b + (1 - h)``;
-* interpolated prediction ``p' = b' * p + (1 - b') * onehot(y)``;
-* ``loss = NLL(log p', y) + lambda_c * mean(-log b)`` (the penalty is over the WHOLE batch);
-* after every step ``lambda_c`` is adapted so that ``-log b`` stays near a budget ``beta = 0.3``:
-  ``lambda_c /= 1.01`` if ``beta > penalty`` else ``lambda_c /= 0.99`` (:func:`update_confidence_lambda`).
-
-Outlier Exposure for the branch (OE paper, Sec. 4.3) adds ``0.5 * E_OE[log b(x_out)]``, i.e.
-``0.5 * oe_common.losses.confidence_branch_oe_loss(confidence_logits_out)``; the trainer combines the terms.
+Details: docs/modules.md, section ``oe_vision.confidence``.
 """
 
 from __future__ import annotations
@@ -75,7 +61,7 @@ def confidence_branch_loss(
     eps: float = 1e-12,
     generator: torch.Generator | None = None,
 ) -> ConfidenceBranchLoss:
-    """DeVries & Taylor's training loss for a classifier with a confidence branch (see the module docstring).
+    """DeVries & Taylor's training loss for a classifier with a confidence branch (see docs/modules.md).
 
     Args:
         logits: ``(B, K)`` classifier logits.

@@ -1,26 +1,6 @@
 """Confidence branch + Outlier Exposure (paper Sec. 4.2, Table 3): :class:`ConfidenceBranchOETrainer`.
 
-A classifier with a DeVries & Taylor confidence branch (``config.confidence_branch=True``, see
-:mod:`oe_vision.confidence`) outputs class logits ``z`` and a branch logit ``c`` with ``b(x) = sigmoid(c)``. Its
-own training loss (computed by the model in training mode when ``labels`` are given) is DeVries & Taylor's::
-
-    L_branch = NLL(b' p + (1 - b') onehot(y)) + lambda_c * mean(-log b)        (hints on half the batch)
-
-OE for the branch (the paper: "we simply add ``0.5 E_{x ~ D_out^OE}[log b(x)]`` to the network's original
-optimization objective") gives, per step with an in-distribution batch ``(x, y)`` and an outlier batch ``x'``::
-
-    loss = L_branch(x, y) + oe_lambda * mean_{x'} log clamp(sigmoid(c(x')), eps, 1 - eps)   (oe_lambda = 0.5)
-
-The clamp (``eps = 1e-12``, as DeVries & Taylor's code clamps ``b``) bounds the term: without it ``E[log b]`` is
-unbounded below, and in our runs the branch logits of outliers reached -1e24 within 20 steps (loss NaN).
-
-:class:`ConfidenceBranchOETrainer` implements it with two :class:`~oe_common.trainer.OETrainer` hooks:
-:meth:`~ConfidenceBranchOETrainer.outlier_logits` returns the branch logits of the outlier pass (shape ``(B, 1)``)
-and :meth:`~ConfidenceBranchOETrainer.oe_term` is :func:`oe_common.losses.confidence_branch_oe_loss`. It needs
-``oe_concat_forward=False``: the in-distribution pass must carry the labels so that the MODEL computes
-``L_branch`` (the concatenated pass runs without labels and would fall back to plain cross-entropy). For the MNIST
-ConvNet (no BatchNorm) two passes give the same loss as one; for a Wide ResNet the BatchNorm statistics of the
-training forward then come from each batch separately. The classifier logits of the outliers are not used.
+Details: docs/modules.md, section ``oe_vision.confidence_trainer``.
 """
 
 from __future__ import annotations

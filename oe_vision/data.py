@@ -1,37 +1,6 @@
 """Image data for the ``oe_vision`` experiments: in-distribution sets, OE sources and test anomalies.
 
-Everything is read from the data directory (``data_dir=...`` or ``$OE_DATA_DIR``, see
-:func:`oe_common.data_dir.resolve_data_dir`); nothing is downloaded and no data is ever fabricated: a missing corpus
-raises :class:`~oe_common.data_dir.MissingDataError` naming the folder and files expected.
-
-Every loader returns a ``torch.utils.data.Dataset`` of ``(pixel_values, label)`` pairs: ``pixel_values`` a float32
-``(C, H, W)`` tensor produced by a ``torchvision.transforms.v2`` pipeline (:func:`image_transform`), ``label`` an
-``int`` (:data:`OOD_LABEL` = -1 for anomaly / unlabeled sets). :func:`image_collate` turns a list of pairs into the
-``{"pixel_values", "labels"}`` batch HF models take. Stand-alone loaders (``load_*``) default to the native
-resolution in ``[0, 1]``; the experiment helpers (``mnist_*``, ``cifar10_*``) apply the experiment's transforms.
-
-Reading choices:
-
-* MNIST / Fashion-MNIST / notMNIST: the IDX ``.gz`` files are parsed directly with numpy (:func:`read_idx`, header
-  checked) rather than through torchvision's ``MNIST`` class, which would need a ``<root>/MNIST/raw`` layout.
-* Omniglot: the PNGs of ``images_background_small{1,2}.zip`` (5,840 images, 105x105, black strokes on white) are
-  kept encoded in memory and decoded per item with PIL.
-* iSUN: ``iSUN.tar.gz`` (8,925 JPEG, 32x32) is decoded once per process with PIL and cached. It is SMALL for an OE
-  source (the paper used 80 Million Tiny Images, withdrawn in 2020). Its 8,921 distinct images (the archive holds 4
-  pixel-identical duplicates) are split once, deterministically, into a 2,000-image test part and a 6,921-image OE
-  part (:func:`load_isun` ``part=``), so iSUN as the OE source and "isun_gray" as a test anomaly never share an
-  image. They still share a distribution: with iSUN as the MNIST OE source, "isun_gray" is not an *unseen* anomaly
-  type, so report it separately.
-* CIFAR-10: ``train-00..04.npz`` / ``test.npz`` made by ``python <data_dir>/cifar10/fetch.py DIR``; the directory is
-  ``cifar_dir=...``, else ``$OE_CIFAR10_DIR``, else ``<data_dir>/cifar10`` (:func:`resolve_cifar10_dir`).
-* CIFAR-100, SVHN (torchvision classes, ``download=False``), Textures, Places365, LSUN (any folder of images,
-  :func:`load_image_folder`) are optional: they are read only from a directory the caller names.
-
-Wrong data stops the load with a one-line :class:`oe_common.data_integrity.DataIntegrityError` naming the file: the
-files of the data directory are checked against its ``SHA256SUMS`` before they are read (digests cached per file
-change), the number of images (and MNIST-style labels 0-9) against the standard corpora (:data:`KNOWN_COUNTS`), and
-a truncated archive or unreadable image is reported with the file's name. ``OE_SKIP_DATA_CHECKS=1`` skips the
-checksum and count checks.
+Details: docs/modules.md, section ``oe_vision.data``.
 """
 
 from __future__ import annotations

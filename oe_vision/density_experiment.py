@@ -1,37 +1,6 @@
 """The PixelCNN++ Outlier Exposure experiment (paper Table 5) as library code; ``recipes/pixelcnn_oe.py`` parses arguments.
 
-Stages (:class:`PixelCNNDensityExperiment`, run by :func:`oe_common.experiment.run_experiment`):
-
-1. **baseline**: PixelCNN++ trained by maximum likelihood on the in-distribution training images (or loaded from
-   ``baseline_checkpoint``);
-2. **oe**: that model fine-tuned for ``oe_epochs`` (paper: 1-2) with the likelihood loss plus the OE margin loss
-   ``max(0, m*D + nll(x_in) - nll(x_out))`` (:class:`oe_vision.density_trainer.DensityOETrainer`, equal in / outlier
-   batch sizes, per-subpixel scale);
-3. **evaluation** of both models: anomaly score bits per dimension (higher = more anomalous) on the in-distribution
-   test images, every anomaly set and held-out OE-source images; the paper's protocol of
-   :func:`oe_common.metrics.evaluate_ood` (ALL test images vs ``len(test) // ratio`` anomalies per set, ``n_draws``
-   seeded draws): FPR95, AUROC, AUPR per set and their mean; plus the likelihood check the paper's density
-   experiment is about: which anomaly sets get a HIGHER likelihood (lower mean bits/dim) than in-distribution data.
-
-Data (all 8-bit images, stored as ``uint8`` and fed to the model as such; resized or synthetic images are snapped
-to the 256 levels):
-
-* MNIST (1x28x28): the anomaly sets of the classifier recipes, :func:`oe_vision.data.mnist_ood_sets` (gaussian,
-  bernoulli, blobs, isun_gray, fashion_mnist, negative_mnist, notmnist, omniglot); OE source
-  :func:`oe_vision.data.mnist_oe_source` (CIFAR-10 train in gray when available, else iSUN's OE part, disjoint from
-  the ``isun_gray`` test images). With iSUN as the OE source ``isun_gray`` shares its distribution: it is reported
-  on its own row (``oe_source_overlap: true``) and left out of the ``mean``, as in the classifier recipes.
-* CIFAR-10 (3x32x32, needs ``$OE_CIFAR10_DIR`` / ``cifar_dir``): :func:`oe_vision.data.cifar10_ood_sets` mapped back
-  from the classifier's standardised space to pixels (``x * std + mean``, clamped to ``[0, 1]``); OE source iSUN's
-  OE part (RGB, 32x32; the paper used 80 Million Tiny Images, withdrawn).
-* ``oe_holdout`` OE-source images are never trained on; they are scored as the row ``oe_source_heldout`` (an
-  overlap row) and give the bits/dim gap ``mean(out) - mean(in)`` that the margin loss is meant to widen.
-
-No mixed precision: ``bf16`` would round the mixture means to about the width of one intensity bin (2/255), so the
-GPU presets use TF32 matmuls instead.
-
-Outputs (:func:`run_density_oe`): ``results.json`` (records + meta), ``results.md`` (Table 5 layout with the paper's
-CIFAR-10 means labelled as such, and the likelihood check), ROC and bits/dim histogram PNGs per model, the models.
+Details: docs/modules.md, section ``oe_vision.density_experiment``.
 """
 
 from __future__ import annotations
@@ -352,7 +321,7 @@ def _capped(dataset: Dataset, cap: int | None, seed: int, key: int) -> Dataset:
 
 
 def load_density_data(cfg: DensityOEConfig, data_dir: str | Path | None = None) -> DensityData:
-    """Load, subset and convert the data of ``cfg`` to ``uint8`` (module docstring). Nothing is downloaded: missing
+    """Load, subset and convert the data of ``cfg`` to ``uint8`` (docs/modules.md). Nothing is downloaded: missing
     corpora raise :class:`oe_vision.data.MissingDataError` naming what is expected."""
     seed, workers = cfg.seed, cfg.num_workers
     unstandardize = None
@@ -405,7 +374,7 @@ def build_model(cfg: DensityOEConfig) -> PixelCNNPPModel:
 def training_arguments(cfg: DensityOEConfig, stage: Stage, output_dir: str | Path) -> DensityOETrainingArguments:
     """Arguments of ``stage``: its learning rate, length, ``oe_lambda`` and checkpoint folder
     (:meth:`oe_common.experiment.Stage.training_arguments`); AdamW without weight decay, cosine schedule, no evaluation
-    during training (the last weights are kept), TF32 on GPUs (no bf16: module docstring). Every ``cfg.save_steps``
+    during training (the last weights are kept), TF32 on GPUs (no bf16: docs/modules.md). Every ``cfg.save_steps``
     steps (and at the end) a checkpoint in ``<output_dir>/checkpoints/<stage>/`` (safetensors weights + optimizer,
     scheduler, RNG, outlier stream and margin counts; the newest one kept) that ``--resume`` continues from."""
     cuda = torch.cuda.is_available()
@@ -606,7 +575,7 @@ def _num_parameters(model: torch.nn.Module) -> int:
 
 
 class PixelCNNDensityExperiment(StagedExperiment):
-    """The PixelCNN++ OE experiment (module docstring) on :func:`oe_common.experiment.run_experiment`: stage
+    """The PixelCNN++ OE experiment (docs/modules.md) on :func:`oe_common.experiment.run_experiment`: stage
     ``baseline`` (likelihood; not trained when ``baseline_checkpoint`` gives it), stage ``oe`` (likelihood + margin on
     ``data.oe_train``, continuing the baseline), both scored by bits/dim on :meth:`DensityData.eval_sets`."""
 

@@ -1,35 +1,6 @@
 """Outlier Exposure for density models (PixelCNN++, paper Sec. 4.3 / Table 5) as an ``OETrainer`` subclass.
 
-Objective per in-distribution micro-batch ``x_in`` (B images) and outlier micro-batch ``x_out`` (B' images), with
-``D = C * H * W`` subpixels per image, ``nll`` the per-image negative log-likelihood in nats, ``n = min(B, B')``::
-
-    loss = (1 / D) * [ mean_{i<B} nll(x_in_i)
-                       + oe_lambda * mean_{i<n} max(0, m * D + nll(x_in_i) - nll(x_out_i)) ]
-
-i.e. :func:`oe_common.losses.density_oe_loss` (:func:`~oe_common.losses.pixelcnn_oe_loss` when ``B = B'``): the likelihood term is the
-model's own ``loss`` (mean nats per subpixel), the margin term (:func:`oe_common.losses.density_margin_loss`, margin
-``m * D`` nats with ``m = oe_margin_per_subpixel``, paper: 1) pairs in-distribution and outlier images element-wise
-and is divided by ``D`` so that the total stays "per subpixel" and the learning rates of likelihood training apply.
-The paper's setting is equal in / outlier batch sizes (``oe_batch_ratio = 1``, the default here); a larger outlier
-batch is trimmed to ``B`` BEFORE the forward pass (its extra images would not enter the loss), a smaller one pairs
-with the first ``B'`` in-distribution images (every in-distribution image still enters the likelihood term).
-
-Forward pass: with ``oe_concat_forward=True`` (default) one pass over ``[x_in; x_out[:n]]`` (``2B`` images; PixelCNN++
-has no BatchNorm and each image's likelihood depends on that image only, so this equals two passes up to float
-rounding and is faster on a GPU); ``oe_concat_forward=False`` runs two passes. Both give the same loss (tested).
-
-Gradient accumulation stays exact: every term is a per-micro-batch mean and ``OETrainer`` switches the
-``transformers`` loss-kwargs path off (``model_accepts_loss_kwargs = False``), so with equal micro-batches ``k``
-accumulated steps of ``b`` images equal one step of ``k * b`` (the outlier stream's order does not depend on the
-batch size).
-
-Anomaly score: bits per dimension ``nll / (D ln 2)`` (:meth:`DensityOETrainer.score_batch`, score
-``"bits_per_dim"``; ``"nll"`` gives nats per image); higher = more anomalous.
-
-Inputs: batches ``{"pixel_values": (B, C, H, W)}`` as ``uint8`` (0..255) or floats in ``[-1, 1]`` on the 256-level
-grid (the model's input convention). :func:`density_collate` builds them from ``(image, label)`` pairs whose
-images are ``uint8`` or ``[0, 1]`` floats (the :mod:`oe_vision.data` loaders): do NOT feed ``[0, 1]`` floats
-directly, the model would read them as the upper half of ``[-1, 1]``.
+Details: docs/modules.md, section ``oe_vision.density_trainer``.
 """
 
 from __future__ import annotations
@@ -111,7 +82,7 @@ class DensityOETrainer(OETrainer):
     """``OETrainer`` for models whose forward returns a per-image ``nll`` (nats): PixelCNN++ (``PixelCNNPPModel``).
 
     Without ``outlier_dataset`` it is plain maximum-likelihood training (the model's ``loss``, mean nats per
-    subpixel) plus :meth:`compute_scores` with the density scores. With outliers, the loss of the module docstring.
+    subpixel) plus :meth:`compute_scores` with the density scores. With outliers, the loss of docs/modules.md.
     ``args`` must then be :class:`DensityOETrainingArguments`. Use ``data_collator=density_collate`` with image
     datasets of ``(image, label)`` pairs.
 
@@ -165,7 +136,7 @@ class DensityOETrainer(OETrainer):
     # ---- the loss ------------------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """Likelihood loss (the model's) without outliers or in evaluation; with outliers while training, likelihood +
-        ``oe_lambda`` * margin term, both per subpixel (module docstring)."""
+        ``oe_lambda`` * margin term, both per subpixel (docs/modules.md)."""
         if self.outlier_dataset is None or not model.training:
             return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
         x_in = self._pixels(inputs, "in-distribution")

@@ -2,23 +2,7 @@
 model of the OE paper's Table 5 (anomaly score: bits per dimension, higher = more anomalous; the OE objective is
 :func:`oe_common.losses.density_oe_loss`).
 
-Main names: :class:`PixelCNNPPConfig` (presets :data:`PIXELCNNPP_PRESETS`), :class:`PixelCNNPPModel`,
-:func:`discretized_logistic_mixture_log_prob`, :func:`sample_discretized_logistic_mixture`, :func:`bits_per_dim`,
-:func:`preprocess_pixels`. The architecture and its initialisation: docs/pixelcnn.md ("The model").
-
-Inputs
-    ``pixel_values``: ``(B, C, H, W)``, C = ``config.image_channels`` (1 or 3), scaled to ``[-1, 1]`` on the
-    256-level grid ``k / 127.5 - 1`` (k = 0..255). ``uint8`` tensors (0..255) are converted automatically;
-    :func:`preprocess_pixels` converts ``uint8`` or ``[0, 1]`` floats (``ToTensor()`` output). H and W must be
-    multiples of 4 (three resolutions, two stride-2 down-samplings); the network is fully convolutional, so
-    H, W need not equal ``config.image_size`` (that field is used for sampling and ``num_subpixels``).
-
-Mixture parameters, layout along dim 1 (``P`` channels, K = ``nr_logistic_mix``):
-    ``[0, K)``: mixture logits; then for each channel c one block of ``3K`` (RGB) or ``2K`` (gray):
-    ``K`` means, ``K`` log-scales (clamped below at -7), and for RGB ``K`` raw coefficients (``tanh``-ed).
-    RGB: P = 10K, gray: P = 3K. Within a component the channels are autoregressive (reference):
-    ``mu_G = mu_G' + tanh(a) * x_R``, ``mu_B = mu_B' + tanh(b) * x_R + tanh(c) * x_G``; the coefficients of
-    channel slot 0, 1, 2 are a, b, c. The mixture is over the joint (R, G, B) of a pixel.
+Details: docs/modules.md, section ``oe_vision.modeling_pixelcnnpp``.
 """
 
 from __future__ import annotations
@@ -232,7 +216,7 @@ def discretized_logistic_mixture_log_prob(x: torch.Tensor, params: torch.Tensor)
 
     Args:
         x: ``(B, C, H, W)`` in ``[-1, 1]`` on the 256-level grid; C = 1 or 3.
-        params: ``(B, P, H, W)`` mixture parameters (layout in the module docstring; ``P = 10K`` RGB, ``3K`` gray),
+        params: ``(B, P, H, W)`` mixture parameters (layout in docs/modules.md; ``P = 10K`` RGB, ``3K`` gray),
             e.g. ``PixelCNNPPModel(...).logits``. Computed in float32 (or float64 if either input is float64).
 
     Per pixel: ``log sum_k pi_k prod_c p_k(x_c | x_<c)`` (the mixture is over the pixel's joint channels).
@@ -534,7 +518,7 @@ class PixelCNNPPOutput(ModelOutput):
     Attributes:
         loss: mean nll per subpixel in nats, ``nll.sum() / (B * D)`` (``None`` when ``return_loss=False``).
             Bits per dim of the batch = ``loss / ln 2``.
-        logits: ``(B, P, H, W)`` discretized-logistic-mixture parameters (layout in the module docstring).
+        logits: ``(B, P, H, W)`` discretized-logistic-mixture parameters (layout in docs/modules.md).
         nll: ``(B,)`` negative log-likelihood of each image in nats, summed over its ``D = C*H*W`` subpixels.
         bits_per_dim: ``(B,)`` ``nll / (D ln 2)``, the anomaly score (higher = more anomalous).
     """

@@ -1,28 +1,6 @@
 """Wide Residual Network (Zagoruyko & Komodakis 2016) as used by the Outlier Exposure code, as a HF model.
 
-Architecture (the OE repository's ``CIFAR/models/wrn.py``):
-
-* ``depth = 6n + 4``; widths ``[16, 16k, 32k, 64k]`` for widen factor ``k``;
-* stem: 3x3 conv ``num_channels -> 16`` (no bias);
-* three stages of ``n`` pre-activation basic blocks (strides 1, 2, 2). Block:
-  ``BN-ReLU-conv3x3(stride)-BN-ReLU-dropout-conv3x3`` plus the identity, or, when the shape changes, a 1x1
-  (strided) conv applied to the pre-activated input ``ReLU(BN(x))`` (as in the reference code). Dropout sits
-  between the two convolutions, after the second ReLU (Zagoruyko & Komodakis; OE code);
-* head: BN-ReLU, global average pooling, linear classifier.
-* init: convs He-normal (``fan_out``, ReLU gain) = ``N(0, 2 / (9 * out_channels))``; BN weight 1, bias 0;
-  linear weight PyTorch's default (Kaiming-uniform, ``a = sqrt(5)``), linear bias 0.
-
-Presets (:data:`WRN_PRESETS`): ``"40-2"`` (dropout 0.3; CIFAR in the OE code), ``"40-4"`` (dropout 0.3; what the
-OE paper's text names), ``"16-4"`` (dropout 0.4; SVHN). Parameter counts for 10 classes and RGB input:
-40-2: 2,243,546; 40-4: 8,949,210; 16-4: 2,748,890 (checked in ``tests/test_vision_models.py`` against a count by
-hand).
-
-Optional confidence branch (DeVries & Taylor 2018): ``confidence_branch=True`` adds ``confidence``, a linear
-layer ``64k -> 1`` on the pooled features; its logit is returned as ``confidence_logits``; see
-:mod:`oe_vision.confidence`.
-
-Module names mirror the reference code (``conv1``, ``block{1,2,3}.layer.{i}.{bn1,conv1,bn2,conv2}``, ``bn1``;
-``convShortcut`` -> ``conv_shortcut``, ``fc`` -> ``classifier``) to ease porting its checkpoints.
+Details: docs/modules.md, section ``oe_vision.modeling_wide_resnet``.
 """
 
 from __future__ import annotations

@@ -1,30 +1,6 @@
 """Synthetic test anomalies of the OE paper (Sec. 5, "Vision"), deterministic and lazily indexable.
 
-Every generator takes ``(n, seed, shape)`` and returns a float32 tensor ``(n, *shape)``. Example ``i`` is drawn from
-its own ``torch.Generator`` seeded with a hash of ``(seed, kind, i)``, so
-
-* the same ``seed`` gives an identical tensor (with a given torch version: the CPU generator's streams are not
-  promised across releases), different seeds differ, different kinds are independent;
-* example ``i`` does not depend on ``n``: ``gaussian_noise(10, s)[:5] == gaussian_noise(5, s)``;
-* :class:`SyntheticImageDataset` produces example ``i`` on demand (no memory for large ``n``) and equals the bulk
-  tensor row for row.
-
-Values (as in the OE code; CIFAR's anomalies live in the model's normalised input space):
-
-=================  ==============================================================  ========================
-function           definition                                                      MNIST / CIFAR-10 use
-=================  ==============================================================  ========================
-gaussian_noise     ``clip(N(mean, std^2), low, high)``                             ``(0.5, 0.5, 0, 1)`` / ``(0, 0.5, -1, 1)``
-bernoulli_noise    Bernoulli(p) in {0, 1}                                          p = 0.5 / -
-rademacher_noise   +-1 with probability 1/2 each                                   - / yes
-blobs              Bernoulli(0.7) image, Gaussian blur sigma 1.5, values < 0.75 -> 0   [0, 1] / ``signed``: ``2x - 1``
-=================  ==============================================================  ========================
-
-Blur implementation (a choice, documented): :func:`gaussian_blur`, the filter of torchvision's ``gaussian_blur``
-(kernel size ``2 * ceil(3 * sigma) + 1`` = 11 for sigma = 1.5, reflect padding) applied to each channel separately. The OE code
-used ``skimage.filters.gaussian`` (truncate at 4 sigma = 13 taps, 'nearest' padding) and, for CIFAR, blurred the
-HxWx3 array as one 3-D volume (``multichannel=False``), which also smooths across the colour channels; here colour
-channels are blurred independently. The thresholded values are in ``{0} U [0.75, 1]`` (``{-1} U [0.5, 1]`` signed).
+Details: docs/modules.md, section ``oe_vision.synthetic``.
 """
 
 from __future__ import annotations
