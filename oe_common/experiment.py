@@ -12,12 +12,14 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+import torch
 from transformers import set_seed
 
 from .callbacks import check_time_budget, time_budget_callbacks, training_steps_report
 from .run_folder import RunFolder
 
-__all__ = ["Stage", "StageResult", "StagedExperiment", "StageModels", "run_experiment", "train_log"]
+__all__ = ["Stage", "StageResult", "StagedExperiment", "StageModels", "run_experiment", "train_log", "shared_training_arguments",
+           "stage_logs", "all_records"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +104,27 @@ def train_log(trainer: Any) -> dict[str, float]:
     logged = [entry for entry in history if "loss" in entry]
     summary = {**(logged[-1] if logged else {}), **(history[-1] if history else {})}
     return {k: float(v) for k, v in summary.items() if isinstance(v, (int, float))}
+
+
+def shared_training_arguments(stage: Stage, output_dir: str | Path, config: Any) -> dict[str, Any]:
+    """``stage.training_arguments(output_dir)`` plus what every pipeline sets alike: batch sizes ``config.batch_size``
+    / ``config.eval_batch_size``, ``seed = data_seed = config.seed``, a cosine schedule, step checkpoints of which only
+    the newest is kept, no reporting integration, pinned memory on CUDA."""
+    return {**stage.training_arguments(output_dir), "per_device_train_batch_size": config.batch_size,
+            "per_device_eval_batch_size": config.eval_batch_size, "lr_scheduler_type": "cosine", "save_strategy": "steps",
+            "save_total_limit": 1, "report_to": "none", "seed": int(config.seed), "data_seed": int(config.seed),
+            "dataloader_pin_memory": torch.cuda.is_available()}
+
+
+def all_records(results: Mapping[str, StageResult]) -> list[dict[str, Any]]:
+    """The records of every stage, in stage order."""
+    return [record for result in results.values() for record in result.records]
+
+
+def stage_logs(results: Mapping[str, StageResult]) -> dict[str, dict[str, Any]]:
+    """``{"train_logs": {stage: train_log}, "training_steps": {stage: steps report}}`` of the trained stages' states."""
+    return {"train_logs": {name: r.state["train_log"] for name, r in results.items()},
+            "training_steps": {name: r.state["training_steps"] for name, r in results.items() if "training_steps" in r.state}}
 
 
 class StagedExperiment(abc.ABC):

@@ -35,6 +35,7 @@ __all__ = [
     "records_to_markdown",
     "plot_roc_curves",
     "plot_score_histograms",
+    "plot_roc_and_histogram",
     "plot_reliability_diagram",
     "remove_empty_dirs",
 ]
@@ -268,6 +269,14 @@ def plot_score_histograms(in_scores: Any, out_scores_by_set: Mapping[str, Any], 
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)
+
+
+def plot_roc_and_histogram(in_scores: Any, out_scores_by_set: Mapping[str, Any], output_dir: str | os.PathLike, key: str,
+                           title: str = "") -> dict[str, Path]:
+    """:func:`plot_roc_curves` and :func:`plot_score_histograms` into ``<output_dir>/roc_<key>.png`` and
+    ``hist_<key>.png``; returns ``{"roc_<key>": path, "hist_<key>": path}``."""
+    return {f"{kind}_{key}": plot(in_scores, out_scores_by_set, Path(output_dir) / f"{kind}_{key}.png", title)
+            for kind, plot in (("roc", plot_roc_curves), ("hist", plot_score_histograms))}
 
 
 def plot_reliability_diagram(confidence: Any, correct: Any, path: str | os.PathLike, bin_size: int = 100, title: str = "") -> Path:

@@ -17,13 +17,13 @@ import torch
 from tqdm.auto import tqdm
 
 from oe_common.arg_types import non_negative_float, non_negative_int, probability
-from oe_common.experiment import Stage, StagedExperiment, StageModels, StageResult, run_experiment, train_log
+from oe_common.experiment import (Stage, StagedExperiment, StageModels, StageResult, all_records, run_experiment,
+                                  shared_training_arguments, train_log)
 from oe_common.metrics import evaluate_ood
 from oe_common.presets import preset_settings
 from oe_common.reporting import (
     detection_records,
-    plot_roc_curves,
-    plot_score_histograms,
+    plot_roc_and_histogram,
     sampling_note,
     protocol_sentence,
     run_meta,
@@ -293,31 +293,22 @@ class PTBLanguageModelExperiment(StagedExperiment):
         cfg = self.config
         eval_steps = {"oe": cfg.oe_eval_steps}.get(stage.name) or cfg.eval_steps
         return OETrainingArguments(
-            **stage.training_arguments(output_dir),
-            per_device_train_batch_size=cfg.batch_size,
-            per_device_eval_batch_size=cfg.eval_batch_size,
+            **shared_training_arguments(stage, output_dir, cfg),
             optim=cfg.optimizer,
             weight_decay=cfg.weight_decay,
             max_grad_norm=cfg.max_grad_norm,
             warmup_steps=cfg.warmup_ratio,  # a float < 1 is a ratio of the total steps in transformers >= 5
-            lr_scheduler_type="cosine",
             eval_strategy="steps",
             eval_steps=eval_steps,
-            save_strategy="steps",
             save_steps=eval_steps,
-            save_total_limit=1,
             load_best_model_at_end=True,
             metric_for_best_model="eval_loss",
             greater_is_better=False,
             logging_steps=max(1, min(50, eval_steps // 2)),
-            report_to="none",
             bf16=cfg.bf16 and torch.cuda.is_available(),
-            seed=self.seed,
-            data_seed=self.seed,
             oe_loss=cfg.oe_loss,
             oe_batch_ratio=1.0,
             dataloader_num_workers=0,
-            dataloader_pin_memory=torch.cuda.is_available(),
         )
 
     def make_trainer(self, stage: Stage, model: torch.nn.Module, output_dir: Path) -> OETrainer:
@@ -359,10 +350,10 @@ class PTBLanguageModelExperiment(StagedExperiment):
                output_dir: Path, is_main: bool) -> dict[str, Any]:
         """``results.json`` / ``results.md`` (Table 6), ROC and histogram PNGs of the first score, the detector."""
         cfg, data, sets = self.config, self.data, self.eval_sets
-        records = [r for result in results.values() for r in result.records]
+        records = all_records(results)
         quality = {name: result.state["quality"] for name, result in results.items()}
         meta = run_meta(seconds, config=dataclasses.asdict(cfg), seq_len=data.seq_len, test_quality=quality,
-                        n_windows={name: len(ds) for name, ds in sets.items()}, data_stats=_jsonable(data.stats))
+                        n_windows={name: len(ds) for name, ds in sets.items()}, data_stats=data.stats)
         result: dict[str, Any] = {"records": records, "meta": meta}
         if not is_main:
             return result
@@ -372,8 +363,7 @@ class PTBLanguageModelExperiment(StagedExperiment):
             for protocol in cfg.protocols:
                 out = {n.split("/", 1)[1]: s for n, s in by_set.items() if n.startswith(protocol + "/")}
                 title = f"PTB {cfg.level} {stage}, EWT {protocol}, score {cfg.scores[0]}"
-                paths[f"roc_{stage}_{protocol}"] = plot_roc_curves(by_set["ptb/test"], out, output_dir / f"roc_{stage}_{protocol}.png", title)
-                paths[f"hist_{stage}_{protocol}"] = plot_score_histograms(by_set["ptb/test"], out, output_dir / f"hist_{stage}_{protocol}.png", title)
+                paths.update(plot_roc_and_histogram(by_set["ptb/test"], out, output_dir, f"{stage}_{protocol}", title))
         paths["detector"] = save_text_detector(models["oe"], data, cfg, records, output_dir / "detector")
         result["paths"] = paths
         return result
@@ -474,13 +464,3 @@ def save_text_detector(
     detector.threshold_info["data"] = (f"PTB validation sentences, one example per line, read as in training "
                                        f"(normaliser {PTB_LINE_NORMALIZER[cfg.level]!r})")
     return detector.save_pretrained(folder)
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (np.integer, np.floating)):
-        return value.item()
-    return value

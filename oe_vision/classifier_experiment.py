@@ -23,14 +23,14 @@ from transformers import PreTrainedModel
 
 from oe_common.arg_types import non_negative_float, non_negative_int
 from oe_common.callbacks import check_time_budget
-from oe_common.experiment import Stage, StagedExperiment, StageModels, StageResult, run_experiment
+from oe_common.experiment import (Stage, StagedExperiment, StageModels, StageResult, all_records, run_experiment,
+                                  shared_training_arguments, stage_logs)
 from oe_common.presets import preset_settings
 from oe_common.recipe_args import flag
 from oe_common.metrics import evaluate_ood, misclassification_metrics
 from oe_common.reporting import (
     detection_records,
-    plot_roc_curves,
-    plot_score_histograms,
+    plot_roc_and_histogram,
     sampling_note,
     protocol_sentence,
     run_meta,
@@ -42,6 +42,7 @@ from oe_common.scores import example_scores
 from oe_common.trainer import OETrainer, OETrainingArguments
 
 from . import data as vdata
+from .data import TensorImageDataset
 from .calibration_tables import reliability_diagrams, run_calibration, table7_markdown
 from .confidence import confidence_branch_score
 from .confidence_trainer import ConfidenceBranchOETrainer
@@ -224,29 +225,6 @@ def preset_config(dataset: str, preset: str, **overrides: Any) -> VisionOEConfig
 
 
 # ================================================================================================ data
-class TensorImageDataset(Dataset):
-    """Preprocessed images held as one float tensor; item ``i`` is ``(pixel_values[i], labels[i])``.
-
-    Args:
-        pixel_values: ``(N, C, H, W)`` float32, already through the experiment's transforms.
-        labels: ``(N,)`` int64 (class ids, or :data:`oe_vision.data.OOD_LABEL` for anomalies / outliers).
-    """
-
-    def __init__(self, pixel_values: torch.Tensor, labels: torch.Tensor, name: str = ""):
-        if pixel_values.dim() != 4 or labels.shape != pixel_values.shape[:1]:
-            raise ValueError(f"need pixel_values (N, C, H, W) and labels (N,), got {tuple(pixel_values.shape)} and {tuple(labels.shape)}")
-        self.pixel_values, self.labels, self.name = pixel_values, labels.long(), name
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return self.pixel_values[index], int(self.labels[index])
-
-    def __repr__(self) -> str:
-        return f"TensorImageDataset(name={self.name!r}, n={len(self)}, image_shape={tuple(self.pixel_values.shape[1:])})"
-
-
 _DETERMINISTIC_STEPS = (v2.ToImage, v2.Resize, v2.CenterCrop, v2.Grayscale, v2.RGB, v2.ToDtype, v2.Normalize, v2.ToPureTensor)
 
 
@@ -352,10 +330,6 @@ def _split_train(n: int, holdout: int, train_cap: int | None, seed: int) -> tupl
     return sorted(rest), sorted(held)
 
 
-def _capped(dataset: Dataset, cap: int | None, seed: int, key: int) -> Dataset:
-    return dataset if cap is None or cap >= len(dataset) else vdata.subset(dataset, cap, seed, key)
-
-
 def load_vision_data(cfg: VisionOEConfig, data_dir: str | Path | None = None) -> VisionData:
     """Load, split, subset and preprocess the data of ``cfg`` (see :mod:`oe_vision.data` for every set).
 
@@ -383,14 +357,14 @@ def load_vision_data(cfg: VisionOEConfig, data_dir: str | Path | None = None) ->
     oe_name = getattr(oe, "name", "oe")
     train_idx, holdout_idx = _split_train(len(full_train), cfg.holdout_size, cfg.train_size, seed)
     train: Dataset = Subset(full_train, train_idx)
-    oe_source: Dataset = _capped(oe, cfg.oe_pool_size, seed, 101)
+    oe_source: Dataset = vdata.capped(oe, cfg.oe_pool_size, seed, 101)
     if cfg.dataset == "mnist":  # deterministic pipelines: transform once
         train = materialize(train, "mnist-train", num_workers=cfg.num_workers)
         oe_source = materialize(oe_source, oe_name, num_workers=cfg.num_workers)
     holdout = materialize(Subset(plain_train, holdout_idx), f"{cfg.dataset}-holdout", num_workers=cfg.num_workers)
-    test_set = materialize(_capped(test, cfg.test_size, seed, 102), f"{cfg.dataset}-test", num_workers=cfg.num_workers)
+    test_set = materialize(vdata.capped(test, cfg.test_size, seed, 102), f"{cfg.dataset}-test", num_workers=cfg.num_workers)
     ood_sets = {
-        name: materialize(_capped(ds, cfg.ood_size, seed, 200 + i), name, num_workers=cfg.num_workers)
+        name: materialize(vdata.capped(ds, cfg.ood_size, seed, 200 + i), name, num_workers=cfg.num_workers)
         for i, (name, ds) in enumerate(tqdm(list(ood.items()), desc="anomaly sets", leave=False))
     }
     overlap = tuple(name for name in ood_sets if cfg.dataset == "mnist" and "isun" in oe_name and name == "isun_gray")
@@ -420,27 +394,17 @@ def training_arguments(cfg: VisionOEConfig, stage: Stage, output_dir: str | Path
     gradient clipping. Every ``cfg.save_steps`` steps (and at the end) a checkpoint in
     ``<output_dir>/checkpoints/<stage>/`` (safetensors weights + optimizer, scheduler, RNG and outlier stream state;
     the newest one kept) that ``--resume`` continues from."""
-    cuda = torch.cuda.is_available()
     return OETrainingArguments(
-        **stage.training_arguments(output_dir),
-        per_device_train_batch_size=cfg.batch_size,
-        per_device_eval_batch_size=cfg.eval_batch_size,
+        **shared_training_arguments(stage, output_dir, cfg),
         weight_decay=cfg.weight_decay,  # informational: the optimizer is built by make_trainer
         max_grad_norm=0.0,
-        lr_scheduler_type="cosine",
         warmup_steps=0,
         eval_strategy="no",
-        save_strategy="steps",
         save_steps=cfg.save_steps,
-        save_total_limit=1,
         save_only_model=False,  # optimizer / scheduler / RNG state too: needed to resume
         logging_steps=cfg.logging_steps,
-        report_to="none",
-        bf16=cfg.bf16 and cuda,
-        seed=cfg.seed,
-        data_seed=cfg.seed,
+        bf16=cfg.bf16 and torch.cuda.is_available(),
         dataloader_num_workers=cfg.num_workers,
-        dataloader_pin_memory=cuda,
         dataloader_persistent_workers=cfg.num_workers > 0,
         disable_tqdm=False,
         oe_batch_size=cfg.oe_batch_size,
@@ -818,7 +782,7 @@ class VisionClassifierExperiment(StagedExperiment):
         an ``OODDetector`` in ``<output_dir>/detector`` (when ``save_models``)."""
         cfg, data = self.config, self.data
         outputs = {name: result.arrays for name, result in results.items()}
-        records = [r for result in results.values() for r in result.records]
+        records = all_records(results)
         test_labels = data.test.labels
         accuracy = {s: float((o["test"]["logits"].argmax(-1) == test_labels).float().mean()) for s, o in outputs.items()}
         misclassification = [misclassification_record(outputs[s], test_labels, s, cfg.dataset) for s in cfg.stages if not s.startswith("branch")]
@@ -846,7 +810,7 @@ class VisionClassifierExperiment(StagedExperiment):
             seconds, config=dataclasses.asdict(cfg), dataset=cfg.dataset, data=data.stats(), test_accuracy=accuracy,
             test_error={s: 1.0 - a for s, a in accuracy.items()}, misclassification=misclassification, calibration=calibration,
             temperatures=temperatures, calibration_skipped=calibration_skipped,
-            train_logs={s: r.state["train_log"] for s, r in results.items()}, training_steps={s: r.state["training_steps"] for s, r in results.items()},
+            **stage_logs(results),
         )
         paths.update(write_results(output_dir, records, meta, _markdown_report(cfg, data, records, meta)))
         for stage in cfg.stages:
@@ -854,8 +818,7 @@ class VisionClassifierExperiment(StagedExperiment):
             in_scores = anomaly_scores(outputs[stage]["test"], score)
             out = {name: anomaly_scores(outputs[stage][name], score) for name in data.ood}
             title = f"{cfg.dataset} {stage}, score {score}"
-            paths[f"roc_{stage}"] = plot_roc_curves(in_scores, out, output_dir / f"roc_{stage}.png", title)
-            paths[f"hist_{stage}"] = plot_score_histograms(in_scores, out, output_dir / f"hist_{stage}.png", title)
+            paths.update(plot_roc_and_histogram(in_scores, out, output_dir, stage, title))
         if cfg.save_models and is_main:  # a resumed run loads the OE model from oe_model/
             paths["detector"] = save_detector(models["oe"], outputs["oe"], data, cfg, output_dir / "detector")
         return {"records": records, "meta": meta, "paths": paths, "outputs": outputs, "data": data}

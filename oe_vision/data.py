@@ -45,6 +45,8 @@ __all__ = [
     "image_transform",
     "image_collate",
     "subset",
+    "TensorImageDataset",
+    "capped",
     "load_mnist",
     "load_fashion_mnist",
     "load_notmnist",
@@ -130,6 +132,29 @@ class ImageArrayDataset(Dataset):
 
     def __repr__(self) -> str:
         return f"ImageArrayDataset(name={self.name!r}, n={len(self)}, image_shape={tuple(self.images.shape[1:])})"
+
+
+class TensorImageDataset(Dataset):
+    """Preprocessed images held as one tensor; item ``i`` is ``(pixel_values[i], labels[i])``.
+
+    Args:
+        pixel_values: ``(N, C, H, W)``, already through the experiment's transforms (float32 for the classifiers).
+        labels: ``(N,)`` int64 (class ids, or :data:`oe_vision.data.OOD_LABEL` for anomalies / outliers).
+    """
+
+    def __init__(self, pixel_values: torch.Tensor, labels: torch.Tensor, name: str = ""):
+        if pixel_values.dim() != 4 or labels.shape != pixel_values.shape[:1]:
+            raise ValueError(f"need pixel_values (N, C, H, W) and labels (N,), got {tuple(pixel_values.shape)} and {tuple(labels.shape)}")
+        self.pixel_values, self.labels, self.name = pixel_values, labels.long(), name
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.pixel_values[index], int(self.labels[index])
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, n={len(self)}, image_shape={tuple(self.pixel_values.shape[1:])})"
 
 
 class EncodedImageDataset(Dataset):
@@ -245,6 +270,11 @@ def subset(dataset: Dataset, n: int | None, seed: int = 0, key: int = 0) -> Data
         raise ValueError(f"cannot draw {n} examples from {getattr(dataset, 'name', '') or 'a dataset'} of size {len(dataset)}")
     gen = torch.Generator().manual_seed(synthetic.derive_seed(seed, key))
     return Subset(dataset, torch.randperm(len(dataset), generator=gen)[:n].sort().values.tolist())
+
+
+def capped(dataset: Dataset, cap: int | None, seed: int = 0, key: int = 0) -> Dataset:
+    """:func:`subset` of ``cap`` examples, or ``dataset`` itself when ``cap`` is ``None`` or not below its size."""
+    return dataset if cap is None or cap >= len(dataset) else subset(dataset, cap, seed, key)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -21,15 +21,15 @@ from transformers import HfArgumentParser
 from oe_common.arg_types import non_negative_float, non_negative_int
 from oe_common.callbacks import check_time_budget
 from oe_common.data_dir import exit_on_data_error
-from oe_common.experiment import Stage, StagedExperiment, StageModels, StageResult, run_experiment
+from oe_common.experiment import (Stage, StagedExperiment, StageModels, StageResult, all_records, run_experiment,
+                                  shared_training_arguments, stage_logs)
 from oe_common.run_folder import recipe_guard
 from oe_common.presets import preset_settings
 from oe_common.metrics import evaluate_ood
 from oe_common.recipe_args import RecipeArguments, build_recipe_parser, flag, parse_recipe_args
 from oe_common.reporting import (
     detection_records,
-    plot_roc_curves,
-    plot_score_histograms,
+    plot_roc_and_histogram,
     sampling_note,
     protocol_sentence,
     run_meta,
@@ -223,31 +223,19 @@ def preset_config(dataset: str, preset: str, **overrides: Any) -> DensityOEConfi
 
 
 # ================================================================================================ data
-class UInt8ImageDataset(Dataset):
-    """Images held as one ``uint8`` tensor ``(N, C, H, W)``; item ``i`` is ``(images[i], labels[i])``.
-
-    Use with :func:`oe_vision.density_trainer.density_collate` (uint8 goes to the model as is)."""
+class UInt8ImageDataset(vdata.TensorImageDataset):
+    """A :class:`~oe_vision.data.TensorImageDataset` of ``uint8`` images ``(N, C, H, W)`` (``images``; labels default
+    to :data:`~oe_vision.data.OOD_LABEL`). Use with :func:`oe_vision.density_trainer.density_collate` (uint8 goes to
+    the model as is)."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor | None = None, name: str = ""):
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
-        labels = torch.full((len(images),), vdata.OOD_LABEL, dtype=torch.int64) if labels is None else labels.long()
-        if labels.shape != (len(images),):
-            raise ValueError(f"{len(images)} images but labels of shape {tuple(labels.shape)}")
-        self.images, self.labels, self.name = images, labels, name
+        super().__init__(images, torch.full((len(images),), vdata.OOD_LABEL) if labels is None else labels, name)
 
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return self.images[index], int(self.labels[index])
-
-    def subset(self, indices: Sequence[int], name: str | None = None) -> "UInt8ImageDataset":
-        index = torch.as_tensor(list(indices), dtype=torch.long)
-        return UInt8ImageDataset(self.images[index], self.labels[index], self.name if name is None else name)
-
-    def __repr__(self) -> str:
-        return f"UInt8ImageDataset(name={self.name!r}, n={len(self)}, image_shape={tuple(self.images.shape[1:])})"
+    @property
+    def images(self) -> torch.Tensor:
+        return self.pixel_values
 
 
 def _pairs_collate(batch: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -316,10 +304,6 @@ class DensityData:
         }
 
 
-def _capped(dataset: Dataset, cap: int | None, seed: int, key: int) -> Dataset:
-    return dataset if cap is None or cap >= len(dataset) else vdata.subset(dataset, cap, seed, key)
-
-
 def load_density_data(cfg: DensityOEConfig, data_dir: str | Path | None = None) -> DensityData:
     """Load, subset and convert the data of ``cfg`` to ``uint8`` (docs/modules.md). Nothing is downloaded: missing
     corpora raise :class:`oe_vision.data.MissingDataError` naming what is expected."""
@@ -345,8 +329,8 @@ def load_density_data(cfg: DensityOEConfig, data_dir: str | Path | None = None) 
     rest = sorted(rest if cfg.oe_pool_size is None else rest[: cfg.oe_pool_size])
     data = DensityData(
         dataset=cfg.dataset,
-        train=to_uint8_dataset(_capped(train, cfg.train_size, seed, 301), f"{cfg.dataset}-train", num_workers=workers),
-        test=to_uint8_dataset(_capped(test, cfg.test_size, seed, 302), f"{cfg.dataset}-test", num_workers=workers),
+        train=to_uint8_dataset(vdata.capped(train, cfg.train_size, seed, 301), f"{cfg.dataset}-train", num_workers=workers),
+        test=to_uint8_dataset(vdata.capped(test, cfg.test_size, seed, 302), f"{cfg.dataset}-test", num_workers=workers),
         ood={name: to_uint8_dataset(ds, name, unstandardize, num_workers=workers) for name, ds in ood.items()},
         oe_train=to_uint8_dataset(Subset(oe_pool, rest), oe_name, num_workers=workers),
         oe_heldout=to_uint8_dataset(Subset(oe_pool, held), OE_HELDOUT_NAME, num_workers=workers),
@@ -377,28 +361,18 @@ def training_arguments(cfg: DensityOEConfig, stage: Stage, output_dir: str | Pat
     during training (the last weights are kept), TF32 on GPUs (no bf16: docs/modules.md). Every ``cfg.save_steps``
     steps (and at the end) a checkpoint in ``<output_dir>/checkpoints/<stage>/`` (safetensors weights + optimizer,
     scheduler, RNG, outlier stream and margin counts; the newest one kept) that ``--resume`` continues from."""
-    cuda = torch.cuda.is_available()
     return DensityOETrainingArguments(
-        **stage.training_arguments(output_dir),
-        per_device_train_batch_size=cfg.batch_size,
-        per_device_eval_batch_size=cfg.eval_batch_size,
+        **shared_training_arguments(stage, output_dir, cfg),
         optim="adamw_torch",
         weight_decay=0.0,
         max_grad_norm=cfg.max_grad_norm,
-        lr_scheduler_type="cosine",
         warmup_steps=cfg.warmup_ratio,  # a float < 1 is a ratio of the total steps
         eval_strategy="no",
-        save_strategy="steps",
         save_steps=cfg.save_steps,
-        save_total_limit=1,
         save_only_model=False,  # optimizer / scheduler / RNG state too: needed to resume
         logging_steps=cfg.logging_steps,
-        report_to="none",
-        tf32=True if cuda else None,
-        seed=cfg.seed,
-        data_seed=cfg.seed,
+        tf32=True if torch.cuda.is_available() else None,
         dataloader_num_workers=cfg.num_workers,
-        dataloader_pin_memory=cuda,
         disable_tqdm=False,
         oe_margin_per_subpixel=cfg.margin_per_subpixel,
         oe_batch_ratio=1.0,  # equal in / outlier batch sizes
@@ -610,7 +584,7 @@ class PixelCNNDensityExperiment(StagedExperiment):
     def report(self, results: Mapping[str, StageResult], models: StageModels, seconds: dict[str, float], output_dir: Path,
                is_main: bool) -> dict[str, Any]:
         cfg, data = self.config, self.data
-        records = [r for result in results.values() for r in result.records]
+        records = all_records(results)
         scores = {stage: result.arrays for stage, result in results.items()}
         summaries = {m: bits_per_dim_summary(s) for m, s in scores.items()}
         meta = run_meta(
@@ -622,16 +596,14 @@ class PixelCNNDensityExperiment(StagedExperiment):
             more_likely_than_in_after_oe=[n for n in data.ood if summaries["oe"][n]["more_likely_than_in"]],
             oe_source_gap_bits_per_dim={m: summaries[m][OE_HELDOUT_NAME]["mean"] - summaries[m]["test"]["mean"] for m in scores},
             oe_margin_active_fraction=results["oe"].state["margin_active"],
-            train_logs={m: r.state["train_log"] for m, r in results.items()},
-            training_steps={m: r.state["training_steps"] for m, r in results.items() if "training_steps" in r.state},
+            **stage_logs(results),
             paper_table5_cifar10_mean={k: list(v) for k, v in PAPER_TABLE5_MEAN.items()},
         )
         paths = write_results(output_dir, records, meta, _markdown_report(cfg, data, records, meta))
         for stage, by_set in scores.items():
             out = {n: s for n, s in by_set.items() if n != "test"}
             title = f"PixelCNN++ {cfg.dataset} {stage}: bits/dim"
-            paths[f"roc_{stage}"] = plot_roc_curves(by_set["test"], out, output_dir / f"roc_{stage}.png", title)
-            paths[f"hist_{stage}"] = plot_score_histograms(by_set["test"], out, output_dir / f"hist_{stage}.png", title)
+            paths.update(plot_roc_and_histogram(by_set["test"], out, output_dir, stage, title))
         return {"records": records, "meta": meta, "paths": paths, "scores": scores, "data": data}
 
 
