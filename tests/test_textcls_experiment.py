@@ -151,7 +151,7 @@ def test_oe_train_lists_and_runs_the_recipe(capsys):
 
 def test_presets_and_config_checks():
     tiny = tx.preset_config("tiny", dataset="clinc150", model="minilm")
-    assert tiny.oe_lambda == 1.0 and tiny.oe_loss == "uniform" and tiny.max_length == 32 and tiny.n_draws == 10
+    assert tiny.oe_lambda == 1.0 and tiny.oe_loss == "uniform" and tiny.max_length == 24 and tiny.n_draws == 10
     assert tx.preset_config("full", dataset="sst2", model="gru").max_length == 64
     assert tx.preset_config("full", model="gru").baseline_lr != tx.preset_config("full", model="minilm").baseline_lr
     stages = tx.TextClsExperiment(tiny).stages()
