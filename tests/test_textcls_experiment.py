@@ -13,6 +13,7 @@ import os
 import re
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -172,3 +173,23 @@ def test_in_and_outlier_batches_share_one_shape_so_the_oe_step_is_one_forward():
     ins.pop("labels")
     assert ins["input_ids"].shape == outs["input_ids"].shape == (1, 12)
     assert OETrainer._concatenate(dict(ins), dict(outs)) is not None
+
+
+def test_head_learning_rate_scale_puts_the_classifier_in_its_own_groups(tmp_path):
+    import torch
+
+    from oe_common.experiment import Stage
+    from oe_text import GRUClassifierConfig, GRUForSequenceClassification
+
+    tok = word_tokenizer(["what is a cat"])
+    model = GRUForSequenceClassification(GRUClassifierConfig(vocab_size=len(tok), embedding_size=4, hidden_size=4, num_labels=3))
+    exp = tx.TextClsExperiment(tx.TextClsConfig(dataset="trec", model="gru", head_lr_scale=10.0))
+    exp.data = types.SimpleNamespace(tokenizer=tok, train=[{"input_ids": [2, 5, 3], "labels": 0}], outliers=None)
+    trainer = exp.make_trainer(Stage("baseline", 1e-3, max_steps=1), model, tmp_path)
+    head = {id(p) for p in model.classifier.parameters()}
+    lrs = {(id(p) in head): g["lr"] for g in trainer.optimizer.param_groups for p in g["params"]}
+    assert lrs == {True: pytest.approx(1e-2), False: pytest.approx(1e-3)}
+    assert sum(len(g["params"]) for g in trainer.optimizer.param_groups) == len(list(model.parameters()))
+    decay = {id(p): g["weight_decay"] for g in trainer.optimizer.param_groups for p in g["params"]}
+    assert decay[id(model.classifier.bias)] == 0.0 and decay[id(model.classifier.weight)] == 0.01
+    assert isinstance(trainer.optimizer, torch.optim.AdamW)
