@@ -29,6 +29,7 @@ RECIPES: dict[str, tuple[str, str, dict[str, Any]]] = {
     "mnist": ("oe_vision.recipe_cli", "main", {"dataset": "mnist"}),
     "cifar10": ("oe_vision.recipe_cli", "main", {"dataset": "cifar10"}),
     "pixelcnn": ("oe_vision.density_experiment", "main", {}),
+    "text-classification": ("oe_text.textcls_recipe", "main", {}),
 }
 
 

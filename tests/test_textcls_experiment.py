@@ -1,0 +1,195 @@
+"""oe_text.textcls_experiment / recipes/textcls_oe.py: the text-classification OE pipeline on the one runner.
+
+One module-scoped run of the ``test`` preset (the paper's GRU on 800 TREC-50 questions, seconds) is shared by the
+tests. The tokenizer is a word-level BERT tokenizer built from the training questions (monkeypatched over the
+MiniLM one), so these tests do not depend on the Hugging Face cache; tests/test_hub_checkpoints.py covers the real
+checkpoint."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import re
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from oe_common import cli
+from oe_text import textcls_experiment as tx
+from oe_text.textcls_recipe import main as recipe_main
+
+TORCH_THREADS = 1  # tiny model: see the conftest fixture _torch_threads
+REPO_ROOT = Path(__file__).resolve().parents[1]
+_WORD = re.compile(r"\w+|[^\w\s]")
+
+
+def word_tokenizer(texts, size: int = 3000):
+    """A lower-casing word-level BertTokenizer over the ``size`` most common words of ``texts``."""
+    from transformers import BertTokenizer
+
+    counts = collections.Counter(w for t in texts for w in _WORD.findall(t.lower()))
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [w for w, _ in counts.most_common(size)]
+    return BertTokenizer(vocab={w: i for i, w in enumerate(words)})
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, data_dir):
+    from oe_text.textcls_data import load_textcls
+
+    texts = load_textcls("trec", data_dir).splits["train"]["text"]
+    tok = word_tokenizer(texts)
+    patch = pytest.MonkeyPatch()
+    patch.setattr(tx, "load_tokenizer", lambda model: tok)
+    out = tmp_path_factory.mktemp("textcls") / "run"
+    try:
+        result = recipe_main(["--dataset", "trec", "--model", "gru", "--preset", "test", "--output-dir", str(out),
+                              "--data-dir", str(data_dir)])
+    finally:
+        patch.undo()
+    return out, result
+
+
+def test_records_follow_the_issue_schema(run):
+    out, result = run
+    records = json.loads((out / "results.json").read_text())["records"]
+    assert records == json.loads(json.dumps(result["records"])) and out.joinpath("run_manifest.json").is_file()
+    acc = [r for r in records if r["task"] == "accuracy"]
+    assert [(r["dataset"], r["model"], r["stage"]) for r in acc] == [("trec", "gru", "baseline"), ("trec", "gru", "oe")]
+    assert all(0 <= r["accuracy"] <= 1 for r in acc)
+    det = [r for r in records if r["task"] == "detection"]
+    keys = {"dataset", "model", "stage", "score", "ood_set", "auroc", "aupr", "fpr90", "fpr95", "n_in", "n_out", "draws"}
+    assert all(keys <= set(r) for r in det)
+    sets = {r["ood_set"] for r in det}
+    assert sets == set(tx.ood_set_names("trec")) | {"mean"} and "clinc150_oos" not in sets
+    assert {r["score"] for r in det} == set(tx.TEXTCLS_SCORES)
+    assert len(det) == 2 * len(tx.TEXTCLS_SCORES) * len(sets)
+    # fractions; FPR at 95% recall is never below FPR at 90% (same draws); the mean row is the mean of the sets
+    assert all(0 <= r[k] <= 1 for r in det for k in ("auroc", "aupr", "fpr90", "fpr95"))
+    assert all(r["fpr95"] >= r["fpr90"] for r in det)
+    oe_msp = [r for r in det if r["stage"] == "oe" and r["score"] == "msp"]
+    mean = next(r for r in oe_msp if r["ood_set"] == "mean")
+    assert mean["auroc"] == pytest.approx(np.mean([r["auroc"] for r in oe_msp if r["ood_set"] != "mean"]))
+    assert all(r["n_in"] == 200 and r["n_out"] == 40 and r["draws"] == 2 for r in oe_msp if r["ood_set"] != "mean")
+    mis = [r for r in records if r["task"] == "misclassification"]
+    assert {(r["stage"], r["score"]) for r in mis} == {(s, k) for s in ("baseline", "oe") for k in tx.TEXTCLS_SCORES}
+
+
+def test_detection_numbers_equal_a_recomputation_from_the_saved_scores(run):
+    """AUROC and FPR95 of one set, recomputed from the stage's saved scores with scikit-learn and the same seeded
+    draws (evaluate_ood's generator for set i: default_rng([seed, i]))."""
+    from sklearn.metrics import roc_auc_score
+
+    _, result = run
+    arrays = result["arrays"]["oe"]
+    record = next(r for r in result["records"] if r["stage"] == "oe" and r.get("ood_set") == "multi30k" and r["score"] == "energy")
+    ins, outs = arrays["test"]["energy"], arrays["ood"]["multi30k"]["energy"]
+    rng = np.random.default_rng([0, list(arrays["ood"]).index("multi30k")])
+    aurocs, fprs = [], []
+    for _ in range(2):
+        sample = outs[rng.choice(outs.size, size=ins.size // 5, replace=False)]
+        aurocs.append(roc_auc_score(np.r_[np.zeros(ins.size), np.ones(sample.size)], np.r_[ins, sample]))
+        threshold = np.sort(sample)[::-1][int(np.ceil(0.95 * sample.size)) - 1]  # flags >= 95% of the anomalies
+        fprs.append(np.mean(ins >= threshold))
+    assert record["auroc"] == pytest.approx(np.mean(aurocs))
+    assert record["fpr95"] == pytest.approx(np.mean(fprs))
+
+
+def test_oe_separates_outliers_better_than_the_baseline(run):
+    """OE on WikiText-2 sentences raises the in-vs-EWT separation (mean msp AUROC over the EWT domains)."""
+    _, result = run
+    det = [r for r in result["records"] if r["task"] == "detection" and r["score"] == "msp" and r["ood_set"].startswith("ewt_")]
+    auroc = {stage: np.mean([r["auroc"] for r in det if r["stage"] == stage]) for stage in ("baseline", "oe")}
+    assert auroc["oe"] > auroc["baseline"] + 0.05, auroc
+
+
+def test_report_plots_and_detector_round_trip_in_a_fresh_process(run, tmp_path):
+    out, _ = run
+    md = (out / "results.md").read_text()
+    assert "Best score" in md and "Misclassification" in md and "baseline → OE" in md
+    assert (out / "roc_oe.png").stat().st_size > 0 and (out / "hist_baseline.png").stat().st_size > 0
+    card = (out / "detector" / "README.md").read_text()
+    assert "trec" in card and "accuracy" in card.lower()
+    queries = tmp_path / "queries.txt"
+    queries.write_text("what is the capital of france ?\nthe cat sat on the mat and purred all day long\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
+    code = "import sys; from oe_common.cli import main; sys.exit(main(sys.argv[1:]))"
+    done = subprocess.run([sys.executable, "-c", code, "score", "--model", str(out / "detector"), "--input", str(queries)],
+                          env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-1500:]
+    rows = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+    assert len(rows) == 2 and all(np.isfinite(r["score"]) for r in rows)
+    from oe_common.detector import OODDetector
+
+    det = OODDetector.from_pretrained(out / "detector", device="cpu")
+    assert det.score_name == "msp" and det.threshold is not None
+    assert [r["score"] for r in rows] == pytest.approx(det.score([q for q in queries.read_text().splitlines()]).tolist())
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--dataset", "imdb"], "--dataset"),
+    (["--oe-lambda", "-1"], "--oe-lambda"),
+    (["--preset", "paper"], "--preset"),
+    (["--baseline-max-minutes", "0"], "--baseline-max-minutes"),
+    (["--oe-loss", "kl"], "--oe-loss"),
+])
+def test_bad_flags_are_usage_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        recipe_main(argv)
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_oe_train_lists_and_runs_the_recipe(capsys):
+    assert cli.main(["train", "--list"]) == 0
+    assert "text-classification" in capsys.readouterr().out
+    assert cli.main(["train", "text-classification", "--dataset", "nope"]) == 2
+
+
+def test_presets_and_config_checks():
+    tiny = tx.preset_config("tiny", dataset="clinc150", model="minilm")
+    assert tiny.oe_lambda == 1.0 and tiny.oe_loss == "uniform" and tiny.max_length == 24 and tiny.n_draws == 10
+    assert tx.preset_config("full", dataset="sst2", model="gru").max_length == 64
+    assert tx.preset_config("full", model="gru").baseline_lr != tx.preset_config("full", model="minilm").baseline_lr
+    stages = tx.TextClsExperiment(tiny).stages()
+    assert [(s.name, s.oe_lambda, s.init) for s in stages] == [("baseline", None, None), ("oe", 1.0, "baseline")]
+    with pytest.raises(ValueError, match="dataset"):
+        tx.TextClsConfig(dataset="imdb")
+    assert tx.ood_set_names("clinc150")[0] == "clinc150_oos"
+
+
+def test_in_and_outlier_batches_share_one_shape_so_the_oe_step_is_one_forward():
+    """The collator pads both to max_length: OETrainer._concatenate accepts them (it returns None otherwise)."""
+    from oe_common.trainer import OETrainer
+
+    tok = word_tokenizer(["what is a cat", "how far is the moon from the earth today"])
+    collate = tx.fixed_length_collator(tok, 12)
+    ins = collate([dict(tok("what is a cat"), labels=1)])
+    outs = collate([dict(tok("how far is the moon from the earth today"))])
+    ins.pop("labels")
+    assert ins["input_ids"].shape == outs["input_ids"].shape == (1, 12)
+    assert OETrainer._concatenate(dict(ins), dict(outs)) is not None
+
+
+def test_head_learning_rate_scale_puts_the_classifier_in_its_own_groups(tmp_path):
+    import torch
+
+    from oe_common.experiment import Stage
+    from oe_text import GRUClassifierConfig, GRUForSequenceClassification
+
+    tok = word_tokenizer(["what is a cat"])
+    model = GRUForSequenceClassification(GRUClassifierConfig(vocab_size=len(tok), embedding_size=4, hidden_size=4, num_labels=3))
+    exp = tx.TextClsExperiment(tx.TextClsConfig(dataset="trec", model="gru", head_lr_scale=10.0))
+    exp.data = types.SimpleNamespace(tokenizer=tok, train=[{"input_ids": [2, 5, 3], "labels": 0}], outliers=None)
+    trainer = exp.make_trainer(Stage("baseline", 1e-3, max_steps=1), model, tmp_path)
+    head = {id(p) for p in model.classifier.parameters()}
+    lrs = {(id(p) in head): g["lr"] for g in trainer.optimizer.param_groups for p in g["params"]}
+    assert lrs == {True: pytest.approx(1e-2), False: pytest.approx(1e-3)}
+    assert sum(len(g["params"]) for g in trainer.optimizer.param_groups) == len(list(model.parameters()))
+    decay = {id(p): g["weight_decay"] for g in trainer.optimizer.param_groups for p in g["params"]}
+    assert decay[id(model.classifier.bias)] == 0.0 and decay[id(model.classifier.weight)] == 0.01
+    assert isinstance(trainer.optimizer, torch.optim.AdamW)
