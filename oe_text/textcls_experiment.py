@@ -1,39 +1,6 @@
 """Text classifiers with Outlier Exposure (issue #12): intents (CLINC150), sentiment (SST-2), questions (TREC-50).
 
-A configuration of the one staged runner (:mod:`oe_common.experiment`)::
-
-    baseline   fine-tune the classifier on the in-distribution training set (no outliers)
-    oe         continue from the baseline with  loss = CE(x_in, y) + oe_lambda * L_OE(WikiText-2 sentences)
-
-Models: ``minilm`` (``sentence-transformers/all-MiniLM-L6-v2`` at a pinned revision, a new classification head;
-``oe fetch-checkpoint all-minilm-l6-v2`` puts it into the Hugging Face cache), ``gru`` (the paper's 2-layer GRU,
-:class:`oe_text.GRUForSequenceClassification`, trained from scratch on the same tokenizer's ids), or any
-``AutoModelForSequenceClassification`` checkpoint by name. The word embeddings of a pretrained model are frozen by
-default (``freeze_embeddings``): 11.7M of MiniLM's 22.7M parameters, which then need no gradient or AdamW state.
-
-Training batches: in-distribution and outlier texts are tokenized by the model's tokenizer, truncated to
-``max_length`` and BOTH padded to ``max_length`` (:func:`fixed_length_collator`), so that ``OETrainer`` can
-concatenate them and run the OE step as ONE forward pass (``oe_concat_forward``; with ``padding="longest"`` the two
-batches differ in length and it falls back to two passes).
-
-Evaluation of each stage's model (:meth:`TextClsExperiment.evaluate`), on raw texts through the detector's own
-:class:`~oe_text.tokenizer_preprocessing.TokenizerPreprocessing` (what ``oe score`` does), ONE forward pass per
-batch for all scores: the logits give ``msp``, ``max_logit``, ``energy``, ``uniform_xent``
-(:func:`oe_common.scores.example_scores`) and the classifier head's input (the pooled feature) gives
-``mahalanobis`` (:class:`oe_common.feature_scores.MahalanobisScore`, class means + shared covariance fitted on the
-training set); all "higher = more anomalous". Then
-
-* accuracy on the in-distribution test set;
-* detection (:func:`oe_common.metrics.evaluate_ood`, the paper's protocol: all test texts vs ``n_in // 5``
-  anomalies per set, ``n_draws`` draws; FPR90 and FPR95, AUROC, AUPR) against the other sets' test texts,
-  Multi30K, the five EWT domains and, for CLINC150, its out-of-scope test queries ``clinc150_oos``;
-* misclassification detection: AUROC / AUPR of each score at telling wrong test predictions from right ones.
-
-Records (``results.json``; values are fractions): detection ``{task: "detection", dataset, model, stage, score,
-ood_set, auroc, aupr, fpr90, fpr95, n_in, n_out, draws, ...what ran}``, ``ood_set="mean"`` for the mean over sets;
-``{task: "misclassification", dataset, model, stage, score, auroc, aupr, n_errors, n}``; and one
-``{task: "accuracy", dataset, model, stage, accuracy, n}`` per stage. The report adds ``results.md``, ROC /
-histogram PNGs and ``detector/`` (an :class:`~oe_common.detector.OODDetector`: ``oe score --model DIR``).
+Details: docs/modules.md, section ``oe_text.textcls_experiment``.
 """
 
 from __future__ import annotations
@@ -50,15 +17,14 @@ from tqdm.auto import tqdm
 from oe_common.arg_types import non_negative_float, non_negative_int
 from oe_common.callbacks import check_time_budget
 from oe_common.data_dir import MissingDataError
-from oe_common.experiment import Stage, StagedExperiment, StageModels, StageResult, run_experiment
+from oe_common.experiment import Stage, StagedExperiment, StageModels, StageResult, all_records, run_experiment, shared_training_arguments
 from oe_common.feature_scores import MahalanobisScore
 from oe_common.metrics import OODTable, evaluate_ood, misclassification_metrics
 from oe_common.presets import preset_settings
 from oe_common.recipe_args import flag
 from oe_common.reporting import (
     detection_records,
-    plot_roc_curves,
-    plot_score_histograms,
+    plot_roc_and_histogram,
     protocol_sentence,
     run_meta,
     steps_cell,
@@ -324,24 +290,15 @@ class TextClsExperiment(StagedExperiment):
         if c.freeze_embeddings and not c.is_gru:  # a model loaded from a stage folder (resume) is frozen here too
             model.get_input_embeddings().weight.requires_grad_(False)
         args = OETrainingArguments(
-            **stage.training_arguments(output_dir),
-            per_device_train_batch_size=c.batch_size,
-            per_device_eval_batch_size=c.eval_batch_size,
+            **{**shared_training_arguments(stage, output_dir, c), "lr_scheduler_type": "linear"},
             weight_decay=c.weight_decay,
             warmup_steps=c.warmup_ratio,  # a float < 1 is a ratio of the total steps in transformers >= 5
-            lr_scheduler_type="linear",
             eval_strategy="no",
-            save_strategy="steps",
             save_steps=c.save_steps,
-            save_total_limit=1,
             logging_steps=25,
-            report_to="none",
-            seed=c.seed,
-            data_seed=c.seed,
             oe_loss=c.oe_loss,
             oe_batch_ratio=1.0,
             dataloader_num_workers=0,
-            dataloader_pin_memory=torch.cuda.is_available(),
         )
         trainer = OETrainer(model=model, args=args, train_dataset=data.train, processing_class=data.tokenizer,
                             data_collator=fixed_length_collator(data.tokenizer, c.max_length),
@@ -426,7 +383,7 @@ class TextClsExperiment(StagedExperiment):
     def report(self, results: Mapping[str, StageResult], models: StageModels, seconds: dict[str, float],
                output_dir: Path, is_main: bool) -> dict[str, Any]:
         c, data = self.config, self.data
-        records = [r for result in results.values() for r in result.records]
+        records = all_records(results)
         steps = {name: result.state.get("training_steps", {}) for name, result in results.items()}
         meta = run_meta(seconds, config=dataclasses.asdict(c), training_steps=steps,
                         n_texts={"train": len(data.train_texts), "test": len(data.test_texts),
@@ -442,9 +399,7 @@ class TextClsExperiment(StagedExperiment):
         for name, result in results.items():
             by_set = {set_name: s[c.detector_score] for set_name, s in result.arrays["ood"].items()}
             title = f"{c.dataset} {c.model} {name}, score {c.detector_score}"
-            test = result.arrays["test"][c.detector_score]
-            paths[f"roc_{name}"] = plot_roc_curves(test, by_set, output_dir / f"roc_{name}.png", title)
-            paths[f"hist_{name}"] = plot_score_histograms(test, by_set, output_dir / f"hist_{name}.png", title)
+            paths.update(plot_roc_and_histogram(result.arrays["test"][c.detector_score], by_set, output_dir, name, title))
         paths["detector"] = self.save_detector(models["oe"], results["oe"], output_dir / "detector")
         outcome["paths"] = paths
         return outcome
