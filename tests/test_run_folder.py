@@ -229,7 +229,9 @@ def test_ctrl_c_under_oe_train_ends_with_the_recipes_one_line_and_exit_code(tmp_
     """))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo_root), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.Popen([sys.executable, "-m", "oe_common.cli", "train", str(script), str(tmp_path / "out")], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=env, start_new_session=True)
+                            stderr=subprocess.PIPE, env=env, start_new_session=True,
+                            # a shell that starts the suite in the background ignores SIGINT, and children inherit that
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert proc.stdout.readline().strip() == b"ready"
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
