@@ -224,12 +224,16 @@ class OETrainer(Trainer):
         """``Trainer``'s checkpoint plus :data:`OUTLIER_STREAM_STATE_NAME` (the outlier stream's position), so that
         ``train(resume_from_checkpoint=...)`` continues the outlier stream instead of restarting it."""
         super()._save_checkpoint(model, trial)
-        if self.outlier_dataset is None or not self.args.should_save:
-            return
+        if self.outlier_dataset is not None:
+            self._write_checkpoint_json(trial, OUTLIER_STREAM_STATE_NAME, self._outlier_stream_state())
+
+    def _write_checkpoint_json(self, trial: Any, name: str, value: Any) -> None:
+        """Write ``value`` as ``name`` into the checkpoint folder just saved (main process; subclasses add their own
+        resume state this way)."""
         folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-        if os.path.isdir(folder):
-            with open(os.path.join(folder, OUTLIER_STREAM_STATE_NAME), "w") as handle:
-                json.dump(self._outlier_stream_state(), handle, indent=2)
+        if self.args.should_save and os.path.isdir(folder):
+            with open(os.path.join(folder, name), "w") as handle:
+                json.dump(value, handle, indent=2)
 
     def _restore_outlier_stream(self, checkpoint: str) -> None:
         """Position the outlier stream where it stood when ``checkpoint`` was saved (see :meth:`train`)."""

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import torch
 from torch import nn
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from transformers.trainer_utils import get_last_checkpoint
 
 from oe_common.losses import density_oe_loss
 from oe_common.trainer import OETrainer, OETrainingArguments
@@ -187,12 +187,9 @@ class DensityOETrainer(OETrainer):
         """``OETrainer``'s checkpoint plus :data:`MARGIN_COUNTS_NAME` (``[active pairs, pairs]`` so far, main process),
         so that a resumed run's :attr:`margin_active_fraction` covers every step, not only those after the resume."""
         super()._save_checkpoint(model, trial)
-        if self._margin_total is None or not self.args.should_save:
-            return
-        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-        if os.path.isdir(folder):
-            with open(os.path.join(folder, MARGIN_COUNTS_NAME), "w") as handle:
-                json.dump({"active_pairs": float(self._margin_total[0]), "pairs": float(self._margin_total[1])}, handle)
+        if self._margin_total is not None:
+            self._write_checkpoint_json(trial, MARGIN_COUNTS_NAME,
+                                        {"active_pairs": float(self._margin_total[0]), "pairs": float(self._margin_total[1])})
 
     def train(self, resume_from_checkpoint: str | bool | None = None, trial: Any = None, ignore_keys_for_eval: list[str] | None = None, **kwargs: Any):
         """``OETrainer.train``; when resuming, the margin counts also continue from the checkpoint (other processes
