@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import time
 import types
 import typing
 from typing import Any, Callable, Sequence
@@ -14,9 +15,9 @@ from typing import Any, Callable, Sequence
 from transformers import HfArgumentParser
 
 from .arg_types import positive_float, positive_int
-from .run_folder import add_run_folder_args
+from .run_folder import add_run_folder_args, recipe_guard
 
-__all__ = ["RecipeArguments", "flag", "config_flags", "build_recipe_parser", "parse_recipe_args"]
+__all__ = ["RecipeArguments", "flag", "config_flags", "build_recipe_parser", "parse_recipe_args", "run_recipe"]
 
 _DEFAULT_CHECK = {int: positive_int, float: positive_float}
 
@@ -135,15 +136,33 @@ def parse_recipe_args(parser: HfArgumentParser, argv: Sequence[str] | None,
     flags_cls, extra = values.pop("_oe_config_flags"), values.pop("_oe_extra")
     recipe = RecipeArguments(**{f.name: values.pop(f.name) for f in dataclasses.fields(RecipeArguments)})
     extra_values = {f.name: values.pop(f.name) for cls in extra for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(flags_cls)
     overrides = {}
     for name in (f.name for f in dataclasses.fields(flags_cls)):
         value = values.pop(name)
-        if isinstance(value, list) and typing.get_origin(_unwrap_optional(hints[name])) is list:
-            value = tuple(value)
-        overrides[name] = value
+        overrides[name] = tuple(value) if isinstance(value, list) else value  # several values: the config's tuples
     try:
         config = make_config(recipe.preset, overrides)
     except ValueError as err:
         parser.error(str(err))
     return recipe, config, extra_values
+
+
+def run_recipe(prog: str, recipe: RecipeArguments, config: Any, run_fn: Callable[..., dict[str, Any]], default_output_dir: str,
+               argv: Sequence[str] | None, *, set_threads: bool = True, wall_time: bool = False) -> dict[str, Any]:
+    """What every recipe's ``main`` does after parsing: ``torch.set_num_threads(--threads)`` (unless the config holds
+    the thread count, ``set_threads=False``), ``run_fn(config, output_dir, data_dir=, overwrite=, resume=)`` inside
+    :func:`oe_common.run_folder.recipe_guard` (``--output-dir``, else ``default_output_dir``), then the Markdown
+    report and where it was written (with the wall time when ``wall_time``) printed by the main process."""
+    started = time.perf_counter()
+    if set_threads and recipe.threads:
+        import torch
+
+        torch.set_num_threads(recipe.threads)
+    output_dir = recipe.output_dir or default_output_dir
+    with recipe_guard(prog, output_dir, argv, None if argv is None else f"recipes/{prog}"):
+        result = run_fn(config, output_dir, data_dir=recipe.data_dir, overwrite=recipe.overwrite, resume=recipe.resume)
+    if "paths" in result:
+        print(result["paths"]["markdown"].read_text())
+        took = f"; wall time {time.perf_counter() - started:.0f} s" if wall_time else ""
+        print(f"results written to {output_dir}{took}")
+    return result

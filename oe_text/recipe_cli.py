@@ -9,8 +9,7 @@ from typing import Sequence
 from transformers import HfArgumentParser
 
 from oe_common.data_dir import exit_on_data_error
-from oe_common.recipe_args import build_recipe_parser, parse_recipe_args
-from oe_common.run_folder import recipe_guard
+from oe_common.recipe_args import build_recipe_parser, parse_recipe_args, run_recipe
 
 from .lm_experiment import PRESET_NAMES, TextOEConfig, allowed_protocols, preset_config, run_text_oe
 
@@ -28,14 +27,4 @@ def build_parser(level: str) -> HfArgumentParser:
 def main(level: str, argv: Sequence[str] | None = None) -> dict:
     parser = build_parser(level)
     args, cfg, _ = parse_recipe_args(parser, argv, lambda preset, overrides: preset_config(level, preset, **overrides))
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    output_dir = args.output_dir or os.path.join("runs", f"ptb_{level}_{args.preset}")
-    with recipe_guard(parser.prog, output_dir, argv, None if argv is None else f"recipes/{parser.prog}"):
-        result = run_text_oe(cfg, output_dir, data_dir=args.data_dir, overwrite=args.overwrite, resume=args.resume)
-    if "paths" in result:
-        print(result["paths"]["markdown"].read_text())
-        print(f"results written to {output_dir}")
-    return result
+    return run_recipe(parser.prog, args, cfg, run_text_oe, os.path.join("runs", f"ptb_{level}_{args.preset}"), argv)

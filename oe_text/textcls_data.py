@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from oe_common.data_dir import require_files, resolve_data_dir
+from oe_common.data_dir import DataError, require_files, resolve_data_dir
 
 from .data import EWT_DOMAINS, _wikitext_lines
 from .normalize import unsplit_wikitext
@@ -67,8 +67,9 @@ _HINT = "See textcls/SOURCES.md of the shared data folder for these files."
 _HEADER = ["text", "label"]
 
 
-class MalformedDataError(ValueError):
-    """A corpus file exists but does not have the documented format."""
+class MalformedDataError(DataError, ValueError):
+    """A corpus file exists but does not have the documented format (a :class:`~oe_common.data_dir.DataError`: a
+    recipe prints its one line and exits 1)."""
 
 
 @dataclass(frozen=True)

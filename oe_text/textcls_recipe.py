@@ -4,15 +4,11 @@
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 from typing import Any, Sequence
 
 from oe_common.data_dir import exit_on_data_error
-from oe_common.recipe_args import build_recipe_parser, parse_recipe_args
-from oe_common.run_folder import recipe_guard
+from oe_common.recipe_args import build_recipe_parser, parse_recipe_args, run_recipe
 
-from .textcls_data import MalformedDataError
 from .textcls_experiment import PRESET_NAMES, TextClsConfig, preset_config, run_textcls_oe
 
 PROG = "textcls_oe.py"
@@ -29,18 +25,5 @@ def build_parser() -> Any:
 def main(argv: Sequence[str] | None = None) -> dict:
     parser = build_parser()
     recipe, cfg, _ = parse_recipe_args(parser, argv, lambda preset, overrides: preset_config(preset, **overrides))
-    if recipe.threads:
-        import torch
-
-        torch.set_num_threads(recipe.threads)
-    output_dir = recipe.output_dir or os.path.join("runs", f"textcls_{cfg.dataset}_{cfg.model.replace('/', '_')}_{recipe.preset}")
-    try:
-        with recipe_guard(parser.prog, output_dir, argv, None if argv is None else f"recipes/{PROG}"):
-            result = run_textcls_oe(cfg, output_dir, data_dir=recipe.data_dir, overwrite=recipe.overwrite, resume=recipe.resume)
-    except MalformedDataError as exc:  # a corpus file with the wrong format: one line, like a missing one
-        print(f"{Path(sys.argv[0]).name or PROG}: error: {exc}", file=sys.stderr)
-        raise SystemExit(1) from None
-    if "paths" in result:
-        print(result["paths"]["markdown"].read_text())
-        print(f"results written to {output_dir}")
-    return result
+    return run_recipe(PROG, recipe, cfg, run_textcls_oe,
+                      os.path.join("runs", f"textcls_{cfg.dataset}_{cfg.model.replace('/', '_')}_{recipe.preset}"), argv)

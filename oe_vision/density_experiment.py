@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -23,10 +22,9 @@ from oe_common.callbacks import check_time_budget
 from oe_common.data_dir import exit_on_data_error
 from oe_common.experiment import (Stage, StagedExperiment, StageModels, StageResult, all_records, run_experiment,
                                   shared_training_arguments, stage_logs)
-from oe_common.run_folder import recipe_guard
 from oe_common.presets import preset_settings
 from oe_common.metrics import evaluate_ood
-from oe_common.recipe_args import RecipeArguments, build_recipe_parser, flag, parse_recipe_args
+from oe_common.recipe_args import RecipeArguments, build_recipe_parser, flag, parse_recipe_args, run_recipe
 from oe_common.reporting import (
     detection_records,
     plot_roc_and_histogram,
@@ -675,11 +673,6 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[RecipeArguments, Dens
 @exit_on_data_error
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Entry point of ``recipes/pixelcnn_oe.py``: prints the Markdown report and the wall time."""
-    started = time.perf_counter()
     recipe, cfg = parse_args(argv)
-    output_dir = recipe.output_dir or os.path.join("runs", f"pixelcnn_{cfg.dataset}_{recipe.preset}")
-    with recipe_guard(PROG, output_dir, argv, None if argv is None else f"recipes/{PROG}"):
-        result = run_density_oe(cfg, output_dir, data_dir=recipe.data_dir, overwrite=recipe.overwrite, resume=recipe.resume)
-    print(result["paths"]["markdown"].read_text())
-    print(f"results written to {output_dir}; wall time {time.perf_counter() - started:.0f} s")
-    return result
+    return run_recipe(PROG, recipe, cfg, run_density_oe, os.path.join("runs", f"pixelcnn_{cfg.dataset}_{recipe.preset}"), argv,
+                      set_threads=False, wall_time=True)  # --threads is cfg.num_threads (set for the run, restored)
