@@ -182,10 +182,6 @@ class StagedExperiment(abc.ABC):
         trainer.save_model(str(folder))
         return folder
 
-    def keep_checkpoints(self, stage: Stage) -> bool:
-        """Whether ``checkpoints/<stage>/`` stays once the stage is done (default: no, it is resume state only)."""
-        return False
-
 
 def run_experiment(experiment: StagedExperiment, output_dir: str | Path, data_dir: str | Path | None = None, data: Any = None,
                    overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
@@ -241,8 +237,7 @@ def run_experiment(experiment: StagedExperiment, output_dir: str | Path, data_di
         model_dir = experiment.save_model(stage, model, trainer, output_dir) if run.is_main else None
         run.finish_stage(stage.name, result.state, result.arrays, model_dir=model_dir,
                          model=model if stage.name in continued else None)
-        if not experiment.keep_checkpoints(stage):
-            run.drop_checkpoints(stage.name)
+        run.drop_checkpoints(stage.name)  # resume state only: the stage's model and state are saved
         results[stage.name] = result
         models[stage.name] = model
 
