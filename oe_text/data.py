@@ -44,6 +44,7 @@ from .vocab import Vocabulary
 from .windows import make_windows, num_windows, windows_dataset, windows_to_stream
 
 __all__ = [
+    "seeded_subset_indices",
     "LEVELS",
     "PROTOCOLS",
     "CHAR_ONLY_PROTOCOLS",
@@ -129,6 +130,14 @@ _EWT_HINT = (
 # Keys hold file stats, vocabulary fingerprints, or the id() of another cached object (stable while cached;
 # clear_cache() drops everything at once, so a reused id can never hit a stale entry).
 _CACHE: dict[tuple, Any] = {}
+
+
+def seeded_subset_indices(length: int, n: int | None, seed: int) -> np.ndarray:
+    """Sorted indices of a seeded random subset of ``n`` of ``length`` examples (all when ``n`` is None or not
+    smaller): how the text experiments cap an evaluation or outlier set."""
+    if n is None or n >= length:
+        return np.arange(length)
+    return np.sort(np.random.default_rng(seed).choice(length, size=n, replace=False))
 
 
 def clear_cache() -> None:

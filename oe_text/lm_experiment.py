@@ -36,7 +36,7 @@ from oe_common import scores as oe_scores
 from oe_common.recipe_args import flag
 from oe_common.trainer import OE_LOSSES, OETrainer, OETrainingArguments
 
-from .data import DEFAULT_PROTOCOLS, PROTOCOLS, TextOEData, load_text_oe_data
+from .data import DEFAULT_PROTOCOLS, PROTOCOLS, TextOEData, load_text_oe_data, seeded_subset_indices
 from .models import build_language_model
 from .paper_results import TABLE6
 
@@ -167,9 +167,7 @@ def _first(dataset: Any, n: int | None) -> Any:
 
 
 def _seeded_subset(dataset: Any, n: int | None, seed: int) -> Any:
-    if n is None or n >= len(dataset):
-        return dataset
-    return dataset.select(np.sort(np.random.default_rng(seed).choice(len(dataset), size=n, replace=False)))
+    return dataset if n is None or n >= len(dataset) else dataset.select(seeded_subset_indices(len(dataset), n, seed))
 
 
 def _eval_sets(data: TextOEData, cfg: TextOEConfig) -> dict[str, Any]:

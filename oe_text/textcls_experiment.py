@@ -35,6 +35,7 @@ from oe_common.scores import LOGIT_SCORE_NAMES, example_scores
 from oe_common.trainer import OETrainer, OETrainingArguments
 
 from .hub_checkpoints import MINILM_REPO_ID, MINILM_REVISION
+from .data import seeded_subset_indices
 from .textcls_data import load_ood_texts, load_textcls, wikitext_sentences
 
 __all__ = ["TextClsConfig", "TextClsExperiment", "PRESET_NAMES", "TEXTCLS_SCORES", "preset_config", "run_textcls_oe",
@@ -165,13 +166,6 @@ def ood_set_names(dataset: str) -> list[str]:
     return own + [d for d in DATASETS if d != dataset] + ["multi30k"] + [f"ewt_{d}" for d in EWT_DOMAINS]
 
 
-def _seeded_subset(texts: list[Any], n: int | None, seed: int) -> np.ndarray:
-    """Sorted indices of a seeded subset of ``n`` of ``texts`` (all when ``n`` is None or not smaller)."""
-    if n is None or n >= len(texts):
-        return np.arange(len(texts))
-    return np.sort(np.random.default_rng(seed).choice(len(texts), size=n, replace=False))
-
-
 def fixed_length_collator(tokenizer: Any, max_length: int) -> Any:
     """Pads every batch to ``max_length`` (right): in-distribution and outlier batches then have one shape and
     ``OETrainer`` concatenates them into ONE forward pass."""
@@ -243,19 +237,19 @@ class TextClsExperiment(StagedExperiment):
 
         train_tok = train.map(tokenize, batched=True, remove_columns=["text"]).rename_column("label", "labels")
         sentences = wikitext_sentences("train", data_dir)
-        sentences = sentences.select(_seeded_subset(sentences["text"], c.outlier_examples, c.seed + 1))
+        sentences = sentences.select(seeded_subset_indices(len(sentences), c.outlier_examples, c.seed + 1))
         outliers = sentences.map(tokenize, batched=True, remove_columns=["text"])
         test = splits["test"]
-        test_idx = _seeded_subset(test["text"], c.test_examples, c.seed + 2)
+        test_idx = seeded_subset_indices(len(test), c.test_examples, c.seed + 2)
         validation = splits["validation"]["text"]
         ood = {}
         for index, name in enumerate(ood_set_names(c.dataset)):
             texts = load_ood_texts(name, data_dir)["text"]
-            ood[name] = [texts[i] for i in _seeded_subset(texts, c.ood_examples, c.seed + 10 + index)]
+            ood[name] = [texts[i] for i in seeded_subset_indices(len(texts), c.ood_examples, c.seed + 10 + index)]
         return TextClsData(
             tokenizer=tokenizer, label_names=cls_data.label_names, train=train_tok.with_format("torch"),
             train_texts=list(train["text"]), train_labels=np.asarray(train["label"]),
-            validation_texts=[validation[i] for i in _seeded_subset(validation, c.validation_examples, c.seed + 3)],
+            validation_texts=[validation[i] for i in seeded_subset_indices(len(validation), c.validation_examples, c.seed + 3)],
             test_texts=[test["text"][i] for i in test_idx], test_labels=np.asarray(test["label"])[test_idx],
             outliers=outliers.with_format("torch"), ood=ood)
 
@@ -349,7 +343,7 @@ class TextClsExperiment(StagedExperiment):
 
     def evaluate(self, stage: Stage, model: torch.nn.Module, trainer: Any) -> StageResult:
         c, data = self.config, self.data
-        fit_idx = _seeded_subset(data.train_texts, c.mahalanobis_examples, c.seed + 4)
+        fit_idx = seeded_subset_indices(len(data.train_texts), c.mahalanobis_examples, c.seed + 4)
         _, train_feats = self.forward_texts(model, [data.train_texts[i] for i in fit_idx], f"{stage.name}: train features")
         # class means over the classes the fitting texts hold (a capped subset may miss a rare class)
         present, fit_labels = np.unique(data.train_labels[fit_idx], return_inverse=True)
