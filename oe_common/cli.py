@@ -6,8 +6,6 @@ Details: docs/modules.md, section ``oe_common.cli``.
 from __future__ import annotations
 
 import argparse
-import functools
-import importlib
 import json
 import os
 import runpy
@@ -17,21 +15,9 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from . import files
+from .plugins import recipes
 
-__all__ = ["main", "build_parser", "RECIPES", "CliError", "read_text_lines", "list_images", "atomic_write_text", "check_output_file", "STDIN"]
-
-#: ``oe train NAME`` -> the recipe's entry point as data: (module, function, keyword arguments); the function is
-#: called as ``function(**kwargs, argv=RECIPE_ARGS)`` (the ``main`` that ``recipes/*.py`` calls). Module paths are
-#: strings so that this bottom layer does not import the modality packages. Edit here when recipes are added.
-RECIPES: dict[str, tuple[str, str, dict[str, Any]]] = {
-    "ptb-word": ("oe_text.recipe_cli", "main", {"level": "word"}),
-    "ptb-char": ("oe_text.recipe_cli", "main", {"level": "char"}),
-    "mnist": ("oe_vision.recipe_cli", "main", {"dataset": "mnist"}),
-    "cifar10": ("oe_vision.recipe_cli", "main", {"dataset": "cifar10"}),
-    "pixelcnn": ("oe_vision.density_experiment", "main", {}),
-    "text-classification": ("oe_text.textcls_recipe", "main", {}),
-}
-
+__all__ = ["main", "build_parser", "CliError", "read_text_lines", "list_images", "atomic_write_text", "check_output_file", "STDIN"]
 
 class CliError(Exception):
     """A user-facing error: printed as ``oe <command>: error: <message>``, exit code 1."""
@@ -246,13 +232,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _recipe_entry(name: str) -> Callable[..., Any]:
-    """The function ``RECIPES[name]`` names, imported."""
-    module_name, function, kwargs = RECIPES[name]
+    """The function of the registered recipe ``name``, imported (:mod:`oe_common.plugins`)."""
+    recipe = recipes()[name]
     try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise CliError(f"recipe {name!r}: cannot import {module_name} ({exc}); install the package that provides it") from None
-    return functools.partial(getattr(module, function), **kwargs)
+        return recipe.load()
+    except (ImportError, AttributeError) as exc:
+        raise CliError(f"recipe {name!r}: cannot import {recipe.target} ({exc}); install the package that provides it") from None
 
 
 def _exit_code(exc: SystemExit) -> int:
@@ -267,13 +252,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.list or not args.recipe:
         if not args.recipe and not args.list:
             print("oe train: give a recipe name; available:", file=sys.stderr)
-        for name, (module, function, kwargs) in RECIPES.items():
-            call = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
-            print(f"{name:22s} {module}.{function}({call})", file=sys.stdout if args.list else sys.stderr)
+        for name, recipe in recipes().items():
+            print(f"{name:22s} {recipe.describe()}", file=sys.stdout if args.list else sys.stderr)
         return 0 if args.list else 2
     # The recipe runs in this process: its own guards print one line and raise SystemExit (1 data error,
     # 2 usage, 130 Ctrl-C with the resume command); that status is ours.
-    if args.recipe in RECIPES:
+    registered = recipes()
+    if args.recipe in registered:
         entry = _recipe_entry(args.recipe)
         try:
             entry(argv=list(args.recipe_args))
@@ -281,7 +266,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             return _exit_code(exc)
         return 0
     if not args.recipe.endswith(".py"):
-        raise CliError(f"unknown recipe {args.recipe!r}; choose one of {sorted(RECIPES)} (or give a path to a .py script)")
+        raise CliError(f"unknown recipe {args.recipe!r}; choose one of {sorted(registered)} (or give a path to a .py script)")
     script = Path(args.recipe)
     if not script.is_file():
         raise CliError(f"recipe script {args.recipe!r} does not exist")
@@ -365,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
         "train",
         help="run a training recipe: oe train NAME [recipe args]",
         description="Run a recipe with the remaining arguments, e.g. `oe train ptb-word --preset tiny` (the same as "
-        "`python recipes/ptb_word_oe.py --preset tiny`). `oe train NAME --help` shows the recipe's own options. Recipes: " + ", ".join(RECIPES),
+        "`python recipes/ptb_word_oe.py --preset tiny`). `oe train NAME --help` shows the recipe's own options. Recipes: " + ", ".join(recipes()),
     )
     p.add_argument("--list", action="store_true", help="list the recipes and exit")
     p.add_argument("recipe", nargs="?", help="recipe name (see --list) or a path to a .py script")

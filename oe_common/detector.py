@@ -5,21 +5,29 @@ Details: docs/modules.md, section ``oe_common.detector``.
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 import torch
 
 from .metrics import OODTable, _real_number, as_score_array, evaluate_ood
 from .feature_scores import MAHALANOBIS_NAME, MahalanobisScore, classifier_input_features
-from .preprocessing import DetectorPreprocessing, preprocessing_class, preprocessing_classes
+from .plugins import ENTRY_POINT_GROUP, load_plugins
+from .preprocessing import (
+    DetectorCheckpointError,
+    DetectorInputError,
+    DetectorPreprocessing,
+    preprocessing_class,
+    preprocessing_classes,
+    read_checkpoint_json,
+    some_indices,
+)
 from .scores import FEATURE_SCORES, SCORE_NAMES, causal_shift, example_scores
 
 __all__ = [
@@ -61,29 +69,10 @@ _AUTO_CLASS = {
     "text-classification": "AutoModelForSequenceClassification",
     "image-classification": "AutoModelForImageClassification",
 }
-#: Packages whose import registers the task's preprocessing (:mod:`oe_common.preprocessing`) and the toolkit's
-#: model types with the Auto classes. Names as data: ``oe_common`` never imports a modality package directly.
-_REGISTERING_PACKAGES = {"causal-lm": ("oe_text",), "text-classification": ("oe_text",), "image-classification": ("oe_vision",)}
 #: Keys of ``evaluation`` that :meth:`OODDetector.accuracy` writes.
 _ACCURACY_KEYS = ("accuracy", "accuracy_n", "accuracy_data")
 #: A progress bar is shown automatically from this many batches on (``progress=None``).
 PROGRESS_MIN_BATCHES = 20
-
-# =============================================================================================== errors
-class DetectorInputError(ValueError):
-    """Some inputs cannot be scored (empty text, unknown characters, over-long text, unreadable image).
-
-    ``indices`` holds the 0-based positions of the offending inputs (so a command line can name the lines).
-    """
-
-    def __init__(self, message: str, indices: Sequence[int] = ()):
-        super().__init__(message)
-        self.indices = list(indices)
-
-
-class DetectorCheckpointError(ValueError):
-    """A checkpoint folder / Hub repo cannot be loaded (missing file, unknown model type, pickle-only weights)."""
-
 
 # =============================================================================================== thresholds
 def _check_target_fpr(target_fpr: Any) -> float:
@@ -158,26 +147,18 @@ def threshold_for_tpr(in_scores: Any, out_scores: Any, target_tpr: float) -> flo
 
 
 # =============================================================================================== preprocessing
-#: Names that moved to the modality packages, resolved on first use through the registry (backward compatibility
-#: of ``from oe_common.detector import TextPreprocessing``): name -> the task whose package registers it.
-_MOVED = {"TextPreprocessing": "causal-lm", "ImagePreprocessing": "image-classification"}
-
-
-def _import_registering(task: str) -> None:
-    """Import the packages that register ``task``'s preprocessing and model types (names given as data)."""
-    for package in _REGISTERING_PACKAGES[task]:
-        importlib.import_module(package)
-
-
 def _preprocessing_class(task: str, kind: str | None = None) -> type[DetectorPreprocessing]:
     """The preprocessing class of ``task`` named ``kind`` (a saved spec's ``"type"``; None: the task's default)."""
-    _import_registering(task)
+    load_plugins()
     cls = preprocessing_class(task, kind)
     if cls is None:
         known = [c.kind for c in preprocessing_classes(task)]
         if kind is not None and known:
             raise DetectorCheckpointError(f"preprocessing type {kind!r} does not serve task {task!r}; known types: {known}")
-        raise TypeError(f"no preprocessing is registered for task {task!r} (importing {_REGISTERING_PACKAGES[task]} should register it)")
+        raise TypeError(
+            f"no preprocessing is registered for task {task!r}: install the package that provides it (it registers "
+            f"on import through the {ENTRY_POINT_GROUP!r} entry points)"
+        )
     return cls
 
 
@@ -185,18 +166,6 @@ def _spec_class(task: str, spec: Mapping[str, Any]) -> type[DetectorPreprocessin
     """The class that wrote a saved preprocessing ``spec`` (by its ``"type"``)."""
     kind = spec.get("type")
     return _preprocessing_class(task, None if kind is None else str(kind))
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED:
-        return _preprocessing_class(_MOVED[name])
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def some_indices(indices: Sequence[int], limit: int = 10) -> str:
-    """``"3, 7, 9"``: the first ``limit`` indices for an error message, then how many more."""
-    shown = ", ".join(str(i) for i in list(indices)[:limit])
-    return shown + (f", ... ({len(indices) - limit} more)" if len(indices) > limit else "")
 
 
 # =============================================================================================== hub helpers
@@ -293,7 +262,7 @@ class OODDetector:
     Args:
         model: a trained ``transformers`` model: causal LM, text sequence classifier or image classifier.
         preprocessing: the task's registered preprocessing (:mod:`oe_common.preprocessing`):
-            ``oe_text.preprocessing.TextPreprocessing`` (text tasks) or ``oe_vision.preprocessing.ImagePreprocessing``
+            the text package's ``TextPreprocessing`` / ``TokenizerPreprocessing`` or the image package's ``ImagePreprocessing``
             (images; default: no resizing / normalisation, scale to ``[0, 1]``).
         score: one of :data:`SCORE_NAMES` (``nll`` for causal LMs only); default ``nll`` for LMs, ``msp`` else.
         threshold: decision threshold, or None until :meth:`fit_threshold` (``predict`` needs one).
@@ -328,7 +297,7 @@ class OODDetector:
         self.task = _infer_task(model) if task is None else task
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
-        _import_registering(self.task)
+        load_plugins()
         if preprocessing is None and self.task not in TEXT_TASKS:
             preprocessing = _preprocessing_class(self.task)()  # images: no resizing / normalisation
         classes = preprocessing_classes(self.task)
@@ -716,8 +685,8 @@ class OODDetector:
     ) -> "OODDetector":
         """Load a detector from a local folder or a Hub repo id (``snapshot_download``; ``revision`` = branch/tag/commit).
 
-        Safetensors only, no ``trust_remote_code``. ``oe_text`` / ``oe_vision`` are imported as the task needs so
-        their model types are registered with the Auto classes.
+        Safetensors only, no ``trust_remote_code``. The ``oe.plugins`` packages are imported first, so their model
+        types are registered with the Auto classes.
 
         Raises:
             DetectorCheckpointError: the folder lacks a file (all missing files named), holds only pickled
@@ -833,17 +802,6 @@ def _read_text_or_empty(path: Path) -> str:
         return ""
 
 
-def read_checkpoint_json(path: Path) -> dict[str, Any]:
-    """The JSON object in checkpoint file ``path``; any defect is a :class:`DetectorCheckpointError` naming the file."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DetectorCheckpointError(f"cannot read {path}: {exc}") from None
-    if not isinstance(data, dict):
-        raise DetectorCheckpointError(f"{path} must hold a JSON object")
-    return data
-
-
 def _weight_files(folder: Path) -> list[Path]:
     """The safetensors files of a checkpoint: ``model.safetensors``, else the shards its index lists."""
     if (folder / WEIGHTS_NAME).is_file():
@@ -906,17 +864,17 @@ def _load_model(folder: Path, task: str) -> torch.nn.Module:
     import transformers
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-    _import_registering(task)
+    load_plugins()
     model_config = read_checkpoint_json(folder / MODEL_CONFIG_NAME)
     model_type = model_config.get("model_type")
     if not model_type:
         raise DetectorCheckpointError(f"{folder / MODEL_CONFIG_NAME} has no model_type")
     if model_type not in CONFIG_MAPPING:
         raise DetectorCheckpointError(
-            f"unknown model_type {model_type!r} in {folder / MODEL_CONFIG_NAME}: neither transformers nor "
-            f"{'/'.join(_REGISTERING_PACKAGES[task])} registers it, and OODDetector never runs remote code "
-            "(trust_remote_code). Import the package that defines the model (and registers it with the Auto "
-            "classes) before loading."
+            f"unknown model_type {model_type!r} in {folder / MODEL_CONFIG_NAME}: neither transformers nor an "
+            f"installed {ENTRY_POINT_GROUP!r} package registers it, and OODDetector never runs remote code "
+            "(trust_remote_code). Install (or import) the package that defines the model and registers it with the "
+            "Auto classes."
         )
     auto_cls = getattr(transformers, _AUTO_CLASS[task])
     try:

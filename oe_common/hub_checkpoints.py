@@ -22,9 +22,9 @@ Atomicity: everything is built and verified in a temporary folder inside the cac
 blobs are renamed into ``blobs/`` (content-addressed, so an existing blob is identical) and the snapshot folder
 is renamed into place in one step. A failed download or a hash mismatch leaves no snapshot behind.
 
-Checkpoints are registered by the packages that use them (``oe_text`` registers ``all-minilm-l6-v2``); a
-package can also declare a module that registers on import in the ``oe.hub_checkpoints`` entry-point group,
-which :func:`get_hub_checkpoint` loads on a miss (so ``oe fetch-checkpoint NAME`` finds it in a fresh shell).
+Checkpoints are registered on import by the packages that use them (the text package registers
+``all-minilm-l6-v2``); :func:`get_hub_checkpoint` loads the ``oe.plugins`` entry points on a miss
+(:mod:`oe_common.plugins`), so ``oe fetch-checkpoint NAME`` finds them in a fresh shell.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Mapping
 
 from .files import atomic_write_text
+from .plugins import ENTRY_POINT_GROUP, load_plugins
 
 __all__ = [
     "HubCheckpoint",
@@ -60,7 +61,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-ENTRY_POINT_GROUP = "oe.hub_checkpoints"
 #: Files the Hub stores in Git LFS by default (subset of the default ``.gitattributes`` of a new Hub repo):
 #: their cache blob is named by sha256; every other file by its git blob sha1.
 DEFAULT_LFS_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.ckpt", "*.h5", "*.msgpack", "*.onnx", "*.ot", "*.tflite", "*.zip", "*.gz", "*.npy", "*.npz")
@@ -132,31 +132,21 @@ def register_hub_checkpoint(spec: HubCheckpoint, *, exist_ok: bool = True) -> Hu
     return spec
 
 
-def _load_entry_points() -> None:
-    from importlib.metadata import entry_points
-
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        try:
-            ep.load()  # importing the module registers its checkpoints
-        except Exception as exc:  # a broken plugin must not hide the others
-            logger.warning("could not load %s entry point %r: %s", ENTRY_POINT_GROUP, ep.value, exc)
-
-
 def hub_checkpoint_names() -> list[str]:
     """Registered names (entry points included), sorted."""
-    _load_entry_points()
+    load_plugins()
     return sorted(_REGISTRY)
 
 
 def get_hub_checkpoint(name: str) -> HubCheckpoint:
     """The registered checkpoint ``name``; entry points are loaded on a miss. Raises ``KeyError`` (one line)."""
     if name not in _REGISTRY:
-        _load_entry_points()
+        load_plugins()
     if name not in _REGISTRY:
         known = ", ".join(sorted(_REGISTRY)) or "none"
         raise KeyError(
-            f"unknown hub checkpoint {name!r}; registered: {known} (import the package that registers it, e.g. "
-            f"oe_text, or reinstall with `pip install -e .` so its {ENTRY_POINT_GROUP!r} entry point is visible)"
+            f"unknown hub checkpoint {name!r}; registered: {known} (import the package that registers it, "
+            f"or reinstall with `pip install -e .` so its {ENTRY_POINT_GROUP!r} entry point is visible)"
         )
     return _REGISTRY[name]
 

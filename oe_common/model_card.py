@@ -194,8 +194,8 @@ def render_model_card(
         ]
 
     out += ["## Files", "",
-            "`config.json` + `model.safetensors` (the model; loads with the `transformers` Auto classes after "
-            "`import oe_text` / `import oe_vision`), `detector_config.json` (score, threshold, preprocessing, "
+            "`config.json` + `model.safetensors` (the model; loads with the `transformers` Auto classes once the "
+            "toolkit is installed: its packages register their model types), `detector_config.json` (score, threshold, preprocessing, "
             "training settings, results)" + _extra_files(config, text) + ". No pickle files.",
             "", "## Citation", "", "```bibtex", _CITATION, "```", ""]
     return "\n".join(out)

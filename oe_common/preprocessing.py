@@ -1,17 +1,29 @@
-"""How raw inputs become model inputs for an :class:`~oe_common.detector.OODDetector`: the interface and its registry.
+"""How raw inputs become model inputs for an :class:`~oe_common.detector.OODDetector`: the interface, its registry,
+and the errors a preprocessing raises (bad inputs, a broken checkpoint file).
 
 Details: docs/modules.md, section ``oe_common.preprocessing``.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Any, ClassVar, Iterator, Mapping, NamedTuple
+from typing import Any, ClassVar, Iterator, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import torch
 
-__all__ = ["DetectorPreprocessing", "ScoringBatches", "register_preprocessing", "preprocessing_class", "preprocessing_classes"]
+__all__ = [
+    "DetectorCheckpointError",
+    "DetectorInputError",
+    "DetectorPreprocessing",
+    "ScoringBatches",
+    "preprocessing_class",
+    "preprocessing_classes",
+    "read_checkpoint_json",
+    "register_preprocessing",
+    "some_indices",
+]
 
 
 class ScoringBatches(NamedTuple):
@@ -57,6 +69,40 @@ class DetectorPreprocessing:
     def batches(self, inputs: Any, task: str, batch_size: int) -> ScoringBatches:
         """Raw inputs -> batches of at most ``batch_size`` rows."""
         raise NotImplementedError
+
+
+class DetectorInputError(ValueError):
+    """Some inputs cannot be scored (empty text, unknown characters, over-long text, unreadable image).
+
+    ``indices`` holds the 0-based positions of the offending inputs (so a command line can name the lines).
+    """
+
+    def __init__(self, message: str, indices: Sequence[int] = ()):
+        super().__init__(message)
+        self.indices = list(indices)
+
+
+class DetectorCheckpointError(ValueError):
+    """A checkpoint folder / Hub repo cannot be loaded (missing file, unknown model type, pickle-only weights)."""
+
+
+
+def some_indices(indices: Sequence[int], limit: int = 10) -> str:
+    """``"3, 7, 9"``: the first ``limit`` indices for an error message, then how many more."""
+    shown = ", ".join(str(i) for i in list(indices)[:limit])
+    return shown + (f", ... ({len(indices) - limit} more)" if len(indices) > limit else "")
+
+
+
+def read_checkpoint_json(path: Path) -> dict[str, Any]:
+    """The JSON object in checkpoint file ``path``; any defect is a :class:`DetectorCheckpointError` naming the file."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DetectorCheckpointError(f"cannot read {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise DetectorCheckpointError(f"{path} must hold a JSON object")
+    return data
 
 
 _REGISTRY: dict[str, type[DetectorPreprocessing]] = {}

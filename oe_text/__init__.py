@@ -3,6 +3,8 @@
 Details: docs/modules.md, section ``oe_text.__init__``.
 """
 
+from oe_common.plugins import register_recipe
+
 from .modeling_awd_lstm import (
     AWDLSTMConfig,
     AWDLSTMForCausalLM,
@@ -19,6 +21,10 @@ from .tokenizer_preprocessing import TokenizerPreprocessing  # registered after 
 
 register_auto_classes()
 _register_gru()
+# `oe train NAME`: this package's recipes (their modules are imported only when one runs).
+register_recipe("ptb-word", "oe_text.recipe_cli:main", level="word")
+register_recipe("ptb-char", "oe_text.recipe_cli:main", level="char")
+register_recipe("text-classification", "oe_text.textcls_recipe:main")
 
 __all__ = [
     "AWDLSTMConfig",

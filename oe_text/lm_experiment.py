@@ -419,7 +419,9 @@ def save_text_detector(
       :data:`DETECTOR_PROTOCOL` (the one the normaliser reproduces; else the first protocol run), measured on
       windows of ``seq_len`` tokens, as the card says.
     """
-    from oe_common.detector import OODDetector, TextPreprocessing
+    from oe_common.detector import OODDetector
+
+    from .preprocessing import TextPreprocessing
     from oe_common.metrics import OODTable
 
     protocol = DETECTOR_PROTOCOL[cfg.level] if DETECTOR_PROTOCOL[cfg.level] in cfg.protocols else cfg.protocols[0]

@@ -14,8 +14,15 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from oe_common.detector import DetectorCheckpointError, DetectorInputError, read_checkpoint_json, some_indices
-from oe_common.preprocessing import DetectorPreprocessing, ScoringBatches, register_preprocessing
+from oe_common.preprocessing import (
+    DetectorCheckpointError,
+    DetectorInputError,
+    DetectorPreprocessing,
+    ScoringBatches,
+    read_checkpoint_json,
+    register_preprocessing,
+    some_indices,
+)
 
 from .normalize import CHAR_NORMALIZERS, NORMALIZERS, normalize_text
 from .vocab import Vocabulary

@@ -29,8 +29,15 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from oe_common.detector import DetectorCheckpointError, DetectorInputError, read_checkpoint_json, some_indices
-from oe_common.preprocessing import DetectorPreprocessing, ScoringBatches, register_preprocessing
+from oe_common.preprocessing import (
+    DetectorCheckpointError,
+    DetectorInputError,
+    DetectorPreprocessing,
+    ScoringBatches,
+    read_checkpoint_json,
+    register_preprocessing,
+    some_indices,
+)
 
 __all__ = ["TokenizerPreprocessing", "TOKENIZER_CONFIG_NAME"]
 

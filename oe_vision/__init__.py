@@ -5,6 +5,8 @@ Details: docs/modules.md, section ``oe_vision.__init__``.
 
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 
+from oe_common.plugins import register_recipe
+
 from .confidence import (
     DEFAULT_CONFIDENCE_BUDGET,
     DEFAULT_CONFIDENCE_LAMBDA,
@@ -31,6 +33,10 @@ def _register(config_cls, *, image_classification=None, base=None) -> None:
 
 _register(WideResNetConfig, image_classification=WideResNetForImageClassification, base=WideResNetModel)
 _register(MnistConvNetConfig, image_classification=MnistConvNetForImageClassification)
+# `oe train NAME`: this package's recipes (their modules are imported only when one runs).
+register_recipe("mnist", "oe_vision.recipe_cli:main", dataset="mnist")
+register_recipe("cifar10", "oe_vision.recipe_cli:main", dataset="cifar10")
+register_recipe("pixelcnn", "oe_vision.density_experiment:main")
 
 __all__ = [
     "DEFAULT_CONFIDENCE_BUDGET", "DEFAULT_CONFIDENCE_LAMBDA", "ConfidenceBranchLoss", "ConfidenceImageClassifierOutput",

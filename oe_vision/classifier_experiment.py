@@ -509,7 +509,9 @@ def save_detector(
     The threshold flags ``target_fpr`` of the HELD-OUT training images; the stored evaluation is the detection table
     of ``score`` on the unseen anomaly sets (the recipe's protocol).
     """
-    from oe_common.detector import ImagePreprocessing, OODDetector
+    from oe_common.detector import OODDetector
+
+    from .preprocessing import ImagePreprocessing
 
     in_scores = anomaly_scores(outputs["test"], score)
     table = evaluate_ood(in_scores, {n: anomaly_scores(outputs[n], score) for n in data.mean_sets}, n_draws=cfg.n_draws, ratio=cfg.ratio,

@@ -14,8 +14,7 @@ from typing import Any, Callable, Iterator, Mapping
 import numpy as np
 import torch
 
-from oe_common.detector import DetectorCheckpointError, DetectorInputError
-from oe_common.preprocessing import DetectorPreprocessing, ScoringBatches, register_preprocessing
+from oe_common.preprocessing import DetectorCheckpointError, DetectorInputError, DetectorPreprocessing, ScoringBatches, register_preprocessing
 
 __all__ = ["ImagePreprocessing"]
 

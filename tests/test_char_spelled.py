@@ -180,7 +180,8 @@ def test_char_runs_default_to_spelled_first_and_keep_the_other_protocols():
 
 # ============================================================================================ detector
 def test_detector_spelled_normalizer_reads_raw_english_like_the_evaluation():
-    from oe_common.detector import DetectorInputError, TextPreprocessing
+    from oe_common.detector import DetectorInputError
+    from oe_text.preprocessing import TextPreprocessing
     from oe_text.normalize import NORMALIZERS, normalize_text
 
     assert "spelled" in NORMALIZERS

@@ -12,8 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
-from oe_common import cli
-from oe_common.detector import ImagePreprocessing, OODDetector, TextPreprocessing
+from oe_common import cli, plugins
+from oe_common.detector import OODDetector
+from oe_text.preprocessing import TextPreprocessing
+from oe_vision.preprocessing import ImagePreprocessing
 from oe_text.models import build_language_model
 from oe_text.vocab import Vocabulary
 from oe_vision import MnistConvNetConfig, MnistConvNetForImageClassification
@@ -174,19 +176,25 @@ def test_eval_bad_anomaly_file(text_model, tmp_path, capsys):
 def test_train_unknown_and_missing_recipe(tmp_path, monkeypatch, capsys):
     assert cli.main(["train", "no-such-recipe"]) == 1
     assert "unknown recipe" in capsys.readouterr().err
-    monkeypatch.setitem(cli.RECIPES, "ghost", ("oe_ghost_recipe_module_that_does_not_exist", "main", {}))
+    monkeypatch.setattr(plugins, "_RECIPES", dict(plugins._RECIPES))
+    plugins.register_recipe("ghost", "oe_ghost_recipe_module_that_does_not_exist:main")
     assert cli.main(["train", "ghost", "--preset", "tiny"]) == 1
     assert "oe_ghost_recipe_module_that_does_not_exist" in capsys.readouterr().err
     assert cli.main(["train", "--list"]) == 0
     listed = capsys.readouterr().out.splitlines()
-    assert [line.split()[0] for line in listed] == list(cli.RECIPES) and "ptb-word" in cli.RECIPES
+    assert [line.split()[0] for line in listed] == list(plugins.recipes()) and "ptb-word" in plugins.recipes()
 
 
 def test_every_listed_recipe_is_an_importable_main():
-    import importlib
+    for name, recipe in plugins.recipes().items():
+        assert callable(recipe.load()), name
 
-    for name, (module, function, _kwargs) in cli.RECIPES.items():
-        assert callable(getattr(importlib.import_module(module), function)), name
+
+def test_the_modality_packages_register_their_recipes_through_the_entry_point_group():
+    """`oe train --list` in a fresh interpreter: nothing imported by hand, the installed entry points find every recipe."""
+    code = "import json; from oe_common.plugins import recipes; print(json.dumps(sorted(recipes())))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert json.loads(out) == ["cifar10", "mnist", "pixelcnn", "ptb-char", "ptb-word", "text-classification"]
 
 
 def test_train_runs_the_recipe_in_process_with_its_arguments(tmp_path, monkeypatch):
@@ -200,7 +208,8 @@ def test_train_runs_the_recipe_in_process_with_its_arguments(tmp_path, monkeypat
         "    return {'ok': 1}\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setitem(cli.RECIPES, "toy", ("oe_toy_recipe", "main", {"level": "word"}))
+    monkeypatch.setattr(plugins, "_RECIPES", dict(plugins._RECIPES))
+    plugins.register_recipe("toy", "oe_toy_recipe:main", level="word")
     assert cli.main(["train", "toy", "--preset", "tiny"]) == 0
     assert json.loads(record.read_text()) == ["word", ["--preset", "tiny"]]
     assert cli.main(["train", "toy", "--preset", "tiny", "--help"]) == 0  # the recipe's --help

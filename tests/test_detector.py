@@ -16,9 +16,7 @@ import oe_vision  # noqa: F401
 from oe_common.detector import (
     DetectorCheckpointError,
     DetectorInputError,
-    ImagePreprocessing,
     OODDetector,
-    TextPreprocessing,
     threshold_for_fpr,
     threshold_for_tpr,
 )
@@ -27,9 +25,11 @@ from oe_common.model_card import parse_front_matter
 from oe_common.scores import sequence_uniform_xent_score
 from oe_text.models import build_language_model, shifted_logits_and_targets
 from oe_text.normalize import normalize_text
+from oe_text.preprocessing import TextPreprocessing
 from oe_text.vocab import Vocabulary
 from oe_text.windows import make_windows
 from oe_vision import MnistConvNetConfig, MnistConvNetForImageClassification
+from oe_vision.preprocessing import ImagePreprocessing
 
 IN_WORDS = [f"in{i}" for i in range(8)]
 OUT_WORDS = [f"out{i}" for i in range(8)]

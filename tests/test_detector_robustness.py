@@ -16,7 +16,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from oe_common import cli
-from oe_common.detector import DetectorCheckpointError, OODDetector, TextPreprocessing, threshold_for_fpr, threshold_for_tpr
+from oe_common.detector import DetectorCheckpointError, OODDetector, threshold_for_fpr, threshold_for_tpr
+from oe_text.preprocessing import TextPreprocessing
 from oe_common.metrics import evaluate_ood, fpr_at_recall, ood_metrics
 from oe_text.models import build_language_model
 from oe_text.vocab import Vocabulary

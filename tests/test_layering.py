@@ -1,13 +1,18 @@
-"""``oe_common`` is the bottom layer: no module of it imports ``oe_text`` or ``oe_vision`` (issue #13).
+"""``oe_common`` is the bottom layer: it neither imports nor names ``oe_text`` / ``oe_vision`` (issues #13, #22).
 
-Every import is found by parsing the source with ``ast`` (module level, inside functions and classes, relative
-imports resolved), together with ``importlib.import_module("...")`` / ``__import__("...")`` calls on a constant
-string. Importing a package whose name is DATA (``OODDetector``'s ``_REGISTERING_PACKAGES``) is the allowed way up.
+Two checks on every module of ``oe_common``:
+
+* imports, found by parsing the source with ``ast`` (module level, inside functions and classes, relative imports
+  resolved), together with ``importlib.import_module("...")`` / ``__import__("...")`` calls on a constant string;
+* names: the source text (code, strings, docstrings, comments) contains neither package name, so no table of
+  their modules or classes can hide there. The packages above register what is theirs on import, and
+  ``oe_common.plugins`` finds them through the ``oe.plugins`` entry-point group.
 """
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -15,6 +20,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 UPPER_PACKAGES = ("oe_text", "oe_vision")
 IMPORT_FUNCTIONS = ("import_module", "__import__")
+OE_COMMON_FILES = sorted((ROOT / "oe_common").rglob("*.py"))
 
 
 def imported_modules(source: str, module: str) -> list[tuple[int, str]]:
@@ -43,6 +49,13 @@ def upward_imports(source: str, module: str) -> list[str]:
     return [f"line {line}: {name}" for line, name in imported_modules(source, module) if name.split(".")[0] in UPPER_PACKAGES]
 
 
+def upward_names(source: str) -> list[str]:
+    """``"line N: text"`` for every line of ``source`` that names an upper package (as a word: ``oe_text``, not
+    ``my_oe_texts``)."""
+    pattern = re.compile(r"\b(?:" + "|".join(UPPER_PACKAGES) + r")\b")
+    return [f"line {i}: {line.strip()}" for i, line in enumerate(source.splitlines(), 1) if pattern.search(line)]
+
+
 def test_the_parser_finds_every_kind_of_upward_import():
     source = (
         "import importlib\n"
@@ -66,8 +79,19 @@ def test_the_parser_finds_every_kind_of_upward_import():
     assert (11, "oe_common.scores") in imported_modules(source, "oe_common.detector")  # relative imports resolved
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "oe_common").rglob("*.py")), ids=lambda p: str(p.relative_to(ROOT)))
+def test_the_name_check_finds_names_in_strings_and_tables_but_not_inside_other_words():
+    source = 'RECIPES = {"mnist": ("oe_vision.recipe_cli", "main")}\n# see oe_text\nmy_oe_texts = 1\nx = "oe_textual"\n'
+    assert upward_names(source) == ['line 1: RECIPES = {"mnist": ("oe_vision.recipe_cli", "main")}', "line 2: # see oe_text"]
+
+
+@pytest.mark.parametrize("path", OE_COMMON_FILES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_oe_common_never_imports_a_modality_package(path):
     module = ".".join(path.relative_to(ROOT).with_suffix("").parts)
     bad = upward_imports(path.read_text(encoding="utf-8"), module)
     assert not bad, f"{path.relative_to(ROOT)} imports upward (oe_common is the bottom layer): {bad}"
+
+
+@pytest.mark.parametrize("path", OE_COMMON_FILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_oe_common_never_names_a_modality_package(path):
+    bad = upward_names(path.read_text(encoding="utf-8"))
+    assert not bad, f"{path.relative_to(ROOT)} names a package above it (register from that package instead): {bad}"

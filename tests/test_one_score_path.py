@@ -13,7 +13,9 @@ import torch
 import torch.nn.functional as F
 from _oe_tiny import hf_dataset, tiny_gpt2_lm
 
-from oe_common.detector import ImagePreprocessing, OODDetector, TextPreprocessing
+from oe_common.detector import OODDetector
+from oe_text.preprocessing import TextPreprocessing
+from oe_vision.preprocessing import ImagePreprocessing
 from oe_common.scores import LOGIT_SCORE_NAMES, example_scores
 from oe_common.trainer import OETrainer, OETrainingArguments
 from oe_text.vocab import Vocabulary

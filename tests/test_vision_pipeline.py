@@ -189,9 +189,11 @@ def test_presets_and_recipes():
         preset_config("mnist", "short")
     with pytest.raises(ValueError, match="oe_source"):
         preset_config("cifar10", "paper", oe_source="cifar10")
-    from oe_common.cli import RECIPES
+    from oe_common.plugins import recipes
 
-    assert RECIPES["mnist"] == ("oe_vision.recipe_cli", "main", {"dataset": "mnist"}) and RECIPES["cifar10"][2] == {"dataset": "cifar10"}
+    registered = recipes()
+    assert (registered["mnist"].target, registered["mnist"].kwargs) == ("oe_vision.recipe_cli:main", {"dataset": "mnist"})
+    assert registered["cifar10"].kwargs == {"dataset": "cifar10"}
 
 
 def test_time_budgets_cut_every_stage_and_the_report_says_so(data_dir, tmp_path):
