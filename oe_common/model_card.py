@@ -117,10 +117,13 @@ def render_model_card(
     text = task != "image-classification"
 
     out = ["---", yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True).rstrip(), "---", ""]
-    out.append(f"# Outlier Exposure anomaly detector ({arch}, {in_name})")
+    post_hoc = training.get("method") == POST_HOC_METHOD
+    if post_hoc:
+        out.append(f"# Post-hoc anomaly detector ({arch}, {training.get('base_model')})")
+    else:
+        out.append(f"# Outlier Exposure anomaly detector ({arch}, {in_name})")
     out.append("")
     size = f" with {num_parameters:,} parameters" if num_parameters else ""
-    post_hoc = training.get("method") == POST_HOC_METHOD
     what = (f"A fine-tuned `{task}` model{size} (`{training.get('base_model')}`) with a post-hoc anomaly detector: the model "
             "itself was not trained with Outlier Exposure, its outputs are scored as they are."
             if post_hoc else

@@ -187,7 +187,8 @@ def test_build_detector_threshold_flags_5_percent_of_the_validation_texts(plain_
     assert (ref_scores > det.threshold).sum() == 2  # floor(0.05 * 40)
     assert det.threshold_info["data"] == f"column 'text' of {validation}" and det.threshold_info["n_in"] == 40
     card = (out / "README.md").read_text()
-    assert "post-hoc anomaly detector" in card and "Outlier Exposure objective" not in card and str(validation) in card
+    assert "# Post-hoc anomaly detector (BertForSequenceClassification, " in card and "post-hoc anomaly detector" in card
+    assert "Outlier Exposure objective" not in card and str(validation) in card
     src = tmp_path / "q.txt"
     src.write_text("\n".join(texts[:6]) + "\n", encoding="utf-8")
     capsys.readouterr()
@@ -247,3 +248,20 @@ def test_read_columns_lists_what_it_found(tmp_path):
     with pytest.raises(MissingColumnError, match=r"has no column 'text'; its columns: 'sentence', 'category'"):
         read_columns(path, ["text"])
     assert read_columns(path, ["sentence"]) == {"sentence": ["a, b"]}
+
+
+def test_a_save_that_fails_halfway_leaves_no_folder(plain_model, tmp_path, monkeypatch, capsys):
+    def broken_save(self, folder, **kw):
+        (Path(folder) / "config.json").write_text("{}")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(OODDetector, "save_pretrained", broken_save)
+    assert build(plain_model, tmp_path / "det") == 1
+    assert "No space left on device" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # neither the output nor the hidden partial folder
+
+
+def test_build_detector_help_names_the_data_formats(capsys):
+    assert cli.main(["build-detector", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--train-file" in out and "--validation-file" in out and ".jsonl" in out
