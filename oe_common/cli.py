@@ -137,8 +137,8 @@ def _load_detector(args: argparse.Namespace):
 
         hf_logging.disable_progress_bar()
     try:
-        return load_detector(args.model, revision=args.revision, score=args.score, device=args.device, batch_size=args.batch_size,
-                             progress=args.progress)
+        return load_detector(args.model, revision=args.revision, score=args.score, max_length=args.max_length, device=args.device,
+                             batch_size=args.batch_size, progress=args.progress)
     except (ValueError, RuntimeError, OSError) as exc:
         raise CliError(f"cannot load detector {args.model!r}: {exc}") from exc
 
@@ -261,7 +261,7 @@ def _cmd_build_detector(args: argparse.Namespace) -> int:
         detector = build_detector(
             args.model, args.output, revision=args.revision, score=args.score, train_file=args.train_file,
             text_column=args.text_column, label_column=args.label_column, validation_file=args.validation_file,
-            target_fpr=args.target_fpr, device=args.device, batch_size=args.batch_size, progress=args.progress,
+            target_fpr=args.target_fpr, max_length=args.max_length, device=args.device, batch_size=args.batch_size, progress=args.progress,
         )
     except MissingColumnError as exc:  # a wrong --text-column / --label-column: a usage error
         raise CliError(f"{exc} (--text-column / --label-column)", exit_code=2) from None
@@ -348,6 +348,8 @@ def _add_model_args(p: argparse.ArgumentParser, model_help: str | None = None, s
         "AutoModelForSequenceClassification folder (config.json + safetensors + tokenizer files), or a Hub repo id of either"))
     p.add_argument("--score", default=None, help=score_help or (
         "anomaly score for a plain model folder: msp (default), max_logit, energy, uniform_xent; a detector folder keeps its own"))
+    p.add_argument("--max-length", type=int, default=None,
+                   help="plain model folder: tokens per text (default: the smaller of the tokenizer's and the model's limit)")
     p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) when --model is a repo id")
     p.add_argument("--batch-size", type=int, default=None, help="windows (text) / images per forward pass (default: by task)")
     p.add_argument("--device", default=None, help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available)")

@@ -14,6 +14,7 @@ Details: docs/detector.md, section "Post-hoc detector for your own fine-tuned cl
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
@@ -95,6 +96,7 @@ def detector_from_model_folder(
     folder: str | os.PathLike,
     *,
     score: str | None = None,
+    max_length: int | None = None,
     base_model: str | None = None,
     device: str | torch.device | None = None,
     batch_size: int | None = None,
@@ -102,8 +104,11 @@ def detector_from_model_folder(
 ) -> OODDetector:
     """An :class:`OODDetector` around the plain model in ``folder`` (no threshold, no fitted statistics).
 
-    ``score`` defaults to the task's (``msp`` for classifiers). ``base_model`` (default: the folder) is recorded in
-    ``training`` as where the model came from. Safetensors only, no remote code, every file checked before use.
+    ``score`` defaults to the task's (``msp`` for classifiers). ``max_length`` replaces the preprocessing's own
+    (a tokenizer's: tokens per text; refused for a preprocessing without one). ``base_model`` (default: the folder)
+    is recorded in ``training`` as where the model came from. Safetensors only, no remote code, every file checked
+    before use. A detector folder is also a model folder: its model and preprocessing files are read, its
+    ``detector_config.json`` (score, threshold, statistics) is ignored.
 
     Raises:
         DetectorCheckpointError: ``config.json`` missing / naming no known task, weights missing / pickle-only /
@@ -124,6 +129,10 @@ def detector_from_model_folder(
             f"no installed {ENTRY_POINT_GROUP!r} package builds a {task} detector from a plain model folder ({folder}); "
             "build the detector in Python (OODDetector(model, preprocessing)) and save it with save_pretrained()"
         )
+    if max_length is not None:
+        if not (dataclasses.is_dataclass(preprocessing) and "max_length" in {f.name for f in dataclasses.fields(preprocessing)}):
+            raise ValueError(f"max_length does not apply to {type(preprocessing).__name__} (the preprocessing of {folder})")
+        preprocessing = dataclasses.replace(preprocessing, max_length=max_length)  # validated again
     _check_weight_files(folder)
     model = _load_model(folder, task)
     _check_finite_weights(model, folder)
@@ -145,6 +154,7 @@ def load_detector(
     revision: str | None = None,
     *,
     score: str | None = None,
+    max_length: int | None = None,
     device: str | torch.device | None = None,
     batch_size: int | None = None,
     progress: bool | None = None,
@@ -152,11 +162,13 @@ def load_detector(
     cache_dir: str | os.PathLike | None = None,
 ) -> OODDetector:
     """A detector folder (:meth:`OODDetector.from_pretrained`) or a PLAIN model folder / Hub id
-    (:func:`detector_from_model_folder`; score ``msp`` unless ``score`` says otherwise), whichever it holds.
+    (:func:`detector_from_model_folder`; score ``msp`` unless ``score`` says otherwise; ``max_length``), whichever
+    it holds.
 
     Raises:
-        ValueError: ``score`` differs from a saved detector's (its threshold belongs to its own score), or is a
-            feature score (``mahalanobis``) for a plain model, which has no fitted statistics.
+        ValueError: ``score`` differs from a saved detector's (its threshold belongs to its own score) or
+            ``max_length`` is given for one, or ``score`` is a feature score (``mahalanobis``) for a plain model,
+            which has no fitted statistics.
         DetectorCheckpointError, RuntimeError: as :meth:`OODDetector.from_pretrained`.
     """
     folder = _resolve_checkpoint(name_or_path, revision, token, cache_dir)
@@ -167,13 +179,15 @@ def load_detector(
                 f"{name_or_path} is a detector saved with score {detector.score_name!r} (its threshold belongs to that score); "
                 "a score can be chosen only for a plain model folder"
             )
+        if max_length is not None:
+            raise ValueError(f"{name_or_path} is a detector folder: it keeps the preprocessing it was saved with (max_length is for plain model folders)")
         return detector
     if score in FEATURE_SCORES:
         raise ValueError(
             f"score {score!r} needs statistics fitted on training data, which a plain model folder has none of: build a "
             f"detector with `oe build-detector --model {name_or_path} --train-file FILE --score {score} --output DIR`"
         )
-    return detector_from_model_folder(folder, score=score, base_model=str(name_or_path), device=device,
+    return detector_from_model_folder(folder, score=score, max_length=max_length, base_model=str(name_or_path), device=device,
                                       batch_size=batch_size, progress=progress)
 
 
@@ -287,12 +301,14 @@ def build_detector(
     label_column: str = "label",
     validation_file: str | os.PathLike | None = None,
     target_fpr: float = DEFAULT_TARGET_FPR,
+    max_length: int | None = None,
     device: str | torch.device | None = None,
     batch_size: int | None = None,
     progress: bool | None = None,
 ) -> OODDetector:
-    """``oe build-detector``: a detector folder for the fine-tuned classifier ``model`` (a plain folder or Hub id),
-    without training. Returns the detector, saved in ``output``.
+    """``oe build-detector``: a detector folder for the fine-tuned classifier ``model`` (a plain folder or Hub id;
+    a detector folder's model also, its own score and threshold ignored), without training. Returns the detector,
+    saved in ``output``. ``max_length``: see :func:`detector_from_model_folder`.
 
     1. Check everything before anything is written: the output folder (:func:`check_output_folder`), the model's
        ``config.json``, the data files (columns, empty texts, labels mapped through ``label2id``: :func:`label_ids`),
@@ -313,8 +329,6 @@ def build_detector(
         raise ValueError(f"target_fpr must be in [0, 1), got {target_fpr!r}")
     folder = _resolve_checkpoint(model, revision, None, None)
     out = check_output_folder(output, folder)
-    if (folder / DETECTOR_CONFIG_NAME).is_file():
-        raise DetectorCheckpointError(f"{model} is already a detector folder ({DETECTOR_CONFIG_NAME}); give the fine-tuned model itself")
     config = read_model_config(folder)
     train = None if train_file is None else read_labelled_texts(train_file, text_column, label_column, config)
     validation = None if validation_file is None else read_labelled_texts(validation_file, text_column)[0]
@@ -325,7 +339,8 @@ def build_detector(
             names = {v: k for k, v in label2id.items()}
             shown = ", ".join(repr(names.get(i, i)) for i in absent[:10]) + (" ..." if len(absent) > 10 else "")
             raise TableFileError(f"{train_file}: the Mahalanobis score needs at least one row of every class; no row has label {shown}")
-    detector = detector_from_model_folder(folder, score=score, base_model=str(model), device=device, batch_size=batch_size, progress=progress)
+    detector = detector_from_model_folder(folder, score=score, max_length=max_length, base_model=str(model), device=device,
+                                          batch_size=batch_size, progress=progress)
     if revision is not None:
         detector.training["base_model_revision"] = revision
     if train is not None:

@@ -41,13 +41,13 @@ def plain_model(tmp_path_factory) -> Path:
     return folder
 
 
-def reference_detector(folder: Path, **kw) -> OODDetector:
+def reference_detector(folder: Path, max_length: int = 32, **kw) -> OODDetector:
     """The same model and tokenizer, built by hand (the bare transformers calls + TokenizerPreprocessing)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     model = AutoModelForSequenceClassification.from_pretrained(folder, use_safetensors=True)
     tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    return OODDetector(model, TokenizerPreprocessing(tok, max_length=32), device="cpu", progress=False, **kw)
+    return OODDetector(model, TokenizerPreprocessing(tok, max_length=max_length), device="cpu", progress=False, **kw)
 
 
 def write_table(path: Path, rows: list[dict]) -> Path:
@@ -265,3 +265,20 @@ def test_build_detector_help_names_the_data_formats(capsys):
     assert cli.main(["build-detector", "--help"]) == 0
     out = capsys.readouterr().out
     assert "--train-file" in out and "--validation-file" in out and ".jsonl" in out
+
+
+def test_build_detector_on_a_trained_detector_folder_reproduces_its_scores(plain_model, tmp_path):
+    """As for a model fine-tuned by the recipe: its detector folder (model + tokenizer at the root, max_length 8,
+    Mahalanobis fitted on the training texts) rebuilt post hoc from the same training file gives the same scores."""
+    rows = train_rows(seed=6)
+    recipe_like = reference_detector(plain_model, max_length=8, score="mahalanobis")
+    recipe_like.fit_mahalanobis([r["text"] for r in rows], np.arange(len(rows)) % 3)
+    saved = recipe_like.save_pretrained(tmp_path / "recipe-run" / "detector")
+    train = write_table(tmp_path / "train.csv.gz", rows)
+    out = tmp_path / "rebuilt"
+    assert build(saved, out, "--train-file", str(train), "--score", "mahalanobis", "--max-length", "8") == 0
+    rebuilt = OODDetector.from_pretrained(out, device="cpu", progress=False)
+    assert rebuilt.preprocessing.max_length == 8
+    texts = [*random_texts(8, seed=9, lo=6, hi=14), "hello world"]  # longer than 8 tokens: truncation matters
+    np.testing.assert_allclose(rebuilt.score(texts), recipe_like.score(texts), rtol=1e-6)
+    assert build(plain_model, tmp_path / "too-long", "--max-length", "64") == 1  # the model has 32 positions
