@@ -1,4 +1,5 @@
-"""The ``oe`` command line: score inputs with a saved detector, evaluate it, run the training recipes.
+"""The ``oe`` command line: score inputs with a detector or a fine-tuned classifier, evaluate it, build a post-hoc
+detector, run the training recipes.
 
 Details: docs/modules.md, section ``oe_common.cli``.
 """
@@ -361,7 +362,8 @@ def _add_model_args(p: argparse.ArgumentParser, model_help: str | None = None, s
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="oe",
-        description="Outlier Exposure anomaly detectors: score inputs, evaluate detectors, run training recipes.",
+        description="Outlier Exposure anomaly detectors: score inputs, evaluate detectors, build post-hoc detectors for "
+        "fine-tuned classifiers, run training recipes.",
         epilog="Scores are 'higher = more anomalous'; anomalies are the positive class. See docs/detector.md.",
     )
     sub = parser.add_subparsers(dest="command", metavar="{score,eval,build-detector,train,fetch-checkpoint}")

@@ -173,14 +173,14 @@ def load_detector(
     """
     folder = _resolve_checkpoint(name_or_path, revision, token, cache_dir)
     if (folder / DETECTOR_CONFIG_NAME).is_file() or not (folder / MODEL_CONFIG_NAME).is_file():
+        if max_length is not None:
+            raise ValueError(f"{name_or_path} is a detector folder: it keeps the preprocessing it was saved with (max_length is for plain model folders)")
         detector = OODDetector.from_pretrained(folder, device=device, batch_size=batch_size, progress=progress)
         if score is not None and score != detector.score_name:
             raise ValueError(
                 f"{name_or_path} is a detector saved with score {detector.score_name!r} (its threshold belongs to that score); "
                 "a score can be chosen only for a plain model folder"
             )
-        if max_length is not None:
-            raise ValueError(f"{name_or_path} is a detector folder: it keeps the preprocessing it was saved with (max_length is for plain model folders)")
         return detector
     if score in FEATURE_SCORES:
         raise ValueError(

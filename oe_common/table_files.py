@@ -89,7 +89,7 @@ def read_columns(path: str | os.PathLike, columns: Sequence[str]) -> dict[str, l
                 raise MissingColumnError(f"{path} has no column {', '.join(map(repr, missing))}; its columns: {', '.join(map(repr, found))}")
             if len(table) == 0:
                 raise TableFileError(f"{path} has no rows (only a header)")
-            return {c: table[c] for c in columns}
+            return {c: list(table[c]) for c in columns}  # plain lists (newer datasets return a lazy Column)
     finally:
         datasets.logging.set_verbosity(verbosity)
         if bars_were_on:
