@@ -1,4 +1,5 @@
-"""The ``oe`` command line: score inputs with a saved detector, evaluate it, run the training recipes.
+"""The ``oe`` command line: score inputs with a detector or a fine-tuned classifier, evaluate it, build a post-hoc
+detector, run the training recipes.
 
 Details: docs/modules.md, section ``oe_common.cli``.
 """
@@ -20,7 +21,12 @@ from .plugins import recipes
 __all__ = ["main", "build_parser", "CliError", "read_text_lines", "list_images", "atomic_write_text", "check_output_file", "STDIN"]
 
 class CliError(Exception):
-    """A user-facing error: printed as ``oe <command>: error: <message>``, exit code 1."""
+    """A user-facing error: printed as ``oe <command>: error: <message>``, exit code ``exit_code`` (1; 2 for usage,
+    e.g. a column name that is not in the file)."""
+
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 # =============================================================================================== input / output
@@ -124,14 +130,16 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def _load_detector(args: argparse.Namespace):
-    from .detector import OODDetector
+    """The detector of ``--model``: a detector folder, or a plain fine-tuned model folder / Hub id (:mod:`.posthoc`)."""
+    from .posthoc import load_detector
 
     if args.progress is False:  # also silence transformers' own "Loading weights" bar
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
     try:
-        return OODDetector.from_pretrained(args.model, revision=args.revision, device=args.device, batch_size=args.batch_size, progress=args.progress)
+        return load_detector(args.model, revision=args.revision, score=args.score, max_length=args.max_length, device=args.device,
+                             batch_size=args.batch_size, progress=args.progress)
     except (ValueError, RuntimeError, OSError) as exc:
         raise CliError(f"cannot load detector {args.model!r}: {exc}") from exc
 
@@ -146,14 +154,18 @@ def _read_inputs(detector, source: str) -> tuple[list[Any], list[str] | None]:
     return [str(p) for p in files], [p.name for p in files]
 
 
-def _score(detector, inputs: list[Any], source: str, names: list[str] | None):
-    """``detector.score`` with input errors turned into messages naming lines (1-based) or files."""
+def _score(detector, inputs: list[Any], source: str, names: list[str] | None, *, predict: bool = False):
+    """``detector.score`` with input errors turned into messages naming lines (1-based) or files; with ``predict``
+    ``(scores, (label ids, probabilities))`` from ``detector.score_and_predict`` (one pass), else the scores."""
     import numpy as np
 
     from .detector import DetectorInputError
 
     try:
-        scores = detector.score(inputs)
+        if predict:
+            scores, *predictions = detector.score_and_predict(inputs)
+        else:
+            scores = detector.score(inputs)
     except DetectorInputError as exc:
         if names is None and exc.indices:
             where = ", ".join(str(i + 1) for i in exc.indices[:10]) + (" ..." if len(exc.indices) > 10 else "")
@@ -165,7 +177,7 @@ def _score(detector, inputs: list[Any], source: str, names: list[str] | None):
     if nan.size:  # NaN > threshold is False: it would be reported as normal (and NaN is not JSON)
         where = ", ".join(names[i] if names is not None else f"line {i + 1}" for i in nan[:10]) + (" ..." if nan.size > 10 else "")
         raise CliError(f"{source}: the model gave NaN scores ({where}); the checkpoint is unusable for these inputs")
-    return scores
+    return (scores, tuple(predictions)) if predict else scores
 
 
 # =============================================================================================== commands
@@ -181,15 +193,21 @@ def _cmd_score(args: argparse.Namespace) -> int:
                            f"truncates every text at max_length={getattr(detector.preprocessing, 'max_length', '?')} tokens")
         detector.preprocessing.long_text = args.long_text
     inputs, names = _read_inputs(detector, args.input)
-    scores = _score(detector, inputs, args.input, names)
+    classifier = detector.task != "causal-lm"
+    scored = _score(detector, inputs, args.input, names, predict=classifier)
+    scores, (label_ids, probabilities) = scored if classifier else (scored, (None, None))
     flags = detector.predict_from_scores(scores) if detector.threshold is not None else None
     if flags is None:
         print("oe score: warning: the detector has no threshold; is_anomaly is null (fit one with fit_threshold)", file=sys.stderr)
+    id2label = getattr(getattr(detector.model, "config", None), "id2label", None) or {}
     lines = []
     for i, value in enumerate(scores):
         record: dict[str, Any] = {"index": i, "score": float(value), "is_anomaly": None if flags is None else bool(flags[i])}
         if names is not None:
             record["file"] = names[i]
+        if label_ids is not None:  # what the classifier predicts: the label's name (config.id2label) and its probability
+            record["label"] = str(id2label.get(int(label_ids[i]), int(label_ids[i])))
+            record["label_probability"] = float(probabilities[i])
         lines.append(json.dumps(record))
     text = "\n".join(lines) + "\n"
     if args.output is None:
@@ -228,6 +246,34 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     print(table.to_markdown())
     if args.json is not None:
         atomic_write_text(args.json, table.to_json() + "\n")
+    return 0
+
+
+def _cmd_build_detector(args: argparse.Namespace) -> int:
+    from .posthoc import OutputFolderError, build_detector
+    from .preprocessing import DetectorCheckpointError
+    from .table_files import MissingColumnError, TableFileError
+
+    if args.progress is False:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    try:
+        detector = build_detector(
+            args.model, args.output, revision=args.revision, score=args.score, train_file=args.train_file,
+            text_column=args.text_column, label_column=args.label_column, validation_file=args.validation_file,
+            target_fpr=args.target_fpr, max_length=args.max_length, device=args.device, batch_size=args.batch_size, progress=args.progress,
+        )
+    except MissingColumnError as exc:  # a wrong --text-column / --label-column: a usage error
+        raise CliError(f"{exc} (--text-column / --label-column)", exit_code=2) from None
+    except (TableFileError, DetectorCheckpointError, OutputFolderError) as exc:
+        raise CliError(str(exc)) from None
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise CliError(f"cannot build a detector from {args.model!r}: {exc}") from exc
+    fitted = "mahalanobis statistics fitted" if detector.mahalanobis is not None else "no mahalanobis statistics (no --train-file)"
+    threshold = (f"threshold {detector.threshold!r} ({100 * args.target_fpr:g}% of the validation texts flagged at most)"
+                 if detector.threshold is not None else "no threshold (no --validation-file)")
+    print(f"oe build-detector: wrote {args.output}: score {detector.score_name}, {threshold}, {fitted}", file=sys.stderr)
     return 0
 
 
@@ -297,8 +343,14 @@ def _cmd_fetch_checkpoint(args: argparse.Namespace) -> int:
 
 
 # =============================================================================================== parser
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="checkpoint folder written by OODDetector.save_pretrained, or a Hub repo id")
+def _add_model_args(p: argparse.ArgumentParser, model_help: str | None = None, score_help: str | None = None) -> None:
+    p.add_argument("--model", required=True, help=model_help or (
+        "detector folder written by OODDetector.save_pretrained (or oe build-detector), a plain fine-tuned "
+        "AutoModelForSequenceClassification folder (config.json + safetensors + tokenizer files), or a Hub repo id of either"))
+    p.add_argument("--score", default=None, help=score_help or (
+        "anomaly score for a plain model folder: msp (default), max_logit, energy, uniform_xent; a detector folder keeps its own"))
+    p.add_argument("--max-length", type=int, default=None,
+                   help="plain model folder: tokens per text (default: the smaller of the tokenizer's and the model's limit)")
     p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) when --model is a repo id")
     p.add_argument("--batch-size", type=int, default=None, help="windows (text) / images per forward pass (default: by task)")
     p.add_argument("--device", default=None, help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available)")
@@ -310,16 +362,18 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="oe",
-        description="Outlier Exposure anomaly detectors: score inputs, evaluate detectors, run training recipes.",
+        description="Outlier Exposure anomaly detectors: score inputs, evaluate detectors, build post-hoc detectors for "
+        "fine-tuned classifiers, run training recipes.",
         epilog="Scores are 'higher = more anomalous'; anomalies are the positive class. See docs/detector.md.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="{score,eval,train,fetch-checkpoint}")
+    sub = parser.add_subparsers(dest="command", metavar="{score,eval,build-detector,train,fetch-checkpoint}")
     sub.required = True
 
     p = sub.add_parser(
         "score",
         help="score a text file (one example per line) or a folder of images; JSON lines out",
-        description="Score every example and write JSON lines {\"index\", \"score\", \"is_anomaly\"} (+ \"file\" for images).",
+        description="Score every example and write JSON lines {\"index\", \"score\", \"is_anomaly\"} (+ \"file\" for images; "
+        "+ \"label\", the classifier's predicted label name, and \"label_probability\", its softmax probability).",
     )
     _add_model_args(p)
     p.add_argument("--input", required=True, help="text file, one example per line, or - for standard input (text detectors); folder of images")
@@ -345,6 +399,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the anomaly draws")
     p.add_argument("--json", default=None, help="also write the table as JSON to this file")
     p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser(
+        "build-detector",
+        help="a detector folder for your own fine-tuned classifier, without training (Mahalanobis, threshold)",
+        description="Wrap a fine-tuned AutoModelForSequenceClassification (folder or Hub id) as a detector folder: "
+        "with --train-file fit the mahalanobis score's class means and covariance on its texts and labels; with "
+        "--validation-file fit the threshold that flags at most --target-fpr of its texts. Data files: .csv "
+        "(quoted fields), .tsv, .jsonl, each optionally .gz. Labels (names or class ids) are mapped through the "
+        "model's config.json label2id. Nothing is written before every input has been checked.",
+    )
+    _add_model_args(p, "the fine-tuned model: a folder (config.json + safetensors weights + tokenizer files) or a Hub repo id",
+                    "the detector's anomaly score: msp (default), max_logit, energy, uniform_xent, or mahalanobis (needs --train-file)")
+    p.add_argument("--output", required=True, help="new (or empty) folder for the detector; not inside the model folder")
+    p.add_argument("--train-file", default=None, help="labelled training texts: fit the mahalanobis score (.csv/.tsv/.jsonl[.gz])")
+    p.add_argument("--validation-file", default=None, help="held-out in-distribution texts: fit the threshold (labels not needed)")
+    p.add_argument("--text-column", default="text", help="column of the texts (default: text)")
+    p.add_argument("--label-column", default="label", help="column of the labels in --train-file (default: label)")
+    p.add_argument("--target-fpr", type=float, default=0.05,
+                   help="the threshold flags at most this fraction of the validation texts (default 0.05)")
+    p.set_defaults(func=_cmd_build_detector)
 
     p = sub.add_parser(
         "train",
@@ -385,7 +459,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as exc:
         message = " ".join(str(exc).splitlines())  # one line, whatever a library put in the message
         print(f"oe {args.command}: error: {message}", file=sys.stderr)
-        return 1
+        return exc.exit_code
     except KeyboardInterrupt:
         print(f"oe {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -162,15 +162,23 @@ def _resolve_checkpoint(name_or_path: str | os.PathLike, revision: str | None, t
 
 
 # =============================================================================================== the detector
-def _infer_task(model: torch.nn.Module) -> str:
-    name = type(model).__name__
+def task_of_architecture(name: str) -> str | None:
+    """The detector task of a model class name (``config.json``'s ``architectures``), None when unknown."""
     if name.endswith(("ForCausalLM", "LMHeadModel")):
         return "causal-lm"
     if name.endswith("ForSequenceClassification"):
         return "text-classification"
     if name.endswith("ForImageClassification"):
         return "image-classification"
-    raise ValueError(f"cannot tell the task of a {name}; pass task= one of {TASKS}")
+    return None
+
+
+def _infer_task(model: torch.nn.Module) -> str:
+    name = type(model).__name__
+    task = task_of_architecture(name)
+    if task is None:
+        raise ValueError(f"cannot tell the task of a {name}; pass task= one of {TASKS}")
+    return task
 
 
 def _default_device() -> torch.device:
@@ -303,7 +311,32 @@ class OODDetector:
             DetectorInputError: inputs that cannot be scored (empty texts, over-long texts with
                 ``long_text="error"``, unreadable images), with their 0-based indices.
         """
-        feature_score = self.score_name in FEATURE_SCORES
+        return self._forward_pass(inputs, scores=True, logits=False, desc=f"scoring {self.preprocessing.kind}s")[0]
+
+    @torch.inference_mode()
+    def score_and_predict(self, inputs: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Classifiers: the anomaly scores and what the model predicts, from ONE forward pass over the inputs.
+
+        Returns ``(scores, label_ids, probabilities)``, each ``(N,)``: :meth:`score`'s float64 scores, the predicted
+        class ``argmax_k z_k`` (int64; its name is ``model.config.id2label[id]``) and its softmax probability
+        ``softmax(z)_id`` (float64), where ``z`` is the input's logits (the token-weighted mean of its rows' logits
+        when the preprocessing cuts a long text into several rows, as in :meth:`accuracy`).
+        """
+        if self.task == "causal-lm":
+            raise ValueError("score_and_predict needs a classifier; a causal LM predicts tokens, not a label")
+        scores, logits = self._forward_pass(inputs, scores=True, logits=True, desc=f"scoring {self.preprocessing.kind}s")
+        assert logits is not None
+        probabilities = torch.softmax(torch.from_numpy(logits), dim=-1).numpy()
+        label_ids = probabilities.argmax(axis=1) if len(probabilities) else np.zeros(0, dtype=np.int64)
+        return scores, label_ids.astype(np.int64), probabilities[np.arange(len(label_ids)), label_ids]
+
+    def _forward_pass(self, inputs: Any, *, scores: bool, logits: bool, desc: str) -> tuple[np.ndarray, np.ndarray | None]:
+        """One pass over the preprocessing's batches; per input, ``(score (N,), mean logits (N, K) or None)``.
+
+        ``scores``: the weighted mean of the input's row scores (:meth:`_row_scores`; all zeros when False).
+        ``logits`` (classifiers): the mean of the input's row logits weighted by :meth:`_row_weights`.
+        """
+        feature_score = scores and self.score_name in FEATURE_SCORES
         if feature_score and self.mahalanobis is None:
             raise ValueError(
                 f"score={self.score_name!r} needs class means and a covariance fitted on training data: call "
@@ -311,19 +344,29 @@ class OODDetector:
             )
         n, n_batches, batches = self.preprocessing.batches(inputs, self.task, self.batch_size)
         sums, weights = np.zeros(n, dtype=np.float64), np.zeros(n, dtype=np.float64)
+        logit_sums: np.ndarray | None = None
         if n == 0:
-            return sums
-        with self._progress_bar(n_batches, f"scoring {self.preprocessing.kind}s") as bar:
+            return sums, np.zeros((0, 0)) if logits else None
+        with self._progress_bar(n_batches, desc) as bar:
             for model_inputs, owners in batches:
                 model_inputs = {k: v.to(self.device) for k, v in model_inputs.items()}
                 if feature_score:
-                    values, counts = self._feature_row_scores(model_inputs)
+                    values, counts, row_logits = self._feature_row_scores(model_inputs)
                 else:
-                    values, counts = self._row_scores(_logits(self.model(**model_inputs)), model_inputs)
+                    row_logits = _logits(self.model(**model_inputs))
+                    if scores:
+                        values, counts = self._row_scores(row_logits, model_inputs)
+                    else:
+                        counts = self._row_weights(model_inputs, len(row_logits), row_logits.device)
+                        values = torch.zeros_like(counts)
                 np.add.at(sums, owners, (values.double() * counts).cpu().numpy())
                 np.add.at(weights, owners, counts.cpu().numpy())
+                if logits:  # classifiers: counts are the row weights (real tokens of a text row, 1 for an image)
+                    if logit_sums is None:
+                        logit_sums = np.zeros((n, row_logits.shape[-1]), dtype=np.float64)
+                    np.add.at(logit_sums, owners, (row_logits.double() * counts.to(row_logits.device)[:, None]).cpu().numpy())
                 bar.update(1)
-        return sums / weights
+        return sums / weights, None if logit_sums is None else logit_sums / weights[:, None]
 
     @staticmethod
     def _row_weights(model_inputs: Mapping[str, torch.Tensor], n_rows: int, device: torch.device) -> torch.Tensor:
@@ -336,8 +379,9 @@ class OODDetector:
         """The module whose input is the penultimate feature (``score_kwargs["head"]``, default ``"classifier"``)."""
         return str(self.score_kwargs.get("head", "classifier"))
 
-    def _features(self, model_inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """``(B, D)`` penultimate features of one batch (:func:`~oe_common.feature_scores.classifier_input_features`)."""
+    def _features(self, model_inputs: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, Any]:
+        """``(B, D)`` penultimate features of one batch and the model's output of that forward pass
+        (:func:`~oe_common.feature_scores.classifier_input_features`)."""
         try:
             self.model.get_submodule(self.feature_head)
         except AttributeError:
@@ -345,14 +389,15 @@ class OODDetector:
                 f"{type(self.model).__name__} has no module {self.feature_head!r} whose input is the penultimate feature; "
                 "pass score_kwargs={'head': '<name of the final linear layer>'}"
             ) from None
-        return classifier_input_features(self.model, model_inputs, self.feature_head)
+        return classifier_input_features(self.model, model_inputs, self.feature_head, return_output=True)
 
-    def _feature_row_scores(self, model_inputs: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per batch row: ``min_k`` Mahalanobis distance of its feature (float64) and its weight (:meth:`_row_weights`)."""
+    def _feature_row_scores(self, model_inputs: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per batch row: ``min_k`` Mahalanobis distance of its feature (float64), its weight (:meth:`_row_weights`)
+        and its logits (the same forward pass)."""
         assert self.mahalanobis is not None
-        features = self._features(model_inputs)
+        features, output = self._features(model_inputs)
         values = self.mahalanobis.distances(features).amin(dim=1)  # (B,) float64 on the CPU
-        return values, self._row_weights(model_inputs, len(features), features.device).cpu()
+        return values, self._row_weights(model_inputs, len(features), features.device).cpu(), _logits(output)
 
     @torch.inference_mode()
     def fit_mahalanobis(self, inputs: Any, labels: Any, *, num_classes: int | None = None, rcond: float = 1e-10) -> MahalanobisScore:
@@ -380,7 +425,7 @@ class OODDetector:
         with self._progress_bar(n_batches, "features for mahalanobis") as bar:
             for model_inputs, owners in batches:
                 model_inputs = {k: v.to(self.device) for k, v in model_inputs.items()}
-                features.append(self._features(model_inputs).double().cpu())
+                features.append(self._features(model_inputs)[0].double().cpu())
                 row_labels.append(y[owners])
                 bar.update(1)
         if num_classes is None:
@@ -399,21 +444,12 @@ class OODDetector:
         if self.task == "causal-lm":
             raise ValueError("accuracy needs a classifier, not a causal LM")
         y = np.asarray(labels.detach().cpu() if isinstance(labels, torch.Tensor) else labels)
-        n, n_batches, batches = self.preprocessing.batches(inputs, self.task, self.batch_size)
+        logits = self._forward_pass(inputs, scores=False, logits=True, desc="accuracy")[1]
+        assert logits is not None
+        n = len(logits)
         if y.shape != (n,) or n == 0:
             raise ValueError(f"labels must have shape ({n},), one per input (and n > 0), got {y.shape}")
-        sums: np.ndarray | None = None
-        with self._progress_bar(n_batches, "accuracy") as bar:
-            for model_inputs, owners in batches:
-                model_inputs = {k: v.to(self.device) for k, v in model_inputs.items()}
-                logits = _logits(self.model(**model_inputs)).double()
-                weights = self._row_weights(model_inputs, len(logits), logits.device)
-                if sums is None:
-                    sums = np.zeros((n, logits.shape[-1]), dtype=np.float64)
-                np.add.at(sums, owners, (logits * weights[:, None]).cpu().numpy())
-                bar.update(1)
-        assert sums is not None
-        value = float(np.mean(sums.argmax(axis=1) == y))
+        value = float(np.mean(logits.argmax(axis=1) == y))
         if store:
             self.evaluation = {**(self.evaluation or {}), "accuracy": value, "accuracy_n": int(n), "accuracy_data": data}
         return value

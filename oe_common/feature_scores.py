@@ -152,8 +152,11 @@ class MahalanobisScore:
         return cls(rcond=rcond).set_parameters(means, cov)
 
 
-def classifier_input_features(model: torch.nn.Module, inputs: Mapping[str, Any], head: str = "classifier") -> torch.Tensor:
-    """The penultimate features of a sequence classifier: what its head module ``head`` receives, ``(B, D)``.
+def classifier_input_features(
+    model: torch.nn.Module, inputs: Mapping[str, Any], head: str = "classifier", *, return_output: bool = False
+) -> Any:
+    """The penultimate features of a sequence classifier: what its head module ``head`` receives, ``(B, D)``
+    (with ``return_output=True``: ``(features, the model's output of that forward pass)``).
 
     Runs ``model(**inputs)`` once (no gradient, the model's current train/eval mode) with a forward pre-hook on
     ``model.<head>``. For ``BertForSequenceClassification`` (and the toolkit's GRU classifier) the head is
@@ -166,7 +169,7 @@ def classifier_input_features(model: torch.nn.Module, inputs: Mapping[str, Any],
     handle = module.register_forward_pre_hook(lambda _m, args: captured.append(args[0].detach()))
     try:
         with torch.no_grad():
-            model(**inputs)
+            output = model(**inputs)
     finally:
         handle.remove()
     if len(captured) != 1:
@@ -174,4 +177,4 @@ def classifier_input_features(model: torch.nn.Module, inputs: Mapping[str, Any],
     features = captured[0]
     if features.dim() != 2:
         raise ValueError(f"model.{head} receives a {tuple(features.shape)} tensor, not (batch, features); pool it explicitly")
-    return features
+    return (features, output) if return_output else features

@@ -14,6 +14,8 @@ from .metrics import OODTable
 
 __all__ = ["LIBRARY_NAME", "BASE_TAGS", "card_metadata", "render_model_card", "parse_front_matter", "evaluation_table", "is_oe_model_card"]
 
+#: ``training["method"]`` of a detector built post hoc around an unchanged model (``oe build-detector``).
+POST_HOC_METHOD = "post-hoc"
 #: ``library_name`` on the Hub (the PyPI name of this toolkit).
 LIBRARY_NAME = "oe-toolkit"
 #: Tags every detector card carries.
@@ -115,12 +117,20 @@ def render_model_card(
     text = task != "image-classification"
 
     out = ["---", yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True).rstrip(), "---", ""]
-    out.append(f"# Outlier Exposure anomaly detector ({arch}, {in_name})")
+    post_hoc = training.get("method") == POST_HOC_METHOD
+    if post_hoc:
+        out.append(f"# Post-hoc anomaly detector ({arch}, {training.get('base_model')})")
+    else:
+        out.append(f"# Outlier Exposure anomaly detector ({arch}, {in_name})")
     out.append("")
     size = f" with {num_parameters:,} parameters" if num_parameters else ""
+    what = (f"A fine-tuned `{task}` model{size} (`{training.get('base_model')}`) with a post-hoc anomaly detector: the model "
+            "itself was not trained with Outlier Exposure, its outputs are scored as they are."
+            if post_hoc else
+            f"A `{task}` model{size} trained with Outlier Exposure (Hendrycks, Mazeika & Dietterich, ICLR 2019) to flag "
+            f"inputs unlike {in_name}.")
     out.append(
-        f"A `{task}` model{size} trained with Outlier Exposure (Hendrycks, Mazeika & Dietterich, ICLR 2019) to flag "
-        f"inputs unlike {in_name}. Anomaly score: `{score}`, {_SCORE_TEXT.get(score, score)}. "
+        f"{what} Anomaly score: `{score}`, {_SCORE_TEXT.get(score, score)}. "
         "Higher scores are more anomalous; an input is flagged when `score > threshold`."
     )
     out.append("")
@@ -167,7 +177,10 @@ def render_model_card(
                     "and scored by the token-weighted mean over the windows.", ""]
 
     out += ["## Training", ""]
-    if training:
+    if post_hoc:
+        out += ["No training: the detector was built post hoc (`oe build-detector`) around the unchanged model; "
+                "what it was fitted on:", "", _kv_table(training), ""]
+    elif training:
         out += ["Outlier Exposure objective `E_in[L(f(x), y)] + λ · E_OE[L_OE(f(x'))]`; settings:", "", _kv_table(training), ""]
     else:
         out += ["No training information was recorded.", ""]

@@ -56,6 +56,14 @@ class DetectorPreprocessing:
         """The JSON-serialisable spec saved in ``detector_config.json`` (with ``"type": kind``)."""
         raise NotImplementedError
 
+    @classmethod
+    def from_model_folder(cls, folder: Path, model_config: Mapping[str, Any]) -> "DetectorPreprocessing | None":
+        """The preprocessing of a PLAIN model folder (a fine-tuned model's ``save_pretrained`` output: ``config.json``
+        = ``model_config``, weights and the files the model reads its inputs with, no detector config), or None when
+        this class cannot build one from such a folder (the default). Raise :class:`DetectorCheckpointError` naming
+        the folder when the class applies but a file it needs is missing or broken."""
+        return None
+
     def save(self, folder: Path) -> None:
         """Write the files besides the spec (e.g. a vocabulary) into ``folder``."""
 

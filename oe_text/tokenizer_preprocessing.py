@@ -43,6 +43,11 @@ __all__ = ["TokenizerPreprocessing", "TOKENIZER_CONFIG_NAME"]
 
 #: Written by every ``save_pretrained`` of a tokenizer; the one file a tokenizer spec always requires.
 TOKENIZER_CONFIG_NAME = "tokenizer_config.json"
+#: ``max_length`` of a plain model folder's tokenizer when neither it nor the model states a limit.
+DEFAULT_MAX_LENGTH = 512
+#: Files one of which a saved tokenizer has (``save_pretrained`` writes the first; older Hub repos may hold only a vocabulary).
+_TOKENIZER_FILES = (TOKENIZER_CONFIG_NAME, "tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model", "tokenizer.model")
+_MAX_SANE_LENGTH = 1_000_000  # tokenizers without a limit report ~1e30 (transformers' VERY_LARGE_INTEGER)
 
 
 @dataclass
@@ -124,6 +129,33 @@ class TokenizerPreprocessing(DetectorPreprocessing):
                 "the files are corrupt or were replaced; save the detector again"
             )
         return cls(tokenizer=tokenizer, max_length=spec.get("max_length", 128))
+
+    @classmethod
+    def from_model_folder(cls, folder: Path, model_config: Mapping[str, Any]) -> "TokenizerPreprocessing":
+        """A fine-tuned classifier's own tokenizer, saved beside it (``tokenizer.save_pretrained(folder)``), loaded
+        offline without remote code. ``max_length`` = the smaller of the tokenizer's ``model_max_length`` and the
+        model's ``max_position_embeddings`` (either ignored when unset / huge; :data:`DEFAULT_MAX_LENGTH` when both are)."""
+        from transformers import AutoTokenizer
+
+        save_hint = "save it beside the model with tokenizer.save_pretrained(folder)"
+        if not any((folder / name).is_file() for name in _TOKENIZER_FILES):
+            # without its files, AutoTokenizer builds an EMPTY tokenizer of the model type (special tokens only)
+            raise DetectorCheckpointError(
+                f"cannot load the tokenizer of the model folder {folder}: it has none of {', '.join(_TOKENIZER_FILES)}; {save_hint}"
+            )
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
+        except Exception as exc:  # tokenizers / transformers raise many types for missing or bad files
+            reason = " ".join(str(exc).split())[:300]
+            raise DetectorCheckpointError(
+                f"cannot load the tokenizer of the model folder {folder} ({type(exc).__name__}: {reason}); {save_hint}"
+            ) from None
+        limits = [tokenizer.model_max_length, model_config.get("max_position_embeddings")]
+        usable = [int(n) for n in limits if isinstance(n, int) and not isinstance(n, bool) and 0 < n <= _MAX_SANE_LENGTH]
+        try:
+            return cls(tokenizer=tokenizer, max_length=min(usable, default=DEFAULT_MAX_LENGTH))
+        except ValueError as exc:  # e.g. no pad token
+            raise DetectorCheckpointError(f"the tokenizer of the model folder {folder} cannot be used: {exc}") from None
 
     def save(self, folder: Path) -> None:
         self.tokenizer.save_pretrained(folder)
