@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from . import files
+from .arg_types import positive_int
 
-__all__ = ["main", "build_parser", "RECIPES", "CliError", "read_text_lines", "list_images", "atomic_write_text", "check_output_file", "STDIN"]
+__all__ = ["main", "build_parser", "RECIPES", "CliError", "read_text_lines", "list_images", "atomic_write_text", "check_output_file",
+           "check_output_outside_model", "CliUsageError", "STDIN"]
 
 #: ``oe train NAME`` -> the recipe's entry point as data: (module, function, keyword arguments); the function is
 #: called as ``function(**kwargs, argv=RECIPE_ARGS)`` (the ``main`` that ``recipes/*.py`` calls). Module paths are
@@ -35,6 +37,14 @@ RECIPES: dict[str, tuple[str, str, dict[str, Any]]] = {
 
 class CliError(Exception):
     """A user-facing error: printed as ``oe <command>: error: <message>``, exit code 1."""
+
+    exit_code = 1
+
+
+class CliUsageError(CliError):
+    """A :class:`CliError` about how the command was called (a forbidden argument value): exit code 2, as argparse's."""
+
+    exit_code = 2
 
 
 # =============================================================================================== input / output
@@ -124,6 +134,41 @@ def check_output_file(output: str | os.PathLike, inputs: Sequence[str | os.PathL
     os.unlink(probe)
 
 
+def _is_within(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def check_output_outside_model(output: str | os.PathLike, model_folder: str | os.PathLike, flag: str = "--output") -> None:
+    """Refuse an ``output`` file inside the detector folder being used (it would replace e.g. its tokenizer or config).
+
+    ``output`` is inside when its path (folder resolved, and the file itself resolved through a symlink) lies under the
+    resolved ``model_folder``, or when it is an existing hard link to a file there.
+
+    Raises:
+        CliUsageError: naming ``flag``, the path and the model folder (exit code 2).
+    """
+    folder = Path(os.path.realpath(model_folder))
+    out = Path(output)
+    spellings = {Path(os.path.realpath(out.parent)) / out.name, Path(os.path.realpath(out))}
+    inside = any(_is_within(p, folder) for p in spellings)
+    if not inside and out.is_file() and folder.is_dir():
+        st = out.stat()
+        inside = any(p.is_file() and (p.stat().st_ino, p.stat().st_dev) == (st.st_ino, st.st_dev) for p in folder.rglob("*"))
+    if inside:
+        raise CliUsageError(f"{flag} {str(output)!r} is inside the model folder {str(model_folder)!r}: writing there would change "
+                            "the detector in use; give a path outside it")
+
+
+def _check_outputs_outside_model(args: argparse.Namespace, detector=None) -> None:
+    """:func:`check_output_outside_model` for the file flags of ``score`` / ``eval``: against ``--model`` when it is a
+    local folder (before loading), and against the folder the detector was loaded from (a Hub id's cache snapshot)."""
+    folders = [args.model] if detector is None else [getattr(detector, "checkpoint_folder", None)]
+    for flag, output in (("--output", getattr(args, "output", None)), ("--json", getattr(args, "json", None))):
+        for folder in folders:
+            if output is not None and folder is not None and Path(folder).is_dir():
+                check_output_outside_model(output, folder, flag)
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """:func:`oe_common.files.atomic_write_text` with the command line's one-line errors (:class:`CliError`)."""
     path = Path(path)
@@ -186,7 +231,9 @@ def _score(detector, inputs: list[Any], source: str, names: list[str] | None):
 def _cmd_score(args: argparse.Namespace) -> int:
     if args.output is not None:  # check the destination before the (possibly long) scoring
         check_output_file(args.output, [args.input], "--output")
+    _check_outputs_outside_model(args)
     detector = _load_detector(args)
+    _check_outputs_outside_model(args, detector)
     if args.long_text is not None:
         if not detector.is_text:
             raise CliError("--long-text applies to text detectors only")
@@ -225,7 +272,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         raise CliError("standard input ('-') can be read only once: give it for one of --in / --out")
     if args.json is not None:
         check_output_file(args.json, [args.in_path, *args.out_paths], "--json")
+    _check_outputs_outside_model(args)
     detector = _load_detector(args)
+    _check_outputs_outside_model(args, detector)
     in_inputs, in_names = _read_inputs(detector, args.in_path)
     out_inputs = {name: (src, *_read_inputs(detector, src)) for name, src in zip(_set_names(args.out_paths), args.out_paths, strict=True)}
     in_scores = _score(detector, in_inputs, args.in_path, in_names)
@@ -315,7 +364,7 @@ def _cmd_fetch_checkpoint(args: argparse.Namespace) -> int:
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="checkpoint folder written by OODDetector.save_pretrained, or a Hub repo id")
     p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) when --model is a repo id")
-    p.add_argument("--batch-size", type=int, default=None, help="windows (text) / images per forward pass (default: by task)")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="windows (text) / images per forward pass (default: by task)")
     p.add_argument("--device", default=None, help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available)")
     progress = p.add_mutually_exclusive_group()
     progress.add_argument("--progress", dest="progress", action="store_true", default=None, help="always show a progress bar")
@@ -400,7 +449,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as exc:
         message = " ".join(str(exc).splitlines())  # one line, whatever a library put in the message
         print(f"oe {args.command}: error: {message}", file=sys.stderr)
-        return 1
+        return exc.exit_code
     except KeyboardInterrupt:
         print(f"oe {args.command}: interrupted", file=sys.stderr)
         return 130
