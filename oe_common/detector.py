@@ -721,7 +721,13 @@ class OODDetector:
         num_parameters = sum(p.numel() for p in {id(p): p for p in self.model.parameters()}.values())
         card = render_model_card(config, model_config=model_config, repo_id=repo_id, num_parameters=num_parameters)
         (folder / MODEL_CARD_NAME).write_text(card, encoding="utf-8")
-        written = sorted(name for name, stat in _file_stats(folder).items() if before.get(name) != stat and name != DETECTOR_CONFIG_NAME)
+        # the files this save wrote: the detector's own (whatever the file system's timestamp resolution) and any other
+        # new or changed one (e.g. a generation_config.json of the model's save_pretrained)
+        spec = config["preprocessing"]
+        own = {MODEL_CONFIG_NAME, MODEL_CARD_NAME, *self.preprocessing.required_files(spec), *(p.name for p in _weight_files(folder))}
+        own |= {n for n in (WEIGHTS_INDEX_NAME, MAHALANOBIS_NAME) if (folder / n).is_file()}
+        changed = {name for name, stat in _file_stats(folder).items() if before.get(name) != stat}
+        written = sorted((own | changed) - {DETECTOR_CONFIG_NAME})
         config[FILE_HASHES_KEY] = {name: sha256_file(folder / name) for name in written}
         (folder / DETECTOR_CONFIG_NAME).write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         return folder
