@@ -233,16 +233,35 @@ def _copy_hashed(src, dst: Path, size: int) -> tuple[str, str]:
     return sha256.hexdigest(), sha1.hexdigest()
 
 
-def _corrupt_files(spec: HubCheckpoint, snapshot: Path, *, missing_ok: bool = False) -> list[Path]:
+def _matches_its_blob_name(file: Path) -> bool:
+    """``file`` links to a cache blob whose bytes hash to the blob's own name (sha256 for Git-LFS files, the git blob
+    sha1 else): the file as the Hub served it, intact."""
+    if not file.is_symlink():
+        return False
+    blob = file.resolve()
+    if _HEX64.fullmatch(blob.name):
+        return sha256_file(blob) == blob.name
+    if _HEX40.fullmatch(blob.name):
+        sha1 = hashlib.sha1(b"blob %d\0" % blob.stat().st_size)
+        with open(blob, "rb") as f:
+            while chunk := f.read(1 << 20):
+                sha1.update(chunk)
+        return sha1.hexdigest() == blob.name
+    return False
+
+
+def _corrupt_files(spec: HubCheckpoint, snapshot: Path, *, from_hub_ok: bool = False) -> list[Path]:
     """Registered files of ``snapshot`` whose sha256 (following symlinks) differs from the registered one, or that
-    are missing (unless ``missing_ok``: a real Hub download fetches only the files a model needs)."""
+    are missing. ``from_hub_ok`` (a real Hub download: it fetches only the files a model needs, and the small files
+    registered from the wheel may differ from the Hub's): missing files are fine, and so is a file whose blob matches
+    its own content-addressed name."""
     bad = []
     for path, digest in spec.sha256.items():
         file = snapshot / path
         if not file.is_file():
-            if not missing_ok:
+            if not from_hub_ok:
                 bad.append(file)
-        elif sha256_file(file) != digest:
+        elif sha256_file(file) != digest and not (from_hub_ok and _matches_its_blob_name(file)):
             bad.append(file)
     return bad
 
@@ -259,8 +278,9 @@ def _snapshot_is_complete(spec: HubCheckpoint, snapshot: Path) -> bool:
 def verify_hub_checkpoint(spec_or_name: HubCheckpoint | str, cache_dir: str | os.PathLike | None = None) -> Path | None:
     """Check the cached snapshot of a registered checkpoint before it is loaded; returns it (None when not cached).
 
-    Every registered file present in the snapshot must have its registered sha256 (files a real Hub download did not
-    fetch are not required: ``from_pretrained`` reports those itself).
+    Every registered file present in the snapshot must have its registered sha256, or (a real Hub download) hash to
+    the name of the cache blob it links to. Files a real Hub download did not fetch are not required
+    (``from_pretrained`` reports those itself).
 
     Raises:
         HubCheckpointError: one line naming the first file that differs and the command that rebuilds it.
@@ -269,7 +289,7 @@ def verify_hub_checkpoint(spec_or_name: HubCheckpoint | str, cache_dir: str | os
     snapshot = snapshot_path(spec, cache_dir)
     if not snapshot.is_dir():
         return None
-    bad = _corrupt_files(spec, snapshot, missing_ok=True)
+    bad = _corrupt_files(spec, snapshot, from_hub_ok=True)
     if bad:
         raise HubCheckpointError(
             f"{bad[0]}: sha256 differs from the one registered for {spec.repo_id}@{spec.revision[:8]} (the cached file is "

