@@ -371,8 +371,16 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     progress.add_argument("--no-progress", dest="progress", action="store_false", help="never show a progress bar")
 
 
+class _OneLineErrorParser(argparse.ArgumentParser):
+    """A usage error is ONE line, ``oe <command>: error: <message> (see ...--help)``, exit code 2 (argparse prints the
+    whole usage synopsis first, several lines that bury the message). Subcommand parsers inherit the class."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _OneLineErrorParser(
         prog="oe",
         description="Outlier Exposure anomaly detectors: score inputs, evaluate detectors, run training recipes.",
         epilog="Scores are 'higher = more anomalous'; anomalies are the positive class. See docs/detector.md.",

@@ -194,6 +194,7 @@ def test_saving_again_into_the_folder_records_the_new_files(model_copy):
 def test_batch_size_zero_is_a_usage_error_about_the_flag(saved, lines, command, capsys):
     argv = ["score", "--model", saved, "--input", lines] if command == "score" else ["eval", "--model", saved, "--in", lines, "--out", lines]
     code, out, err = _run([*argv, "--batch-size", "0"], capsys)
-    last = err.strip().splitlines()[-1]
-    assert code == 2 and out == ""
-    assert last.startswith(f"oe {command}: error: argument --batch-size:") and "checkpoint" not in err and "detector" not in err
+    lines = err.strip().splitlines()
+    assert code == 2 and out == "" and len(lines) == 1, err
+    assert lines[0].startswith(f"oe {command}: error: argument --batch-size: must be a positive integer")
+    assert "checkpoint" not in err and "detector" not in err
