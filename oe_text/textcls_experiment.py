@@ -34,7 +34,7 @@ from oe_common.reporting import (
 from oe_common.scores import LOGIT_SCORE_NAMES, example_scores
 from oe_common.trainer import OETrainer, OETrainingArguments
 
-from .hub_checkpoints import MINILM_REPO_ID, MINILM_REVISION
+from .hub_checkpoints import MINILM_REPO_ID, MINILM_REVISION, check_cached_minilm
 from .data import seeded_subset_indices
 from .textcls_data import load_ood_texts, load_textcls, wikitext_sentences
 
@@ -196,6 +196,8 @@ def load_tokenizer(model: str) -> Any:
     from transformers import AutoTokenizer
 
     repo, revision = (MINILM_REPO_ID, MINILM_REVISION) if model in ("minilm", "gru") else (model, None)
+    if model in ("minilm", "gru"):
+        check_cached_minilm()  # the weights build_model loads next are checked here too
     try:
         return AutoTokenizer.from_pretrained(repo, revision=revision)
     except OSError as exc:

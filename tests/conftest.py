@@ -48,3 +48,23 @@ def _torch_threads(request):
     torch.set_num_threads(threads)
     yield
     torch.set_num_threads(before)
+
+
+#: ``OE_TEST_BATCH_SIZE=N``: every OODDetector built without ``batch_size`` scores N inputs per forward pass (default:
+#: the task's :data:`oe_common.detector.DEFAULT_BATCH_SIZE`). ``.ci/run`` runs the detector tests once more with a small
+#: N (and one thread), so that a test that asserts bit equality across batch shapes fails in CI, not on a user's CPU.
+BATCH_SIZE_ENV = "OE_TEST_BATCH_SIZE"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _detector_batch_size():
+    value = os.environ.get(BATCH_SIZE_ENV)
+    if not value:
+        yield
+        return
+    from oe_common import detector
+
+    saved = dict(detector.DEFAULT_BATCH_SIZE)
+    detector.DEFAULT_BATCH_SIZE.update({task: int(value) for task in saved})
+    yield
+    detector.DEFAULT_BATCH_SIZE.update(saved)

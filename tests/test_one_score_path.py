@@ -53,7 +53,8 @@ def test_classifier_scores_are_identical_in_trainer_detector_and_vision_pipeline
     pixels = torch.rand(N, 1, 16, 16)
     with torch.no_grad():
         logits = model(pixel_values=pixels).logits
-    detector = OODDetector(model, ImagePreprocessing(), score=score, device="cpu", progress=False)
+    # the same batch as the trainer's (N), so the same computation on the same shapes: bit-identical scores
+    detector = OODDetector(model, ImagePreprocessing(), score=score, device="cpu", progress=False, batch_size=N)
     from_detector = detector.score(pixels)
     from_trainer = trainer_for(model, tmp_path).compute_scores(Images(pixels), score)
     np.testing.assert_array_equal(from_detector, from_trainer)
@@ -76,7 +77,7 @@ def test_language_model_scores_are_identical_in_trainer_and_detector(tmp_path, s
     rng = np.random.default_rng(0)
     texts = [" ".join(rng.choice(words, size=6)) for _ in range(N)]
     ids = [vocab.encode([vocab.eos, *text.split(), vocab.eos]).tolist() for text in texts]  # what the detector feeds
-    detector = OODDetector(model, TextPreprocessing(vocab, seq_len=10), score=score, device="cpu", progress=False)
+    detector = OODDetector(model, TextPreprocessing(vocab, seq_len=10), score=score, device="cpu", progress=False, batch_size=N)
     from_detector = detector.score(texts)
     dataset = hf_dataset({"input_ids": ids, "attention_mask": [[1] * len(row) for row in ids]})
     from_trainer = trainer_for(model, tmp_path).compute_scores(dataset, score)

@@ -68,9 +68,9 @@ def test_detector_folder_contents_and_threshold(saved_detector, data_dir):
     lines = _ptb_file_lines(data_dir, "ptb.valid.txt")[:n_lines]
     info = det.threshold_info
     assert info["rule"] == "target_fpr" and info["target_fpr"] == 0.05 and info["n_in"] == n_lines >= 10
-    scores = det.score(lines)
-    assert det.threshold == threshold_for_fpr(scores, 0.05)
-    assert np.mean(scores > det.threshold) <= 0.05 == info["target_fpr"]
+    scores = det.score(lines)  # other batches than the recipe's (eval_batch_size): equal up to float rounding
+    assert det.threshold == pytest.approx(threshold_for_fpr(scores, 0.05), rel=1e-6)
+    assert np.mean(scores > det.threshold * (1 + 1e-6 * np.sign(det.threshold))) <= 0.05 == info["target_fpr"]
     # the stored evaluation is the recipe's own OE / nll / clean records
     (mean,) = [r for r in records if (r["model"], r["protocol"], r["domain"]) == ("oe", "clean", "mean")]
     rows = {row["name"]: row for row in det.evaluation["rows"]}

@@ -172,3 +172,37 @@ def test_oos_file_with_other_labels_and_empty_line(tmp_path):
     write_tsv(m, "one\n\nthree\n")
     with pytest.raises(MalformedDataError, match="empty line"):
         load_ood_texts("multi30k", tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------ issue 24, item 4
+def _data_dir_with_half_of_clinc_test(data_dir: Path, tmp_path: Path) -> Path:
+    """A data folder like the shared one (same SHA256SUMS) whose clinc150/test.tsv.gz keeps half its lines (still
+    valid gzip with the right header: only the checksum can tell)."""
+    root = tmp_path / "data"
+    folder = root / "textcls" / "clinc150"
+    folder.mkdir(parents=True)
+    (root / "SHA256SUMS").write_bytes((data_dir / "SHA256SUMS").read_bytes())
+    for source in (data_dir / "textcls" / "clinc150").iterdir():
+        (folder / source.name).symlink_to(source)
+    lines = gzip.open(data_dir / "textcls/clinc150/test.tsv.gz", "rt", encoding="utf-8").read().split("\n")
+    (folder / "test.tsv.gz").unlink()
+    with gzip.open(folder / "test.tsv.gz", "wt", encoding="utf-8") as f:
+        f.write("\n".join(lines[: len(lines) // 2]) + "\n")
+    return root
+
+
+def test_a_truncated_file_fails_its_checksum_with_one_line_naming_it(data_dir, tmp_path, monkeypatch):
+    from oe_common.data_integrity import SKIP_ENV, DataIntegrityError
+
+    root = _data_dir_with_half_of_clinc_test(data_dir, tmp_path)
+    bad = root / "textcls" / "clinc150" / "test.tsv.gz"
+    for load in (lambda: load_textcls("clinc150", root), lambda: load_ood_texts("clinc150", root)):
+        with pytest.raises(DataIntegrityError) as err:
+            load()
+        assert str(bad) in str(err.value) and "SHA256SUMS" in str(err.value) and "\n" not in str(err.value)
+    assert len(load_ood_texts("clinc150_oos", root)) == 1000  # the intact files of the folder still load
+    monkeypatch.setenv(SKIP_ENV, "1")  # the user's own corpus under the standard names: not checked
+    assert len(load_textcls("clinc150", root).splits["test"]) == 2250
+    monkeypatch.delenv(SKIP_ENV)
+    (root / "SHA256SUMS").write_text("")  # a folder whose SHA256SUMS does not list the file: not checked either
+    assert len(load_ood_texts("clinc150", root)) == 2250

@@ -93,7 +93,7 @@ def test_save_load_round_trip_gives_identical_scores_on_raw_strings(kind, tmp_pa
     loaded = OODDetector.from_pretrained(folder, device="cpu", progress=False)
     assert isinstance(loaded.preprocessing, TokenizerPreprocessing) and loaded.preprocessing.max_length == 16
     assert (loaded.score_name, loaded.score_kwargs) == ("energy", {"temperature": 2.0})
-    np.testing.assert_array_equal(loaded.score(texts), before)
+    np.testing.assert_allclose(loaded.score(texts), before, rtol=1e-5)  # a loaded model may round differently
     # the reference: the bare model on the tokenizer's own encoding, one text at a time
     tok = tiny_tokenizer()
     with torch.no_grad():
@@ -141,11 +141,13 @@ def test_truncation_at_the_saved_max_length(tmp_path):
     inputs, _ = next(batches)
     assert inputs["input_ids"].shape[1] == 8 and bool((inputs["input_ids"][:2, -1] == 3).all())  # ends with [SEP]
     scores = det.score([a, b])
-    assert scores[0] == scores[1]
+    # same tokens after truncation: the same score up to float rounding (other rows of a batch, another batch shape
+    # and a loaded model may round differently on other CPUs)
+    assert scores[0] == pytest.approx(scores[1], rel=1e-5)
     loaded = OODDetector.from_pretrained(det.save_pretrained(tmp_path / "det"), device="cpu", progress=False)
-    assert loaded.preprocessing.max_length == 8 and loaded.score([a])[0] == scores[0]
+    assert loaded.preprocessing.max_length == 8 and loaded.score([a])[0] == pytest.approx(scores[0], rel=1e-5)
     untruncated = detector("bert", max_length=32).score([a, b])
-    assert untruncated[0] != untruncated[1]  # the tails do matter without truncation
+    assert untruncated[0] != pytest.approx(untruncated[1], rel=1e-3)  # the tails do matter without truncation
     with pytest.raises(ValueError, match="max_length=64 does not fit the model's 32 positions"):
         detector("bert", max_length=64)
 
@@ -187,7 +189,7 @@ def test_existing_vocabulary_detectors_still_load_and_the_type_picks_the_class(t
     config_path.write_text(json.dumps(config))
     loaded = OODDetector.from_pretrained(folder, device="cpu", progress=False)
     assert type(loaded.preprocessing) is TextPreprocessing
-    np.testing.assert_array_equal(loaded.score(["good movie", "bad"]), expected)
+    np.testing.assert_allclose(loaded.score(["good movie", "bad"]), expected, rtol=1e-5)
     config["preprocessing"]["type"] = "image"
     config_path.write_text(json.dumps(config))
     with pytest.raises(DetectorCheckpointError, match="preprocessing type 'image' does not serve task 'text-classification'"):
@@ -250,8 +252,8 @@ def test_mahalanobis_scores_equal_a_numpy_reference_and_survive_save_load(kind, 
     folder = det.save_pretrained(tmp_path / "det")
     assert (folder / MAHALANOBIS_NAME).is_file() and json.loads((folder / DETECTOR_CONFIG_NAME).read_text())["mahalanobis_file"] == MAHALANOBIS_NAME
     assert "Mahalanobis distance" in (folder / "README.md").read_text() and MAHALANOBIS_NAME in (folder / "README.md").read_text()
-    loaded = OODDetector.from_pretrained(folder, device="cpu", progress=False, batch_size=7)  # same batches, same bits
-    np.testing.assert_array_equal(loaded.score(test), scores)
+    loaded = OODDetector.from_pretrained(folder, device="cpu", progress=False, batch_size=7)
+    np.testing.assert_allclose(loaded.score(test), scores, rtol=1e-5)  # another model object: rounding may differ (AMD: 4e-7)
     (folder / MAHALANOBIS_NAME).write_bytes(b"\x00" * 20)
     with pytest.raises(DetectorCheckpointError, match=f"{MAHALANOBIS_NAME} is not a readable Mahalanobis statistics file"):
         OODDetector.from_pretrained(folder, device="cpu")
@@ -285,7 +287,9 @@ def test_mahalanobis_falls_out_for_image_classifiers():
     det = OODDetector(model, score="mahalanobis", score_kwargs={"head": "fc2"}, device="cpu", progress=False)
     det.fit_mahalanobis(train, labels)
     reference = MahalanobisScore().fit(classifier_input_features(model, {"pixel_values": train}, "fc2"), labels)
-    np.testing.assert_allclose(det.score(test), reference(classifier_input_features(model, {"pixel_values": test}, "fc2").numpy()), rtol=1e-6)
+    # the reference's features come from one batch; the detector's from its own batches (float32 convolutions of other
+    # shapes round differently, and the inverse covariance magnifies that: 5e-6 with batches of 3 on an AMD EPYC)
+    np.testing.assert_allclose(det.score(test), reference(classifier_input_features(model, {"pixel_values": test}, "fc2").numpy()), rtol=1e-4)
 
 
 # ------------------------------------------------------------------------------------------------ model card
