@@ -32,5 +32,8 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 def sha256_file(path: str | os.PathLike) -> str:
     """SHA-256 (64 lower-case hex digits) of the bytes of ``path`` (symlinks followed), read in chunks."""
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:  # chunked by hand: hashlib.file_digest needs Python 3.11 (we support 3.10)
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
