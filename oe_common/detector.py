@@ -1,31 +1,37 @@
 """``OODDetector``: a trained model + its preprocessing + an anomaly score + a threshold, saved as a Hub checkpoint.
 
-Details: docs/modules.md, section ``oe_common.detector``.
+Details: docs/modules.md, section ``oe_common.detector``; saving and loading: :mod:`oe_common.detector_io`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import re
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 import torch
 
-from .files import sha256_file
 from .metrics import OODTable, as_score_array, evaluate_ood
-from .feature_scores import MAHALANOBIS_NAME, MahalanobisScore, classifier_input_features
-from .plugins import ENTRY_POINT_GROUP, load_plugins
+from .feature_scores import MahalanobisScore, classifier_input_features
+from .detector_io import (
+    DETECTOR_CONFIG_NAME,
+    MODEL_CARD_NAME,
+    TASKS,
+    TEXT_TASKS,
+    _preprocessing_class,
+    detector_config,
+    load_detector,
+    push_detector,
+    save_detector,
+)
+from .plugins import load_plugins
 from .thresholds import check_threshold, check_threshold_target, threshold_for_fpr, threshold_for_tpr
 from .preprocessing import (
     DetectorCheckpointError,
     DetectorInputError,
     DetectorPreprocessing,
-    preprocessing_class,
     preprocessing_classes,
     read_checkpoint_json,
     some_indices,
@@ -49,124 +55,18 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-DETECTOR_CONFIG_NAME = "detector_config.json"
-#: Key of ``detector_config.json``: ``{file name relative to the folder: sha256}`` of every file the save wrote.
-FILE_HASHES_KEY = "file_sha256"
-MODEL_CARD_NAME = "README.md"
-MODEL_CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
-_SHARD_RE = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")
-_PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.ckpt", "tf_model.h5")
-_FORMAT = "oe.OODDetector"
-_VERSION = 1
-
-TEXT_TASKS = ("causal-lm", "text-classification")
-TASKS = TEXT_TASKS + ("image-classification",)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 #: Default score per task: the LM's mean NLL (paper section 2), -MSP for classifiers (Table 1).
 DEFAULT_SCORE = {"causal-lm": "nll", "text-classification": "msp", "image-classification": "msp"}
 #: Default batch size (windows for text, images for vision).
 DEFAULT_BATCH_SIZE = {"causal-lm": 32, "text-classification": 64, "image-classification": 256}
-#: Auto class per task (no trust_remote_code: the model type must be registered).
-_AUTO_CLASS = {
-    "causal-lm": "AutoModelForCausalLM",
-    "text-classification": "AutoModelForSequenceClassification",
-    "image-classification": "AutoModelForImageClassification",
-}
 #: Keys of ``evaluation`` that :meth:`OODDetector.accuracy` writes.
 _ACCURACY_KEYS = ("accuracy", "accuracy_n", "accuracy_data")
 #: A progress bar is shown automatically from this many batches on (``progress=None``).
 PROGRESS_MIN_BATCHES = 20
 
 # =============================================================================================== preprocessing
-def _preprocessing_class(task: str, kind: str | None = None) -> type[DetectorPreprocessing]:
-    """The preprocessing class of ``task`` named ``kind`` (a saved spec's ``"type"``; None: the task's default)."""
-    load_plugins()
-    cls = preprocessing_class(task, kind)
-    if cls is None:
-        known = [c.kind for c in preprocessing_classes(task)]
-        if kind is not None and known:
-            raise DetectorCheckpointError(f"preprocessing type {kind!r} does not serve task {task!r}; known types: {known}")
-        raise TypeError(
-            f"no preprocessing is registered for task {task!r}: install the package that provides it (it registers "
-            f"on import through the {ENTRY_POINT_GROUP!r} entry points)"
-        )
-    return cls
-
-
-def _spec_class(task: str, spec: Mapping[str, Any]) -> type[DetectorPreprocessing]:
-    """The class that wrote a saved preprocessing ``spec`` (by its ``"type"``)."""
-    kind = spec.get("type")
-    return _preprocessing_class(task, None if kind is None else str(kind))
-
-
-# =============================================================================================== hub helpers
-def _truthy_env(name: str) -> bool:
-    value = os.environ.get(name)
-    return value is not None and value.strip().lower() not in ("", "0", "false", "no", "off")
-
-
-def hub_offline() -> bool:
-    """True when ``HF_HUB_OFFLINE`` is set (in the environment now, or when ``huggingface_hub`` was imported)."""
-    if _truthy_env("HF_HUB_OFFLINE"):
-        return True
-    try:
-        from huggingface_hub import constants
-
-        return bool(constants.HF_HUB_OFFLINE)
-    except Exception:  # pragma: no cover - very old huggingface_hub
-        return False
-
-
-def _looks_like_path(name: str) -> bool:
-    """Hub ids are ``name`` or ``owner/name``; anything else with a path shape is a (missing) local folder."""
-    return name.startswith((".", "/", "~")) or name.endswith("/") or name.count("/") > 1 or (os.sep != "/" and os.sep in name)
-
-
-def _resolve_checkpoint(name_or_path: str | os.PathLike, revision: str | None, token: Any, cache_dir: Any) -> Path:
-    """A local folder holding the checkpoint: the folder itself, or a ``snapshot_download`` of a Hub id."""
-    path = Path(name_or_path).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise DetectorCheckpointError(f"{str(name_or_path)!r} is a file; give the checkpoint FOLDER (the one with {DETECTOR_CONFIG_NAME})")
-        return path
-    name = str(name_or_path)
-    if isinstance(name_or_path, Path) or _looks_like_path(name):
-        raise DetectorCheckpointError(f"checkpoint folder {name!r} does not exist")
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.utils import validate_repo_id
-
-    try:
-        validate_repo_id(name)
-    except Exception as exc:
-        raise DetectorCheckpointError(f"{name!r} is neither an existing folder nor a valid Hub repo id ({exc})") from None
-    offline = hub_offline()
-    try:
-        local = snapshot_download(
-            name,
-            revision=revision,
-            token=token,
-            cache_dir=cache_dir,
-            allow_patterns=["*.json", "*.safetensors", "README.md", "*.txt", "*.model"],  # + tokenizer vocab / merges / sentencepiece files
-            local_files_only=offline,
-        )
-    except Exception as exc:  # offline, no connection, repo not found, gated, ...: re-raise with what to do
-        kind = type(exc).__name__
-        if offline:
-            hint = (
-                f"HF_HUB_OFFLINE is set and {name!r} (revision {revision or 'main'}) is not in the local Hugging Face "
-                "cache. Pass a local checkpoint folder, or unset HF_HUB_OFFLINE on a machine with network access."
-            )
-        elif "NotFound" in kind or "RepositoryNotFound" in kind:
-            hint = f"the Hub has no repo {name!r} you can read (check the id and revision; private repos need a token / `hf auth login`)."
-        else:
-            hint = "the Hub could not be reached (no network?). Pass a local checkpoint folder or retry with network access."
-        raise RuntimeError(f"cannot load detector {name!r} from the Hugging Face Hub: {hint} [{kind}: {exc}]") from exc
-    return Path(local)
-
-
 # =============================================================================================== the detector
 def task_of_architecture(name: str) -> str | None:
     """The detector task of a model class name (``config.json``'s ``architectures``), None when unknown."""
@@ -577,85 +477,15 @@ class OODDetector:
         return table
 
     # ------------------------------------------------------------------ persistence
-    def to_config(self) -> dict[str, Any]:
-        """The content of ``detector_config.json``."""
-        from . import __version__
 
-        config = getattr(self.model, "config", None)
-        return {
-            "format": _FORMAT,
-            "version": _VERSION,
-            "oe_version": __version__,
-            "task": self.task,
-            "model_type": getattr(config, "model_type", None),
-            "architecture": type(self.model).__name__,
-            "score": self.score_name,
-            "score_kwargs": self.score_kwargs,
-            "threshold": self.threshold,
-            "threshold_info": self.threshold_info,
-            "preprocessing": self.preprocessing.to_dict(),
-            "mahalanobis_file": MAHALANOBIS_NAME if self.mahalanobis is not None else None,
-            "training": self.training,
-            "evaluation": self.evaluation,
-        }
+    def to_config(self) -> dict[str, Any]:
+        """The content of ``detector_config.json`` (:func:`oe_common.detector_io.detector_config`)."""
+        return detector_config(self)
 
     def save_pretrained(self, save_directory: str | os.PathLike, *, repo_id: str | None = None) -> Path:
-        """Write the checkpoint (layout: docs/detector.md, "Evaluating, saving and sharing") into ``save_directory`` (created if needed).
-
-        The model goes to the folder ROOT through its own ``save_pretrained`` (safetensors); no pickle file is
-        written. ``repo_id`` only changes the usage snippet on the model card. Returns the folder.
-
-        Into a folder that already holds files: weights of an earlier save (``model.safetensors``, its
-        ``.index.json`` and ``model-XXXXX-of-YYYYY.safetensors`` shards) are removed first, so a stale index or
-        single file can never be loaded in place of the new weights. A ``README.md`` is overwritten only when it
-        is a card this toolkit wrote (:func:`~oe_common.model_card.is_oe_model_card`); any other ``README.md``
-        is the user's, and the save is refused before anything is written.
-
-        ``detector_config.json`` is written last and records the sha256 of every other file this save wrote (key
-        ``file_sha256``); :meth:`from_pretrained` checks them, so a file changed afterwards (e.g. a tokenizer with two
-        ids swapped) does not load.
-
-        Raises:
-            DetectorCheckpointError: the folder holds pickled weights or a ``README.md`` that is not ours.
-        """
-        from .model_card import is_oe_model_card, render_model_card
-
-        folder = Path(save_directory)
-        card_path = folder / MODEL_CARD_NAME
-        if card_path.is_dir() or (card_path.exists() and not is_oe_model_card(_read_text_or_empty(card_path))):
-            raise DetectorCheckpointError(
-                f"{card_path} exists and is not an oe model card; refusing to overwrite it: move it away or save the "
-                "detector into another folder"
-            )
-        for stale in _PICKLE_WEIGHTS:  # never leave pickled weights next to ours
-            if (folder / stale).exists():
-                raise DetectorCheckpointError(f"{folder / stale} exists: refusing to save a detector next to pickled weights")
-        folder.mkdir(parents=True, exist_ok=True)
-        before = _file_stats(folder)
-        for path in folder.iterdir():  # an earlier save's weights (transformers keeps a stale index or single file)
-            if path.name in (WEIGHTS_NAME, WEIGHTS_INDEX_NAME, MAHALANOBIS_NAME) or _SHARD_RE.fullmatch(path.name):
-                path.unlink()
-        self.model.save_pretrained(folder)
-        if self.mahalanobis is not None:
-            self.mahalanobis.save(folder)
-        if not (folder / WEIGHTS_NAME).is_file() and not (folder / WEIGHTS_INDEX_NAME).is_file():
-            raise DetectorCheckpointError(f"the model's save_pretrained wrote no {WEIGHTS_NAME} in {folder}")
-        config = self.to_config()
-        self.preprocessing.save(folder)
-        model_config = self.model.config.to_dict() if hasattr(self.model, "config") else {}
-        num_parameters = sum(p.numel() for p in {id(p): p for p in self.model.parameters()}.values())
-        card = render_model_card(config, model_config=model_config, repo_id=repo_id, num_parameters=num_parameters)
-        (folder / MODEL_CARD_NAME).write_text(card, encoding="utf-8")
-        # the files this save wrote: the detector's own (whatever the file system's timestamp resolution) and any other
-        # new or changed one (e.g. a generation_config.json of the model's save_pretrained)
-        spec = config["preprocessing"]
-        own = {MODEL_CONFIG_NAME, MODEL_CARD_NAME, *self.preprocessing.required_files(spec), *(p.name for p in _weight_files(folder))}
-        own |= {n for n in (WEIGHTS_INDEX_NAME, MAHALANOBIS_NAME) if (folder / n).is_file()}
-        changed = {name for name, stat in _file_stats(folder).items() if before.get(name) != stat}
-        written = sorted((own | changed) - {DETECTOR_CONFIG_NAME})
-        config[FILE_HASHES_KEY] = {name: sha256_file(folder / name) for name in written}
-        (folder / DETECTOR_CONFIG_NAME).write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        return folder
+        """Write the checkpoint into ``save_directory``; returns the folder (:func:`oe_common.detector_io.save_detector`:
+        safetensors only, the sha256 of every written file recorded; ``repo_id`` only changes the card's snippet)."""
+        return save_detector(self, save_directory, repo_id=repo_id)
 
     @classmethod
     def from_pretrained(
@@ -669,91 +499,10 @@ class OODDetector:
         token: str | bool | None = None,
         cache_dir: str | os.PathLike | None = None,
     ) -> "OODDetector":
-        """Load a detector from a local folder or a Hub repo id (``snapshot_download``; ``revision`` = branch/tag/commit).
-
-        Safetensors only, no ``trust_remote_code``. The ``oe.plugins`` packages are imported first, so their model
-        types are registered with the Auto classes.
-
-        Raises:
-            DetectorCheckpointError: the folder lacks a file (all missing files named), holds only pickled
-                weights, or names a model type no imported package registers.
-            RuntimeError: a Hub id that cannot be fetched (offline / no network / not found), saying what to do.
-        """
-        folder = _resolve_checkpoint(name_or_path, revision, token, cache_dir)
-        missing = [n for n in (DETECTOR_CONFIG_NAME, MODEL_CONFIG_NAME) if not (folder / n).is_file()]
-        has_weights = (folder / WEIGHTS_NAME).is_file() or (folder / WEIGHTS_INDEX_NAME).is_file()
-        if not has_weights:
-            pickled = [n for n in _PICKLE_WEIGHTS if (folder / n).exists()]
-            if pickled:
-                raise DetectorCheckpointError(
-                    f"{folder} has only pickle-based weights {pickled}; OODDetector loads safetensors only "
-                    f"({WEIGHTS_NAME}). Re-save the model with save_pretrained() from a trusted environment."
-                )
-            missing.append(WEIGHTS_NAME)
-        config = None
-        hashes: dict[str, str] = {}
-        if (folder / DETECTOR_CONFIG_NAME).is_file():
-            config = read_checkpoint_json(folder / DETECTOR_CONFIG_NAME)
-            if config.get("format") != _FORMAT:
-                raise DetectorCheckpointError(f"{folder / DETECTOR_CONFIG_NAME} is not an OODDetector config (format={config.get('format')!r})")
-            if int(config.get("version", 0)) > _VERSION:
-                raise DetectorCheckpointError(f"detector config version {config.get('version')} is newer than this code ({_VERSION}); upgrade oe")
-            if config.get("task") in TASKS:
-                spec = dict(config.get("preprocessing") or {})
-                missing += [n for n in _spec_class(config["task"], spec).required_files(spec) if not (folder / n).is_file()]
-            if config.get("mahalanobis_file") not in (None, MAHALANOBIS_NAME):
-                raise DetectorCheckpointError(f"{folder / DETECTOR_CONFIG_NAME}: mahalanobis_file must be {MAHALANOBIS_NAME!r} or null")
-            if config.get("mahalanobis_file") and not (folder / MAHALANOBIS_NAME).is_file():
-                missing.append(MAHALANOBIS_NAME)
-            hashes = _recorded_hashes(config, folder)
-            missing += [n for n in hashes if n not in missing and not (folder / n).is_file()]
-        if missing:
-            raise DetectorCheckpointError(f"checkpoint {str(name_or_path)!r} is missing {', '.join(missing)} (looked in {folder})")
-        assert config is not None
-        task = config.get("task")
-        if task not in TASKS:
-            raise DetectorCheckpointError(f"{DETECTOR_CONFIG_NAME}: unknown task {task!r}; known: {TASKS}")
-        threshold = config.get("threshold")
-        try:
-            None if threshold is None else check_threshold(threshold)
-        except ValueError:
-            raise DetectorCheckpointError(f"{folder / DETECTOR_CONFIG_NAME}: \"threshold\" must be a finite number or null, got {threshold!r} "
-                                          "(with NaN / Infinity nothing is ever flagged); fit the threshold again or set it to null") from None
-        # Every file is checked before use so that a corrupt one is NAMED (not a traceback from a library).
-        spec = dict(config.get("preprocessing") or {})
-        try:
-            preprocessing = _spec_class(task, spec).from_config(spec, folder)
-        except (ValueError, TypeError) as exc:
-            if isinstance(exc, DetectorCheckpointError):
-                raise
-            raise DetectorCheckpointError(f"{folder / DETECTOR_CONFIG_NAME}: bad preprocessing spec: {exc}") from None
-        _check_weight_files(folder)
-        mahalanobis = _load_mahalanobis(folder) if config.get("mahalanobis_file") else None
-        model = _load_model(folder, task)
-        _check_finite_weights(model, folder)
-        # after the checks above, so that a truncated or unreadable file keeps its own message
-        _check_file_hashes(folder, hashes)
-        try:
-            detector = cls(
-                model,
-                preprocessing,
-                score=config.get("score"),
-                threshold=threshold,
-                task=task,
-                score_kwargs=config.get("score_kwargs"),
-                training=config.get("training"),
-                evaluation=config.get("evaluation"),
-                threshold_info=config.get("threshold_info"),
-                mahalanobis=mahalanobis,
-                device=device,
-                batch_size=batch_size,
-                progress=progress,
-            )
-        except (ValueError, TypeError) as exc:  # e.g. an unknown score, a vocabulary larger than the model
-            files = ", ".join([DETECTOR_CONFIG_NAME, *_spec_class(task, spec).required_files(spec), MODEL_CONFIG_NAME])
-            raise DetectorCheckpointError(f"checkpoint {folder} is inconsistent ({files}): {exc}") from None
-        detector.checkpoint_folder = folder
-        return detector
+        """Load a detector from a local folder or a Hub repo id (``revision`` = branch/tag/commit); every file is checked
+        and a bad one named (:func:`oe_common.detector_io.load_detector`: safetensors only, no remote code)."""
+        return load_detector(cls, name_or_path, revision, device=device, batch_size=batch_size, progress=progress,
+                             token=token, cache_dir=cache_dir)
 
     def push_to_hub(
         self,
@@ -764,158 +513,5 @@ class OODDetector:
         revision: str | None = None,
         commit_message: str = "Upload OE detector",
     ) -> str:
-        """Save into a temporary folder and upload it (``HfApi().create_repo`` + ``upload_folder``); returns the URL.
-
-        Raises:
-            RuntimeError: ``HF_HUB_OFFLINE`` is set, the Hub cannot be reached, or it refuses the upload (no
-                token, no permission), with what to do; nothing is uploaded.
-        """
-        if hub_offline():
-            raise RuntimeError(
-                f"cannot push to {repo_id!r}: HF_HUB_OFFLINE is set. Unset it on a machine with network access and a "
-                "Hugging Face token (`hf auth login` or HF_TOKEN), or save_pretrained(dir) now and upload the folder later."
-            )
-        from huggingface_hub import HfApi
-
-        api = HfApi(token=token)
-        with tempfile.TemporaryDirectory(prefix="oe-detector-") as tmp:
-            self.save_pretrained(tmp, repo_id=repo_id)
-            try:
-                url = api.create_repo(repo_id, private=private, exist_ok=True)
-                api.upload_folder(repo_id=repo_id, folder_path=tmp, revision=revision, commit_message=commit_message)
-            except Exception as exc:
-                kind = type(exc).__name__
-                raise RuntimeError(
-                    f"cannot push the detector to {repo_id!r}: {kind}: {exc}. Check the network connection, that you are "
-                    "logged in (`hf auth login` or HF_TOKEN) with write access, or save_pretrained(dir) and upload later."
-                ) from exc
-        return str(url)
-
-
-# =============================================================================================== loading helpers
-def _read_text_or_empty(path: Path) -> str:
-    """The UTF-8 text of ``path``; ``""`` when it cannot be read or decoded (callers treat that as "not ours")."""
-    try:
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
-        return ""
-
-
-def _file_stats(folder: Path) -> dict[str, tuple[int, int, int]]:
-    """``{path relative to folder: (inode, size, mtime_ns)}`` of every regular file under ``folder``."""
-    stats = {}
-    for path in folder.rglob("*"):
-        if path.is_file() and not path.is_symlink():
-            st = path.stat()
-            stats[path.relative_to(folder).as_posix()] = (st.st_ino, st.st_size, st.st_mtime_ns)
-    return stats
-
-
-def _recorded_hashes(config: Mapping[str, Any], folder: Path) -> dict[str, str]:
-    """The ``file_sha256`` map of a detector config; a folder saved before hashes were recorded loads with a warning."""
-    hashes = config.get(FILE_HASHES_KEY)
-    path = folder / DETECTOR_CONFIG_NAME
-    if hashes is None:
-        logger.warning("%s records no file hashes (saved by an older oe): its files cannot be checked; save the detector "
-                       "again to record them", path)
-        return {}
-    if not isinstance(hashes, dict) or not all(
-        isinstance(name, str) and isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest)
-        and not name.startswith("/") and ".." not in name.split("/") for name, digest in hashes.items()
-    ):
-        raise DetectorCheckpointError(f"{path}: \"{FILE_HASHES_KEY}\" must map relative file names to sha256 hex digests; "
-                                      "the file is corrupt: save or download the detector again")
-    return dict(hashes)
-
-
-def _check_file_hashes(folder: Path, hashes: Mapping[str, str]) -> None:
-    """Every file ``hashes`` names has that sha256: a file changed after the save is named, with what to do."""
-    for name, want in sorted(hashes.items()):
-        got = sha256_file(folder / name)
-        if got != want:
-            raise DetectorCheckpointError(
-                f"{folder / name}: sha256 {got[:12]}... differs from {want[:12]}... recorded in {DETECTOR_CONFIG_NAME} when the "
-                "detector was saved: the file was changed or corrupted; restore it, or save or download the detector again"
-            )
-
-
-def _weight_files(folder: Path) -> list[Path]:
-    """The safetensors files of a checkpoint: ``model.safetensors``, else the shards its index lists."""
-    if (folder / WEIGHTS_NAME).is_file():
-        return [folder / WEIGHTS_NAME]
-    index = folder / WEIGHTS_INDEX_NAME
-    weight_map = read_checkpoint_json(index).get("weight_map")
-    if not isinstance(weight_map, dict) or not weight_map:
-        raise DetectorCheckpointError(f"{index} has no weight_map: the file is corrupt; save or download the checkpoint again")
-    return [folder / str(name) for name in sorted(set(weight_map.values()))]
-
-
-def _check_weight_files(folder: Path) -> None:
-    """Read the header of every weight file: an empty, truncated or corrupt file is named, with what to do."""
-    from safetensors import safe_open
-
-    for path in _weight_files(folder):
-        if not path.is_file():
-            raise DetectorCheckpointError(f"{path} is missing (listed in {folder / WEIGHTS_INDEX_NAME}); save or download the checkpoint again")
-        if path.stat().st_size == 0:
-            raise DetectorCheckpointError(f"{path} is empty: the weights were never written completely; save or download the checkpoint again")
-        try:
-            with safe_open(str(path), framework="pt") as f:  # checks the header and that the data covers it
-                f.keys()
-        except Exception as exc:  # safetensors raises its own SafetensorError (not an OSError) for bad files
-            reason = " ".join(str(exc).split())
-            raise DetectorCheckpointError(
-                f"{path} is not a readable safetensors file ({reason}): it is truncated or corrupt; save or download the checkpoint again"
-            ) from None
-
-
-def _load_mahalanobis(folder: Path) -> MahalanobisScore:
-    """The fitted :class:`MahalanobisScore` of a checkpoint; a corrupt or inconsistent file is named."""
-    path = folder / MAHALANOBIS_NAME
-    try:
-        return MahalanobisScore.load(folder)
-    except Exception as exc:  # safetensors' own error type, a missing tensor, a bad covariance
-        reason = " ".join(str(exc).split())
-        raise DetectorCheckpointError(
-            f"{path} is not a readable Mahalanobis statistics file ({reason}): fit_mahalanobis and save the detector again"
-        ) from None
-
-
-def _check_finite_weights(model: torch.nn.Module, folder: Path) -> None:
-    """Refuse NaN / inf in any floating-point parameter or buffer: every score would be NaN (counted as normal)."""
-    bad = [
-        name
-        for name, tensor in [*model.named_parameters(), *model.named_buffers()]
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
-    ]
-    if bad:
-        where = ", ".join(str(p) for p in _weight_files(folder))
-        raise DetectorCheckpointError(
-            f"{where}: {len(bad)} weight tensor(s) hold NaN/inf values ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); "
-            "the model is unusable (training diverged or the file is corrupt)"
-        )
-
-
-def _load_model(folder: Path, task: str) -> torch.nn.Module:
-    """The model of ``folder`` via the task's Auto class: safetensors only, no remote code."""
-    import transformers
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
-
-    load_plugins()
-    model_config = read_checkpoint_json(folder / MODEL_CONFIG_NAME)
-    model_type = model_config.get("model_type")
-    if not model_type:
-        raise DetectorCheckpointError(f"{folder / MODEL_CONFIG_NAME} has no model_type")
-    if model_type not in CONFIG_MAPPING:
-        raise DetectorCheckpointError(
-            f"unknown model_type {model_type!r} in {folder / MODEL_CONFIG_NAME}: neither transformers nor an "
-            f"installed {ENTRY_POINT_GROUP!r} package registers it, and OODDetector never runs remote code "
-            "(trust_remote_code). Install (or import) the package that defines the model and registers it with the "
-            "Auto classes."
-        )
-    auto_cls = getattr(transformers, _AUTO_CLASS[task])
-    try:
-        return auto_cls.from_pretrained(folder, use_safetensors=True, trust_remote_code=False)
-    except (ValueError, KeyError, RuntimeError, OSError) as exc:
-        reason = " ".join(str(exc).split())
-        raise DetectorCheckpointError(f"cannot load the {model_type!r} model in {folder} as {_AUTO_CLASS[task]}: {reason}") from exc
+        """Save into a temporary folder and upload it to the Hub; returns the URL (:func:`oe_common.detector_io.push_detector`)."""
+        return push_detector(self, repo_id, private=private, token=token, revision=revision, commit_message=commit_message)

@@ -27,18 +27,17 @@ import torch
 
 from .data_integrity import file_sha256
 from .model_card import POST_HOC_METHOD
-from .detector import (
+from .detector import OODDetector, task_of_architecture
+from .detector_io import (
     _PICKLE_WEIGHTS,
     DETECTOR_CONFIG_NAME,
     MODEL_CONFIG_NAME,
     WEIGHTS_INDEX_NAME,
     WEIGHTS_NAME,
-    OODDetector,
     _check_finite_weights,
     _check_weight_files,
     _load_model,
     _resolve_checkpoint,
-    task_of_architecture,
 )
 from .plugins import ENTRY_POINT_GROUP, load_plugins
 from .preprocessing import DetectorCheckpointError, preprocessing_classes, read_checkpoint_json
