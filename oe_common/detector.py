@@ -19,6 +19,7 @@ import torch
 
 from .metrics import OODTable, _real_number, as_score_array, evaluate_ood
 from .feature_scores import MAHALANOBIS_NAME, MahalanobisScore, classifier_input_features
+from .files import make_readable
 from .preprocessing import DetectorPreprocessing, preprocessing_class, preprocessing_classes
 from .scores import FEATURE_SCORES, SCORE_NAMES, causal_shift, example_scores
 
@@ -691,6 +692,7 @@ class OODDetector:
         self.model.save_pretrained(folder)
         if self.mahalanobis is not None:
             self.mahalanobis.save(folder)
+        make_readable(folder)  # safetensors writes 0600
         if not (folder / WEIGHTS_NAME).is_file() and not (folder / WEIGHTS_INDEX_NAME).is_file():
             raise DetectorCheckpointError(f"the model's save_pretrained wrote no {WEIGHTS_NAME} in {folder}")
         config = self.to_config()
