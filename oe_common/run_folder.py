@@ -389,9 +389,11 @@ def _check_resumable(path: Path, previous: dict[str, Any] | None, config: dict[s
 
 
 def _clear(path: Path, previous: Mapping[str, Any], entries: Sequence[str]) -> list[str]:
-    """Delete the entries of ``path`` that the previous run made (``made`` of its manifest); returns the others (kept)."""
+    """Delete the entries of ``path`` that the previous run made (``made`` of its manifest, and this module's own:
+    the manifest, ``checkpoints/`` and ``stages/``, which a killed run may have written after its last record);
+    returns the others (kept)."""
     made = {name for name in previous.get("made", []) if isinstance(name, str) and name not in ("", ".", "..") and "/" not in name
-            and os.sep not in name} | {MANIFEST_NAME}
+            and os.sep not in name} | {MANIFEST_NAME, _CHECKPOINTS_DIR, _STAGES_DIR}
     for name in entries:
         entry = path / name
         if name not in made:

@@ -397,3 +397,16 @@ def test_an_output_dir_inside_the_data_folder_is_refused(tmp_path, monkeypatch, 
         line = _one_error_line(capsys)
         assert f"is inside the data folder {str(data.resolve())!r}" in line and "outside it" in line
     assert sorted(p.name for p in data.iterdir()) == ["SHA256SUMS"]
+
+
+def test_overwrite_deletes_the_checkpoints_of_a_killed_run(tmp_path):
+    """A run killed (``kill -9``) in training wrote checkpoints after its manifest's last record: still its own."""
+    out = tmp_path / "run"
+    run = RunFolder.open(out, CONFIG)
+    run.start_stage("oe")
+    (out / "checkpoints" / "oe" / "checkpoint-5").mkdir(parents=True)
+    (out / "checkpoints" / "oe" / "checkpoint-5" / "trainer_state.json").write_text("{}")
+    del run  # no close(): the process died, its lock went with it
+    assert "checkpoints" not in _manifest(out)["made"]
+    RunFolder.open(out, CONFIG, overwrite=True).close()
+    assert sorted(p.name for p in out.iterdir()) == sorted([LOCK_NAME, MANIFEST_NAME])
