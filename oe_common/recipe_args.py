@@ -110,7 +110,7 @@ def build_recipe_parser(config_cls: type, *, prog: str, description: str, preset
     recipe_cls = dataclasses.make_dataclass("RecipeArgumentsFlags", [(f.name, f.type, f) for f in recipe_fields])
     classes = (recipe_cls, flags_cls, *extra)
     parser = HfArgumentParser([_without_checks(cls) for cls in classes], prog=prog, description=description)
-    parser.formatter_class = argparse.HelpFormatter  # HfArgumentParser's adds "(default: None)" to every flag
+    parser.formatter_class = _DefaultsHelpFormatter  # HfArgumentParser's adds "(default: None)" to every flag
     described = {**PRESET_HELP, **(preset_help or {})}
     for action in parser._actions:
         if action.dest == "preset":
@@ -122,6 +122,18 @@ def build_recipe_parser(config_cls: type, *, prog: str, description: str, preset
     add_run_folder_args(parser)
     parser.set_defaults(_oe_config_flags=flags_cls, _oe_extra=tuple(extra))
     return parser
+
+
+class _DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Adds ``(default: X)`` to a flag's help only where there is a default to show: not ``None`` (a config flag not
+    given takes the preset's value), not a switch, and not one its help already states."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help
+        if (text and action.option_strings and action.nargs != 0 and action.default not in (None, argparse.SUPPRESS)
+                and "default" not in text):
+            text += " (default: %(default)s)"
+        return text
 
 
 def _without_checks(cls: type) -> type:
