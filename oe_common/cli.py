@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import runpy
 import sys
 import tempfile
@@ -196,6 +197,15 @@ def _read_inputs(detector, source: str) -> tuple[list[Any], list[str] | None]:
     return [str(p) for p in files], [p.name for p in files]
 
 
+def _indices_as_lines(message: str) -> str:
+    """``message`` with the 0-based input indices of the library's errors (``index 1, 4``) as the 1-based line
+    numbers the command line reports (``line 2, 5``): one numbering per message."""
+    return _INDEX_RE.sub(lambda m: "line " + ", ".join(str(int(i) + 1) for i in m.group(1).split(", ")), message)
+
+
+_INDEX_RE = re.compile(r"\bindex (\d+(?:, \d+)*)")
+
+
 def _score(detector, inputs: list[Any], source: str, names: list[str] | None, *, predict: bool = False):
     """``detector.score`` with input errors turned into messages naming lines (1-based) or files; with ``predict``
     ``(scores, (label ids, probabilities))`` from ``detector.score_and_predict`` (one pass), else the scores."""
@@ -211,7 +221,7 @@ def _score(detector, inputs: list[Any], source: str, names: list[str] | None, *,
     except DetectorInputError as exc:
         if names is None and exc.indices:
             where = ", ".join(str(i + 1) for i in exc.indices[:10]) + (" ..." if len(exc.indices) > 10 else "")
-            raise CliError(f"{source}: bad input on line {where}: {exc}") from None
+            raise CliError(f"{source}: bad input on line {where}: {_indices_as_lines(str(exc))}") from None
         if names is not None and exc.indices:
             raise CliError(f"{source}: bad image {names[exc.indices[0]]!r}: {exc}") from None
         raise CliError(f"{source}: {exc}") from None

@@ -20,7 +20,7 @@ from typing import Any, Mapping
 import torch
 
 from .feature_scores import MAHALANOBIS_NAME, MahalanobisScore
-from .files import sha256_file
+from .files import make_readable, sha256_file
 from .plugins import ENTRY_POINT_GROUP, load_plugins
 from .preprocessing import DetectorCheckpointError, DetectorPreprocessing, preprocessing_class, preprocessing_classes, read_checkpoint_json
 from .thresholds import check_threshold
@@ -216,6 +216,7 @@ def save_detector(detector: Any, save_directory: str | os.PathLike, *, repo_id: 
     detector.model.save_pretrained(folder)
     if detector.mahalanobis is not None:
         detector.mahalanobis.save(folder)
+    make_readable(folder)  # safetensors writes 0600
     if not (folder / WEIGHTS_NAME).is_file() and not (folder / WEIGHTS_INDEX_NAME).is_file():
         raise DetectorCheckpointError(f"the model's save_pretrained wrote no {WEIGHTS_NAME} in {folder}")
     config = detector_config(detector)

@@ -16,6 +16,8 @@ import torch
 from transformers import set_seed
 
 from .callbacks import check_time_budget, time_budget_callbacks, training_steps_report
+from .data_dir import MissingDataError, resolve_data_dir
+from .files import make_readable
 from .run_folder import RunFolder
 
 __all__ = ["Stage", "StageResult", "StagedExperiment", "StageModels", "run_experiment", "train_log", "shared_training_arguments",
@@ -194,7 +196,24 @@ def run_experiment(experiment: StagedExperiment, output_dir: str | Path, data_di
     Returns what ``experiment.report`` returns.
     """
     output_dir = Path(output_dir)
-    run = RunFolder.open(output_dir, dataclasses.asdict(experiment.config), overwrite=overwrite, resume=resume)
+    read_from = None if data is not None else _data_folder(data_dir)
+    run = RunFolder.open(output_dir, dataclasses.asdict(experiment.config), overwrite=overwrite, resume=resume, data_dir=read_from)
+    try:
+        return _run_stages(experiment, run, output_dir, data_dir, data)
+    finally:
+        run.close()  # the lock is released and the files made are recorded, however the run ended
+
+
+def _data_folder(data_dir: str | Path | None) -> Path | None:
+    """The data folder a run reads (``data_dir``, else ``$OE_DATA_DIR``); ``None`` when there is none (loading the
+    data then fails with its own message)."""
+    try:
+        return resolve_data_dir(data_dir)
+    except MissingDataError:
+        return None
+
+
+def _run_stages(experiment: StagedExperiment, run: RunFolder, output_dir: Path, data_dir: str | Path | None, data: Any) -> dict[str, Any]:
     run.start_stage("data")
     seconds: dict[str, float] = {}
     started = time.perf_counter()
@@ -235,6 +254,8 @@ def run_experiment(experiment: StagedExperiment, output_dir: str | Path, data_di
             result.state.setdefault("training_steps", training_steps_report(trainer))
         result.state.setdefault("train_log", train_log(trainer))
         model_dir = experiment.save_model(stage, model, trainer, output_dir) if run.is_main else None
+        if model_dir is not None:
+            make_readable(model_dir)
         run.finish_stage(stage.name, result.state, result.arrays, model_dir=model_dir,
                          model=model if stage.name in continued else None)
         run.drop_checkpoints(stage.name)  # resume state only: the stage's model and state are saved

@@ -26,6 +26,8 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from .files import make_readable
+
 __all__ = ["MahalanobisScore", "classifier_input_features", "MAHALANOBIS_NAME"]
 
 #: The file :meth:`MahalanobisScore.save` writes (and an ``OODDetector`` folder holds after ``fit_mahalanobis``).
@@ -136,6 +138,7 @@ class MahalanobisScore:
         path = Path(directory) / _WEIGHTS_NAME
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file({"means": self.means.contiguous(), "covariance": self.covariance.contiguous()}, str(path), metadata={"rcond": repr(self.rcond)})
+        make_readable(path)
         return path
 
     @classmethod

@@ -7,7 +7,7 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["atomic_write_text", "sha256_file"]
+__all__ = ["atomic_write_text", "make_readable", "new_file_mode", "sha256_file"]
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -21,9 +21,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        os.chmod(tmp, new_file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -37,3 +35,21 @@ def sha256_file(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def new_file_mode() -> int:
+    """The permissions of a new file under the current umask (``0o666 & ~umask``, e.g. ``0o644``)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def make_readable(path: str | os.PathLike) -> None:
+    """Give the ``*.safetensors`` files at ``path`` (a file, or a folder searched recursively) the permissions of a
+    new file (:func:`new_file_mode`): safetensors writes them ``0600``, readable by their owner only."""
+    path = Path(path)
+    files = [path] if path.is_file() else path.rglob("*.safetensors") if path.is_dir() else []
+    mode = new_file_mode()
+    for file in files:
+        if file.suffix == ".safetensors" and file.is_file() and not file.is_symlink():
+            os.chmod(file, mode)

@@ -16,6 +16,7 @@ __all__ = [
     "fpr_at_recall",
     "sample_base_rate",
     "evaluate_ood",
+    "check_n_draws",
     "OODTable",
     "base_rate_label",
     "sampling_label",
@@ -393,6 +394,12 @@ class OODTable:
         return "\n".join(lines)
 
 
+def check_n_draws(n_draws: Any) -> None:
+    """Raise ``ValueError`` unless ``n_draws`` is a whole number >= 1 (an ``int``, not ``1.5`` or ``True``)."""
+    if isinstance(n_draws, bool) or not isinstance(n_draws, (int, np.integer)) or n_draws < 1:
+        raise ValueError(f"n_draws must be a whole number of draws >= 1, got {n_draws!r}")
+
+
 def evaluate_ood(
     in_scores: Any,
     out_scores_by_set: Mapping[str, Any],
@@ -416,8 +423,7 @@ def evaluate_ood(
     recall_level = _check_recall_level(recall_level)
     if not out_scores_by_set:
         raise ValueError("out_scores_by_set is empty: give at least one anomaly set, e.g. {'gaussian': scores}")
-    if n_draws < 1:
-        raise ValueError(f"n_draws must be >= 1, got {n_draws}")
+    check_n_draws(n_draws)
     if "mean" in out_scores_by_set:
         raise ValueError("'mean' is reserved for the average row; rename that anomaly set")
     in_array = as_score_array(in_scores, "in_scores")

@@ -10,16 +10,18 @@ import dataclasses
 import time
 import types
 import typing
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from transformers import HfArgumentParser
 
 from .arg_types import positive_float, positive_int
 from .run_folder import add_run_folder_args, recipe_guard
 
-__all__ = ["RecipeArguments", "flag", "config_flags", "build_recipe_parser", "parse_recipe_args", "run_recipe"]
+__all__ = ["RecipeArguments", "PRESET_HELP", "flag", "config_flags", "build_recipe_parser", "parse_recipe_args", "run_recipe"]
 
 _DEFAULT_CHECK = {int: positive_int, float: positive_float}
+#: What the usual preset names mean (a recipe describes its other presets with ``build_recipe_parser(preset_help=)``).
+PRESET_HELP = {"test": "seconds", "tiny": "CPU in minutes", "paper": "the paper's settings, GPU"}
 
 
 def flag(help: str | None = None, arg_type: Callable[[str], Any] | None = None, **argparse_kwargs: Any) -> dict[str, Any]:
@@ -37,7 +39,7 @@ def flag(help: str | None = None, arg_type: Callable[[str], Any] | None = None, 
 class RecipeArguments:
     """The arguments every recipe takes besides its config's fields."""
 
-    preset: str = dataclasses.field(default="tiny", metadata=flag("named settings (tiny: CPU in minutes; paper: the paper's settings, GPU; test: seconds)"))
+    preset: str = dataclasses.field(default="tiny", metadata=flag("named settings"))  # help: build_recipe_parser (the recipe's presets)
     data_dir: str | None = dataclasses.field(default=None, metadata=flag("corpora folder (default: $OE_DATA_DIR)"))
     output_dir: str | None = dataclasses.field(default=None, metadata=flag("where results go (default: runs/<recipe>_<preset>)"))
     threads: int | None = dataclasses.field(default=None, metadata=flag("torch CPU threads (CPU runs only)"))
@@ -97,22 +99,41 @@ def _finish_actions(parser: argparse.ArgumentParser, flags_cls: type) -> None:
 
 
 def build_recipe_parser(config_cls: type, *, prog: str, description: str, presets: Sequence[str], default_preset: str = "tiny",
-                        exclude: Sequence[str] = (), extra: Sequence[type] = ()) -> HfArgumentParser:
+                        exclude: Sequence[str] = (), extra: Sequence[type] = (), preset_help: Mapping[str, str] | None = None) -> HfArgumentParser:
     """The recipe's parser: :class:`RecipeArguments`, ``--overwrite`` / ``--resume``, one flag per field of
-    ``config_cls`` (minus ``exclude``) and the fields of the ``extra`` dataclasses (recipe-specific flags)."""
+    ``config_cls`` (minus ``exclude``) and the fields of the ``extra`` dataclasses (recipe-specific flags).
+
+    ``--help`` lists the recipe's ``presets`` (described by ``preset_help``, else :data:`PRESET_HELP`) and no
+    ``(default: None)``: a config flag that is not given takes the preset's value."""
     flags_cls = config_flags(config_cls, exclude)
     recipe_fields = [f for f in dataclasses.fields(RecipeArguments) if f.name not in ("overwrite", "resume")]
     recipe_cls = dataclasses.make_dataclass("RecipeArgumentsFlags", [(f.name, f.type, f) for f in recipe_fields])
     classes = (recipe_cls, flags_cls, *extra)
     parser = HfArgumentParser([_without_checks(cls) for cls in classes], prog=prog, description=description)
+    parser.formatter_class = _DefaultsHelpFormatter  # HfArgumentParser's adds "(default: None)" to every flag
+    described = {**PRESET_HELP, **(preset_help or {})}
     for action in parser._actions:
         if action.dest == "preset":
             action.choices, action.default = tuple(presets), default_preset
+            action.help = (f"named settings ({'; '.join(f'{name}: {described[name]}' if name in described else name for name in presets)}; "
+                           f"default: {default_preset})")
     for cls in classes:
         _finish_actions(parser, cls)
     add_run_folder_args(parser)
     parser.set_defaults(_oe_config_flags=flags_cls, _oe_extra=tuple(extra))
     return parser
+
+
+class _DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Adds ``(default: X)`` to a flag's help only where there is a default to show: not ``None`` (a config flag not
+    given takes the preset's value), not a switch, and not one its help already states."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help
+        if (text and action.option_strings and action.nargs != 0 and action.default not in (None, argparse.SUPPRESS)
+                and "default" not in text):
+            text += " (default: %(default)s)"
+        return text
 
 
 def _without_checks(cls: type) -> type:

@@ -23,6 +23,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 from transformers.utils import logging
 
 from . import metrics as oe_metrics
+from .files import make_readable
 from .losses import energy_oe_loss, joint_token_oe_loss, oe_uniform_loss
 from .outlier_stream import OutlierStream, is_streaming
 from .scores import LOGIT_SCORE_NAMES, SCORE_NAMES, example_scores, shift_labels
@@ -219,6 +220,14 @@ class OETrainer(Trainer):
             "oe_seed": self.args.outlier_seed,
             "world_size": self.args.world_size,
         }
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """``Trainer.save_model`` (also what every checkpoint saves the model with); the safetensors files it writes
+        get the permissions of a new file (safetensors writes them ``0600``)."""
+        super().save_model(output_dir, _internal_call=_internal_call)
+        folder = output_dir if output_dir is not None else self.args.output_dir
+        if self.args.should_save and folder is not None and os.path.isdir(folder):
+            make_readable(folder)
 
     def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
         """``Trainer``'s checkpoint plus :data:`OUTLIER_STREAM_STATE_NAME` (the outlier stream's position), so that
@@ -639,6 +648,7 @@ class OETrainer(Trainer):
         score = self.default_score if score is None else score
         if not ood_datasets:
             raise ValueError("ood_datasets is empty: give at least one anomaly set, e.g. {'ewt-email': dataset}")
+        oe_metrics.check_n_draws(n_draws)  # before the (long) scoring
         in_scores = self.compute_scores(in_dataset, score)
         out_scores = {name: self.compute_scores(dataset, score) for name, dataset in ood_datasets.items()}
         table = oe_metrics.evaluate_ood(in_scores, out_scores, n_draws=n_draws, ratio=ratio, seed=seed, recall_level=recall_level,

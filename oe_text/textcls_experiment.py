@@ -38,7 +38,7 @@ from .hub_checkpoints import MINILM_REPO_ID, MINILM_REVISION, check_cached_minil
 from .data import seeded_subset_indices
 from .textcls_data import load_ood_texts, load_textcls, wikitext_sentences
 
-__all__ = ["TextClsConfig", "TextClsExperiment", "PRESET_NAMES", "TEXTCLS_SCORES", "preset_config", "run_textcls_oe",
+__all__ = ["TextClsConfig", "TextClsExperiment", "PRESET_NAMES", "TEXTCLS_SCORES", "preset_config", "run_textcls_oe", "check_max_length",
            "ood_set_names", "fixed_length_collator", "DETECTOR_TARGET_FPR"]
 
 PRESET_NAMES = ("test", "tiny", "full")
@@ -202,6 +202,33 @@ def load_tokenizer(model: str) -> Any:
         return AutoTokenizer.from_pretrained(repo, revision=revision)
     except OSError as exc:
         raise _missing_checkpoint(model, exc) from None
+
+
+def model_max_positions(model: str) -> int | None:
+    """How many token positions ``model``'s checkpoint has (``max_position_embeddings`` of its config, read from the
+    local cache); ``None`` when it has no such limit (the GRU) or its config is not available (loading the model
+    then fails with its own message)."""
+    if model == "gru":
+        return None
+    from transformers import AutoConfig
+
+    repo, revision = (MINILM_REPO_ID, MINILM_REVISION) if model == "minilm" else (model, None)
+    try:
+        config = AutoConfig.from_pretrained(repo, revision=revision)
+    except (OSError, ValueError):
+        return None
+    positions = getattr(config, "max_position_embeddings", None)
+    return positions if isinstance(positions, int) and positions > 0 else None
+
+
+def check_max_length(config: TextClsConfig) -> TextClsConfig:
+    """``config``, or ``ValueError`` when its ``max_length`` exceeds the model's positions (the run would fail at its
+    first step): the recipe checks it at parse time."""
+    positions = model_max_positions(config.model)
+    if positions is not None and config.max_length > positions:
+        raise ValueError(f"--max-length {config.max_length} is longer than the {positions} token positions of the model "
+                         f"{config.model!r}; give --max-length {positions} or less")
+    return config
 
 
 def _missing_checkpoint(model: str, exc: Exception) -> MissingDataError:

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 from oe_common.data_dir import exit_on_data_error
 from oe_common.recipe_args import build_recipe_parser, parse_recipe_args, run_recipe
 
-from .textcls_experiment import PRESET_NAMES, TextClsConfig, preset_config, run_textcls_oe
+from .textcls_experiment import PRESET_NAMES, TextClsConfig, check_max_length, preset_config, run_textcls_oe
 
 PROG = "textcls_oe.py"
 
@@ -17,6 +17,7 @@ PROG = "textcls_oe.py"
 def build_parser() -> Any:
     return build_recipe_parser(
         TextClsConfig, prog=PROG, presets=PRESET_NAMES, default_preset="tiny",
+        preset_help={"full": "all training texts, 2-core CPU under time budgets (~30 min)"},
         description="Text classifier (CLINC150 / SST-2 / TREC-50; MiniLM or the paper's GRU): baseline, OE fine-tuning "
                     "on WikiText-2 sentences, detection of other sets, Multi30K, EWT and CLINC150's out-of-scope queries.")
 
@@ -24,6 +25,6 @@ def build_parser() -> Any:
 @exit_on_data_error
 def main(argv: Sequence[str] | None = None) -> dict:
     parser = build_parser()
-    recipe, cfg, _ = parse_recipe_args(parser, argv, lambda preset, overrides: preset_config(preset, **overrides))
+    recipe, cfg, _ = parse_recipe_args(parser, argv, lambda preset, overrides: check_max_length(preset_config(preset, **overrides)))
     return run_recipe(PROG, recipe, cfg, run_textcls_oe,
                       os.path.join("runs", f"textcls_{cfg.dataset}_{cfg.model.replace('/', '_')}_{recipe.preset}"), argv)

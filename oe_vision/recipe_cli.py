@@ -21,7 +21,7 @@ _DESCRIPTIONS = {
 
 def build_parser(dataset: str) -> HfArgumentParser:
     return build_recipe_parser(VisionOEConfig, prog=f"{dataset}_oe.py", description=_DESCRIPTIONS[dataset], presets=PRESET_NAMES[dataset],
-                               exclude=("dataset",))
+                               exclude=("dataset",), preset_help={"short": "CIFAR-10 on one GPU with limited time"})
 
 
 @exit_on_data_error

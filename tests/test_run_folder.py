@@ -15,7 +15,7 @@ from transformers.hf_argparser import string_to_bool
 
 from oe_common import arg_types
 from oe_common.experiment import Stage
-from oe_common.run_folder import MANIFEST_NAME, RunFolder, RunFolderError, interruption_message, recipe_guard, resume_command
+from oe_common.run_folder import LOCK_NAME, MANIFEST_NAME, RunFolder, RunFolderError, interruption_message, recipe_guard, resume_command
 
 TORCH_THREADS = 1  # tiny models: see the conftest fixture _torch_threads
 
@@ -116,15 +116,17 @@ def test_a_non_empty_folder_is_refused_without_a_flag(tmp_path):
 
 def test_overwrite_clears_a_run_but_never_a_folder_that_holds_no_run(tmp_path):
     run_dir = tmp_path / "run"
+    run = RunFolder.open(run_dir, CONFIG)
     (run_dir / "oe_model").mkdir(parents=True)
     (run_dir / "oe_model" / "model.safetensors").write_bytes(b"old")
     (run_dir / "results.json").write_text("{}")
-    RunFolder.open(run_dir, CONFIG, overwrite=True)
-    assert sorted(p.name for p in run_dir.iterdir()) == [MANIFEST_NAME]
+    run.complete()
+    RunFolder.open(run_dir, CONFIG, overwrite=True).close()
+    assert sorted(p.name for p in run_dir.iterdir()) == [LOCK_NAME, MANIFEST_NAME]
     other = tmp_path / "thesis"
     other.mkdir()
     (other / "chapter1.tex").write_text("precious")
-    with pytest.raises(RunFolderError, match="holds files but no recipe run"):
+    with pytest.raises(RunFolderError, match="--overwrite refused.*nothing is deleted"):
         RunFolder.open(other, CONFIG, overwrite=True)
     assert (other / "chapter1.tex").read_text() == "precious"
 
@@ -133,12 +135,14 @@ def test_resume_loads_finished_stages_and_refuses_what_it_cannot_resume(tmp_path
     run = RunFolder.open(tmp_path / "r", CONFIG)
     arrays = {"ptb/test": {"nll": np.array([1.0, 2.0]), "mask": None}, "t": torch.arange(4, dtype=torch.float32)}
     run.finish_stage("baseline", {"records": [{"auroc": 0.5}], "t": (1, 2)}, arrays)
+    run.close()  # the run ends (its lock is released)
     again = RunFolder.open(tmp_path / "r", CONFIG, resume=True)
     assert again.stage_done("baseline") and not again.stage_done("oe") and _manifest(tmp_path / "r")["resumed"] == 1
     state, loaded = again.load_stage("baseline")
     assert state == {"records": [{"auroc": 0.5}], "t": [1, 2]}
     assert isinstance(loaded["ptb/test"]["nll"], np.ndarray) and loaded["ptb/test"]["nll"].tolist() == [1.0, 2.0]
     assert loaded["ptb/test"]["mask"] is None and torch.equal(loaded["t"], arrays["t"])
+    again.close()
     with pytest.raises(RunFolderError, match=r"another configuration \(a: 1 -> 2\)"):
         RunFolder.open(tmp_path / "r", {**CONFIG, "a": 2}, resume=True)
     again.complete()
@@ -258,15 +262,18 @@ def test_text_recipe_refuses_a_previous_run_and_leaves_it_untouched(tmp_path, mo
     from oe_text.recipe_cli import main
 
     monkeypatch.setattr(oe_text.lm_experiment, "load_text_oe_data", _no_data)
+    previous = RunFolder.open(tmp_path, CONFIG)
     (tmp_path / "results.json").write_text('{"old": true}')
+    previous.complete()
     with pytest.raises(SystemExit) as exc:
         main("word", ["--preset", "test", "--output-dir", str(tmp_path)])
     assert exc.value.code == 1
     assert "ptb_word_oe.py: error:" in capsys.readouterr().err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"] and (tmp_path / "results.json").read_text() == '{"old": true}'
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([LOCK_NAME, MANIFEST_NAME, "results.json"])
+    assert (tmp_path / "results.json").read_text() == '{"old": true}'
     with pytest.raises(_DataLoaded):  # --overwrite: cleared, then the run starts
         main("word", ["--preset", "test", "--output-dir", str(tmp_path), "--overwrite"])
-    assert sorted(p.name for p in tmp_path.iterdir()) == [MANIFEST_NAME] and _manifest(tmp_path)["status"] == "running"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [LOCK_NAME, MANIFEST_NAME] and _manifest(tmp_path)["status"] == "running"
 
 
 @pytest.mark.parametrize("recipe", ["text", "vision", "density"])
