@@ -20,7 +20,7 @@ import torch
 from .metrics import OODTable, _real_number, as_score_array, evaluate_ood
 from .feature_scores import MAHALANOBIS_NAME, MahalanobisScore, classifier_input_features
 from .preprocessing import DetectorPreprocessing, preprocessing_class, preprocessing_classes
-from .scores import FEATURE_SCORES, SCORE_NAMES, causal_shift, example_scores
+from .scores import FEATURE_SCORES, OUTPUT_SCORES, SCORE_NAMES, causal_shift, example_scores, output_score
 
 __all__ = [
     "OODDetector",
@@ -421,6 +421,9 @@ class OODDetector:
                 model_inputs = {k: v.to(self.device) for k, v in model_inputs.items()}
                 if feature_score:
                     values, counts = self._feature_row_scores(model_inputs)
+                elif self.score_name in OUTPUT_SCORES:  # the model's own anomaly head
+                    values = output_score(self.score_name, self.model(**model_inputs))
+                    counts = self._row_weights(model_inputs, len(values), values.device)
                 else:
                     values, counts = self._row_scores(_logits(self.model(**model_inputs)), model_inputs)
                 np.add.at(sums, owners, (values.double() * counts).cpu().numpy())

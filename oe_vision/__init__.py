@@ -15,6 +15,7 @@ from .confidence import (
     update_confidence_lambda,
 )
 from .modeling_mnist_convnet import MnistConvNetConfig, MnistConvNetForImageClassification, MnistConvNetPreTrainedModel
+from .modeling_abnormality_module import AbnormalityModuleConfig, AbnormalityModuleForImageClassification
 from .modeling_wide_resnet import WRN_PRESETS, WideResNetConfig, WideResNetForImageClassification, WideResNetModel, WideResNetPreTrainedModel
 from .modeling_pixelcnnpp import PixelCNNPPConfig, PixelCNNPPModel
 from .preprocessing import ImagePreprocessing  # registers it with oe_common.preprocessing
@@ -31,11 +32,13 @@ def _register(config_cls, *, image_classification=None, base=None) -> None:
 
 _register(WideResNetConfig, image_classification=WideResNetForImageClassification, base=WideResNetModel)
 _register(MnistConvNetConfig, image_classification=MnistConvNetForImageClassification)
+_register(AbnormalityModuleConfig, image_classification=AbnormalityModuleForImageClassification)
 
 __all__ = [
     "DEFAULT_CONFIDENCE_BUDGET", "DEFAULT_CONFIDENCE_LAMBDA", "ConfidenceBranchLoss", "ConfidenceImageClassifierOutput",
     "confidence_branch_loss", "confidence_branch_score", "update_confidence_lambda", "MnistConvNetConfig",
-    "MnistConvNetForImageClassification", "MnistConvNetPreTrainedModel", "WRN_PRESETS", "WideResNetConfig",
+    "MnistConvNetForImageClassification", "MnistConvNetPreTrainedModel", "AbnormalityModuleConfig",
+    "AbnormalityModuleForImageClassification", "WRN_PRESETS", "WideResNetConfig",
     "WideResNetForImageClassification", "WideResNetModel", "WideResNetPreTrainedModel", "PixelCNNPPConfig", "PixelCNNPPModel",
     "ImagePreprocessing",
 ]
