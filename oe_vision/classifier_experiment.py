@@ -136,7 +136,7 @@ class VisionOEConfig:
     abnormality_module: bool = dataclasses.field(default=False, metadata=flag(
         "MNIST: also train the MSP paper's abnormality module on the baseline (decoder, then head; MSP paper Table 11)"))
     abnormality_lr: float = dataclasses.field(default=1e-3, metadata=flag("Adam learning rate of the abnormality module's decoder and head"))
-    abnormality_decoder_epochs: float = 5.0
+    abnormality_decoder_epochs: float = 10.0
     abnormality_decoder_max_steps: int = -1
     abnormality_head_epochs: float = 5.0
     abnormality_head_max_steps: int = -1
