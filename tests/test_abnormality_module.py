@@ -144,7 +144,7 @@ def test_abnormality_score_is_higher_for_noised_and_noise_images(trained, mnist1
                   for name, x in {"clean": held_out.pixel_values, "noised": noised, "uniform": uniform}.items()}
     table = evaluate_ood(scores["clean"], {"noised": scores["noised"], "uniform": scores["uniform"]}, ratio=1)
     aurocs = {row["name"]: row["auroc"] for row in table.rows}
-    assert aurocs["noised"] > 0.8 and aurocs["uniform"] > 0.95, aurocs
+    assert aurocs["noised"] > 0.9 and aurocs["uniform"] > 0.95, aurocs
     # higher = more anomalous: the score is sigmoid of the head's logit, increasing in it
     a = torch.tensor([-3.0, 0.0, 2.0, 40.0])
     s = abnormality_score(a)
