@@ -193,3 +193,33 @@ def test_uniform_noise_kind():
     assert float(y.min()) >= -1.0 and float(y.min()) < 0.0
     with pytest.raises(ValueError, match="low < high"):
         uniform_noise(1, low=1.0, high=1.0)
+
+
+def test_recipe_stages_copy_the_baseline_and_report_table11(data_dir, tmp_path):
+    """The MNIST recipe's ``--abnormality-module`` stages on the ``test`` preset (a few hundred steps; the Table 11
+    sets replaced by small stand-ins so that the test needs no CIFAR-10): the module's classifier is the baseline's
+    weights, the baseline itself goes on to ``oe`` untouched by the module, and the records and detector exist."""
+    import dataclasses
+
+    from oe_vision.classifier_experiment import load_vision_data, preset_config, run_vision_oe
+
+    plain = preset_config("mnist", "test", branch=False, calibration=False, abnormality_decoder_max_steps=20,
+                          abnormality_head_max_steps=20, baseline_max_steps=100, oe_max_steps=5, train_size=500,
+                          holdout_size=100, test_size=300, ood_size=60, n_draws=1, save_steps=1000)
+    data = load_vision_data(plain, data_dir)
+    data.table11 = {"notmnist": data.ood["notmnist"], "uniform": data.ood["gaussian"]}
+    cfg = dataclasses.replace(plain, abnormality_module=True)
+    assert cfg.stages == ("baseline", "abnormality_decoder", "abnormality", "oe")
+    result = run_vision_oe(cfg, tmp_path / "run", data=data)
+    records = [r for r in result["records"] if r.get("paper_table") == "msp_table11"]
+    assert {(r["score"], r["domain"]) for r in records} == {(s, d) for s in ("msp", "abnormality") for d in ("notmnist", "uniform", "mean")}
+    assert all(r["model"] == "abnormality" and r["n_in"] == len(data.test) for r in records)
+    baseline = MnistConvNetForImageClassification.from_pretrained(tmp_path / "run" / "baseline_model")
+    module = AbnormalityModuleForImageClassification.from_pretrained(tmp_path / "run" / "abnormality_model")
+    assert _same(_snapshot(baseline), _snapshot(module.classifier))
+    outputs = result["outputs"]
+    torch.testing.assert_close(outputs["abnormality"]["test"]["logits"], outputs["baseline"]["test"]["logits"])
+    assert not torch.equal(outputs["oe"]["test"]["logits"], outputs["baseline"]["test"]["logits"])
+    loaded = OODDetector.from_pretrained(tmp_path / "run" / "abnormality_detector", device="cpu")
+    assert loaded.score_name == "abnormality" and loaded.threshold is not None
+    assert "MSP paper Table 11" in (tmp_path / "run" / "results.md").read_text()
