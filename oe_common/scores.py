@@ -156,6 +156,8 @@ SCORES = {
 #: be computed from one batch's logits (:func:`example_scores` refuses them). ``OODDetector`` computes them
 #: (``score="mahalanobis"`` after ``fit_mahalanobis``; :mod:`oe_common.feature_scores`).
 FEATURE_SCORES = {"mahalanobis": MahalanobisScore}
+
+
 def abnormality_score(abnormality_logits: torch.Tensor) -> torch.Tensor:
     """Probability of "abnormal" from a model's own abnormality head (the MSP paper's abnormality module):
     ``sigmoid(a)``, computed in float64 (float32 saturates at 1 for logits above ~17). Shape ``(B,)``."""

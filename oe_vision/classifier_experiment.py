@@ -428,7 +428,6 @@ def table11_records(outputs: Mapping[str, Mapping[str, torch.Tensor | None]], da
     records = detection_records(tables[0.99], dataset=cfg.dataset, model=model_name, score=score, paper_table="msp_table11")
     for record, row in zip(records, tables[0.95].rows, strict=True):
         record["fpr95"], record["fpr95_std"] = row["fpr"], row["fpr_std"]
-        record["n_out"] = row["n_out"]
     return records
 
 
@@ -455,7 +454,8 @@ def table11_markdown(records: Sequence[Mapping[str, Any]], model: str = "abnorma
     return "\n".join(lines)
 
 
-def table11_notes(cfg: VisionOEConfig, data: VisionData, meta: Mapping[str, Any]) -> list[str]:
+def table11_notes(cfg: VisionOEConfig, meta: Mapping[str, Any]) -> list[str]:
+    """The notes under the Table 11 section of ``results.md``: protocol and what the module's stages ran."""
     steps = meta.get("training_steps", {})
     return [
         "Softmax = the MSP of the module's frozen classifier (the baseline's weights); module = `sigmoid` of its head "
@@ -795,7 +795,7 @@ def _markdown_report(cfg: VisionOEConfig, data: VisionData, records: list[dict[s
                          f"AUROC {_pct(branch_msp['auroc'])}, AUPR {_pct(branch_msp['aupr'])}. The paper has no MNIST row; its CIFAR-10 row uses FPR95.")
     if cfg.abnormality_module:
         parts += ["", "## MSP paper Table 11: softmax baseline vs abnormality module (MNIST)", "", table11_markdown(records), "",
-                  *table11_notes(cfg, data, meta)]
+                  *table11_notes(cfg, meta)]
     parts += ["", "## Misclassification detection with the MSP (errors positive)", "", _misclassification_markdown(meta["misclassification"], cfg.dataset)]
     if meta.get("calibration"):
         temps = ", ".join(f"{m} T = {t:.3f}" for m, t in meta["temperatures"].items())
