@@ -36,7 +36,7 @@ from .preprocessing import (
     read_checkpoint_json,
     some_indices,
 )
-from .scores import FEATURE_SCORES, SCORE_NAMES, causal_shift, example_scores
+from .scores import FEATURE_SCORES, OUTPUT_SCORES, SCORE_NAMES, causal_shift, example_scores, output_score
 
 __all__ = [
     "OODDetector",
@@ -260,6 +260,11 @@ class OODDetector:
                 model_inputs = {k: v.to(self.device) for k, v in model_inputs.items()}
                 if feature_score:
                     values, counts, row_logits = self._feature_row_scores(model_inputs)
+                elif scores and self.score_name in OUTPUT_SCORES:  # the model's own anomaly head
+                    output = self.model(**model_inputs)
+                    row_logits = _logits(output)
+                    values = output_score(self.score_name, output)
+                    counts = self._row_weights(model_inputs, len(values), values.device)
                 else:
                     row_logits = _logits(self.model(**model_inputs))
                     if scores:

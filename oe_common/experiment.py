@@ -175,6 +175,11 @@ class StagedExperiment(abc.ABC):
         (``{"records": [...], "meta": {...}, "paths": {...}, ...}``)."""
 
     # ---- defaults a pipeline may override ------------------------------------------------------------------------
+    def continue_model(self, stage: Stage, model: Any) -> Any:
+        """The model ``stage`` trains, given the trained model of ``stage.init``: by default that model itself (trained
+        further in place). Override to build on it instead (e.g. a new part around a copy of it, left frozen)."""
+        return model
+
     def save_model(self, stage: Stage, model: Any, trainer: Any, output_dir: Path) -> Path | None:
         """Save the stage's trained model (safetensors) when ``config.save_models`` (default ``True``); return its
         folder, or ``None`` when not saved."""
@@ -240,7 +245,7 @@ def _run_stages(experiment: StagedExperiment, run: RunFolder, output_dir: Path, 
             set_seed(experiment.seed)
             model = experiment.build_model(stage)
         else:
-            model = models[stage.init]
+            model = experiment.continue_model(stage, models[stage.init])
         t0 = time.perf_counter()
         trainer = experiment.make_trainer(stage, model, output_dir)
         if stage.train:

@@ -27,6 +27,9 @@ __all__ = [
     "example_scores",
     "SCORES",
     "FEATURE_SCORES",
+    "OUTPUT_SCORES",
+    "abnormality_score",
+    "output_score",
     "LOGIT_SCORE_NAMES",
     "SCORE_NAMES",
     "MahalanobisScore",
@@ -153,12 +156,36 @@ SCORES = {
 #: be computed from one batch's logits (:func:`example_scores` refuses them). ``OODDetector`` computes them
 #: (``score="mahalanobis"`` after ``fit_mahalanobis``; :mod:`oe_common.feature_scores`).
 FEATURE_SCORES = {"mahalanobis": MahalanobisScore}
+
+
+def abnormality_score(abnormality_logits: torch.Tensor) -> torch.Tensor:
+    """Probability of "abnormal" from a model's own abnormality head (the MSP paper's abnormality module):
+    ``sigmoid(a)``, computed in float64 (float32 saturates at 1 for logits above ~17). Shape ``(B,)``."""
+    logits = check_logits(abnormality_logits)
+    return torch.sigmoid(logits.double()).reshape(-1)
+
+
+#: Output scores: models that carry their own anomaly head return its logit in a named output field; the score is a
+#: function of that field (not of the class logits). ``name -> (output field, function)``.
+OUTPUT_SCORES = {"abnormality": ("abnormality_logits", abnormality_score)}
+
+
+def output_score(name: str, outputs: object) -> torch.Tensor:
+    """The output score ``name`` (:data:`OUTPUT_SCORES`) of one batch of model ``outputs``, shape ``(B,)``."""
+    field, function = OUTPUT_SCORES[name]
+    value = outputs.get(field) if isinstance(outputs, Mapping) else getattr(outputs, field, None)
+    if not isinstance(value, torch.Tensor):
+        raise ValueError(f"score {name!r} needs a model whose output has {field!r} (a model with its own {name} head); "
+                         f"{type(outputs).__name__} has none")
+    return function(value)
+
+
 #: The names computable from logits alone (what :func:`example_scores` and ``OETrainer`` take): :data:`SCORES` plus
 #: ``"nll"`` (language models only: it needs the target ids).
 LOGIT_SCORE_NAMES = (*SCORES, "nll")
-#: THE registry of score names: the logit scores, then the feature scores. Pipelines may offer a subset as their
-#: default selection; they validate it against this tuple.
-SCORE_NAMES = (*LOGIT_SCORE_NAMES, *FEATURE_SCORES)
+#: THE registry of score names: the logit scores, then the feature scores, then the output scores. Pipelines may
+#: offer a subset as their default selection; they validate it against this tuple.
+SCORE_NAMES = (*LOGIT_SCORE_NAMES, *FEATURE_SCORES, *OUTPUT_SCORES)
 
 
 def shift_labels(labels: torch.Tensor) -> torch.Tensor:
@@ -221,6 +248,10 @@ def example_scores(
     ``temperature`` is the energy score's ``T``. Names must be in :data:`LOGIT_SCORE_NAMES` (a feature score of
     :data:`FEATURE_SCORES` is refused: it needs fitted feature statistics).
     """
+    own_head = [name for name in names if name in OUTPUT_SCORES]
+    if own_head:
+        raise ValueError(f"score(s) {own_head} read a model's own head, not logits: use OODDetector(score=...) or "
+                         "oe_common.scores.output_score(name, model_outputs)")
     features = [name for name in names if name in FEATURE_SCORES]
     if features:
         raise ValueError(f"score(s) {features} need the model's features and fitted statistics, not logits: "

@@ -17,6 +17,7 @@ from .confidence import (
     update_confidence_lambda,
 )
 from .modeling_mnist_convnet import MnistConvNetConfig, MnistConvNetForImageClassification, MnistConvNetPreTrainedModel
+from .modeling_abnormality_module import AbnormalityModuleConfig, AbnormalityModuleForImageClassification
 from .modeling_wide_resnet import WRN_PRESETS, WideResNetConfig, WideResNetForImageClassification, WideResNetModel, WideResNetPreTrainedModel
 from .modeling_pixelcnnpp import PixelCNNPPConfig, PixelCNNPPModel
 from .preprocessing import ImagePreprocessing  # registers it with oe_common.preprocessing
@@ -33,6 +34,7 @@ def _register(config_cls, *, image_classification=None, base=None) -> None:
 
 _register(WideResNetConfig, image_classification=WideResNetForImageClassification, base=WideResNetModel)
 _register(MnistConvNetConfig, image_classification=MnistConvNetForImageClassification)
+_register(AbnormalityModuleConfig, image_classification=AbnormalityModuleForImageClassification)
 # `oe train NAME`: this package's recipes (their modules are imported only when one runs).
 register_recipe("mnist", "oe_vision.recipe_cli:main", dataset="mnist")
 register_recipe("cifar10", "oe_vision.recipe_cli:main", dataset="cifar10")
@@ -41,7 +43,8 @@ register_recipe("pixelcnn", "oe_vision.density_experiment:main")
 __all__ = [
     "DEFAULT_CONFIDENCE_BUDGET", "DEFAULT_CONFIDENCE_LAMBDA", "ConfidenceBranchLoss", "ConfidenceImageClassifierOutput",
     "confidence_branch_loss", "confidence_branch_score", "update_confidence_lambda", "MnistConvNetConfig",
-    "MnistConvNetForImageClassification", "MnistConvNetPreTrainedModel", "WRN_PRESETS", "WideResNetConfig",
+    "MnistConvNetForImageClassification", "MnistConvNetPreTrainedModel", "AbnormalityModuleConfig",
+    "AbnormalityModuleForImageClassification", "WRN_PRESETS", "WideResNetConfig",
     "WideResNetForImageClassification", "WideResNetModel", "WideResNetPreTrainedModel", "PixelCNNPPConfig", "PixelCNNPPModel",
     "ImagePreprocessing",
 ]

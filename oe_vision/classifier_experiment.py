@@ -38,17 +38,20 @@ from oe_common.reporting import (
     time_budget_notes,
     write_results,
 )
-from oe_common.scores import example_scores
+from oe_common.scores import OUTPUT_SCORES, example_scores, output_score
 from oe_common.trainer import OETrainer, OETrainingArguments
 
 from . import data as vdata
 from .data import TensorImageDataset
+from .abnormality_trainer import AbnormalityModuleTrainer, NoisedImageDataset
 from .calibration_tables import reliability_diagrams, run_calibration, table7_markdown
 from .confidence import confidence_branch_score
 from .confidence_trainer import ConfidenceBranchOETrainer
+from .modeling_abnormality_module import AbnormalityModuleForImageClassification, reconstruction_loss
 from .modeling_mnist_convnet import MnistConvNetConfig, MnistConvNetForImageClassification
 from .modeling_wide_resnet import WideResNetConfig, WideResNetForImageClassification
-from .paper_results import MSP_MISCLASSIFICATION, OE_SCRATCH_CIFAR10, PAPER_ONLY_ROWS, TABLE3, detection_table, scores_table
+from .paper_results import (MSP_MISCLASSIFICATION, MSP_TABLE11_MEAN_AUROC, MSP_TABLE11_NOTEBOOK, OE_SCRATCH_CIFAR10, PAPER_ONLY_ROWS, TABLE3,
+                            detection_table, scores_table)
 from .synthetic import SyntheticImageDataset
 
 __all__ = [
@@ -76,8 +79,11 @@ __all__ = [
 ]
 
 DATASETS = ("mnist", "cifar10")
-#: Training stages in the order :func:`run_vision_oe` runs them.
-STAGES = ("baseline", "oe", "oe_scratch", "branch", "branch_oe")
+#: Training stages in the order :func:`run_vision_oe` runs them (the abnormality module's two right after the
+#: baseline: they copy its weights before ``oe`` fine-tunes it in place).
+STAGES = ("baseline", "abnormality_decoder", "abnormality", "oe", "oe_scratch", "branch", "branch_oe")
+#: Scores of the abnormality module's stage: the softmax baseline of its (frozen) classifier, and its own head.
+ABNORMALITY_SCORES = ("msp", "abnormality")
 CLASSIFIER_SCORES = ("msp", "uniform_xent")
 BRANCH_SCORES = ("msp", "branch")
 PRESET_NAMES: dict[str, tuple[str, ...]] = {"mnist": ("test", "tiny", "paper"), "cifar10": ("test", "tiny", "short", "paper")}
@@ -127,6 +133,16 @@ class VisionOEConfig:
     oe_from_scratch: bool = dataclasses.field(default=False, metadata=flag("also train a model with OE from scratch"))
     branch: bool = dataclasses.field(default=True, metadata=flag("run the confidence-branch stages (Table 3)"))
     calibration: bool = dataclasses.field(default=True, metadata=flag("run the calibration stage (Table 7)"))
+    abnormality_module: bool = dataclasses.field(default=False, metadata=flag(
+        "MNIST: also train the MSP paper's abnormality module on the baseline (decoder, then head; MSP paper Table 11)"))
+    abnormality_lr: float = dataclasses.field(default=1e-3, metadata=flag("Adam learning rate of the abnormality module's decoder and head"))
+    abnormality_decoder_epochs: float = 10.0
+    abnormality_decoder_max_steps: int = -1
+    abnormality_head_epochs: float = 5.0
+    abnormality_head_max_steps: int = -1
+    abnormality_head_lambda: float = dataclasses.field(default=2.0, metadata=flag(
+        "weight of the noised images' term in the head's loss (2 with oe_batch_size = 2 * batch_size: every image alike)",
+        arg_type=non_negative_float))
     # evaluation
     scores: tuple[str, ...] = CLASSIFIER_SCORES
     n_draws: int = 10
@@ -174,6 +190,11 @@ class VisionOEConfig:
                 raise ValueError(f"{name} must be >= 1 or None, got {value}")
         if self.baseline_max_steps <= 0 and not self.baseline_epochs > 0 or self.oe_max_steps <= 0 and not self.oe_epochs > 0:
             raise ValueError("give epochs > 0 or max_steps > 0 for both the baseline and the OE stages")
+        if self.abnormality_module and self.model != "convnet":
+            raise ValueError("abnormality_module is built for the MNIST ConvNet (dataset='mnist', model='convnet')")
+        if self.abnormality_module and not (self.abnormality_lr > 0 and (self.abnormality_decoder_epochs > 0 or self.abnormality_decoder_max_steps > 0)
+                                            and (self.abnormality_head_epochs > 0 or self.abnormality_head_max_steps > 0)):
+            raise ValueError("abnormality_module needs abnormality_lr > 0 and epochs > 0 or max_steps > 0 for its decoder and head")
         for name in ("baseline_max_minutes", "oe_max_minutes"):
             check_time_budget(name, getattr(self, name))
 
@@ -185,7 +206,8 @@ class VisionOEConfig:
     @property
     def stages(self) -> tuple[str, ...]:
         """The stages this configuration runs, in order."""
-        return tuple(s for s in STAGES if s in ("baseline", "oe") or (s == "oe_scratch" and self.oe_from_scratch) or (s.startswith("branch") and self.branch))
+        return tuple(s for s in STAGES if s in ("baseline", "oe") or (s == "oe_scratch" and self.oe_from_scratch) or (s.startswith("branch") and self.branch)
+                     or (s.startswith("abnormality") and self.abnormality_module))
 
 
 # Presets. "test": the unit test (seconds to a minute on a busy CPU; real MNIST subset, iSUN outliers); "tiny": a
@@ -194,9 +216,10 @@ class VisionOEConfig:
 _PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "mnist": {
         "test": dict(oe_source="isun", holdout_size=500, train_size=2000, test_size=1000, ood_size=300, oe_pool_size=2000,
-                     baseline_max_steps=400, oe_max_steps=80, n_draws=3, logging_steps=50, save_steps=50),
+                     baseline_max_steps=400, oe_max_steps=80, n_draws=3, logging_steps=50, save_steps=50,
+                     abnormality_decoder_max_steps=60, abnormality_head_max_steps=60),
         "tiny": dict(oe_source="isun", holdout_size=6000, ood_size=4000, baseline_epochs=2.0, oe_epochs=1.0, logging_steps=200,
-                     save_steps=400),
+                     save_steps=400, abnormality_decoder_epochs=1.0, abnormality_head_epochs=1.0),
         "paper": dict(oe_source="cifar10", holdout_size=6000, baseline_epochs=10.0, oe_epochs=5.0, eval_batch_size=1000,
                       num_workers=4, logging_steps=100, save_steps=2000),
     },
@@ -296,6 +319,8 @@ class VisionData:
     overlap_sets: tuple[str, ...]
     num_labels: int = 10
     preprocessing: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: The MSP paper's Table 11 anomaly sets (only with ``abnormality_module``).
+    table11: dict[str, TensorImageDataset] = dataclasses.field(default_factory=dict)
 
     @property
     def mean_sets(self) -> tuple[str, ...]:
@@ -316,6 +341,7 @@ class VisionData:
             "n_oe_source": len(self.oe_source),
             "mean_sets": list(self.mean_sets),
             "overlap_sets": list(self.overlap_sets),
+            **({"n_table11": {name: len(ds) for name, ds in self.table11.items()}} if self.table11 else {}),
         }
 
 
@@ -368,7 +394,79 @@ def load_vision_data(cfg: VisionOEConfig, data_dir: str | Path | None = None) ->
         for i, (name, ds) in enumerate(tqdm(list(ood.items()), desc="anomaly sets", leave=False))
     }
     overlap = tuple(name for name in ood_sets if cfg.dataset == "mnist" and "isun" in oe_name and name == "isun_gray")
-    return VisionData(cfg.dataset, train, holdout, test_set, ood_sets, oe_source, oe_name, overlap, 10, preprocessing)
+    table11: dict[str, TensorImageDataset] = {}
+    if cfg.abnormality_module:  # the same subset as the detection tables' set where both have it (omniglot, notmnist)
+        table11 = {name: ood_sets.get(name) or materialize(vdata.capped(ds, cfg.ood_size, seed, 300 + i), name, num_workers=cfg.num_workers)
+                   for i, (name, ds) in enumerate(vdata.mnist_msp_table11_sets(data_dir, cfg.cifar_dir, seed).items())}
+    return VisionData(cfg.dataset, train, holdout, test_set, ood_sets, oe_source, oe_name, overlap, 10, preprocessing, table11)
+
+
+# ================================================================================================ abnormality module
+def _abnormality_module(classifier: PreTrainedModel) -> AbnormalityModuleForImageClassification:
+    """A new abnormality module around a copy of the MNIST ConvNet ``classifier``'s weights (decoder and head fresh)."""
+    return AbnormalityModuleForImageClassification.from_classifier(classifier, feature_size=classifier.config.flat_size)
+
+
+def _abnormality_provenance(cfg: VisionOEConfig) -> dict[str, Any]:
+    return {"method": "abnormality module (Hendrycks & Gimpel 2017)", "in_distribution_dataset": cfg.dataset, "classifier": "baseline",
+            "baseline_epochs": cfg.baseline_epochs, "decoder_epochs": cfg.abnormality_decoder_epochs,
+            "decoder_max_steps": cfg.abnormality_decoder_max_steps, "head_epochs": cfg.abnormality_head_epochs,
+            "head_max_steps": cfg.abnormality_head_max_steps, "head_lambda": cfg.abnormality_head_lambda, "lr": cfg.abnormality_lr,
+            "clean_batch": cfg.batch_size, "noised_batch": cfg.oe_batch_size, "test_anomaly_datasets": list(vdata.MSP_TABLE11_NAMES),
+            "recipe": f"recipes/{cfg.dataset}_oe.py --abnormality-module"}
+
+
+def table11_records(outputs: Mapping[str, Mapping[str, torch.Tensor | None]], data: VisionData, cfg: VisionOEConfig, model_name: str,
+                    score: str) -> list[dict[str, Any]]:
+    """Detection records on the MSP paper's Table 11 sets with that paper's protocol: the whole test set against each
+    WHOLE anomaly set (one draw; base rate ``n_out / (n_in + n_out)``, about 1:1), every set + ``mean``; FPR95 and
+    FPR99, AUROC, AUPR-Out (``aupr``) and AUPR-In (``aupr_in``). ``paper_table: "msp_table11"`` in every record."""
+    in_scores = anomaly_scores(outputs["test"], score)
+    out = {name: anomaly_scores(outputs[name], score) for name in data.table11}
+    tables = {level: evaluate_ood(in_scores, out, n_draws=1, ratio=1, seed=cfg.seed, recall_level=level, allow_small_sets=True)
+              for level in (0.95, 0.99)}
+    records = detection_records(tables[0.99], dataset=cfg.dataset, model=model_name, score=score, paper_table="msp_table11")
+    for record, row in zip(records, tables[0.95].rows, strict=True):
+        record["fpr95"], record["fpr95_std"] = row["fpr"], row["fpr_std"]
+    return records
+
+
+def table11_markdown(records: Sequence[Mapping[str, Any]], model: str = "abnormality") -> str:
+    """MSP paper Table 11 layout: per set, softmax (``msp``) / abnormality module for AUROC, AUPR-In, AUPR-Out, and
+    the authors' notebook's printed values beside (the paper gives the means only)."""
+    msp, module = _by_domain(records, model, "msp"), _by_domain(records, model, "abnormality")
+    lines = ["| D_out | AUROC ↑ softmax / module | AUPR-In ↑ softmax / module | AUPR-Out ↑ softmax / module | "
+             "notebook AUROC | notebook AUPR-In | notebook AUPR-Out |", "|---|---|---|---|---|---|---|"]
+    for domain, m in msp.items():
+        a = module.get(domain, {})
+        cells = [f"{_pct(m[k])} / {_pct(a.get(k))}" for k in ("auroc", "aupr_in", "aupr")]
+        ref = MSP_TABLE11_NOTEBOOK.get(domain)
+        if domain == "mean":
+            means = {k: [sum(v[k][i] for v in MSP_TABLE11_NOTEBOOK.values()) / len(MSP_TABLE11_NOTEBOOK) for i in (0, 1)]
+                     for k in ("auroc", "aupr_in", "aupr")}
+            cells += [f"{means[k][0]:.1f} / {means[k][1]:.1f}" for k in ("auroc", "aupr_in", "aupr")]
+        else:
+            cells += [f"{ref[k][0]:.1f} / {ref[k][1]:.1f}" for k in ("auroc", "aupr_in", "aupr")] if ref else ["–"] * 3
+        n = f" ({m['n_out']} vs {m['n_in']})" if domain != "mean" else ""
+        lines.append("| " + " | ".join([("**mean**" if domain == "mean" else domain + n), *cells]) + " |")
+    paper = MSP_TABLE11_MEAN_AUROC
+    lines.append(f"| paper (MSP paper Table 11) mean | {paper[0]:.0f} / {paper[1]:.0f} | – | – | | | |")
+    return "\n".join(lines)
+
+
+def table11_notes(cfg: VisionOEConfig, meta: Mapping[str, Any]) -> list[str]:
+    """The notes under the Table 11 section of ``results.md``: protocol and what the module's stages ran."""
+    steps = meta.get("training_steps", {})
+    return [
+        "Softmax = the MSP of the module's frozen classifier (the baseline's weights); module = `sigmoid` of its head "
+        "(the `abnormality` score). Protocol of the MSP paper: the whole MNIST test set against each whole anomaly set (one "
+        "draw, base rate about 1:1, omniglot 5,840 images); anomalies positive for AUROC and AUPR-Out, MNIST positive for "
+        "AUPR-In. The 'notebook' columns are the values printed in the authors' notebook (softmax / module), not ours; the "
+        "paper itself reports the means only (its row).",
+        f"Module: decoder {steps_cell(steps.get('abnormality_decoder', {}))} steps, head {steps_cell(steps.get('abnormality', {}))} "
+        f"steps, Adam lr {cfg.abnormality_lr}, {cfg.batch_size} clean + {cfg.oe_batch_size} noised training images per head "
+        f"step, noised term weight {cfg.abnormality_head_lambda}.",
+    ]
 
 
 # ================================================================================================ training
@@ -417,7 +515,8 @@ def training_arguments(cfg: VisionOEConfig, stage: Stage, output_dir: str | Path
 def collect_outputs(
     model: PreTrainedModel, sets: Mapping[str, TensorImageDataset], batch_size: int, desc: str = "scoring", bf16: bool = False
 ) -> dict[str, dict[str, torch.Tensor | None]]:
-    """One eval-mode pass over every set: ``{set: {"logits": (N, K), "confidence_logits": (N,) or None}}`` (float32, CPU)."""
+    """One eval-mode pass over every set: ``{set: {"logits": (N, K), "confidence_logits": (N,) or None}}`` (float32, CPU),
+    plus ``"abnormality_logits": (N,)`` for an abnormality module."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -427,7 +526,7 @@ def collect_outputs(
     try:
         with tqdm(total=total, desc=desc) as bar:
             for name, ds in sets.items():
-                logits, branch = [], []
+                logits, branch, abnormal = [], [], []
                 for start in range(0, len(ds), batch_size):
                     x = ds.pixel_values[start : start + batch_size].to(device, non_blocking=True)
                     with autocast:
@@ -435,8 +534,12 @@ def collect_outputs(
                     logits.append(out.logits.float().cpu())
                     if getattr(out, "confidence_logits", None) is not None:
                         branch.append(out.confidence_logits.float().reshape(-1).cpu())
+                    if getattr(out, "abnormality_logits", None) is not None:
+                        abnormal.append(out.abnormality_logits.float().reshape(-1).cpu())
                     bar.update(1)
                 result[name] = {"logits": torch.cat(logits), "confidence_logits": torch.cat(branch) if branch else None}
+                if abnormal:
+                    result[name]["abnormality_logits"] = torch.cat(abnormal)
     finally:
         model.train(was_training)
     return result
@@ -445,13 +548,16 @@ def collect_outputs(
 def anomaly_scores(outputs: Mapping[str, torch.Tensor | None], score: str) -> np.ndarray:
     """Per-example anomaly scores (higher = more anomalous) from :func:`collect_outputs` of one set.
 
-    ``branch``: ``1 - b(x)`` of the confidence branch; any other name (``msp``: ``-max_k softmax(z)_k``,
+    ``branch``: ``1 - b(x)`` of the confidence branch; an output score (``abnormality``: ``sigmoid(a)`` of the
+    abnormality module's head) is :func:`oe_common.scores.output_score`; any other name (``msp``: ``-max_k softmax(z)_k``,
     ``uniform_xent``: ``(1/K) sum_k log softmax(z)_k``, ...) is :func:`oe_common.scores.example_scores` of the logits.
     """
     if score == "branch":
         if outputs.get("confidence_logits") is None:
             raise ValueError("score 'branch' needs a model with a confidence branch")
         return confidence_branch_score(outputs["confidence_logits"]).double().numpy()
+    if score in OUTPUT_SCORES:
+        return output_score(score, outputs).double().numpy()
     return example_scores(outputs["logits"], (score,))[score].double().numpy()
 
 
@@ -502,23 +608,26 @@ def misclassification_record(outputs: Mapping[str, Mapping[str, torch.Tensor | N
 
 def save_detector(
     model: PreTrainedModel, outputs: Mapping[str, Mapping[str, torch.Tensor | None]], data: VisionData, cfg: VisionOEConfig,
-    folder: str | Path, score: str = "msp", target_fpr: float = 0.05,
+    folder: str | Path, score: str = "msp", target_fpr: float = 0.05, set_names: Sequence[str] | None = None,
+    training: Mapping[str, Any] | None = None,
 ) -> Path:
     """Save ``model`` as an :class:`oe_common.detector.OODDetector` (``oe score --model FOLDER --input images/``).
 
     The threshold flags ``target_fpr`` of the HELD-OUT training images; the stored evaluation is the detection table
-    of ``score`` on the unseen anomaly sets (the recipe's protocol).
+    of ``score`` on the unseen anomaly sets (the recipe's protocol; ``set_names``: those sets of ``outputs`` instead).
+    ``training``: provenance to store instead of the OE model's.
     """
     from oe_common.detector import OODDetector
 
     from .preprocessing import ImagePreprocessing
 
     in_scores = anomaly_scores(outputs["test"], score)
-    table = evaluate_ood(in_scores, {n: anomaly_scores(outputs[n], score) for n in data.mean_sets}, n_draws=cfg.n_draws, ratio=cfg.ratio,
+    names = data.mean_sets if set_names is None else tuple(set_names)
+    table = evaluate_ood(in_scores, {n: anomaly_scores(outputs[n], score) for n in names}, n_draws=cfg.n_draws, ratio=cfg.ratio,
                          seed=cfg.seed, recall_level=cfg.recall_level, allow_small_sets=cfg.allow_small_sets)
     table.meta["score"] = score
-    training = {
-        "in_distribution_dataset": cfg.dataset, "outlier_dataset": data.oe_source_name, "test_anomaly_datasets": list(data.mean_sets),
+    training = dict(training) if training is not None else {
+        "in_distribution_dataset": cfg.dataset, "outlier_dataset": data.oe_source_name, "test_anomaly_datasets": list(names),
         "oe_lambda": cfg.oe_lambda, "oe_loss": "uniform", "oe_epochs": cfg.oe_epochs, "oe_max_steps": cfg.oe_max_steps,
         "oe_lr": cfg.oe_lr, "in_batch": cfg.batch_size, "oe_batch": cfg.oe_batch_size, "baseline_epochs": cfg.baseline_epochs,
         "recipe": f"recipes/{cfg.dataset}_oe.py",
@@ -655,7 +764,7 @@ def _markdown_report(cfg: VisionOEConfig, data: VisionData, records: list[dict[s
         f"# {_TITLES[cfg.dataset]}: MSP baseline → Outlier Exposure",
         "",
         f"Model {model_desc}; commit `{meta['commit']}`; {meta['hardware']}; {meta['date']}. Values are percentages; detection "
-        f"metrics (anomalies positive) are means over the draws. {protocol_sentence(records, 'test images')} Columns marked "
+        f"metrics (anomalies positive) are means over the draws. {protocol_sentence([r for r in records if 'paper_table' not in r], 'test images')} Columns marked "
         "'paper' are the OE paper's numbers (its models, OE source and anomaly sets), shown for reference.",
         "",
         f"Data: {stats['n_train']} training images ({stats['n_holdout']} more held out, never trained on); OE source "
@@ -667,6 +776,9 @@ def _markdown_report(cfg: VisionOEConfig, data: VisionData, records: list[dict[s
     ]
     steps = meta.get("training_steps", {})
     for stage in cfg.stages:
+        if stage not in meta["test_accuracy"]:  # the abnormality module's decoder: no classifier of its own
+            parts.append(f"| {stage} | – | – | {steps_cell(steps.get(stage, {}))} | {meta['seconds'].get(stage + '_train', 0):.0f} |")
+            continue
         parts.append(f"| {stage} | {meta['test_accuracy'][stage] * 100:.2f} | {meta['test_error'][stage] * 100:.2f} | "
                      f"{steps_cell(steps.get(stage, {}))} | {meta['seconds'].get(stage + '_train', 0):.0f} |")
     parts += time_budget_notes(steps)
@@ -683,6 +795,9 @@ def _markdown_report(cfg: VisionOEConfig, data: VisionData, records: list[dict[s
         if branch_msp:
             parts.append(f"MSP of the branch-trained classifier (the paper's Table 3 'baseline' column): mean {fpr} {_pct(branch_msp[cfg.fpr_key])}, "
                          f"AUROC {_pct(branch_msp['auroc'])}, AUPR {_pct(branch_msp['aupr'])}. The paper has no MNIST row; its CIFAR-10 row uses FPR95.")
+    if cfg.abnormality_module:
+        parts += ["", "## MSP paper Table 11: softmax baseline vs abnormality module (MNIST)", "", table11_markdown(records), "",
+                  *table11_notes(cfg, meta)]
     parts += ["", "## Misclassification detection with the MSP (errors positive)", "", _misclassification_markdown(meta["misclassification"], cfg.dataset)]
     if meta.get("calibration"):
         temps = ", ".join(f"{m} T = {t:.3f}" for m, t in meta["temperatures"].items())
@@ -746,14 +861,25 @@ class VisionClassifierExperiment(StagedExperiment):
         tune = dict(learning_rate=cfg.oe_lr, epochs=cfg.oe_epochs, max_steps=cfg.oe_max_steps, max_minutes=cfg.oe_max_minutes)
         every = {"baseline": Stage("baseline", **scratch), "oe": Stage("oe", **tune, oe_lambda=cfg.oe_lambda, init="baseline"),
                  "oe_scratch": Stage("oe_scratch", **scratch, oe_lambda=cfg.oe_lambda), "branch": Stage("branch", **scratch),
-                 "branch_oe": Stage("branch_oe", **tune, oe_lambda=cfg.branch_oe_lambda, init="branch")}
+                 "branch_oe": Stage("branch_oe", **tune, oe_lambda=cfg.branch_oe_lambda, init="branch"),
+                 "abnormality_decoder": Stage("abnormality_decoder", cfg.abnormality_lr, cfg.abnormality_decoder_epochs,
+                                              cfg.abnormality_decoder_max_steps, init="baseline"),
+                 "abnormality": Stage("abnormality", cfg.abnormality_lr, cfg.abnormality_head_epochs, cfg.abnormality_head_max_steps,
+                                      oe_lambda=cfg.abnormality_head_lambda, init="abnormality_decoder")}
         return [every[name] for name in cfg.stages]
 
     def load_data(self, data_dir: str | Path | None) -> VisionData:
         return load_vision_data(self.config, data_dir)
 
     def build_model(self, stage: Stage) -> PreTrainedModel:
+        if stage.name.startswith("abnormality"):  # the class a finished stage's saved module is loaded as
+            return _abnormality_module(build_model(self.config))
         return build_model(self.config, confidence_branch=stage.name.startswith("branch"))
+
+    def continue_model(self, stage: Stage, model: PreTrainedModel) -> PreTrainedModel:
+        """``abnormality_decoder``: a new abnormality module around a COPY of the baseline's weights (the baseline
+        itself goes on to ``oe``); every other stage continues its ``init`` model in place."""
+        return _abnormality_module(model) if stage.name == "abnormality_decoder" else model
 
     def make_trainer(self, stage: Stage, model: PreTrainedModel, output_dir: Path) -> OETrainer:
         """Optimizer: ``torch.optim.SGD(model.parameters(), lr, momentum, nesterov=True, weight_decay)`` (decay on
@@ -761,6 +887,8 @@ class VisionClassifierExperiment(StagedExperiment):
         :class:`~oe_vision.confidence_trainer.ConfidenceBranchOETrainer`; the others :class:`OETrainer`."""
         cfg, branch = self.config, stage.name.startswith("branch")
         args = training_arguments(cfg, stage, output_dir)
+        if stage.name.startswith("abnormality"):
+            return self._abnormality_trainer(stage, model, args)
         if branch != bool(getattr(model.config, "confidence_branch", False)):
             raise ValueError(f"stage {stage.name!r} needs a model {'with' if branch else 'without'} a confidence branch")
         model.to(args.device)
@@ -771,9 +899,39 @@ class VisionClassifierExperiment(StagedExperiment):
             outlier_dataset=self.data.oe_source if stage.uses_outliers else None, optimizers=(optimizer, None), callbacks=stage.callbacks(),
         )
 
+    def _abnormality_trainer(self, stage: Stage, model: PreTrainedModel, args: OETrainingArguments) -> AbnormalityModuleTrainer:
+        """Adam (``abnormality_lr``, no weight decay, as the authors' notebook) over the trainable part only: the decoder
+        on clean training images, then the head on clean (0) vs noised (1) training images, the batch sizes of the
+        OE stages (``batch_size`` clean + ``oe_batch_size`` noised per step)."""
+        part = "decoder" if stage.name == "abnormality_decoder" else "head"
+        model.set_trainable_part(part)
+        model.to(args.device)
+        optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=stage.learning_rate)
+        noised = NoisedImageDataset(self.data.train, seed=self.config.seed) if part == "head" else None
+        return AbnormalityModuleTrainer(model=model, args=args, train_dataset=self.data.train, data_collator=vdata.image_collate,
+                                        outlier_dataset=noised, optimizers=(optimizer, None), callbacks=stage.callbacks(), part=part)
+
+    def _evaluate_abnormality(self, stage: Stage, model: PreTrainedModel) -> StageResult:
+        """Decoder: the test images' mean squared reconstruction error. Head: one pass over the test, hold-out and
+        Table 11 sets, then records for the frozen classifier's ``msp`` and the module's ``abnormality`` score."""
+        cfg, data = self.config, self.data
+        if stage.name == "abnormality_decoder":
+            with torch.no_grad():
+                model.eval()
+                device = next(model.parameters()).device
+                errors = [reconstruction_loss(model(pixel_values=x.to(device)).reconstruction, x.to(device)).item() * len(x)
+                          for x in data.test.pixel_values.split(cfg.eval_batch_size)]
+            return StageResult({"records": [], "test_reconstruction_mse": sum(errors) / len(data.test)})
+        sets = {"test": data.test, "holdout": data.holdout, **data.table11}
+        outputs = collect_outputs(model, sets, cfg.eval_batch_size, desc=f"scoring {stage.name}", bf16=cfg.bf16)
+        records = [r for score in ABNORMALITY_SCORES for r in table11_records(outputs, data, cfg, stage.name, score)]
+        return StageResult({"records": records}, outputs)
+
     def evaluate(self, stage: Stage, model: PreTrainedModel, trainer: OETrainer) -> StageResult:
         """One pass over the test, hold-out and anomaly sets (the arrays), then detection records for every score."""
         cfg = self.config
+        if stage.name.startswith("abnormality"):
+            return self._evaluate_abnormality(stage, model)
         outputs = collect_outputs(model, self.data.eval_sets(), cfg.eval_batch_size, desc=f"scoring {stage.name}", bf16=cfg.bf16)
         scores = BRANCH_SCORES if stage.name.startswith("branch") else cfg.scores
         return StageResult({"records": [r for score in scores for r in evaluate_detection(outputs, self.data, cfg, stage.name, score)[0]]}, outputs)
@@ -786,8 +944,9 @@ class VisionClassifierExperiment(StagedExperiment):
         outputs = {name: result.arrays for name, result in results.items()}
         records = all_records(results)
         test_labels = data.test.labels
-        accuracy = {s: float((o["test"]["logits"].argmax(-1) == test_labels).float().mean()) for s, o in outputs.items()}
-        misclassification = [misclassification_record(outputs[s], test_labels, s, cfg.dataset) for s in cfg.stages if not s.startswith("branch")]
+        accuracy = {s: float((o["test"]["logits"].argmax(-1) == test_labels).float().mean()) for s, o in outputs.items() if "test" in o}
+        classifiers = [s for s in cfg.stages if not s.startswith(("branch", "abnormality"))]
+        misclassification = [misclassification_record(outputs[s], test_labels, s, cfg.dataset) for s in classifiers]
         calibration: list[dict[str, Any]] = []
         temperatures: dict[str, float] = {}
         paths: dict[str, Path] = {}
@@ -815,14 +974,18 @@ class VisionClassifierExperiment(StagedExperiment):
             **stage_logs(results),
         )
         paths.update(write_results(output_dir, records, meta, _markdown_report(cfg, data, records, meta)))
-        for stage in cfg.stages:
-            score = "branch" if stage.startswith("branch") else "msp"
+        for stage in (s for s in cfg.stages if s != "abnormality_decoder"):
+            score = "branch" if stage.startswith("branch") else "abnormality" if stage == "abnormality" else "msp"
             in_scores = anomaly_scores(outputs[stage]["test"], score)
-            out = {name: anomaly_scores(outputs[stage][name], score) for name in data.ood}
+            out = {name: anomaly_scores(outputs[stage][name], score) for name in (data.table11 if stage == "abnormality" else data.ood)}
             title = f"{cfg.dataset} {stage}, score {score}"
             paths.update(plot_roc_and_histogram(in_scores, out, output_dir, stage, title))
         if cfg.save_models and is_main:  # a resumed run loads the OE model from oe_model/
             paths["detector"] = save_detector(models["oe"], outputs["oe"], data, cfg, output_dir / "detector")
+            if cfg.abnormality_module:
+                paths["abnormality_detector"] = save_detector(
+                    models["abnormality"], outputs["abnormality"], data, cfg, output_dir / "abnormality_detector", score="abnormality",
+                    set_names=tuple(data.table11), training=_abnormality_provenance(cfg))
         return {"records": records, "meta": meta, "paths": paths, "outputs": outputs, "data": data}
 
 

@@ -61,6 +61,8 @@ __all__ = [
     "mnist_in_distribution",
     "mnist_oe_source",
     "mnist_ood_sets",
+    "MSP_TABLE11_NAMES",
+    "mnist_msp_table11_sets",
     "cifar10_in_distribution",
     "cifar10_oe_source",
     "cifar10_ood_sets",
@@ -618,6 +620,32 @@ def mnist_ood_sets(data_dir=None, n: int | None = None, seed: int = 0) -> dict[s
         "omniglot": _unlabeled(load_omniglot(data_dir, _mnist_like(invert=True)), "omniglot"),
     }
     return {name: subset(ds, n, seed, key) for key, (name, ds) in enumerate(sets.items())}
+
+
+#: Names of :func:`mnist_msp_table11_sets`, in the MSP paper's Table 11 order.
+MSP_TABLE11_NAMES = ("omniglot", "notmnist", "cifar10bw", "gaussian_unclipped", "uniform")
+
+
+def mnist_msp_table11_sets(data_dir=None, cifar_dir=None, seed: int = 0) -> dict[str, Dataset]:
+    """The anomaly sets of the MSP paper's Table 11 (MNIST in-distribution), each 1x28x28, labels :data:`OOD_LABEL`.
+
+    ==================  ==========================================================================================
+    omniglot            Omniglot (5,840), inverted (bright strokes on black), resized to 28x28
+    notmnist            notMNIST test (10,000)
+    cifar10bw           CIFAR-10 test (10,000) in grayscale, resized to 28x28 (needs the CIFAR-10 arrays)
+    gaussian_unclipped  10,000 images of i.i.d. ``N(0, 1)`` pixels, NOT clipped to [0, 1] (the authors' notebook)
+    uniform             10,000 images of i.i.d. ``U[0, 1)`` pixels
+    ==================  ==========================================================================================
+    """
+    gray = image_transform(size=28, channels=1)
+    return {
+        "omniglot": _unlabeled(load_omniglot(data_dir, _mnist_like(invert=True)), "omniglot"),
+        "notmnist": _unlabeled(load_notmnist("test", data_dir, _mnist_like()), "notmnist"),
+        "cifar10bw": _unlabeled(load_cifar10("test", cifar_dir, data_dir, gray), "cifar10bw"),
+        "gaussian_unclipped": synthetic.SyntheticImageDataset("gaussian", 10_000, seed, MNIST_SHAPE, mean=0.0, std=1.0, low=None,
+                                                              high=None, name="gaussian_unclipped"),
+        "uniform": synthetic.SyntheticImageDataset("uniform", 10_000, seed, MNIST_SHAPE),
+    }
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -34,6 +34,18 @@ except ImportError:  # pragma: no cover
 __all__ = ["MnistConvNetConfig", "MnistConvNetPreTrainedModel", "MnistConvNetForImageClassification"]
 
 
+@torch.no_grad()
+def torch_default_init_(module: nn.Module) -> None:
+    """torch's ``reset_parameters()`` of a ``Conv2d`` / ``Linear`` (other modules: nothing), written with init
+    functions that skip already-loaded tensors: weight Kaiming-uniform ``a = sqrt(5)``, bias ``U(+-1/sqrt(fan_in))``."""
+    if isinstance(module, (nn.Conv2d, nn.Linear)):
+        init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+        if module.bias is not None:
+            fan_in, _ = torch.nn.init._calculate_fan_in_and_fan_out(module.weight)
+            bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+            init.uniform_(module.bias, -bound, bound)
+
+
 class MnistConvNetConfig(PretrainedConfig):
     """Configuration of :class:`MnistConvNetForImageClassification`.
 
@@ -106,13 +118,7 @@ class MnistConvNetPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        if isinstance(module, (nn.Conv2d, nn.Linear)):
-            # torch's reset_parameters(), written with init functions that skip already-loaded tensors
-            init.kaiming_uniform_(module.weight, a=math.sqrt(5))
-            if module.bias is not None:
-                fan_in, _ = torch.nn.init._calculate_fan_in_and_fan_out(module.weight)
-                bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0.0
-                init.uniform_(module.bias, -bound, bound)
+        torch_default_init_(module)
         if getattr(module, "confidence_lambda", None) is not None:
             init.constant_(module.confidence_lambda, self.config.confidence_lambda)
 

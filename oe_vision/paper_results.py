@@ -19,6 +19,8 @@ __all__ = [
     "TABLE3",
     "TABLE7",
     "MSP_MISCLASSIFICATION",
+    "MSP_TABLE11_MEAN_AUROC",
+    "MSP_TABLE11_NOTEBOOK",
     "OE_SCRATCH_CIFAR10",
     "PAPER_ONLY_ROWS",
     "PAPER_ROW_NAMES",
@@ -110,3 +112,19 @@ def detection_table(dataset: str) -> dict[str, dict[str, tuple[float, float]]]:
 def scores_table(dataset: str) -> dict[str, tuple[float, float]]:
     """The paper's MSP vs KL[U||p] means for the OE model of ``dataset`` (Table 9 / Table 2; ``{}`` if none)."""
     return {"mnist": TABLE9_MNIST, "cifar10": TABLE2_CIFAR10}.get(dataset, {})
+
+
+#: The MSP paper (Hendrycks & Gimpel, ICLR 2017), Table 11, MNIST: mean AUROC over its five anomaly sets,
+#: ``(softmax baseline, abnormality module)``.
+MSP_TABLE11_MEAN_AUROC: tuple[float, float] = (93.0, 100.0)
+
+#: The output printed in the authors' notebook (``Vision/MNIST_Abnormality_Module.ipynb`` of hendrycks/error-detection)
+#: for the Table 11 sets: ``set -> metric -> (softmax "Prediction Prob", abnormality module)``; ``aupr_in`` is its
+#: "Normality Detection" AUPR, ``aupr`` its "Abnormality Detection" AUPR. Shown as the notebook's, not the paper's.
+MSP_TABLE11_NOTEBOOK: dict[str, dict[str, tuple[float, float]]] = {
+    "omniglot": {"auroc": (94.12, 99.5), "aupr_in": (95.01, 99.56), "aupr": (93.39, 99.45)},
+    "notmnist": {"auroc": (86.1, 99.99), "aupr_in": (87.5, 99.99), "aupr": (88.01, 99.99)},
+    "cifar10bw": {"auroc": (97.26, 99.93), "aupr_in": (97.57, 99.93), "aupr": (96.96, 99.93)},
+    "gaussian_unclipped": {"auroc": (86.78, 100.0), "aupr_in": (88.06, 100.0), "aupr": (88.21, 100.0)},
+    "uniform": {"auroc": (99.02, 100.0), "aupr_in": (99.27, 100.0), "aupr": (98.68, 100.0)},
+}

@@ -15,6 +15,7 @@ __all__ = [
     "KINDS",
     "derive_seed",
     "gaussian_noise",
+    "uniform_noise",
     "bernoulli_noise",
     "rademacher_noise",
     "blobs",
@@ -63,6 +64,12 @@ def _gaussian(indices, seed, shape, mean: float = 0.5, std: float = 0.5, low: fl
     x = _per_example("gaussian", indices, seed, shape, lambda s, g: torch.randn(s, generator=g))
     x = x * std + mean
     return x.clamp(low, high) if (low is not None or high is not None) else x
+
+
+def _uniform(indices, seed, shape, low: float = 0.0, high: float = 1.0):
+    if not low < high:
+        raise ValueError(f"uniform noise needs low < high, got low={low}, high={high}")
+    return _per_example("uniform", indices, seed, shape, lambda s, g: torch.rand(s, generator=g)) * (high - low) + low
 
 
 def _bernoulli(indices, seed, shape, p: float = 0.5):
@@ -125,8 +132,8 @@ def _blobs(indices, seed, shape, p: float = 0.7, sigma: float = 1.5, threshold: 
     return x * 2 - 1 if signed else x
 
 
-_IMPLS = {"gaussian": _gaussian, "bernoulli": _bernoulli, "rademacher": _rademacher, "blobs": _blobs}
-_STREAMS = {"gaussian": 1, "bernoulli": 2, "rademacher": 3, "blobs": 4}
+_IMPLS = {"gaussian": _gaussian, "uniform": _uniform, "bernoulli": _bernoulli, "rademacher": _rademacher, "blobs": _blobs}
+_STREAMS = {"gaussian": 1, "bernoulli": 2, "rademacher": 3, "blobs": 4, "uniform": 5}
 #: Names accepted by :func:`generate` and :class:`SyntheticImageDataset`.
 KINDS = tuple(_IMPLS)
 
@@ -150,6 +157,11 @@ def gaussian_noise(
 ) -> torch.Tensor:
     """``clip(N(mean, std^2), low, high)``. Defaults: the MNIST set; CIFAR: ``mean=0, low=-1, high=1``."""
     return generate("gaussian", n, seed, shape, mean=mean, std=std, low=low, high=high)
+
+
+def uniform_noise(n: int, seed: int = 0, shape: Sequence[int] = (1, 28, 28), low: float = 0.0, high: float = 1.0) -> torch.Tensor:
+    """Independent ``U[low, high)`` pixels (the MSP paper's "Uniform" anomalies: ``U[0, 1)``)."""
+    return generate("uniform", n, seed, shape, low=low, high=high)
 
 
 def bernoulli_noise(n: int, seed: int = 0, shape: Sequence[int] = (1, 28, 28), p: float = 0.5) -> torch.Tensor:

@@ -74,6 +74,7 @@ def test_blur_is_torchvision_gaussian_blur():
 
 @pytest.mark.parametrize("kind,shape,params", [
     ("gaussian", (1, 28, 28), {}),
+    ("uniform", (1, 28, 28), {}),
     ("bernoulli", (1, 28, 28), {}),
     ("rademacher", (3, 32, 32), {}),
     ("blobs", (3, 32, 32), {"signed": True}),
@@ -97,7 +98,7 @@ def test_synthetic_kinds_independent_and_validated():
     g = S.generate("bernoulli", 5, 0)
     assert not torch.equal(g, S.generate("blobs", 5, 0, p=0.5, sigma=1e-3, threshold=0.5))
     with pytest.raises(ValueError, match="unknown"):
-        S.generate("uniform", 3, 0)
+        S.generate("poisson", 3, 0)
     with pytest.raises(ValueError, match="shape"):
         S.gaussian_noise(3, 0, shape=(0, 28, 28))
     with pytest.raises(ValueError, match="p must"):
