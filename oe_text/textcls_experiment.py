@@ -88,6 +88,10 @@ class TextClsConfig:
         choices=EXTRA_OUTLIER_SETS))
     extra_outlier_share: float = dataclasses.field(default=0.5, metadata=flag(
         "share of the oe_extra outlier pool made of the extra set (its texts repeated)", arg_type=non_negative_float))
+    word_vocab_size: int | None = dataclasses.field(default=None, metadata=flag(
+        "gru only: a word-level tokenizer instead of MiniLM's WordPiece: lower-cased words, the N most frequent words "
+        "of the training texts, every other word [UNK] (the paper's code: torchtext build_vocab(max_size=10000))",
+        arg_type=non_negative_int))
     knn_k: int = dataclasses.field(default=10, metadata=flag("k of the k-NN feature score", arg_type=non_negative_int))
     selection_outlier_examples: int = 1000  # WikiText-2 valid sentences for score selection (sets without own anomalies)
     max_length: int | None = None  # tokens per text (None: _MAX_LENGTH of the dataset)
@@ -131,6 +135,8 @@ class TextClsConfig:
             raise ValueError(f"extra_outliers must be one of {EXTRA_OUTLIER_SETS}, got {self.extra_outliers!r}")
         if not 0 < self.extra_outlier_share < 1:
             raise ValueError(f"extra_outlier_share must be in (0, 1), got {self.extra_outlier_share}")
+        if self.word_vocab_size is not None and (self.model != "gru" or self.word_vocab_size < 1):
+            raise ValueError(f"word_vocab_size needs model 'gru' and a size >= 1, got {self.word_vocab_size} with {self.model!r}")
         if self.knn_k < 1:
             raise ValueError(f"knn_k must be >= 1, got {self.knn_k}")
         for name in ("baseline_max_minutes", "oe_max_minutes"):
@@ -257,6 +263,24 @@ def load_tokenizer(model: str) -> Any:
         raise _missing_checkpoint(model, exc) from None
 
 
+def word_level_tokenizer(texts: Sequence[str], size: int) -> Any:
+    """A ``BertTokenizer`` whose vocabulary is ``[PAD] [UNK] [CLS] [SEP] [MASK]`` + the ``size`` most frequent
+    lower-cased words of ``texts`` (BERT's basic splitting at spaces and punctuation; ties: first seen). No word
+    pieces: every other word is ``[UNK]``, as in the OE paper's text classifiers (torchtext vocabulary of the
+    training set, ``max_size=10000``), where anomalies then show many unknown words."""
+    import collections
+
+    from tokenizers.normalizers import BertNormalizer
+    from tokenizers.pre_tokenizers import BertPreTokenizer
+    from transformers import BertTokenizer
+
+    normalizer, pre_tokenizer = BertNormalizer(lowercase=True), BertPreTokenizer()  # what BertTokenizer runs
+    counts = collections.Counter(w for text in texts for w, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    words = specials + [w for w, _ in counts.most_common() if w not in specials][:size]
+    return BertTokenizer(vocab={w: i for i, w in enumerate(words)}, do_lower_case=True)
+
+
 def _missing_checkpoint(model: str, exc: Exception) -> MissingDataError:
     if model in ("minilm", "gru"):
         return MissingDataError(f"the checkpoint {MINILM_REPO_ID}@{MINILM_REVISION[:8]} is not in the Hugging Face cache "
@@ -283,13 +307,13 @@ class TextClsExperiment(StagedExperiment):
 
     def load_data(self, data_dir: str | Path | None) -> TextClsData:
         c = self.config
-        tokenizer = load_tokenizer(c.model)
-        tokenizer.padding_side = "right"  # the GRU reads lengths from a right-padded mask
         cls_data = load_textcls(c.dataset, data_dir, seed=c.seed, train_split=c.train_split)
         splits = cls_data.splits
         train = splits["train"]
         if c.train_examples is not None and c.train_examples < len(train):
             train = train.select(range(c.train_examples))
+        tokenizer = load_tokenizer(c.model) if c.word_vocab_size is None else word_level_tokenizer(train["text"], c.word_vocab_size)
+        tokenizer.padding_side = "right"  # the GRU reads lengths from a right-padded mask
 
         def tokenize(batch: Mapping[str, list[str]]) -> Any:
             return tokenizer(batch["text"], truncation=True, max_length=c.max_length)
