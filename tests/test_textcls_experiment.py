@@ -296,3 +296,19 @@ def test_sst2_trains_on_the_sentence_level_split_when_asked(data_dir):
     with pytest.raises(ValueError, match="train_split"):
         tx.TextClsConfig(dataset="clinc150", train_split="train_sentences")
     assert tx.preset_config("full", dataset="sst2", model="gru", train_split="train_sentences").train_split == "train_sentences"
+
+
+def test_word_level_tokenizer_keeps_the_most_frequent_training_words_and_unks_the_rest(tmp_path):
+    """--word-vocab-size (the paper's torchtext vocabulary): lower-cased words, the N most frequent, others [UNK];
+    it saves and reloads as the detector folder's tokenizer."""
+    from transformers import AutoTokenizer
+
+    tok = tx.word_level_tokenizer(["The cat sat , on the mat .", "the cat ran"], 3)
+    assert len(tok) == 5 + 3
+    assert tok.convert_ids_to_tokens(tok("The zebra sat on a CAT!")["input_ids"]) == [
+        "[CLS]", "the", "[UNK]", "sat", "[UNK]", "[UNK]", "cat", "[UNK]", "[SEP]"]  # the, cat (2 each), sat (first of 1s)
+    assert tok.convert_ids_to_tokens(tok("ran")["input_ids"])[1] == "[UNK]"
+    tok.save_pretrained(tmp_path)
+    assert AutoTokenizer.from_pretrained(tmp_path)("the zebra cat")["input_ids"] == tok("the zebra cat")["input_ids"]
+    with pytest.raises(ValueError, match="word_vocab_size"):
+        tx.TextClsConfig(model="minilm", word_vocab_size=100)
