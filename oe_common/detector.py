@@ -254,6 +254,8 @@ class OODDetector:
             raise ValueError("score 'nll' needs a causal language model; classifiers use msp / uniform_xent / max_logit / energy")
         if self.score_name in FEATURE_SCORES and self.task == "causal-lm":
             raise ValueError(f"score {self.score_name!r} needs a classifier's penultimate features; a causal LM has none")
+        if self.score_name in FEATURE_SCORES and self.score_name != "mahalanobis":
+            raise ValueError(f"score {self.score_name!r} is not saved by OODDetector yet; use 'mahalanobis' or a logit score")
         self.score_kwargs = dict(score_kwargs or {})
         allowed = {"energy": {"temperature"}, "mahalanobis": {"head"}}.get(self.score_name, set())
         unknown = sorted(set(self.score_kwargs) - allowed)

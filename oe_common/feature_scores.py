@@ -15,6 +15,13 @@ al. 2021, Podolskiy et al. 2021): on penultimate (pooled) features ``x in R^D`` 
 
 :func:`classifier_input_features` extracts the penultimate features of a sequence classifier (the input of its
 ``classifier`` head).
+
+:class:`KNNScore` (Sun et al., ICML 2022, "Out-of-distribution detection with deep nearest neighbors"): with
+L2-normalised features ``u = x / ||x||`` and the normalised training features ``U_train`` (N, D)::
+
+    score(x) = || u - u_(k) ||_2      the distance to the k-th nearest normalised training feature     (N,), >= 0
+
+(no labels, no covariance; ``k`` is a setting, chosen on validation data).
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-__all__ = ["MahalanobisScore", "classifier_input_features", "MAHALANOBIS_NAME"]
+__all__ = ["MahalanobisScore", "KNNScore", "classifier_input_features", "MAHALANOBIS_NAME"]
 
 #: The file :meth:`MahalanobisScore.save` writes (and an ``OODDetector`` folder holds after ``fit_mahalanobis``).
 MAHALANOBIS_NAME = "mahalanobis.safetensors"
@@ -150,6 +157,60 @@ class MahalanobisScore:
             rcond = float((f.metadata() or {}).get("rcond", "1e-10"))
             means, cov = f.get_tensor("means"), f.get_tensor("covariance")
         return cls(rcond=rcond).set_parameters(means, cov)
+
+
+class KNNScore:
+    """Deep nearest neighbours (Sun et al. 2022): distance of the L2-normalised feature to its ``k``-th nearest
+    L2-normalised training feature; higher = more anomalous.
+
+    >>> det = KNNScore(k=10).fit(train_features)                          # doctest: +SKIP
+    >>> det.score(test_features)                                          # (N,)
+    """
+
+    def __init__(self, k: int = 10, chunk_size: int = 1024):
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be an integer >= 1, got {k!r}")
+        self.k = k
+        self.chunk_size = int(chunk_size)
+        self.bank: torch.Tensor | None = None  # (N, D) float64, rows of unit norm
+
+    @property
+    def is_fitted(self) -> bool:
+        return self.bank is not None
+
+    @staticmethod
+    def normalise(features: Any, name: str = "features") -> torch.Tensor:
+        """``x / ||x||`` per row, float64 ``(N, D)``; a zero row is refused (it has no direction)."""
+        x = _as_float64(features, name)
+        norms = x.norm(dim=1, keepdim=True)
+        if bool((norms == 0).any()):
+            raise ValueError(f"{name} has {int((norms == 0).sum())} all-zero row(s): the k-NN score needs a direction")
+        return x / norms
+
+    def fit(self, features: Any, labels: Any = None, num_classes: int | None = None) -> "KNNScore":
+        """Keep the normalised training ``features`` ``(N, D)``, ``N >= k`` (``labels`` are not used: the score
+        takes the same arguments as :meth:`MahalanobisScore.fit`)."""
+        bank = self.normalise(features, "features")
+        if bank.shape[0] < self.k:
+            raise ValueError(f"k = {self.k} needs at least {self.k} training features, got {bank.shape[0]}")
+        self.bank = bank
+        return self
+
+    def score(self, features: Any) -> np.ndarray:
+        """``||u - u_(k)||`` per row, ``(N,)`` float64 numpy array."""
+        if self.bank is None:
+            raise RuntimeError("KNNScore is not fitted: call fit(train_features) first")
+        u = self.normalise(features)
+        if u.shape[1] != self.bank.shape[1]:
+            raise ValueError(f"features have {u.shape[1]} dims, the score was fitted on {self.bank.shape[1]}")
+        out = []
+        for start in range(0, u.shape[0], self.chunk_size):
+            sims = u[start:start + self.chunk_size] @ self.bank.T  # cosine similarity; ||u - v||^2 = 2 - 2 u.v
+            kth = sims.topk(self.k, dim=1).values[:, -1]
+            out.append((2 - 2 * kth).clamp_min(0).sqrt())
+        return torch.cat(out).numpy()
+
+    __call__ = score
 
 
 def classifier_input_features(

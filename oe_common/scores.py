@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ._checks import check_logits, check_mask
-from .feature_scores import MahalanobisScore
+from .feature_scores import KNNScore, MahalanobisScore
 
 __all__ = [
     "msp_score",
@@ -30,6 +30,7 @@ __all__ = [
     "LOGIT_SCORE_NAMES",
     "SCORE_NAMES",
     "MahalanobisScore",
+    "KNNScore",
 ]
 
 
@@ -151,8 +152,10 @@ SCORES = {
 }
 #: Feature scores: they need statistics of the model's penultimate features fitted on training data, so they cannot
 #: be computed from one batch's logits (:func:`example_scores` refuses them). ``OODDetector`` computes them
-#: (``score="mahalanobis"`` after ``fit_mahalanobis``; :mod:`oe_common.feature_scores`).
-FEATURE_SCORES = {"mahalanobis": MahalanobisScore}
+#: (``score="mahalanobis"`` after ``fit_mahalanobis``; :mod:`oe_common.feature_scores`). ``"knn"`` (normalised
+#: features, k-th nearest training neighbour) is computed by pipelines from the same features; ``OODDetector`` does
+#: not save it yet and refuses it.
+FEATURE_SCORES = {"mahalanobis": MahalanobisScore, "knn": KNNScore}
 #: The names computable from logits alone (what :func:`example_scores` and ``OETrainer`` take): :data:`SCORES` plus
 #: ``"nll"`` (language models only: it needs the target ids).
 LOGIT_SCORE_NAMES = (*SCORES, "nll")

@@ -4,7 +4,7 @@ Read from the data directory (``data_dir=...`` or ``$OE_DATA_DIR``; layout and p
 ``textcls/SOURCES.md`` of the data folder)::
 
     textcls/clinc150/{train,validation,test}.tsv.gz, oos_{train,validation,test}.tsv.gz
-    textcls/sst2/{train,validation,test}.tsv.gz
+    textcls/sst2/{train,validation,test}.tsv.gz, train_sentences.tsv.gz
     textcls/trec/{train,test}.tsv.gz
     textcls/multi30k/test.txt.gz          OOD only
     wikitext-2/wiki.{train,valid,test}.tokens[.gz]    the OE source (sentences, see wikitext_sentences)
@@ -20,7 +20,8 @@ In-distribution sets (:func:`load_textcls`) are a ``DatasetDict`` with ``train``
 columns ``text`` (str) and ``label`` (``ClassLabel``; names sorted, ids = positions in :attr:`TextClsData.label_names`):
 
 * ``clinc150``: 150 intents; 15,000 / 3,000 / 4,500 (the out-of-scope files are OOD sets, not a 151st class).
-* ``sst2``: labels ``"0"`` (negative) / ``"1"`` (positive); 67,349 / 872 / 1,821.
+* ``sst2``: labels ``"0"`` (negative) / ``"1"`` (positive); 67,349 / 872 / 1,821 (``train_split="train_sentences"``:
+  6,920 whole training sentences, the OE paper's training set).
 * ``trec``: TREC-50 (the whole ``COARSE:fine`` string, as the paper); ``trec6``: the coarse part. No official
   validation split: a seeded ``validation_fraction`` of the DISTINCT train questions (duplicates stay on one side)
   is carved out; train keeps the rest, both in file order. Label names are those of the whole train file;
@@ -50,6 +51,7 @@ from .normalize import unsplit_wikitext
 
 __all__ = [
     "TEXTCLS_DATASETS",
+    "TRAIN_SPLITS",
     "OOD_SETS",
     "MalformedDataError",
     "TextClsData",
@@ -65,6 +67,8 @@ OOD_SETS = (
     "clinc150_oos", "clinc150_oos_train", "clinc150_oos_validation", "multi30k",
     *(f"ewt_{d}" for d in EWT_DOMAINS), "clinc150", "sst2", "trec",
 )
+#: The training files a set offers (``load_textcls(train_split=...)``); the first is the default.
+TRAIN_SPLITS = {"sst2": ("train", "train_sentences")}
 _FOLDER = {"clinc150": "clinc150", "sst2": "sst2", "trec": "trec", "trec6": "trec"}
 _HINT = "See textcls/SOURCES.md of the shared data folder for these files."
 _HEADER = ["text", "label"]
@@ -154,19 +158,27 @@ def _trec_validation_mask(texts: list[str], fraction: float, seed: int) -> np.nd
     return np.array([t in chosen for t in texts], dtype=bool)
 
 
-def load_textcls(name: str, data_dir=None, *, validation_fraction: float = 0.1, seed: int = 0) -> TextClsData:
+def load_textcls(name: str, data_dir=None, *, validation_fraction: float = 0.1, seed: int = 0,
+                 train_split: str = "train") -> TextClsData:
     """The in-distribution set ``name`` (one of :data:`TEXTCLS_DATASETS`); see the module docstring.
 
     Args:
         validation_fraction / seed: TREC only: the share of distinct train questions moved to ``validation``.
+        train_split: the file the ``train`` split is read from: ``"train"`` (``train.tsv.gz``) or, for SST-2 only,
+            ``"train_sentences"`` (``train_sentences.tsv.gz``: the 6,920 whole training sentences the OE paper's
+            SST classifier trained on, instead of GLUE's 67,349 phrases and sentences).
     """
     import datasets
 
     if name not in TEXTCLS_DATASETS:
         raise ValueError(f"unknown text-classification set {name!r}; choose one of {TEXTCLS_DATASETS}")
+    allowed = TRAIN_SPLITS.get(name, ("train",))
+    if train_split not in allowed:
+        raise ValueError(f"train_split {train_split!r} is not available for {name}; choose one of {allowed}")
     folder = _FOLDER[name]
     split_names = ["train", "test"] if folder == "trec" else ["train", "validation", "test"]
-    root, paths = _files(data_dir, f"textcls/{folder}", [f"{s}.tsv.gz" for s in split_names], f"text classification ({name})")
+    files = [f"{train_split if s == 'train' else s}.tsv.gz" for s in split_names]
+    root, paths = _files(data_dir, f"textcls/{folder}", files, f"text classification ({name})")
     rows = {s: read_tsv(p, root) for s, p in zip(split_names, paths, strict=True)}
     if name == "trec6":
         rows = {s: (t, [lab.split(":", 1)[0] for lab in labs]) for s, (t, labs) in rows.items()}

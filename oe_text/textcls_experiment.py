@@ -18,8 +18,8 @@ from oe_common.arg_types import non_negative_float, non_negative_int
 from oe_common.callbacks import check_time_budget
 from oe_common.data_dir import MissingDataError
 from oe_common.experiment import Stage, StagedExperiment, StageModels, StageResult, all_records, run_experiment, shared_training_arguments
-from oe_common.feature_scores import MahalanobisScore
-from oe_common.metrics import OODTable, evaluate_ood, misclassification_metrics
+from oe_common.feature_scores import KNNScore, MahalanobisScore
+from oe_common.metrics import OODTable, evaluate_ood, misclassification_metrics, ood_metrics
 from oe_common.presets import preset_settings
 from oe_common.recipe_args import flag
 from oe_common.reporting import (
@@ -36,15 +36,22 @@ from oe_common.trainer import OETrainer, OETrainingArguments
 
 from .hub_checkpoints import MINILM_REPO_ID, MINILM_REVISION, check_cached_minilm
 from .data import seeded_subset_indices
-from .textcls_data import load_ood_texts, load_textcls, wikitext_sentences
+from .textcls_data import TRAIN_SPLITS, load_ood_texts, load_textcls, wikitext_sentences
 
-__all__ = ["TextClsConfig", "TextClsExperiment", "PRESET_NAMES", "TEXTCLS_SCORES", "preset_config", "run_textcls_oe",
-           "ood_set_names", "fixed_length_collator", "DETECTOR_TARGET_FPR"]
+__all__ = ["TextClsConfig", "TextClsExperiment", "PRESET_NAMES", "TEXTCLS_SCORES", "DETECTOR_SCORES", "preset_config",
+           "run_textcls_oe", "ood_set_names", "fixed_length_collator", "DETECTOR_TARGET_FPR", "select_score",
+           "selection_set_name"]
 
 PRESET_NAMES = ("test", "tiny", "full")
 DATASETS = ("clinc150", "sst2", "trec")
-#: Logit scores (oe_common.scores registry) + the feature score; every one "higher = more anomalous".
-TEXTCLS_SCORES = ("msp", "max_logit", "energy", "uniform_xent", "mahalanobis")
+#: Logit scores (oe_common.scores registry) + the feature scores (``mahalanobis``, ``knn`` of the registry) on two
+#: feature kinds: the input of ``model.classifier`` (MiniLM: the pooler output; GRU: the last state) and, suffix
+#: ``_mean``, the mean over the real tokens of the last hidden layer. Every one "higher = more anomalous".
+TEXTCLS_SCORES = ("msp", "max_logit", "energy", "uniform_xent", "mahalanobis", "knn", "mahalanobis_mean", "knn_mean")
+#: The scores a saved ``OODDetector`` computes itself (it does not save k-NN banks or mean-pooled features yet).
+DETECTOR_SCORES = ("msp", "max_logit", "energy", "uniform_xent", "mahalanobis")
+#: Extra outlier sets the OE stage may train on besides WikiText-2 (never CLINC150's validation or test queries).
+EXTRA_OUTLIER_SETS = ("clinc150_oos_train",)
 #: False-alarm rate of the saved detector's threshold on the validation in-distribution texts.
 DETECTOR_TARGET_FPR = 0.05
 _LOGIT_SCORES = tuple(s for s in TEXTCLS_SCORES if s in LOGIT_SCORE_NAMES)
@@ -73,6 +80,20 @@ class TextClsConfig:
     oe_max_minutes: float | None = dataclasses.field(default=None, metadata=flag("the same for OE fine-tuning"))
     oe_lambda: float = dataclasses.field(default=1.0, metadata=flag(arg_type=non_negative_float))
     oe_loss: str = dataclasses.field(default="uniform", metadata=flag(choices=("uniform", "energy")))
+    train_split: str = dataclasses.field(default="train", metadata=flag(
+        "training file of the in-distribution set: train, or for sst2 train_sentences (the paper's 6,920 whole "
+        "sentences instead of GLUE's phrases)", choices=("train", "train_sentences")))
+    extra_outliers: str | None = dataclasses.field(default=None, metadata=flag(
+        "also run a stage oe_extra (from the same baseline) whose outliers are WikiText-2 plus this set",
+        choices=EXTRA_OUTLIER_SETS))
+    extra_outlier_share: float = dataclasses.field(default=0.5, metadata=flag(
+        "share of the oe_extra outlier pool made of the extra set (its texts repeated)", arg_type=non_negative_float))
+    word_vocab_size: int | None = dataclasses.field(default=None, metadata=flag(
+        "gru only: a word-level tokenizer instead of MiniLM's WordPiece: lower-cased words, the N most frequent words "
+        "of the training texts, every other word [UNK] (the paper's code: torchtext build_vocab(max_size=10000))",
+        arg_type=non_negative_int))
+    knn_k: int = dataclasses.field(default=10, metadata=flag("k of the k-NN feature score", arg_type=non_negative_int))
+    selection_outlier_examples: int = 1000  # WikiText-2 valid sentences for score selection (sets without own anomalies)
     max_length: int | None = None  # tokens per text (None: _MAX_LENGTH of the dataset)
     batch_size: int = 32  # in-distribution texts per step; as many outlier sentences
     eval_batch_size: int = 128
@@ -84,13 +105,17 @@ class TextClsConfig:
         "learning rate of the new classification head (model.classifier) = this x the stage's learning rate"))
     train_examples: int | None = None  # caps (None = all): the first N training texts
     test_examples: int | None = None  # a seeded subset of the in-distribution test texts (smoke tests only)
-    ood_examples: int | None = None  # a seeded subset of each anomaly set (the protocol draws n_in // 5 anyway)
+    # smoke tests only: a seeded subset of each anomaly set, the draws then come from it (records: ood_subset); the
+    # tiny/full presets score every text of every set, so that the draws differ and n_out_available is the set's size
+    ood_examples: int | None = None
     outlier_examples: int | None = None  # a seeded subset of the WikiText-2 sentences
     mahalanobis_examples: int | None = None  # a seeded subset of the training texts for the class means/covariance
     validation_examples: int | None = None  # the detector threshold's validation texts
     n_draws: int = 10
     allow_small_sets: bool = True  # TREC test (500) < CLINC150's n_in // 5 (900): used whole, labelled
-    detector_score: str = dataclasses.field(default="msp", metadata=flag(choices=TEXTCLS_SCORES))
+    detector_score: str = dataclasses.field(default="validation", metadata=flag(
+        "score of the saved detector: 'validation' = the OE stage's score selected on validation data",
+        choices=("validation", *DETECTOR_SCORES)))
     save_steps: int = 500  # checkpoint interval (resume state)
     seed: int = dataclasses.field(default=0, metadata=flag(arg_type=non_negative_int))
 
@@ -101,8 +126,19 @@ class TextClsConfig:
             raise ValueError(f"oe_loss must be 'uniform' or 'energy', got {self.oe_loss!r}")
         if not self.oe_lambda >= 0:
             raise ValueError(f"oe_lambda must be >= 0, got {self.oe_lambda}")
-        if self.detector_score not in TEXTCLS_SCORES:
-            raise ValueError(f"detector_score must be one of {TEXTCLS_SCORES}, got {self.detector_score!r}")
+        if self.detector_score not in ("validation", *DETECTOR_SCORES):
+            raise ValueError(f"detector_score must be 'validation' or one of {DETECTOR_SCORES}, got {self.detector_score!r}")
+        if self.train_split not in TRAIN_SPLITS.get(self.dataset, ("train",)):
+            raise ValueError(f"train_split {self.train_split!r} is not available for {self.dataset}; "
+                             f"choose one of {TRAIN_SPLITS.get(self.dataset, ('train',))}")
+        if self.extra_outliers is not None and self.extra_outliers not in EXTRA_OUTLIER_SETS:
+            raise ValueError(f"extra_outliers must be one of {EXTRA_OUTLIER_SETS}, got {self.extra_outliers!r}")
+        if not 0 < self.extra_outlier_share < 1:
+            raise ValueError(f"extra_outlier_share must be in (0, 1), got {self.extra_outlier_share}")
+        if self.word_vocab_size is not None and (self.model != "gru" or self.word_vocab_size < 1):
+            raise ValueError(f"word_vocab_size needs model 'gru' and a size >= 1, got {self.word_vocab_size} with {self.model!r}")
+        if self.knn_k < 1:
+            raise ValueError(f"knn_k must be >= 1, got {self.knn_k}")
         for name in ("baseline_max_minutes", "oe_max_minutes"):
             check_time_budget(name, getattr(self, name))
         if self.max_length is None:
@@ -122,15 +158,15 @@ _PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                             ood_examples=40, outlier_examples=200, mahalanobis_examples=200, validation_examples=50,
                             n_draws=2, eval_batch_size=64, save_steps=1000),
         "gru": dict(baseline_lr=1e-2, oe_lr=5e-3, baseline_epochs=4, oe_epochs=1, batch_size=32, train_examples=800,
-                    max_length=24, test_examples=200, ood_examples=60, outlier_examples=1000, mahalanobis_examples=None,
+                    max_length=24, test_examples=200, outlier_examples=1000, mahalanobis_examples=None,
                     validation_examples=100, n_draws=2, eval_batch_size=128, save_steps=10_000),
     },
     "tiny": {
         "transformer": dict(baseline_lr=3e-4, oe_lr=5e-5, head_lr_scale=10.0, baseline_max_steps=120, oe_max_steps=40, batch_size=32,
-                            baseline_max_minutes=1.5, oe_max_minutes=0.75, test_examples=1000, ood_examples=400,
+                            baseline_max_minutes=1.5, oe_max_minutes=0.75, test_examples=1000,
                             outlier_examples=3000, mahalanobis_examples=1500, validation_examples=300, n_draws=10),
         "gru": dict(baseline_lr=5e-3, oe_lr=2e-3, baseline_epochs=3, oe_epochs=1, batch_size=32,
-                    baseline_max_minutes=1.5, oe_max_minutes=0.75, test_examples=1000, ood_examples=400,
+                    baseline_max_minutes=1.5, oe_max_minutes=0.75, test_examples=1000,
                     outlier_examples=20000, mahalanobis_examples=5000, validation_examples=300, n_draws=10),
     },
     # MiniLM's new 150-way head learns slowly at the encoder's rate (tiny CLINC150, 90 steps: 45% accuracy at lr 6e-4,
@@ -139,11 +175,11 @@ _PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # took 1.8-2.1 s (5.9 s with two threads); evaluation ~200 texts/s. The budgets keep a CLINC150 run <= 30 min.
     "full": {
         "transformer": dict(baseline_lr=2e-4, oe_lr=5e-5, head_lr_scale=10.0, baseline_epochs=3, oe_epochs=1, batch_size=32,
-                            baseline_max_minutes=13.0, oe_max_minutes=8.0, ood_examples=1000, outlier_examples=20000,
-                            mahalanobis_examples=5000, validation_examples=1000, n_draws=10),
+                            baseline_max_minutes=13.0, oe_max_minutes=8.0, outlier_examples=20000,
+                            mahalanobis_examples=5000, validation_examples=None, n_draws=10),
         "gru": dict(baseline_lr=5e-3, oe_lr=2e-3, baseline_epochs=10, oe_epochs=3, batch_size=32,
-                    baseline_max_minutes=8.0, oe_max_minutes=4.0, ood_examples=2000, outlier_examples=50000,
-                    mahalanobis_examples=20000, validation_examples=1000, n_draws=10),
+                    baseline_max_minutes=8.0, oe_max_minutes=4.0, outlier_examples=50000,
+                    mahalanobis_examples=20000, validation_examples=None, n_draws=10),
     },
 }
 
@@ -188,6 +224,31 @@ class TextClsData:
     test_labels: np.ndarray
     outliers: Any  # datasets.Dataset of tokenized WikiText-2 sentences
     ood: dict[str, list[str]]
+    ood_sizes: dict[str, int]  # texts in each whole anomaly set (before any ood_examples subset)
+    selection_name: str  # the validation anomaly set the scores are selected on
+    selection_texts: list[str]
+    extra_outliers: Any = None  # WikiText-2 + the extra set (oe_extra stage), tokenized
+
+
+def selection_set_name(dataset: str) -> str:
+    """The validation anomaly set the scores of ``dataset`` are selected on: CLINC150's ``oos_validation`` queries;
+    for the sets without validation anomalies, held-out WikiText-2 ``valid`` sentences (the OE stage trains on
+    ``train`` sentences only)."""
+    return "clinc150_oos_validation" if dataset == "clinc150" else "wikitext2_valid"
+
+
+def select_score(rows: Mapping[str, Mapping[str, float]], allowed: Sequence[str] | None = None) -> str:
+    """The name with the highest validation ``auroc`` in ``rows`` ``{score: {"auroc", "fpr95", ...}}`` (ties: the
+    lower ``fpr95``, then the earlier name), among ``allowed`` (default all)."""
+    names = [n for n in rows if allowed is None or n in allowed]
+    if not names:
+        raise ValueError(f"no score to select among {allowed}")
+    return min(names, key=lambda n: (-rows[n]["auroc"], rows[n]["fpr95"], names.index(n)))
+
+
+def stage_outliers(stage: str, config: "TextClsConfig") -> str:
+    """What stage ``stage`` trained on as outliers: ``none``, ``wikitext2`` or ``wikitext2+<extra set>``."""
+    return {"baseline": "none", "oe": "wikitext2", "oe_extra": f"wikitext2+{config.extra_outliers}"}[stage]
 
 
 def load_tokenizer(model: str) -> Any:
@@ -202,6 +263,24 @@ def load_tokenizer(model: str) -> Any:
         return AutoTokenizer.from_pretrained(repo, revision=revision)
     except OSError as exc:
         raise _missing_checkpoint(model, exc) from None
+
+
+def word_level_tokenizer(texts: Sequence[str], size: int) -> Any:
+    """A ``BertTokenizer`` whose vocabulary is ``[PAD] [UNK] [CLS] [SEP] [MASK]`` + the ``size`` most frequent
+    lower-cased words of ``texts`` (BERT's basic splitting at spaces and punctuation; ties: first seen). No word
+    pieces: every other word is ``[UNK]``, as in the OE paper's text classifiers (torchtext vocabulary of the
+    training set, ``max_size=10000``), where anomalies then show many unknown words."""
+    import collections
+
+    from tokenizers.normalizers import BertNormalizer
+    from tokenizers.pre_tokenizers import BertPreTokenizer
+    from transformers import BertTokenizer
+
+    normalizer, pre_tokenizer = BertNormalizer(lowercase=True), BertPreTokenizer()  # what BertTokenizer runs
+    counts = collections.Counter(w for text in texts for w, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    words = specials + [w for w, _ in counts.most_common() if w not in specials][:size]
+    return BertTokenizer(vocab={w: i for i, w in enumerate(words)}, do_lower_case=True)
 
 
 def _missing_checkpoint(model: str, exc: Exception) -> MissingDataError:
@@ -219,20 +298,24 @@ class TextClsExperiment(StagedExperiment):
     # ---- stages and data -----------------------------------------------------------------------------------------
     def stages(self) -> list[Stage]:
         c = self.config
-        return [
+        stages = [
             Stage("baseline", c.baseline_lr, c.baseline_epochs, c.baseline_max_steps, c.baseline_max_minutes),
             Stage("oe", c.oe_lr, c.oe_epochs, c.oe_max_steps, c.oe_max_minutes, oe_lambda=c.oe_lambda, init="baseline"),
         ]
+        if c.extra_outliers:  # the same OE schedule from the same baseline, outliers WikiText-2 + the extra set
+            stages.append(Stage("oe_extra", c.oe_lr, c.oe_epochs, c.oe_max_steps, c.oe_max_minutes, oe_lambda=c.oe_lambda,
+                                init="baseline"))
+        return stages
 
     def load_data(self, data_dir: str | Path | None) -> TextClsData:
         c = self.config
-        tokenizer = load_tokenizer(c.model)
-        tokenizer.padding_side = "right"  # the GRU reads lengths from a right-padded mask
-        cls_data = load_textcls(c.dataset, data_dir, seed=c.seed)
+        cls_data = load_textcls(c.dataset, data_dir, seed=c.seed, train_split=c.train_split)
         splits = cls_data.splits
         train = splits["train"]
         if c.train_examples is not None and c.train_examples < len(train):
             train = train.select(range(c.train_examples))
+        tokenizer = load_tokenizer(c.model) if c.word_vocab_size is None else word_level_tokenizer(train["text"], c.word_vocab_size)
+        tokenizer.padding_side = "right"  # the GRU reads lengths from a right-padded mask
 
         def tokenize(batch: Mapping[str, list[str]]) -> Any:
             return tokenizer(batch["text"], truncation=True, max_length=c.max_length)
@@ -241,19 +324,42 @@ class TextClsExperiment(StagedExperiment):
         sentences = wikitext_sentences("train", data_dir)
         sentences = sentences.select(seeded_subset_indices(len(sentences), c.outlier_examples, c.seed + 1))
         outliers = sentences.map(tokenize, batched=True, remove_columns=["text"])
+        extra_outliers = None
+        if c.extra_outliers:
+            extra_outliers = self._extra_outlier_pool(outliers, load_ood_texts(c.extra_outliers, data_dir), tokenize)
         test = splits["test"]
         test_idx = seeded_subset_indices(len(test), c.test_examples, c.seed + 2)
         validation = splits["validation"]["text"]
-        ood = {}
+        ood, ood_sizes = {}, {}
         for index, name in enumerate(ood_set_names(c.dataset)):
             texts = load_ood_texts(name, data_dir)["text"]
+            ood_sizes[name] = len(texts)
             ood[name] = [texts[i] for i in seeded_subset_indices(len(texts), c.ood_examples, c.seed + 10 + index)]
+        selection_name = selection_set_name(c.dataset)
+        if selection_name == "wikitext2_valid":
+            held_out = wikitext_sentences("valid", data_dir)["text"]
+            selection_texts = [held_out[i] for i in seeded_subset_indices(len(held_out), c.selection_outlier_examples, c.seed + 5)]
+        else:
+            selection_texts = list(load_ood_texts(selection_name, data_dir)["text"])
         return TextClsData(
             tokenizer=tokenizer, label_names=cls_data.label_names, train=train_tok.with_format("torch"),
             train_texts=list(train["text"]), train_labels=np.asarray(train["label"]),
             validation_texts=[validation[i] for i in seeded_subset_indices(len(validation), c.validation_examples, c.seed + 3)],
             test_texts=[test["text"][i] for i in test_idx], test_labels=np.asarray(test["label"])[test_idx],
-            outliers=outliers.with_format("torch"), ood=ood)
+            outliers=outliers.with_format("torch"), ood=ood, ood_sizes=ood_sizes, selection_name=selection_name,
+            selection_texts=selection_texts,
+            extra_outliers=None if extra_outliers is None else extra_outliers.with_format("torch"))
+
+    def _extra_outlier_pool(self, outliers: Any, extra: Any, tokenize: Any) -> Any:
+        """WikiText-2 ``outliers`` plus the ``extra`` texts repeated so that they are ``extra_outlier_share`` of the
+        pool (100 queries would be lost among 20,000 sentences otherwise), in a seeded order."""
+        import datasets
+
+        share = self.config.extra_outlier_share
+        repeats = max(1, int(np.ceil(share / (1 - share) * len(outliers) / len(extra))))
+        extra_tok = extra.map(tokenize, batched=True, remove_columns=["text"])
+        pool = datasets.concatenate_datasets([outliers, *[extra_tok] * repeats])
+        return pool.shuffle(seed=self.config.seed + 6).flatten_indices()
 
     # ---- model and trainer ---------------------------------------------------------------------------------------
     def build_model(self, stage: Stage) -> torch.nn.Module:
@@ -298,10 +404,15 @@ class TextClsExperiment(StagedExperiment):
         )
         trainer = OETrainer(model=model, args=args, train_dataset=data.train, processing_class=data.tokenizer,
                             data_collator=fixed_length_collator(data.tokenizer, c.max_length),
-                            outlier_dataset=data.outliers if stage.uses_outliers else None, callbacks=stage.callbacks())
+                            outlier_dataset=self._stage_outliers(stage), callbacks=stage.callbacks())
         if c.head_lr_scale != 1.0:
             trainer.optimizer = _optimizer_with_head_lr(trainer, model, c.head_lr_scale)
         return trainer
+
+    def _stage_outliers(self, stage: Stage) -> Any:
+        if not stage.uses_outliers:
+            return None
+        return self.data.extra_outliers if stage.name == "oe_extra" else self.data.outliers
 
     # ---- evaluation ----------------------------------------------------------------------------------------------
     def _preprocessing(self) -> Any:
@@ -310,69 +421,113 @@ class TextClsExperiment(StagedExperiment):
         return TokenizerPreprocessing(self.data.tokenizer, max_length=self.config.max_length)
 
     @torch.inference_mode()
-    def forward_texts(self, model: torch.nn.Module, texts: Sequence[str], desc: str) -> tuple[np.ndarray, np.ndarray]:
-        """``(logits (N, K), pooled features (N, D))`` of raw ``texts``, in order, from ONE forward pass per batch
-        (the features are the input of ``model.classifier``, caught by a forward pre-hook)."""
+    def forward_texts(self, model: torch.nn.Module, texts: Sequence[str], desc: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """``(logits (N, K), {"classifier": (N, D), "mean": (N, H)})`` of raw ``texts``, in order, from ONE forward
+        pass per batch: ``classifier`` is the input of ``model.classifier`` (a forward pre-hook), ``mean`` the mean
+        of the last hidden layer over the real tokens (``sum_t m_t h_t / sum_t m_t``, ``m`` the attention mask)."""
         model.eval()
         device = next(model.parameters()).device
         n, n_batches, batches = self._preprocessing().batches(list(texts), "text-classification", self.config.eval_batch_size)
         logits_out: np.ndarray | None = None
-        feats_out: np.ndarray | None = None
+        feats_out: dict[str, np.ndarray] = {}
         captured: list[torch.Tensor] = []
         handle = model.get_submodule("classifier").register_forward_pre_hook(lambda _m, args: captured.append(args[0]))
         try:
             for inputs, owners in tqdm(batches, total=n_batches, desc=desc, leave=False, disable=n_batches < 5):
                 captured.clear()
-                logits = model(**{k: v.to(device) for k, v in inputs.items()}).logits.float().cpu().numpy()
-                feats = captured[0].float().cpu().numpy()
-                if feats.ndim != 2:
-                    raise ValueError(f"model.classifier receives a {feats.shape} tensor, not (batch, features)")
+                inputs = {k: v.to(device) for k, v in inputs.items()}
+                output = model(**inputs, output_hidden_states=True)
+                mask = inputs["attention_mask"].unsqueeze(-1).float()
+                feats = {"classifier": captured[0].float(),
+                         "mean": (output.hidden_states[-1].float() * mask).sum(1) / mask.sum(1).clamp_min(1)}
+                if feats["classifier"].dim() != 2:
+                    raise ValueError(f"model.classifier receives a {tuple(feats['classifier'].shape)} tensor, not (batch, features)")
+                logits = output.logits.float().cpu().numpy()
                 if logits_out is None:
                     logits_out = np.zeros((n, logits.shape[1]), np.float32)
-                    feats_out = np.zeros((n, feats.shape[1]), np.float32)
-                logits_out[owners], feats_out[owners] = logits, feats
+                    feats_out = {k: np.zeros((n, v.shape[1]), np.float32) for k, v in feats.items()}
+                logits_out[owners] = logits
+                for k, v in feats.items():
+                    feats_out[k][owners] = v.cpu().numpy()
         finally:
             handle.remove()
-        assert logits_out is not None and feats_out is not None
+        assert logits_out is not None
         return logits_out, feats_out
 
-    def score_texts(self, model: torch.nn.Module, texts: Sequence[str], mahalanobis: MahalanobisScore, desc: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """``({score: (N,)}, logits)`` for every name of :data:`TEXTCLS_SCORES`."""
+    def score_texts(self, model: torch.nn.Module, texts: Sequence[str], feature_scores: Mapping[str, Any], desc: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """``({score: (N,)}, logits)`` for every name of :data:`TEXTCLS_SCORES`; ``feature_scores`` maps the feature
+        score names to ``(feature kind, fitted score)``."""
         logits, feats = self.forward_texts(model, texts, desc)
         scores = {k: v.double().numpy() for k, v in example_scores(torch.from_numpy(logits), _LOGIT_SCORES).items()}
-        scores["mahalanobis"] = np.asarray(mahalanobis.score(feats), dtype=np.float64)
+        for name, (kind, fitted) in feature_scores.items():
+            scores[name] = np.asarray(fitted.score(feats[kind]), dtype=np.float64)
         return scores, logits
+
+    def fit_feature_scores(self, model: torch.nn.Module, stage: str) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+        """Mahalanobis and k-NN on both feature kinds, fitted on a seeded subset of the training texts:
+        ``({score name: (feature kind, fitted)}, fit indices, classes present)``."""
+        c, data = self.config, self.data
+        fit_idx = seeded_subset_indices(len(data.train_texts), c.mahalanobis_examples, c.seed + 4)
+        _, feats = self.forward_texts(model, [data.train_texts[i] for i in fit_idx], f"{stage}: train features")
+        # class means over the classes the fitting texts hold (a capped subset may miss a rare class)
+        present, fit_labels = np.unique(data.train_labels[fit_idx], return_inverse=True)
+        fitted = {}
+        for kind, suffix in (("classifier", ""), ("mean", "_mean")):
+            fitted["mahalanobis" + suffix] = (kind, MahalanobisScore().fit(feats[kind], fit_labels, num_classes=len(present)))
+            fitted["knn" + suffix] = (kind, KNNScore(k=min(c.knn_k, fit_idx.size)).fit(feats[kind]))
+        return fitted, fit_idx, present
 
     def evaluate(self, stage: Stage, model: torch.nn.Module, trainer: Any) -> StageResult:
         c, data = self.config, self.data
-        fit_idx = seeded_subset_indices(len(data.train_texts), c.mahalanobis_examples, c.seed + 4)
-        _, train_feats = self.forward_texts(model, [data.train_texts[i] for i in fit_idx], f"{stage.name}: train features")
-        # class means over the classes the fitting texts hold (a capped subset may miss a rare class)
-        present, fit_labels = np.unique(data.train_labels[fit_idx], return_inverse=True)
-        mahalanobis = MahalanobisScore().fit(train_feats, fit_labels, num_classes=len(present))
-        test_scores, test_logits = self.score_texts(model, data.test_texts, mahalanobis, f"{stage.name}: test")
-        val_scores, _ = self.score_texts(model, data.validation_texts, mahalanobis, f"{stage.name}: validation")
-        ood_scores = {name: self.score_texts(model, texts, mahalanobis, f"{stage.name}: {name}")[0] for name, texts in data.ood.items()}
+        feature_scores, fit_idx, present = self.fit_feature_scores(model, stage.name)
+        test_scores, test_logits = self.score_texts(model, data.test_texts, feature_scores, f"{stage.name}: test")
+        val_scores, _ = self.score_texts(model, data.validation_texts, feature_scores, f"{stage.name}: validation")
+        sel_scores, _ = self.score_texts(model, data.selection_texts, feature_scores, f"{stage.name}: {data.selection_name}")
+        ood_scores = {name: self.score_texts(model, texts, feature_scores, f"{stage.name}: {name}")[0] for name, texts in data.ood.items()}
 
-        fields = {"dataset": c.dataset, "model": c.model, "stage": stage.name}
+        fields = {"dataset": c.dataset, "model": c.model, "stage": stage.name, "outliers": stage_outliers(stage.name, c),
+                  "train_split": c.train_split}
+        # score selection on validation data only: in-distribution validation texts vs the validation anomalies
+        selected_on = (f"{c.dataset} validation ({len(data.validation_texts)} texts) vs {data.selection_name} "
+                       f"({len(data.selection_texts)} texts), highest AUROC")
+        validation = {}
+        for score in TEXTCLS_SCORES:
+            m = ood_metrics(val_scores[score], sel_scores[score])
+            validation[score] = {"auroc": m["auroc"], "fpr95": m["fpr"], "aupr": m["aupr_out"]}
+        selected = select_score(validation)
+        records: list[dict[str, Any]] = []
         correct = test_logits.argmax(1) == data.test_labels
-        records: list[dict[str, Any]] = [{"task": "accuracy", **fields, "accuracy": float(correct.mean()), "n": int(correct.size)}]
+        records.append({"task": "accuracy", **fields, "accuracy": float(correct.mean()), "n": int(correct.size)})
+        for score, row in validation.items():
+            records.append({"task": "selection", **fields, "score": score, "auroc": row["auroc"], "fpr95": row["fpr95"],
+                            "aupr": row["aupr"], "selection_set": data.selection_name, "n_in": len(data.validation_texts),
+                            "n_out": len(data.selection_texts), "selected": score == selected, "selected_on": selected_on})
         tables: dict[str, Any] = {}
         for score in TEXTCLS_SCORES:
             out = {name: s[score] for name, s in ood_scores.items()}
             by_recall = {key: evaluate_ood(test_scores[score], out, n_draws=c.n_draws, seed=c.seed, recall_level=level,
                                            allow_small_sets=c.allow_small_sets) for key, level in _RECALLS.items()}
-            records += _detection_records(by_recall, {"task": "detection", **fields, "score": score})
+            rows = _detection_records(by_recall, {"task": "detection", **fields, "score": score})
+            for row in rows:
+                if row["ood_set"] in data.ood_sizes:
+                    row["n_set"] = data.ood_sizes[row["ood_set"]]  # the whole set's size
+                    if c.ood_examples is not None:
+                        row["ood_subset"] = len(data.ood[row["ood_set"]])  # the draws came from this seeded subset
+                if score == selected:
+                    row.update(selected=True, selected_on=selected_on)
+            records += rows
             tables[score] = by_recall["fpr95"].to_dict()
             if 0 < correct.sum() < correct.size:  # misclassification: errors positive, confidence = -score
                 mis = misclassification_metrics(-test_scores[score], correct)
                 records.append({"task": "misclassification", **fields, "score": score, "auroc": mis["auroc"],
                                 "aupr": mis["aupr_err"], "aupr_succ": mis["aupr_succ"],
                                 "n_errors": int((~correct).sum()), "n": int(correct.size)})
-        state = {"records": records, "accuracy": float(correct.mean()), "tables": tables,
+        maha = feature_scores["mahalanobis"][1]
+        state = {"records": records, "accuracy": float(correct.mean()), "tables": tables, "selected_score": selected,
+                 "selected_on": selected_on, "validation": validation,
                  "mahalanobis_examples": int(fit_idx.size), "mahalanobis_classes": int(present.size)}
-        arrays = {"test": test_scores, "validation": val_scores, "ood": ood_scores,
-                  "mahalanobis": {"means": mahalanobis.means, "covariance": mahalanobis.covariance}}
+        arrays = {"test": test_scores, "validation": val_scores, "selection": sel_scores, "ood": ood_scores,
+                  "mahalanobis": {"means": maha.means, "covariance": maha.covariance}}
         return StageResult(state, arrays)
 
     # ---- report --------------------------------------------------------------------------------------------------
@@ -384,7 +539,12 @@ class TextClsExperiment(StagedExperiment):
         meta = run_meta(seconds, config=dataclasses.asdict(c), training_steps=steps,
                         n_texts={"train": len(data.train_texts), "test": len(data.test_texts),
                                  "validation": len(data.validation_texts), "outliers": len(data.outliers),
+                                 data.selection_name: len(data.selection_texts),
+                                 **({"extra_outlier_pool": len(data.extra_outliers)} if data.extra_outliers is not None else {}),
                                  **{name: len(texts) for name, texts in data.ood.items()}},
+                        ood_set_sizes=data.ood_sizes,
+                        selected_scores={name: {"score": r.state["selected_score"], "selected_on": r.state["selected_on"]}
+                                         for name, r in results.items()},
                         mahalanobis_examples=results["oe"].state.get("mahalanobis_examples"),
                         values="fractions", torch_threads=torch.get_num_threads())
         # arrays: per stage the scores of every text ({"test" | "validation": {score: (N,)}, "ood": {set: {score: (N,)}}})
@@ -393,34 +553,48 @@ class TextClsExperiment(StagedExperiment):
             return outcome
         paths = write_results(output_dir, records, meta, results_markdown(records, meta))
         for name, result in results.items():
-            by_set = {set_name: s[c.detector_score] for set_name, s in result.arrays["ood"].items()}
-            title = f"{c.dataset} {c.model} {name}, score {c.detector_score}"
-            paths.update(plot_roc_and_histogram(result.arrays["test"][c.detector_score], by_set, output_dir, name, title))
+            score = result.state["selected_score"]
+            by_set = {set_name: s[score] for set_name, s in result.arrays["ood"].items()}
+            title = f"{c.dataset} {c.model} {name}, score {score} (selected on validation)"
+            paths.update(plot_roc_and_histogram(result.arrays["test"][score], by_set, output_dir, name, title))
         paths["detector"] = self.save_detector(models["oe"], results["oe"], output_dir / "detector")
         outcome["paths"] = paths
         return outcome
 
+    def detector_score(self, result: StageResult) -> tuple[str, str]:
+        """``(score, how it was chosen)`` of the saved detector: ``detector_score``, or with ``"validation"`` the
+        stage's validation-selected score when the detector computes it (:data:`DETECTOR_SCORES`), else the best of
+        those on the same validation data."""
+        c = self.config
+        if c.detector_score != "validation":
+            return c.detector_score, "fixed by --detector-score"
+        score = select_score(result.state["validation"], DETECTOR_SCORES)
+        return score, result.state["selected_on"] + ("" if score == result.state["selected_score"] else
+                                                     f", among the detector's scores {DETECTOR_SCORES}")
+
     def save_detector(self, model: torch.nn.Module, result: StageResult, folder: Path) -> Path:
-        """The OE model as an :class:`~oe_common.detector.OODDetector` (score ``detector_score``, the tokenizer saved
-        in the folder, the fitted Mahalanobis statistics), threshold flagging :data:`DETECTOR_TARGET_FPR` of the
+        """The OE model as an :class:`~oe_common.detector.OODDetector` (score :meth:`detector_score`, the tokenizer
+        saved in the folder, the fitted Mahalanobis statistics), threshold flagging :data:`DETECTOR_TARGET_FPR` of the
         validation texts, the stage's detection table (FPR95) and test accuracy on the card."""
         from oe_common.detector import OODDetector
 
         c, data = self.config, self.data
+        score, chosen = self.detector_score(result)
         maha = result.arrays["mahalanobis"]
         mahalanobis = MahalanobisScore().set_parameters(torch.as_tensor(maha["means"]), torch.as_tensor(maha["covariance"]))
-        training = {"in_distribution_dataset": c.dataset, "outlier_dataset": "wikitext-2 sentences", "model": c.model,
+        training = {"in_distribution_dataset": c.dataset, "train_split": c.train_split,
+                    "outlier_dataset": "wikitext-2 sentences", "model": c.model,
                     "oe_lambda": c.oe_lambda, "oe_loss": c.oe_loss, "baseline_lr": c.baseline_lr, "oe_lr": c.oe_lr,
                     "max_length": c.max_length, "seed": c.seed, "recipe": "recipes/textcls_oe.py"}
-        table = dict(result.state["tables"][c.detector_score])
-        table["meta"] = {**table.get("meta", {}), "score": c.detector_score,
+        table = dict(result.state["tables"][score])
+        table["meta"] = {**table.get("meta", {}), "score": score, "score_chosen_on": chosen,
                          "examples": f"{c.dataset} test texts against the anomaly sets of the recipe's results.json"}
         evaluation = {**table, "accuracy": result.state["accuracy"], "accuracy_n": len(data.test_texts),
                       "accuracy_data": f"{c.dataset} test"}
-        detector = OODDetector(model, self._preprocessing(), score=c.detector_score, training=training, evaluation=evaluation,
+        detector = OODDetector(model, self._preprocessing(), score=score, training=training, evaluation=evaluation,
                                mahalanobis=mahalanobis, device=next(model.parameters()).device,
                                batch_size=c.eval_batch_size, progress=False)
-        detector.fit_threshold_from_scores(result.arrays["validation"][c.detector_score], target_fpr=DETECTOR_TARGET_FPR)
+        detector.fit_threshold_from_scores(result.arrays["validation"][score], target_fpr=DETECTOR_TARGET_FPR)
         detector.threshold_info["data"] = f"{len(data.validation_texts)} {c.dataset} validation texts"
         return detector.save_pretrained(folder)
 
@@ -460,63 +634,82 @@ def _pct(value: float | None) -> str:
     return "" if value is None else f"{value * 100:.1f}"
 
 
-def best_score(records: Sequence[Mapping[str, Any]], stage: str, ood_set: str = "mean") -> Mapping[str, Any]:
-    """The detection record of ``stage`` on ``ood_set`` with the highest AUROC over the scores."""
-    rows = [r for r in records if r.get("task") == "detection" and r["stage"] == stage and r["ood_set"] == ood_set]
-    return max(rows, key=lambda r: r["auroc"])
+def _stages_of(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The stages of ``records`` in their order (baseline, oe, oe_extra)."""
+    return list(dict.fromkeys(r["stage"] for r in records if "stage" in r))
+
+
+def _arrow(values: Sequence[Any]) -> str:
+    return " → ".join(_pct(v) for v in values)
 
 
 def results_markdown(records: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> str:
-    """``results.md``: accuracy, detection per anomaly set (baseline → OE, every score), best score,
-    misclassification detection."""
+    """``results.md``: accuracy, the score selected on validation data per stage and its test detection, then
+    detection per anomaly set (baseline → OE, every score) and misclassification detection."""
     cfg = meta["config"]
     det = [r for r in records if r.get("task") == "detection"]
     acc = {r["stage"]: r for r in records if r.get("task") == "accuracy"}
+    sel = [r for r in records if r.get("task") == "selection"]
+    stages = _stages_of(det)
     steps = meta.get("training_steps", {})
+    outliers = {r["stage"]: r.get("outliers") for r in det}
     parts = [
-        f"# {cfg['dataset']} / {cfg['model']}: baseline → OE",
+        f"# {cfg['dataset']} / {cfg['model']}: " + " → ".join(stages),
         "",
         f"Commit `{meta['commit']}`; {meta['hardware']}, {meta.get('torch_threads')} torch threads; {meta['date']}; "
         f"total {meta['seconds'].get('total', 0):.0f} s. Values are percentages (results.json: fractions), the mean over "
         "the draws. " + protocol_sentence([{**r, "domain": r["ood_set"]} for r in det], f"{cfg['dataset']} test texts")
-        + f" Outliers for OE: WikiText-2 sentences, λ = {cfg['oe_lambda']}, loss {cfg['oe_loss']}; max_length {cfg['max_length']}.",
+        + f" Training split `{cfg.get('train_split', 'train')}`. OE λ = {cfg['oe_lambda']}, loss {cfg['oe_loss']}; "
+        f"max_length {cfg['max_length']}. Every anomaly set is used whole (the draws come from all its texts)"
+        + (f", except the seeded subsets of `ood_examples` = {cfg['ood_examples']}" if cfg.get("ood_examples") else "") + ".",
         "",
-        "| stage | test accuracy | train steps | train seconds | eval seconds |",
-        "|---|---|---|---|---|",
+        "| stage | outliers | test accuracy | train steps | train seconds | eval seconds |",
+        "|---|---|---|---|---|---|",
     ]
-    for stage in ("baseline", "oe"):
+    for stage in stages:
         if stage in acc:
-            parts.append(f"| {stage} | {_pct(acc[stage]['accuracy'])} | {steps_cell(steps.get(stage, {}))} | "
+            parts.append(f"| {stage} | {outliers.get(stage)} | {_pct(acc[stage]['accuracy'])} | {steps_cell(steps.get(stage, {}))} | "
                          f"{meta['seconds'].get(stage + '_train', 0):.0f} | {meta['seconds'].get(stage + '_eval', 0):.0f} |")
     parts += time_budget_notes(steps)
-    parts += ["", "## Best score (highest mean AUROC per stage)", "",
-              "| stage | score | AUROC | FPR95 | FPR90 | AUPR |", "|---|---|---|---|---|---|"]
-    for stage in ("baseline", "oe"):
-        b = best_score(det, stage)
-        parts.append(f"| {stage} | {b['score']} | {_pct(b['auroc'])} | {_pct(b['fpr95'])} | {_pct(b['fpr90'])} | {_pct(b['aupr'])} |")
-    if any(r["ood_set"] == "clinc150_oos" for r in det):
-        parts += ["", "CLINC150 out-of-scope test queries (`clinc150_oos`), best score per stage:", ""]
-        parts += ["| stage | score | AUROC | FPR95 | AUPR |", "|---|---|---|---|---|"]
-        for stage in ("baseline", "oe"):
-            b = best_score(det, stage, "clinc150_oos")
-            parts.append(f"| {stage} | {b['score']} | {_pct(b['auroc'])} | {_pct(b['fpr95'])} | {_pct(b['aupr'])} |")
+    own = "clinc150_oos" if any(r["ood_set"] == "clinc150_oos" for r in det) else None
+    parts += ["", "## Score selected on validation data (per stage; test anomalies are not used to choose)", ""]
+    if sel:
+        parts += [f"Selected on: {sel[0]['selected_on']}.", ""]
+    head = "| stage | selected score | validation AUROC / FPR95 | test mean AUROC / FPR95 / FPR90 / AUPR |"
+    parts += [head + (" clinc150_oos AUROC / FPR95 |" if own else ""), "|---|---|---|---|" + ("---|" if own else "")]
+    for stage in stages:
+        chosen = [r for r in det if r["stage"] == stage and r.get("selected")]
+        if not chosen:
+            continue
+        mean = next(r for r in chosen if r["ood_set"] == "mean")
+        val = next(r for r in sel if r["stage"] == stage and r["selected"])
+        row = (f"| {stage} | {mean['score']} | {_pct(val['auroc'])} / {_pct(val['fpr95'])} | {_pct(mean['auroc'])} / "
+               f"{_pct(mean['fpr95'])} / {_pct(mean['fpr90'])} / {_pct(mean['aupr'])} |")
+        if own:
+            o = next(r for r in chosen if r["ood_set"] == own)
+            row += f" {_pct(o['auroc'])} / {_pct(o['fpr95'])} |"
+        parts.append(row)
+    if sel:
+        parts += ["", "Validation AUROC / FPR95 of every score (" + " → ".join(stages) + "):", "",
+                  "| score | validation AUROC | validation FPR95 |", "|---|---|---|"]
+        for score in TEXTCLS_SCORES:
+            rows = [next((r for r in sel if r["stage"] == st and r["score"] == score), {}) for st in stages]
+            parts.append(f"| {score} | {_arrow([r.get('auroc') for r in rows])} | {_arrow([r.get('fpr95') for r in rows])} |")
     for score in TEXTCLS_SCORES:
-        parts += ["", f"## Detection, score `{score}` (baseline → OE)", "",
+        parts += ["", f"## Detection, score `{score}` (" + " → ".join(stages) + ")", "",
                   "| anomaly set | AUROC ↑ | FPR95 ↓ | FPR90 ↓ | AUPR ↑ |", "|---|---|---|---|---|"]
-        base = {r["ood_set"]: r for r in det if r["stage"] == "baseline" and r["score"] == score}
-        oe = {r["ood_set"]: r for r in det if r["stage"] == "oe" and r["score"] == score}
-        for name, b in base.items():
-            o = oe.get(name, {})
-            cells = [f"{_pct(b[k])} → {_pct(o.get(k))}" for k in ("auroc", "fpr95", "fpr90", "aupr")]
+        by_stage = {st: {r["ood_set"]: r for r in det if r["stage"] == st and r["score"] == score} for st in stages}
+        for name in by_stage[stages[0]]:
+            cells = [_arrow([by_stage[st].get(name, {}).get(k) for st in stages]) for k in ("auroc", "fpr95", "fpr90", "aupr")]
             parts.append("| " + " | ".join([f"**{name}**" if name == "mean" else name, *cells]) + " |")
     mis = {(r["stage"], r["score"]): r for r in records if r.get("task") == "misclassification"}
     if mis:
-        parts += ["", "## Misclassification detection (test errors positive; baseline → OE)", "",
+        parts += ["", "## Misclassification detection (test errors positive; " + " → ".join(stages) + ")", "",
                   "| score | AUROC ↑ | AUPR (errors) ↑ |", "|---|---|---|"]
         for score in TEXTCLS_SCORES:
-            b, o = mis.get(("baseline", score)), mis.get(("oe", score))
-            if b:
-                parts.append(f"| {score} | {_pct(b['auroc'])} → {_pct(o and o['auroc'])} | {_pct(b['aupr'])} → {_pct(o and o['aupr'])} |")
+            rows = [mis.get((st, score)) or {} for st in stages]
+            if rows[0]:
+                parts.append(f"| {score} | {_arrow([r.get('auroc') for r in rows])} | {_arrow([r.get('aupr') for r in rows])} |")
     return "\n".join(parts) + "\n"
 
 

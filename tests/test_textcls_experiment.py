@@ -110,7 +110,8 @@ def test_oe_separates_outliers_better_than_the_baseline(run):
 def test_report_plots_and_detector_round_trip_in_a_fresh_process(run, tmp_path):
     out, _ = run
     md = (out / "results.md").read_text()
-    assert "Best score" in md and "Misclassification" in md and "baseline → OE" in md
+    assert "Score selected on validation data" in md and "Misclassification" in md and "baseline → oe" in md
+    assert "Best score" not in md and "best" not in md.lower()
     assert (out / "roc_oe.png").stat().st_size > 0 and (out / "hist_baseline.png").stat().st_size > 0
     card = (out / "detector" / "README.md").read_text()
     assert "trec" in card and "accuracy" in card.lower()
@@ -127,7 +128,9 @@ def test_report_plots_and_detector_round_trip_in_a_fresh_process(run, tmp_path):
     from oe_common.detector import OODDetector
 
     det = OODDetector.from_pretrained(out / "detector", device="cpu")
-    assert det.score_name == "msp" and det.threshold is not None
+    validation = {r["score"]: r for r in _result(run)["records"] if r["task"] == "selection" and r["stage"] == "oe"}
+    expected = tx.select_score({k: v for k, v in validation.items()}, tx.DETECTOR_SCORES)
+    assert det.score_name == expected and det.threshold is not None
     assert [r["score"] for r in rows] == pytest.approx(det.score([q for q in queries.read_text().splitlines()]).tolist())
 
 
@@ -193,3 +196,119 @@ def test_head_learning_rate_scale_puts_the_classifier_in_its_own_groups(tmp_path
     decay = {id(p): g["weight_decay"] for g in trainer.optimizer.param_groups for p in g["params"]}
     assert decay[id(model.classifier.bias)] == 0.0 and decay[id(model.classifier.weight)] == 0.01
     assert isinstance(trainer.optimizer, torch.optim.AdamW)
+
+
+def _result(run):
+    return run[1]
+
+
+def test_every_anomaly_set_is_drawn_from_whole(run, data_dir):
+    """Issue 24 item 10: the tiny/full presets score every text of every anomaly set (no seeded cap before the
+    draws), and n_out_available / n_set report the set's real size."""
+    from oe_text.textcls_data import load_ood_texts
+
+    for preset in ("tiny", "full"):
+        for model in ("minilm", "gru"):
+            assert tx.preset_config(preset, dataset="clinc150", model=model).ood_examples is None, (preset, model)
+    det = [r for r in _result(run)["records"] if r["task"] == "detection" and r["ood_set"] != "mean"]
+    sizes = {name: len(load_ood_texts(name, data_dir)) for name in tx.ood_set_names("trec")}
+    assert all(r["n_set"] == sizes[r["ood_set"]] and r["n_out_available"] == sizes[r["ood_set"]] for r in det)
+    assert all("ood_subset" not in r for r in det)
+    # the draws differ: the spread over the 2 draws is not zero on a set much larger than a draw
+    big = [r for r in det if r["n_set"] >= 5 * r["n_out"] and r["score"] == "msp"]
+    assert big and all(r["auroc_std"] > 0 for r in big)
+
+
+def test_score_is_selected_on_validation_data_and_labelled(run):
+    """Issue 23.1: per stage the score with the highest AUROC of the in-distribution validation texts vs held-out
+    WikiText-2 valid sentences (TREC has no validation anomalies) is selected; its detection records, and only
+    those, carry selected_on; every record says what the stage trained on as outliers and the training split."""
+    from sklearn.metrics import roc_auc_score
+
+    records, arrays = _result(run)["records"], _result(run)["arrays"]
+    sel = [r for r in records if r["task"] == "selection"]
+    assert {(r["stage"], r["score"]) for r in sel} == {(s, k) for s in ("baseline", "oe") for k in tx.TEXTCLS_SCORES}
+    for stage in ("baseline", "oe"):
+        rows = {r["score"]: r for r in sel if r["stage"] == stage}
+        ins, outs = arrays[stage]["validation"], arrays[stage]["selection"]
+        for score, row in rows.items():
+            y = np.r_[np.zeros(ins[score].size), np.ones(outs[score].size)]
+            assert row["auroc"] == pytest.approx(roc_auc_score(y, np.r_[ins[score], outs[score]]))
+            assert row["selection_set"] == "wikitext2_valid" and row["n_out"] == outs[score].size
+        chosen = [k for k, r in rows.items() if r["selected"]]
+        assert chosen == [max(rows, key=lambda k: (rows[k]["auroc"], -rows[k]["fpr95"]))]
+        det = [r for r in records if r["task"] == "detection" and r["stage"] == stage]
+        assert {r["score"] for r in det if r.get("selected")} == set(chosen)
+        assert all(("selected_on" in r) == (r["score"] == chosen[0]) for r in det)
+        assert all("trec validation" in r["selected_on"] and "wikitext2_valid" in r["selected_on"] for r in det if r.get("selected"))
+    outliers = {(r["stage"], r["outliers"], r["train_split"]) for r in records if "stage" in r}
+    assert outliers == {("baseline", "none", "train"), ("oe", "wikitext2", "train")}
+
+
+def test_select_score_breaks_ties_on_fpr95_and_respects_the_allowed_scores():
+    rows = {"msp": {"auroc": 0.9, "fpr95": 0.3}, "knn": {"auroc": 0.95, "fpr95": 0.5}, "energy": {"auroc": 0.95, "fpr95": 0.2}}
+    assert tx.select_score(rows) == "energy"
+    assert tx.select_score(rows, ("msp", "knn")) == "knn"
+    with pytest.raises(ValueError, match="no score"):
+        tx.select_score(rows, ("mahalanobis",))
+
+
+def test_extra_outliers_add_an_oe_stage_from_the_same_baseline_with_the_extra_set_at_its_share(data_dir):
+    """Issue 23.2: --extra-outliers clinc150_oos_train adds the stage oe_extra (init = baseline) whose outlier pool
+    is WikiText-2 plus the 100 oos_train queries repeated to extra_outlier_share of it."""
+    import datasets
+
+    from oe_common.experiment import Stage
+    from oe_text.textcls_data import load_ood_texts
+
+    cfg = tx.preset_config("test", dataset="clinc150", model="gru", extra_outliers="clinc150_oos_train", extra_outlier_share=0.25)
+    exp = tx.TextClsExperiment(cfg)
+    assert [(s.name, s.init, s.oe_lambda) for s in exp.stages()] == [
+        ("baseline", None, None), ("oe", "baseline", 1.0), ("oe_extra", "baseline", 1.0)]
+    assert tx.stage_outliers("oe_extra", cfg) == "wikitext2+clinc150_oos_train"
+    extra = load_ood_texts("clinc150_oos_train", data_dir)
+    wiki = datasets.Dataset.from_dict({"text": [f"wiki sentence {i}" for i in range(600)]})
+
+    def tokenize(batch):
+        return {"n": [len(t) for t in batch["text"]]}
+
+    pool = exp._extra_outlier_pool(wiki, extra, tokenize)
+    n_extra = len(pool) - len(wiki)
+    assert n_extra == 200 and n_extra / len(pool) == pytest.approx(0.25)  # ceil(1/3 * 600 / 100) = 2 repeats
+    exp.data = types.SimpleNamespace(outliers="wiki", extra_outliers="pool")
+    assert exp._stage_outliers(Stage("oe_extra", 1e-3, oe_lambda=1.0)) == "pool"
+    assert exp._stage_outliers(Stage("oe", 1e-3, oe_lambda=1.0)) == "wiki"
+    assert exp._stage_outliers(Stage("baseline", 1e-3)) is None
+    with pytest.raises(SystemExit):
+        recipe_main(["--extra-outliers", "clinc150_oos_validation"])
+
+
+def test_sst2_trains_on_the_sentence_level_split_when_asked(data_dir):
+    """Issue 23.3: --train-split train_sentences reads sst2/train_sentences.tsv.gz (6,920 whole sentences)."""
+    from oe_text.textcls_data import load_textcls
+
+    full = load_textcls("sst2", data_dir)
+    sentences = load_textcls("sst2", data_dir, train_split="train_sentences")
+    assert len(sentences.splits["train"]) == 6920 and len(full.splits["train"]) == 67349
+    assert sentences.splits["test"]["text"] == full.splits["test"]["text"] and sentences.label_names == ["0", "1"]
+    with pytest.raises(ValueError, match="train_sentences"):
+        load_textcls("trec", data_dir, train_split="train_sentences")
+    with pytest.raises(ValueError, match="train_split"):
+        tx.TextClsConfig(dataset="clinc150", train_split="train_sentences")
+    assert tx.preset_config("full", dataset="sst2", model="gru", train_split="train_sentences").train_split == "train_sentences"
+
+
+def test_word_level_tokenizer_keeps_the_most_frequent_training_words_and_unks_the_rest(tmp_path):
+    """--word-vocab-size (the paper's torchtext vocabulary): lower-cased words, the N most frequent, others [UNK];
+    it saves and reloads as the detector folder's tokenizer."""
+    from transformers import AutoTokenizer
+
+    tok = tx.word_level_tokenizer(["The cat sat , on the mat .", "the cat ran"], 3)
+    assert len(tok) == 5 + 3
+    assert tok.convert_ids_to_tokens(tok("The zebra sat on a CAT!")["input_ids"]) == [
+        "[CLS]", "the", "[UNK]", "sat", "[UNK]", "[UNK]", "cat", "[UNK]", "[SEP]"]  # the, cat (2 each), sat (first of 1s)
+    assert tok.convert_ids_to_tokens(tok("ran")["input_ids"])[1] == "[UNK]"
+    tok.save_pretrained(tmp_path)
+    assert AutoTokenizer.from_pretrained(tmp_path)("the zebra cat")["input_ids"] == tok("the zebra cat")["input_ids"]
+    with pytest.raises(ValueError, match="word_vocab_size"):
+        tx.TextClsConfig(model="minilm", word_vocab_size=100)
