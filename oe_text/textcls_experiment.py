@@ -116,7 +116,7 @@ class TextClsConfig:
         "of the training texts, every other word [UNK] (the paper's code: torchtext build_vocab(max_size=10000))",
         arg_type=non_negative_int))
     knn_k: int = dataclasses.field(default=10, metadata=flag("k of the k-NN feature score", arg_type=non_negative_int))
-    selection_outlier_examples: int = 1000  # WikiText-2 valid sentences for score selection (sets without own anomalies)
+    selection_outlier_examples: int = 1000  # validation anomalies for score selection (WikiText-2 valid or --validation-ood-file; a seeded subset)
     max_length: int | None = None  # tokens per text (None: _MAX_LENGTH of the dataset)
     batch_size: int = 32  # in-distribution texts per step; as many outlier sentences
     eval_batch_size: int = 128
@@ -226,6 +226,10 @@ _PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     },
 }
 
+#: Own data of any size (files, Hub id, saved dataset): the tiny preset also caps the texts read for training and
+#: each anomaly set (seeded subsets), so that it ends in minutes on the 2-core CPU whatever the files hold.
+_OWN_DATA_CAPS: dict[str, dict[str, Any]] = {"tiny": dict(train_examples=20000, ood_examples=2000)}
+
 
 def preset_config(preset: str, **overrides: Any) -> TextClsConfig:
     """The :class:`TextClsConfig` of a named preset (``test``, ``tiny``, ``full``) with ``overrides`` applied
@@ -233,7 +237,11 @@ def preset_config(preset: str, **overrides: Any) -> TextClsConfig:
     if preset not in _PRESETS:
         raise ValueError(f"unknown preset {preset!r}; available: {PRESET_NAMES}")
     family = "gru" if overrides.get("model") == "gru" else "transformer"
-    return TextClsConfig(**preset_settings(TextClsConfig, {preset: _PRESETS[preset][family]}, preset, overrides))
+    settings = dict(_PRESETS[preset][family])
+    dataset = overrides.get("dataset")
+    if overrides.get("train_file") is not None or (dataset is not None and dataset not in DATASETS):
+        settings.update(_OWN_DATA_CAPS.get(preset, {}))
+    return TextClsConfig(**preset_settings(TextClsConfig, {preset: settings}, preset, overrides))
 
 
 def ood_set_names(dataset: str) -> list[str]:
@@ -383,6 +391,14 @@ class TextClsExperiment(StagedExperiment):
         if head_notice:
             print(f"notice: {head_notice}", file=sys.stderr, flush=True)
         own_ood = {name: read_texts(path, c.text_column) for name, path in (parse_named_file(v, "--ood-file") for v in c.ood_file)}
+        selection_file = None
+        if c.validation_ood_file is not None:
+            name, path = parse_named_file(c.validation_ood_file, "--validation-ood-file")
+            selection_file = (name, read_texts(path, c.text_column))
+        whole, skipped = named_anomaly_sets(c, own_ood, data_dir)  # every input is read before the tokenizing starts
+        if not whole:
+            raise MissingDataError(f"no anomaly set to evaluate on: the named sets ({', '.join(skipped)}) have no files in the "
+                                   "data directory; give at least one --ood-file NAME=PATH")
         splits = cls_data.splits
         train = splits["train"]
         if c.train_examples is not None and c.train_examples < len(train):
@@ -404,14 +420,13 @@ class TextClsExperiment(StagedExperiment):
         test_idx = seeded_subset_indices(len(test), c.test_examples, c.seed + 2)
         validation = splits["validation"]["text"]
         ood, ood_sizes = {}, {}
-        whole, skipped = named_anomaly_sets(c, own_ood, data_dir)
         for index, (name, texts) in enumerate(whole.items()):
             ood_sizes[name] = len(texts)
             ood[name] = [texts[i] for i in seeded_subset_indices(len(texts), c.ood_examples, c.seed + 10 + index)]
         selection_name = selection_set_name(c.dataset)
-        if c.validation_ood_file is not None:
-            selection_name, path = parse_named_file(c.validation_ood_file, "--validation-ood-file")
-            selection_texts = read_texts(path, c.text_column)
+        if selection_file is not None:
+            selection_name, texts = selection_file
+            selection_texts = [texts[i] for i in seeded_subset_indices(len(texts), c.selection_outlier_examples, c.seed + 5)]
         elif selection_name == "wikitext2_valid":
             held_out = wikitext_sentences("valid", data_dir)["text"]
             selection_texts = [held_out[i] for i in seeded_subset_indices(len(held_out), c.selection_outlier_examples, c.seed + 5)]
