@@ -33,13 +33,17 @@ from oe_common.table_files import MissingColumnError, TableFileError, read_colum
 
 from .textcls_data import TextClsData
 
-__all__ = ["VALIDATION_FRACTION", "DEFAULT_OWN_MAX_LENGTH", "HeadMismatchError", "load_own_textcls", "read_texts",
+__all__ = ["VALIDATION_FRACTION", "DEFAULT_OWN_MAX_LENGTH", "DatasetSourceError", "HeadMismatchError", "load_own_textcls", "read_texts",
            "parse_named_file", "check_classification_head"]
 
 #: Share of the train rows moved to validation when no validation file / split is given (stratified, seeded).
 VALIDATION_FRACTION = 0.1
 #: ``max_length`` (tokens per text) of a user's own data when ``--max-length`` is not given.
 DEFAULT_OWN_MAX_LENGTH = 64
+
+
+class DatasetSourceError(MissingDataError):
+    """``--dataset`` is neither a named set, a saved dataset folder, nor a source ``datasets`` can load (a usage error)."""
 
 
 class HeadMismatchError(DataError, ValueError):
@@ -185,8 +189,10 @@ def _load_source(cfg: Any) -> tuple[Any, list[str], str]:
     except Exception as exc:  # offline Hub id, unknown folder, bad files: one line naming the source
         if isinstance(exc, DataError):
             raise
-        raise MissingDataError(f"cannot load the dataset {source!r} ({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); "
-                               "give a saved dataset folder, a folder of .csv/.jsonl files, a cached Hub id, or --train-file") from None
+        raise DatasetSourceError(
+            f"--dataset {source!r} is not a named set (clinc150, sst2, trec) and datasets cannot load it ({type(exc).__name__}: "
+            f"{' '.join(str(exc).split())[:200]}); give a saved dataset folder, a folder of .csv/.jsonl files, a cached Hub id, "
+            "or --train-file") from None
     if isinstance(loaded, datasets.Dataset):
         loaded = datasets.DatasetDict({"train": loaded})
     names_of = {"train": cfg.train_split, "validation": cfg.validation_split, "test": cfg.test_split}

@@ -11,6 +11,7 @@ from oe_common.data_dir import exit_on_data_error
 from oe_common.table_files import MissingColumnError
 from oe_common.recipe_args import build_recipe_parser, parse_recipe_args, run_recipe
 
+from .textcls_files import DatasetSourceError
 from .textcls_experiment import PRESET_NAMES, TextClsConfig, preset_config, run_textcls_oe
 
 PROG = "textcls_oe.py"
@@ -32,5 +33,5 @@ def main(argv: Sequence[str] | None = None) -> dict:
     try:
         return run_recipe(PROG, recipe, cfg, run_textcls_oe,
                           os.path.join("runs", f"textcls_{name}_{cfg.model.replace('/', '_')}_{recipe.preset}"), argv)
-    except MissingColumnError as exc:  # a wrong --text-column / --label-column: a usage error
+    except (MissingColumnError, DatasetSourceError) as exc:  # a wrong --text-column / --label-column / --dataset: usage errors
         parser.exit(2, f"{PROG}: error: {exc}\n")
