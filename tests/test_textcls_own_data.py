@@ -292,3 +292,19 @@ def test_clinc150_exported_to_quoted_csv_gives_the_records_of_the_named_set(data
     assert len(named["records"]) > 100
     assert json.loads(json.dumps(own["records"])) == json.loads(json.dumps(named["records"]))
     assert os.path.getsize(tmp_path / "own" / "results.json") > 0
+
+
+def test_anomaly_sets_named_sets_first_then_files_or_files_first_then_the_named_sets_found(data_dir, wikitext_only, tmp_path):
+    mine = {"traffic": ["some text"], "sst2": ["my own sst2"]}
+    named = tx.preset_config("test", dataset="trec", model="gru")
+    sets, skipped = tx.named_anomaly_sets(named, mine, data_dir)
+    assert list(sets) == [n for n in tx.ood_set_names("trec") if n != "sst2"] + ["traffic", "sst2"] and not skipped
+    assert sets["sst2"] == ["my own sst2"] and len(sets["multi30k"]) > 100  # a file named like a named set replaces it
+    good = str(write_table(tmp_path / "good.csv", rows(40, 1)))
+    own = tx.preset_config("test", model="gru", train_file=good, test_file=good)
+    sets, skipped = tx.named_anomaly_sets(own, mine, data_dir)
+    assert list(sets)[:2] == ["traffic", "sst2"] and "clinc150" in sets and not skipped
+    sets, skipped = tx.named_anomaly_sets(own, mine, wikitext_only)
+    assert list(sets) == ["traffic", "sst2"] and skipped == [n for n in tx.ood_set_names("good") if n != "sst2"]
+    with pytest.raises(tx.MissingDataError):  # a named set's own files are required
+        tx.named_anomaly_sets(named, mine, wikitext_only)
