@@ -679,6 +679,11 @@ class TextClsExperiment(StagedExperiment):
                     "outlier_dataset": "wikitext-2 sentences", "model": c.model,
                     "oe_lambda": c.oe_lambda, "oe_loss": c.oe_loss, "baseline_lr": c.baseline_lr, "oe_lr": c.oe_lr,
                     "max_length": c.max_length, "seed": c.seed, "recipe": "recipes/textcls_oe.py"}
+        if c.own_data:  # where the user's texts came from (issue 21)
+            training["in_distribution_source"] = {k: getattr(c, k) for k in (
+                "train_file", "validation_file", "test_file", "dataset_config", "text_column", "label_column", "ood_file",
+                "validation_ood_file") if getattr(c, k) not in (None, ())}
+            training["validation_texts"] = data.sources.get("validation")
         table = dict(result.state["tables"][score])
         table["meta"] = {**table.get("meta", {}), "score": score, "score_chosen_on": chosen,
                          "examples": f"{c.dataset} test texts against the anomaly sets of the recipe's results.json"}
