@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -833,5 +834,7 @@ def run_textcls_oe(cfg: TextClsConfig, output_dir: str | os.PathLike, data_dir: 
     process only)."""
     experiment = TextClsExperiment(cfg)
     if data is None:  # every input is read and checked before anything is written to output_dir
+        started = time.perf_counter()
         data = experiment.load_data(data_dir)
+        data.sources["data_seconds"] = round(time.perf_counter() - started, 1)  # outside the runner's "total"
     return run_experiment(experiment, output_dir, data_dir=data_dir, data=data, overwrite=overwrite, resume=resume)
