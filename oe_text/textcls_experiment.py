@@ -814,7 +814,8 @@ def results_markdown(records: Sequence[Mapping[str, Any]], meta: Mapping[str, An
 
 
 def own_data_notes(sources: Mapping[str, Any]) -> list[str]:
-    """results.md lines on a user's own data: how validation was made, named anomaly sets left out, the head."""
+    """results.md lines on where the data came from: how validation was made, named anomaly sets left out, the
+    head of ``--model``, the time spent reading and checking the data."""
     lines = []
     if sources.get("validation"):
         lines.append(f"Validation texts: {sources['validation']}.")
@@ -823,6 +824,8 @@ def own_data_notes(sources: Mapping[str, Any]) -> list[str]:
                      f"{', '.join(sources['anomaly_sets_skipped'])} have no files in the data directory and were not used.")
     if sources.get("head_notice"):
         lines.append(f"Model: {sources['head_notice']}.")
+    if sources.get("data_seconds") is not None:
+        lines.append(f"Reading and checking the data took {sources['data_seconds']:.0f} s (before the total above).")
     return ["", *lines] if lines else []
 
 
