@@ -213,6 +213,10 @@ def _load_source(cfg: Any) -> tuple[Any, list[str], str]:
         raw = list(part[cfg.label_column])
         if isinstance(feature, datasets.ClassLabel):
             names = list(feature.names)
+            unlabelled = sum(1 for v in raw if v == -1)
+            if unlabelled:
+                raise TableFileError(f"{where}: {unlabelled} of {len(raw)} rows have no label (ClassLabel -1, e.g. a GLUE test split); "
+                                     f"name a labelled split with --{role}-split")
             raw = [feature.int2str(v) if isinstance(v, int) and 0 <= v < len(names) else v for v in raw]
         rows[role] = (text_column(list(part[cfg.text_column]), where, cfg.text_column), raw)
         wheres[role] = where

@@ -191,6 +191,11 @@ def test_a_saved_dataset_folder_and_a_folder_of_data_files_load_through_datasets
     write_table(folder / "validation.csv", rows(12, 7))
     own, how = load_own_textcls(_cfg(dataset=str(folder)))
     assert own.label_names == LABELS and len(own.splits["train"]) == 60 and how.startswith("given: dataset")
+    unlabelled = tmp_path / "unlabelled"
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict(part, features=features),
+                          "test": datasets.Dataset.from_dict({**part, "intent": [-1] * 60}, features=features)}).save_to_disk(str(unlabelled))
+    with pytest.raises(TableFileError, match="split 'test': 60 of 60 rows have no label.*--test-split"):
+        load_own_textcls(_cfg(dataset=str(unlabelled), text_column="sentence", label_column="intent"))
     with pytest.raises(TableFileError, match="has no split 'fit'.*'train'.*--train-split"):
         load_own_textcls(_cfg(dataset=str(folder), train_split="fit"))
 
