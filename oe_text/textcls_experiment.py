@@ -39,7 +39,15 @@ from oe_common.trainer import OETrainer, OETrainingArguments
 from .hub_checkpoints import MINILM_REPO_ID, MINILM_REVISION, check_cached_minilm
 from .data import seeded_subset_indices
 from .textcls_data import TRAIN_SPLITS, load_ood_texts, load_textcls, wikitext_sentences
-from .textcls_files import DEFAULT_OWN_MAX_LENGTH, check_classification_head, load_own_textcls, parse_named_file, read_texts
+from .textcls_files import (
+    DEFAULT_OWN_MAX_LENGTH,
+    check_classification_head,
+    load_own_textcls,
+    named_anomaly_sets,
+    own_data_notes,
+    parse_named_file,
+    read_texts,
+)
 
 __all__ = ["TextClsConfig", "TextClsExperiment", "PRESET_NAMES", "TEXTCLS_SCORES", "DETECTOR_SCORES", "preset_config",
            "run_textcls_oe", "ood_set_names", "fixed_length_collator", "DETECTOR_TARGET_FPR", "select_score",
@@ -284,27 +292,6 @@ class TextClsData:
     sources: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
-def named_anomaly_sets(config: TextClsConfig, own: Mapping[str, list[str]], data_dir: str | os.PathLike | None
-                       ) -> tuple[dict[str, list[str]], list[str]]:
-    """``({name: every text}, skipped)``: the anomaly sets of a run, in the order their seeds follow.
-
-    A named dataset: its :func:`ood_set_names` (each required), then the ``--ood-file`` sets ``own``. Own data:
-    ``own`` first, then the named sets whose files are in the data directory; the others are ``skipped`` (results.md
-    says so). A file named like a named set replaces it."""
-    sets: dict[str, list[str]] = {} if not config.own_data else dict(own)
-    skipped = []
-    for name in ood_set_names(config.dataset):
-        if name in own:
-            continue
-        try:
-            sets[name] = list(load_ood_texts(name, data_dir)["text"])
-        except MissingDataError:
-            if not config.own_data:
-                raise
-            skipped.append(name)
-    return {**sets, **own}, skipped
-
-
 def selection_set_name(dataset: str) -> str:
     """The validation anomaly set the scores of ``dataset`` are selected on: CLINC150's ``oos_validation`` queries;
     for the sets without validation anomalies, held-out WikiText-2 ``valid`` sentences (the OE stage trains on
@@ -396,7 +383,7 @@ class TextClsExperiment(StagedExperiment):
         if c.validation_ood_file is not None:
             name, path = parse_named_file(c.validation_ood_file, "--validation-ood-file")
             selection_file = (name, read_texts(path, c.text_column))
-        whole, skipped = named_anomaly_sets(c, own_ood, data_dir)  # every input is read before the tokenizing starts
+        whole, skipped = named_anomaly_sets(ood_set_names(c.dataset), own_ood, c.own_data, data_dir)  # every input is read before the tokenizing starts
         if not whole:
             raise MissingDataError(f"no anomaly set to evaluate on: the named sets ({', '.join(skipped)}) have no files in the "
                                    "data directory; give at least one --ood-file NAME=PATH")
@@ -811,22 +798,6 @@ def results_markdown(records: Sequence[Mapping[str, Any]], meta: Mapping[str, An
             if rows[0]:
                 parts.append(f"| {score} | {_arrow([r.get('auroc') for r in rows])} | {_arrow([r.get('aupr') for r in rows])} |")
     return "\n".join(parts) + "\n"
-
-
-def own_data_notes(sources: Mapping[str, Any]) -> list[str]:
-    """results.md lines on where the data came from: how validation was made, named anomaly sets left out, the
-    head of ``--model``, the time spent reading and checking the data."""
-    lines = []
-    if sources.get("validation"):
-        lines.append(f"Validation texts: {sources['validation']}.")
-    if sources.get("anomaly_sets_skipped"):
-        lines.append("Evaluated only on the anomaly sets given and found: the named sets "
-                     f"{', '.join(sources['anomaly_sets_skipped'])} have no files in the data directory and were not used.")
-    if sources.get("head_notice"):
-        lines.append(f"Model: {sources['head_notice']}.")
-    if sources.get("data_seconds") is not None:
-        lines.append(f"Reading and checking the data took {sources['data_seconds']:.0f} s (before the total above).")
-    return ["", *lines] if lines else []
 
 
 def run_textcls_oe(cfg: TextClsConfig, output_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None,

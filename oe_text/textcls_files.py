@@ -23,7 +23,7 @@ from __future__ import annotations
 import gzip
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -31,10 +31,10 @@ from oe_common.data_dir import DataError, MissingDataError
 from oe_common.preprocessing import some_indices
 from oe_common.table_files import MissingColumnError, TableFileError, read_columns, text_column
 
-from .textcls_data import TextClsData
+from .textcls_data import TextClsData, load_ood_texts
 
 __all__ = ["VALIDATION_FRACTION", "DEFAULT_OWN_MAX_LENGTH", "DatasetSourceError", "HeadMismatchError", "load_own_textcls", "read_texts",
-           "parse_named_file", "check_classification_head"]
+           "parse_named_file", "check_classification_head", "named_anomaly_sets", "own_data_notes"]
 
 #: Share of the train rows moved to validation when no validation file / split is given (stratified, seeded).
 VALIDATION_FRACTION = 0.1
@@ -251,3 +251,40 @@ def check_classification_head(model: str, num_labels: int, keep_head: bool) -> s
                                 f"{num_labels} labels; drop --keep-head to re-initialise the head")
     return (f"--model {model} has a {config.num_labels}-label classification head; it is re-initialised for the "
             f"{num_labels} labels of the data (--keep-head refuses instead)")
+
+
+def named_anomaly_sets(named: Sequence[str], own: dict[str, list[str]], own_data: bool, data_dir: str | os.PathLike | None
+                       ) -> tuple[dict[str, list[str]], list[str]]:
+    """``({name: every text}, skipped)``: the anomaly sets of a run, in the order their seeds follow.
+
+    A named in-distribution set: its ``named`` anomaly sets (:func:`oe_text.textcls_experiment.ood_set_names`, each
+    required), then the ``--ood-file`` sets ``own``. Own data: ``own`` first, then the named sets whose files are in
+    the data directory; the others are ``skipped`` (results.md says so). A file named like a named set replaces it."""
+    sets: dict[str, list[str]] = dict(own) if own_data else {}
+    skipped = []
+    for name in named:
+        if name in own:
+            continue
+        try:
+            sets[name] = list(load_ood_texts(name, data_dir)["text"])
+        except MissingDataError:
+            if not own_data:
+                raise
+            skipped.append(name)
+    return {**sets, **own}, skipped
+
+
+def own_data_notes(sources: Mapping[str, Any]) -> list[str]:
+    """results.md lines on where the data came from: how validation was made, named anomaly sets left out, the
+    head of ``--model``, the time spent reading and checking the data."""
+    lines = []
+    if sources.get("validation"):
+        lines.append(f"Validation texts: {sources['validation']}.")
+    if sources.get("anomaly_sets_skipped"):
+        lines.append("Evaluated only on the anomaly sets given and found: the named sets "
+                     f"{', '.join(sources['anomaly_sets_skipped'])} have no files in the data directory and were not used.")
+    if sources.get("head_notice"):
+        lines.append(f"Model: {sources['head_notice']}.")
+    if sources.get("data_seconds") is not None:
+        lines.append(f"Reading and checking the data took {sources['data_seconds']:.0f} s (before the total above).")
+    return ["", *lines] if lines else []

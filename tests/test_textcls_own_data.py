@@ -23,7 +23,7 @@ from test_textcls_detector import WORDS, random_texts, tiny_bert, tiny_tokenizer
 from oe_common import cli
 from oe_common.table_files import TableFileError
 from oe_text import textcls_experiment as tx
-from oe_text.textcls_files import VALIDATION_FRACTION, load_own_textcls
+from oe_text.textcls_files import VALIDATION_FRACTION, load_own_textcls, named_anomaly_sets
 from oe_text.textcls_recipe import main as recipe_main
 
 TORCH_THREADS = 1  # tiny models: see the conftest fixture _torch_threads
@@ -303,15 +303,14 @@ def test_clinc150_exported_to_quoted_csv_gives_the_records_of_the_named_set(data
 
 def test_anomaly_sets_named_sets_first_then_files_or_files_first_then_the_named_sets_found(data_dir, wikitext_only, tmp_path):
     mine = {"traffic": ["some text"], "sst2": ["my own sst2"]}
-    named = tx.preset_config("test", dataset="trec", model="gru")
-    sets, skipped = tx.named_anomaly_sets(named, mine, data_dir)
+    sets, skipped = named_anomaly_sets(tx.ood_set_names("trec"), mine, False, data_dir)
     assert list(sets) == [n for n in tx.ood_set_names("trec") if n != "sst2"] + ["traffic", "sst2"] and not skipped
     assert sets["sst2"] == ["my own sst2"] and len(sets["multi30k"]) > 100  # a file named like a named set replaces it
     good = str(write_table(tmp_path / "good.csv", rows(40, 1)))
     own = tx.preset_config("test", model="gru", train_file=good, test_file=good)
-    sets, skipped = tx.named_anomaly_sets(own, mine, data_dir)
+    sets, skipped = named_anomaly_sets(tx.ood_set_names(own.dataset), mine, True, data_dir)
     assert list(sets)[:2] == ["traffic", "sst2"] and "clinc150" in sets and not skipped
-    sets, skipped = tx.named_anomaly_sets(own, mine, wikitext_only)
+    sets, skipped = named_anomaly_sets(tx.ood_set_names(own.dataset), mine, True, wikitext_only)
     assert list(sets) == ["traffic", "sst2"] and skipped == [n for n in tx.ood_set_names("good") if n != "sst2"]
     with pytest.raises(tx.MissingDataError):  # a named set's own files are required
-        tx.named_anomaly_sets(named, mine, wikitext_only)
+        named_anomaly_sets(tx.ood_set_names("trec"), mine, False, wikitext_only)
