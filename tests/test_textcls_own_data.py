@@ -191,6 +191,18 @@ def test_a_saved_dataset_folder_and_a_folder_of_data_files_load_through_datasets
     write_table(folder / "validation.csv", rows(12, 7))
     own, how = load_own_textcls(_cfg(dataset=str(folder)))
     assert own.label_names == LABELS and len(own.splits["train"]) == 60 and how.startswith("given: dataset")
+    # a Hub-style dataset repository: README.md with `configs:` metadata, picked with --dataset-config
+    repo = tmp_path / "repo"
+    for config, n in (("small", 40), ("big", 80)):
+        (repo / config).mkdir(parents=True)
+        write_table(repo / config / "train.csv", rows(n, 8))
+        write_table(repo / config / "test.csv", rows(15, 9))
+    (repo / "README.md").write_text("---\nconfigs:\n" + "".join(
+        f"- config_name: {c}\n  data_files:\n  - split: train\n    path: {c}/train.csv\n  - split: test\n    path: {c}/test.csv\n"
+        for c in ("small", "big")) + "---\n# my intents\n")
+    for config, n in (("small", 40), ("big", 80)):
+        own, _ = load_own_textcls(_cfg(dataset=str(repo), dataset_config=config))
+        assert len(own.splits["train"]) + len(own.splits["validation"]) == n and own.label_names == LABELS
     unlabelled = tmp_path / "unlabelled"
     datasets.DatasetDict({"train": datasets.Dataset.from_dict(part, features=features),
                           "test": datasets.Dataset.from_dict({**part, "intent": [-1] * 60}, features=features)}).save_to_disk(str(unlabelled))
