@@ -189,7 +189,8 @@ class TextClsConfig:
         else:
             if self.test_file is None:
                 raise ValueError("--train-file needs --test-file (the texts the results are reported on)")
-            self.dataset = self.dataset or Path(self.train_file).name.split(".")[0]
+            stem = Path(self.train_file).name.split(".")[0]  # intents.csv -> intents; data/intents/train.csv -> intents
+            self.dataset = self.dataset or (Path(self.train_file).resolve().parent.name if stem.lower() == "train" else stem) or stem
 
     @property
     def own_data(self) -> bool:
