@@ -148,7 +148,7 @@ def test_the_data_is_named_after_its_file_or_folder_unless_dataset_names_it():
     assert _cfg(train_file="data/intents.csv.gz", test_file="t.csv").dataset == "intents"
     assert _cfg(train_file="data/bank_chat/train.jsonl", test_file="t.csv").dataset == "bank_chat"
     assert _cfg(train_file="data/train.csv", test_file="t.csv", dataset="mine").dataset == "mine"
-    assert _cfg(train_file="x.csv", test_file="t.csv").max_length == 64 and _cfg().dataset == "clinc150"
+    assert tx.preset_config("test", train_file="x.csv", test_file="t.csv").max_length == 64 and _cfg().dataset == "clinc150"
 
 
 def test_integer_labels_are_sorted_numerically_and_named_as_strings(tmp_path):
