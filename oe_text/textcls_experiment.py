@@ -94,8 +94,9 @@ class TextClsConfig:
     ood_file: tuple[str, ...] = dataclasses.field(default=(), metadata=flag(
         "NAME=PATH: an anomaly set (column --text-column of a .csv/.tsv/.jsonl[.gz] file); repeatable", action="append"))
     validation_ood_file: str | None = dataclasses.field(default=None, metadata=flag(
-        "[NAME=]PATH: validation anomalies the detector's score and threshold are chosen on (default: CLINC150's "
-        "oos_validation for clinc150, else held-out WikiText-2 sentences)"))
+        "[NAME=]PATH: validation anomalies the score is selected on (highest AUROC of the validation texts vs these; "
+        "the saved detector uses that score, its threshold flags 5%% of the validation texts). Default: CLINC150's "
+        "oos_validation for clinc150, else held-out WikiText-2 sentences"))
     keep_head: bool = dataclasses.field(default=False, metadata=flag(
         "refuse a --model whose classification head has another number of labels instead of re-initialising it"))
     model: str = dataclasses.field(default="minilm", metadata=flag(

@@ -149,6 +149,10 @@ def test_the_data_is_named_after_its_file_or_folder_unless_dataset_names_it():
     assert _cfg(train_file="data/bank_chat/train.jsonl", test_file="t.csv").dataset == "bank_chat"
     assert _cfg(train_file="data/train.csv", test_file="t.csv", dataset="mine").dataset == "mine"
     assert tx.preset_config("test", train_file="x.csv", test_file="t.csv").max_length == 64 and _cfg().dataset == "clinc150"
+    tiny_own, tiny_named = tx.preset_config("tiny", train_file="x.csv", test_file="t.csv"), tx.preset_config("tiny")
+    assert (tiny_own.train_examples, tiny_own.ood_examples) == (20000, 2000)  # minutes whatever the files hold
+    assert (tiny_named.train_examples, tiny_named.ood_examples) == (None, None)
+    assert tx.preset_config("tiny", dataset="user/hub-intents").ood_examples == 2000
 
 
 def test_integer_labels_are_sorted_numerically_and_named_as_strings(tmp_path):
