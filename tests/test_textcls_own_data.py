@@ -193,7 +193,10 @@ def test_a_saved_dataset_folder_and_a_folder_of_data_files_load_through_datasets
                           "eval": datasets.Dataset.from_dict(part, features=features)}).save_to_disk(str(saved))
     own, how = load_own_textcls(_cfg(dataset=str(saved), train_split="fit", test_split="eval", text_column="sentence", label_column="intent"))
     assert own.label_names == ["travel", "greeting", "billing, refunds"]  # the ClassLabel's own order
-    assert own.splits["test"]["label"] == part["intent"] and "stratified" in how  # no validation split: carved out
+    assert list(own.splits["test"]["label"]) == part["intent"] and "stratified" in how  # no validation split: carved out
+    own, how = load_own_textcls(_cfg(dataset=str(saved), train_split="fit", validation_split="eval", test_split="eval",
+                                     text_column="sentence", label_column="intent"))
+    assert how == f"given: dataset {str(saved)!r} split 'eval'" and len(own.splits["train"]) == len(own.splits["validation"]) == 60
     # a folder of plain data files: load_dataset(folder) names the splits from the file names
     folder = tmp_path / "plain"
     folder.mkdir()
