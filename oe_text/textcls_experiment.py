@@ -179,8 +179,9 @@ class TextClsConfig:
     def _check_own_data(self) -> None:
         """The own-data flags together (issue 21): files need a test file; --dataset names them."""
         self.ood_file = tuple(v for group in self.ood_file for v in ([group] if isinstance(group, str) else group))
-        for value in self.ood_file:
-            parse_named_file(value, "--ood-file")
+        names = [parse_named_file(value, "--ood-file")[0] for value in self.ood_file]
+        if len(set(names)) < len(names) or "mean" in names:
+            raise ValueError(f"--ood-file names must differ from each other and from 'mean' (the mean row), got {names}")
         if self.validation_ood_file is not None:
             parse_named_file(self.validation_ood_file, "--validation-ood-file")
         if self.train_file is None:

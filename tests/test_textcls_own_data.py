@@ -259,6 +259,8 @@ def test_bad_inputs_are_one_line_errors_before_anything_is_written(tmp_path, wik
            str(few), "12 rows in 3 classes", "at least 30 rows")
     _fails(["--train-file", str(good), *base, "--ood-file", str(d / "missing.csv")], out, capsys, 1, "missing.csv")
     _fails(["--train-file", str(good), *base], out, capsys, 1, "no anomaly set", "--ood-file")
+    _fails(["--train-file", str(good), *base, "--ood-file", f"a={good}", "--ood-file", f"a={good}"], out, capsys, 2, "--ood-file names must differ")
+    _fails(["--train-file", str(good), *base, "--ood-file", f"={good}"], out, capsys, 2, "--ood-file", "NAME=PATH")
     _fails(["--validation-file", str(good)], out, capsys, 2, "--validation-file / --test-file need --train-file")
     _fails(["--train-file", str(good)], out, capsys, 2, "--train-file needs --test-file")
 
