@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
+import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -37,6 +39,15 @@ from oe_common.trainer import OETrainer, OETrainingArguments
 from .hub_checkpoints import MINILM_REPO_ID, MINILM_REVISION, check_cached_minilm
 from .data import seeded_subset_indices
 from .textcls_data import TRAIN_SPLITS, load_ood_texts, load_textcls, wikitext_sentences
+from .textcls_files import (
+    DEFAULT_OWN_MAX_LENGTH,
+    check_classification_head,
+    load_own_textcls,
+    named_anomaly_sets,
+    own_data_notes,
+    parse_named_file,
+    read_texts,
+)
 
 __all__ = ["TextClsConfig", "TextClsExperiment", "PRESET_NAMES", "TEXTCLS_SCORES", "DETECTOR_SCORES", "preset_config",
            "run_textcls_oe", "check_max_length", "ood_set_names", "fixed_length_collator", "DETECTOR_TARGET_FPR", "select_score",
@@ -65,7 +76,29 @@ _MAX_LENGTH = {"clinc150": 24, "trec": 32, "sst2": 64}
 class TextClsConfig:
     """Everything a text-classification OE run depends on. ``*_max_steps > 0`` overrides ``*_epochs``."""
 
-    dataset: str = dataclasses.field(default="clinc150", metadata=flag("in-distribution set", choices=DATASETS))
+    dataset: str | None = dataclasses.field(default=None, metadata=flag(
+        "in-distribution set: clinc150 (default), sst2, trec, a datasets Hub id or a saved dataset folder; with "
+        "--train-file the name your data carries in the results (default: the train file's name)"))
+    dataset_config: str | None = dataclasses.field(default=None, metadata=flag("configuration of a Hub --dataset"))
+    train_file: str | None = dataclasses.field(default=None, metadata=flag(
+        "your labelled training texts: .csv (RFC 4180), .tsv or .jsonl, optionally .gz"))
+    validation_file: str | None = dataclasses.field(default=None, metadata=flag(
+        "your validation texts (default: a seeded, stratified 10%% of --train-file)"))
+    test_file: str | None = dataclasses.field(default=None, metadata=flag("your test texts (needed with --train-file)"))
+    text_column: str = dataclasses.field(default="text", metadata=flag("column of the texts in your files / dataset"))
+    label_column: str = dataclasses.field(default="label", metadata=flag(
+        "column of the labels (strings or integers) in your files / dataset"))
+    validation_split: str = dataclasses.field(default="validation", metadata=flag(
+        "validation split of a Hub / saved --dataset (absent: a seeded, stratified 10%% of the train split)"))
+    test_split: str = dataclasses.field(default="test", metadata=flag("test split of a Hub / saved --dataset"))
+    ood_file: tuple[str, ...] = dataclasses.field(default=(), metadata=flag(
+        "NAME=PATH: an anomaly set (column --text-column of a .csv/.tsv/.jsonl[.gz] file); repeatable", action="append"))
+    validation_ood_file: str | None = dataclasses.field(default=None, metadata=flag(
+        "[NAME=]PATH: validation anomalies the score is selected on (highest AUROC of the validation texts vs these; "
+        "the saved detector uses that score, its threshold flags 5%% of the validation texts). Default: CLINC150's "
+        "oos_validation for clinc150, else held-out WikiText-2 sentences"))
+    keep_head: bool = dataclasses.field(default=False, metadata=flag(
+        "refuse a --model whose classification head has another number of labels instead of re-initialising it"))
     model: str = dataclasses.field(default="minilm", metadata=flag(
         "minilm (all-MiniLM-L6-v2, fine-tuned), gru (the paper's 2-layer GRU, from scratch) or any "
         "AutoModelForSequenceClassification checkpoint name"))
@@ -82,7 +115,7 @@ class TextClsConfig:
     oe_loss: str = dataclasses.field(default="uniform", metadata=flag(choices=("uniform", "energy")))
     train_split: str = dataclasses.field(default="train", metadata=flag(
         "training file of the in-distribution set: train, or for sst2 train_sentences (the paper's 6,920 whole "
-        "sentences instead of GLUE's phrases)", choices=("train", "train_sentences")))
+        "sentences instead of GLUE's phrases); the train split of a Hub / saved --dataset"))
     extra_outliers: str | None = dataclasses.field(default=None, metadata=flag(
         "also run a stage oe_extra (from the same baseline) whose outliers are WikiText-2 plus this set",
         choices=EXTRA_OUTLIER_SETS))
@@ -93,7 +126,7 @@ class TextClsConfig:
         "of the training texts, every other word [UNK] (the paper's code: torchtext build_vocab(max_size=10000))",
         arg_type=non_negative_int))
     knn_k: int = dataclasses.field(default=10, metadata=flag("k of the k-NN feature score", arg_type=non_negative_int))
-    selection_outlier_examples: int = 1000  # WikiText-2 valid sentences for score selection (sets without own anomalies)
+    selection_outlier_examples: int = 1000  # validation anomalies for score selection (WikiText-2 valid or --validation-ood-file; a seeded subset)
     max_length: int | None = None  # tokens per text (None: _MAX_LENGTH of the dataset)
     batch_size: int = 32  # in-distribution texts per step; as many outlier sentences
     eval_batch_size: int = 128
@@ -120,15 +153,14 @@ class TextClsConfig:
     seed: int = dataclasses.field(default=0, metadata=flag(arg_type=non_negative_int))
 
     def __post_init__(self) -> None:
-        if self.dataset not in DATASETS:
-            raise ValueError(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
+        self._check_own_data()
         if self.oe_loss not in ("uniform", "energy"):
             raise ValueError(f"oe_loss must be 'uniform' or 'energy', got {self.oe_loss!r}")
         if not self.oe_lambda >= 0:
             raise ValueError(f"oe_lambda must be >= 0, got {self.oe_lambda}")
         if self.detector_score not in ("validation", *DETECTOR_SCORES):
             raise ValueError(f"detector_score must be 'validation' or one of {DETECTOR_SCORES}, got {self.detector_score!r}")
-        if self.train_split not in TRAIN_SPLITS.get(self.dataset, ("train",)):
+        if not self.own_data and self.train_split not in TRAIN_SPLITS.get(self.dataset, ("train",)):
             raise ValueError(f"train_split {self.train_split!r} is not available for {self.dataset}; "
                              f"choose one of {TRAIN_SPLITS.get(self.dataset, ('train',))}")
         if self.extra_outliers is not None and self.extra_outliers not in EXTRA_OUTLIER_SETS:
@@ -142,7 +174,30 @@ class TextClsConfig:
         for name in ("baseline_max_minutes", "oe_max_minutes"):
             check_time_budget(name, getattr(self, name))
         if self.max_length is None:
-            self.max_length = _MAX_LENGTH[self.dataset]
+            self.max_length = _MAX_LENGTH.get(self.dataset, DEFAULT_OWN_MAX_LENGTH)
+
+    def _check_own_data(self) -> None:
+        """The own-data flags together (issue 21): files need a test file; --dataset names them."""
+        self.ood_file = tuple(v for group in self.ood_file for v in ([group] if isinstance(group, str) else group))
+        names = [parse_named_file(value, "--ood-file")[0] for value in self.ood_file]
+        if len(set(names)) < len(names) or "mean" in names:
+            raise ValueError(f"--ood-file names must differ from each other and from 'mean' (the mean row), got {names}")
+        if self.validation_ood_file is not None:
+            parse_named_file(self.validation_ood_file, "--validation-ood-file")
+        if self.train_file is None:
+            if self.validation_file is not None or self.test_file is not None:
+                raise ValueError("--validation-file / --test-file need --train-file")
+            self.dataset = self.dataset or "clinc150"
+        else:
+            if self.test_file is None:
+                raise ValueError("--train-file needs --test-file (the texts the results are reported on)")
+            stem = Path(self.train_file).name.split(".")[0]  # intents.csv -> intents; data/intents/train.csv -> intents
+            self.dataset = self.dataset or (Path(self.train_file).resolve().parent.name if stem.lower() == "train" else stem) or stem
+
+    @property
+    def own_data(self) -> bool:
+        """Whether the in-distribution texts are the user's (files, a Hub id or a saved dataset), not a named set."""
+        return self.train_file is not None or self.dataset not in DATASETS
 
     @property
     def is_gru(self) -> bool:
@@ -183,6 +238,10 @@ _PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     },
 }
 
+#: Own data of any size (files, Hub id, saved dataset): the tiny preset also caps the texts read for training and
+#: each anomaly set (seeded subsets), so that it ends in minutes on the 2-core CPU whatever the files hold.
+_OWN_DATA_CAPS: dict[str, dict[str, Any]] = {"tiny": dict(train_examples=20000, ood_examples=2000)}
+
 
 def preset_config(preset: str, **overrides: Any) -> TextClsConfig:
     """The :class:`TextClsConfig` of a named preset (``test``, ``tiny``, ``full``) with ``overrides`` applied
@@ -190,7 +249,11 @@ def preset_config(preset: str, **overrides: Any) -> TextClsConfig:
     if preset not in _PRESETS:
         raise ValueError(f"unknown preset {preset!r}; available: {PRESET_NAMES}")
     family = "gru" if overrides.get("model") == "gru" else "transformer"
-    return TextClsConfig(**preset_settings(TextClsConfig, {preset: _PRESETS[preset][family]}, preset, overrides))
+    settings = dict(_PRESETS[preset][family])
+    dataset = overrides.get("dataset")
+    if overrides.get("train_file") is not None or (dataset is not None and dataset not in DATASETS):
+        settings.update(_OWN_DATA_CAPS.get(preset, {}))
+    return TextClsConfig(**preset_settings(TextClsConfig, {preset: settings}, preset, overrides))
 
 
 def ood_set_names(dataset: str) -> list[str]:
@@ -228,6 +291,8 @@ class TextClsData:
     selection_name: str  # the validation anomaly set the scores are selected on
     selection_texts: list[str]
     extra_outliers: Any = None  # WikiText-2 + the extra set (oe_extra stage), tokenized
+    # own data (issue 21): how validation was made, named anomaly sets without files, the --model head notice
+    sources: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def selection_set_name(dataset: str) -> str:
@@ -336,7 +401,22 @@ class TextClsExperiment(StagedExperiment):
 
     def load_data(self, data_dir: str | Path | None) -> TextClsData:
         c = self.config
-        cls_data = load_textcls(c.dataset, data_dir, seed=c.seed, train_split=c.train_split)
+        if c.own_data:
+            cls_data, validation_made = load_own_textcls(c)
+        else:
+            cls_data, validation_made = load_textcls(c.dataset, data_dir, seed=c.seed, train_split=c.train_split), None
+        head_notice = None if c.is_gru or c.model == "minilm" else check_classification_head(c.model, cls_data.num_labels, c.keep_head)
+        if head_notice:
+            print(f"notice: {head_notice}", file=sys.stderr, flush=True)
+        own_ood = {name: read_texts(path, c.text_column) for name, path in (parse_named_file(v, "--ood-file") for v in c.ood_file)}
+        selection_file = None
+        if c.validation_ood_file is not None:
+            name, path = parse_named_file(c.validation_ood_file, "--validation-ood-file")
+            selection_file = (name, read_texts(path, c.text_column))
+        whole, skipped = named_anomaly_sets(ood_set_names(c.dataset), own_ood, c.own_data, data_dir)  # every input is read before the tokenizing starts
+        if not whole:
+            raise MissingDataError(f"no anomaly set to evaluate on: the named sets ({', '.join(skipped)}) have no files in the "
+                                   "data directory; give at least one --ood-file NAME=PATH")
         splits = cls_data.splits
         train = splits["train"]
         if c.train_examples is not None and c.train_examples < len(train):
@@ -358,12 +438,14 @@ class TextClsExperiment(StagedExperiment):
         test_idx = seeded_subset_indices(len(test), c.test_examples, c.seed + 2)
         validation = splits["validation"]["text"]
         ood, ood_sizes = {}, {}
-        for index, name in enumerate(ood_set_names(c.dataset)):
-            texts = load_ood_texts(name, data_dir)["text"]
+        for index, (name, texts) in enumerate(whole.items()):
             ood_sizes[name] = len(texts)
             ood[name] = [texts[i] for i in seeded_subset_indices(len(texts), c.ood_examples, c.seed + 10 + index)]
         selection_name = selection_set_name(c.dataset)
-        if selection_name == "wikitext2_valid":
+        if selection_file is not None:
+            selection_name, texts = selection_file
+            selection_texts = [texts[i] for i in seeded_subset_indices(len(texts), c.selection_outlier_examples, c.seed + 5)]
+        elif selection_name == "wikitext2_valid":
             held_out = wikitext_sentences("valid", data_dir)["text"]
             selection_texts = [held_out[i] for i in seeded_subset_indices(len(held_out), c.selection_outlier_examples, c.seed + 5)]
         else:
@@ -375,7 +457,8 @@ class TextClsExperiment(StagedExperiment):
             test_texts=[test["text"][i] for i in test_idx], test_labels=np.asarray(test["label"])[test_idx],
             outliers=outliers.with_format("torch"), ood=ood, ood_sizes=ood_sizes, selection_name=selection_name,
             selection_texts=selection_texts,
-            extra_outliers=None if extra_outliers is None else extra_outliers.with_format("torch"))
+            extra_outliers=None if extra_outliers is None else extra_outliers.with_format("torch"),
+            sources={"validation": validation_made, "anomaly_sets_skipped": skipped, "head_notice": head_notice})
 
     def _extra_outlier_pool(self, outliers: Any, extra: Any, tokenize: Any) -> Any:
         """WikiText-2 ``outliers`` plus the ``extra`` texts repeated so that they are ``extra_outlier_share`` of the
@@ -405,7 +488,8 @@ class TextClsExperiment(StagedExperiment):
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # the "newly initialized classifier" load report is expected here
         try:
-            model = AutoModelForSequenceClassification.from_pretrained(repo, revision=revision, **labels)
+            model = AutoModelForSequenceClassification.from_pretrained(
+                repo, revision=revision, ignore_mismatched_sizes=bool(data.sources.get("head_notice")), **labels)
         except OSError as exc:
             raise _missing_checkpoint(c.model, exc) from None
         finally:
@@ -569,7 +653,7 @@ class TextClsExperiment(StagedExperiment):
                                  data.selection_name: len(data.selection_texts),
                                  **({"extra_outlier_pool": len(data.extra_outliers)} if data.extra_outliers is not None else {}),
                                  **{name: len(texts) for name, texts in data.ood.items()}},
-                        ood_set_sizes=data.ood_sizes,
+                        ood_set_sizes=data.ood_sizes, data_sources=data.sources,
                         selected_scores={name: {"score": r.state["selected_score"], "selected_on": r.state["selected_on"]}
                                          for name, r in results.items()},
                         mahalanobis_examples=results["oe"].state.get("mahalanobis_examples"),
@@ -613,6 +697,11 @@ class TextClsExperiment(StagedExperiment):
                     "outlier_dataset": "wikitext-2 sentences", "model": c.model,
                     "oe_lambda": c.oe_lambda, "oe_loss": c.oe_loss, "baseline_lr": c.baseline_lr, "oe_lr": c.oe_lr,
                     "max_length": c.max_length, "seed": c.seed, "recipe": "recipes/textcls_oe.py"}
+        if c.own_data:  # where the user's texts came from (issue 21)
+            training["in_distribution_source"] = {k: getattr(c, k) for k in (
+                "train_file", "validation_file", "test_file", "dataset_config", "text_column", "label_column", "ood_file",
+                "validation_ood_file") if getattr(c, k) not in (None, ())}
+            training["validation_texts"] = data.sources.get("validation")
         table = dict(result.state["tables"][score])
         table["meta"] = {**table.get("meta", {}), "score": score, "score_chosen_on": chosen,
                          "examples": f"{c.dataset} test texts against the anomaly sets of the recipe's results.json"}
@@ -698,6 +787,7 @@ def results_markdown(records: Sequence[Mapping[str, Any]], meta: Mapping[str, An
             parts.append(f"| {stage} | {outliers.get(stage)} | {_pct(acc[stage]['accuracy'])} | {steps_cell(steps.get(stage, {}))} | "
                          f"{meta['seconds'].get(stage + '_train', 0):.0f} | {meta['seconds'].get(stage + '_eval', 0):.0f} |")
     parts += time_budget_notes(steps)
+    parts += own_data_notes(meta.get("data_sources") or {})
     own = "clinc150_oos" if any(r["ood_set"] == "clinc150_oos" for r in det) else None
     parts += ["", "## Score selected on validation data (per stage; test anomalies are not used to choose)", ""]
     if sel:
@@ -746,4 +836,9 @@ def run_textcls_oe(cfg: TextClsConfig, output_dir: str | os.PathLike, data_dir: 
 
     Returns ``{"records": [...], "meta": {...}, "arrays": {stage: scores}, "paths": {...}}`` (paths on the main
     process only)."""
-    return run_experiment(TextClsExperiment(cfg), output_dir, data_dir=data_dir, data=data, overwrite=overwrite, resume=resume)
+    experiment = TextClsExperiment(cfg)
+    if data is None:  # every input is read and checked before anything is written to output_dir
+        started = time.perf_counter()
+        data = experiment.load_data(data_dir)
+        data.sources["data_seconds"] = round(time.perf_counter() - started, 1)  # outside the runner's "total"
+    return run_experiment(experiment, output_dir, data_dir=data_dir, data=data, overwrite=overwrite, resume=resume)

@@ -4,11 +4,14 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any, Sequence
 
 from oe_common.data_dir import exit_on_data_error
+from oe_common.table_files import MissingColumnError
 from oe_common.recipe_args import build_recipe_parser, parse_recipe_args, run_recipe
 
+from .textcls_files import DatasetSourceError
 from .textcls_experiment import PRESET_NAMES, TextClsConfig, check_max_length, preset_config, run_textcls_oe
 
 PROG = "textcls_oe.py"
@@ -18,13 +21,18 @@ def build_parser() -> Any:
     return build_recipe_parser(
         TextClsConfig, prog=PROG, presets=PRESET_NAMES, default_preset="tiny",
         preset_help={"full": "all training texts, 2-core CPU under time budgets (~30 min)"},
-        description="Text classifier (CLINC150 / SST-2 / TREC-50; MiniLM or the paper's GRU): baseline, OE fine-tuning "
-                    "on WikiText-2 sentences, detection of other sets, Multi30K, EWT and CLINC150's out-of-scope queries.")
+        description="Text classifier (CLINC150 / SST-2 / TREC-50, or your own labelled files / datasets: --train-file, "
+                    "--dataset; MiniLM, the paper's GRU or any checkpoint): baseline, OE fine-tuning on WikiText-2 sentences, "
+                    "detection of other sets, Multi30K, EWT, CLINC150's out-of-scope queries and your --ood-file sets.")
 
 
 @exit_on_data_error
 def main(argv: Sequence[str] | None = None) -> dict:
     parser = build_parser()
     recipe, cfg, _ = parse_recipe_args(parser, argv, lambda preset, overrides: check_max_length(preset_config(preset, **overrides)))
-    return run_recipe(PROG, recipe, cfg, run_textcls_oe,
-                      os.path.join("runs", f"textcls_{cfg.dataset}_{cfg.model.replace('/', '_')}_{recipe.preset}"), argv)
+    name = Path(cfg.dataset.rstrip("/")).name or "data"  # a Hub id or a folder: its last part
+    try:
+        return run_recipe(PROG, recipe, cfg, run_textcls_oe,
+                          os.path.join("runs", f"textcls_{name}_{cfg.model.replace('/', '_')}_{recipe.preset}"), argv)
+    except (MissingColumnError, DatasetSourceError) as exc:  # a wrong --text-column / --label-column / --dataset: usage errors
+        parser.exit(2, f"{PROG}: error: {exc}\n")

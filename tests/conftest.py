@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,11 @@ def _offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    # the libraries read these variables once, at import: an already imported one gets its flag set here (else an
+    # unknown `load_dataset` id waits through the Hub client's retries, ~20 s, before failing)
+    for module in ("datasets.config", "huggingface_hub.constants"):
+        if module in sys.modules:
+            monkeypatch.setattr(sys.modules[module], "HF_HUB_OFFLINE", True)
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -160,8 +160,10 @@ def test_presets_and_config_checks():
     assert tx.preset_config("full", model="gru").baseline_lr != tx.preset_config("full", model="minilm").baseline_lr
     stages = tx.TextClsExperiment(tiny).stages()
     assert [(s.name, s.oe_lambda, s.init) for s in stages] == [("baseline", None, None), ("oe", 1.0, "baseline")]
-    with pytest.raises(ValueError, match="dataset"):
-        tx.TextClsConfig(dataset="imdb")
+    hub = tx.TextClsConfig(dataset="imdb")  # not a named set: a datasets Hub id / saved folder (issue 21)
+    assert hub.own_data and hub.max_length == 64 and not tx.TextClsConfig().own_data
+    with pytest.raises(ValueError, match="need --train-file"):
+        tx.TextClsConfig(test_file="test.csv")
     assert tx.ood_set_names("clinc150")[0] == "clinc150_oos"
 
 
