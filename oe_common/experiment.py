@@ -16,6 +16,7 @@ import torch
 from transformers import set_seed
 
 from .callbacks import check_time_budget, time_budget_callbacks, training_steps_report
+from .reporting import current_attempt, recorded_attempts
 from .run_folder import RunFolder
 
 __all__ = ["Stage", "StageResult", "StagedExperiment", "StageModels", "run_experiment", "train_log", "shared_training_arguments",
@@ -195,6 +196,7 @@ def run_experiment(experiment: StagedExperiment, output_dir: str | Path, data_di
     """
     output_dir = Path(output_dir)
     run = RunFolder.open(output_dir, dataclasses.asdict(experiment.config), overwrite=overwrite, resume=resume)
+    run.record_attempt(current_attempt())  # a resumed run's report names every attempt's commit
     run.start_stage("data")
     seconds: dict[str, float] = {}
     started = time.perf_counter()
@@ -243,6 +245,7 @@ def run_experiment(experiment: StagedExperiment, output_dir: str | Path, data_di
 
     run.start_stage("report")
     seconds["total"] = time.perf_counter() - started
-    outcome = experiment.report(results, models, seconds, output_dir, run.is_main)
+    with recorded_attempts(run.manifest["attempts"]):
+        outcome = experiment.report(results, models, seconds, output_dir, run.is_main)
     run.complete()  # last: the folder now holds a complete run
     return outcome

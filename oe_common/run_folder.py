@@ -121,12 +121,18 @@ class RunFolder:
             "started": previous.get("started", _now()) if resuming else _now(),
             "updated": _now(),
             "resumed": int(previous.get("resumed", 0)) + 1 if resuming else 0,
+            "attempts": list(previous.get("attempts", [])) if resuming else [],
         }
         folder = cls(path, manifest, is_main)
         if is_main:
             path.mkdir(parents=True, exist_ok=True)
             folder._write()
         return folder
+
+    def record_attempt(self, attempt: Mapping[str, Any]) -> None:
+        """Append this process's attempt (e.g. its commit and start time) to the manifest's ``attempts``."""
+        self.manifest["attempts"].append(_jsonable(dict(attempt)))
+        self._write()
 
     # ---- stages ----------------------------------------------------------------------------------------------
     def stage_done(self, stage: str) -> bool:
