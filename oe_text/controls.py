@@ -23,7 +23,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from .normalize import normalize_ptb_line, unsplit_wikitext
+from .normalize import NUM, normalize_ptb_line, unsplit_wikitext
 from .vocab import Vocabulary
 
 __all__ = ["CONTROL_SET", "word_unk_share", "rare_word_pool", "control_lines", "control_description"]
@@ -44,11 +44,11 @@ def word_unk_share(sentences: Iterable[Sequence[str]], unk: str = "<unk>") -> fl
 def rare_word_pool(lines: Iterable[str], word_vocab: Vocabulary) -> list[str]:
     """Word tokens of WikiText lines (``@-@`` glued back, PTB conventions: lower-case, numbers ``N``, punctuation
     dropped) that are outside ``word_vocab``, in text order with repeats (a uniform draw is a draw by frequency).
-    WikiText's own ``<unk>`` and tokens with no letter are left out."""
+    WikiText's own ``<unk>``, numbers (``N``) and tokens with no letter are left out."""
     pool = []
     for line in lines:
         for word in normalize_ptb_line(unsplit_wikitext(line)):
-            if word not in word_vocab and word != word_vocab.unk and any(c.isalpha() for c in word):
+            if word not in word_vocab and word not in (word_vocab.unk, NUM) and any(c.isalpha() for c in word):
                 pool.append(word)
     return pool
 
