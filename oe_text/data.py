@@ -791,17 +791,24 @@ def _add_control_streams(streams: dict[str, np.ndarray], level: str, protocols: 
     charset = set(vocab.symbols()) - {"_"}
     out = {}
     for p in protocols:
-        target = 0.0 if p == "spelled" else word_unk_share(
-            s for rows in ewt_sentences(p, data_dir, word_vocab=word_vocab, splits=ewt_splits).values() for s in rows)
-        pool = rare_word_pool(_wikitext_lines("valid", data_dir), word_vocab) if target < ptb_share else []
-        lines = control_lines(test_ids, ptb_stream("train", "word", data_dir, vocab=word_vocab), word_vocab, target, pool)
-        if level == "word":
-            ids = _word_ids(lines, vocab)
-        else:
-            text = "".join((spell_words(words, charset) if p == "spelled" else derive_char_string(words)) + "\n" for words in lines)
-            ids = _encode_char_string(text, vocab, f"control of protocol {p} (char)")
-        ids.flags.writeable = False
-        streams[f"control/{p}"] = ids
-        out[p] = {"ptb_unk_share": ptb_share, "target_unk_share": target, "reached_unk_share": word_unk_share(lines),
-                  "description": control_description(p, ptb_share, target)}
+        sents = ewt_sentences(p, data_dir, word_vocab=word_vocab, splits=ewt_splits)
+        target = 0.0 if p == "spelled" else word_unk_share(s for rows in sents.values() for s in rows)
+
+        def build(p: str = p, target: float = target) -> tuple[np.ndarray, dict[str, Any]]:
+            pool = []
+            if target < ptb_share:
+                lines_in = _wikitext_lines("valid", data_dir)
+                pool = _cached(("rare_word_pool", id(lines_in), word_vocab.fingerprint), lambda: rare_word_pool(lines_in, word_vocab))
+            lines = control_lines(test_ids, ptb_stream("train", "word", data_dir, vocab=word_vocab), word_vocab, target, pool)
+            if level == "word":
+                ids = _word_ids(lines, vocab)
+            else:
+                text = "".join((spell_words(words, charset) if p == "spelled" else derive_char_string(words)) + "\n" for words in lines)
+                ids = _encode_char_string(text, vocab, f"control of protocol {p} (char)")
+            ids.flags.writeable = False
+            return ids, {"ptb_unk_share": ptb_share, "target_unk_share": target, "reached_unk_share": word_unk_share(lines),
+                         "description": control_description(p, ptb_share, target)}
+
+        ids, stats = _cached(("control_stream", level, p, id(test_ids), id(sents), vocab.fingerprint), build)
+        streams[f"control/{p}"], out[p] = ids, dict(stats)
     return out
