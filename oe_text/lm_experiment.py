@@ -236,9 +236,10 @@ def is_control(record: Mapping[str, Any]) -> bool:
 
 def control_explains(record: Mapping[str, Any], control_auroc: float) -> float | None:
     """Share of a record's AUROC above chance that its protocol's control reaches: ``(c - 0.5) / (a - 0.5)``
-    (1 = the writing of rare words alone separates as well; ``None`` when ``a <= 0.5``)."""
+    (1 = the writing of rare words alone separates as well). ``None`` when ``a < 0.52``: at or below chance, or so
+    near it that the ratio is noise (a = 50.4 gave 1573%)."""
     margin = record["auroc"] - 0.5
-    return (control_auroc - 0.5) / margin if margin > 0 else None
+    return (control_auroc - 0.5) / margin if margin >= 0.02 else None
 
 
 def headline_protocol(records: list[dict[str, Any]], protocols: tuple[str, ...], score: str) -> str:
