@@ -45,6 +45,11 @@ class TimeBudgetCallback(TrainerCallback):
     re-planned), :attr:`stopped_at_step` (``None`` = the hard stop was not needed); :func:`training_steps_report`
     puts them in a dict for a results file.
 
+    Resuming: :meth:`resume_state` (what ``OETrainer`` writes into every checkpoint) holds the plan and the seconds
+    used so far; :meth:`load_resume_state` before ``train(resume_from_checkpoint=...)`` makes the resumed run keep
+    that plan (step count, learning-rate schedule, hard stop) and count its budget from those seconds, so a
+    resumed run trains the steps an uninterrupted one would, and a finished one trains no more.
+
     Args:
         max_seconds: the budget (> 0), in seconds of wall-clock time from ``on_train_begin``.
         fit_schedule: re-plan the step count and learning-rate schedule to the budget (see above).
@@ -71,8 +76,49 @@ class TimeBudgetCallback(TrainerCallback):
         self.stopped_at_step: int | None = None
         self._start: float | None = None
         self._probe_from: tuple[int, float] | None = None  # (step, elapsed seconds) where the timing window starts
+        self._saved: dict[str, Any] | None = None  # a checkpoint's resume_state, applied at the next on_train_begin
+
+    def _settings(self) -> dict[str, Any]:
+        return {"max_seconds": self.max_seconds, "fit_schedule": self.fit_schedule, "probe_steps": self.probe_steps,
+                "safety": self.safety}
+
+    def resume_state(self) -> dict[str, Any]:
+        """JSON-able state for a checkpoint: the settings, ``elapsed_seconds`` (budget used so far, read now),
+        ``planned_steps``, ``fitted_steps``, ``stopped_at_step`` and the timing window ``probe_from``."""
+        elapsed = None if self._start is None else self.clock() - self._start
+        return {**self._settings(), "elapsed_seconds": elapsed, "planned_steps": self.planned_steps,
+                "fitted_steps": self.fitted_steps, "stopped_at_step": self.stopped_at_step,
+                "probe_from": None if self._probe_from is None else list(self._probe_from)}
+
+    def load_resume_state(self, saved: dict[str, Any]) -> None:
+        """Continue from a checkpoint's :meth:`resume_state` at the next ``on_train_begin`` (a state saved with other
+        settings or another step count is ignored there, with a warning: the run is then planned afresh)."""
+        self._saved = dict(saved)
+
+    def _restore(self, state: TrainerState, lr_scheduler: Any) -> bool:
+        saved, self._saved = self._saved, None
+        if saved is None or saved.get("elapsed_seconds") is None:
+            return False
+        if {k: saved.get(k) for k in self._settings()} != self._settings() or saved.get("planned_steps") != state.max_steps:
+            logger.warning(
+                f"TimeBudgetCallback: the checkpoint's budget ({ {k: saved.get(k) for k in self._settings()} }, "
+                f"{saved.get('planned_steps')} planned steps) differs from this run's ({self._settings()}, "
+                f"{state.max_steps} steps): the budget counts from now and the schedule is planned afresh"
+            )
+            return False
+        self._start = self.clock() - float(saved["elapsed_seconds"])
+        self.planned_steps, self.fitted_steps, self.stopped_at_step = saved["planned_steps"], saved["fitted_steps"], saved["stopped_at_step"]
+        self._probe_from = None if saved["probe_from"] is None else (int(saved["probe_from"][0]), float(saved["probe_from"][1]))
+        if self.stopped_at_step is not None:  # the hard stop ended that run: it trains no more
+            state.max_steps = min(state.max_steps, max(self.stopped_at_step, state.global_step))
+        elif self.fitted_steps is not None and self.fitted_steps < state.max_steps:
+            state.max_steps = self.fitted_steps
+            self._replan(lr_scheduler)
+        return True
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
+        if self._restore(state, kwargs.get("lr_scheduler")):
+            return
         self._start = self.clock()
         self.planned_steps, self.fitted_steps, self.stopped_at_step = state.max_steps, None, None
         self._probe_from = None
@@ -97,6 +143,9 @@ class TimeBudgetCallback(TrainerCallback):
         if self.fitted_steps >= state.max_steps:
             return
         state.max_steps = self.fitted_steps
+        self._replan(lr_scheduler)
+
+    def _replan(self, lr_scheduler: Any) -> None:
         if not _replan_schedule(lr_scheduler, self.fitted_steps):
             logger.warning(
                 f"TimeBudgetCallback: the run now ends at step {self.fitted_steps} (of {self.planned_steps}), but its "

@@ -18,6 +18,7 @@ from transformers import set_seed
 from .callbacks import check_time_budget, time_budget_callbacks, training_steps_report
 from .data_dir import MissingDataError, resolve_data_dir
 from .files import make_readable
+from .reporting import current_attempt, recorded_attempts
 from .run_folder import RunFolder
 
 __all__ = ["Stage", "StageResult", "StagedExperiment", "StageModels", "run_experiment", "train_log", "shared_training_arguments",
@@ -203,6 +204,7 @@ def run_experiment(experiment: StagedExperiment, output_dir: str | Path, data_di
     output_dir = Path(output_dir)
     read_from = None if data is not None else _data_folder(data_dir)
     run = RunFolder.open(output_dir, dataclasses.asdict(experiment.config), overwrite=overwrite, resume=resume, data_dir=read_from)
+    run.record_attempt(current_attempt())  # a resumed run's report names every attempt's commit
     try:
         return _run_stages(experiment, run, output_dir, data_dir, data)
     finally:
@@ -269,6 +271,7 @@ def _run_stages(experiment: StagedExperiment, run: RunFolder, output_dir: Path, 
 
     run.start_stage("report")
     seconds["total"] = time.perf_counter() - started
-    outcome = experiment.report(results, models, seconds, output_dir, run.is_main)
+    with recorded_attempts(run.manifest["attempts"]):
+        outcome = experiment.report(results, models, seconds, output_dir, run.is_main)
     run.complete()  # last: the folder now holds a complete run
     return outcome

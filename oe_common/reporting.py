@@ -11,13 +11,15 @@ commit, hardware, date, library versions and seconds per stage, so every number 
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import datetime as _dt
 import json
 import os
 import platform
 import subprocess
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -31,6 +33,8 @@ __all__ = [
     "steps_cell",
     "time_budget_notes",
     "run_meta",
+    "current_attempt",
+    "recorded_attempts",
     "write_results",
     "records_to_markdown",
     "plot_roc_curves",
@@ -149,16 +153,41 @@ def _hardware() -> str:
     return cpu
 
 
+#: The attempts of the run whose report is being written (set by the runner, :func:`recorded_attempts`).
+_ATTEMPTS: contextvars.ContextVar[list[dict[str, Any]] | None] = contextvars.ContextVar("oe_run_attempts", default=None)
+
+
+def current_attempt() -> dict[str, Any]:
+    """This process's attempt at a run: ``{"commit", "started" (UTC, now), "hardware"}``."""
+    return {"commit": _COMMIT_AT_START, "started": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+            "hardware": _hardware()}
+
+
+@contextlib.contextmanager
+def recorded_attempts(attempts: Sequence[Mapping[str, Any]]) -> Iterator[None]:
+    """While inside, :func:`run_meta` records ``attempts`` (every attempt of a resumed run, first to last)."""
+    token = _ATTEMPTS.set([dict(a) for a in attempts])
+    try:
+        yield
+    finally:
+        _ATTEMPTS.reset(token)
+
+
 def run_meta(stage_seconds: Mapping[str, float] | None = None, **extra: Any) -> dict[str, Any]:
-    """Provenance of a run: commit, hardware, UTC date, library versions, seconds per stage, plus ``extra``."""
+    """Provenance of a run: commit, hardware, UTC date, library versions, seconds per stage, plus ``extra``.
+
+    ``commit`` is this process's (the attempt that writes the report); ``attempts`` lists every attempt of the run,
+    first to last, with its commit and start time (a resumed run has several; :func:`recorded_attempts`)."""
     import torch
     import transformers
 
     at_end = _git_commit()
     moved = {"commit_at_end": at_end} if at_end != _COMMIT_AT_START else {}
+    attempts = _ATTEMPTS.get()
     return {
         "commit": _COMMIT_AT_START,
         **moved,
+        "attempts": attempts if attempts is not None else [current_attempt()],
         "hardware": _hardware(),
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__},

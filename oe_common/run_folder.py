@@ -149,6 +149,7 @@ class RunFolder:
             "process": {"pid": os.getpid(), "host": socket.gethostname(), "started": _now()},
             "kept": kept,
             "made": [],
+            "attempts": list(previous.get("attempts", [])) if resuming else [],
         }
         folder = cls(path, manifest, is_main, lock)
         if is_main:
@@ -158,6 +159,11 @@ class RunFolder:
                 folder.close()
                 raise
         return folder
+
+    def record_attempt(self, attempt: Mapping[str, Any]) -> None:
+        """Append this process's attempt (e.g. its commit and start time) to the manifest's ``attempts``."""
+        self.manifest["attempts"].append(_jsonable(dict(attempt)))
+        self._write()
 
     # ---- stages ----------------------------------------------------------------------------------------------
     def stage_done(self, stage: str) -> bool:

@@ -23,6 +23,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 from transformers.utils import logging
 
 from . import metrics as oe_metrics
+from .callbacks import TimeBudgetCallback
 from .files import make_readable
 from .losses import energy_oe_loss, joint_token_oe_loss, oe_uniform_loss
 from .outlier_stream import OutlierStream, is_streaming
@@ -39,6 +40,8 @@ _LABEL_KEYS = ("labels", "label", "label_ids")
 
 #: File in every checkpoint folder that records where the outlier stream stood (read when resuming).
 OUTLIER_STREAM_STATE_NAME = "oe_outlier_stream.json"
+#: File in a checkpoint folder that records a :class:`TimeBudgetCallback`'s plan and seconds used (read when resuming).
+TIME_BUDGET_STATE_NAME = "oe_time_budget.json"
 
 
 def _shapes(batch: Mapping[str, Any]) -> dict[str, Any]:
@@ -235,6 +238,24 @@ class OETrainer(Trainer):
         super()._save_checkpoint(model, trial)
         if self.outlier_dataset is not None:
             self._write_checkpoint_json(trial, OUTLIER_STREAM_STATE_NAME, self._outlier_stream_state())
+        budget = self._time_budget()
+        if budget is not None:
+            self._write_checkpoint_json(trial, TIME_BUDGET_STATE_NAME, budget.resume_state())
+
+    def _time_budget(self) -> TimeBudgetCallback | None:
+        return next((c for c in self.callback_handler.callbacks if isinstance(c, TimeBudgetCallback)), None)
+
+    def _restore_time_budget(self, checkpoint: str) -> None:
+        """Give the run's :class:`TimeBudgetCallback` the plan and seconds saved in ``checkpoint`` (see :meth:`train`)."""
+        budget, path = self._time_budget(), os.path.join(checkpoint, TIME_BUDGET_STATE_NAME)
+        if budget is None:
+            return
+        if not os.path.isfile(path):
+            logger.warning(f"OETrainer: {checkpoint} has no {TIME_BUDGET_STATE_NAME} (saved without a time budget): the "
+                           "budget counts from now and the schedule is planned afresh")
+            return
+        with open(path) as handle:
+            budget.load_resume_state(json.load(handle))
 
     def _write_checkpoint_json(self, trial: Any, name: str, value: Any) -> None:
         """Write ``value`` as ``name`` into the checkpoint folder just saved (main process; subclasses add their own
@@ -268,19 +289,22 @@ class OETrainer(Trainer):
         self._outlier_skip_examples = int(saved["examples_drawn_per_process"])
 
     def train(self, resume_from_checkpoint: str | bool | None = None, trial: Any = None, ignore_keys_for_eval: list[str] | None = None, **kwargs: Any):
-        """``Trainer.train``; when resuming with outliers, the outlier stream also continues from the checkpoint.
+        """``Trainer.train``; when resuming, the outlier stream and a :class:`TimeBudgetCallback`'s plan and seconds
+        used also continue from the checkpoint.
 
         Every process skips the outlier examples it had drawn before the checkpoint (map-style sets jump there at
         no cost; streaming sets read past them), so a resumed run sees the same outlier batches as an
         uninterrupted one (given the same ``oe_seed`` and number of processes; otherwise a warning is logged and the
         stream restarts).
         """
-        if self.outlier_dataset is not None and resume_from_checkpoint not in (None, False):
+        if resume_from_checkpoint not in (None, False):
             checkpoint = resume_from_checkpoint
             if checkpoint is True:
                 checkpoint = get_last_checkpoint(self.args.output_dir)
             if checkpoint is not None:  # Trainer raises its own error for a missing checkpoint
-                self._restore_outlier_stream(str(checkpoint))
+                if self.outlier_dataset is not None:
+                    self._restore_outlier_stream(str(checkpoint))
+                self._restore_time_budget(str(checkpoint))
         return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
 
     def _run_epoch(self, *args: Any, **kwargs: Any) -> Any:

@@ -40,6 +40,7 @@ from .normalize import (
     spell_words,
     wikitext_char_lines,
 )
+from .controls import control_description, control_lines, rare_word_pool, word_unk_share
 from .vocab import Vocabulary
 from .windows import make_windows, num_windows, windows_dataset, windows_to_stream
 
@@ -684,6 +685,8 @@ class TextOEData:
     ewt: dict[str, dict[str, Any]]
     streams: dict[str, np.ndarray] = field(repr=False)
     stats: dict[str, Any] = field(default_factory=dict, repr=False)
+    #: Per protocol, PTB test rewritten to that protocol's writing of rare words (windows; :mod:`oe_text.controls`).
+    controls: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def ewt_domains(self, protocol: str = "clean") -> dict[str, Any]:
         """The anomaly sets (domain -> Dataset) of one protocol."""
@@ -747,6 +750,7 @@ def load_text_oe_data(
         return windows_dataset(streams[key], seq_len, pad_id=vocab.eos_id, drop_last=drop_last)
 
     ewt = {p: {k.split("/")[2]: win(k) for k in streams if k.startswith(f"ewt/{p}/")} for p in protocols}
+    control_stats = _add_control_streams(streams, level, protocols, data_dir, vocab, word_vocab, ewt_splits)
     stats: dict[str, Any] = {
         "tokens": {k: int(v.size) for k, v in streams.items()},
         "windows": {k: num_windows(v.size, seq_len, drop_last) for k, v in streams.items()},
@@ -760,6 +764,7 @@ def load_text_oe_data(
             for p in protocols
             for d, rows in ewt_sentences(p, data_dir, word_vocab=word_vocab, splits=ewt_splits).items()
         }
+    stats["controls"] = control_stats
     return TextOEData(
         level=level,
         seq_len=seq_len,
@@ -773,4 +778,37 @@ def load_text_oe_data(
         ewt=ewt,
         streams=streams,
         stats=stats,
+        controls={p: win(f"control/{p}") for p in protocols},
     )
+
+
+def _add_control_streams(streams: dict[str, np.ndarray], level: str, protocols: Sequence[str], data_dir, vocab: Vocabulary,
+                         word_vocab: Vocabulary, ewt_splits: Sequence[str] | None) -> dict[str, dict[str, Any]]:
+    """Add ``streams["control/<protocol>"]`` (PTB test rewritten to the protocol's share of ``<unk>`` among words,
+    :func:`oe_text.controls.control_lines`, seed 0) for every protocol; return what each control did."""
+    test_ids = ptb_stream("test", "word", data_dir, vocab=word_vocab)
+    ptb_share = float((test_ids == word_vocab.unk_id).sum() / max(1, (test_ids != word_vocab.eos_id).sum()))
+    charset = set(vocab.symbols()) - {"_"}
+    out = {}
+    for p in protocols:
+        sents = ewt_sentences(p, data_dir, word_vocab=word_vocab, splits=ewt_splits)
+        target = 0.0 if p == "spelled" else word_unk_share(s for rows in sents.values() for s in rows)
+
+        def build(p: str = p, target: float = target) -> tuple[np.ndarray, dict[str, Any]]:
+            pool = []
+            if target < ptb_share:
+                lines_in = _wikitext_lines("valid", data_dir)
+                pool = _cached(("rare_word_pool", id(lines_in), word_vocab.fingerprint), lambda: rare_word_pool(lines_in, word_vocab))
+            lines = control_lines(test_ids, ptb_stream("train", "word", data_dir, vocab=word_vocab), word_vocab, target, pool)
+            if level == "word":
+                ids = _word_ids(lines, vocab)
+            else:
+                text = "".join((spell_words(words, charset) if p == "spelled" else derive_char_string(words)) + "\n" for words in lines)
+                ids = _encode_char_string(text, vocab, f"control of protocol {p} (char)")
+            ids.flags.writeable = False
+            return ids, {"ptb_unk_share": ptb_share, "target_unk_share": target, "reached_unk_share": word_unk_share(lines),
+                         "description": control_description(p, ptb_share, target)}
+
+        ids, stats = _cached(("control_stream", level, p, id(test_ids), id(sents), vocab.fingerprint), build)
+        streams[f"control/{p}"], out[p] = ids, dict(stats)
+    return out

@@ -36,6 +36,7 @@ from oe_common import scores as oe_scores
 from oe_common.recipe_args import flag
 from oe_common.trainer import OE_LOSSES, OETrainer, OETrainingArguments
 
+from .controls import CONTROL_SET
 from .data import DEFAULT_PROTOCOLS, PROTOCOLS, TextOEData, load_text_oe_data, seeded_subset_indices
 from .models import build_language_model
 from .paper_results import TABLE6
@@ -101,7 +102,7 @@ class TextOEConfig:
     test_windows: int | None = None  # only for smoke tests: the paper uses every PTB test window
     ewt_windows: int | None = None  # cap per EWT domain: a seeded random subset (None = all)
     protocols: tuple[str, ...] | None = field(default=None, metadata=flag(  # None = oe_text.data.DEFAULT_PROTOCOLS[level]
-        "EWT protocols to evaluate, the first is the headline (default: paper clean; char level: spelled paper clean; see docs/text.md)",
+        "EWT protocols to evaluate; the headline is the one whose control is nearest 50 (default: paper clean; char level: spelled paper clean; see docs/text.md)",
         choices=PROTOCOLS))
     scores: tuple[str, ...] = field(default=TEXT_SCORES, metadata=flag(choices=TEXT_SCORES))
     n_draws: int = 10
@@ -171,15 +172,20 @@ def _seeded_subset(dataset: Any, n: int | None, seed: int) -> Any:
 
 
 def _eval_sets(data: TextOEData, cfg: TextOEConfig) -> dict[str, Any]:
-    """``{"ptb/test": ds, "<protocol>/<domain>": ds, ...}`` (with the caps of ``cfg``), torch-formatted.
+    """``{"ptb/test": ds, "<protocol>/<domain>": ds, ..., "control/<protocol>": ds}`` (with the caps of ``cfg``),
+    torch-formatted.
 
-    ``ewt_windows`` caps each domain with a seeded random subset of its windows (the evaluation protocol draws
-    ``n_in // 5`` of them per draw anyway); ``test_windows`` takes the first PTB test windows (smoke tests only).
+    ``ewt_windows`` caps each domain, and each protocol's control (PTB test rewritten to the protocol's writing of
+    rare words, :mod:`oe_text.controls`), with a seeded random subset of its windows (the evaluation protocol draws
+    ``n_in // 5`` of them per draw anyway); ``test_windows`` takes the first PTB test windows (smoke tests only),
+    and the first windows of each control.
     """
     sets = {"ptb/test": _first(data.ptb_test, cfg.test_windows)}
     for protocol in cfg.protocols:
         for index, (domain, dataset) in enumerate(data.ewt[protocol].items()):
             sets[f"{protocol}/{domain}"] = _seeded_subset(dataset, cfg.ewt_windows, cfg.seed + index)
+        if protocol in data.controls:
+            sets[f"{CONTROL_SET}/{protocol}"] = _seeded_subset(_first(data.controls[protocol], cfg.test_windows), cfg.ewt_windows, cfg.seed)
     return {name: ds.with_format("torch") for name, ds in sets.items()}
 
 
@@ -198,12 +204,15 @@ def _token_weighted_nll(window_nll: np.ndarray, dataset: Any) -> float:
     return float((window_nll * predicted).sum() / predicted.sum())
 
 
-def evaluate_scores(scores: Mapping[str, Mapping[str, np.ndarray]], cfg: TextOEConfig, model_name: str) -> list[dict[str, Any]]:
+def evaluate_scores(scores: Mapping[str, Mapping[str, np.ndarray]], cfg: TextOEConfig, model_name: str,
+                    controls: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
     """Detection records (paper protocol of ``evaluate_ood``) for every protocol and score of one model.
 
     Each record carries what ran (``n_in``, ``n_out``, ``capped``, ``base_rate``, ``n_draws``: see
     :func:`oe_common.reporting.detection_records`); a domain too small for the 1:5 base rate is an error unless
-    ``cfg.allow_small_sets``."""
+    ``cfg.allow_small_sets``. Where ``scores`` has the set ``control/<protocol>``, one more record per protocol and
+    score, ``domain == "control"``: PTB test against that set under the same protocol of ``evaluate_ood``, with
+    ``control`` = ``controls[protocol]`` (what was compared)."""
     records = []
     for protocol in cfg.protocols:
         for score, by_set in scores.items():
@@ -211,7 +220,35 @@ def evaluate_scores(scores: Mapping[str, Mapping[str, np.ndarray]], cfg: TextOEC
             table = evaluate_ood(by_set["ptb/test"], out, n_draws=cfg.n_draws, seed=cfg.seed, recall_level=cfg.recall_level,
                                  allow_small_sets=cfg.allow_small_sets)
             records += detection_records(table, level=cfg.level, protocol=protocol, model=model_name, score=score)
+            control = by_set.get(f"{CONTROL_SET}/{protocol}")
+            if control is not None:
+                table = evaluate_ood(by_set["ptb/test"], {CONTROL_SET: control}, n_draws=cfg.n_draws, seed=cfg.seed,
+                                     recall_level=cfg.recall_level, allow_small_sets=cfg.allow_small_sets)
+                row = detection_records(table, level=cfg.level, protocol=protocol, model=model_name, score=score)[0]
+                records.append({**row, "control": (controls or {}).get(protocol, "")})
     return records
+
+
+def is_control(record: Mapping[str, Any]) -> bool:
+    """Whether a detection record is a protocol control (:func:`evaluate_scores`), not an EWT domain or mean."""
+    return record.get("domain") == CONTROL_SET
+
+
+def control_explains(record: Mapping[str, Any], control_auroc: float) -> float | None:
+    """Share of a record's AUROC above chance that its protocol's control reaches: ``(c - 0.5) / (a - 0.5)``
+    (1 = the writing of rare words alone separates as well). ``None`` when ``a < 0.52``: at or below chance, or so
+    near it that the ratio is noise (a = 50.4 gave 1573%)."""
+    margin = record["auroc"] - 0.5
+    return (control_auroc - 0.5) / margin if margin >= 0.02 else None
+
+
+def headline_protocol(records: list[dict[str, Any]], protocols: tuple[str, ...], score: str) -> str:
+    """The protocol whose control AUROC (``score``, mean over the models) is nearest 50; the first protocol when
+    no control ran. Ties go to the earlier protocol."""
+    def distance(protocol: str) -> float:
+        values = [abs(r["auroc"] - 0.5) for r in records if is_control(r) and r["protocol"] == protocol and r["score"] == score]
+        return float(np.mean(values)) if values else math.inf
+    return min(protocols, key=lambda p: (distance(p), protocols.index(p)))
 
 
 def table6_markdown(records: list[dict[str, Any]], level: str, protocol: str, score: str, fpr_key: str = "fpr90") -> str:
@@ -222,31 +259,74 @@ def table6_markdown(records: list[dict[str, Any]], level: str, protocol: str, sc
         return {r["domain"]: r for r in records if r["level"] == level and r["protocol"] == protocol and r["score"] == score and r["model"] == model}
 
     base, oe = pick("baseline"), pick("oe")
+    controls = {model: rows.pop(CONTROL_SET, None) for model, rows in (("baseline", base), ("oe", oe))}
     paper = TABLE6.get(level, {})
+    explained = all(controls.values())
     lines = [
-        "| D_out^test | FPR90 ↓ ours | AUROC ↑ ours | AUPR ↑ ours | FPR90 paper | AUROC paper | AUPR paper |",
-        "|---|---|---|---|---|---|---|",
+        "| D_out^test | FPR90 ↓ ours | AUROC ↑ ours | AUPR ↑ ours | FPR90 paper | AUROC paper | AUPR paper |"
+        + (" control explains |" if explained else ""),
+        "|---|---|---|---|---|---|---|" + ("---|" if explained else ""),
     ]
+
+    def share(record: dict[str, Any], model: str) -> str:
+        value = control_explains(record, controls[model]["auroc"])
+        return "n/a" if value is None else f"{value * 100:.0f}%"
+
     for domain in base:
         cells = [f"{base[domain][k] * 100:.1f} → {oe[domain][k] * 100:.1f}" for k in (fpr_key, "auroc", "aupr")] if domain in oe else ["", "", ""]
         ref = paper.get(domain)
         cells += [f"{ref[k][0]} → {ref[k][1]}" for k in ("fpr90", "auroc", "aupr")] if ref else ["", "", ""]
+        if explained:
+            cells.append(f"{share(base[domain], 'baseline')} → {share(oe[domain], 'oe')}" if domain in oe else "")
         note = sampling_note(base[domain])
         name = f"**{domain}**" if domain == "mean" else (f"{domain} [{note}]" if note else domain)
         lines.append("| " + " | ".join([name, *cells]) + " |")
     return "\n".join(lines)
 
 
+def controls_markdown(records: list[dict[str, Any]], level: str, protocols: tuple[str, ...], scores: tuple[str, ...]) -> list[str]:
+    """The "Protocol controls" section: per protocol and score, the control AUROC of each model, the mean EWT
+    AUROC, and the share of that AUROC above chance the control explains (:func:`control_explains`)."""
+    rows = [r for r in records if is_control(r) and r["level"] == level]
+    if not rows:
+        return []
+    parts = ["", "## Protocol controls", "",
+             "Each protocol's control is PTB test against PTB test rewritten to that protocol's writing of rare words "
+             "(oe_text.controls; same model, score, base rate and draws as the domains): 50 = the writing carries no "
+             "signal. 'explains' = (control − 50) / (mean EWT AUROC − 50), baseline → OE.", "",
+             "| protocol | score | control | control AUROC | mean EWT AUROC | explains |", "|---|---|---|---|---|---|"]
+    for protocol in protocols:
+        for score in scores:
+            by_model = {r["model"]: r for r in rows if r["protocol"] == protocol and r["score"] == score}
+            means = {r["model"]: r for r in records if (r["level"], r["protocol"], r["score"], r["domain"]) == (level, protocol, score, "mean")}
+            if set(by_model) != {"baseline", "oe"} or set(means) != {"baseline", "oe"}:
+                continue
+            shares = []
+            for model in ("baseline", "oe"):
+                value = control_explains(means[model], by_model[model]["auroc"])
+                shares.append("n/a" if value is None else f"{value * 100:.0f}%")
+            parts.append(f"| {protocol} | {score} | {by_model['baseline'].get('control', '')} | "
+                         f"{by_model['baseline']['auroc'] * 100:.1f} → {by_model['oe']['auroc'] * 100:.1f} | "
+                         f"{means['baseline']['auroc'] * 100:.1f} → {means['oe']['auroc'] * 100:.1f} | {' → '.join(shares)} |")
+    return parts
+
+
 def _markdown_report(cfg: TextOEConfig, records: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     unit = "word" if cfg.level == "word" else "character"
     quality = meta["test_quality"]
+    headline = headline_protocol(records, cfg.protocols, cfg.scores[0])
+    order = (headline, *[p for p in cfg.protocols if p != headline])
     parts = [
         f"# PTB {cfg.level}-level OE: baseline → OE (Table 6 layout)",
         "",
         f"Model `{cfg.model}` preset `{cfg.model_preset}`; seq_len {meta['seq_len']}; commit `{meta['commit']}`; "
         f"{meta['hardware']}; {meta['date']}. Values are percentages, the mean over the draws. "
-        + protocol_sentence(records, "PTB test windows", set_fields=("protocol",))
+        + protocol_sentence([r for r in records if not is_control(r)], "PTB test windows", set_fields=("protocol",))
         + " 'paper' columns are the OE paper's Table 6 numbers (their protocol).",
+        "",
+        f"Headline protocol: `{headline}`"
+        + (" (its control, score " + f"`{cfg.scores[0]}`, is nearest 50; see Protocol controls)." if any(map(is_control, records))
+           else " (the first protocol run; no controls ran)."),
         "",
         "| model | PTB test perplexity | bits per " + unit + " | train steps | train seconds | train tokens/s |",
         "|---|---|---|---|---|---|",
@@ -255,7 +335,8 @@ def _markdown_report(cfg: TextOEConfig, records: list[dict[str, Any]], meta: dic
         q = quality[model]
         parts.append(f"| {model} | {q['perplexity']:.2f} | {q['bits_per_token']:.3f} | {steps_cell(q)} | {meta['seconds'].get(model + '_train', 0):.0f} | {q['train_tokens_per_second']:.0f} |")
     parts += time_budget_notes(quality)
-    for protocol in cfg.protocols:
+    parts += controls_markdown(records, cfg.level, order, cfg.scores)
+    for protocol in order:
         for score in cfg.scores:
             parts += ["", f"## EWT protocol `{protocol}`, score `{score}`", "", table6_markdown(records, cfg.level, protocol, score)]
     return "\n".join(parts) + "\n"
@@ -335,7 +416,8 @@ class PTBLanguageModelExperiment(StagedExperiment):
             "best_valid_loss": float(trainer.state.best_metric) if trainer.state.best_metric is not None else float("nan"),
             **training_steps_report(trainer),
         }
-        return StageResult({"quality": quality, "records": evaluate_scores(scores, cfg, stage.name)}, scores)
+        controls = {p: c["description"] for p, c in self.data.stats.get("controls", {}).items()}
+        return StageResult({"quality": quality, "records": evaluate_scores(scores, cfg, stage.name, controls)}, scores)
 
     def save_model(self, stage: Stage, model: torch.nn.Module, trainer: OETrainer, output_dir: Path) -> Path:
         """safetensors + config + the vocabulary; no pickled training arguments (``Trainer.save_model`` adds them)."""
@@ -425,7 +507,7 @@ def save_text_detector(
     from oe_common.metrics import OODTable
 
     protocol = DETECTOR_PROTOCOL[cfg.level] if DETECTOR_PROTOCOL[cfg.level] in cfg.protocols else cfg.protocols[0]
-    rows = [r for r in records if (r["model"], r["score"], r["protocol"]) == ("oe", "nll", protocol)]
+    rows = [r for r in records if (r["model"], r["score"], r["protocol"]) == ("oe", "nll", protocol) and not is_control(r)]
     evaluation = None
     if rows:
         fpr_key = next(k for k in rows[0] if k.startswith("fpr") and not k.endswith("_std"))

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import itertools
+import shutil
+from pathlib import Path
 
 import pytest
+from transformers import TrainerCallback
 
 from _oe_tiny import hf_dataset, lm_rows, tiny_gpt2_lm
 import logging
@@ -92,3 +95,69 @@ def test_fit_settings_are_checked():
         TimeBudgetCallback(10.0, probe_steps=1)
     with pytest.raises(ValueError, match="safety"):
         TimeBudgetCallback(10.0, safety=1.5)
+
+
+# ---- resuming with a budget: the plan and the seconds used travel in the checkpoint ------------------------------
+class _Interrupt(Exception):
+    pass
+
+
+class _InterruptAfterSave(TrainerCallback):
+    """Raise right after the checkpoint of ``step`` is written: the process dies there."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise _Interrupt
+
+
+def budget_run(out, resume: bool = False, interrupt_at: int | None = None, clock_offset: float = 0.0):
+    """100 planned steps, a 10 s budget fitted after 20 steps, 0.2 s per step on a fake clock (each attempt's clock
+    starts elsewhere: wall time between attempts does not count); a checkpoint every 10 steps, the LR logged every step."""
+    data = hf_dataset(lm_rows(64, seed=1))
+    args = OETrainingArguments(
+        output_dir=str(out), per_device_train_batch_size=4, max_steps=100, learning_rate=1e-2, eval_strategy="no",
+        save_strategy="steps", save_steps=10, logging_steps=1, lr_scheduler_type="linear", warmup_steps=0,
+        report_to="none", disable_tqdm=True, use_cpu=True, seed=0, dataloader_num_workers=0,
+    )
+    clock = ticking_clock(0.2)
+    budget = TimeBudgetCallback(10.0, fit_schedule=True, clock=lambda: clock_offset + clock())
+    callbacks = [budget] + ([_InterruptAfterSave(interrupt_at)] if interrupt_at else [])
+    trainer = OETrainer(model=tiny_gpt2_lm(), args=args, train_dataset=data,
+                        outlier_dataset=hf_dataset(lm_rows(16, seed=2, outliers=True)), callbacks=callbacks)
+    if interrupt_at:
+        with pytest.raises(_Interrupt):
+            trainer.train()
+    else:
+        trainer.train(resume_from_checkpoint=True if resume else None)
+    return trainer
+
+
+def lr_per_step(trainer) -> dict[int, float]:
+    return {e["step"]: e["learning_rate"] for e in trainer.state.log_history if "learning_rate" in e}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    return budget_run(tmp_path_factory.mktemp("budget_whole"))
+
+
+def test_a_resumed_run_trains_the_schedule_of_an_uninterrupted_one(tmp_path, uninterrupted):
+    budget_run(tmp_path, interrupt_at=30)
+    resumed = budget_run(tmp_path, resume=True, clock_offset=1000.0)
+    whole = uninterrupted
+    assert training_steps_report(whole)["shortened_by_time_budget"] and 30 < whole.state.global_step < 50  # ~45 fit
+    assert resumed.state.global_step == whole.state.global_step
+    assert lr_per_step(resumed) == pytest.approx(lr_per_step(whole), rel=1e-9, abs=1e-12)  # steps 31.. included
+    assert training_steps_report(resumed) == training_steps_report(whole)
+
+
+def test_a_finished_stage_resumed_while_scoring_does_not_train_again(tmp_path, uninterrupted):
+    out = tmp_path / "finished"
+    shutil.copytree(Path(uninterrupted.args.output_dir), out)
+    resumed = budget_run(out, resume=True, clock_offset=1000.0)
+    assert resumed.state.global_step == uninterrupted.state.global_step
+    assert lr_per_step(resumed) == lr_per_step(uninterrupted)
+    assert training_steps_report(resumed) == training_steps_report(uninterrupted)

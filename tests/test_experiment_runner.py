@@ -121,6 +121,30 @@ def test_resume_loads_finished_stages_and_equals_an_uninterrupted_run(tmp_path):
     assert torch.equal(resumed["final"], whole["final"])  # the oe model was loaded from its saved folder
 
 
+class _ToyWithMeta(_Toy):
+    def report(self, results, models, seconds, output_dir, is_main):
+        from oe_common.reporting import run_meta
+
+        return {"meta": run_meta(seconds)}
+
+
+def test_a_resumed_runs_meta_keeps_every_attempts_commit_and_start(tmp_path, monkeypatch):
+    import oe_common.reporting as reporting
+
+    monkeypatch.setattr(reporting, "_COMMIT_AT_START", "aaaa1111")
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(_ToyWithMeta(_Config(), interrupt_at="scratch"), tmp_path / "cut")
+    monkeypatch.setattr(reporting, "_COMMIT_AT_START", "bbbb2222")
+    meta = run_experiment(_ToyWithMeta(_Config()), tmp_path / "cut", resume=True)["meta"]
+    assert meta["commit"] == "bbbb2222"  # the attempt that wrote the report
+    assert [a["commit"] for a in meta["attempts"]] == ["aaaa1111", "bbbb2222"]
+    assert all(a["started"] and a["hardware"] for a in meta["attempts"])
+    manifest = json.loads((tmp_path / "cut" / "run_manifest.json").read_text())
+    assert [a["commit"] for a in manifest["attempts"]] == ["aaaa1111", "bbbb2222"]
+    fresh = run_experiment(_ToyWithMeta(_Config()), tmp_path / "fresh")["meta"]
+    assert [a["commit"] for a in fresh["attempts"]] == ["bbbb2222"]
+
+
 def test_stage_checks_and_training_arguments(tmp_path):
     with pytest.raises(ValueError, match="epochs > 0 or max_steps > 0"):
         Stage("x", 1e-3, epochs=0)

@@ -43,13 +43,14 @@ def test_results_files_and_records(word_run, data_dir):
     records = data["records"]
     assert {r["protocol"] for r in records} == {"paper", "clean"}
     assert {r["model"] for r in records} == {"baseline", "oe"} and {r["score"] for r in records} == {"nll", "uniform_xent"}
-    domains = {"answers", "email", "newsgroup", "reviews", "weblog", "mean"}
+    domains = {"answers", "email", "newsgroup", "reviews", "weblog", "mean", "control"}
     assert {r["domain"] for r in records} == domains
     assert len(records) == 2 * 2 * 2 * len(domains)
     for r in records:
         assert r["level"] == "word"
         for key in ("fpr90", "auroc", "aupr"):
             assert 0.0 <= r[key] <= 1.0
+        assert ("control" in r) == (r["domain"] == "control")
         per_domain = r["n_in"] // 5  # the paper's 1:5 base rate; the mean row counts the anomalies of all 5 domains
         assert r["n_out"] == (5 * per_domain if r["domain"] == "mean" else per_domain)
     meta = data["meta"]
