@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import subprocess
+import textwrap
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
@@ -266,6 +267,11 @@ def _pyplot():
     return plt
 
 
+def _wrapped_title(title: str, width: int) -> str:
+    """``title`` broken into lines of at most ``width`` characters, so a long one is not cut at the figure's edge."""
+    return "\n".join(textwrap.wrap(title, width)) if title else ""
+
+
 def plot_roc_curves(in_scores: Any, out_scores_by_set: Mapping[str, Any], path: str | os.PathLike, title: str = "") -> Path:
     """One ROC curve per anomaly set (anomalies positive) in a single PNG."""
     plt = _pyplot()
@@ -274,7 +280,8 @@ def plot_roc_curves(in_scores: Any, out_scores_by_set: Mapping[str, Any], path: 
         fpr, tpr = roc_curve_points(in_scores, out_scores)
         ax.plot(fpr, tpr, label=name)
     ax.plot([0, 1], [0, 1], "k:", linewidth=0.8)
-    ax.set(xlabel="false positive rate (in-distribution flagged)", ylabel="true positive rate (anomalies flagged)", title=title)
+    ax.set(xlabel="false positive rate (in-distribution flagged)", ylabel="true positive rate (anomalies flagged)",
+           title=_wrapped_title(title, 48))
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -292,7 +299,7 @@ def plot_score_histograms(in_scores: Any, out_scores_by_set: Mapping[str, Any], 
     ax.hist(in_array, bins=edges, density=True, alpha=0.5, label="in-distribution", color="black")
     for name, scores in arrays.items():
         ax.hist(scores, bins=edges, density=True, histtype="step", linewidth=1.3, label=name)
-    ax.set(xlabel="anomaly score (higher = more anomalous)", ylabel="density", title=title)
+    ax.set(xlabel="anomaly score (higher = more anomalous)", ylabel="density", title=_wrapped_title(title, 60))
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -322,7 +329,7 @@ def plot_reliability_diagram(confidence: Any, correct: Any, path: str | os.PathL
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     ax.plot([0, 1], [0, 1], "k:", linewidth=0.8)
     ax.plot(conf, acc, "o-", markersize=3)
-    ax.set(xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1), title=title)
+    ax.set(xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1), title=_wrapped_title(title, 48))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
