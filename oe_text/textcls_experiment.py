@@ -39,10 +39,12 @@ from .data import seeded_subset_indices
 from .textcls_data import TRAIN_SPLITS, load_ood_texts, load_textcls, wikitext_sentences
 
 __all__ = ["TextClsConfig", "TextClsExperiment", "PRESET_NAMES", "TEXTCLS_SCORES", "DETECTOR_SCORES", "preset_config",
-           "run_textcls_oe", "ood_set_names", "fixed_length_collator", "DETECTOR_TARGET_FPR", "select_score",
+           "run_textcls_oe", "ood_set_names", "padding_collator", "DETECTOR_TARGET_FPR", "select_score",
            "selection_set_name"]
 
 PRESET_NAMES = ("test", "tiny", "full")
+#: How training batches are padded (``TextClsConfig.padding``).
+PADDINGS = ("longest", "max_length")
 DATASETS = ("clinc150", "sst2", "trec")
 #: Logit scores (oe_common.scores registry) + the feature scores (``mahalanobis``, ``knn`` of the registry) on two
 #: feature kinds: the input of ``model.classifier`` (MiniLM: the pooler output; GRU: the last state) and, suffix
@@ -95,6 +97,12 @@ class TextClsConfig:
     knn_k: int = dataclasses.field(default=10, metadata=flag("k of the k-NN feature score", arg_type=non_negative_int))
     selection_outlier_examples: int = 1000  # WikiText-2 valid sentences for score selection (sets without own anomalies)
     max_length: int | None = None  # tokens per text (None: _MAX_LENGTH of the dataset)
+    padding: str = dataclasses.field(default="longest", metadata=flag(
+        "training batches: 'longest' pads each OE step's in-distribution + outlier batch to its longest text (one "
+        "forward pass), 'max_length' pads every batch to --max-length (the toolkit's behaviour before)",
+        choices=PADDINGS))
+    group_by_length: bool = dataclasses.field(default=False, metadata=flag(
+        "in-distribution batches of texts of similar length (the Trainer's train_sampling_strategy='group_by_length')"))
     batch_size: int = 32  # in-distribution texts per step; as many outlier sentences
     eval_batch_size: int = 128
     weight_decay: float = 0.01
@@ -137,6 +145,8 @@ class TextClsConfig:
             raise ValueError(f"extra_outlier_share must be in (0, 1), got {self.extra_outlier_share}")
         if self.word_vocab_size is not None and (self.model != "gru" or self.word_vocab_size < 1):
             raise ValueError(f"word_vocab_size needs model 'gru' and a size >= 1, got {self.word_vocab_size} with {self.model!r}")
+        if self.padding not in PADDINGS:
+            raise ValueError(f"padding must be one of {PADDINGS}, got {self.padding!r}")
         if self.knn_k < 1:
             raise ValueError(f"knn_k must be >= 1, got {self.knn_k}")
         for name in ("baseline_max_minutes", "oe_max_minutes"):
@@ -202,12 +212,15 @@ def ood_set_names(dataset: str) -> list[str]:
     return own + [d for d in DATASETS if d != dataset] + ["multi30k"] + [f"ewt_{d}" for d in EWT_DOMAINS]
 
 
-def fixed_length_collator(tokenizer: Any, max_length: int) -> Any:
-    """Pads every batch to ``max_length`` (right): in-distribution and outlier batches then have one shape and
-    ``OETrainer`` concatenates them into ONE forward pass."""
+def padding_collator(tokenizer: Any, padding: str, max_length: int) -> Any:
+    """The training batches' collator: ``"longest"`` pads each batch to its longest text (``OETrainer`` then pads the
+    in-distribution and outlier batches of an OE step to the longer of the two and runs them in ONE forward pass);
+    ``"max_length"`` pads every batch to ``max_length``. Right padding (the tokenizer's side)."""
     from transformers import DataCollatorWithPadding
 
-    return DataCollatorWithPadding(tokenizer, padding="max_length", max_length=max_length)
+    if padding == "max_length":
+        return DataCollatorWithPadding(tokenizer, padding="max_length", max_length=max_length)
+    return DataCollatorWithPadding(tokenizer, padding="longest")
 
 
 @dataclasses.dataclass
@@ -401,9 +414,10 @@ class TextClsExperiment(StagedExperiment):
             oe_loss=c.oe_loss,
             oe_batch_ratio=1.0,
             dataloader_num_workers=0,
+            **({"train_sampling_strategy": "group_by_length"} if c.group_by_length else {}),
         )
         trainer = OETrainer(model=model, args=args, train_dataset=data.train, processing_class=data.tokenizer,
-                            data_collator=fixed_length_collator(data.tokenizer, c.max_length),
+                            data_collator=padding_collator(data.tokenizer, c.padding, c.max_length),
                             outlier_dataset=self._stage_outliers(stage), callbacks=stage.callbacks())
         if c.head_lr_scale != 1.0:
             trainer.optimizer = _optimizer_with_head_lr(trainer, model, c.head_lr_scale)
@@ -660,7 +674,9 @@ def results_markdown(records: Sequence[Mapping[str, Any]], meta: Mapping[str, An
         f"total {meta['seconds'].get('total', 0):.0f} s. Values are percentages (results.json: fractions), the mean over "
         "the draws. " + protocol_sentence([{**r, "domain": r["ood_set"]} for r in det], f"{cfg['dataset']} test texts")
         + f" Training split `{cfg.get('train_split', 'train')}`. OE λ = {cfg['oe_lambda']}, loss {cfg['oe_loss']}; "
-        f"max_length {cfg['max_length']}. Every anomaly set is used whole (the draws come from all its texts)"
+        f"max_length {cfg['max_length']}, training batches padded to "
+        + ("the longest text of each step (in-distribution + outliers together)" if cfg.get("padding", "max_length") == "longest" else "max_length")
+        + (", grouped by length" if cfg.get("group_by_length") else "") + ". Every anomaly set is used whole (the draws come from all its texts)"
         + (f", except the seeded subsets of `ood_examples` = {cfg['ood_examples']}" if cfg.get("ood_examples") else "") + ".",
         "",
         "| stage | outliers | test accuracy | train steps | train seconds | eval seconds |",
