@@ -171,7 +171,6 @@ def test_oe_step_is_one_forward_padded_to_the_longest_text_or_to_max_length(tmp_
     text (with --group-by-length the in-distribution batches come from the Trainer's LengthGroupedSampler); --padding
     max_length: every step is (2B, max_length)."""
     import datasets
-    import torch
 
     from oe_common.experiment import Stage
     from oe_text import GRUClassifierConfig, GRUForSequenceClassification
