@@ -39,7 +39,7 @@ from oe_common.trainer import OETrainer, OETrainingArguments
 from .hub_checkpoints import MINILM_REPO_ID, MINILM_REVISION, check_cached_minilm
 from .data import seeded_subset_indices
 from .textcls_data import TRAIN_SPLITS, load_ood_texts, load_textcls, wikitext_sentences
-from .textcls_outliers import WIKITEXT2, OutlierCorpus, load_outlier_corpus
+from .textcls_outliers import WIKITEXT2, OutlierCorpus, load_outlier_corpus, outlier_source_kind
 
 __all__ = ["TextClsConfig", "TextClsExperiment", "PRESET_NAMES", "TEXTCLS_SCORES", "DETECTOR_SCORES", "preset_config",
            "run_textcls_oe", "ood_set_names", "padding_collator", "DETECTOR_TARGET_FPR", "select_score",
@@ -155,6 +155,9 @@ class TextClsConfig:
                              f"choose one of {TRAIN_SPLITS.get(self.dataset, ('train',))}")
         if self.extra_outliers is not None and self.extra_outliers not in EXTRA_OUTLIER_SETS:
             raise ValueError(f"extra_outliers must be one of {EXTRA_OUTLIER_SETS}, got {self.extra_outliers!r}")
+        if outlier_source_kind(self.outliers) == "file" and not Path(os.path.expanduser(self.outliers)).is_file():
+            raise ValueError(f"outliers: {self.outliers} is not a file; give wikitext2, an existing .txt / .csv / .tsv / "
+                             ".jsonl file (optionally .gz), a dataset folder or a Hub dataset id")
         if self.extra_outliers is not None and self.outliers != WIKITEXT2:
             raise ValueError(f"extra_outliers adds to the WikiText-2 outliers: it needs outliers {WIKITEXT2!r}, got {self.outliers!r}")
         if not 0 < self.extra_outlier_share < 1:

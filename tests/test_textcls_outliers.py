@@ -141,6 +141,8 @@ def test_the_oe_stage_trains_on_a_streamed_file_and_records_it(tmp_path):
     trainer.train()
     assert trainer.state.global_step == 6 and trainer.outlier_stream.examples_drawn == 24
     assert corpus.describe("text", "train", None) == {"name": str(path), "kind": "file", "streamed": True, "text_column": "text"}
+    with pytest.raises(ValueError, match="missing.csv.gz is not a file"):  # checked with the flags, before any output
+        tx.TextClsConfig(outliers=str(tmp_path / "missing.csv.gz"))
     with pytest.raises(ValueError, match="extra_outliers .* needs outliers 'wikitext2'"):
         tx.TextClsConfig(dataset="clinc150", outliers=str(path), extra_outliers="clinc150_oos_train")
 
