@@ -23,9 +23,9 @@ of the matching hand loop ((1) beside (3) without outliers, (2) beside (3) with 
 out of the trainer's interval. Run one after the other, the ratios moved between 0.2 and 2.5 on a loaded machine.
 
 ``--padding longest`` (default, ``DataCollatorWithPadding``'s) pads each batch to its longest row: the
-in-distribution and outlier batches then differ in length, and OETrainer falls back to two forward passes (it says
-so in its log and in the table), while the hand loop (2) pads both to the longer one and runs one. ``--padding
-max_length`` pads everything to ``--max-length``: every step sees the same shapes and OETrainer concatenates.
+in-distribution and outlier batches then differ in length; OETrainer pads both to the longer one with the collator's
+tokenizer (since commit 77ab885; before, it fell back to two forward passes) and the hand loop (2) does the same, so
+both run one pass (the table says which OETrainer ran). ``--padding max_length`` pads everything to ``--max-length``.
 
 Reported: median seconds per step over ``--steps`` steps after ``--warmup`` steps; tokens/s = real (non-padding)
 tokens per step / median step time; the ratios (3)/(1) and (3 with OE)/(2) (1.00 = the trainer costs nothing
@@ -59,6 +59,7 @@ import torch
 import torch.nn.functional as F
 from transformers import DataCollatorWithPadding, Trainer, TrainerCallback
 
+from oe_common.batch_padding import pad_to_length, tokenizer_pad_values
 from oe_common.trainer import OETrainer, OETrainingArguments
 from oe_text.hub_checkpoints import MINILM_REPO_ID, MINILM_REVISION
 from oe_text.textcls_data import load_textcls, wikitext_sentences
@@ -222,15 +223,6 @@ def plain_loop_step(model0: torch.nn.Module, loss_fn: Callable[[torch.nn.Module]
     return step
 
 
-def pad_to(batch: dict[str, torch.Tensor], length: int, pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad every (B, L) tensor of ``batch`` to ``length`` (``pad_id`` for input ids, 0 otherwise)."""
-    out = {}
-    for key, x in batch.items():
-        extra = length - x.shape[1]
-        out[key] = F.pad(x, (0, extra), value=pad_id if key == "input_ids" else 0) if extra > 0 else x
-    return out
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="minilm", choices=("minilm", "gru"))
@@ -284,8 +276,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     y = x_in.pop("labels")
     x_out = {k: v.to(device) for k, v in collator(out_rows).items()}
     joint_len = max(x_in["input_ids"].shape[1], x_out["input_ids"].shape[1])
-    joint = {k: torch.cat([a, b]) for (k, a), b in zip(pad_to(x_in, joint_len, tok.pad_token_id).items(),
-                                                        pad_to(x_out, joint_len, tok.pad_token_id).values(), strict=True)}
+    pad_values = tokenizer_pad_values(tok)
+    joint = {k: torch.cat([a, b]) for (k, a), b in zip(pad_to_length(x_in, joint_len, *pad_values).items(),
+                                                        pad_to_length(x_out, joint_len, *pad_values).values(), strict=True)}
     real_in = int(x_in["attention_mask"].sum())
     real_out = int(x_out["attention_mask"].sum())
 

@@ -20,10 +20,13 @@ from typing import Any, Sequence
 from .data_dir import DataError
 from .preprocessing import some_indices
 
-__all__ = ["TABLE_SUFFIXES", "TableFileError", "MissingColumnError", "read_columns", "text_column"]
+__all__ = ["TABLE_SUFFIXES", "TEXT_SUFFIXES", "TableFileError", "MissingColumnError", "read_columns", "text_column",
+           "stream_text_column"]
 
 #: The file types read (each also gzip-compressed, with ``.gz`` appended).
 TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl")
+#: The file types :func:`stream_text_column` reads: the tables and ``.txt`` (one text per line), each optionally ``.gz``.
+TEXT_SUFFIXES = (".txt", *TABLE_SUFFIXES)
 
 
 class TableFileError(DataError, ValueError):
@@ -34,14 +37,31 @@ class MissingColumnError(TableFileError):
     """A column asked for is not in the file (the message lists the columns found)."""
 
 
-def _kind(path: Path) -> str:
-    """The file's type suffix (``.csv`` / ``.tsv`` / ``.jsonl``), ``.gz`` stripped."""
+def _kind(path: Path, suffixes: Sequence[str] = TABLE_SUFFIXES) -> str:
+    """The file's type suffix (one of ``suffixes``), ``.gz`` stripped."""
     name = path.name.lower()
     name = name[:-3] if name.endswith(".gz") else name
-    for suffix in TABLE_SUFFIXES:
+    for suffix in suffixes:
         if name.endswith(suffix):
             return suffix
-    raise TableFileError(f"{path}: unknown file type; give a {', '.join(TABLE_SUFFIXES)} file (optionally .gz)")
+    raise TableFileError(f"{path}: unknown file type; give a {', '.join(suffixes)} file (optionally .gz)")
+
+
+def _builder(kind: str) -> tuple[str, dict[str, Any]]:
+    """The ``datasets`` loader of a file type and its options: verbatim CSV / TSV cells (no NA guessing, so "NA"
+    stays a text and an empty cell is an empty text)."""
+    if kind == ".jsonl":
+        return "json", {}
+    if kind == ".txt":
+        return "text", {}
+    return "csv", {"keep_default_na": False, "na_filter": False, **({"delimiter": "\t"} if kind == ".tsv" else {})}
+
+
+def _check_file(path: Path) -> None:
+    if not path.is_file():
+        raise TableFileError(f"data file {path} does not exist" if not path.exists() else f"{path} is not a file")
+    if _is_empty(path):
+        raise TableFileError(f"{path} is empty: it has no rows")
 
 
 def _is_empty(path: Path) -> bool:
@@ -66,14 +86,8 @@ def read_columns(path: str | os.PathLike, columns: Sequence[str]) -> dict[str, l
 
     path = Path(path)
     kind = _kind(path)
-    if not path.is_file():
-        raise TableFileError(f"data file {path} does not exist" if not path.exists() else f"{path} is not a file")
-    if _is_empty(path):
-        raise TableFileError(f"{path} is empty: it has no rows")
-    if kind == ".jsonl":
-        builder, options = "json", {}
-    else:  # verbatim cells: no NA guessing, so "NA" stays a text and an empty cell is an empty text
-        builder, options = "csv", {"keep_default_na": False, "na_filter": False, **({"delimiter": "\t"} if kind == ".tsv" else {})}
+    _check_file(path)
+    builder, options = _builder(kind)
     bars_were_on, verbosity = datasets.is_progress_bar_enabled(), datasets.logging.get_verbosity()
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # a reader error is our one line, not also a logged traceback
@@ -114,3 +128,56 @@ def text_column(values: Sequence[Any], path: str | os.PathLike, column: str) -> 
     if bad:
         raise TableFileError(f"{path}: column {column!r} has {len(bad)} empty or non-text cell(s) at row {some_indices(bad)}; every row needs a text")
     return list(values)
+
+
+def stream_text_column(path: str | os.PathLike, column: str = "text", chunk_bytes: int | None = None) -> Any:
+    """The texts of ``column`` in the data file ``path`` as a STREAMING ``datasets.IterableDataset`` of ``{"text": str}``
+    rows, in file order; the file is read lazily, a chunk at a time, never whole.
+
+    ``.txt`` files hold one text per line (``column`` must then be ``"text"``); ``.csv`` / ``.tsv`` / ``.jsonl`` are
+    read as by :func:`read_columns`; each optionally ``.gz``. Rows whose text is empty, white space only or not a
+    string are skipped (a streamed corpus is not checked row by row before use). ``chunk_bytes``: read size of the
+    ``.txt`` / ``.jsonl`` loaders (``datasets``' default 10 MiB; CSV is read 10,000 rows at a time).
+
+    Raises (after reading the first chunk only):
+        TableFileError: the file is missing, of another type, empty, or unreadable as its type.
+        MissingColumnError: ``column`` is not in the file (the columns found are listed).
+    """
+    import datasets
+
+    path = Path(path)
+    kind = _kind(path, TEXT_SUFFIXES)
+    _check_file(path)
+    if kind == ".txt" and column != "text":
+        raise TableFileError(f"{path}: a .txt file holds one text per line and has no column {column!r}; "
+                             "a text column can be chosen in .csv / .tsv / .jsonl files")
+    builder, options = _builder(kind)
+    if chunk_bytes is not None and kind in (".txt", ".jsonl"):
+        options["chunksize"] = int(chunk_bytes)
+    bars_were_on, verbosity = datasets.is_progress_bar_enabled(), datasets.logging.get_verbosity()
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)
+    try:
+        stream = datasets.load_dataset(builder, data_files=str(path), split="train", streaming=True, **options)
+        try:
+            first = next(iter(stream))
+        except StopIteration:
+            raise TableFileError(f"{path} is empty: it has no rows") from None
+        except Exception as exc:
+            raise TableFileError(f"cannot read {path} as {kind[1:]}: {_reason(exc)}") from None
+    finally:
+        datasets.logging.set_verbosity(verbosity)
+        if bars_were_on:
+            datasets.enable_progress_bars()
+    if column not in first:
+        raise MissingColumnError(f"{path} has no column {column!r}; its columns: {', '.join(map(repr, first))}")
+    return only_texts(stream, column)
+
+
+def only_texts(stream: Any, column: str) -> Any:
+    """``stream`` (a ``datasets.IterableDataset``) reduced to ``{"text": str}`` rows of ``column``, lazily, without
+    the rows whose text is empty, white space only or not a string."""
+    stream = stream.select_columns([column])
+    if column != "text":
+        stream = stream.rename_column(column, "text")
+    return stream.filter(lambda row: isinstance(row["text"], str) and bool(row["text"].strip()))

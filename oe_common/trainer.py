@@ -23,6 +23,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 from transformers.utils import logging
 
 from . import metrics as oe_metrics
+from .batch_padding import LABEL_PAD_VALUE, pad_to_length, tokenizer_pad_values
 from .callbacks import TimeBudgetCallback
 from .files import make_readable
 from .losses import energy_oe_loss, joint_token_oe_loss, oe_uniform_loss
@@ -91,7 +92,8 @@ class OETrainingArguments(TrainingArguments):
     oe_batch_ratio: float = field(default=1.0, metadata={"help": "Outliers per in-distribution example when oe_batch_size is None (2 for the paper's vision setting, 1 for LMs)."})
     oe_concat_forward: bool = field(
         default=True,
-        metadata={"help": "One forward pass over the concatenated in+outlier batch (BatchNorm sees both); falls back to two passes when the batches' shapes differ."},
+        metadata={"help": "One forward pass over the concatenated in+outlier batch (BatchNorm sees both); batches of different "
+                          "lengths are padded to the longer one with the tokenizer's pad values; two passes when that is not possible."},
     )
     oe_seed: Optional[int] = field(default=None, metadata={"help": "Seed of the outlier stream's shuffling (default: seed)."})
     oe_shuffle_buffer_size: int = field(default=1000, metadata={"help": "Shuffle buffer (examples) for streaming outlier datasets."})
@@ -144,6 +146,9 @@ class OETrainer(Trainer):
         self._outlier_stream: OutlierStream | None = None
         self._oe_log_sums: torch.Tensor | None = None  # [sum loss_in, sum loss_oe, micro-batches] since the last log
         self._oe_forward_keys = self._forward_parameter_names()
+        # pad values of the tokenizer, to pad the in-distribution and outlier batches to one length (one forward pass)
+        tokenizer = self.processing_class if self.processing_class is not None else getattr(self.data_collator, "tokenizer", None)
+        self._oe_padding = tokenizer_pad_values(tokenizer) if tokenizer is not None else None
         self._warned_no_concat = False
         self._outlier_skip_examples = 0  # set when resuming from a checkpoint
 
@@ -505,10 +510,20 @@ class OETrainer(Trainer):
 
     # ---- the loss ------------------------------------------------------------------------------------------
     @staticmethod
-    def _concatenate(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, torch.Tensor] | None:
-        """``a`` and ``b`` stacked along the batch dim, or ``None`` if their keys, dtypes or shapes differ."""
+    def _concatenate(a: Mapping[str, Any], b: Mapping[str, Any], padding: tuple[Mapping[str, int], str] | None = None) -> dict[str, torch.Tensor] | None:
+        """``a`` and ``b`` stacked along the batch dim, or ``None`` if their keys, dtypes or shapes differ.
+
+        With ``padding`` (``(pad values, side)``, :func:`~oe_common.batch_padding.tokenizer_pad_values`), batches whose
+        ``(B, L)`` tensors differ in ``L`` are first padded to the longer ``L``
+        (:func:`~oe_common.batch_padding.pad_to_length`), so the joint batch is padded to its longest text."""
         if set(a) != set(b) or not a:
             return None
+        if padding is not None:
+            lengths = [x.shape[1] for x in (*a.values(), *b.values()) if isinstance(x, torch.Tensor) and x.dim() >= 2]
+            if lengths and min(lengths) != max(lengths):
+                a, b = pad_to_length(a, max(lengths), *padding), pad_to_length(b, max(lengths), *padding)
+                if a is None or b is None:
+                    return None
         joint = {}
         for key, x in a.items():
             y = b[key]
@@ -538,13 +553,16 @@ class OETrainer(Trainer):
 
         outlier_batch = self.next_outlier_batch()
         in_model_inputs = self._model_inputs(inputs)
-        joint = self._concatenate(in_model_inputs, outlier_batch) if self.args.oe_concat_forward else None
+        joint = self._concatenate(in_model_inputs, outlier_batch, self._oe_padding) if self.args.oe_concat_forward else None
+        if joint is not None:
+            inputs = self._pad_token_labels(inputs, joint)
         if self.args.oe_concat_forward and joint is None and not self._warned_no_concat:
             self._warned_no_concat = True
             logger.warning(
                 f"OETrainer: in-distribution batch {_shapes(in_model_inputs)} and outlier batch {_shapes(outlier_batch)} "
                 "cannot be concatenated (different keys, dtypes or shapes past the batch dim); using two forward passes. "
-                "Pad both to the same length for one joint pass, or set oe_concat_forward=False to silence this."
+                "Pad both to the same length (or give the trainer a tokenizer with a pad token and batches with an "
+                "attention_mask) for one joint pass, or set oe_concat_forward=False to silence this."
             )
 
         loss = None
@@ -576,6 +594,19 @@ class OETrainer(Trainer):
         record = torch.stack([loss_in.detach().float(), loss_oe.detach().float(), torch.ones((), device=loss_in.device)])
         self._oe_log_sums = record if self._oe_log_sums is None else self._oe_log_sums + record
         return (loss, outputs) if return_outputs else loss
+
+    def _pad_token_labels(self, inputs: Mapping[str, Any], joint: Mapping[str, torch.Tensor]) -> Mapping[str, Any]:
+        """``inputs`` with token-level ``labels`` ``(B_in, L_in)`` padded with -100 to the joint batch's length (the
+        in-distribution rows were padded to it on the tokenizer's side)."""
+        labels = inputs.get("labels")
+        ids = joint.get("input_ids", joint.get("attention_mask"))
+        if not (isinstance(labels, torch.Tensor) and labels.dim() == 2 and isinstance(ids, torch.Tensor) and ids.dim() == 2):
+            return inputs
+        extra = ids.shape[1] - labels.shape[1]
+        if extra <= 0 or self._oe_padding is None:
+            return inputs
+        side = self._oe_padding[1]
+        return {**inputs, "labels": F.pad(labels, (0, extra) if side == "right" else (extra, 0), value=LABEL_PAD_VALUE)}
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Adds ``loss_in`` and ``loss_oe`` (means over the logging interval and all processes) to training logs."""

@@ -6,6 +6,7 @@ Details: docs/modules.md, section ``oe_text.textcls_experiment``.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import sys
 import time
@@ -22,6 +23,7 @@ from oe_common.data_dir import MissingDataError
 from oe_common.experiment import Stage, StagedExperiment, StageModels, StageResult, all_records, run_experiment, shared_training_arguments
 from oe_common.feature_scores import KNNScore, MahalanobisScore
 from oe_common.metrics import OODTable, evaluate_ood, misclassification_metrics, ood_metrics
+from oe_common.outlier_stream import is_streaming
 from oe_common.presets import preset_settings
 from oe_common.recipe_args import flag
 from oe_common.reporting import (
@@ -49,11 +51,15 @@ from .textcls_files import (
     read_texts,
 )
 
+from .textcls_outliers import WIKITEXT2, OutlierCorpus, load_outlier_corpus, outlier_source_kind
+
 __all__ = ["TextClsConfig", "TextClsExperiment", "PRESET_NAMES", "TEXTCLS_SCORES", "DETECTOR_SCORES", "preset_config",
-           "run_textcls_oe", "check_max_length", "ood_set_names", "fixed_length_collator", "DETECTOR_TARGET_FPR", "select_score",
+           "run_textcls_oe", "check_max_length", "ood_set_names", "padding_collator", "DETECTOR_TARGET_FPR", "select_score",
            "selection_set_name"]
 
 PRESET_NAMES = ("test", "tiny", "full")
+#: How training batches are padded (``TextClsConfig.padding``).
+PADDINGS = ("longest", "max_length")
 DATASETS = ("clinc150", "sst2", "trec")
 #: Logit scores (oe_common.scores registry) + the feature scores (``mahalanobis``, ``knn`` of the registry) on two
 #: feature kinds: the input of ``model.classifier`` (MiniLM: the pooler output; GRU: the last state) and, suffix
@@ -63,6 +69,8 @@ TEXTCLS_SCORES = ("msp", "max_logit", "energy", "uniform_xent", "mahalanobis", "
 DETECTOR_SCORES = ("msp", "max_logit", "energy", "uniform_xent", "mahalanobis")
 #: Extra outlier sets the OE stage may train on besides WikiText-2 (never CLINC150's validation or test queries).
 EXTRA_OUTLIER_SETS = ("clinc150_oos_train",)
+#: Shuffle buffer (texts) of a streamed outlier corpus: it is shuffled within windows of this many texts.
+STREAM_SHUFFLE_BUFFER = 10_000
 #: False-alarm rate of the saved detector's threshold on the validation in-distribution texts.
 DETECTOR_TARGET_FPR = 0.05
 _LOGIT_SCORES = tuple(s for s in TEXTCLS_SCORES if s in LOGIT_SCORE_NAMES)
@@ -116,6 +124,15 @@ class TextClsConfig:
     train_split: str = dataclasses.field(default="train", metadata=flag(
         "training file of the in-distribution set: train, or for sst2 train_sentences (the paper's 6,920 whole "
         "sentences instead of GLUE's phrases); the train split of a Hub / saved --dataset"))
+    outliers: str = dataclasses.field(default=WIKITEXT2, metadata=flag(
+        "outlier corpus of the OE stage: wikitext2 (the paper's WikiText-2 train sentences), a file (.txt: one text "
+        "per line; .csv / .tsv / .jsonl: --outlier-text-column; each optionally .gz), a dataset folder or a Hugging Face "
+        "Hub dataset id; all but wikitext2 are streamed (never loaded whole)"))
+    outlier_text_column: str = dataclasses.field(default="text", metadata=flag(
+        "text column of a .csv / .tsv / .jsonl / dataset-folder / Hub outlier corpus"))
+    outlier_split: str = dataclasses.field(default="train", metadata=flag("split of a dataset-folder / Hub outlier corpus"))
+    outlier_config: str | None = dataclasses.field(default=None, metadata=flag(
+        "configuration name of a Hub outlier corpus (load_dataset's second argument)"))
     extra_outliers: str | None = dataclasses.field(default=None, metadata=flag(
         "also run a stage oe_extra (from the same baseline) whose outliers are WikiText-2 plus this set",
         choices=EXTRA_OUTLIER_SETS))
@@ -128,6 +145,12 @@ class TextClsConfig:
     knn_k: int = dataclasses.field(default=10, metadata=flag("k of the k-NN feature score", arg_type=non_negative_int))
     selection_outlier_examples: int = 1000  # validation anomalies for score selection (WikiText-2 valid or --validation-ood-file; a seeded subset)
     max_length: int | None = None  # tokens per text (None: _MAX_LENGTH of the dataset)
+    padding: str = dataclasses.field(default="longest", metadata=flag(
+        "training batches: 'longest' pads each OE step's in-distribution + outlier batch to its longest text (one "
+        "forward pass), 'max_length' pads every batch to --max-length (the toolkit's behaviour before)",
+        choices=PADDINGS))
+    group_by_length: bool = dataclasses.field(default=False, metadata=flag(
+        "in-distribution batches of texts of similar length (the Trainer's train_sampling_strategy='group_by_length')"))
     batch_size: int = 32  # in-distribution texts per step; as many outlier sentences
     eval_batch_size: int = 128
     weight_decay: float = 0.01
@@ -141,7 +164,7 @@ class TextClsConfig:
     # smoke tests only: a seeded subset of each anomaly set, the draws then come from it (records: ood_subset); the
     # tiny/full presets score every text of every set, so that the draws differ and n_out_available is the set's size
     ood_examples: int | None = None
-    outlier_examples: int | None = None  # a seeded subset of the WikiText-2 sentences
+    outlier_examples: int | None = None  # a seeded subset of the WikiText-2 sentences (a streamed corpus: not capped)
     mahalanobis_examples: int | None = None  # a seeded subset of the training texts for the class means/covariance
     validation_examples: int | None = None  # the detector threshold's validation texts
     n_draws: int = 10
@@ -165,10 +188,17 @@ class TextClsConfig:
                              f"choose one of {TRAIN_SPLITS.get(self.dataset, ('train',))}")
         if self.extra_outliers is not None and self.extra_outliers not in EXTRA_OUTLIER_SETS:
             raise ValueError(f"extra_outliers must be one of {EXTRA_OUTLIER_SETS}, got {self.extra_outliers!r}")
+        if outlier_source_kind(self.outliers) == "file" and not Path(os.path.expanduser(self.outliers)).is_file():
+            raise ValueError(f"outliers: {self.outliers} is not a file; give wikitext2, an existing .txt / .csv / .tsv / "
+                             ".jsonl file (optionally .gz), a dataset folder or a Hub dataset id")
+        if self.extra_outliers is not None and self.outliers != WIKITEXT2:
+            raise ValueError(f"extra_outliers adds to the WikiText-2 outliers: it needs outliers {WIKITEXT2!r}, got {self.outliers!r}")
         if not 0 < self.extra_outlier_share < 1:
             raise ValueError(f"extra_outlier_share must be in (0, 1), got {self.extra_outlier_share}")
         if self.word_vocab_size is not None and (self.model != "gru" or self.word_vocab_size < 1):
             raise ValueError(f"word_vocab_size needs model 'gru' and a size >= 1, got {self.word_vocab_size} with {self.model!r}")
+        if self.padding not in PADDINGS:
+            raise ValueError(f"padding must be one of {PADDINGS}, got {self.padding!r}")
         if self.knn_k < 1:
             raise ValueError(f"knn_k must be >= 1, got {self.knn_k}")
         for name in ("baseline_max_minutes", "oe_max_minutes"):
@@ -265,12 +295,15 @@ def ood_set_names(dataset: str) -> list[str]:
     return own + [d for d in DATASETS if d != dataset] + ["multi30k"] + [f"ewt_{d}" for d in EWT_DOMAINS]
 
 
-def fixed_length_collator(tokenizer: Any, max_length: int) -> Any:
-    """Pads every batch to ``max_length`` (right): in-distribution and outlier batches then have one shape and
-    ``OETrainer`` concatenates them into ONE forward pass."""
+def padding_collator(tokenizer: Any, padding: str, max_length: int) -> Any:
+    """The training batches' collator: ``"longest"`` pads each batch to its longest text (``OETrainer`` then pads the
+    in-distribution and outlier batches of an OE step to the longer of the two and runs them in ONE forward pass);
+    ``"max_length"`` pads every batch to ``max_length``. Right padding (the tokenizer's side)."""
     from transformers import DataCollatorWithPadding
 
-    return DataCollatorWithPadding(tokenizer, padding="max_length", max_length=max_length)
+    if padding == "max_length":
+        return DataCollatorWithPadding(tokenizer, padding="max_length", max_length=max_length)
+    return DataCollatorWithPadding(tokenizer, padding="longest")
 
 
 @dataclasses.dataclass
@@ -285,7 +318,7 @@ class TextClsData:
     validation_texts: list[str]
     test_texts: list[str]
     test_labels: np.ndarray
-    outliers: Any  # datasets.Dataset of tokenized WikiText-2 sentences
+    outliers: Any  # tokenized outlier texts: datasets.Dataset (WikiText-2) or a streaming IterableDataset
     ood: dict[str, list[str]]
     ood_sizes: dict[str, int]  # texts in each whole anomaly set (before any ood_examples subset)
     selection_name: str  # the validation anomaly set the scores are selected on
@@ -293,6 +326,7 @@ class TextClsData:
     extra_outliers: Any = None  # WikiText-2 + the extra set (oe_extra stage), tokenized
     # own data (issue 21): how validation was made, named anomaly sets without files, the --model head notice
     sources: dict[str, Any] = dataclasses.field(default_factory=dict)
+    outlier_corpus: OutlierCorpus | None = None  # what --outliers named
 
 
 def selection_set_name(dataset: str) -> str:
@@ -312,8 +346,9 @@ def select_score(rows: Mapping[str, Mapping[str, float]], allowed: Sequence[str]
 
 
 def stage_outliers(stage: str, config: "TextClsConfig") -> str:
-    """What stage ``stage`` trained on as outliers: ``none``, ``wikitext2`` or ``wikitext2+<extra set>``."""
-    return {"baseline": "none", "oe": "wikitext2", "oe_extra": f"wikitext2+{config.extra_outliers}"}[stage]
+    """What stage ``stage`` trained on as outliers: ``none``, ``wikitext2`` (or the ``--outliers`` file / folder / Hub id
+    as given) or ``wikitext2+<extra set>``."""
+    return {"baseline": "none", "oe": config.outliers, "oe_extra": f"wikitext2+{config.extra_outliers}"}[stage]
 
 
 def load_tokenizer(model: str) -> Any:
@@ -428,9 +463,9 @@ class TextClsExperiment(StagedExperiment):
             return tokenizer(batch["text"], truncation=True, max_length=c.max_length)
 
         train_tok = train.map(tokenize, batched=True, remove_columns=["text"]).rename_column("label", "labels")
-        sentences = wikitext_sentences("train", data_dir)
-        sentences = sentences.select(seeded_subset_indices(len(sentences), c.outlier_examples, c.seed + 1))
-        outliers = sentences.map(tokenize, batched=True, remove_columns=["text"])
+        corpus = load_outlier_corpus(c.outliers, data_dir, text_column=c.outlier_text_column, split=c.outlier_split,
+                                     config=c.outlier_config, examples=c.outlier_examples, seed=c.seed + 1)
+        outliers = corpus.texts.map(tokenize, batched=True, remove_columns=["text"])  # lazily, when streamed
         extra_outliers = None
         if c.extra_outliers:
             extra_outliers = self._extra_outlier_pool(outliers, load_ood_texts(c.extra_outliers, data_dir), tokenize)
@@ -458,7 +493,8 @@ class TextClsExperiment(StagedExperiment):
             outliers=outliers.with_format("torch"), ood=ood, ood_sizes=ood_sizes, selection_name=selection_name,
             selection_texts=selection_texts,
             extra_outliers=None if extra_outliers is None else extra_outliers.with_format("torch"),
-            sources={"validation": validation_made, "anomaly_sets_skipped": skipped, "head_notice": head_notice})
+            sources={"validation": validation_made, "anomaly_sets_skipped": skipped, "head_notice": head_notice},
+            outlier_corpus=corpus)
 
     def _extra_outlier_pool(self, outliers: Any, extra: Any, tokenize: Any) -> Any:
         """WikiText-2 ``outliers`` plus the ``extra`` texts repeated so that they are ``extra_outlier_share`` of the
@@ -512,10 +548,18 @@ class TextClsExperiment(StagedExperiment):
             oe_loss=c.oe_loss,
             oe_batch_ratio=1.0,
             dataloader_num_workers=0,
+            oe_shuffle_buffer_size=STREAM_SHUFFLE_BUFFER,
+            **({"train_sampling_strategy": "group_by_length"} if c.group_by_length else {}),
         )
+        outliers = self._stage_outliers(stage)
+        if outliers is not None and is_streaming(outliers) and args.max_steps <= 0:
+            # OETrainer needs max_steps with a streamed outlier set: the steps the Trainer derives from the epochs
+            # (batches per process, accelerate's even batches; no gradient accumulation in this recipe)
+            per_process = math.ceil(math.ceil(len(data.train) / c.batch_size) / args.world_size)
+            args.max_steps = math.ceil(stage.epochs * per_process)
         trainer = OETrainer(model=model, args=args, train_dataset=data.train, processing_class=data.tokenizer,
-                            data_collator=fixed_length_collator(data.tokenizer, c.max_length),
-                            outlier_dataset=self._stage_outliers(stage), callbacks=stage.callbacks())
+                            data_collator=padding_collator(data.tokenizer, c.padding, c.max_length),
+                            outlier_dataset=outliers, callbacks=stage.callbacks())
         if c.head_lr_scale != 1.0:
             trainer.optimizer = _optimizer_with_head_lr(trainer, model, c.head_lr_scale)
         return trainer
@@ -649,11 +693,14 @@ class TextClsExperiment(StagedExperiment):
         steps = {name: result.state.get("training_steps", {}) for name, result in results.items()}
         meta = run_meta(seconds, config=dataclasses.asdict(c), training_steps=steps,
                         n_texts={"train": len(data.train_texts), "test": len(data.test_texts),
-                                 "validation": len(data.validation_texts), "outliers": len(data.outliers),
+                                 "validation": len(data.validation_texts),
+                                 "outliers": None if is_streaming(data.outliers) else len(data.outliers),
                                  data.selection_name: len(data.selection_texts),
                                  **({"extra_outlier_pool": len(data.extra_outliers)} if data.extra_outliers is not None else {}),
                                  **{name: len(texts) for name, texts in data.ood.items()}},
                         ood_set_sizes=data.ood_sizes, data_sources=data.sources,
+                        outlier_corpus=None if data.outlier_corpus is None else data.outlier_corpus.describe(
+                            c.outlier_text_column, c.outlier_split, c.outlier_config),
                         selected_scores={name: {"score": r.state["selected_score"], "selected_on": r.state["selected_on"]}
                                          for name, r in results.items()},
                         mahalanobis_examples=results["oe"].state.get("mahalanobis_examples"),
@@ -694,7 +741,7 @@ class TextClsExperiment(StagedExperiment):
         maha = result.arrays["mahalanobis"]
         mahalanobis = MahalanobisScore().set_parameters(torch.as_tensor(maha["means"]), torch.as_tensor(maha["covariance"]))
         training = {"in_distribution_dataset": c.dataset, "train_split": c.train_split,
-                    "outlier_dataset": "wikitext-2 sentences", "model": c.model,
+                    "outlier_dataset": "wikitext-2 sentences" if c.outliers == WIKITEXT2 else c.outliers, "model": c.model,
                     "oe_lambda": c.oe_lambda, "oe_loss": c.oe_loss, "baseline_lr": c.baseline_lr, "oe_lr": c.oe_lr,
                     "max_length": c.max_length, "seed": c.seed, "recipe": "recipes/textcls_oe.py"}
         if c.own_data:  # where the user's texts came from (issue 21)
@@ -776,7 +823,9 @@ def results_markdown(records: Sequence[Mapping[str, Any]], meta: Mapping[str, An
         f"total {meta['seconds'].get('total', 0):.0f} s. Values are percentages (results.json: fractions), the mean over "
         "the draws. " + protocol_sentence([{**r, "domain": r["ood_set"]} for r in det], f"{cfg['dataset']} test texts")
         + f" Training split `{cfg.get('train_split', 'train')}`. OE λ = {cfg['oe_lambda']}, loss {cfg['oe_loss']}; "
-        f"max_length {cfg['max_length']}. Every anomaly set is used whole (the draws come from all its texts)"
+        f"max_length {cfg['max_length']}, training batches padded to "
+        + ("the longest text of each step (in-distribution + outliers together)" if cfg.get("padding", "max_length") == "longest" else "max_length")
+        + (", grouped by length" if cfg.get("group_by_length") else "") + ". Every anomaly set is used whole (the draws come from all its texts)"
         + (f", except the seeded subsets of `ood_examples` = {cfg['ood_examples']}" if cfg.get("ood_examples") else "") + ".",
         "",
         "| stage | outliers | test accuracy | train steps | train seconds | eval seconds |",

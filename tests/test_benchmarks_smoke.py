@@ -49,3 +49,19 @@ def test_textcls_step_bench_rejects_bad_arguments(capsys):
     with pytest.raises(SystemExit) as err:
         bench.main(["--steps", "0"])
     assert err.value.code == 2 and "--steps must be >= 1" in capsys.readouterr().err
+
+
+def test_textcls_padding_bench_runs_one_forward_per_step_and_prints_its_ratios(data_dir, capsys):
+    """Toy GRU, one timed step per method: every OE step is one forward pass (the bench raises otherwise), the
+    padded lengths are max_length for 'max_length' and at most that for 'longest'."""
+    bench = load_bench("textcls_padding_bench")
+    speeds = bench.main(["--tiny", "--steps", "1", "--data-dir", str(data_dir)])
+    out = capsys.readouterr().out
+    methods = {"max_length", "longest", "longest + group_by_length"}
+    assert set(speeds) == {"baseline", "oe"} and all(set(s) == methods for s in speeds.values())
+    assert all(v > 0 and math.isfinite(v) for s in speeds.values() for v in s.values())
+    lengths = re.findall(r"^\| (max_length|longest[^|]*) \| (\d+) x ([0-9.]+) \|", out, re.M)
+    assert [(m.strip(), int(r)) for m, r, _ in lengths] == [("max_length", 32), ("longest", 32), ("longest + group_by_length", 32),
+                                                            ("max_length", 64), ("longest", 64), ("longest + group_by_length", 64)]
+    assert all(float(length) == 24.0 for m, _, length in lengths if m == "max_length")
+    assert all(float(length) <= 24.0 for _, _, length in lengths)

@@ -167,17 +167,43 @@ def test_presets_and_config_checks():
     assert tx.ood_set_names("clinc150")[0] == "clinc150_oos"
 
 
-def test_in_and_outlier_batches_share_one_shape_so_the_oe_step_is_one_forward():
-    """The collator pads both to max_length: OETrainer._concatenate accepts them (it returns None otherwise)."""
-    from oe_common.trainer import OETrainer
+@pytest.mark.parametrize("padding, group_by_length", [("longest", False), ("longest", True), ("max_length", False)])
+def test_oe_step_is_one_forward_padded_to_the_longest_text_or_to_max_length(tmp_path, padding, group_by_length):
+    """--padding longest: each OE step's in-distribution + outlier batch is ONE forward pass padded to its longest
+    text (with --group-by-length the in-distribution batches come from the Trainer's LengthGroupedSampler); --padding
+    max_length: every step is (2B, max_length)."""
+    import datasets
 
-    tok = word_tokenizer(["what is a cat", "how far is the moon from the earth today"])
-    collate = tx.fixed_length_collator(tok, 12)
-    ins = collate([dict(tok("what is a cat"), labels=1)])
-    outs = collate([dict(tok("how far is the moon from the earth today"))])
-    ins.pop("labels")
-    assert ins["input_ids"].shape == outs["input_ids"].shape == (1, 12)
-    assert OETrainer._concatenate(dict(ins), dict(outs)) is not None
+    from oe_common.experiment import Stage
+    from oe_text import GRUClassifierConfig, GRUForSequenceClassification
+
+    texts = ["what is a cat", "how far is the moon from the earth today", "why", "who wrote the book about the sea",
+             "is it", "the cat sat on the mat"]
+    tok = word_tokenizer(texts)
+    enc = tok(texts, truncation=True, max_length=16)  # at most 11 tokens: none is truncated
+    train = datasets.Dataset.from_dict({**enc, "labels": [0, 1, 2, 0, 1, 2]})
+    outliers = datasets.Dataset.from_dict(dict(tok(texts[::-1], truncation=True, max_length=16)))
+    cfg = tx.TextClsConfig(dataset="trec", model="gru", padding=padding, group_by_length=group_by_length, max_length=16, batch_size=3)
+    exp = tx.TextClsExperiment(cfg)
+    exp.data = types.SimpleNamespace(tokenizer=tok, train=train, outliers=outliers)
+    model = GRUForSequenceClassification(GRUClassifierConfig(vocab_size=len(tok), embedding_size=4, hidden_size=4, num_labels=3))
+    shapes, lengths = [], []
+
+    def record(_module, _args, kwargs):
+        shapes.append(tuple(kwargs["input_ids"].shape))
+        lengths.append(kwargs["attention_mask"].sum(1).tolist())
+
+    model.register_forward_pre_hook(record, with_kwargs=True)
+    trainer = exp.make_trainer(Stage("oe", 1e-3, max_steps=4, oe_lambda=1.0), model, tmp_path)
+    assert trainer.args.train_sampling_strategy == ("group_by_length" if group_by_length else "random")
+    trainer.train()
+    assert len(shapes) == 4  # one forward pass per step
+    for shape, real in zip(shapes, lengths):
+        assert shape == (6, 16 if padding == "max_length" else max(real))  # 3 + 3 rows
+    if group_by_length:  # the Trainer's sampler groups by length: the first batch holds the longest text
+        assert max(lengths[0][:3]) == max(len(ids) for ids in enc["input_ids"])
+    with pytest.raises(ValueError, match="padding"):
+        tx.TextClsConfig(padding="dynamic")
 
 
 def test_head_learning_rate_scale_puts_the_classifier_in_its_own_groups(tmp_path):
