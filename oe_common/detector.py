@@ -22,7 +22,7 @@ from .detector_io import (
     TEXT_TASKS,
     _preprocessing_class,
     detector_config,
-    load_detector,
+    load_detector_folder,
     push_detector,
     save_detector,
 )
@@ -507,8 +507,8 @@ class OODDetector:
         cache_dir: str | os.PathLike | None = None,
     ) -> "OODDetector":
         """Load a detector from a local folder or a Hub repo id (``revision`` = branch/tag/commit); every file is checked
-        and a bad one named (:func:`oe_common.detector_io.load_detector`: safetensors only, no remote code)."""
-        return load_detector(cls, name_or_path, revision, device=device, batch_size=batch_size, progress=progress,
+        and a bad one named (:func:`oe_common.detector_io.load_detector_folder`: safetensors only, no remote code)."""
+        return load_detector_folder(cls, name_or_path, revision, device=device, batch_size=batch_size, progress=progress,
                              token=token, cache_dir=cache_dir)
 
     def push_to_hub(

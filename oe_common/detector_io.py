@@ -36,7 +36,7 @@ __all__ = [
     "WEIGHTS_NAME",
     "detector_config",
     "hub_offline",
-    "load_detector",
+    "load_detector_folder",
     "push_detector",
     "save_detector",
 ]
@@ -238,7 +238,22 @@ def save_detector(detector: Any, save_directory: str | os.PathLike, *, repo_id: 
 
 
 
-def load_detector(
+def has_safetensors(folder: Path) -> bool:
+    """Whether ``folder`` holds safetensors weights (``model.safetensors`` or a sharded index)."""
+    return (folder / WEIGHTS_NAME).is_file() or (folder / WEIGHTS_INDEX_NAME).is_file()
+
+
+def refuse_pickle_only(folder: Path) -> None:
+    """Raise when ``folder``'s only weights are pickle-based (they are never loaded); return otherwise."""
+    pickled = [n for n in _PICKLE_WEIGHTS if (folder / n).exists()]
+    if pickled:
+        raise DetectorCheckpointError(
+            f"{folder} has only pickle-based weights {pickled}; only safetensors are loaded ({WEIGHTS_NAME}). "
+            "Re-save the model with save_pretrained() from a trusted environment."
+        )
+
+
+def load_detector_folder(
     cls: type,
     name_or_path: str | os.PathLike,
     revision: str | None = None,
@@ -261,14 +276,8 @@ def load_detector(
     """
     folder = _resolve_checkpoint(name_or_path, revision, token, cache_dir)
     missing = [n for n in (DETECTOR_CONFIG_NAME, MODEL_CONFIG_NAME) if not (folder / n).is_file()]
-    has_weights = (folder / WEIGHTS_NAME).is_file() or (folder / WEIGHTS_INDEX_NAME).is_file()
-    if not has_weights:
-        pickled = [n for n in _PICKLE_WEIGHTS if (folder / n).exists()]
-        if pickled:
-            raise DetectorCheckpointError(
-                f"{folder} has only pickle-based weights {pickled}; OODDetector loads safetensors only "
-                f"({WEIGHTS_NAME}). Re-save the model with save_pretrained() from a trusted environment."
-            )
+    if not has_safetensors(folder):
+        refuse_pickle_only(folder)
         missing.append(WEIGHTS_NAME)
     config = None
     hashes: dict[str, str] = {}

@@ -29,15 +29,15 @@ from .data_integrity import file_sha256
 from .model_card import POST_HOC_METHOD
 from .detector import OODDetector, task_of_architecture
 from .detector_io import (
-    _PICKLE_WEIGHTS,
     DETECTOR_CONFIG_NAME,
     MODEL_CONFIG_NAME,
-    WEIGHTS_INDEX_NAME,
     WEIGHTS_NAME,
     _check_finite_weights,
     _check_weight_files,
     _load_model,
     _resolve_checkpoint,
+    has_safetensors,
+    refuse_pickle_only,
 )
 from .plugins import ENTRY_POINT_GROUP, load_plugins
 from .preprocessing import DetectorCheckpointError, preprocessing_classes, read_checkpoint_json
@@ -80,14 +80,9 @@ def _model_task(folder: Path, config: Mapping[str, Any]) -> str:
 
 def _check_safetensors(folder: Path) -> None:
     """The folder holds safetensors weights (pickle-only weights are refused, never loaded)."""
-    if (folder / WEIGHTS_NAME).is_file() or (folder / WEIGHTS_INDEX_NAME).is_file():
+    if has_safetensors(folder):
         return
-    pickled = [n for n in _PICKLE_WEIGHTS if (folder / n).exists()]
-    if pickled:
-        raise DetectorCheckpointError(
-            f"{folder} has only pickle-based weights {pickled}; only safetensors are loaded ({WEIGHTS_NAME}). "
-            "Re-save the model with save_pretrained() from a trusted environment."
-        )
+    refuse_pickle_only(folder)
     raise DetectorCheckpointError(f"model folder {folder} is missing {WEIGHTS_NAME}")
 
 
