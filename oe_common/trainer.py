@@ -252,15 +252,15 @@ class OETrainer(Trainer):
 
     def _restore_time_budget(self, checkpoint: str) -> None:
         """Give the run's :class:`TimeBudgetCallback` the plan and seconds saved in ``checkpoint`` (see :meth:`train`)."""
-        budget, path = self._time_budget(), os.path.join(checkpoint, TIME_BUDGET_STATE_NAME)
+        budget = self._time_budget()
         if budget is None:
             return
-        if not os.path.isfile(path):
+        saved = self._read_checkpoint_json(checkpoint, TIME_BUDGET_STATE_NAME)
+        if saved is None:
             logger.warning(f"OETrainer: {checkpoint} has no {TIME_BUDGET_STATE_NAME} (saved without a time budget): the "
                            "budget counts from now and the schedule is planned afresh")
             return
-        with open(path) as handle:
-            budget.load_resume_state(json.load(handle))
+        budget.load_resume_state(saved)
 
     def _write_checkpoint_json(self, trial: Any, name: str, value: Any) -> None:
         """Write ``value`` as ``name`` into the checkpoint folder just saved (main process; subclasses add their own
@@ -270,18 +270,26 @@ class OETrainer(Trainer):
             with open(os.path.join(folder, name), "w") as handle:
                 json.dump(value, handle, indent=2)
 
+    @staticmethod
+    def _read_checkpoint_json(checkpoint: str, name: str) -> Any:
+        """The value :meth:`_write_checkpoint_json` wrote as ``name`` into ``checkpoint``; ``None`` when the file is
+        not there (a checkpoint saved without that state)."""
+        path = os.path.join(checkpoint, name)
+        if not os.path.isfile(path):
+            return None
+        with open(path) as handle:
+            return json.load(handle)
+
     def _restore_outlier_stream(self, checkpoint: str) -> None:
         """Position the outlier stream where it stood when ``checkpoint`` was saved (see :meth:`train`)."""
-        path = os.path.join(checkpoint, OUTLIER_STREAM_STATE_NAME)
         self._outlier_stream, self._outlier_skip_examples = None, 0
-        if not os.path.isfile(path):
+        saved = self._read_checkpoint_json(checkpoint, OUTLIER_STREAM_STATE_NAME)
+        if saved is None:
             logger.warning(
                 f"OETrainer: {checkpoint} has no {OUTLIER_STREAM_STATE_NAME} (saved without outliers, or by another "
                 "trainer): the outlier stream starts from its first batch"
             )
             return
-        with open(path) as handle:
-            saved = json.load(handle)
         now = self._outlier_stream_state()
         if (saved.get("oe_seed"), saved.get("world_size")) != (now["oe_seed"], now["world_size"]):
             logger.warning(

@@ -5,9 +5,7 @@ Details: docs/modules.md, section ``oe_vision.density_trainer``.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -195,10 +193,8 @@ class DensityOETrainer(OETrainer):
         """``OETrainer.train``; when resuming, the margin counts also continue from the checkpoint (other processes
         than the main one restart theirs: only the main process saves them)."""
         checkpoint = get_last_checkpoint(self.args.output_dir) if resume_from_checkpoint is True else resume_from_checkpoint
-        path = os.path.join(str(checkpoint), MARGIN_COUNTS_NAME) if checkpoint not in (None, False) else None
-        if path is not None and os.path.isfile(path):
-            with open(path) as handle:
-                saved = json.load(handle)
+        saved = self._read_checkpoint_json(str(checkpoint), MARGIN_COUNTS_NAME) if checkpoint not in (None, False) else None
+        if saved is not None:
             self._margin_total = torch.tensor([saved["active_pairs"], saved["pairs"]], device=self.args.device)
         return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
 
