@@ -11,16 +11,17 @@ naming the file; a column that is not there is a :class:`MissingColumnError` lis
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from .data_dir import DataError
 from .preprocessing import some_indices
 
-__all__ = ["TABLE_SUFFIXES", "TEXT_SUFFIXES", "TableFileError", "MissingColumnError", "read_columns", "text_column",
+__all__ = ["quiet_datasets", "TABLE_SUFFIXES", "TEXT_SUFFIXES", "TableFileError", "MissingColumnError", "read_columns", "text_column",
            "stream_text_column"]
 
 #: The file types read (each also gzip-compressed, with ``.gz`` appended).
@@ -74,6 +75,23 @@ def _is_empty(path: Path) -> bool:
         raise TableFileError(f"cannot read {path}: {exc}") from None
 
 
+@contextlib.contextmanager
+def quiet_datasets() -> Iterator[None]:
+    """``datasets`` without progress bars and with only critical log records inside the block (restored after): a
+    reader error becomes our one line, not also a logged traceback."""
+    import datasets
+
+    bars_were_on, verbosity = datasets.is_progress_bar_enabled(), datasets.logging.get_verbosity()
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)
+    try:
+        yield
+    finally:
+        datasets.logging.set_verbosity(verbosity)
+        if bars_were_on:
+            datasets.enable_progress_bars()
+
+
 def read_columns(path: str | os.PathLike, columns: Sequence[str]) -> dict[str, list[Any]]:
     """The values of ``columns`` in the data file ``path``, one list per column (one value per row, file order).
 
@@ -88,26 +106,18 @@ def read_columns(path: str | os.PathLike, columns: Sequence[str]) -> dict[str, l
     kind = _kind(path)
     _check_file(path)
     builder, options = _builder(kind)
-    bars_were_on, verbosity = datasets.is_progress_bar_enabled(), datasets.logging.get_verbosity()
-    datasets.disable_progress_bars()
-    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # a reader error is our one line, not also a logged traceback
-    try:
-        with tempfile.TemporaryDirectory(prefix="oe-table-") as cache:
-            try:
-                table = datasets.load_dataset(builder, data_files=str(path), split="train", cache_dir=cache, keep_in_memory=True, **options)
-            except Exception as exc:  # DatasetGenerationError wraps the reader's own error (UnicodeDecodeError, ArrowInvalid, ...)
-                raise TableFileError(f"cannot read {path} as {kind[1:]}: {_reason(exc)}") from None
-            found = list(table.column_names)
-            missing = [c for c in columns if c not in found]
-            if missing:
-                raise MissingColumnError(f"{path} has no column {', '.join(map(repr, missing))}; its columns: {', '.join(map(repr, found))}")
-            if len(table) == 0:
-                raise TableFileError(f"{path} has no rows (only a header)")
-            return {c: list(table[c]) for c in columns}  # plain lists (newer datasets return a lazy Column)
-    finally:
-        datasets.logging.set_verbosity(verbosity)
-        if bars_were_on:
-            datasets.enable_progress_bars()
+    with quiet_datasets(), tempfile.TemporaryDirectory(prefix="oe-table-") as cache:
+        try:
+            table = datasets.load_dataset(builder, data_files=str(path), split="train", cache_dir=cache, keep_in_memory=True, **options)
+        except Exception as exc:  # DatasetGenerationError wraps the reader's own error (UnicodeDecodeError, ArrowInvalid, ...)
+            raise TableFileError(f"cannot read {path} as {kind[1:]}: {_reason(exc)}") from None
+        found = list(table.column_names)
+        missing = [c for c in columns if c not in found]
+        if missing:
+            raise MissingColumnError(f"{path} has no column {', '.join(map(repr, missing))}; its columns: {', '.join(map(repr, found))}")
+        if len(table) == 0:
+            raise TableFileError(f"{path} has no rows (only a header)")
+        return {c: list(table[c]) for c in columns}  # plain lists (newer datasets return a lazy Column)
 
 
 def _reason(exc: BaseException) -> str:
@@ -154,10 +164,7 @@ def stream_text_column(path: str | os.PathLike, column: str = "text", chunk_byte
     builder, options = _builder(kind)
     if chunk_bytes is not None and kind in (".txt", ".jsonl"):
         options["chunksize"] = int(chunk_bytes)
-    bars_were_on, verbosity = datasets.is_progress_bar_enabled(), datasets.logging.get_verbosity()
-    datasets.disable_progress_bars()
-    datasets.logging.set_verbosity(datasets.logging.CRITICAL)
-    try:
+    with quiet_datasets():
         stream = datasets.load_dataset(builder, data_files=str(path), split="train", streaming=True, **options)
         try:
             first = next(iter(stream))
@@ -165,10 +172,6 @@ def stream_text_column(path: str | os.PathLike, column: str = "text", chunk_byte
             raise TableFileError(f"{path} is empty: it has no rows") from None
         except Exception as exc:
             raise TableFileError(f"cannot read {path} as {kind[1:]}: {_reason(exc)}") from None
-    finally:
-        datasets.logging.set_verbosity(verbosity)
-        if bars_were_on:
-            datasets.enable_progress_bars()
     if column not in first:
         raise MissingColumnError(f"{path} has no column {column!r}; its columns: {', '.join(map(repr, first))}")
     return only_texts(stream, column)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from oe_common.data_dir import MissingDataError
-from oe_common.table_files import TEXT_SUFFIXES, MissingColumnError, TableFileError, only_texts, stream_text_column
+from oe_common.table_files import TEXT_SUFFIXES, MissingColumnError, TableFileError, only_texts, quiet_datasets, stream_text_column
 
 from .data import seeded_subset_indices
 from .textcls_data import wikitext_sentences
@@ -88,11 +88,10 @@ def _stream_dataset(source: str, kind: str, column: str, split: str, config: str
 
     what = f"the outlier dataset {'folder' if kind == 'folder' else 'id'} {source!r}"
     path = os.path.expanduser(source) if kind == "folder" else source
-    verbosity = datasets.logging.get_verbosity()
-    datasets.logging.set_verbosity(datasets.logging.CRITICAL)
     try:
-        stream = datasets.load_dataset(path, config, split=split, streaming=True)
-        first = next(iter(stream))
+        with quiet_datasets():
+            stream = datasets.load_dataset(path, config, split=split, streaming=True)
+            first = next(iter(stream))
     except StopIteration:
         raise TableFileError(f"{what} has no rows in split {split!r}") from None
     except Exception as exc:  # unknown id, offline Hub, no such split / config, unreadable files
@@ -100,8 +99,6 @@ def _stream_dataset(source: str, kind: str, column: str, split: str, config: str
         hint = "" if kind == "folder" else "; give a local file or dataset folder, or run where the Hub is reachable"
         raise MissingDataError(f"cannot stream {what} (split {split!r}{f', config {config!r}' if config else ''}): "
                                f"{type(exc).__name__}: {reason}{hint}") from None
-    finally:
-        datasets.logging.set_verbosity(verbosity)
     if column not in first:
         raise MissingColumnError(f"{what} has no column {column!r}; its columns: {', '.join(map(repr, first))}; "
                                  "choose one with --outlier-text-column")
