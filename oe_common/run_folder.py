@@ -9,7 +9,6 @@ import argparse
 import contextlib
 import datetime as _dt
 import errno
-import hashlib
 import json
 import os
 import re
@@ -24,7 +23,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from .files import atomic_write_text, make_readable
+from .files import atomic_write_text, make_readable, sha256_file
 
 __all__ = [
     "LOCK_NAME",
@@ -319,7 +318,7 @@ def _data_record(data_dir: str | os.PathLike | None) -> dict[str, Any] | None:
         return None
     folder = Path(data_dir).expanduser().resolve()
     try:
-        sums = hashlib.sha256((folder / "SHA256SUMS").read_bytes()).hexdigest()
+        sums = sha256_file(folder / "SHA256SUMS")
     except OSError:
         sums = None
     return {"dir": str(folder), "sha256sums": sums}
