@@ -172,7 +172,7 @@ class StagedExperiment(abc.ABC):
     @abc.abstractmethod
     def report(self, results: Mapping[str, StageResult], models: StageModels, seconds: dict[str, float],
                output_dir: Path, is_main: bool) -> dict[str, Any]:
-        """Write ``results.json`` / ``results.md`` / plots / detector (main process) and return the run's result
+        """Write ``results.json`` / ``results.md`` / plots (main process) and return the run's result
         (``{"records": [...], "meta": {...}, "paths": {...}, ...}``)."""
 
     # ---- defaults a pipeline may override ------------------------------------------------------------------------
@@ -180,6 +180,18 @@ class StagedExperiment(abc.ABC):
         """The model ``stage`` trains, given the trained model of ``stage.init``: by default that model itself (trained
         further in place). Override to build on it instead (e.g. a new part around a copy of it, left frozen)."""
         return model
+
+    def detector(self, results: Mapping[str, StageResult], models: StageModels) -> Any | None:
+        """The run's deployable detector (an :class:`oe_common.detector.OODDetector` with its threshold fitted on
+        validation data and :meth:`provenance` as its ``training``), or ``None`` (the default: no detector). The runner
+        saves it, on the main process after :meth:`report`, as ``<output_dir>/detector`` (``paths["detector"]``)."""
+        return None
+
+    def provenance(self, **datasets: Any) -> dict[str, Any]:
+        """The detector card's ``training`` entry: ``datasets`` (``in_distribution_dataset``, ``outlier_dataset``,
+        ``test_anomaly_datasets``, ...), then every set field of the config (its settings: ``oe_lambda``, rates, ...)."""
+        settings = {k: v for k, v in dataclasses.asdict(self.config).items() if v not in (None, (), [], {})}
+        return {**datasets, **settings}
 
     def save_model(self, stage: Stage, model: Any, trainer: Any, output_dir: Path) -> Path | None:
         """Save the stage's trained model (safetensors) when ``config.save_models`` (default ``True``); return its
@@ -273,5 +285,8 @@ def _run_stages(experiment: StagedExperiment, run: RunFolder, output_dir: Path, 
     seconds["total"] = time.perf_counter() - started
     with recorded_attempts(run.manifest["attempts"]):
         outcome = experiment.report(results, models, seconds, output_dir, run.is_main)
+        detector = experiment.detector(results, models) if run.is_main else None
+        if detector is not None:
+            outcome.setdefault("paths", {})["detector"] = detector.save_pretrained(output_dir / "detector")
     run.complete()  # last: the folder now holds a complete run
     return outcome

@@ -25,6 +25,7 @@ __all__ = [
     "misclassification_metrics",
     "as_score_array",
     "roc_curve_points",
+    "fpr_key",
 ]
 
 METRIC_KEYS = ("auroc", "aupr_out", "aupr_in", "fpr")
@@ -144,8 +145,15 @@ def _weighted_sum(values: np.ndarray, cum: np.ndarray | None) -> float:
     return float(np.sum(values) if cum is None else np.sum(values * np.diff(cum, prepend=0)))
 
 
-def _metrics_sorted(in_sorted: np.ndarray, out_sorted: np.ndarray, recall_level: float) -> dict[str, float]:
-    """The four metrics from the two sides each sorted ascending (values only: no argsort of the scores).
+def fpr_key(recall_level: float) -> str:
+    """``"fpr95"`` for ``recall_level = 0.95``: the name of the FPR at that recall in rows and records."""
+    return f"fpr{round(recall_level * 100):d}"
+
+
+def _metrics_sorted(in_sorted: np.ndarray, out_sorted: np.ndarray, recall_level: float,
+                    more_levels: Sequence[float] = ()) -> dict[str, float]:
+    """The four metrics from the two sides each sorted ascending (values only: no argsort of the scores); with
+    ``more_levels``, also ``fpr<N>`` (:func:`fpr_key`) at each of those recall levels, from the same two sides.
 
     Each side is reduced to its distinct values ``u`` with counts ``c`` (a linear scan), and one stable merge of the
     two lists (timsort on two sorted runs: linear) gives, for each distinct value of one side, how many distinct
@@ -161,6 +169,7 @@ def _metrics_sorted(in_sorted: np.ndarray, out_sorted: np.ndarray, recall_level:
     """
     n_in, n_out = in_sorted.size, out_sorted.size
     fpr = _fpr_at_recall_sorted(in_sorted, out_sorted, recall_level)
+    fprs = {fpr_key(level): _fpr_at_recall_sorted(in_sorted, out_sorted, level) for level in more_levels}
     in_values, in_cum = _distinct(in_sorted)
     out_values, out_cum = _distinct(out_sorted)
     m_in, m_out = in_values.size, out_values.size
@@ -196,7 +205,7 @@ def _metrics_sorted(in_sorted: np.ndarray, out_sorted: np.ndarray, recall_level:
     ratios = in_le_count / (in_le_count + _take_count(out_cum, out_le))
     del out_le
     aupr_in = _weighted_sum(ratios, in_cum) / n_in
-    return {"auroc": auroc, "aupr_out": aupr_out, "aupr_in": aupr_in, "fpr": fpr}
+    return {"auroc": auroc, "aupr_out": aupr_out, "aupr_in": aupr_in, "fpr": fpr, **fprs}
 
 
 def ood_metrics(in_scores: Any, out_scores: Any, recall_level: float = 0.95) -> dict[str, float]:
@@ -310,7 +319,8 @@ class OODTable:
     (``n_out < n_out_wanted``: only with ``allow_small_sets``), ``n_draws`` (DISTINCT draws: 1 when a draw takes
     the whole set, as every draw would be the same) and ``base_rate`` (``"1:5"``; a capped set's achieved rate).
     The ``"mean"`` row sums the counts, takes the fewest draws and ``capped`` of any set.
-    ``n_draws`` / ``ratio`` of the table are the requested values.
+    ``n_draws`` / ``ratio`` of the table are the requested values. ``fpr`` is the FPR at ``recall_level``; every row
+    also has ``fpr<N>`` (and ``fpr<N>_std``) for each of ``recall_levels`` (:func:`fpr_key`), from the same draws.
     """
 
     rows: list[dict[str, Any]]
@@ -320,11 +330,38 @@ class OODTable:
     seed: int
     meta: dict[str, Any] = field(default_factory=dict)
     allow_small_sets: bool = False
+    recall_levels: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.recall_levels = tuple(self.recall_levels) or (self.recall_level,)
 
     @property
     def fpr_label(self) -> str:
         """``"FPR95"`` for ``recall_level = 0.95``."""
-        return f"FPR{round(self.recall_level * 100):d}"
+        return fpr_key(self.recall_level).upper()
+
+    def records(self, **fields: Any) -> list[dict[str, Any]]:
+        """The table as results records, one per row: the one record schema of every pipeline.
+
+        Each record is ``fields`` (e.g. ``dataset``, ``model``, ``stage``, ``score``) followed by ``ood_set`` (the set's
+        name, or ``"mean"``), ``auroc``, ``aupr`` (anomalies positive), ``aupr_in``, ``fpr<N>`` for each recall level,
+        their ``_std`` over draws, and what ran: ``n_in``, ``n_out`` (anomalies per draw), ``n_out_wanted``,
+        ``n_out_available``, ``capped``, ``base_rate`` (``"1:5"``), ``n_draws`` (distinct draws),
+        ``n_draws_requested`` and ``sampling`` (``"1:5, 10 draws"``).
+        """
+        return [self._record(row, fields) for row in self.rows]
+
+    def _record(self, row: Mapping[str, Any], fields: Mapping[str, Any]) -> dict[str, Any]:
+        fprs = [fpr_key(level) for level in self.recall_levels]
+        rates = {key: row.get(key, row["fpr"]) for key in fprs}  # rows saved before recall_levels: their one FPR
+        return {
+            **fields, "ood_set": row["name"], **rates, "auroc": row["auroc"], "aupr": row["aupr_out"], "aupr_in": row["aupr_in"],
+            **{f"{key}_std": row.get(f"{key}_std", row["fpr_std"]) for key in fprs},
+            "auroc_std": row["auroc_std"], "aupr_std": row["aupr_out_std"], "n_in": row["n_in"], "n_out": row["n_out"],
+            "n_out_wanted": row.get("n_out_wanted", row["n_in"] // self.ratio), "n_out_available": row.get("n_out_available"),
+            "capped": bool(row.get("capped", False)), "base_rate": row.get("base_rate", f"1:{self.ratio}"),
+            "n_draws": int(row.get("n_draws", self.n_draws)), "n_draws_requested": self.n_draws, "sampling": self.row_sampling(row),
+        }
 
     @property
     def names(self) -> list[str]:
@@ -357,6 +394,7 @@ class OODTable:
     def to_dict(self) -> dict[str, Any]:
         return {
             "recall_level": self.recall_level,
+            "recall_levels": list(self.recall_levels),
             "n_draws": self.n_draws,
             "ratio": self.ratio,
             "seed": self.seed,
@@ -406,10 +444,13 @@ def evaluate_ood(
     n_draws: int = 1,
     ratio: int = 5,
     seed: int = 0,
-    recall_level: float = 0.95,
+    recall_level: float | Sequence[float] = 0.95,
     allow_small_sets: bool = False,
 ) -> OODTable:
     """The paper's protocol: all in-distribution scores against ``len(in) // ratio`` anomalies per set.
+
+    ``recall_level``: one level, or several (e.g. ``(0.90, 0.95)``): then every row has the FPR at each, from the
+    same draws (``fpr`` is the first level's); the table's ``recall_level`` is the first.
 
     For each anomaly set, ``n_draws`` independent draws (seeded with ``seed``; the same generator state
     sequence for every call with the same arguments) give metrics whose mean and standard deviation are
@@ -420,7 +461,11 @@ def evaluate_ood(
         ValueError: a set has fewer than ``len(in) // ratio`` scores, unless ``allow_small_sets``: then such a set is
             used whole (``capped``; its row's ``base_rate`` and the table label say which rate ran).
     """
-    recall_level = _check_recall_level(recall_level)
+    levels = tuple(_check_recall_level(level) for level in (recall_level if isinstance(recall_level, (list, tuple)) else [recall_level]))
+    if not levels:
+        raise ValueError("recall_level: give at least one recall level, e.g. 0.95")
+    recall_level = levels[0]
+    metric_keys = (*METRIC_KEYS, *(fpr_key(level) for level in levels))
     if not out_scores_by_set:
         raise ValueError("out_scores_by_set is empty: give at least one anomaly set, e.g. {'gaussian': scores}")
     check_n_draws(n_draws)
@@ -441,10 +486,11 @@ def evaluate_ood(
         draws = []
         for _ in range(distinct):
             sample = sample_base_rate(out_array, in_array.size, rng, ratio, allow_small_sets=allow_small_sets)
-            draws.append(_metrics_sorted(in_sorted, np.sort(sample), recall_level))
-        rows.append({"name": name, **draw_summary(draws, METRIC_KEYS, in_array.size, n_out, out_array.size, ratio)})
-    rows.append({"name": "mean", **mean_summary(rows, METRIC_KEYS)})
-    return OODTable(rows=rows, recall_level=recall_level, n_draws=n_draws, ratio=ratio, seed=seed, allow_small_sets=allow_small_sets)
+            draws.append(_metrics_sorted(in_sorted, np.sort(sample), recall_level, levels))
+        rows.append({"name": name, **draw_summary(draws, metric_keys, in_array.size, n_out, out_array.size, ratio)})
+    rows.append({"name": "mean", **mean_summary(rows, metric_keys)})
+    return OODTable(rows=rows, recall_level=recall_level, n_draws=n_draws, ratio=ratio, seed=seed, allow_small_sets=allow_small_sets,
+                    recall_levels=levels)
 
 
 def misclassification_metrics(confidence: Any, correct: Any) -> dict[str, float]:

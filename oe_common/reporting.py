@@ -2,8 +2,10 @@
 
 A *record* is one row of a results table, flat and JSON-friendly, e.g. for text::
 
-    {"level": "word", "protocol": "paper", "model": "oe", "score": "nll", "domain": "email",
-     "fpr90": 0.01, "auroc": 0.99, "aupr": 0.98, "aupr_in": 0.99, "n_in": 1177, "n_out": 235}
+    {"dataset": "ptb", "model": "transformer", "stage": "oe", "score": "nll", "ood_set": "email", "level": "word",
+     "protocol": "paper", "fpr90": 0.01, "auroc": 0.99, "aupr": 0.98, "aupr_in": 0.99, "n_in": 1177, "n_out": 235}
+
+Detection records come from :meth:`oe_common.metrics.OODTable.records` (the one schema of every pipeline).
 
 Metric values are fractions; ``fpr<N>`` is named after the recall level (FPR90, FPR95, FPR99). ``meta`` holds the
 commit, hardware, date, library versions and seconds per stage, so every number can be traced to a run.
@@ -25,10 +27,9 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 from .files import atomic_write_text
-from .metrics import OODTable, as_score_array, roc_curve_points
+from .metrics import as_score_array, roc_curve_points
 
 __all__ = [
-    "detection_records",
     "sampling_note",
     "protocol_sentence",
     "steps_cell",
@@ -46,45 +47,14 @@ __all__ = [
 ]
 
 
-def detection_records(table: OODTable, **fields: Any) -> list[dict[str, Any]]:
-    """Flatten an :class:`OODTable` into records, one per row (``domain`` = set name or ``"mean"``).
-
-    ``fields`` (e.g. ``level="word", model="oe", score="nll"``) are copied into every record. Besides the metrics,
-    each record says what ran: ``n_in``, ``n_out`` (anomalies per draw), ``n_out_wanted``, ``n_out_available``,
-    ``capped``, ``base_rate`` (``"1:5"``), ``n_draws`` (distinct draws), ``n_draws_requested`` and ``sampling``
-    (``"1:5, 10 draws"``: what :func:`sampling_note` labels a table row with).
-    """
-    fpr_key = table.fpr_label.lower()
-    records = []
-    for row in table.rows:
-        records.append(
-            {
-                **fields,
-                "domain": row["name"],
-                fpr_key: row["fpr"],
-                "auroc": row["auroc"],
-                "aupr": row["aupr_out"],
-                "aupr_in": row["aupr_in"],
-                f"{fpr_key}_std": row["fpr_std"],
-                "auroc_std": row["auroc_std"],
-                "aupr_std": row["aupr_out_std"],
-                "n_in": row["n_in"],
-                "n_out": row["n_out"],
-                "n_out_wanted": row.get("n_out_wanted", row["n_in"] // table.ratio),
-                "n_out_available": row.get("n_out_available"),
-                "capped": bool(row.get("capped", False)),
-                "base_rate": row.get("base_rate", f"1:{table.ratio}"),
-                "n_draws": int(row.get("n_draws", table.n_draws)),
-                "n_draws_requested": table.n_draws,
-                "sampling": table.row_sampling(row),
-            }
-        )
-    return records
+def _set_name(record: Mapping[str, Any]) -> Any:
+    # TEMPORARY (issue #22 transition): records of pipelines not yet ported still say "domain"
+    return record.get("ood_set", record.get("domain"))
 
 
 def sampling_note(record: Mapping[str, Any]) -> str:
     """``""`` when a detection record ran as requested, else what ran (``"1:10, 1 draw"``) for a table label."""
-    if record.get("domain") == "mean" or "sampling" not in record:
+    if _set_name(record) == "mean" or "sampling" not in record:
         return ""
     as_requested = not record.get("capped") and record.get("n_draws") == record.get("n_draws_requested")
     return "" if as_requested else record["sampling"]
@@ -97,12 +67,12 @@ def protocol_sentence(records: Sequence[Mapping[str, Any]], in_name: str = "in-d
     Sets that ran differently from the most common protocol are listed; a capped set (fewer anomalies than the
     requested base rate needs: ``allow_small_sets``) says so. Records of several models / scores share their sets'
     protocol (they score the same data), so each set is described once; ``set_fields`` are record fields that, with
-    ``domain``, name a set (e.g. ``("protocol",)`` for the text recipes' ``paper/email``).
+    ``ood_set``, name a set (e.g. ``("protocol",)`` for the text recipes' ``paper/email``).
     """
     per_set: dict[str, Mapping[str, Any]] = {}
     for record in records:
-        if record.get("domain") != "mean" and "n_out" in record:
-            name = "/".join([*(str(record[f]) for f in set_fields if f in record), str(record["domain"])])
+        if _set_name(record) != "mean" and "n_out" in record:
+            name = "/".join([*(str(record[f]) for f in set_fields if f in record), str(_set_name(record))])
             per_set.setdefault(name, record)
     if not per_set:
         return ""
@@ -345,3 +315,14 @@ def remove_empty_dirs(folder: str | Path) -> None:
             path.rmdir()
         except OSError:
             return
+
+
+def detection_records(table: Any, **fields: Any) -> list[dict[str, Any]]:
+    """TEMPORARY (issue #22 transition, removed once every pipeline uses :meth:`OODTable.records`): the old schema,
+    ``domain`` for ``ood_set`` and only the table's first FPR."""
+    records = []
+    for record in table.records(**fields):
+        record = {("domain" if k == "ood_set" else k): v for k, v in record.items()}
+        keep = table.fpr_label.lower()
+        records.append({k: v for k, v in record.items() if not (k.startswith("fpr") and not k.startswith(keep))})
+    return records

@@ -7,7 +7,6 @@ import pytest
 
 from oe_common.metrics import evaluate_ood, roc_curve_points
 from oe_common.reporting import (
-    detection_records,
     plot_reliability_diagram,
     plot_roc_curves,
     plot_score_histograms,
@@ -20,11 +19,11 @@ from oe_common.reporting import (
 def test_records_carry_fpr_name_and_fields(tmp_path):
     rng = np.random.default_rng(0)
     table = evaluate_ood(rng.normal(size=100), {"a": rng.normal(2, 1, 50), "b": rng.normal(1, 1, 50)}, recall_level=0.9)
-    records = detection_records(table, level="word", model="oe", score="nll")
-    assert [r["domain"] for r in records] == ["a", "b", "mean"]
+    records = table.records(level="word", model="oe", score="nll")
+    assert [r["ood_set"] for r in records] == ["a", "b", "mean"]
     assert records[0]["fpr90"] == table["a"]["fpr"] and records[0]["aupr"] == table["a"]["aupr_out"]
     assert all(r["level"] == "word" and r["model"] == "oe" for r in records)
-    md = records_to_markdown(records, ["domain", "fpr90", "auroc"], percent=["fpr90", "auroc"])
+    md = records_to_markdown(records, ["ood_set", "fpr90", "auroc"], percent=["fpr90", "auroc"])
     assert f"{records[0]['auroc'] * 100:.1f}" in md.splitlines()[2]
     paths = write_results(tmp_path, records, run_meta({"train": 1.23}), md)
     data = json.loads(paths["json"].read_text())

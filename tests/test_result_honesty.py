@@ -17,7 +17,7 @@ import torch
 
 from oe_common.losses import BRANCH_EPS, confidence_branch_oe_loss
 from oe_common.metrics import evaluate_ood, ood_metrics, sample_base_rate
-from oe_common.reporting import detection_records, sampling_note, protocol_sentence
+from oe_common.reporting import sampling_note, protocol_sentence
 
 
 def _scores(seed: int, n: int, shift: float = 0.0) -> np.ndarray:
@@ -61,8 +61,8 @@ def test_a_draw_of_a_whole_set_is_one_draw():
 def test_records_and_heading_sentence_say_what_ran():
     table = evaluate_ood(_scores(0, 1000), {"a": _scores(1, 3000, 1), "b": _scores(4, 3000, 2), "c": _scores(5, 120, 2)},
                          n_draws=10, allow_small_sets=True)
-    records = detection_records(table, model="oe", protocol="paper")
-    by = {r["domain"]: r for r in records}
+    records = table.records(model="oe", protocol="paper")
+    by = {r["ood_set"]: r for r in records}
     assert by["c"]["protocol"] == "paper"  # the caller's fields are not overwritten
     assert (by["c"]["n_out"], by["c"]["n_out_wanted"], by["c"]["capped"], by["c"]["n_draws"], by["c"]["n_draws_requested"]) == (120, 200, True, 1, 10)
     assert by["c"]["sampling"] == "1:8.33, 1 draw" and sampling_note(by["c"]) == "1:8.33, 1 draw"
@@ -204,17 +204,18 @@ def test_committed_results_count_a_draw_of_a_whole_set_once():
         meta = data["meta"]
         sizes = {**(meta.get("data", {}).get("n_ood") or {}), **meta.get("n_windows", {})}
         for r in data["records"]:
-            size = sizes.get(r.get("domain"), sizes.get(f"{r.get('protocol')}/{r.get('domain')}"))
-            if "n_draws" not in r or r.get("domain") == "mean" or size is None:
+            name_ = r.get("ood_set", r.get("domain"))
+            size = sizes.get(name_, sizes.get(f"{r.get('protocol')}/{name_}"))
+            if "n_draws" not in r or name_ == "mean" or size is None:
                 continue
             checked += 1
             if r["n_out"] >= size:
-                assert r["n_draws"] == 1 and r.get("n_draws_requested", 1) >= 1, (name, r["domain"], r["n_draws"])
+                assert r["n_draws"] == 1 and r.get("n_draws_requested", 1) >= 1, (name, name_, r["n_draws"])
     assert checked > 100
 
 
 def test_the_upgrade_tool_writes_what_today_s_records_say(tmp_path):
-    """tools/upgrade_draw_records.py turns an old record (``n_draws`` as requested) into what detection_records
+    """tools/upgrade_draw_records.py turns an old record (``n_draws`` as requested) into what OODTable.records
     writes today for the same sets."""
     import importlib.util
     from pathlib import Path
@@ -224,7 +225,7 @@ def test_the_upgrade_tool_writes_what_today_s_records_say(tmp_path):
     spec.loader.exec_module(tool)
     table = evaluate_ood(_scores(0, 500), {"whole": _scores(1, 100, 1), "small": _scores(2, 60, 1), "big": _scores(3, 400, 1)},
                          n_draws=4, allow_small_sets=True)
-    today = detection_records(table, model="baseline", score="msp")
+    today = table.records(model="baseline", score="msp")
     keys = ("n_out_wanted", "n_out_available", "capped", "base_rate", "n_draws", "n_draws_requested", "sampling")
     old = [{k: v for k, v in r.items() if k not in keys} | {"n_draws": 4} for r in today]
     data = {"records": old, "meta": {"config": {"ratio": 5}, "data": {"n_ood": {"whole": 100, "small": 60, "big": 400}}}}

@@ -23,21 +23,26 @@ from typing import Any
 from oe_common.metrics import base_rate_label, sampling_label
 
 
+def _set_name(record: dict[str, Any]) -> str:
+    """The anomaly set of a record: ``ood_set`` (the one record schema) or, in older files, ``domain``."""
+    return record["ood_set"] if "ood_set" in record else record["domain"]
+
+
 def _set_size(meta: dict[str, Any], record: dict[str, Any]) -> int:
     sizes = meta.get("data", {}).get("n_ood") or {}
-    if record["domain"] in sizes:
-        return int(sizes[record["domain"]])
-    key = f"{record.get('protocol')}/{record['domain']}"
+    if _set_name(record) in sizes:
+        return int(sizes[_set_name(record)])
+    key = f"{record.get('protocol')}/{_set_name(record)}"
     if key in meta.get("n_windows", {}):
         return int(meta["n_windows"][key])
-    raise ValueError(f"the meta gives no size for anomaly set {record['domain']!r} (looked in meta.data.n_ood and meta.n_windows[{key!r}])")
+    raise ValueError(f"the meta gives no size for anomaly set {_set_name(record)!r} (looked in meta.data.n_ood and meta.n_windows[{key!r}])")
 
 
 def upgrade(data: dict[str, Any]) -> int:
     """Add the what-ran fields to the old records of ``data`` (in place); return how many records changed."""
     meta, ratio = data["meta"], int(data["meta"].get("config", {}).get("ratio", 5))
     old = [r for r in data["records"] if "n_draws" in r and "n_draws_requested" not in r]
-    sets = [r for r in old if r["domain"] != "mean"]
+    sets = [r for r in old if _set_name(r) != "mean"]
     for r in sets:
         requested, available, wanted = int(r["n_draws"]), _set_size(meta, r), int(r["n_in"]) // ratio
         capped = r["n_out"] < wanted
@@ -45,7 +50,7 @@ def upgrade(data: dict[str, Any]) -> int:
         r.update(n_out_wanted=wanted, n_out_available=available, capped=capped,
                  base_rate=base_rate_label(int(r["n_in"]), int(r["n_out"]), ratio, capped), n_draws=distinct,
                  n_draws_requested=requested, sampling=sampling_label(base_rate_label(int(r["n_in"]), int(r["n_out"]), ratio, capped), distinct))
-    for mean in (r for r in old if r["domain"] == "mean"):  # oe_common.metrics.mean_summary over its group's sets
+    for mean in (r for r in old if _set_name(r) == "mean"):  # oe_common.metrics.mean_summary over its group's sets
         group = [r for r in sets if all(r.get(k) == mean.get(k) for k in mean if k in ("level", "protocol", "model", "score", "dataset"))]
         if not group:
             raise ValueError(f"no set records for the mean record {mean}")
