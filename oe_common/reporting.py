@@ -17,6 +17,7 @@ import contextlib
 import contextvars
 import datetime as _dt
 import json
+import math
 import os
 import platform
 import subprocess
@@ -39,6 +40,7 @@ __all__ = [
     "recorded_attempts",
     "write_results",
     "records_to_markdown",
+    "percent_cell",
     "plot_roc_curves",
     "plot_score_histograms",
     "plot_roc_and_histogram",
@@ -167,6 +169,13 @@ def run_meta(stage_seconds: Mapping[str, float] | None = None, **extra: Any) -> 
     }
 
 
+def percent_cell(value: Any, digits: int = 1, missing: str = "") -> str:
+    """A fraction as a Markdown table cell in percent (``0.973`` -> ``"97.3"``); ``missing`` for ``None`` / NaN."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return missing
+    return f"{value * 100:.{digits}f}"
+
+
 def records_to_markdown(records: Sequence[Mapping[str, Any]], columns: Sequence[str], percent: Iterable[str] = (), digits: int = 1) -> str:
     """A Markdown table of ``columns`` from ``records``; columns named in ``percent`` are shown x100."""
     percent = set(percent)
@@ -176,7 +185,7 @@ def records_to_markdown(records: Sequence[Mapping[str, Any]], columns: Sequence[
         for column in columns:
             value = record.get(column, "")
             if isinstance(value, float):
-                value = f"{value * 100:.{digits}f}" if column in percent else f"{value:.4g}"
+                value = percent_cell(value, digits, missing="nan") if column in percent else f"{value:.4g}"
             cells.append(str(value))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
