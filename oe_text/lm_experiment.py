@@ -19,10 +19,11 @@ from tqdm.auto import tqdm
 from oe_common.arg_types import non_negative_float, non_negative_int, probability
 from oe_common.experiment import (Stage, StagedExperiment, StageModels, StageResult, all_records, run_experiment,
                                   shared_training_arguments, train_log)
-from oe_common.metrics import evaluate_ood
+from oe_common.detector import OODDetector
+from oe_common.metrics import OODTable, evaluate_ood
 from oe_common.presets import preset_settings
 from oe_common.reporting import (
-    detection_records,
+    percent_cell,
     plot_roc_and_histogram,
     sampling_note,
     protocol_sentence,
@@ -40,13 +41,16 @@ from .controls import CONTROL_SET
 from .data import DEFAULT_PROTOCOLS, PROTOCOLS, TextOEData, load_text_oe_data, seeded_subset_indices
 from .models import build_language_model
 from .paper_results import TABLE6
+from .preprocessing import TextPreprocessing
 
 __all__ = [
-    "TextOEConfig", "PRESET_NAMES", "preset_config", "PTBLanguageModelExperiment", "score_model", "evaluate_scores", "run_text_oe",
-    "table6_markdown", "save_text_detector", "stream_lines", "allowed_protocols", "DETECTOR_TARGET_FPR",
+    "TextOEConfig", "PRESET_NAMES", "preset_config", "PTBLanguageModelExperiment", "score_model", "detection_tables", "table_records",
+    "evaluate_scores", "run_text_oe", "table6_markdown", "stream_lines", "allowed_protocols", "DETECTOR_TARGET_FPR",
 ]
 
 PRESET_NAMES = ("test", "tiny", "paper")
+#: ``dataset`` of the records (``level`` says word or char).
+PTB_DATASET = "ptb"
 #: The scores this pipeline computes and reports: a selection of the registry ``oe_common.scores.SCORE_NAMES``.
 TEXT_SCORES = ("nll", "uniform_xent")
 #: False-alarm rate of the saved detector's threshold, fitted on the PTB validation sentences.
@@ -204,34 +208,62 @@ def _token_weighted_nll(window_nll: np.ndarray, dataset: Any) -> float:
     return float((window_nll * predicted).sum() / predicted.sum())
 
 
-def evaluate_scores(scores: Mapping[str, Mapping[str, np.ndarray]], cfg: TextOEConfig, model_name: str,
-                    controls: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
-    """Detection records (paper protocol of ``evaluate_ood``) for every protocol and score of one model.
+def _protocol_sets(by_set: Mapping[str, Any], protocol: str) -> dict[str, Any]:
+    """``{domain: scores}`` of the sets named ``<protocol>/<domain>`` in ``by_set``."""
+    return {name.split("/", 1)[1]: s for name, s in by_set.items() if name.startswith(protocol + "/")}
 
-    Each record carries what ran (``n_in``, ``n_out``, ``capped``, ``base_rate``, ``n_draws``: see
-    :func:`oe_common.reporting.detection_records`); a domain too small for the 1:5 base rate is an error unless
-    ``cfg.allow_small_sets``. Where ``scores`` has the set ``control/<protocol>``, one more record per protocol and
-    score, ``domain == "control"``: PTB test against that set under the same protocol of ``evaluate_ood``, with
-    ``control`` = ``controls[protocol]`` (what was compared)."""
-    records = []
+
+def detection_tables(scores: Mapping[str, Mapping[str, np.ndarray]], cfg: TextOEConfig) -> dict[tuple[str, str, str], OODTable]:
+    """The paper protocol of :func:`oe_common.metrics.evaluate_ood` for every protocol and score of one model.
+
+    ``{(protocol, score, "ewt"): PTB test against the protocol's EWT domains and their mean}``, and, where ``scores``
+    has the set ``control/<protocol>``, ``(protocol, score, "control")``: PTB test against that control under the same
+    protocol. A domain too small for the 1:5 base rate is an error unless ``cfg.allow_small_sets``."""
+    evaluate = functools.partial(evaluate_ood, n_draws=cfg.n_draws, seed=cfg.seed, recall_level=cfg.recall_level,
+                                 allow_small_sets=cfg.allow_small_sets)
+    tables = {}
     for protocol in cfg.protocols:
         for score, by_set in scores.items():
-            out = {name.split("/", 1)[1]: s for name, s in by_set.items() if name.startswith(protocol + "/")}
-            table = evaluate_ood(by_set["ptb/test"], out, n_draws=cfg.n_draws, seed=cfg.seed, recall_level=cfg.recall_level,
-                                 allow_small_sets=cfg.allow_small_sets)
-            records += detection_records(table, level=cfg.level, protocol=protocol, model=model_name, score=score)
+            tables[protocol, score, "ewt"] = evaluate(by_set["ptb/test"], _protocol_sets(by_set, protocol))
             control = by_set.get(f"{CONTROL_SET}/{protocol}")
             if control is not None:
-                table = evaluate_ood(by_set["ptb/test"], {CONTROL_SET: control}, n_draws=cfg.n_draws, seed=cfg.seed,
-                                     recall_level=cfg.recall_level, allow_small_sets=cfg.allow_small_sets)
-                row = detection_records(table, level=cfg.level, protocol=protocol, model=model_name, score=score)[0]
-                records.append({**row, "control": (controls or {}).get(protocol, "")})
+                tables[protocol, score, CONTROL_SET] = evaluate(by_set["ptb/test"], {CONTROL_SET: control})
+    return tables
+
+
+def table_records(tables: Mapping[tuple[str, str, str], OODTable], cfg: TextOEConfig, stage: str,
+                  controls: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    """The detection records of :func:`detection_tables` (:meth:`oe_common.metrics.OODTable.records`: dataset ``ptb``,
+    model ``cfg.model``, ``stage``, ``score``, ``level``, ``protocol``; each says what ran). A control gives one record,
+    ``ood_set == "control"``, with ``control`` = ``controls[protocol]`` (what was compared)."""
+    records = []
+    for (protocol, score, group), table in tables.items():
+        rows = table.records(task="detection", dataset=PTB_DATASET, model=cfg.model, stage=stage, score=score, level=cfg.level,
+                             protocol=protocol)
+        records += [{**rows[0], "control": (controls or {}).get(protocol, "")}] if group == CONTROL_SET else rows
     return records
 
 
+def evaluate_scores(scores: Mapping[str, Mapping[str, np.ndarray]], cfg: TextOEConfig, stage: str,
+                    controls: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    """The detection records of one stage's scores ``{score: {set: array}}``: :func:`table_records` of
+    :func:`detection_tables`."""
+    return table_records(detection_tables(scores, cfg), cfg, stage, controls)
+
+
+def detector_protocol(cfg: TextOEConfig) -> str:
+    """The EWT protocol of the detector's card: :data:`DETECTOR_PROTOCOL` when it ran, else the first protocol run."""
+    return DETECTOR_PROTOCOL[cfg.level] if DETECTOR_PROTOCOL[cfg.level] in cfg.protocols else cfg.protocols[0]
+
+
+def _select(records: list[dict[str, Any]], **fields: Any) -> list[dict[str, Any]]:
+    """The records whose ``fields`` have the given values."""
+    return [r for r in records if all(r.get(k) == v for k, v in fields.items())]
+
+
 def is_control(record: Mapping[str, Any]) -> bool:
-    """Whether a detection record is a protocol control (:func:`evaluate_scores`), not an EWT domain or mean."""
-    return record.get("domain") == CONTROL_SET
+    """Whether a detection record is a protocol control (:func:`detection_tables`), not an EWT domain or mean."""
+    return record.get("ood_set") == CONTROL_SET
 
 
 def control_explains(record: Mapping[str, Any], control_auroc: float) -> float | None:
@@ -242,11 +274,22 @@ def control_explains(record: Mapping[str, Any], control_auroc: float) -> float |
     return (control_auroc - 0.5) / margin if margin >= 0.02 else None
 
 
+def _explains_cell(record: Mapping[str, Any], control: Mapping[str, Any]) -> str:
+    """:func:`control_explains` as a table cell: ``"67%"``, or ``"n/a"`` near chance."""
+    value = control_explains(record, control["auroc"])
+    return "n/a" if value is None else f"{value * 100:.0f}%"
+
+
+def _change_cell(baseline: Mapping[str, Any], oe: Mapping[str, Any], key: str) -> str:
+    """``"97.6 → 99.4"``: a metric of the baseline and the OE record, in percent."""
+    return f"{percent_cell(baseline[key])} → {percent_cell(oe[key])}"
+
+
 def headline_protocol(records: list[dict[str, Any]], protocols: tuple[str, ...], score: str) -> str:
-    """The protocol whose control AUROC (``score``, mean over the models) is nearest 50; the first protocol when
+    """The protocol whose control AUROC (``score``, mean over the stages) is nearest 50; the first protocol when
     no control ran. Ties go to the earlier protocol."""
     def distance(protocol: str) -> float:
-        values = [abs(r["auroc"] - 0.5) for r in records if is_control(r) and r["protocol"] == protocol and r["score"] == score]
+        values = [abs(r["auroc"] - 0.5) for r in _select(records, ood_set=CONTROL_SET, protocol=protocol, score=score)]
         return float(np.mean(values)) if values else math.inf
     return min(protocols, key=lambda p: (distance(p), protocols.index(p)))
 
@@ -255,11 +298,9 @@ def table6_markdown(records: list[dict[str, Any]], level: str, protocol: str, sc
     """Table 6 layout: per domain ``baseline -> OE`` for FPR90 / AUROC / AUPR, the paper's numbers beside them.
 
     A domain that did not run at the requested base rate and draws is labelled with what ran (``email [1:10, 1 draw]``)."""
-    def pick(model: str) -> dict[str, dict[str, Any]]:
-        return {r["domain"]: r for r in records if r["level"] == level and r["protocol"] == protocol and r["score"] == score and r["model"] == model}
-
-    base, oe = pick("baseline"), pick("oe")
-    controls = {model: rows.pop(CONTROL_SET, None) for model, rows in (("baseline", base), ("oe", oe))}
+    base, oe = ({r["ood_set"]: r for r in _select(records, level=level, protocol=protocol, score=score, stage=stage)}
+                for stage in ("baseline", "oe"))
+    controls = {"baseline": base.pop(CONTROL_SET, None), "oe": oe.pop(CONTROL_SET, None)}
     paper = TABLE6.get(level, {})
     explained = all(controls.values())
     lines = [
@@ -267,17 +308,13 @@ def table6_markdown(records: list[dict[str, Any]], level: str, protocol: str, sc
         + (" control explains |" if explained else ""),
         "|---|---|---|---|---|---|---|" + ("---|" if explained else ""),
     ]
-
-    def share(record: dict[str, Any], model: str) -> str:
-        value = control_explains(record, controls[model]["auroc"])
-        return "n/a" if value is None else f"{value * 100:.0f}%"
-
     for domain in base:
-        cells = [f"{base[domain][k] * 100:.1f} → {oe[domain][k] * 100:.1f}" for k in (fpr_key, "auroc", "aupr")] if domain in oe else ["", "", ""]
+        cells = [_change_cell(base[domain], oe[domain], k) for k in (fpr_key, "auroc", "aupr")] if domain in oe else ["", "", ""]
         ref = paper.get(domain)
         cells += [f"{ref[k][0]} → {ref[k][1]}" for k in ("fpr90", "auroc", "aupr")] if ref else ["", "", ""]
         if explained:
-            cells.append(f"{share(base[domain], 'baseline')} → {share(oe[domain], 'oe')}" if domain in oe else "")
+            cells.append(f"{_explains_cell(base[domain], controls['baseline'])} → {_explains_cell(oe[domain], controls['oe'])}"
+                         if domain in oe else "")
         note = sampling_note(base[domain])
         name = f"**{domain}**" if domain == "mean" else (f"{domain} [{note}]" if note else domain)
         lines.append("| " + " | ".join([name, *cells]) + " |")
@@ -285,10 +322,9 @@ def table6_markdown(records: list[dict[str, Any]], level: str, protocol: str, sc
 
 
 def controls_markdown(records: list[dict[str, Any]], level: str, protocols: tuple[str, ...], scores: tuple[str, ...]) -> list[str]:
-    """The "Protocol controls" section: per protocol and score, the control AUROC of each model, the mean EWT
+    """The "Protocol controls" section: per protocol and score, the control AUROC of each stage, the mean EWT
     AUROC, and the share of that AUROC above chance the control explains (:func:`control_explains`)."""
-    rows = [r for r in records if is_control(r) and r["level"] == level]
-    if not rows:
+    if not _select(records, ood_set=CONTROL_SET, level=level):
         return []
     parts = ["", "## Protocol controls", "",
              "Each protocol's control is PTB test against PTB test rewritten to that protocol's writing of rare words "
@@ -297,17 +333,14 @@ def controls_markdown(records: list[dict[str, Any]], level: str, protocols: tupl
              "| protocol | score | control | control AUROC | mean EWT AUROC | explains |", "|---|---|---|---|---|---|"]
     for protocol in protocols:
         for score in scores:
-            by_model = {r["model"]: r for r in rows if r["protocol"] == protocol and r["score"] == score}
-            means = {r["model"]: r for r in records if (r["level"], r["protocol"], r["score"], r["domain"]) == (level, protocol, score, "mean")}
-            if set(by_model) != {"baseline", "oe"} or set(means) != {"baseline", "oe"}:
+            control, means = ({r["stage"]: r for r in _select(records, level=level, protocol=protocol, score=score, ood_set=name)}
+                              for name in (CONTROL_SET, "mean"))
+            if set(control) != {"baseline", "oe"} or set(means) != {"baseline", "oe"}:
                 continue
-            shares = []
-            for model in ("baseline", "oe"):
-                value = control_explains(means[model], by_model[model]["auroc"])
-                shares.append("n/a" if value is None else f"{value * 100:.0f}%")
-            parts.append(f"| {protocol} | {score} | {by_model['baseline'].get('control', '')} | "
-                         f"{by_model['baseline']['auroc'] * 100:.1f} → {by_model['oe']['auroc'] * 100:.1f} | "
-                         f"{means['baseline']['auroc'] * 100:.1f} → {means['oe']['auroc'] * 100:.1f} | {' → '.join(shares)} |")
+            shares = " → ".join(_explains_cell(means[stage], control[stage]) for stage in ("baseline", "oe"))
+            parts.append(f"| {protocol} | {score} | {control['baseline'].get('control', '')} | "
+                         f"{_change_cell(control['baseline'], control['oe'], 'auroc')} | "
+                         f"{_change_cell(means['baseline'], means['oe'], 'auroc')} | {shares} |")
     return parts
 
 
@@ -342,9 +375,11 @@ def _markdown_report(cfg: TextOEConfig, records: list[dict[str, Any]], meta: dic
     return "\n".join(parts) + "\n"
 
 
+
 class PTBLanguageModelExperiment(StagedExperiment):
     """The PTB language-model OE experiment: a baseline LM trained on PTB, then OE fine-tuning of that model on
-    PTB + WikiText-2, each scored on PTB test and the EWT domains; the report is Table 6 plus the detector."""
+    PTB + WikiText-2, each scored on PTB test and the EWT domains; the report is Table 6, the detector
+    (:meth:`detector`) the OE model with its threshold."""
 
     config: TextOEConfig
     data: TextOEData
@@ -403,8 +438,9 @@ class PTBLanguageModelExperiment(StagedExperiment):
         )
 
     def evaluate(self, stage: Stage, model: torch.nn.Module, trainer: OETrainer) -> StageResult:
-        """Scores of every evaluation set (the stage's arrays), detection records and ``quality`` (PTB test
-        perplexity and bits per token from the token-weighted ``nll``, training throughput and steps)."""
+        """Scores of every evaluation set (the stage's arrays), ``quality`` (PTB test perplexity and bits per token
+        from the token-weighted ``nll``, training throughput and steps) and the detection results
+        (:meth:`detection_result`)."""
         cfg, sets = self.config, self.eval_sets
         scores = score_model(trainer, sets, cfg.scores, desc=f"scoring {stage.name}")
         nll = _token_weighted_nll(scores["nll"]["ptb/test"], sets["ptb/test"]) if "nll" in cfg.scores else float("nan")
@@ -416,8 +452,24 @@ class PTBLanguageModelExperiment(StagedExperiment):
             "best_valid_loss": float(trainer.state.best_metric) if trainer.state.best_metric is not None else float("nan"),
             **training_steps_report(trainer),
         }
+        return self.detection_result(stage.name, scores, quality)
+
+    def detection_result(self, stage: str, scores: Mapping[str, Mapping[str, np.ndarray]],
+                         quality: dict[str, Any] | None = None) -> StageResult:
+        """A stage's result from its scores ``{score: {set: array}}`` (its arrays): ``state["records"]``
+        (:func:`table_records`; a control's record says what was compared, from ``data.stats["controls"]``),
+        ``state["card_evaluation"]`` (the ``nll`` table under :func:`detector_protocol` as ``OODTable.to_dict()``, for
+        the detector's card; ``None`` without ``nll``) and ``state["quality"]``."""
+        cfg = self.config
+        tables = detection_tables(scores, cfg)
         controls = {p: c["description"] for p, c in self.data.stats.get("controls", {}).items()}
-        return StageResult({"quality": quality, "records": evaluate_scores(scores, cfg, stage.name, controls)}, scores)
+        protocol = detector_protocol(cfg)
+        card = tables.get((protocol, "nll", "ewt"))
+        if card is not None:
+            card.meta.update(score="nll", protocol=protocol, examples=f"PTB test windows against EWT {protocol} windows of "
+                             f"{self.data.seq_len} {cfg.level} tokens (the recipe's results.json)")
+        return StageResult({"quality": quality or {}, "records": table_records(tables, cfg, stage, controls),
+                            "card_evaluation": None if card is None else card.to_dict()}, dict(scores))
 
     def save_model(self, stage: Stage, model: torch.nn.Module, trainer: OETrainer, output_dir: Path) -> Path:
         """safetensors + config + the vocabulary; no pickled training arguments (``Trainer.save_model`` adds them)."""
@@ -428,7 +480,7 @@ class PTBLanguageModelExperiment(StagedExperiment):
 
     def report(self, results: Mapping[str, StageResult], models: StageModels, seconds: dict[str, float],
                output_dir: Path, is_main: bool) -> dict[str, Any]:
-        """``results.json`` / ``results.md`` (Table 6), ROC and histogram PNGs of the first score, the detector."""
+        """``results.json`` / ``results.md`` (Table 6), ROC and histogram PNGs of the first score."""
         cfg, data, sets = self.config, self.data, self.eval_sets
         records = all_records(results)
         quality = {name: result.state["quality"] for name, result in results.items()}
@@ -441,12 +493,45 @@ class PTBLanguageModelExperiment(StagedExperiment):
         for stage, stage_result in results.items():
             by_set = stage_result.arrays[cfg.scores[0]]
             for protocol in cfg.protocols:
-                out = {n.split("/", 1)[1]: s for n, s in by_set.items() if n.startswith(protocol + "/")}
                 title = f"PTB {cfg.level} {stage}, EWT {protocol}, score {cfg.scores[0]}"
-                paths.update(plot_roc_and_histogram(by_set["ptb/test"], out, output_dir, f"{stage}_{protocol}", title))
-        paths["detector"] = save_text_detector(models["oe"], data, cfg, records, output_dir / "detector")
+                paths.update(plot_roc_and_histogram(by_set["ptb/test"], _protocol_sets(by_set, protocol), output_dir,
+                                                    f"{stage}_{protocol}", title))
         result["paths"] = paths
         return result
+
+    def detector(self, results: Mapping[str, StageResult], models: StageModels) -> OODDetector:
+        """The OE language model as an :class:`oe_common.detector.OODDetector` (``oe score --model FOLDER``).
+
+        * preprocessing: the PTB vocabulary, normaliser :data:`DETECTOR_NORMALIZER` (raw English read the way the
+          evaluation read EWT: ``ptb`` at word level, ``spelled`` at char level), windows of ``data.seq_len`` tokens;
+        * score ``nll``: mean NLL per predicted token of a sentence (``<eos>`` before and after it);
+        * threshold: flags :data:`DETECTOR_TARGET_FPR` of the PTB VALIDATION sentences (held out from training; it
+          only chose the checkpoint), read as in training (:data:`PTB_LINE_NORMALIZER`). With ``valid_windows`` set
+          (the CPU presets) only the complete sentences inside those windows are used, the validation data the run
+          itself used;
+        * evaluation on the card: the ``oe`` stage's ``nll`` table under :func:`detector_protocol` (the protocol the
+          normaliser reproduces), measured on windows of ``seq_len`` tokens, as the card says.
+        """
+        cfg, data, model = self.config, self.data, models["oe"]
+        protocol = detector_protocol(cfg)
+        training = self.provenance(in_distribution_dataset="ptb" if cfg.level == "word" else "ptb-char", outlier_dataset="wikitext-2",
+                                   test_anomaly_datasets=[f"ewt/{protocol}/{d}" for d in data.ewt.get(protocol, {})],
+                                   recipe=f"recipes/ptb_{cfg.level}_oe.py")
+
+        def nll_detector(normalizer: str, **card: Any) -> OODDetector:
+            preprocessing = TextPreprocessing(data.vocab, normalizer=normalizer, seq_len=data.seq_len)
+            return OODDetector(model, preprocessing, score="nll", device=next(model.parameters()).device,
+                               batch_size=cfg.eval_batch_size, progress=False, **card)
+
+        detector = nll_detector(DETECTOR_NORMALIZER[cfg.level], training=training, evaluation=results["oe"].state["card_evaluation"])
+        valid = data.streams["ptb/valid"]
+        if cfg.valid_windows is not None:  # windows are consecutive chunks of seq_len + 1 ids (oe_text.windows)
+            valid = valid[: cfg.valid_windows * (data.seq_len + 1)]
+        in_scores = nll_detector(PTB_LINE_NORMALIZER[cfg.level]).score(stream_lines(valid, data.vocab))
+        detector.fit_threshold_from_scores(in_scores, target_fpr=DETECTOR_TARGET_FPR)
+        detector.threshold_info["data"] = (f"PTB validation sentences, one example per line, read as in training "
+                                           f"(normaliser {PTB_LINE_NORMALIZER[cfg.level]!r})")
+        return detector
 
 
 def run_text_oe(cfg: TextOEConfig, output_dir: str | Path, data_dir: str | Path | None = None, data: TextOEData | None = None,
@@ -480,69 +565,3 @@ def stream_lines(stream: np.ndarray, vocab: Any) -> list[str]:
             lines.append(" ".join(tokens) if vocab.level == "word" else "".join(tokens).replace(WORD_SEP, " "))
     return lines
 
-
-def save_text_detector(
-    model: torch.nn.Module,
-    data: TextOEData,
-    cfg: TextOEConfig,
-    records: list[dict[str, Any]],
-    folder: str | Path,
-    target_fpr: float = DETECTOR_TARGET_FPR,
-) -> Path:
-    """Save the OE language model as an :class:`oe_common.detector.OODDetector` (``oe score --model FOLDER``).
-
-    * preprocessing: the PTB vocabulary, normaliser :data:`DETECTOR_NORMALIZER` (raw English read the way the
-      evaluation read EWT: ``ptb`` at word level, ``spelled`` at char level), windows of ``data.seq_len`` tokens;
-    * score ``nll``: mean NLL per predicted token of a sentence (``<eos>`` before and after it);
-    * threshold: flags ``target_fpr`` of the PTB VALIDATION sentences (held out from training; it only chose the
-      checkpoint), read as in training (:data:`PTB_LINE_NORMALIZER`). With ``cfg.valid_windows`` set (the CPU
-      presets) only the complete sentences inside those windows are used, the validation data the run itself used;
-    * evaluation on the card: the recipe's own ``oe`` / ``nll`` records (``results.json``) under the EWT protocol
-      :data:`DETECTOR_PROTOCOL` (the one the normaliser reproduces; else the first protocol run), measured on
-      windows of ``seq_len`` tokens, as the card says.
-    """
-    from oe_common.detector import OODDetector
-
-    from .preprocessing import TextPreprocessing
-    from oe_common.metrics import OODTable
-
-    protocol = DETECTOR_PROTOCOL[cfg.level] if DETECTOR_PROTOCOL[cfg.level] in cfg.protocols else cfg.protocols[0]
-    rows = [r for r in records if (r["model"], r["score"], r["protocol"]) == ("oe", "nll", protocol) and not is_control(r)]
-    evaluation = None
-    if rows:
-        fpr_key = next(k for k in rows[0] if k.startswith("fpr") and not k.endswith("_std"))
-        table = OODTable(
-            rows=[{"name": r["domain"], "n_in": r["n_in"], "n_out": r["n_out"], "fpr": r[fpr_key], "auroc": r["auroc"],
-                   "aupr_out": r["aupr"], "aupr_in": r["aupr_in"], "fpr_std": r[f"{fpr_key}_std"], "auroc_std": r["auroc_std"],
-                   "aupr_out_std": r["aupr_std"],
-                   # what actually ran (oe_common.metrics.OODTable): the card prints its sampling from these
-                   **{k: r[k] for k in ("n_out_wanted", "n_out_available", "capped", "n_draws", "base_rate") if k in r}}
-                  for r in rows],
-            recall_level=cfg.recall_level, n_draws=int(rows[0].get("n_draws", cfg.n_draws)), ratio=int(rows[0].get("ratio", 5)),
-            seed=cfg.seed,
-            meta={"score": "nll", "protocol": protocol,
-                  "examples": f"PTB test windows against EWT {protocol} windows of {data.seq_len} {cfg.level} tokens (the recipe's results.json)"},
-        )
-        evaluation = table.to_dict()
-    training = {
-        "in_distribution_dataset": "ptb" if cfg.level == "word" else "ptb-char",
-        "outlier_dataset": "wikitext-2",
-        "test_anomaly_datasets": [f"ewt/{protocol}/{d}" for d in data.ewt.get(protocol, {})],
-        "oe_lambda": cfg.oe_lambda, "oe_loss": cfg.oe_loss, "oe_lr": cfg.oe_lr, "oe_epochs": cfg.oe_epochs,
-        "oe_max_steps": cfg.oe_max_steps, "baseline_lr": cfg.baseline_lr, "baseline_epochs": cfg.baseline_epochs,
-        "baseline_max_steps": cfg.baseline_max_steps, "batch_size": cfg.batch_size, "model": cfg.model,
-        "model_preset": cfg.model_preset, "seed": cfg.seed, "recipe": f"recipes/ptb_{cfg.level}_oe.py",
-    }
-    preprocessing = TextPreprocessing(data.vocab, normalizer=DETECTOR_NORMALIZER[cfg.level], seq_len=data.seq_len)
-    detector = OODDetector(model, preprocessing, score="nll", training=training, evaluation=evaluation,
-                           device=next(model.parameters()).device, batch_size=cfg.eval_batch_size, progress=False)
-    valid = data.streams["ptb/valid"]
-    if cfg.valid_windows is not None:  # windows are consecutive chunks of seq_len + 1 ids (oe_text.windows)
-        valid = valid[: cfg.valid_windows * (data.seq_len + 1)]
-    valid_lines = stream_lines(valid, data.vocab)
-    ptb_reader = OODDetector(model, TextPreprocessing(data.vocab, normalizer=PTB_LINE_NORMALIZER[cfg.level], seq_len=data.seq_len),
-                             score="nll", device=detector.device, batch_size=cfg.eval_batch_size, progress=False)
-    detector.fit_threshold_from_scores(ptb_reader.score(valid_lines), target_fpr=target_fpr)
-    detector.threshold_info["data"] = (f"PTB validation sentences, one example per line, read as in training "
-                                       f"(normaliser {PTB_LINE_NORMALIZER[cfg.level]!r})")
-    return detector.save_pretrained(folder)

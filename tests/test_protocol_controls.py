@@ -72,12 +72,12 @@ def test_control_records_equal_the_auroc_of_ptb_against_its_rewritten_self():
 def test_report_headline_is_the_protocol_whose_control_is_nearest_50_and_says_what_it_explains():
     cfg = TextOEConfig(protocols=("paper", "clean"), scores=("nll",), n_draws=1)
     scores = _scores(np.random.default_rng(1))
-    records = [r for model in ("baseline", "oe") for r in evaluate_scores({"nll": scores}, cfg, model, {"paper": "P", "clean": "C"})]
-    control = {r["protocol"]: r["auroc"] for r in records if is_control(r) and r["model"] == "baseline"}
+    records = [r for stage in ("baseline", "oe") for r in evaluate_scores({"nll": scores}, cfg, stage, {"paper": "P", "clean": "C"})]
+    control = {r["protocol"]: r["auroc"] for r in records if is_control(r) and r["stage"] == "baseline"}
     assert abs(control["clean"] - 0.5) < abs(control["paper"] - 0.5)
     assert headline_protocol(records, cfg.protocols, "nll") == "clean"
     section = "\n".join(controls_markdown(records, "word", ("clean", "paper"), ("nll",)))
-    mean = next(r["auroc"] for r in records if (r["protocol"], r["domain"], r["model"]) == ("paper", "mean", "baseline"))
+    mean = next(r["auroc"] for r in records if (r["protocol"], r["ood_set"], r["stage"]) == ("paper", "mean", "baseline"))
     explained = (control["paper"] - 0.5) / (mean - 0.5)
     assert f"| paper | nll | P | {control['paper'] * 100:.1f} → " in section and f"{explained * 100:.0f}% → " in section
     quality = {m: {"perplexity": 1.0, "bits_per_token": 1.0, "train_tokens_per_second": 1.0, "steps": 1, "planned_steps": 1}

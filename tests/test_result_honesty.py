@@ -81,7 +81,7 @@ def test_text_pipeline_errors_on_small_domains_and_labels_them_when_allowed():
         evaluate_scores(scores, TextOEConfig(protocols=("paper",), scores=("nll",), n_draws=3), "baseline")
     cfg = TextOEConfig(protocols=("paper",), scores=("nll",), n_draws=3, allow_small_sets=True)
     records = evaluate_scores(scores, cfg, "baseline") + evaluate_scores(scores, cfg, "oe")
-    email = next(r for r in records if r["domain"] == "email")
+    email = next(r for r in records if r["ood_set"] == "email")
     assert (email["n_out"], email["capped"], email["n_draws"], email["base_rate"]) == (10, True, 1, "1:10")
     assert "| email [1:10, 1 draw] |" in table6_markdown(records, "word", "paper", "nll")
     quality = {"perplexity": 100.0, "bits_per_token": 6.6, "train_tokens_per_second": 1.0}

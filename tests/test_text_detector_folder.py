@@ -41,17 +41,28 @@ def test_stream_lines_give_back_the_ptb_validation_sentences(data_dir):
 
 @pytest.fixture(scope="module")
 def saved_detector(tmp_path_factory, data_dir):
-    from oe_text.lm_experiment import evaluate_scores, preset_config, save_text_detector
+    from oe_text.lm_experiment import preset_config
 
     cfg = preset_config("word", "test", valid_windows=6, protocols=("clean",), n_draws=2)
     data = load_text_oe_data("word", data_dir, protocol="clean")
-    torch.manual_seed(0)
-    model = build_language_model(cfg.model, len(data.vocab), cfg.model_preset)
     rng = np.random.default_rng(0)
     fake = {"nll": {"ptb/test": rng.normal(size=100), "clean/email": rng.normal(2, 1, 40), "clean/weblog": rng.normal(0.5, 1, 40)}}
-    records = evaluate_scores(fake, cfg, "baseline") + evaluate_scores(fake, cfg, "oe")
-    folder = save_text_detector(model, data, cfg, records, tmp_path_factory.mktemp("run") / "detector")
+    folder, records = _detector_from_fake_scores(cfg, data, fake, tmp_path_factory.mktemp("run"))
     return folder, cfg, data, records
+
+
+def _detector_from_fake_scores(cfg, data, scores, output_dir):
+    """The experiment's detector hook on an untrained model and stages evaluated on ``scores``, saved as the runner
+    saves it; returns the folder and the records."""
+    from oe_text.lm_experiment import PTBLanguageModelExperiment
+
+    experiment = PTBLanguageModelExperiment(cfg)
+    experiment.data = data
+    torch.manual_seed(0)
+    model = build_language_model(cfg.model, len(data.vocab), cfg.model_preset)
+    results = {stage: experiment.detection_result(stage, scores) for stage in ("baseline", "oe")}
+    detector = experiment.detector(results, {"oe": model})
+    return detector.save_pretrained(output_dir / "detector"), [r for result in results.values() for r in result.records]
 
 
 def test_detector_folder_contents_and_threshold(saved_detector, data_dir):
@@ -61,6 +72,9 @@ def test_detector_folder_contents_and_threshold(saved_detector, data_dir):
     assert not [n for n in names if n.endswith((".bin", ".pt", ".pth", ".pkl"))]
     det = OODDetector.from_pretrained(folder, device="cpu", progress=False)
     assert det.task == "causal-lm" and det.score_name == "nll" and det.preprocessing.normalizer == "ptb"
+    # provenance: the datasets, then the run's settings from its config
+    assert (det.training["in_distribution_dataset"], det.training["test_anomaly_datasets"]) == ("ptb", [f"ewt/clean/{d}" for d in ("answers", "email", "newsgroup", "reviews", "weblog")])
+    assert (det.training["oe_lambda"], det.training["model"], det.training["valid_windows"]) == (cfg.oe_lambda, cfg.model, 6)
     assert det.preprocessing.seq_len == data.seq_len and len(det.vocab) == 10_000
     # the threshold: 5% false alarms on the complete PTB validation sentences inside the run's 6 validation windows
     stream = data.streams["ptb/valid"][: 6 * (data.seq_len + 1)]
@@ -72,7 +86,7 @@ def test_detector_folder_contents_and_threshold(saved_detector, data_dir):
     assert det.threshold == pytest.approx(threshold_for_fpr(scores, 0.05), rel=1e-6)
     assert np.mean(scores > det.threshold * (1 + 1e-6 * np.sign(det.threshold))) <= 0.05 == info["target_fpr"]
     # the stored evaluation is the recipe's own OE / nll / clean records
-    (mean,) = [r for r in records if (r["model"], r["protocol"], r["domain"]) == ("oe", "clean", "mean")]
+    (mean,) = [r for r in records if (r["stage"], r["protocol"], r["ood_set"]) == ("oe", "clean", "mean")]
     rows = {row["name"]: row for row in det.evaluation["rows"]}
     assert set(rows) == {"email", "weblog", "mean"} and rows["mean"]["auroc"] == mean["auroc"]
     card = (folder / "README.md").read_text()
@@ -120,19 +134,16 @@ def test_char_detector_reads_raw_english_like_the_spelled_protocol(tmp_path, dat
     """Issue #16: the char recipe's detector reads raw English with the ``spelled`` rule (its card shows the
     ``spelled`` records), while its threshold is fitted on PTB validation read as in training (``ptb_char``:
     ``spelled`` would turn PTB's ``N`` and ``<unk>`` into letters)."""
-    from oe_text.lm_experiment import evaluate_scores, preset_config, save_text_detector
+    from oe_text.lm_experiment import preset_config
 
     cfg = preset_config("char", "test", valid_windows=3, protocols=("spelled", "clean"), n_draws=2)
     data = load_text_oe_data("char", data_dir, protocol=("spelled", "clean"))
-    torch.manual_seed(0)
-    model = build_language_model(cfg.model, len(data.vocab), cfg.model_preset)
     rng = np.random.default_rng(0)
     fake = {"nll": {"ptb/test": rng.normal(size=100), "spelled/email": rng.normal(2, 1, 40), "clean/email": rng.normal(0.5, 1, 40)}}
-    records = evaluate_scores(fake, cfg, "baseline") + evaluate_scores(fake, cfg, "oe")
-    folder = save_text_detector(model, data, cfg, records, tmp_path / "detector")
+    folder, records = _detector_from_fake_scores(cfg, data, fake, tmp_path)
     det = OODDetector.from_pretrained(folder, device="cpu", progress=False)
     assert det.preprocessing.normalizer == "spelled"
-    (mean,) = [r for r in records if (r["model"], r["protocol"], r["domain"]) == ("oe", "spelled", "mean")]
+    (mean,) = [r for r in records if (r["stage"], r["protocol"], r["ood_set"]) == ("oe", "spelled", "mean")]
     assert {row["name"]: row["auroc"] for row in det.evaluation["rows"]}["mean"] == mean["auroc"]
     stream = data.streams["ptb/valid"][: 3 * (data.seq_len + 1)]
     n_lines = int((stream == data.vocab.eos_id).sum())

@@ -21,8 +21,8 @@ def word_run(tmp_path_factory, data_dir):
     return out, result
 
 
-def _mean(records, protocol, score, model):
-    (row,) = [r for r in records if (r["protocol"], r["score"], r["model"], r["domain"]) == (protocol, score, model, "mean")]
+def _mean(records, protocol, score, stage):
+    (row,) = [r for r in records if (r["protocol"], r["score"], r["stage"], r["ood_set"]) == (protocol, score, stage, "mean")]
     return row
 
 
@@ -42,17 +42,17 @@ def test_results_files_and_records(word_run, data_dir):
     data = json.loads((out / "results.json").read_text())
     records = data["records"]
     assert {r["protocol"] for r in records} == {"paper", "clean"}
-    assert {r["model"] for r in records} == {"baseline", "oe"} and {r["score"] for r in records} == {"nll", "uniform_xent"}
+    assert {r["stage"] for r in records} == {"baseline", "oe"} and {r["score"] for r in records} == {"nll", "uniform_xent"}
     domains = {"answers", "email", "newsgroup", "reviews", "weblog", "mean", "control"}
-    assert {r["domain"] for r in records} == domains
+    assert {r["ood_set"] for r in records} == domains
     assert len(records) == 2 * 2 * 2 * len(domains)
     for r in records:
-        assert r["level"] == "word"
+        assert (r["task"], r["dataset"], r["model"], r["level"]) == ("detection", "ptb", "transformer", "word")
         for key in ("fpr90", "auroc", "aupr"):
             assert 0.0 <= r[key] <= 1.0
-        assert ("control" in r) == (r["domain"] == "control")
+        assert ("control" in r) == (r["ood_set"] == "control")
         per_domain = r["n_in"] // 5  # the paper's 1:5 base rate; the mean row counts the anomalies of all 5 domains
-        assert r["n_out"] == (5 * per_domain if r["domain"] == "mean" else per_domain)
+        assert r["n_out"] == (5 * per_domain if r["ood_set"] == "mean" else per_domain)
     meta = data["meta"]
     for key in ("commit", "hardware", "date", "seconds", "test_quality"):
         assert key in meta
@@ -86,11 +86,11 @@ def test_evaluate_scores_and_table_layout():
     cfg = TextOEConfig(protocols=("paper",), scores=("nll",), n_draws=2)
     scores = {"nll": {"ptb/test": rng.normal(size=100), "paper/email": rng.normal(3, 1, 50), "paper/weblog": rng.normal(0, 1, 50)}}
     records = evaluate_scores(scores, cfg, "baseline")
-    by_domain = {r["domain"]: r for r in records}
+    by_domain = {r["ood_set"]: r for r in records}
     assert set(by_domain) == {"email", "weblog", "mean"}
     assert by_domain["email"]["auroc"] > 0.9 > by_domain["weblog"]["auroc"]
     assert by_domain["mean"]["auroc"] == pytest.approx((by_domain["email"]["auroc"] + by_domain["weblog"]["auroc"]) / 2)
-    oe = [dict(r, model="oe", auroc=1.0) for r in records]
+    oe = [dict(r, stage="oe", auroc=1.0) for r in records]
     md = table6_markdown(records + oe, "word", "paper", "nll")
     email = [line for line in md.splitlines() if line.startswith("| email")][0]
     assert f"{by_domain['email']['auroc'] * 100:.1f} → 100.0" in email
@@ -117,7 +117,7 @@ def test_time_budgets_stop_both_stages_and_the_report_says_so(tmp_path, data_dir
         assert quality[stage]["stopped_by_time_budget"] and quality[stage]["time_budget_minutes"] == 1e-9
     md = (tmp_path / "results.md").read_text()
     assert f"| 1 of {cfg.baseline_max_steps} (time budget) |" in md and "`oe` stopped by its time budget" in md
-    assert {r["model"] for r in result["records"]} == {"baseline", "oe"}  # evaluation still ran after the cut
+    assert {r["stage"] for r in result["records"]} == {"baseline", "oe"}  # evaluation still ran after the cut
 
 
 def test_time_budget_must_be_positive():
