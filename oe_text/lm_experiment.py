@@ -523,7 +523,7 @@ class PTBLanguageModelExperiment(StagedExperiment):
             return OODDetector(model, preprocessing, score="nll", device=next(model.parameters()).device,
                                batch_size=cfg.eval_batch_size, progress=False, **card)
 
-        detector = nll_detector(DETECTOR_NORMALIZER[cfg.level], training=training, evaluation=results["oe"].state["card_evaluation"])
+        detector = nll_detector(DETECTOR_NORMALIZER[cfg.level], training=training, evaluation=results["oe"].state.get("card_evaluation"))
         valid = data.streams["ptb/valid"]
         if cfg.valid_windows is not None:  # windows are consecutive chunks of seq_len + 1 ids (oe_text.windows)
             valid = valid[: cfg.valid_windows * (data.seq_len + 1)]
