@@ -212,8 +212,8 @@ def test_recipe_stages_copy_the_baseline_and_report_table11(data_dir, tmp_path):
     assert cfg.stages == ("baseline", "abnormality_decoder", "abnormality", "oe")
     result = run_vision_oe(cfg, tmp_path / "run", data=data)
     records = [r for r in result["records"] if r.get("paper_table") == "msp_table11"]
-    assert {(r["score"], r["domain"]) for r in records} == {(s, d) for s in ("msp", "abnormality") for d in ("notmnist", "uniform", "mean")}
-    assert all(r["model"] == "abnormality" and r["n_in"] == len(data.test) for r in records)
+    assert {(r["score"], r["ood_set"]) for r in records} == {(s, d) for s in ("msp", "abnormality") for d in ("notmnist", "uniform", "mean")}
+    assert all(r["stage"] == "abnormality" and r["model"] == "convnet" and r["n_in"] == len(data.test) for r in records)
     baseline = MnistConvNetForImageClassification.from_pretrained(tmp_path / "run" / "baseline_model")
     module = AbnormalityModuleForImageClassification.from_pretrained(tmp_path / "run" / "abnormality_model")
     assert _same(_snapshot(baseline), _snapshot(module.classifier))
