@@ -79,6 +79,8 @@ __all__ = [
     "table11_records",
     "detection_markdown",
     "scores_markdown",
+    "stages_markdown",
+    "table3_markdown",
     "run_vision_oe",
 ]
 
@@ -653,14 +655,22 @@ def scores_markdown(records: Sequence[Mapping[str, Any]], dataset: str, fpr_key:
     return "\n".join(lines)
 
 
-def _models_markdown(records: Sequence[Mapping[str, Any]], models: Sequence[str], score: str, fpr_key: str) -> str:
-    tables = {m: records_by_set(records, m, score) for m in models}
-    label = fpr_key.upper()
-    head = " / ".join(models)
+def stages_markdown(records: Sequence[Mapping[str, Any]], columns: Mapping[str, tuple[str, str]], fpr_key: str,
+                    set_names: Sequence[str] | None = None) -> str:
+    """Per set, FPR / AUROC / AUPR of several models side by side (``a / b / c`` in each cell; ``–`` where one has no row).
+
+    Args:
+        columns: ``{header: (stage, score)}``, in column order.
+        fpr_key: ``"fpr99"`` or ``"fpr95"``.
+        set_names: rows, then ``mean`` (default: every set of the first column, in record order).
+    """
+    tables = {header: records_by_set(records, stage, score) for header, (stage, score) in columns.items()}
+    label, head = fpr_key.upper(), " / ".join(columns)
     lines = [f"| D_out^test | {label} ↓ {head} | AUROC ↑ {head} | AUPR ↑ {head} |", "|---|---|---|---|"]
-    for ood_set, first in tables[models[0]].items():
-        cells = [" / ".join(_percent(tables[m].get(ood_set, {}).get(k)) for m in models) for k in (fpr_key, "auroc", "aupr")]
-        lines.append("| " + " | ".join([row_label(ood_set, first), *cells]) + " |")
+    for ood_set in next(iter(tables.values())) if set_names is None else [*set_names, "mean"]:
+        record = next((rows[ood_set] for rows in tables.values() if ood_set in rows), None)
+        cells = [" / ".join(_percent(rows.get(ood_set, {}).get(k)) for rows in tables.values()) for k in (fpr_key, "auroc", "aupr")]
+        lines.append("| " + " | ".join([row_label(ood_set, record), *cells]) + " |")
     return "\n".join(lines)
 
 
@@ -674,42 +684,13 @@ def _misclassification_markdown(records: Sequence[Mapping[str, Any]], dataset: s
     return "\n".join(lines)
 
 
-def table3_markdown(
-    means: Mapping[str, Mapping[str, float]],
-    per_set: Mapping[str, Mapping[str, Mapping[str, float]]],
-    fpr_key: str,
-    set_names: Sequence[str],
-) -> str:
-    """Table 3 layout: MSP -> confidence branch -> branch + OE for FPR / AUROC / AUPR, per set and mean.
-
-    Args:
-        means: ``{"msp" | "branch" | "branch_oe": {metric: fraction}}`` (the ``mean`` rows).
-        per_set: ``{column: {set: {metric: fraction}}}``.
-        fpr_key: ``"fpr99"`` or ``"fpr95"``.
-        set_names: rows, in order.
-    """
-    columns = ("msp", "branch", "branch_oe")
-    label = fpr_key.upper()
-    lines = [f"| D_out^test | {label} ↓ MSP / branch / +OE | AUROC ↑ MSP / branch / +OE | AUPR ↑ MSP / branch / +OE |", "|---|---|---|---|"]
-
-    def cells(rows: Mapping[str, Mapping[str, float]]) -> list[str]:
-        return [" / ".join(f"{rows[c][k] * 100:.1f}" if c in rows else "–" for c in columns) for k in (fpr_key, "auroc", "aupr")]
-
-    for name in set_names:
-        lines.append("| " + " | ".join([name, *cells({c: per_set[c][name] for c in columns if name in per_set.get(c, {})})]) + " |")
-    lines.append("| " + " | ".join(["**mean**", *cells(means)]) + " |")
+def table3_markdown(records: Sequence[Mapping[str, Any]], fpr_key: str, set_names: Sequence[str]) -> str:
+    """Table 3 layout: MSP (baseline) -> confidence branch -> branch + OE (score ``1 - b(x)``) for FPR / AUROC / AUPR,
+    per unseen set (``set_names``) and mean, then the paper's CIFAR-10 mean (:func:`stages_markdown`)."""
+    columns = {"MSP": ("baseline", "msp"), "branch": ("branch", "branch"), "+OE": ("branch_oe", "branch")}
     paper = TABLE3["cifar10"]
-    lines.append(
-        "| paper CIFAR-10 mean (WRN 40-4, FPR95) | " + " | ".join(" / ".join(f"{v:.1f}" for v in paper[k]) for k in ("fpr95", "auroc", "aupr")) + " |"
-    )
-    return "\n".join(lines)
-
-
-def _table3(records: Sequence[Mapping[str, Any]], data: VisionData, fpr_key: str) -> str:
-    columns = {"msp": ("baseline", "msp"), "branch": ("branch", "branch"), "branch_oe": ("branch_oe", "branch")}
-    per_set = {c: records_by_set(records, m, s) for c, (m, s) in columns.items()}
-    means = {c: rows["mean"] for c, rows in per_set.items() if "mean" in rows}
-    return table3_markdown(means, per_set, fpr_key, data.mean_sets)
+    return stages_markdown(records, columns, fpr_key, set_names) + (
+        "\n| paper CIFAR-10 mean (WRN 40-4, FPR95) | " + " | ".join(" / ".join(f"{v:.1f}" for v in paper[k]) for k in ("fpr95", "auroc", "aupr")) + " |")
 
 
 _TITLES = {"mnist": "MNIST (ConvNet)", "cifar10": "CIFAR-10 (Wide ResNet)"}
@@ -746,12 +727,12 @@ def _markdown_report(cfg: VisionOEConfig, data: VisionData, records: list[dict[s
     if "uniform_xent" in cfg.scores and "msp" in cfg.scores:
         parts += ["", f"## OE model: MSP vs KL[U‖p] score (Table {table_no[1]} layout)", "", scores_markdown(records, cfg.dataset, cfg.fpr_key)]
     if cfg.oe_from_scratch:
-        parts += ["", "## OE fine-tuned vs OE from scratch (MSP score)", "", _models_markdown(records, ("baseline", "oe", "oe_scratch"), "msp", cfg.fpr_key)]
+        parts += ["", "## OE fine-tuned vs OE from scratch (MSP score)", "", stages_markdown(records, {m: (m, "msp") for m in ("baseline", "oe", "oe_scratch")}, cfg.fpr_key)]
         if cfg.dataset == "cifar10":
             parts.append(f"\nPaper, CIFAR-10 OE from scratch: mean FPR95 {OE_SCRATCH_CIFAR10['fpr95']}, AUROC {OE_SCRATCH_CIFAR10['auroc']}.")
     if cfg.branch:
         branch_msp = records_by_set(records, "branch", "msp").get("mean")
-        parts += ["", "## Confidence branch (Table 3 layout; score 1 − b(x) for branch and branch + OE)", "", _table3(records, data, cfg.fpr_key), ""]
+        parts += ["", "## Confidence branch (Table 3 layout; score 1 − b(x) for branch and branch + OE)", "", table3_markdown(records, cfg.fpr_key, data.mean_sets), ""]
         if branch_msp:
             parts.append(f"MSP of the branch-trained classifier (the paper's Table 3 'baseline' column): mean {fpr} {_percent(branch_msp[cfg.fpr_key])}, "
                          f"AUROC {_percent(branch_msp['auroc'])}, AUPR {_percent(branch_msp['aupr'])}. The paper has no MNIST row; its CIFAR-10 row uses FPR95.")
