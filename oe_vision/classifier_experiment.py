@@ -335,9 +335,9 @@ class VisionData:
         """Anomaly sets that enter the ``mean`` rows (all but :attr:`overlap_sets`)."""
         return tuple(name for name in self.ood if name not in self.overlap_sets)
 
-    def eval_sets(self) -> dict[str, TensorImageDataset]:
-        """``{"test", "holdout", <anomaly sets>}``: what every model is run on."""
-        return {"test": self.test, "holdout": self.holdout, **self.ood}
+    def eval_sets(self, table11: bool = False) -> dict[str, TensorImageDataset]:
+        """``{"test", "holdout", <anomaly sets>}`` (``table11``: the Table 11 sets instead): what a model is run on."""
+        return {"test": self.test, "holdout": self.holdout, **(self.table11 if table11 else self.ood)}
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -861,8 +861,7 @@ class VisionClassifierExperiment(StagedExperiment):
         if stage.name == "abnormality_decoder":
             return StageResult({"records": [], "test_reconstruction_mse": _reconstruction_mse(model, data.test, cfg.eval_batch_size)})
         table11 = stage.name == "abnormality"
-        sets = {"test": data.test, "holdout": data.holdout, **(data.table11 if table11 else data.ood)}
-        outputs = collect_outputs(model, sets, cfg.eval_batch_size, desc=f"scoring {stage.name}", bf16=cfg.bf16)
+        outputs = collect_outputs(model, data.eval_sets(table11), cfg.eval_batch_size, desc=f"scoring {stage.name}", bf16=cfg.bf16)
         scores = ABNORMALITY_SCORES if table11 else BRANCH_SCORES if stage.name.startswith("branch") else cfg.scores
         evaluated = {score: (table11_records if table11 else evaluate_detection)(outputs, data, cfg, stage.name, score) for score in scores}
         return StageResult({"records": [r for records, _ in evaluated.values() for r in records],
