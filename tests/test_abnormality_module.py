@@ -222,4 +222,7 @@ def test_recipe_stages_copy_the_baseline_and_report_table11(data_dir, tmp_path):
     assert not torch.equal(outputs["oe"]["test"]["logits"], outputs["baseline"]["test"]["logits"])
     loaded = OODDetector.from_pretrained(tmp_path / "run" / "abnormality_detector", device="cpu")
     assert loaded.score_name == "abnormality" and loaded.threshold is not None
+    # the card's evaluation is the stage's own Table 11 table of the module's score (the records' numbers)
+    card = {row["name"]: (row["auroc"], row["fpr99"], row["n_out"]) for row in loaded.evaluation["rows"]}
+    assert card == {r["ood_set"]: (r["auroc"], r["fpr99"], r["n_out"]) for r in records if r["score"] == "abnormality"}
     assert "MSP paper Table 11" in (tmp_path / "run" / "results.md").read_text()

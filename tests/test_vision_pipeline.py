@@ -101,6 +101,11 @@ def test_results_json_fields_fractions_and_means(mnist_run):
 
     detector = OODDetector.from_pretrained(out / "detector", device="cpu", progress=False)
     assert detector.score_name == "msp" and detector.threshold_info["achieved_fpr"] <= 0.05
+    # the card's evaluation is the OE stage's table of the unseen sets (the records' numbers, no overlap set)
+    card = {row["name"]: (row["auroc"], row["fpr"]) for row in detector.evaluation["rows"]}
+    oe_msp = [r for r in result["records"] if (r["stage"], r["score"], r["oe_source_overlap"]) == ("oe", "msp", False)]
+    assert card == {r["ood_set"]: (r["auroc"], r[cfg.fpr_key]) for r in oe_msp}
+    assert detector.training["outlier_dataset"] == data.oe_source_name and detector.training["oe_lambda"] == cfg.oe_lambda
     expected_msp = -torch.softmax(expected_logits.double(), -1).amax(-1).numpy()
     assert np.allclose(detector.score(x), expected_msp, atol=1e-5)
 
