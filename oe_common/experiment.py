@@ -184,7 +184,8 @@ class StagedExperiment(abc.ABC):
     def detector(self, results: Mapping[str, StageResult], models: StageModels) -> Any | None:
         """The run's deployable detector (an :class:`oe_common.detector.OODDetector` with its threshold fitted on
         validation data and :meth:`provenance` as its ``training``), or ``None`` (the default: no detector). The runner
-        saves it, on the main process after :meth:`report`, as ``<output_dir>/detector`` (``paths["detector"]``)."""
+        saves it, on the main process after :meth:`report`, as ``<output_dir>/detector`` (``paths["detector"]``); a
+        run with several returns ``{folder name: detector}`` (each saved as ``<output_dir>/<name>``, ``paths[name]``)."""
         return None
 
     def provenance(self, **datasets: Any) -> dict[str, Any]:
@@ -285,8 +286,9 @@ def _run_stages(experiment: StagedExperiment, run: RunFolder, output_dir: Path, 
     seconds["total"] = time.perf_counter() - started
     with recorded_attempts(run.manifest["attempts"]):
         outcome = experiment.report(results, models, seconds, output_dir, run.is_main)
-        detector = experiment.detector(results, models) if run.is_main else None
-        if detector is not None:
-            outcome.setdefault("paths", {})["detector"] = detector.save_pretrained(output_dir / "detector")
+        detectors = experiment.detector(results, models) if run.is_main else None
+        for name, detector in (detectors.items() if isinstance(detectors, Mapping) else [("detector", detectors)]):
+            if detector is not None:
+                outcome.setdefault("paths", {})[name] = detector.save_pretrained(output_dir / name)
     run.complete()  # last: the folder now holds a complete run
     return outcome

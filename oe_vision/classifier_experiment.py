@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import math
 import time
 import warnings
@@ -27,11 +28,11 @@ from oe_common.experiment import (Stage, StagedExperiment, StageModels, StageRes
                                   shared_training_arguments, stage_logs)
 from oe_common.presets import preset_settings
 from oe_common.recipe_args import flag
-from oe_common.metrics import evaluate_ood, misclassification_metrics
+from oe_common.detector import OODDetector
+from oe_common.metrics import OODTable, evaluate_ood, misclassification_metrics
 from oe_common.reporting import (
-    detection_records,
+    percent_cell,
     plot_roc_and_histogram,
-    sampling_note,
     protocol_sentence,
     run_meta,
     steps_cell,
@@ -43,6 +44,7 @@ from oe_common.trainer import OETrainer, OETrainingArguments
 
 from . import data as vdata
 from .data import TensorImageDataset
+from .detection_tables import records_by_set, row_label, unseen_and_overlap_records
 from .abnormality_trainer import AbnormalityModuleTrainer, NoisedImageDataset
 from .calibration_tables import reliability_diagrams, run_calibration, table7_markdown
 from .confidence import confidence_branch_score
@@ -50,6 +52,7 @@ from .confidence_trainer import ConfidenceBranchOETrainer
 from .modeling_abnormality_module import AbnormalityModuleForImageClassification, reconstruction_loss
 from .modeling_mnist_convnet import MnistConvNetConfig, MnistConvNetForImageClassification
 from .modeling_wide_resnet import WideResNetConfig, WideResNetForImageClassification
+from .preprocessing import ImagePreprocessing
 from .paper_results import (MSP_MISCLASSIFICATION, MSP_TABLE11_MEAN_AUROC, MSP_TABLE11_NOTEBOOK, OE_SCRATCH_CIFAR10, PAPER_ONLY_ROWS, TABLE3,
                             detection_table, scores_table)
 from .synthetic import SyntheticImageDataset
@@ -72,9 +75,12 @@ __all__ = [
     "anomaly_scores",
     "evaluate_detection",
     "misclassification_record",
-    "save_detector",
+    "recall_levels",
+    "table11_records",
     "detection_markdown",
     "scores_markdown",
+    "stages_markdown",
+    "table3_markdown",
     "run_vision_oe",
 ]
 
@@ -86,6 +92,8 @@ STAGES = ("baseline", "abnormality_decoder", "abnormality", "oe", "oe_scratch", 
 ABNORMALITY_SCORES = ("msp", "abnormality")
 CLASSIFIER_SCORES = ("msp", "uniform_xent")
 BRANCH_SCORES = ("msp", "branch")
+#: The score of a stage's saved detector and of its ROC / histogram plots (every other stage: ``msp``).
+_DETECTOR_SCORES = {"abnormality": "abnormality", "branch": "branch", "branch_oe": "branch"}
 PRESET_NAMES: dict[str, tuple[str, ...]] = {"mnist": ("test", "tiny", "paper"), "cifar10": ("test", "tiny", "short", "paper")}
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
@@ -327,9 +335,9 @@ class VisionData:
         """Anomaly sets that enter the ``mean`` rows (all but :attr:`overlap_sets`)."""
         return tuple(name for name in self.ood if name not in self.overlap_sets)
 
-    def eval_sets(self) -> dict[str, TensorImageDataset]:
-        """``{"test", "holdout", <anomaly sets>}``: what every model is run on."""
-        return {"test": self.test, "holdout": self.holdout, **self.ood}
+    def eval_sets(self, table11: bool = False) -> dict[str, TensorImageDataset]:
+        """``{"test", "holdout", <anomaly sets>}`` (``table11``: the Table 11 sets instead): what a model is run on."""
+        return {"test": self.test, "holdout": self.holdout, **(self.table11 if table11 else self.ood)}
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -407,48 +415,47 @@ def _abnormality_module(classifier: PreTrainedModel) -> AbnormalityModuleForImag
     return AbnormalityModuleForImageClassification.from_classifier(classifier, feature_size=classifier.config.flat_size)
 
 
-def _abnormality_provenance(cfg: VisionOEConfig) -> dict[str, Any]:
-    return {"method": "abnormality module (Hendrycks & Gimpel 2017)", "in_distribution_dataset": cfg.dataset, "classifier": "baseline",
-            "baseline_epochs": cfg.baseline_epochs, "decoder_epochs": cfg.abnormality_decoder_epochs,
-            "decoder_max_steps": cfg.abnormality_decoder_max_steps, "head_epochs": cfg.abnormality_head_epochs,
-            "head_max_steps": cfg.abnormality_head_max_steps, "head_lambda": cfg.abnormality_head_lambda, "lr": cfg.abnormality_lr,
-            "clean_batch": cfg.batch_size, "noised_batch": cfg.oe_batch_size, "test_anomaly_datasets": list(vdata.MSP_TABLE11_NAMES),
-            "recipe": f"recipes/{cfg.dataset}_oe.py --abnormality-module"}
+@torch.no_grad()
+def _reconstruction_mse(model: AbnormalityModuleForImageClassification, images: TensorImageDataset, batch_size: int) -> float:
+    """The mean squared reconstruction error of the abnormality module's decoder over ``images`` (eval mode)."""
+    model.eval()
+    device = next(model.parameters()).device
+    errors = [reconstruction_loss(model(pixel_values=x.to(device)).reconstruction, x.to(device)).item() * len(x)
+              for x in images.pixel_values.split(batch_size)]
+    return sum(errors) / len(images)
 
 
-def table11_records(outputs: Mapping[str, Mapping[str, torch.Tensor | None]], data: VisionData, cfg: VisionOEConfig, model_name: str,
-                    score: str) -> list[dict[str, Any]]:
+def table11_records(outputs: Mapping[str, Mapping[str, torch.Tensor | None]], data: VisionData, cfg: VisionOEConfig, stage: str,
+                    score: str) -> tuple[list[dict[str, Any]], OODTable]:
     """Detection records on the MSP paper's Table 11 sets with that paper's protocol: the whole test set against each
     WHOLE anomaly set (one draw; base rate ``n_out / (n_in + n_out)``, about 1:1), every set + ``mean``; FPR95 and
-    FPR99, AUROC, AUPR-Out (``aupr``) and AUPR-In (``aupr_in``). ``paper_table: "msp_table11"`` in every record."""
+    FPR99, AUROC, AUPR-Out (``aupr``) and AUPR-In (``aupr_in``). ``paper_table: "msp_table11"`` in every record.
+    Returns ``(records, table)``."""
     in_scores = anomaly_scores(outputs["test"], score)
     out = {name: anomaly_scores(outputs[name], score) for name in data.table11}
-    tables = {level: evaluate_ood(in_scores, out, n_draws=1, ratio=1, seed=cfg.seed, recall_level=level, allow_small_sets=True)
-              for level in (0.95, 0.99)}
-    records = detection_records(tables[0.99], dataset=cfg.dataset, model=model_name, score=score, paper_table="msp_table11")
-    for record, row in zip(records, tables[0.95].rows, strict=True):
-        record["fpr95"], record["fpr95_std"] = row["fpr"], row["fpr_std"]
-    return records
+    table = evaluate_ood(in_scores, out, n_draws=1, ratio=1, seed=cfg.seed, recall_level=recall_levels(cfg), allow_small_sets=True)
+    table.meta["score"] = score
+    return table.records(**_record_fields(cfg, stage, score), paper_table="msp_table11"), table
 
 
-def table11_markdown(records: Sequence[Mapping[str, Any]], model: str = "abnormality") -> str:
+def table11_markdown(records: Sequence[Mapping[str, Any]], stage: str = "abnormality") -> str:
     """MSP paper Table 11 layout: per set, softmax (``msp``) / abnormality module for AUROC, AUPR-In, AUPR-Out, and
     the authors' notebook's printed values beside (the paper gives the means only)."""
-    msp, module = _by_domain(records, model, "msp"), _by_domain(records, model, "abnormality")
+    msp, module = records_by_set(records, stage, "msp"), records_by_set(records, stage, "abnormality")
     lines = ["| D_out | AUROC ↑ softmax / module | AUPR-In ↑ softmax / module | AUPR-Out ↑ softmax / module | "
              "notebook AUROC | notebook AUPR-In | notebook AUPR-Out |", "|---|---|---|---|---|---|---|"]
-    for domain, m in msp.items():
-        a = module.get(domain, {})
-        cells = [f"{_pct(m[k])} / {_pct(a.get(k))}" for k in ("auroc", "aupr_in", "aupr")]
-        ref = MSP_TABLE11_NOTEBOOK.get(domain)
-        if domain == "mean":
+    for ood_set, m in msp.items():
+        a = module.get(ood_set, {})
+        cells = [f"{_percent(m[k])} / {_percent(a.get(k))}" for k in ("auroc", "aupr_in", "aupr")]
+        ref = MSP_TABLE11_NOTEBOOK.get(ood_set)
+        if ood_set == "mean":
             means = {k: [sum(v[k][i] for v in MSP_TABLE11_NOTEBOOK.values()) / len(MSP_TABLE11_NOTEBOOK) for i in (0, 1)]
                      for k in ("auroc", "aupr_in", "aupr")}
             cells += [f"{means[k][0]:.1f} / {means[k][1]:.1f}" for k in ("auroc", "aupr_in", "aupr")]
         else:
             cells += [f"{ref[k][0]:.1f} / {ref[k][1]:.1f}" for k in ("auroc", "aupr_in", "aupr")] if ref else ["–"] * 3
-        n = f" ({m['n_out']} vs {m['n_in']})" if domain != "mean" else ""
-        lines.append("| " + " | ".join([("**mean**" if domain == "mean" else domain + n), *cells]) + " |")
+        n = f" ({m['n_out']} vs {m['n_in']})" if ood_set != "mean" else ""
+        lines.append("| " + " | ".join([("**mean**" if ood_set == "mean" else ood_set + n), *cells]) + " |")
     paper = MSP_TABLE11_MEAN_AUROC
     lines.append(f"| paper (MSP paper Table 11) mean | {paper[0]:.0f} / {paper[1]:.0f} | – | – | | | |")
     return "\n".join(lines)
@@ -561,44 +568,45 @@ def anomaly_scores(outputs: Mapping[str, torch.Tensor | None], score: str) -> np
     return example_scores(outputs["logits"], (score,))[score].double().numpy()
 
 
-def _records_at_both_levels(in_scores: np.ndarray, out: Mapping[str, np.ndarray], cfg: VisionOEConfig, seed: int, **fields: Any) -> list[dict[str, Any]]:
-    """Detection records with ``fpr99`` and ``fpr95`` (the same seeded draws: AUROC / AUPR identical at both levels)."""
-    tables = {
-        level: evaluate_ood(in_scores, out, n_draws=cfg.n_draws, ratio=cfg.ratio, seed=seed, recall_level=level, allow_small_sets=cfg.allow_small_sets)
-        for level in (0.95, 0.99)
-    }
-    records = detection_records(tables[0.99], **fields)
-    for record, row in zip(records, tables[0.95].rows, strict=True):
-        record["fpr95"], record["fpr95_std"] = row["fpr"], row["fpr_std"]
-    return records
+def recall_levels(cfg: VisionOEConfig) -> tuple[float, float]:
+    """The FPR levels of every detection table: ``cfg.recall_level`` first (the tables' ``fpr``, shown in the Markdown
+    tables), then the other of 0.95 / 0.99. Both come from the same draws (one :func:`evaluate_ood` call)."""
+    return (cfg.recall_level, 0.95 if cfg.recall_level == 0.99 else 0.99)
+
+
+def _record_fields(cfg: VisionOEConfig, stage: str, score: str) -> dict[str, Any]:
+    """The fields that name a detection record of this pipeline: task, dataset, architecture, stage, score."""
+    return dict(task="detection", dataset=cfg.dataset, model=cfg.model, stage=stage, score=score)
 
 
 def evaluate_detection(
-    outputs: Mapping[str, Mapping[str, torch.Tensor | None]], data: VisionData, cfg: VisionOEConfig, model_name: str, score: str
-) -> tuple[list[dict[str, Any]], np.ndarray, dict[str, np.ndarray]]:
+    outputs: Mapping[str, Mapping[str, torch.Tensor | None]], data: VisionData, cfg: VisionOEConfig, stage: str, score: str
+) -> tuple[list[dict[str, Any]], OODTable]:
     """Detection records of one model and score: every unseen set + ``mean`` (over them), then overlap sets.
 
-    Returns ``(records, in_scores, {set: out_scores})``. Record fields: ``dataset``, ``model``, ``score``, ``domain``,
-    ``fpr99``, ``fpr95``, ``auroc``, ``aupr`` (anomalies positive), ``aupr_in``, stds over draws, ``oe_source_overlap``
-    and what ran (``n_in``, ``n_out``, ``capped``, ``base_rate``, ``n_draws``, ...: :func:`oe_common.reporting.detection_records`);
-    metric values are fractions. A set smaller than ``len(test) // ratio`` is an error unless ``cfg.allow_small_sets``.
+    Returns ``(records, the unseen sets' table)``. Records: :meth:`oe_common.metrics.OODTable.records` (``task``,
+    ``dataset``, ``model`` = the architecture, ``stage``, ``score``, ``ood_set``, ``fpr99``, ``fpr95``, ``auroc``, ``aupr``
+    (anomalies positive), ``aupr_in``, stds over draws and what ran) plus ``oe_source_overlap``
+    (:func:`oe_vision.detection_tables.unseen_and_overlap_records`); metric values are fractions. A set smaller than
+    ``len(test) // ratio`` is an error unless ``cfg.allow_small_sets``.
     """
     in_scores = anomaly_scores(outputs["test"], score)
     out = {name: anomaly_scores(outputs[name], score) for name in data.ood}
-    fields = dict(dataset=cfg.dataset, model=model_name, score=score)
-    records = _records_at_both_levels(in_scores, {n: out[n] for n in data.mean_sets}, cfg, cfg.seed, **fields, oe_source_overlap=False)
-    if data.overlap_sets:
-        extra = _records_at_both_levels(in_scores, {n: out[n] for n in data.overlap_sets}, cfg, cfg.seed + 1, **fields, oe_source_overlap=True)
-        records += [r for r in extra if r["domain"] != "mean"]
-    return records, in_scores, out
+    records, table = unseen_and_overlap_records(in_scores, out, data.mean_sets, data.overlap_sets, cfg, recall_levels(cfg),
+                                                **_record_fields(cfg, stage, score))
+    table.meta["score"] = score
+    return records, table
 
 
-def misclassification_record(outputs: Mapping[str, Mapping[str, torch.Tensor | None]], labels: torch.Tensor, model_name: str, dataset: str) -> dict[str, Any]:
-    """Misclassification detection on the test set with the MSP (errors positive): AUROC, AUPR-Err, AUPR-Succ."""
+def misclassification_record(outputs: Mapping[str, Mapping[str, torch.Tensor | None]], labels: torch.Tensor, cfg: VisionOEConfig,
+                             stage: str) -> dict[str, Any]:
+    """Misclassification detection on the test set with the MSP (errors positive): AUROC, AUPR-Err, AUPR-Succ
+    (``task: "misclassification"``)."""
     logits = outputs["test"]["logits"]
     correct = (logits.argmax(-1) == labels).numpy()
     confidence = torch.softmax(logits.double(), -1).amax(-1).numpy()
-    record: dict[str, Any] = {"dataset": dataset, "model": model_name, "score": "msp", "domain": "test", "test_error": float(1 - correct.mean()), "n": int(correct.size)}
+    record: dict[str, Any] = {"task": "misclassification", "dataset": cfg.dataset, "model": cfg.model, "stage": stage, "score": "msp",
+                              "test_error": float(1 - correct.mean()), "n": int(correct.size)}
     try:
         record.update(misclassification_metrics(confidence, correct))
     except ValueError as err:  # no error (or no correct prediction) on the test set
@@ -606,60 +614,14 @@ def misclassification_record(outputs: Mapping[str, Mapping[str, torch.Tensor | N
     return record
 
 
-def save_detector(
-    model: PreTrainedModel, outputs: Mapping[str, Mapping[str, torch.Tensor | None]], data: VisionData, cfg: VisionOEConfig,
-    folder: str | Path, score: str = "msp", target_fpr: float = 0.05, set_names: Sequence[str] | None = None,
-    training: Mapping[str, Any] | None = None,
-) -> Path:
-    """Save ``model`` as an :class:`oe_common.detector.OODDetector` (``oe score --model FOLDER --input images/``).
-
-    The threshold flags ``target_fpr`` of the HELD-OUT training images; the stored evaluation is the detection table
-    of ``score`` on the unseen anomaly sets (the recipe's protocol; ``set_names``: those sets of ``outputs`` instead).
-    ``training``: provenance to store instead of the OE model's.
-    """
-    from oe_common.detector import OODDetector
-
-    from .preprocessing import ImagePreprocessing
-
-    in_scores = anomaly_scores(outputs["test"], score)
-    names = data.mean_sets if set_names is None else tuple(set_names)
-    table = evaluate_ood(in_scores, {n: anomaly_scores(outputs[n], score) for n in names}, n_draws=cfg.n_draws, ratio=cfg.ratio,
-                         seed=cfg.seed, recall_level=cfg.recall_level, allow_small_sets=cfg.allow_small_sets)
-    table.meta["score"] = score
-    training = dict(training) if training is not None else {
-        "in_distribution_dataset": cfg.dataset, "outlier_dataset": data.oe_source_name, "test_anomaly_datasets": list(names),
-        "oe_lambda": cfg.oe_lambda, "oe_loss": "uniform", "oe_epochs": cfg.oe_epochs, "oe_max_steps": cfg.oe_max_steps,
-        "oe_lr": cfg.oe_lr, "in_batch": cfg.batch_size, "oe_batch": cfg.oe_batch_size, "baseline_epochs": cfg.baseline_epochs,
-        "recipe": f"recipes/{cfg.dataset}_oe.py",
-    }
-    detector = OODDetector(model, ImagePreprocessing(**data.preprocessing), score=score, training=training,
-                           evaluation=table.to_dict(), device=next(model.parameters()).device, progress=False)
-    detector.fit_threshold_from_scores(anomaly_scores(outputs["holdout"], score), target_fpr=target_fpr)
-    return detector.save_pretrained(folder)
-
-
 # ================================================================================================ Markdown
-def _by_domain(records: Sequence[Mapping[str, Any]], model: str, score: str) -> dict[str, Mapping[str, Any]]:
-    return {r["domain"]: r for r in records if r["model"] == model and r["score"] == score}
-
-
-def _name(domain: str, record: Mapping[str, Any] | None) -> str:
-    """The row label: ``**mean**``, ``isun_gray †`` (overlap set), plus what ran when it was not the requested
-    base rate and draws (``mnist [1:10, 1 draw]``)."""
-    if domain == "mean":
-        return "**mean**"
-    name = f"{domain} †" if record is not None and record.get("oe_source_overlap") else domain
-    note = sampling_note(record) if record is not None else ""
-    return f"{name} [{note}]" if note else name
-
-
-def _pct(value: Any) -> str:
-    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value * 100:.1f}"
+#: A fraction as a table cell in percent, ``–`` when there is none.
+_percent = functools.partial(percent_cell, missing="–")
 
 
 def detection_markdown(records: Sequence[Mapping[str, Any]], dataset: str, fpr_key: str, score: str = "msp") -> str:
     """Table 8 (MNIST) / Table 1 (CIFAR-10) layout: per set ``baseline -> OE`` with ``score``, the paper's rows beside."""
-    base, oe = _by_domain(records, "baseline", score), _by_domain(records, "oe", score)
+    base, oe = records_by_set(records, "baseline", score), records_by_set(records, "oe", score)
     paper = detection_table(dataset)
     paper_fpr = "fpr99" if dataset == "mnist" else "fpr95"
     label = fpr_key.upper()
@@ -667,24 +629,24 @@ def detection_markdown(records: Sequence[Mapping[str, Any]], dataset: str, fpr_k
         f"| D_out^test | {label} ↓ ours | AUROC ↑ ours | AUPR ↑ ours | {paper_fpr.upper()} ↓ paper | AUROC ↑ paper | AUPR ↑ paper |",
         "|---|---|---|---|---|---|---|",
     ]
-    for domain, b in base.items():
-        o = oe.get(domain)
-        cells = [f"{_pct(b[k])} → {_pct(o[k])}" if o else _pct(b[k]) for k in (fpr_key, "auroc", "aupr")]
-        ref = paper.get(domain)
+    for ood_set, b in base.items():
+        o = oe.get(ood_set)
+        cells = [f"{_percent(b[k])} → {_percent(o[k])}" if o else _percent(b[k]) for k in (fpr_key, "auroc", "aupr")]
+        ref = paper.get(ood_set)
         cells += [f"{ref[k][0]} → {ref[k][1]}" for k in (paper_fpr, "auroc", "aupr")] if ref else ["–"] * 3
-        lines.append("| " + " | ".join([_name(domain, b), *cells]) + " |")
+        lines.append("| " + " | ".join([row_label(ood_set, b), *cells]) + " |")
     return "\n".join(lines)
 
 
 def scores_markdown(records: Sequence[Mapping[str, Any]], dataset: str, fpr_key: str, model: str = "oe") -> str:
     """Table 9 (MNIST) / Table 2 (CIFAR-10) layout: the OE model's MSP vs KL[U||p] (``uniform_xent``) scores."""
-    msp, kl = _by_domain(records, model, "msp"), _by_domain(records, model, "uniform_xent")
+    msp, kl = records_by_set(records, model, "msp"), records_by_set(records, model, "uniform_xent")
     label = fpr_key.upper()
     lines = [f"| D_out^test | {label} ↓ MSP | {label} ↓ KL[U‖p] | AUROC ↑ MSP | AUROC ↑ KL[U‖p] | AUPR ↑ MSP | AUPR ↑ KL[U‖p] |", "|---|---|---|---|---|---|---|"]
-    for domain, m in msp.items():
-        k = kl.get(domain, {})
-        cells = [c for key in (fpr_key, "auroc", "aupr") for c in (_pct(m[key]), _pct(k.get(key)))]
-        lines.append("| " + " | ".join([_name(domain, m), *cells]) + " |")
+    for ood_set, m in msp.items():
+        k = kl.get(ood_set, {})
+        cells = [c for key in (fpr_key, "auroc", "aupr") for c in (_percent(m[key]), _percent(k.get(key)))]
+        lines.append("| " + " | ".join([row_label(ood_set, m), *cells]) + " |")
     paper = scores_table(dataset)
     if paper:
         paper_fpr = "fpr99" if dataset == "mnist" else "fpr95"
@@ -693,63 +655,42 @@ def scores_markdown(records: Sequence[Mapping[str, Any]], dataset: str, fpr_key:
     return "\n".join(lines)
 
 
-def _models_markdown(records: Sequence[Mapping[str, Any]], models: Sequence[str], score: str, fpr_key: str) -> str:
-    tables = {m: _by_domain(records, m, score) for m in models}
-    label = fpr_key.upper()
-    head = " / ".join(models)
+def stages_markdown(records: Sequence[Mapping[str, Any]], columns: Mapping[str, tuple[str, str]], fpr_key: str,
+                    set_names: Sequence[str] | None = None) -> str:
+    """Per set, FPR / AUROC / AUPR of several models side by side (``a / b / c`` in each cell; ``–`` where one has no row).
+
+    Args:
+        columns: ``{header: (stage, score)}``, in column order.
+        fpr_key: ``"fpr99"`` or ``"fpr95"``.
+        set_names: rows, then ``mean`` (default: every set of the first column, in record order).
+    """
+    tables = {header: records_by_set(records, stage, score) for header, (stage, score) in columns.items()}
+    label, head = fpr_key.upper(), " / ".join(columns)
     lines = [f"| D_out^test | {label} ↓ {head} | AUROC ↑ {head} | AUPR ↑ {head} |", "|---|---|---|---|"]
-    for domain, first in tables[models[0]].items():
-        cells = [" / ".join(_pct(tables[m].get(domain, {}).get(k)) for m in models) for k in (fpr_key, "auroc", "aupr")]
-        lines.append("| " + " | ".join([_name(domain, first), *cells]) + " |")
+    for ood_set in next(iter(tables.values())) if set_names is None else [*set_names, "mean"]:
+        record = next((rows[ood_set] for rows in tables.values() if ood_set in rows), None)
+        cells = [" / ".join(_percent(rows.get(ood_set, {}).get(k)) for rows in tables.values()) for k in (fpr_key, "auroc", "aupr")]
+        lines.append("| " + " | ".join([row_label(ood_set, record), *cells]) + " |")
     return "\n".join(lines)
 
 
 def _misclassification_markdown(records: Sequence[Mapping[str, Any]], dataset: str) -> str:
     lines = ["| model | test error | AUROC ↑ | AUPR-Err ↑ | AUPR-Succ ↑ |", "|---|---|---|---|---|"]
     for r in records:
-        lines.append(f"| {r['model']} | {r['test_error'] * 100:.2f} | {_pct(r['auroc'])} | {_pct(r['aupr_err'])} | {_pct(r['aupr_succ'])} |")
+        lines.append(f"| {r['stage']} | {r['test_error'] * 100:.2f} | {_percent(r['auroc'])} | {_percent(r['aupr_err'])} | {_percent(r['aupr_succ'])} |")
     ref = MSP_MISCLASSIFICATION.get(dataset)
     if ref:
         lines.append(f"| paper (MSP paper, {dataset}) | {ref['test_error']:.2f} | {ref['auroc']:.0f} | {ref['aupr_err']:.0f} | {ref['aupr_succ']:.0f} |")
     return "\n".join(lines)
 
 
-def table3_markdown(
-    means: Mapping[str, Mapping[str, float]],
-    per_set: Mapping[str, Mapping[str, Mapping[str, float]]],
-    fpr_key: str,
-    set_names: Sequence[str],
-) -> str:
-    """Table 3 layout: MSP -> confidence branch -> branch + OE for FPR / AUROC / AUPR, per set and mean.
-
-    Args:
-        means: ``{"msp" | "branch" | "branch_oe": {metric: fraction}}`` (the ``mean`` rows).
-        per_set: ``{column: {set: {metric: fraction}}}``.
-        fpr_key: ``"fpr99"`` or ``"fpr95"``.
-        set_names: rows, in order.
-    """
-    columns = ("msp", "branch", "branch_oe")
-    label = fpr_key.upper()
-    lines = [f"| D_out^test | {label} ↓ MSP / branch / +OE | AUROC ↑ MSP / branch / +OE | AUPR ↑ MSP / branch / +OE |", "|---|---|---|---|"]
-
-    def cells(rows: Mapping[str, Mapping[str, float]]) -> list[str]:
-        return [" / ".join(f"{rows[c][k] * 100:.1f}" if c in rows else "–" for c in columns) for k in (fpr_key, "auroc", "aupr")]
-
-    for name in set_names:
-        lines.append("| " + " | ".join([name, *cells({c: per_set[c][name] for c in columns if name in per_set.get(c, {})})]) + " |")
-    lines.append("| " + " | ".join(["**mean**", *cells(means)]) + " |")
+def table3_markdown(records: Sequence[Mapping[str, Any]], fpr_key: str, set_names: Sequence[str]) -> str:
+    """Table 3 layout: MSP (baseline) -> confidence branch -> branch + OE (score ``1 - b(x)``) for FPR / AUROC / AUPR,
+    per unseen set (``set_names``) and mean, then the paper's CIFAR-10 mean (:func:`stages_markdown`)."""
+    columns = {"MSP": ("baseline", "msp"), "branch": ("branch", "branch"), "+OE": ("branch_oe", "branch")}
     paper = TABLE3["cifar10"]
-    lines.append(
-        "| paper CIFAR-10 mean (WRN 40-4, FPR95) | " + " | ".join(" / ".join(f"{v:.1f}" for v in paper[k]) for k in ("fpr95", "auroc", "aupr")) + " |"
-    )
-    return "\n".join(lines)
-
-
-def _table3(records: Sequence[Mapping[str, Any]], data: VisionData, fpr_key: str) -> str:
-    columns = {"msp": ("baseline", "msp"), "branch": ("branch", "branch"), "branch_oe": ("branch_oe", "branch")}
-    per_set = {c: _by_domain(records, m, s) for c, (m, s) in columns.items()}
-    means = {c: rows["mean"] for c, rows in per_set.items() if "mean" in rows}
-    return table3_markdown(means, per_set, fpr_key, data.mean_sets)
+    return stages_markdown(records, columns, fpr_key, set_names) + (
+        "\n| paper CIFAR-10 mean (WRN 40-4, FPR95) | " + " | ".join(" / ".join(f"{v:.1f}" for v in paper[k]) for k in ("fpr95", "auroc", "aupr")) + " |")
 
 
 _TITLES = {"mnist": "MNIST (ConvNet)", "cifar10": "CIFAR-10 (Wide ResNet)"}
@@ -786,15 +727,15 @@ def _markdown_report(cfg: VisionOEConfig, data: VisionData, records: list[dict[s
     if "uniform_xent" in cfg.scores and "msp" in cfg.scores:
         parts += ["", f"## OE model: MSP vs KL[U‖p] score (Table {table_no[1]} layout)", "", scores_markdown(records, cfg.dataset, cfg.fpr_key)]
     if cfg.oe_from_scratch:
-        parts += ["", "## OE fine-tuned vs OE from scratch (MSP score)", "", _models_markdown(records, ("baseline", "oe", "oe_scratch"), "msp", cfg.fpr_key)]
+        parts += ["", "## OE fine-tuned vs OE from scratch (MSP score)", "", stages_markdown(records, {m: (m, "msp") for m in ("baseline", "oe", "oe_scratch")}, cfg.fpr_key)]
         if cfg.dataset == "cifar10":
             parts.append(f"\nPaper, CIFAR-10 OE from scratch: mean FPR95 {OE_SCRATCH_CIFAR10['fpr95']}, AUROC {OE_SCRATCH_CIFAR10['auroc']}.")
     if cfg.branch:
-        branch_msp = _by_domain(records, "branch", "msp").get("mean")
-        parts += ["", "## Confidence branch (Table 3 layout; score 1 − b(x) for branch and branch + OE)", "", _table3(records, data, cfg.fpr_key), ""]
+        branch_msp = records_by_set(records, "branch", "msp").get("mean")
+        parts += ["", "## Confidence branch (Table 3 layout; score 1 − b(x) for branch and branch + OE)", "", table3_markdown(records, cfg.fpr_key, data.mean_sets), ""]
         if branch_msp:
-            parts.append(f"MSP of the branch-trained classifier (the paper's Table 3 'baseline' column): mean {fpr} {_pct(branch_msp[cfg.fpr_key])}, "
-                         f"AUROC {_pct(branch_msp['auroc'])}, AUPR {_pct(branch_msp['aupr'])}. The paper has no MNIST row; its CIFAR-10 row uses FPR95.")
+            parts.append(f"MSP of the branch-trained classifier (the paper's Table 3 'baseline' column): mean {fpr} {_percent(branch_msp[cfg.fpr_key])}, "
+                         f"AUROC {_percent(branch_msp['auroc'])}, AUPR {_percent(branch_msp['aupr'])}. The paper has no MNIST row; its CIFAR-10 row uses FPR95.")
     if cfg.abnormality_module:
         parts += ["", "## MSP paper Table 11: softmax baseline vs abnormality module (MNIST)", "", table11_markdown(records), "",
                   *table11_notes(cfg, meta)]
@@ -911,42 +852,31 @@ class VisionClassifierExperiment(StagedExperiment):
         return AbnormalityModuleTrainer(model=model, args=args, train_dataset=self.data.train, data_collator=vdata.image_collate,
                                         outlier_dataset=noised, optimizers=(optimizer, None), callbacks=stage.callbacks(), part=part)
 
-    def _evaluate_abnormality(self, stage: Stage, model: PreTrainedModel) -> StageResult:
-        """Decoder: the test images' mean squared reconstruction error. Head: one pass over the test, hold-out and
-        Table 11 sets, then records for the frozen classifier's ``msp`` and the module's ``abnormality`` score."""
+    def evaluate(self, stage: Stage, model: PreTrainedModel, trainer: OETrainer) -> StageResult:
+        """One pass over the test, hold-out and anomaly sets (the arrays: :func:`collect_outputs`), then detection
+        records for every score of the stage; ``state["tables"]``: ``{score: the unseen sets' OODTable.to_dict()}``.
+        ``abnormality``: the Table 11 sets (:func:`table11_records`) for ``msp`` and ``abnormality``;
+        ``abnormality_decoder``: only the test images' mean squared reconstruction error."""
         cfg, data = self.config, self.data
         if stage.name == "abnormality_decoder":
-            with torch.no_grad():
-                model.eval()
-                device = next(model.parameters()).device
-                errors = [reconstruction_loss(model(pixel_values=x.to(device)).reconstruction, x.to(device)).item() * len(x)
-                          for x in data.test.pixel_values.split(cfg.eval_batch_size)]
-            return StageResult({"records": [], "test_reconstruction_mse": sum(errors) / len(data.test)})
-        sets = {"test": data.test, "holdout": data.holdout, **data.table11}
-        outputs = collect_outputs(model, sets, cfg.eval_batch_size, desc=f"scoring {stage.name}", bf16=cfg.bf16)
-        records = [r for score in ABNORMALITY_SCORES for r in table11_records(outputs, data, cfg, stage.name, score)]
-        return StageResult({"records": records}, outputs)
-
-    def evaluate(self, stage: Stage, model: PreTrainedModel, trainer: OETrainer) -> StageResult:
-        """One pass over the test, hold-out and anomaly sets (the arrays), then detection records for every score."""
-        cfg = self.config
-        if stage.name.startswith("abnormality"):
-            return self._evaluate_abnormality(stage, model)
-        outputs = collect_outputs(model, self.data.eval_sets(), cfg.eval_batch_size, desc=f"scoring {stage.name}", bf16=cfg.bf16)
-        scores = BRANCH_SCORES if stage.name.startswith("branch") else cfg.scores
-        return StageResult({"records": [r for score in scores for r in evaluate_detection(outputs, self.data, cfg, stage.name, score)[0]]}, outputs)
+            return StageResult({"records": [], "test_reconstruction_mse": _reconstruction_mse(model, data.test, cfg.eval_batch_size)})
+        table11 = stage.name == "abnormality"
+        outputs = collect_outputs(model, data.eval_sets(table11), cfg.eval_batch_size, desc=f"scoring {stage.name}", bf16=cfg.bf16)
+        scores = ABNORMALITY_SCORES if table11 else BRANCH_SCORES if stage.name.startswith("branch") else cfg.scores
+        evaluated = {score: (table11_records if table11 else evaluate_detection)(outputs, data, cfg, stage.name, score) for score in scores}
+        return StageResult({"records": [r for records, _ in evaluated.values() for r in records],
+                            "tables": {score: table.to_dict() for score, (_, table) in evaluated.items()}}, outputs)
 
     def report(self, results: Mapping[str, StageResult], models: StageModels, seconds: dict[str, float], output_dir: Path,
                is_main: bool) -> dict[str, Any]:
-        """Misclassification, calibration, ``results.json`` / ``results.md``, ROC / histogram PNGs and the OE model as
-        an ``OODDetector`` in ``<output_dir>/detector`` (when ``save_models``)."""
+        """Misclassification, calibration, ``results.json`` / ``results.md`` and ROC / histogram PNGs."""
         cfg, data = self.config, self.data
         outputs = {name: result.arrays for name, result in results.items()}
         records = all_records(results)
         test_labels = data.test.labels
         accuracy = {s: float((o["test"]["logits"].argmax(-1) == test_labels).float().mean()) for s, o in outputs.items() if "test" in o}
         classifiers = [s for s in cfg.stages if not s.startswith(("branch", "abnormality"))]
-        misclassification = [misclassification_record(outputs[s], test_labels, s, cfg.dataset) for s in classifiers]
+        misclassification = [misclassification_record(outputs[s], test_labels, cfg, s) for s in classifiers]
         calibration: list[dict[str, Any]] = []
         temperatures: dict[str, float] = {}
         paths: dict[str, Path] = {}
@@ -975,18 +905,38 @@ class VisionClassifierExperiment(StagedExperiment):
         )
         paths.update(write_results(output_dir, records, meta, _markdown_report(cfg, data, records, meta)))
         for stage in (s for s in cfg.stages if s != "abnormality_decoder"):
-            score = "branch" if stage.startswith("branch") else "abnormality" if stage == "abnormality" else "msp"
+            score = _DETECTOR_SCORES.get(stage, "msp")
             in_scores = anomaly_scores(outputs[stage]["test"], score)
             out = {name: anomaly_scores(outputs[stage][name], score) for name in (data.table11 if stage == "abnormality" else data.ood)}
-            title = f"{cfg.dataset} {stage}, score {score}"
-            paths.update(plot_roc_and_histogram(in_scores, out, output_dir, stage, title))
-        if cfg.save_models and is_main:  # a resumed run loads the OE model from oe_model/
-            paths["detector"] = save_detector(models["oe"], outputs["oe"], data, cfg, output_dir / "detector")
-            if cfg.abnormality_module:
-                paths["abnormality_detector"] = save_detector(
-                    models["abnormality"], outputs["abnormality"], data, cfg, output_dir / "abnormality_detector", score="abnormality",
-                    set_names=tuple(data.table11), training=_abnormality_provenance(cfg))
+            paths.update(plot_roc_and_histogram(in_scores, out, output_dir, stage, f"{cfg.dataset} {stage}, score {score}"))
         return {"records": records, "meta": meta, "paths": paths, "outputs": outputs, "data": data}
+
+    def detector(self, results: Mapping[str, StageResult], models: StageModels) -> dict[str, OODDetector] | None:
+        """With ``save_models``: ``detector/``, the OE model with the MSP score, and (``abnormality_module``)
+        ``abnormality_detector/``, the abnormality module with its ``abnormality`` score. Each threshold flags 5% of
+        the HELD-OUT training images; each card's evaluation is its stage's table of that score (the OE model: the
+        unseen anomaly sets; the module: the Table 11 sets)."""
+        cfg, data = self.config, self.data
+        if not cfg.save_models:
+            return None
+        recipe = f"recipes/{cfg.dataset}_oe.py"
+        detectors = {"detector": self._detector("oe", results, models, self.provenance(
+            in_distribution_dataset=cfg.dataset, outlier_dataset=data.oe_source_name, oe_loss="uniform",
+            test_anomaly_datasets=list(data.mean_sets), recipe=recipe))}
+        if cfg.abnormality_module:
+            detectors["abnormality_detector"] = self._detector("abnormality", results, models, self.provenance(
+                method="abnormality module (Hendrycks & Gimpel 2017)", in_distribution_dataset=cfg.dataset,
+                outlier_dataset="noised training images", test_anomaly_datasets=list(data.table11), recipe=f"{recipe} --abnormality-module"))
+        return detectors
+
+    def _detector(self, stage: str, results: Mapping[str, StageResult], models: StageModels, training: dict[str, Any]) -> OODDetector:
+        """The :class:`OODDetector` of ``stage``'s model and score (:data:`_DETECTOR_SCORES`), threshold at 5% FPR on the
+        hold-out images (``target_fpr`` of :meth:`OODDetector.fit_threshold_from_scores`)."""
+        score, model = _DETECTOR_SCORES.get(stage, "msp"), models[stage]
+        detector = OODDetector(model, ImagePreprocessing(**self.data.preprocessing), score=score, training=training,
+                               evaluation=results[stage].state["tables"][score], device=next(model.parameters()).device, progress=False)
+        detector.fit_threshold_from_scores(anomaly_scores(results[stage].arrays["holdout"], score), target_fpr=0.05)
+        return detector
 
 
 def run_vision_oe(cfg: VisionOEConfig, output_dir: str | Path, data_dir: str | Path | None = None, data: VisionData | None = None,

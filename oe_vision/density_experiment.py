@@ -23,20 +23,11 @@ from oe_common.data_dir import exit_on_data_error
 from oe_common.experiment import (Stage, StagedExperiment, StageModels, StageResult, all_records, run_experiment,
                                   shared_training_arguments, stage_logs)
 from oe_common.presets import preset_settings
-from oe_common.metrics import evaluate_ood
 from oe_common.recipe_args import RecipeArguments, build_recipe_parser, flag, parse_recipe_args, run_recipe
-from oe_common.reporting import (
-    detection_records,
-    plot_roc_and_histogram,
-    sampling_note,
-    protocol_sentence,
-    run_meta,
-    steps_cell,
-    time_budget_notes,
-    write_results,
-)
+from oe_common.reporting import percent_cell, plot_roc_and_histogram, protocol_sentence, run_meta, steps_cell, time_budget_notes, write_results
 
 from . import data as vdata
+from .detection_tables import records_by_set, row_label, unseen_and_overlap_records
 from .density_trainer import DensityOETrainer, DensityOETrainingArguments, density_collate, to_uint8_pixels
 from .modeling_pixelcnnpp import PixelCNNPPConfig, PixelCNNPPModel
 
@@ -70,6 +61,8 @@ __all__ = [
 DATASETS = ("mnist", "cifar10")
 PRESET_NAMES = ("test", "tiny", "paper")
 SCORE = "bits_per_dim"
+#: ``model`` (the architecture) of every record.
+MODEL = "pixelcnn++"
 #: Row name of the held-out OE-source images.
 OE_HELDOUT_NAME = "oe_source_heldout"
 #: Paper Table 5, PixelCNN++ on CIFAR-10, mean over its anomaly sets (percentages): (baseline, OE).
@@ -403,68 +396,54 @@ def bits_per_dim_summary(scores: Mapping[str, np.ndarray]) -> dict[str, dict[str
     return summary
 
 
-def evaluate_density(scores: Mapping[str, np.ndarray], data: DensityData, cfg: DensityOEConfig, model_name: str) -> list[dict[str, Any]]:
-    """Detection records of one model: every unseen set + ``mean`` (over them), then the overlap rows.
+def evaluate_density(scores: Mapping[str, np.ndarray], data: DensityData, cfg: DensityOEConfig, stage: str) -> list[dict[str, Any]]:
+    """Detection records of one model: every unseen set + ``mean`` (over them), then the overlap rows
+    (:func:`oe_vision.detection_tables.unseen_and_overlap_records`).
 
-    Fields: ``dataset``, ``model``, ``score`` (``bits_per_dim``), ``domain``, ``fpr95`` (or the ``recall_level``'s),
-    ``auroc``, ``aupr`` (anomalies positive), ``aupr_in``, stds over draws, ``oe_source_overlap``, what ran (``n_in``,
-    ``n_out``, ``capped``, ``base_rate``, ``n_draws``, ...: :func:`oe_common.reporting.detection_records`; a set smaller
-    than ``len(test) // ratio`` is an error unless ``cfg.allow_small_sets``), and the likelihood check: ``mean_bits_per_dim``, ``median_bits_per_dim``,
-    ``in_mean_bits_per_dim``, ``frac_below_in_median``, ``more_likely_than_in`` (for ``mean``: the number of unseen
-    sets more likely than D_in, ``n_more_likely_than_in``). Metric values are fractions.
+    Fields: :meth:`oe_common.metrics.OODTable.records` (``task``, ``dataset``, ``model`` = ``pixelcnn++``, ``stage``,
+    ``score`` = ``bits_per_dim``, ``ood_set``, ``fpr95`` (or the ``recall_level``'s), ``auroc``, ``aupr`` (anomalies
+    positive), ``aupr_in``, stds over draws and what ran; a set smaller than ``len(test) // ratio`` is an error unless
+    ``cfg.allow_small_sets``), ``oe_source_overlap``, and the likelihood check: ``mean_bits_per_dim``,
+    ``median_bits_per_dim``, ``in_mean_bits_per_dim``, ``frac_below_in_median``, ``more_likely_than_in`` (for ``mean``:
+    the number of unseen sets more likely than D_in, ``n_more_likely_than_in``). Metric values are fractions.
     """
     summary = bits_per_dim_summary(scores)
-    in_scores = scores["test"]
-    fields = dict(dataset=cfg.dataset, model=model_name, score=SCORE)
-    table = evaluate_ood(in_scores, {n: scores[n] for n in data.mean_sets}, n_draws=cfg.n_draws, ratio=cfg.ratio, seed=cfg.seed,
-                         recall_level=cfg.recall_level, allow_small_sets=cfg.allow_small_sets)
-    records = detection_records(table, **fields, oe_source_overlap=False)
-    overlap = [n for n in data.overlap_sets if n in scores]
-    if overlap:
-        extra = evaluate_ood(in_scores, {n: scores[n] for n in overlap}, n_draws=cfg.n_draws, ratio=cfg.ratio, seed=cfg.seed + 1,
-                             recall_level=cfg.recall_level, allow_small_sets=cfg.allow_small_sets)
-        records += [r for r in detection_records(extra, **fields, oe_source_overlap=True) if r["domain"] != "mean"]
+    records, _ = unseen_and_overlap_records(scores["test"], scores, data.mean_sets, [n for n in data.overlap_sets if n in scores], cfg,
+                                            cfg.recall_level, task="detection", dataset=cfg.dataset, model=MODEL, stage=stage, score=SCORE)
     in_mean = summary["test"]["mean"]
     for record in records:
         record["in_mean_bits_per_dim"] = in_mean
-        if record["domain"] == "mean":
+        if record["ood_set"] == "mean":
             means = [summary[n]["mean"] for n in data.mean_sets]
             record["mean_bits_per_dim"] = float(np.mean(means))
             record["n_more_likely_than_in"] = int(sum(summary[n]["more_likely_than_in"] for n in data.mean_sets))
             continue
-        s = summary[record["domain"]]
+        s = summary[record["ood_set"]]
         record.update(mean_bits_per_dim=s["mean"], median_bits_per_dim=s["median"], frac_below_in_median=s["frac_below_in_median"],
                       more_likely_than_in=s["more_likely_than_in"])
     return records
 
 
 # ================================================================================================ Markdown
-def _pct(value: Any) -> str:
-    return "" if value is None else f"{value * 100:.1f}"
-
-
 def table5_markdown(records: Sequence[Mapping[str, Any]], fpr_key: str = "fpr95") -> str:
     """Paper Table 5 layout: per anomaly set ``baseline → OE`` for FPR / AUROC / AUPR (percentages), the ``mean``,
     the paper's CIFAR-10 means (labelled as the paper's), then the overlap rows (marked †, not in the mean). A set that
     did not run at the requested base rate and draws is labelled with what ran (``mnist [1:10, 1 draw]``)."""
-    base = {r["domain"]: r for r in records if r["model"] == "baseline"}
-    oe = {r["domain"]: r for r in records if r["model"] == "oe"}
+    base, oe = records_by_set(records, "baseline"), records_by_set(records, "oe")
     label = fpr_key.upper()
     lines = [f"| D_out^test | {label} ↓ | AUROC ↑ | AUPR ↑ |", "|---|---|---|---|"]
 
-    def row(domain: str, name: str) -> str:
-        b, o = base[domain], oe.get(domain)
-        cells = [f"{_pct(b[k])} → {_pct(o[k]) if o else '–'}" for k in (fpr_key, "auroc", "aupr")]
-        note = sampling_note(b)
-        return "| " + " | ".join([f"{name} [{note}]" if note else name, *cells]) + " |"
+    def row(ood_set: str) -> str:
+        b, o = base[ood_set], oe.get(ood_set)
+        cells = [f"{percent_cell(b[k])} → {percent_cell(o[k]) if o else '–'}" for k in (fpr_key, "auroc", "aupr")]
+        return "| " + " | ".join([row_label(ood_set, b), *cells]) + " |"
 
-    ordered = [d for d in base if d != "mean" and not base[d]["oe_source_overlap"]]
-    lines += [row(d, d) for d in ordered]
+    lines += [row(n) for n in base if n != "mean" and not base[n]["oe_source_overlap"]]
     if "mean" in base:
-        lines.append(row("mean", "**mean**"))
+        lines.append(row("mean"))
     paper = PAPER_TABLE5_MEAN
     lines.append("| *paper, PixelCNN++ on CIFAR-10, mean (their sets)* | " + " | ".join(f"*{paper[k][0]} → {paper[k][1]}*" for k in ("fpr95", "auroc", "aupr")) + " |")
-    lines += [row(d, f"{d} †") for d in base if d != "mean" and base[d]["oe_source_overlap"]]
+    lines += [row(n) for n in base if n != "mean" and base[n]["oe_source_overlap"]]
     return "\n".join(lines)
 
 
@@ -492,7 +471,7 @@ def _margin_sentence(cfg: DensityOEConfig, active_fraction: float | None) -> str
         return "The margin term's activity was not recorded (no OE training step ran)."
     sentence = (
         f"The margin ({cfg.margin_per_subpixel:g} nat/subpixel = {cfg.margin_per_subpixel / math.log(2):.2f} bits/dim) was not yet met "
-        f"(so the margin term had a gradient) on {_pct(active_fraction)}% of the (in, outlier) training pairs."
+        f"(so the margin term had a gradient) on {percent_cell(active_fraction)}% of the (in, outlier) training pairs."
     )
     if active_fraction < 0.01:
         sentence += " Near 0: the outliers were already that much less likely, and OE fine-tuning acted as further likelihood training."

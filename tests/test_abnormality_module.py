@@ -212,8 +212,8 @@ def test_recipe_stages_copy_the_baseline_and_report_table11(data_dir, tmp_path):
     assert cfg.stages == ("baseline", "abnormality_decoder", "abnormality", "oe")
     result = run_vision_oe(cfg, tmp_path / "run", data=data)
     records = [r for r in result["records"] if r.get("paper_table") == "msp_table11"]
-    assert {(r["score"], r["domain"]) for r in records} == {(s, d) for s in ("msp", "abnormality") for d in ("notmnist", "uniform", "mean")}
-    assert all(r["model"] == "abnormality" and r["n_in"] == len(data.test) for r in records)
+    assert {(r["score"], r["ood_set"]) for r in records} == {(s, d) for s in ("msp", "abnormality") for d in ("notmnist", "uniform", "mean")}
+    assert all(r["stage"] == "abnormality" and r["model"] == "convnet" and r["n_in"] == len(data.test) for r in records)
     baseline = MnistConvNetForImageClassification.from_pretrained(tmp_path / "run" / "baseline_model")
     module = AbnormalityModuleForImageClassification.from_pretrained(tmp_path / "run" / "abnormality_model")
     assert _same(_snapshot(baseline), _snapshot(module.classifier))
@@ -222,4 +222,7 @@ def test_recipe_stages_copy_the_baseline_and_report_table11(data_dir, tmp_path):
     assert not torch.equal(outputs["oe"]["test"]["logits"], outputs["baseline"]["test"]["logits"])
     loaded = OODDetector.from_pretrained(tmp_path / "run" / "abnormality_detector", device="cpu")
     assert loaded.score_name == "abnormality" and loaded.threshold is not None
+    # the card's evaluation is the stage's own Table 11 table of the module's score (the records' numbers)
+    card = {row["name"]: (row["auroc"], row["fpr99"], row["n_out"]) for row in loaded.evaluation["rows"]}
+    assert card == {r["ood_set"]: (r["auroc"], r["fpr99"], r["n_out"]) for r in records if r["score"] == "abnormality"}
     assert "MSP paper Table 11" in (tmp_path / "run" / "results.md").read_text()

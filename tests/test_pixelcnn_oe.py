@@ -219,13 +219,13 @@ def test_end_to_end_test_preset(tmp_path, data_dir):
     records, meta = saved["records"], saved["meta"]
     domains = {"gaussian", "bernoulli", "blobs", "fashion_mnist", "negative_mnist", "notmnist", "omniglot", "mean", "isun_gray", OE_HELDOUT_NAME}
     for model in ("baseline", "oe"):
-        mine = {r["domain"]: r for r in records if r["model"] == model}
+        mine = {r["ood_set"]: r for r in records if r["stage"] == model}
         assert set(mine) == domains
         for r in mine.values():
-            assert r["score"] == "bits_per_dim" and r["dataset"] == "mnist"
+            assert (r["task"], r["model"], r["score"], r["dataset"]) == ("detection", "pixelcnn++", "bits_per_dim", "mnist")
             assert all(0.0 <= r[k] <= 1.0 for k in ("fpr95", "auroc", "aupr"))
-            assert r["oe_source_overlap"] == (r["domain"] in ("isun_gray", OE_HELDOUT_NAME))
-            if r["domain"] != "mean":
+            assert r["oe_source_overlap"] == (r["ood_set"] in ("isun_gray", OE_HELDOUT_NAME))
+            if r["ood_set"] != "mean":
                 assert isinstance(r["more_likely_than_in"], bool) and r["mean_bits_per_dim"] > 0
         unseen = [d for d in mine if d not in ("mean", "isun_gray", OE_HELDOUT_NAME)]
         assert mine["mean"]["auroc"] == pytest.approx(np.mean([mine[d]["auroc"] for d in unseen]))

@@ -102,7 +102,7 @@ def test_vision_detection_records_and_labels_what_ran():
         evaluate_detection(outputs, data, preset_config("mnist", "test"), "baseline", "msp")
     cfg = preset_config("mnist", "test", allow_small_sets=True)
     records = evaluate_detection(outputs, data, cfg, "baseline", "msp")[0]
-    tiny = next(r for r in records if r["domain"] == "tiny_set")
+    tiny = next(r for r in records if r["ood_set"] == "tiny_set")
     assert (tiny["n_out"], tiny["capped"], tiny["n_draws"], tiny["base_rate"]) == (40, True, 1, "1:12.5")
     assert "fpr95" in tiny and "fpr99" in tiny
     assert "| tiny_set [1:12.5, 1 draw] |" in detection_markdown(records, "mnist", "fpr99")
@@ -115,7 +115,7 @@ def test_density_detection_records_and_labels_what_ran():
     data = SimpleNamespace(mean_sets=("gaussian", "small"), overlap_sets=("oe_source_heldout",))
     cfg = preset_config("mnist", "test", n_draws=2)
     records = evaluate_density(scores, data, cfg, "baseline") + evaluate_density(scores, data, cfg, "oe")
-    by = {r["domain"]: r for r in records if r["model"] == "baseline"}
+    by = {r["ood_set"]: r for r in records if r["stage"] == "baseline"}
     assert (by["small"]["n_out"], by["small"]["capped"], by["small"]["n_draws"]) == (30, False, 1)  # 150 // 5 = 30: the whole set
     assert by["gaussian"]["n_draws"] == 2
     assert "| small [1:5, 1 draw] |" in table5_markdown(records)

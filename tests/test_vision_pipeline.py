@@ -22,7 +22,7 @@ from oe_vision.confidence_trainer import BRANCH_LOGIT_BOUND, ConfidenceBranchOET
 from oe_vision.data import image_collate
 from oe_vision.classifier_experiment import TensorImageDataset, preset_config, run_vision_oe
 
-REQUIRED = ("dataset", "model", "score", "domain", "auroc", "aupr", "fpr99", "fpr95", "n_in", "n_out")
+REQUIRED = ("task", "dataset", "model", "stage", "score", "ood_set", "auroc", "aupr", "fpr99", "fpr95", "n_in", "n_out")
 FRACTIONS = ("auroc", "aupr", "aupr_in", "fpr99", "fpr95")
 
 
@@ -40,8 +40,8 @@ def mnist_run(data_dir, tmp_path_factory):
     return cfg, out, result
 
 
-def _mean(records, model, score, key="auroc"):
-    (row,) = [r for r in records if r["model"] == model and r["score"] == score and r["domain"] == "mean"]
+def _mean(records, stage, score, key="auroc"):
+    (row,) = [r for r in records if r["stage"] == stage and r["score"] == score and r["ood_set"] == "mean"]
     return row[key]
 
 
@@ -64,14 +64,15 @@ def test_results_json_fields_fractions_and_means(mnist_run):
     assert data.overlap_sets == ("isun_gray",) and "isun_gray" not in data.mean_sets  # iSUN is the OE source
     expected = {("baseline", "msp"), ("baseline", "uniform_xent"), ("oe", "msp"), ("oe", "uniform_xent"),
                 ("branch", "msp"), ("branch", "branch"), ("branch_oe", "msp"), ("branch_oe", "branch")}
-    assert {(r["model"], r["score"]) for r in records} == expected
+    assert {(r["stage"], r["score"]) for r in records} == expected
+    assert {(r["task"], r["model"]) for r in records} == {("detection", "convnet")}
     for r in records:
         assert set(REQUIRED) <= set(r), sorted(set(REQUIRED) - set(r))
         for key in FRACTIONS:
-            assert 0.0 <= r[key] <= 1.0, (r["model"], r["domain"], key, r[key])
-        assert r["n_in"] == 1000 and r["n_out"] == (200 if r["domain"] != "mean" else 200 * len(data.mean_sets))
+            assert 0.0 <= r[key] <= 1.0, (r["stage"], r["ood_set"], key, r[key])
+        assert r["n_in"] == 1000 and r["n_out"] == (200 if r["ood_set"] != "mean" else 200 * len(data.mean_sets))
     for model, score in expected:
-        rows = {r["domain"]: r for r in records if r["model"] == model and r["score"] == score}
+        rows = {r["ood_set"]: r for r in records if r["stage"] == model and r["score"] == score}
         assert set(rows) == {*data.ood, "mean"}
         assert rows["isun_gray"]["oe_source_overlap"] and not rows["gaussian"]["oe_source_overlap"]
         # the mean row averages the unseen sets only
@@ -81,7 +82,9 @@ def test_results_json_fields_fractions_and_means(mnist_run):
         assert 0.5 < meta["test_accuracy"][stage] <= 1.0
         assert meta["test_error"][stage] == pytest.approx(1 - meta["test_accuracy"][stage])
         assert meta["seconds"][f"{stage}_train"] > 0
+    assert [(r["task"], r["model"], r["stage"]) for r in meta["misclassification"]] == [("misclassification", "convnet", s) for s in ("baseline", "oe")]
     for r in meta["misclassification"]:
+        assert "domain" not in r and "ood_set" not in r
         assert 0.5 < r["auroc"] <= 1.0 and 0 < r["aupr_err"] <= 1 and 0 < r["aupr_succ"] <= 1
     markdown = (out / "results.md").read_text()
     assert "Table 8 layout" in markdown and "Table 9 layout" in markdown and "Table 3 layout" in markdown and "Table 7 layout" in markdown
@@ -98,6 +101,11 @@ def test_results_json_fields_fractions_and_means(mnist_run):
 
     detector = OODDetector.from_pretrained(out / "detector", device="cpu", progress=False)
     assert detector.score_name == "msp" and detector.threshold_info["achieved_fpr"] <= 0.05
+    # the card's evaluation is the OE stage's table of the unseen sets (the records' numbers, no overlap set)
+    card = {row["name"]: (row["auroc"], row["fpr"]) for row in detector.evaluation["rows"]}
+    oe_msp = [r for r in result["records"] if (r["stage"], r["score"], r["oe_source_overlap"]) == ("oe", "msp", False)]
+    assert card == {r["ood_set"]: (r["auroc"], r[cfg.fpr_key]) for r in oe_msp}
+    assert detector.training["outlier_dataset"] == data.oe_source_name and detector.training["oe_lambda"] == cfg.oe_lambda
     expected_msp = -torch.softmax(expected_logits.double(), -1).amax(-1).numpy()
     assert np.allclose(detector.score(x), expected_msp, atol=1e-5)
 

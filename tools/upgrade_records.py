@@ -7,7 +7,8 @@ The one schema (:meth:`oe_common.metrics.OODTable.records`): every record has ``
 training stage: ``baseline``, ``oe``, ...), ``score`` and, for detection, ``ood_set``. Older records named the stage
 ``model``, the anomaly set ``domain`` (text classifiers: ``ood_set`` plus a duplicate ``draws``) and had no
 architecture; this renames them and takes the architecture from the file's ``meta.config``. Numbers are not touched.
-A record that already has ``stage`` and no ``domain`` / ``draws`` is left as it is. Used by
+A record that already has ``stage`` and no ``domain`` / ``draws`` is left as it is; ``meta.misclassification`` (the
+vision classifiers' misclassification records) is upgraded too. Used by
 ``tools/compare_results.py --upgrade-before`` to compare runs across the schema change.
 """
 
@@ -54,8 +55,12 @@ def upgrade_record(record: Mapping[str, Any], config: Mapping[str, Any]) -> dict
 def upgrade_results(data: Mapping[str, Any]) -> dict[str, Any]:
     """A ``results.json``-like dict with every record list (``records``, ``runs.<name>.records``) upgraded."""
     def upgraded(block: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, Any]:
-        config = block.get("meta", {}).get("config", config) if isinstance(block.get("meta"), Mapping) else config
-        return {**block, "records": [upgrade_record(r, config) for r in block["records"]]} if "records" in block else dict(block)
+        meta = block.get("meta")
+        config = meta.get("config", config) if isinstance(meta, Mapping) else config
+        new = {**block, "records": [upgrade_record(r, config) for r in block["records"]]} if "records" in block else dict(block)
+        if isinstance(meta, Mapping) and isinstance(meta.get("misclassification"), list):  # the vision classifiers' records
+            new["meta"] = {**meta, "misclassification": [upgrade_record(r, config) for r in meta["misclassification"]]}
+        return new
 
     config = data.get("meta", {}).get("config", {}) if isinstance(data.get("meta"), Mapping) else {}
     out = upgraded(data, config)
