@@ -15,13 +15,12 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from oe_common.arg_types import non_negative_float, non_negative_int
 from oe_common.callbacks import check_time_budget
 from oe_common.data_dir import MissingDataError
 from oe_common.experiment import Stage, StagedExperiment, StageModels, StageResult, all_records, run_experiment, shared_training_arguments
-from oe_common.feature_scores import KNNScore, MahalanobisScore, classifier_input_features
+from oe_common.feature_scores import MahalanobisScore
 from oe_common.metrics import evaluate_ood, misclassification_metrics, ood_metrics
 from oe_common.outlier_stream import is_streaming
 from oe_common.presets import preset_settings
@@ -35,7 +34,7 @@ from oe_common.reporting import (
     time_budget_notes,
     write_results,
 )
-from oe_common.scores import LOGIT_SCORE_NAMES, example_scores
+from oe_common.scores import LOGIT_SCORE_NAMES
 from oe_common.trainer import OETrainer, OETrainingArguments
 
 from .hub_checkpoints import MINILM_REPO_ID, MINILM_REVISION, check_cached_minilm
@@ -52,6 +51,7 @@ from .textcls_files import (
 )
 
 from .textcls_outliers import WIKITEXT2, OutlierCorpus, load_outlier_corpus, outlier_source_kind
+from .textcls_scoring import fit_feature_scores, score_texts
 
 __all__ = ["TextClsConfig", "TextClsExperiment", "PRESET_NAMES", "TEXTCLS_SCORES", "DETECTOR_SCORES", "preset_config",
            "run_textcls_oe", "check_max_length", "ood_set_names", "padding_collator", "DETECTOR_TARGET_FPR", "select_score",
@@ -352,12 +352,17 @@ def stage_outliers(stage: str, config: "TextClsConfig") -> str:
     return {"baseline": "none", "oe": config.outliers, "oe_extra": f"wikitext2+{config.extra_outliers}"}[stage]
 
 
+def _checkpoint(model: str) -> tuple[str, str | None]:
+    """``(repo id, revision)`` of ``model``: the pinned all-MiniLM-L6-v2 for ``minilm`` (and the ``gru``'s tokenizer)."""
+    return (MINILM_REPO_ID, MINILM_REVISION) if model in ("minilm", "gru") else (model, None)
+
+
 def load_tokenizer(model: str) -> Any:
     """The tokenizer of ``model`` (``minilm`` and ``gru``: all-MiniLM-L6-v2's); a missing checkpoint is a one-line
     :class:`MissingDataError` naming the command that places it."""
     from transformers import AutoTokenizer
 
-    repo, revision = (MINILM_REPO_ID, MINILM_REVISION) if model in ("minilm", "gru") else (model, None)
+    repo, revision = _checkpoint(model)
     if model in ("minilm", "gru"):
         check_cached_minilm()  # the weights build_model loads next are checked here too
     try:
@@ -374,7 +379,7 @@ def model_max_positions(model: str) -> int | None:
         return None
     from transformers import AutoConfig
 
-    repo, revision = (MINILM_REPO_ID, MINILM_REVISION) if model == "minilm" else (model, None)
+    repo, revision = _checkpoint(model)
     try:
         config = AutoConfig.from_pretrained(repo, revision=revision)
     except (OSError, ValueError):
@@ -411,38 +416,16 @@ def word_level_tokenizer(texts: Sequence[str], size: int) -> Any:
     return BertTokenizer(vocab={w: i for i, w in enumerate(words)}, do_lower_case=True)
 
 
+def _seeded_subset(texts: Sequence[str], n: int | None, seed: int) -> list[str]:
+    """A seeded subset of ``n`` of ``texts`` in their order (all when ``n`` is None or not smaller)."""
+    return [texts[i] for i in seeded_subset_indices(len(texts), n, seed)]
+
+
 def _missing_checkpoint(model: str, exc: Exception) -> MissingDataError:
     if model in ("minilm", "gru"):
         return MissingDataError(f"the checkpoint {MINILM_REPO_ID}@{MINILM_REVISION[:8]} is not in the Hugging Face cache "
                                 "and the Hub is not reachable: run `oe fetch-checkpoint all-minilm-l6-v2` first")
     return MissingDataError(f"cannot load the checkpoint {model!r} ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})")
-
-
-@torch.inference_mode()
-def forward_texts(model: torch.nn.Module, preprocessing: Any, texts: Sequence[str], batch_size: int,
-                  desc: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """``(logits (N, K), {"classifier": (N, D), "mean": (N, H)})`` of raw ``texts``, in order, from ONE forward pass
-    per batch of ``preprocessing`` (the detector's batches): ``classifier`` is the input of ``model.classifier``
-    (:func:`~oe_common.feature_scores.classifier_input_features`), ``mean`` the mean of the last hidden layer over the
-    real tokens (``sum_t m_t h_t / sum_t m_t``, ``m`` the attention mask). Float32, as the model computes them.
-
-    The detector scores one score per pass from logits only; the evaluation needs every score of
-    :data:`TEXTCLS_SCORES` (k-NN and the mean-pooled features included) from one pass, hence this loop."""
-    model.eval()
-    device = next(model.parameters()).device
-    n, n_batches, batches = preprocessing.batches(list(texts), "text-classification", batch_size)
-    out: dict[str, np.ndarray] = {}
-    for inputs, owners in tqdm(batches, total=n_batches, desc=desc, leave=False, disable=n_batches < 5):
-        inputs = {k: v.to(device) for k, v in inputs.items()}
-        features, output = classifier_input_features(model, {**inputs, "output_hidden_states": True}, return_output=True)
-        mask = inputs["attention_mask"].unsqueeze(-1).float()
-        batch = {"logits": output.logits, "classifier": features,
-                 "mean": (output.hidden_states[-1].float() * mask).sum(1) / mask.sum(1).clamp_min(1)}
-        for key, value in batch.items():
-            out.setdefault(key, np.zeros((n, value.shape[1]), np.float32))[owners] = value.float().cpu().numpy()
-    if not out:
-        raise ValueError(f"{desc}: no texts to score")
-    return out.pop("logits"), out
 
 
 class TextClsExperiment(StagedExperiment):
@@ -503,20 +486,17 @@ class TextClsExperiment(StagedExperiment):
         ood, ood_sizes = {}, {}
         for index, (name, texts) in enumerate(whole.items()):
             ood_sizes[name] = len(texts)
-            ood[name] = [texts[i] for i in seeded_subset_indices(len(texts), c.ood_examples, c.seed + 10 + index)]
+            ood[name] = _seeded_subset(texts, c.ood_examples, c.seed + 10 + index)
         selection_name = selection_set_name(c.dataset)
-        if selection_file is not None:
-            selection_name, texts = selection_file
-            selection_texts = [texts[i] for i in seeded_subset_indices(len(texts), c.selection_outlier_examples, c.seed + 5)]
-        elif selection_name == "wikitext2_valid":
-            held_out = wikitext_sentences("valid", data_dir)["text"]
-            selection_texts = [held_out[i] for i in seeded_subset_indices(len(held_out), c.selection_outlier_examples, c.seed + 5)]
+        if selection_file is not None or selection_name == "wikitext2_valid":
+            selection_name, texts = selection_file or (selection_name, wikitext_sentences("valid", data_dir)["text"])
+            selection_texts = _seeded_subset(texts, c.selection_outlier_examples, c.seed + 5)
         else:
             selection_texts = list(load_ood_texts(selection_name, data_dir)["text"])
         return TextClsData(
             tokenizer=tokenizer, label_names=cls_data.label_names, train=train_tok.with_format("torch"),
             train_texts=list(train["text"]), train_labels=np.asarray(train["label"]),
-            validation_texts=[validation[i] for i in seeded_subset_indices(len(validation), c.validation_examples, c.seed + 3)],
+            validation_texts=_seeded_subset(validation, c.validation_examples, c.seed + 3),
             test_texts=[test["text"][i] for i in test_idx], test_labels=np.asarray(test["label"])[test_idx],
             outliers=outliers.with_format("torch"), ood=ood, ood_sizes=ood_sizes, selection_name=selection_name,
             selection_texts=selection_texts,
@@ -548,7 +528,7 @@ class TextClsExperiment(StagedExperiment):
         from transformers import AutoModelForSequenceClassification
         from transformers.utils import logging as hf_logging
 
-        repo, revision = (MINILM_REPO_ID, MINILM_REVISION) if c.model == "minilm" else (c.model, None)
+        repo, revision = _checkpoint(c.model)
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # the "newly initialized classifier" load report is expected here
         try:
@@ -603,36 +583,16 @@ class TextClsExperiment(StagedExperiment):
 
         return TokenizerPreprocessing(self.data.tokenizer, max_length=self.config.max_length)
 
-    def score_texts(self, model: torch.nn.Module, texts: Sequence[str], feature_scores: Mapping[str, Any], desc: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """``({score: (N,)}, logits)`` for every name of :data:`TEXTCLS_SCORES`; ``feature_scores`` maps the feature
-        score names to ``(feature kind, fitted score)``."""
-        logits, feats = forward_texts(model, self._preprocessing(), texts, self.config.eval_batch_size, desc)
-        scores = {k: v.double().numpy() for k, v in example_scores(torch.from_numpy(logits), _LOGIT_SCORES).items()}
-        for name, (kind, fitted) in feature_scores.items():
-            scores[name] = np.asarray(fitted.score(feats[kind]), dtype=np.float64)
-        return scores, logits
-
-    def fit_feature_scores(self, model: torch.nn.Module, stage: str) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
-        """Mahalanobis and k-NN on both feature kinds, fitted on a seeded subset of the training texts:
-        ``({score name: (feature kind, fitted)}, fit indices, classes present)``."""
-        c, data = self.config, self.data
-        fit_idx = seeded_subset_indices(len(data.train_texts), c.mahalanobis_examples, c.seed + 4)
-        _, feats = forward_texts(model, self._preprocessing(), [data.train_texts[i] for i in fit_idx], c.eval_batch_size,
-                                 f"{stage}: train features")
-        # class means over the classes the fitting texts hold (a capped subset may miss a rare class)
-        present, fit_labels = np.unique(data.train_labels[fit_idx], return_inverse=True)
-        fitted = {}
-        for kind, suffix in (("classifier", ""), ("mean", "_mean")):
-            fitted["mahalanobis" + suffix] = (kind, MahalanobisScore().fit(feats[kind], fit_labels, num_classes=len(present)))
-            fitted["knn" + suffix] = (kind, KNNScore(k=min(c.knn_k, fit_idx.size)).fit(feats[kind]))
-        return fitted, fit_idx, present
-
     def evaluate(self, stage: Stage, model: torch.nn.Module, trainer: Any) -> StageResult:
-        c, data = self.config, self.data
-        feature_scores, fit_idx, present = self.fit_feature_scores(model, stage.name)
+        c, data, preprocessing = self.config, self.data, self._preprocessing()
+        fit_idx = seeded_subset_indices(len(data.train_texts), c.mahalanobis_examples, c.seed + 4)
+        feature_scores, present = fit_feature_scores(model, preprocessing, [data.train_texts[i] for i in fit_idx],
+                                                     data.train_labels[fit_idx], c.knn_k, c.eval_batch_size,
+                                                     f"{stage.name}: train features")
 
         def scores_of(texts: Sequence[str], name: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
-            return self.score_texts(model, texts, feature_scores, f"{stage.name}: {name}")
+            return score_texts(model, preprocessing, texts, _LOGIT_SCORES, feature_scores, c.eval_batch_size,
+                               f"{stage.name}: {name}")
 
         test_scores, test_logits = scores_of(data.test_texts, "test")
         val_scores, _ = scores_of(data.validation_texts, "validation")
@@ -775,8 +735,14 @@ def _stages_of(records: Sequence[Mapping[str, Any]]) -> list[str]:
     return list(dict.fromkeys(r["stage"] for r in records if "stage" in r))
 
 
-def _arrow(values: Sequence[Any]) -> str:
-    return " → ".join(percent_cell(v) for v in values)
+def _arrow(records: Sequence[Mapping[str, Any]], key: str) -> str:
+    """``key`` of ``records`` (one per stage) in percent, ``"a → b"``."""
+    return " → ".join(percent_cell(r.get(key)) for r in records)
+
+
+def _slash(record: Mapping[str, Any], *keys: str) -> str:
+    """``keys`` of ``record`` in percent, ``"a / b"``."""
+    return " / ".join(percent_cell(record[k]) for k in keys)
 
 
 def results_markdown(records: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> str:
@@ -822,24 +788,20 @@ def results_markdown(records: Sequence[Mapping[str, Any]], meta: Mapping[str, An
             continue
         mean = next(r for r in chosen if r["ood_set"] == "mean")
         val = next(r for r in sel if r["stage"] == stage and r["selected"])
-        row = (f"| {stage} | {mean['score']} | {percent_cell(val['auroc'])} / {percent_cell(val['fpr95'])} | {percent_cell(mean['auroc'])} / "
-               f"{percent_cell(mean['fpr95'])} / {percent_cell(mean['fpr90'])} / {percent_cell(mean['aupr'])} |")
-        if own:
-            o = next(r for r in chosen if r["ood_set"] == own)
-            row += f" {percent_cell(o['auroc'])} / {percent_cell(o['fpr95'])} |"
-        parts.append(row)
+        row = f"| {stage} | {mean['score']} | {_slash(val, 'auroc', 'fpr95')} | {_slash(mean, 'auroc', 'fpr95', 'fpr90', 'aupr')} |"
+        parts.append(row + (f" {_slash(next(r for r in chosen if r['ood_set'] == own), 'auroc', 'fpr95')} |" if own else ""))
     if sel:
         parts += ["", "Validation AUROC / FPR95 of every score (" + " → ".join(stages) + "):", "",
                   "| score | validation AUROC | validation FPR95 |", "|---|---|---|"]
         for score in TEXTCLS_SCORES:
             rows = [next((r for r in sel if r["stage"] == st and r["score"] == score), {}) for st in stages]
-            parts.append(f"| {score} | {_arrow([r.get('auroc') for r in rows])} | {_arrow([r.get('fpr95') for r in rows])} |")
+            parts.append(f"| {score} | {_arrow(rows, 'auroc')} | {_arrow(rows, 'fpr95')} |")
     for score in TEXTCLS_SCORES:
         parts += ["", f"## Detection, score `{score}` (" + " → ".join(stages) + ")", "",
                   "| anomaly set | AUROC ↑ | FPR95 ↓ | FPR90 ↓ | AUPR ↑ |", "|---|---|---|---|---|"]
         by_stage = {st: {r["ood_set"]: r for r in det if r["stage"] == st and r["score"] == score} for st in stages}
         for name in by_stage[stages[0]]:
-            cells = [_arrow([by_stage[st].get(name, {}).get(k) for st in stages]) for k in ("auroc", "fpr95", "fpr90", "aupr")]
+            cells = [_arrow([by_stage[st].get(name, {}) for st in stages], k) for k in ("auroc", "fpr95", "fpr90", "aupr")]
             parts.append("| " + " | ".join([f"**{name}**" if name == "mean" else name, *cells]) + " |")
     mis = {(r["stage"], r["score"]): r for r in records if r.get("task") == "misclassification"}
     if mis:
@@ -848,7 +810,7 @@ def results_markdown(records: Sequence[Mapping[str, Any]], meta: Mapping[str, An
         for score in TEXTCLS_SCORES:
             rows = [mis.get((st, score)) or {} for st in stages]
             if rows[0]:
-                parts.append(f"| {score} | {_arrow([r.get('auroc') for r in rows])} | {_arrow([r.get('aupr') for r in rows])} |")
+                parts.append(f"| {score} | {_arrow(rows, 'auroc')} | {_arrow(rows, 'aupr')} |")
     return "\n".join(parts) + "\n"
 
 
