@@ -11,7 +11,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -52,6 +52,9 @@ from .textcls_files import (
 
 from .textcls_outliers import WIKITEXT2, OutlierCorpus, load_outlier_corpus, outlier_source_kind
 from .textcls_scoring import fit_feature_scores, score_texts
+
+if TYPE_CHECKING:
+    from oe_common.detector import OODDetector
 
 __all__ = ["TextClsConfig", "TextClsExperiment", "PRESET_NAMES", "TEXTCLS_SCORES", "DETECTOR_SCORES", "preset_config",
            "run_textcls_oe", "check_max_length", "ood_set_names", "padding_collator", "DETECTOR_TARGET_FPR", "select_score",
@@ -685,7 +688,7 @@ class TextClsExperiment(StagedExperiment):
         return score, result.state["selected_on"] + ("" if score == result.state["selected_score"] else
                                                      f", among the detector's scores {DETECTOR_SCORES}")
 
-    def detector(self, results: Mapping[str, StageResult], models: StageModels) -> Any:
+    def detector(self, results: Mapping[str, StageResult], models: StageModels) -> OODDetector:
         """The OE model as an :class:`~oe_common.detector.OODDetector` (score :meth:`detector_score`, the tokenizer
         saved with it, the fitted Mahalanobis statistics), threshold flagging :data:`DETECTOR_TARGET_FPR` of the
         validation texts; its card shows the stage's detection table and test accuracy."""
