@@ -57,6 +57,7 @@ __all__ = [
     "TextClsData",
     "read_tsv",
     "load_textcls",
+    "labelled_dataset",
     "load_ood_texts",
     "wikitext_sentences",
     "split_wikitext_sentences",
@@ -197,16 +198,17 @@ def load_textcls(name: str, data_dir=None, *, validation_fraction: float = 0.1, 
         if unknown:
             path = paths[split_names.index(split)] if split in split_names else paths[0]
             raise _malformed(path, root, f"{split} labels not in the train labels: {unknown[:5]}")
-    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=label_names)})
-    splits = datasets.DatasetDict(
-        {
-            split: datasets.Dataset.from_dict(
-                {"text": rows[split][0], "label": [index[lab] for lab in rows[split][1]]}, features=features, split=split
-            )
-            for split in ("train", "validation", "test")
-        }
-    )
+    splits = datasets.DatasetDict({split: labelled_dataset(rows[split][0], [index[lab] for lab in rows[split][1]], label_names, split)
+                                   for split in ("train", "validation", "test")})
     return TextClsData(name=name, splits=splits, label_names=label_names)
+
+
+def labelled_dataset(texts: list[str], label_ids: list[int], label_names: list[str], split: str):
+    """A ``Dataset`` of ``text`` (str) and ``label`` (``ClassLabel`` of ``label_names``; ``label_ids`` are positions)."""
+    import datasets
+
+    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=label_names)})
+    return datasets.Dataset.from_dict({"text": texts, "label": label_ids}, features=features, split=split)
 
 
 def _text_dataset(texts: list[str]):

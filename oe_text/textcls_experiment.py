@@ -11,23 +11,22 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from oe_common.arg_types import non_negative_float, non_negative_int
 from oe_common.callbacks import check_time_budget
 from oe_common.data_dir import MissingDataError
 from oe_common.experiment import Stage, StagedExperiment, StageModels, StageResult, all_records, run_experiment, shared_training_arguments
-from oe_common.feature_scores import KNNScore, MahalanobisScore
-from oe_common.metrics import OODTable, evaluate_ood, misclassification_metrics, ood_metrics
+from oe_common.feature_scores import MahalanobisScore
+from oe_common.metrics import evaluate_ood, misclassification_metrics, ood_metrics
 from oe_common.outlier_stream import is_streaming
 from oe_common.presets import preset_settings
 from oe_common.recipe_args import flag
 from oe_common.reporting import (
-    detection_records,
+    percent_cell,
     plot_roc_and_histogram,
     protocol_sentence,
     run_meta,
@@ -35,7 +34,7 @@ from oe_common.reporting import (
     time_budget_notes,
     write_results,
 )
-from oe_common.scores import LOGIT_SCORE_NAMES, example_scores
+from oe_common.scores import LOGIT_SCORE_NAMES
 from oe_common.trainer import OETrainer, OETrainingArguments
 
 from .hub_checkpoints import MINILM_REPO_ID, MINILM_REVISION, check_cached_minilm
@@ -52,6 +51,10 @@ from .textcls_files import (
 )
 
 from .textcls_outliers import WIKITEXT2, OutlierCorpus, load_outlier_corpus, outlier_source_kind
+from .textcls_scoring import fit_feature_scores, score_texts
+
+if TYPE_CHECKING:
+    from oe_common.detector import OODDetector
 
 __all__ = ["TextClsConfig", "TextClsExperiment", "PRESET_NAMES", "TEXTCLS_SCORES", "DETECTOR_SCORES", "preset_config",
            "run_textcls_oe", "check_max_length", "ood_set_names", "padding_collator", "DETECTOR_TARGET_FPR", "select_score",
@@ -74,7 +77,8 @@ STREAM_SHUFFLE_BUFFER = 10_000
 #: False-alarm rate of the saved detector's threshold on the validation in-distribution texts.
 DETECTOR_TARGET_FPR = 0.05
 _LOGIT_SCORES = tuple(s for s in TEXTCLS_SCORES if s in LOGIT_SCORE_NAMES)
-_RECALLS = {"fpr90": 0.90, "fpr95": 0.95}
+#: The recall levels of the detection records (``fpr90``, ``fpr95``, from the same draws); the card shows the first.
+DETECTION_RECALL_LEVELS = (0.90, 0.95)
 #: Default ``max_length`` per dataset (MiniLM tokens with [CLS]/[SEP]; 99th percentile of the train texts: CLINC150
 #: 22, TREC 28, SST-2 45).
 _MAX_LENGTH = {"clinc150": 24, "trec": 32, "sst2": 64}
@@ -351,12 +355,17 @@ def stage_outliers(stage: str, config: "TextClsConfig") -> str:
     return {"baseline": "none", "oe": config.outliers, "oe_extra": f"wikitext2+{config.extra_outliers}"}[stage]
 
 
+def _checkpoint(model: str) -> tuple[str, str | None]:
+    """``(repo id, revision)`` of ``model``: the pinned all-MiniLM-L6-v2 for ``minilm`` (and the ``gru``'s tokenizer)."""
+    return (MINILM_REPO_ID, MINILM_REVISION) if model in ("minilm", "gru") else (model, None)
+
+
 def load_tokenizer(model: str) -> Any:
     """The tokenizer of ``model`` (``minilm`` and ``gru``: all-MiniLM-L6-v2's); a missing checkpoint is a one-line
     :class:`MissingDataError` naming the command that places it."""
     from transformers import AutoTokenizer
 
-    repo, revision = (MINILM_REPO_ID, MINILM_REVISION) if model in ("minilm", "gru") else (model, None)
+    repo, revision = _checkpoint(model)
     if model in ("minilm", "gru"):
         check_cached_minilm()  # the weights build_model loads next are checked here too
     try:
@@ -373,7 +382,7 @@ def model_max_positions(model: str) -> int | None:
         return None
     from transformers import AutoConfig
 
-    repo, revision = (MINILM_REPO_ID, MINILM_REVISION) if model == "minilm" else (model, None)
+    repo, revision = _checkpoint(model)
     try:
         config = AutoConfig.from_pretrained(repo, revision=revision)
     except (OSError, ValueError):
@@ -408,6 +417,11 @@ def word_level_tokenizer(texts: Sequence[str], size: int) -> Any:
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     words = specials + [w for w, _ in counts.most_common() if w not in specials][:size]
     return BertTokenizer(vocab={w: i for i, w in enumerate(words)}, do_lower_case=True)
+
+
+def _seeded_subset(texts: Sequence[str], n: int | None, seed: int) -> list[str]:
+    """A seeded subset of ``n`` of ``texts`` in their order (all when ``n`` is None or not smaller)."""
+    return [texts[i] for i in seeded_subset_indices(len(texts), n, seed)]
 
 
 def _missing_checkpoint(model: str, exc: Exception) -> MissingDataError:
@@ -475,20 +489,17 @@ class TextClsExperiment(StagedExperiment):
         ood, ood_sizes = {}, {}
         for index, (name, texts) in enumerate(whole.items()):
             ood_sizes[name] = len(texts)
-            ood[name] = [texts[i] for i in seeded_subset_indices(len(texts), c.ood_examples, c.seed + 10 + index)]
+            ood[name] = _seeded_subset(texts, c.ood_examples, c.seed + 10 + index)
         selection_name = selection_set_name(c.dataset)
-        if selection_file is not None:
-            selection_name, texts = selection_file
-            selection_texts = [texts[i] for i in seeded_subset_indices(len(texts), c.selection_outlier_examples, c.seed + 5)]
-        elif selection_name == "wikitext2_valid":
-            held_out = wikitext_sentences("valid", data_dir)["text"]
-            selection_texts = [held_out[i] for i in seeded_subset_indices(len(held_out), c.selection_outlier_examples, c.seed + 5)]
+        if selection_file is not None or selection_name == "wikitext2_valid":
+            selection_name, texts = selection_file or (selection_name, wikitext_sentences("valid", data_dir)["text"])
+            selection_texts = _seeded_subset(texts, c.selection_outlier_examples, c.seed + 5)
         else:
             selection_texts = list(load_ood_texts(selection_name, data_dir)["text"])
         return TextClsData(
             tokenizer=tokenizer, label_names=cls_data.label_names, train=train_tok.with_format("torch"),
             train_texts=list(train["text"]), train_labels=np.asarray(train["label"]),
-            validation_texts=[validation[i] for i in seeded_subset_indices(len(validation), c.validation_examples, c.seed + 3)],
+            validation_texts=_seeded_subset(validation, c.validation_examples, c.seed + 3),
             test_texts=[test["text"][i] for i in test_idx], test_labels=np.asarray(test["label"])[test_idx],
             outliers=outliers.with_format("torch"), ood=ood, ood_sizes=ood_sizes, selection_name=selection_name,
             selection_texts=selection_texts,
@@ -520,7 +531,7 @@ class TextClsExperiment(StagedExperiment):
         from transformers import AutoModelForSequenceClassification
         from transformers.utils import logging as hf_logging
 
-        repo, revision = (MINILM_REPO_ID, MINILM_REVISION) if c.model == "minilm" else (c.model, None)
+        repo, revision = _checkpoint(c.model)
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # the "newly initialized classifier" load report is expected here
         try:
@@ -575,70 +586,21 @@ class TextClsExperiment(StagedExperiment):
 
         return TokenizerPreprocessing(self.data.tokenizer, max_length=self.config.max_length)
 
-    @torch.inference_mode()
-    def forward_texts(self, model: torch.nn.Module, texts: Sequence[str], desc: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """``(logits (N, K), {"classifier": (N, D), "mean": (N, H)})`` of raw ``texts``, in order, from ONE forward
-        pass per batch: ``classifier`` is the input of ``model.classifier`` (a forward pre-hook), ``mean`` the mean
-        of the last hidden layer over the real tokens (``sum_t m_t h_t / sum_t m_t``, ``m`` the attention mask)."""
-        model.eval()
-        device = next(model.parameters()).device
-        n, n_batches, batches = self._preprocessing().batches(list(texts), "text-classification", self.config.eval_batch_size)
-        logits_out: np.ndarray | None = None
-        feats_out: dict[str, np.ndarray] = {}
-        captured: list[torch.Tensor] = []
-        handle = model.get_submodule("classifier").register_forward_pre_hook(lambda _m, args: captured.append(args[0]))
-        try:
-            for inputs, owners in tqdm(batches, total=n_batches, desc=desc, leave=False, disable=n_batches < 5):
-                captured.clear()
-                inputs = {k: v.to(device) for k, v in inputs.items()}
-                output = model(**inputs, output_hidden_states=True)
-                mask = inputs["attention_mask"].unsqueeze(-1).float()
-                feats = {"classifier": captured[0].float(),
-                         "mean": (output.hidden_states[-1].float() * mask).sum(1) / mask.sum(1).clamp_min(1)}
-                if feats["classifier"].dim() != 2:
-                    raise ValueError(f"model.classifier receives a {tuple(feats['classifier'].shape)} tensor, not (batch, features)")
-                logits = output.logits.float().cpu().numpy()
-                if logits_out is None:
-                    logits_out = np.zeros((n, logits.shape[1]), np.float32)
-                    feats_out = {k: np.zeros((n, v.shape[1]), np.float32) for k, v in feats.items()}
-                logits_out[owners] = logits
-                for k, v in feats.items():
-                    feats_out[k][owners] = v.cpu().numpy()
-        finally:
-            handle.remove()
-        assert logits_out is not None
-        return logits_out, feats_out
-
-    def score_texts(self, model: torch.nn.Module, texts: Sequence[str], feature_scores: Mapping[str, Any], desc: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """``({score: (N,)}, logits)`` for every name of :data:`TEXTCLS_SCORES`; ``feature_scores`` maps the feature
-        score names to ``(feature kind, fitted score)``."""
-        logits, feats = self.forward_texts(model, texts, desc)
-        scores = {k: v.double().numpy() for k, v in example_scores(torch.from_numpy(logits), _LOGIT_SCORES).items()}
-        for name, (kind, fitted) in feature_scores.items():
-            scores[name] = np.asarray(fitted.score(feats[kind]), dtype=np.float64)
-        return scores, logits
-
-    def fit_feature_scores(self, model: torch.nn.Module, stage: str) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
-        """Mahalanobis and k-NN on both feature kinds, fitted on a seeded subset of the training texts:
-        ``({score name: (feature kind, fitted)}, fit indices, classes present)``."""
-        c, data = self.config, self.data
-        fit_idx = seeded_subset_indices(len(data.train_texts), c.mahalanobis_examples, c.seed + 4)
-        _, feats = self.forward_texts(model, [data.train_texts[i] for i in fit_idx], f"{stage}: train features")
-        # class means over the classes the fitting texts hold (a capped subset may miss a rare class)
-        present, fit_labels = np.unique(data.train_labels[fit_idx], return_inverse=True)
-        fitted = {}
-        for kind, suffix in (("classifier", ""), ("mean", "_mean")):
-            fitted["mahalanobis" + suffix] = (kind, MahalanobisScore().fit(feats[kind], fit_labels, num_classes=len(present)))
-            fitted["knn" + suffix] = (kind, KNNScore(k=min(c.knn_k, fit_idx.size)).fit(feats[kind]))
-        return fitted, fit_idx, present
-
     def evaluate(self, stage: Stage, model: torch.nn.Module, trainer: Any) -> StageResult:
-        c, data = self.config, self.data
-        feature_scores, fit_idx, present = self.fit_feature_scores(model, stage.name)
-        test_scores, test_logits = self.score_texts(model, data.test_texts, feature_scores, f"{stage.name}: test")
-        val_scores, _ = self.score_texts(model, data.validation_texts, feature_scores, f"{stage.name}: validation")
-        sel_scores, _ = self.score_texts(model, data.selection_texts, feature_scores, f"{stage.name}: {data.selection_name}")
-        ood_scores = {name: self.score_texts(model, texts, feature_scores, f"{stage.name}: {name}")[0] for name, texts in data.ood.items()}
+        c, data, preprocessing = self.config, self.data, self._preprocessing()
+        fit_idx = seeded_subset_indices(len(data.train_texts), c.mahalanobis_examples, c.seed + 4)
+        feature_scores, present = fit_feature_scores(model, preprocessing, [data.train_texts[i] for i in fit_idx],
+                                                     data.train_labels[fit_idx], c.knn_k, c.eval_batch_size,
+                                                     f"{stage.name}: train features")
+
+        def scores_of(texts: Sequence[str], name: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
+            return score_texts(model, preprocessing, texts, _LOGIT_SCORES, feature_scores, c.eval_batch_size,
+                               f"{stage.name}: {name}")
+
+        test_scores, test_logits = scores_of(data.test_texts, "test")
+        val_scores, _ = scores_of(data.validation_texts, "validation")
+        sel_scores, _ = scores_of(data.selection_texts, data.selection_name)
+        ood_scores = {name: scores_of(texts, name)[0] for name, texts in data.ood.items()}
 
         fields = {"dataset": c.dataset, "model": c.model, "stage": stage.name, "outliers": stage_outliers(stage.name, c),
                   "train_split": c.train_split}
@@ -650,28 +612,25 @@ class TextClsExperiment(StagedExperiment):
             m = ood_metrics(val_scores[score], sel_scores[score])
             validation[score] = {"auroc": m["auroc"], "fpr95": m["fpr"], "aupr": m["aupr_out"]}
         selected = select_score(validation)
-        records: list[dict[str, Any]] = []
         correct = test_logits.argmax(1) == data.test_labels
-        records.append({"task": "accuracy", **fields, "accuracy": float(correct.mean()), "n": int(correct.size)})
+        records: list[dict[str, Any]] = [{"task": "accuracy", **fields, "accuracy": float(correct.mean()), "n": int(correct.size)}]
         for score, row in validation.items():
-            records.append({"task": "selection", **fields, "score": score, "auroc": row["auroc"], "fpr95": row["fpr95"],
-                            "aupr": row["aupr"], "selection_set": data.selection_name, "n_in": len(data.validation_texts),
-                            "n_out": len(data.selection_texts), "selected": score == selected, "selected_on": selected_on})
+            records.append({"task": "selection", **fields, "score": score, **row, "selection_set": data.selection_name,
+                            "n_in": len(data.validation_texts), "n_out": len(data.selection_texts), "selected": score == selected,
+                            "selected_on": selected_on})
         tables: dict[str, Any] = {}
         for score in TEXTCLS_SCORES:
-            out = {name: s[score] for name, s in ood_scores.items()}
-            by_recall = {key: evaluate_ood(test_scores[score], out, n_draws=c.n_draws, seed=c.seed, recall_level=level,
-                                           allow_small_sets=c.allow_small_sets) for key, level in _RECALLS.items()}
-            rows = _detection_records(by_recall, {"task": "detection", **fields, "score": score})
-            for row in rows:
+            table = evaluate_ood(test_scores[score], {name: s[score] for name, s in ood_scores.items()}, n_draws=c.n_draws,
+                                 seed=c.seed, recall_level=DETECTION_RECALL_LEVELS, allow_small_sets=c.allow_small_sets)
+            for row in table.records(task="detection", **fields, score=score):
                 if row["ood_set"] in data.ood_sizes:
                     row["n_set"] = data.ood_sizes[row["ood_set"]]  # the whole set's size
                     if c.ood_examples is not None:
                         row["ood_subset"] = len(data.ood[row["ood_set"]])  # the draws came from this seeded subset
                 if score == selected:
                     row.update(selected=True, selected_on=selected_on)
-            records += rows
-            tables[score] = by_recall["fpr95"].to_dict()
+                records.append(row)
+            tables[score] = table.to_dict()
             if 0 < correct.sum() < correct.size:  # misclassification: errors positive, confidence = -score
                 mis = misclassification_metrics(-test_scores[score], correct)
                 records.append({"task": "misclassification", **fields, "score": score, "auroc": mis["auroc"],
@@ -715,7 +674,6 @@ class TextClsExperiment(StagedExperiment):
             by_set = {set_name: s[score] for set_name, s in result.arrays["ood"].items()}
             title = f"{c.dataset} {c.model} {name}, score {score} (selected on validation)"
             paths.update(plot_roc_and_histogram(result.arrays["test"][score], by_set, output_dir, name, title))
-        paths["detector"] = self.save_detector(models["oe"], results["oe"], output_dir / "detector")
         outcome["paths"] = paths
         return outcome
 
@@ -730,25 +688,20 @@ class TextClsExperiment(StagedExperiment):
         return score, result.state["selected_on"] + ("" if score == result.state["selected_score"] else
                                                      f", among the detector's scores {DETECTOR_SCORES}")
 
-    def save_detector(self, model: torch.nn.Module, result: StageResult, folder: Path) -> Path:
+    def detector(self, results: Mapping[str, StageResult], models: StageModels) -> OODDetector:
         """The OE model as an :class:`~oe_common.detector.OODDetector` (score :meth:`detector_score`, the tokenizer
-        saved in the folder, the fitted Mahalanobis statistics), threshold flagging :data:`DETECTOR_TARGET_FPR` of the
-        validation texts, the stage's detection table (FPR95) and test accuracy on the card."""
+        saved with it, the fitted Mahalanobis statistics), threshold flagging :data:`DETECTOR_TARGET_FPR` of the
+        validation texts; its card shows the stage's detection table and test accuracy."""
         from oe_common.detector import OODDetector
 
-        c, data = self.config, self.data
+        c, data, result, model = self.config, self.data, results["oe"], models["oe"]
         score, chosen = self.detector_score(result)
         maha = result.arrays["mahalanobis"]
         mahalanobis = MahalanobisScore().set_parameters(torch.as_tensor(maha["means"]), torch.as_tensor(maha["covariance"]))
-        training = {"in_distribution_dataset": c.dataset, "train_split": c.train_split,
-                    "outlier_dataset": "wikitext-2 sentences" if c.outliers == WIKITEXT2 else c.outliers, "model": c.model,
-                    "oe_lambda": c.oe_lambda, "oe_loss": c.oe_loss, "baseline_lr": c.baseline_lr, "oe_lr": c.oe_lr,
-                    "max_length": c.max_length, "seed": c.seed, "recipe": "recipes/textcls_oe.py"}
-        if c.own_data:  # where the user's texts came from (issue 21)
-            training["in_distribution_source"] = {k: getattr(c, k) for k in (
-                "train_file", "validation_file", "test_file", "dataset_config", "text_column", "label_column", "ood_file",
-                "validation_ood_file") if getattr(c, k) not in (None, ())}
-            training["validation_texts"] = data.sources.get("validation")
+        own = {"validation_texts": data.sources.get("validation")} if c.own_data else {}  # how validation was made (issue 21)
+        training = self.provenance(in_distribution_dataset=c.dataset,
+                                   outlier_dataset="wikitext-2 sentences" if c.outliers == WIKITEXT2 else c.outliers,
+                                   test_anomaly_datasets=list(data.ood), recipe="recipes/textcls_oe.py", **own)
         table = dict(result.state["tables"][score])
         table["meta"] = {**table.get("meta", {}), "score": score, "score_chosen_on": chosen,
                          "examples": f"{c.dataset} test texts against the anomaly sets of the recipe's results.json"}
@@ -759,7 +712,7 @@ class TextClsExperiment(StagedExperiment):
                                batch_size=c.eval_batch_size, progress=False)
         detector.fit_threshold_from_scores(result.arrays["validation"][score], target_fpr=DETECTOR_TARGET_FPR)
         detector.threshold_info["data"] = f"{len(data.validation_texts)} {c.dataset} validation texts"
-        return detector.save_pretrained(folder)
+        return detector
 
 
 def _optimizer_with_head_lr(trainer: OETrainer, model: torch.nn.Module, scale: float) -> torch.optim.Optimizer:
@@ -779,31 +732,20 @@ def _optimizer_with_head_lr(trainer: OETrainer, model: torch.nn.Module, scale: f
                 for (is_head, decays), ps in groups.items()], lr=lr, **kwargs)
 
 
-def _detection_records(by_recall: Mapping[str, OODTable], fields: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """One record per anomaly set (and ``"mean"``) with FPR90 and FPR95 from two tables of the same draws."""
-    merged = []
-    rows90 = detection_records(by_recall["fpr90"], **fields)
-    rows95 = detection_records(by_recall["fpr95"], **fields)
-    for r90, r95 in zip(rows90, rows95, strict=True):
-        record = {**r90, "fpr95": r95["fpr95"], "fpr95_std": r95["fpr95_std"]}
-        record["ood_set"] = record.pop("domain")
-        record["draws"] = record["n_draws"]
-        merged.append(record)
-    return merged
-
-
 # =============================================================================================== Markdown
-def _pct(value: float | None) -> str:
-    return "" if value is None else f"{value * 100:.1f}"
-
-
 def _stages_of(records: Sequence[Mapping[str, Any]]) -> list[str]:
     """The stages of ``records`` in their order (baseline, oe, oe_extra)."""
     return list(dict.fromkeys(r["stage"] for r in records if "stage" in r))
 
 
-def _arrow(values: Sequence[Any]) -> str:
-    return " → ".join(_pct(v) for v in values)
+def _arrow(records: Sequence[Mapping[str, Any]], key: str) -> str:
+    """``key`` of ``records`` (one per stage) in percent, ``"a → b"``."""
+    return " → ".join(percent_cell(r.get(key)) for r in records)
+
+
+def _slash(record: Mapping[str, Any], *keys: str) -> str:
+    """``keys`` of ``record`` in percent, ``"a / b"``."""
+    return " / ".join(percent_cell(record[k]) for k in keys)
 
 
 def results_markdown(records: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> str:
@@ -821,7 +763,7 @@ def results_markdown(records: Sequence[Mapping[str, Any]], meta: Mapping[str, An
         "",
         f"Commit `{meta['commit']}`; {meta['hardware']}, {meta.get('torch_threads')} torch threads; {meta['date']}; "
         f"total {meta['seconds'].get('total', 0):.0f} s. Values are percentages (results.json: fractions), the mean over "
-        "the draws. " + protocol_sentence([{**r, "domain": r["ood_set"]} for r in det], f"{cfg['dataset']} test texts")
+        "the draws. " + protocol_sentence(det, f"{cfg['dataset']} test texts")
         + f" Training split `{cfg.get('train_split', 'train')}`. OE λ = {cfg['oe_lambda']}, loss {cfg['oe_loss']}; "
         f"max_length {cfg['max_length']}, training batches padded to "
         + ("the longest text of each step (in-distribution + outliers together)" if cfg.get("padding", "max_length") == "longest" else "max_length")
@@ -833,7 +775,7 @@ def results_markdown(records: Sequence[Mapping[str, Any]], meta: Mapping[str, An
     ]
     for stage in stages:
         if stage in acc:
-            parts.append(f"| {stage} | {outliers.get(stage)} | {_pct(acc[stage]['accuracy'])} | {steps_cell(steps.get(stage, {}))} | "
+            parts.append(f"| {stage} | {outliers.get(stage)} | {percent_cell(acc[stage]['accuracy'])} | {steps_cell(steps.get(stage, {}))} | "
                          f"{meta['seconds'].get(stage + '_train', 0):.0f} | {meta['seconds'].get(stage + '_eval', 0):.0f} |")
     parts += time_budget_notes(steps)
     parts += own_data_notes(meta.get("data_sources") or {})
@@ -849,24 +791,20 @@ def results_markdown(records: Sequence[Mapping[str, Any]], meta: Mapping[str, An
             continue
         mean = next(r for r in chosen if r["ood_set"] == "mean")
         val = next(r for r in sel if r["stage"] == stage and r["selected"])
-        row = (f"| {stage} | {mean['score']} | {_pct(val['auroc'])} / {_pct(val['fpr95'])} | {_pct(mean['auroc'])} / "
-               f"{_pct(mean['fpr95'])} / {_pct(mean['fpr90'])} / {_pct(mean['aupr'])} |")
-        if own:
-            o = next(r for r in chosen if r["ood_set"] == own)
-            row += f" {_pct(o['auroc'])} / {_pct(o['fpr95'])} |"
-        parts.append(row)
+        row = f"| {stage} | {mean['score']} | {_slash(val, 'auroc', 'fpr95')} | {_slash(mean, 'auroc', 'fpr95', 'fpr90', 'aupr')} |"
+        parts.append(row + (f" {_slash(next(r for r in chosen if r['ood_set'] == own), 'auroc', 'fpr95')} |" if own else ""))
     if sel:
         parts += ["", "Validation AUROC / FPR95 of every score (" + " → ".join(stages) + "):", "",
                   "| score | validation AUROC | validation FPR95 |", "|---|---|---|"]
         for score in TEXTCLS_SCORES:
             rows = [next((r for r in sel if r["stage"] == st and r["score"] == score), {}) for st in stages]
-            parts.append(f"| {score} | {_arrow([r.get('auroc') for r in rows])} | {_arrow([r.get('fpr95') for r in rows])} |")
+            parts.append(f"| {score} | {_arrow(rows, 'auroc')} | {_arrow(rows, 'fpr95')} |")
     for score in TEXTCLS_SCORES:
         parts += ["", f"## Detection, score `{score}` (" + " → ".join(stages) + ")", "",
                   "| anomaly set | AUROC ↑ | FPR95 ↓ | FPR90 ↓ | AUPR ↑ |", "|---|---|---|---|---|"]
         by_stage = {st: {r["ood_set"]: r for r in det if r["stage"] == st and r["score"] == score} for st in stages}
         for name in by_stage[stages[0]]:
-            cells = [_arrow([by_stage[st].get(name, {}).get(k) for st in stages]) for k in ("auroc", "fpr95", "fpr90", "aupr")]
+            cells = [_arrow([by_stage[st].get(name, {}) for st in stages], k) for k in ("auroc", "fpr95", "fpr90", "aupr")]
             parts.append("| " + " | ".join([f"**{name}**" if name == "mean" else name, *cells]) + " |")
     mis = {(r["stage"], r["score"]): r for r in records if r.get("task") == "misclassification"}
     if mis:
@@ -875,7 +813,7 @@ def results_markdown(records: Sequence[Mapping[str, Any]], meta: Mapping[str, An
         for score in TEXTCLS_SCORES:
             rows = [mis.get((st, score)) or {} for st in stages]
             if rows[0]:
-                parts.append(f"| {score} | {_arrow([r.get('auroc') for r in rows])} | {_arrow([r.get('aupr') for r in rows])} |")
+                parts.append(f"| {score} | {_arrow(rows, 'auroc')} | {_arrow(rows, 'aupr')} |")
     return "\n".join(parts) + "\n"
 
 

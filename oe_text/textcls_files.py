@@ -31,7 +31,7 @@ from oe_common.data_dir import DataError, MissingDataError
 from oe_common.preprocessing import some_indices
 from oe_common.table_files import MissingColumnError, TableFileError, read_columns, text_column
 
-from .textcls_data import TextClsData, load_ood_texts
+from .textcls_data import TextClsData, labelled_dataset, load_ood_texts
 
 __all__ = ["VALIDATION_FRACTION", "DEFAULT_OWN_MAX_LENGTH", "DatasetSourceError", "HeadMismatchError", "load_own_textcls", "read_texts",
            "parse_named_file", "check_classification_head", "named_anomaly_sets", "own_data_notes"]
@@ -110,13 +110,6 @@ def _sorted_label_names(values: Sequence[Any]) -> list[str]:
     return sorted(str(v) for v in distinct)
 
 
-def _dataset(texts: list[str], labels: list[int], names: list[str], split: str) -> Any:
-    import datasets
-
-    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=names)})
-    return datasets.Dataset.from_dict({"text": texts, "label": labels}, features=features, split=split)
-
-
 def _ids(labels: list[str], names: list[str], where: str, column: str) -> list[int]:
     """Label ids (positions in ``names``); a label never seen in training is named with its first row."""
     index = {name: i for i, name in enumerate(names)}
@@ -156,7 +149,7 @@ def _from_values(rows: dict[str, tuple[list[str], list[Any]]], wheres: dict[str,
     if names is None:
         names = _sorted_label_names(rows["train"][1])
     labels = {split: _labels_of(raw, wheres[split], column) for split, (_, raw) in rows.items()}
-    parts = {split: _dataset(rows[split][0], _ids(labels[split], names, wheres[split], column), names, split) for split in rows}
+    parts = {split: labelled_dataset(rows[split][0], _ids(labels[split], names, wheres[split], column), names, split) for split in rows}
     if "validation" in parts:
         how = f"given: {wheres['validation']}"
     else:

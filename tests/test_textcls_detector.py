@@ -354,3 +354,30 @@ def test_real_minilm_detector_saves_and_scores_raw_strings_offline_in_a_fresh_pr
     scores = [json.loads(line)["score"] for line in done.stdout.splitlines()]
     np.testing.assert_allclose(scores, saved_scores, rtol=1e-5)
     assert all(-1.0 <= s <= -1 / 150 for s in scores)  # msp of a 150-way head
+
+
+@pytest.mark.parametrize("kind", ["bert", "gru"])
+def test_the_recipe_scoring_loop_gives_the_detectors_scores(kind):
+    """oe_text.textcls_scoring (the text-classifier recipe's one pass per batch for every score) scores texts as a
+    saved detector does: each logit score and ``mahalanobis`` (fitted on the same training texts) equal the
+    detector's, and the mean-pooled features are the mean of the last hidden layer over the real tokens."""
+    from oe_text.textcls_scoring import fit_feature_scores, forward_texts, score_texts
+
+    base = detector(kind)
+    model, preprocessing = base.model, base.preprocessing
+    train, labels, texts = random_texts(40, 1), np.arange(40) % 3, random_texts(25, 2) + [SHORT, LONGER[0]]
+    fitted, present = fit_feature_scores(model, preprocessing, train, labels, knn_k=5, batch_size=8, desc="fit")
+    assert present.tolist() == [0, 1, 2] and set(fitted) == {"mahalanobis", "knn", "mahalanobis_mean", "knn_mean"}
+    logit_scores = ("msp", "max_logit", "energy", "uniform_xent")  # the classifier logit scores
+    scores, logits = score_texts(model, preprocessing, texts, logit_scores, fitted, batch_size=8, desc="test")
+    assert logits.shape == (len(texts), 3) and set(scores) == {*logit_scores, *fitted}
+    for name in (*logit_scores, "mahalanobis"):
+        reference = detector(kind, score=name, mahalanobis=fitted["mahalanobis"][1]).score(texts)
+        # float64 distances through a whitening of condition ~1e8 (tiny random model), batched differently: 1e-5
+        np.testing.assert_allclose(scores[name], reference, rtol=1e-5 if name == "mahalanobis" else 1e-6, atol=1e-6, err_msg=name)
+    tok = tiny_tokenizer()
+    inputs = tok([SHORT], return_tensors="pt")
+    with torch.no_grad():
+        hidden = model(**inputs, output_hidden_states=True).hidden_states[-1][0]
+    _, feats = forward_texts(model, preprocessing, [SHORT], batch_size=8, desc="one")
+    np.testing.assert_allclose(feats["mean"][0], hidden.mean(0).numpy(), rtol=1e-5, atol=1e-6)

@@ -89,7 +89,8 @@ def test_own_files_run_with_their_label_names_and_only_the_anomaly_sets_given(ru
     assert "Evaluated only on the anomaly sets given and found" in text and "ewt_email" in text and "multi30k" in text
     assert f"given: {files['validation']}" in text
     training = json.loads((out / "detector" / "detector_config.json").read_text())["training"]
-    assert training["in_distribution_source"]["train_file"] == str(files["train"]) and training["validation_texts"].startswith("given")
+    assert training["train_file"] == str(files["train"]) and training["validation_texts"].startswith("given")
+    assert training["in_distribution_dataset"] == "intents" and set(training["test_anomaly_datasets"]) == {"noise", "other"}
     config = json.loads((out / "detector" / "config.json").read_text())
     assert config["id2label"] == {str(i): name for i, name in enumerate(LABELS)}
     assert result["meta"]["n_texts"]["train"] == 90 and result["meta"]["n_texts"]["test"] == 30
