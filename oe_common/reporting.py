@@ -49,14 +49,9 @@ __all__ = [
 ]
 
 
-def _set_name(record: Mapping[str, Any]) -> Any:
-    # TEMPORARY (issue #22 transition): records of pipelines not yet ported still say "domain"
-    return record.get("ood_set", record.get("domain"))
-
-
 def sampling_note(record: Mapping[str, Any]) -> str:
     """``""`` when a detection record ran as requested, else what ran (``"1:10, 1 draw"``) for a table label."""
-    if _set_name(record) == "mean" or "sampling" not in record:
+    if record.get("ood_set") == "mean" or "sampling" not in record:
         return ""
     as_requested = not record.get("capped") and record.get("n_draws") == record.get("n_draws_requested")
     return "" if as_requested else record["sampling"]
@@ -73,8 +68,8 @@ def protocol_sentence(records: Sequence[Mapping[str, Any]], in_name: str = "in-d
     """
     per_set: dict[str, Mapping[str, Any]] = {}
     for record in records:
-        if _set_name(record) != "mean" and "n_out" in record:
-            name = "/".join([*(str(record[f]) for f in set_fields if f in record), str(_set_name(record))])
+        if record.get("ood_set") != "mean" and "n_out" in record:
+            name = "/".join([*(str(record[f]) for f in set_fields if f in record), str(record.get("ood_set"))])
             per_set.setdefault(name, record)
     if not per_set:
         return ""
@@ -325,13 +320,3 @@ def remove_empty_dirs(folder: str | Path) -> None:
         except OSError:
             return
 
-
-def detection_records(table: Any, **fields: Any) -> list[dict[str, Any]]:
-    """TEMPORARY (issue #22 transition, removed once every pipeline uses :meth:`OODTable.records`): the old schema,
-    ``domain`` for ``ood_set`` and only the table's first FPR."""
-    records = []
-    for record in table.records(**fields):
-        record = {("domain" if k == "ood_set" else k): v for k, v in record.items()}
-        keep = table.fpr_label.lower()
-        records.append({k: v for k, v in record.items() if not (k.startswith("fpr") and not k.startswith(keep))})
-    return records

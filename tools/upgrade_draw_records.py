@@ -6,7 +6,7 @@ Records written before ``oe_common.metrics.evaluate_ood`` counted DISTINCT draws
 number even where every draw took the whole anomaly set (e.g. ``cifar10.json``: 1,000 anomalies per set against
 10,000 test images, ``n_draws: 10``, std 1e-16: one distinct draw). This adds what today's records carry
 (``n_out_wanted``, ``n_out_available``, ``capped``, ``base_rate``, ``n_draws`` = distinct draws,
-``n_draws_requested``, ``sampling``; :func:`oe_common.reporting.detection_records`), computed the way
+``n_draws_requested``, ``sampling``; :meth:`oe_common.metrics.OODTable.records`), computed the way
 ``evaluate_ood`` computes them, from each record's ``n_in`` / ``n_out`` and the set sizes in the file's own meta:
 ``meta.data.n_ood`` (vision recipes) or ``meta.n_windows["<protocol>/<domain>"]`` (PTB recipes). The ratio is
 ``meta.config.ratio`` (default 5). Metrics are not touched. A record that already has ``n_draws_requested`` is left
