@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from .run_folder import WRITE_DENIED_ERRNOS, RunFolderError, is_main_process, newest_checkpoint, read_manifest
+from .run_folder import CHECKPOINTS_DIR, WRITE_DENIED_ERRNOS, RunFolderError, is_main_process, newest_checkpoint, read_manifest
 
 __all__ = ["Terminated", "add_run_folder_args", "interruption_message", "recipe_guard", "resume_command"]
 
@@ -53,7 +53,7 @@ def interruption_message(output_dir: str | os.PathLike, command: str) -> str:
     if stage is None:
         return f"interrupted before the first stage. To resume: {command}"
     done = manifest.get("stages_done", [])
-    checkpoint = newest_checkpoint(Path(output_dir) / "checkpoints" / stage)
+    checkpoint = newest_checkpoint(Path(output_dir) / CHECKPOINTS_DIR / stage)
     then = (f"stage {stage!r} continues from its checkpoint at step {checkpoint.rsplit('-', 1)[1]}" if checkpoint
             else f"stage {stage!r} restarts from its beginning")
     return f"interrupted in stage {stage!r}" + (f" (finished: {', '.join(done)})" if done else "") + f"; --resume: {then}. To resume: {command}"

@@ -23,13 +23,14 @@ import numpy as np
 
 from .files import atomic_write_text, make_readable, sha256_file
 
-__all__ = ["LOCK_NAME", "MANIFEST_NAME", "RunFolder", "RunFolderError", "is_main_process", "newest_checkpoint", "read_manifest"]
+__all__ = ["CHECKPOINTS_DIR", "LOCK_NAME", "MANIFEST_NAME", "RunFolder", "RunFolderError", "is_main_process", "newest_checkpoint", "read_manifest"]
 
 MANIFEST_NAME = "run_manifest.json"
 #: The run's lock file (``filelock``), held by the main process for the run's lifetime; it stays in the folder.
 LOCK_NAME = ".run.lock"
 _STAGES_DIR = "stages"
-_CHECKPOINTS_DIR = "checkpoints"
+#: Where a stage's Trainer checkpoints go: ``<output_dir>/checkpoints/<stage>/checkpoint-N``.
+CHECKPOINTS_DIR = "checkpoints"
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 #: ``written_by`` of every manifest this module writes; with a ``run_id`` it marks a folder ``--overwrite`` may clear.
 _WRITER = "oe_common.run_folder"
@@ -141,15 +142,15 @@ class RunFolder:
     def last_checkpoint(self, stage: str) -> str | None:
         """The newest complete checkpoint in ``checkpoints/<stage>/`` (:func:`newest_checkpoint`), or ``None``: pass it
         as ``trainer.train(resume_from_checkpoint=...)``."""
-        return newest_checkpoint(self.path / _CHECKPOINTS_DIR / stage)
+        return newest_checkpoint(self.path / CHECKPOINTS_DIR / stage)
 
     def drop_checkpoints(self, stage: str) -> None:
         """Delete ``checkpoints/<stage>/`` (and ``checkpoints/`` once empty; main process only): call it after
         :meth:`finish_stage` for a stage whose checkpoints are resume state only (its model and outputs are saved)."""
         if self.is_main:
-            shutil.rmtree(self.path / _CHECKPOINTS_DIR / stage, ignore_errors=True)
+            shutil.rmtree(self.path / CHECKPOINTS_DIR / stage, ignore_errors=True)
             with contextlib.suppress(OSError):
-                (self.path / _CHECKPOINTS_DIR).rmdir()  # only when empty
+                (self.path / CHECKPOINTS_DIR).rmdir()  # only when empty
 
     def finish_stage(self, stage: str, state: Mapping[str, Any], arrays: Mapping[str, Any] | None = None, *,
                      model_dir: str | os.PathLike | None = None, model: Any = None) -> None:
@@ -362,7 +363,7 @@ def _clear(path: Path, previous: Mapping[str, Any], entries: Sequence[str]) -> l
     the manifest, ``checkpoints/`` and ``stages/``, which a killed run may have written after its last record);
     returns the others (kept)."""
     made = {name for name in previous.get("made", []) if isinstance(name, str) and name not in ("", ".", "..") and "/" not in name
-            and os.sep not in name} | {MANIFEST_NAME, _CHECKPOINTS_DIR, _STAGES_DIR}
+            and os.sep not in name} | {MANIFEST_NAME, CHECKPOINTS_DIR, _STAGES_DIR}
     for name in entries:
         entry = path / name
         if name in made and entry.is_dir() and not entry.is_symlink():
