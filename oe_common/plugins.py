@@ -1,27 +1,29 @@
-"""Packages that extend the toolkit, found through one entry-point group, and the recipes they register.
+"""Packages that extend the toolkit, found through one entry-point group, and the recipes and ``oe`` subcommands they
+register.
 
 ``oe_common`` is the bottom layer and knows no package above it by name. A package that adds models, detector
-preprocessing, Hub checkpoints or training recipes declares itself in the ``oe.plugins`` entry-point group of its
+preprocessing, training recipes or commands declares itself in the ``oe.plugins`` entry-point group of its
 ``pyproject.toml``::
 
     [project.entry-points."oe.plugins"]
     my_package = "my_package"
 
 and does its registering on import: model types with the ``transformers`` Auto classes,
-:func:`oe_common.preprocessing.register_preprocessing`, :func:`oe_common.hub_checkpoints.register_hub_checkpoint`
-and :func:`register_recipe` (``oe train NAME``). :func:`load_plugins` imports every declared module; the detector
-calls it before it loads a model, the CLI before it lists or runs recipes.
+:func:`oe_common.preprocessing.register_preprocessing`, :func:`register_recipe` (``oe train NAME``) and
+:func:`register_command` (``oe NAME``). :func:`load_plugins` imports every declared module; the detector calls it
+before it loads a model, the CLI before it builds its parser.
 """
 
 from __future__ import annotations
 
+import argparse
 import functools
 import importlib
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, NamedTuple
 
-__all__ = ["ENTRY_POINT_GROUP", "Recipe", "load_plugins", "recipes", "register_recipe"]
+__all__ = ["ENTRY_POINT_GROUP", "Command", "Recipe", "commands", "load_plugins", "recipes", "register_command", "register_recipe"]
 
 logger = logging.getLogger(__name__)
 
@@ -81,3 +83,29 @@ def recipes() -> dict[str, Recipe]:
     """Every registered recipe by name, in registration order (plugins loaded first)."""
     load_plugins()
     return dict(_RECIPES)
+
+
+class Command(NamedTuple):
+    """A subcommand ``oe NAME`` a package adds: ``add_arguments(parser)`` declares its flags, ``run(args)`` does the
+    work and returns the exit code (a user error: raise :class:`oe_common.cli.CliError`, one line)."""
+
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+    help: str
+    description: str | None = None
+
+
+_COMMANDS: dict[str, Command] = {}
+
+
+def register_command(name: str, add_arguments: Callable[[argparse.ArgumentParser], None], run: Callable[[argparse.Namespace], int],
+                     help: str, description: str | None = None) -> Command:
+    """Register the subcommand ``oe NAME`` (idempotent: the last registration of a name wins)."""
+    command = _COMMANDS[name] = Command(add_arguments, run, help, description)
+    return command
+
+
+def commands() -> dict[str, Command]:
+    """Every registered subcommand by name, in registration order (plugins loaded first)."""
+    load_plugins()
+    return dict(_COMMANDS)

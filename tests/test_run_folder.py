@@ -15,7 +15,8 @@ from transformers.hf_argparser import string_to_bool
 
 from oe_common import arg_types
 from oe_common.experiment import Stage
-from oe_common.run_folder import LOCK_NAME, MANIFEST_NAME, RunFolder, RunFolderError, interruption_message, recipe_guard, resume_command
+from oe_common.recipe_guard import interruption_message, recipe_guard, resume_command
+from oe_common.run_folder import LOCK_NAME, MANIFEST_NAME, RunFolder, RunFolderError
 
 TORCH_THREADS = 1  # tiny models: see the conftest fixture _torch_threads
 
@@ -225,7 +226,8 @@ def test_ctrl_c_under_oe_train_ends_with_the_recipes_one_line_and_exit_code(tmp_
     script = tmp_path / "fake_recipe.py"
     script.write_text(textwrap.dedent("""
         import sys, time
-        from oe_common.run_folder import RunFolder, recipe_guard
+        from oe_common.recipe_guard import recipe_guard
+        from oe_common.run_folder import RunFolder
         with recipe_guard("fake_recipe.py", sys.argv[1]):
             RunFolder.open(sys.argv[1], {}).start_stage("oe")
             print("ready", flush=True)

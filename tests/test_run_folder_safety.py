@@ -305,7 +305,8 @@ def test_sigterm_is_handled_like_ctrl_c(tmp_path):
     script = tmp_path / "fake_recipe.py"
     script.write_text(textwrap.dedent("""
         import sys, time
-        from oe_common.run_folder import RunFolder, recipe_guard
+        from oe_common.recipe_guard import recipe_guard
+        from oe_common.run_folder import RunFolder
         with recipe_guard("fake_recipe.py", sys.argv[1]):
             RunFolder.open(sys.argv[1], {}).start_stage("oe")
             print("ready", flush=True)
