@@ -40,6 +40,8 @@ class CliUsageError(CliError):
 # =============================================================================================== input / output
 #: ``--input -``: read the examples from standard input.
 STDIN = "-"
+#: The files of an ``--input`` folder that an image detector scores (by suffix, case-insensitive).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
 def read_text_lines(path: str | os.PathLike) -> list[str]:
@@ -85,8 +87,6 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     Raises:
         CliError: the folder does not exist, is a file, or holds no image file.
     """
-    from .detector import IMAGE_SUFFIXES
-
     folder = Path(folder)
     if not folder.exists():
         raise CliError(f"input folder {str(folder)!r} does not exist")
@@ -174,7 +174,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 def _load_detector(args: argparse.Namespace):
     """The detector of ``--model``: a detector folder, or a plain fine-tuned model folder / Hub id (:mod:`.posthoc`)."""
-    from .posthoc import load_detector
+    from .detector_io import load_detector
 
     if args.progress is False:  # also silence transformers' own "Loading weights" bar
         from transformers.utils import logging as hf_logging
