@@ -172,14 +172,20 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         raise CliError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from None
 
 
-def _load_detector(args: argparse.Namespace):
-    """The detector of ``--model``: a detector folder, or a plain fine-tuned model folder / Hub id (:mod:`.posthoc`)."""
-    from .detector_io import load_detector
-
-    if args.progress is False:  # also silence transformers' own "Loading weights" bar
+def _quiet_loading(args: argparse.Namespace) -> None:
+    """With ``--no-progress`` also silence transformers' own progress bars ("Loading weights")."""
+    if args.progress is False:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
+
+
+def _load_detector(args: argparse.Namespace):
+    """The detector of ``--model``: a detector folder, or a plain fine-tuned model folder / Hub id
+    (:func:`oe_common.detector_io.load_detector`)."""
+    from .detector_io import load_detector
+
+    _quiet_loading(args)
     try:
         return load_detector(args.model, revision=args.revision, score=args.score, max_length=args.max_length, device=args.device,
                              batch_size=args.batch_size, progress=args.progress)
@@ -290,15 +296,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     out_inputs = {name: (src, *_read_inputs(detector, src)) for name, src in zip(_set_names(args.out_paths), args.out_paths, strict=True)}
     in_scores = _score(detector, in_inputs, args.in_path, in_names)
     out_scores = {name: _score(detector, inputs, src, names) for name, (src, inputs, names) in out_inputs.items()}
-    from .metrics import evaluate_ood
-
-    level = args.recall_level if args.recall_level is not None else (0.90 if detector.is_text else 0.95)
     try:
-        table = evaluate_ood(in_scores, out_scores, n_draws=args.n_draws, ratio=args.ratio, seed=args.seed, recall_level=level,
-                             allow_small_sets=args.allow_small_sets)
+        table = detector.evaluate_scores(in_scores, out_scores, recall_level=args.recall_level, n_draws=args.n_draws,
+                                         ratio=args.ratio, seed=args.seed, allow_small_sets=args.allow_small_sets, store=False)
     except ValueError as exc:
         raise CliError(str(exc).replace("allow_small_sets=True", "--allow-small-sets")) from None
-    table.meta.update({"score": detector.score_name, "model": str(args.model)})
+    table.meta["model"] = str(args.model)
     print(table.to_markdown())
     if args.json is not None:
         atomic_write_text(args.json, table.to_json() + "\n")
@@ -310,10 +313,7 @@ def _cmd_build_detector(args: argparse.Namespace) -> int:
     from .preprocessing import DetectorCheckpointError
     from .table_files import MissingColumnError, TableFileError
 
-    if args.progress is False:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
+    _quiet_loading(args)
     try:
         detector = build_detector(
             args.model, args.output, revision=args.revision, score=args.score, train_file=args.train_file,

@@ -5,7 +5,6 @@ Details: docs/modules.md, section ``oe_common.detector``; saving and loading: :m
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -60,8 +59,6 @@ __all__ = [
     "MODEL_CARD_NAME",
 ]
 
-logger = logging.getLogger(__name__)
-
 #: Default score per task: the LM's mean NLL (paper section 2), -MSP for classifiers (Table 1).
 DEFAULT_SCORE = {"causal-lm": "nll", "text-classification": "msp", "image-classification": "msp"}
 #: Default batch size (windows for text, images for vision).
@@ -100,6 +97,9 @@ class OODDetector:
         training: OE hyper-parameters and provenance (``oe_lambda``, ``oe_loss``, ``outlier_dataset``,
             ``in_distribution_dataset``, epochs, ...), saved in the config and shown on the model card.
         evaluation: detection results (``OODTable.to_dict()``), normally set by :meth:`evaluate`.
+        threshold_info: how the threshold was fitted (rule, target, achieved rates), normally set by :meth:`fit_threshold`.
+        mahalanobis: the fitted :class:`~oe_common.feature_scores.MahalanobisScore` of ``score="mahalanobis"``
+            (or :meth:`fit_mahalanobis` later), held like any other setting and saved with the detector.
         device: where the model runs (default ``cuda`` when available, else ``cpu``).
         batch_size: windows (text) / images per forward pass (default by task, :data:`DEFAULT_BATCH_SIZE`).
         progress: tqdm progress bar: True / False, or None = automatic (from :data:`PROGRESS_MIN_BATCHES` batches).
@@ -359,16 +359,23 @@ class OODDetector:
 
     def evaluate(self, in_data: Any, out_data_by_set: Mapping[str, Any], *, recall_level: float | None = None, n_draws: int = 1,
                  ratio: int = 5, seed: int = 0, store: bool = True, allow_small_sets: bool = False) -> OODTable:
-        """Score the test data and run :func:`oe_common.metrics.evaluate_ood` (1 : ``ratio`` base rate; a set with
-        fewer than ``len(in) // ratio`` examples is an error unless ``allow_small_sets``).
+        """Score the test data (raw inputs: anything :meth:`score` takes) and evaluate the scores (:meth:`evaluate_scores`)."""
+        in_scores = self.score(in_data)
+        out_scores = {name: self.score(data) for name, data in out_data_by_set.items()}
+        return self.evaluate_scores(in_scores, out_scores, recall_level=recall_level, n_draws=n_draws, ratio=ratio, seed=seed,
+                                    store=store, allow_small_sets=allow_small_sets)
+
+    def evaluate_scores(self, in_scores: Any, out_scores_by_set: Mapping[str, Any], *, recall_level: float | None = None,
+                        n_draws: int = 1, ratio: int = 5, seed: int = 0, store: bool = True,
+                        allow_small_sets: bool = False) -> OODTable:
+        """:func:`oe_common.metrics.evaluate_ood` of this detector's test scores (1 : ``ratio`` base rate; a set with
+        fewer than ``len(in) // ratio`` examples is an error unless ``allow_small_sets``), ``meta["score"]`` set.
 
         ``recall_level`` defaults to 0.90 for text (FPR90) and 0.95 for images (FPR95), as in the paper.
         With ``store=True`` the table is kept in ``evaluation`` (saved in the config and on the model card).
         """
         level = recall_level if recall_level is not None else (0.90 if self.is_text else 0.95)
-        in_scores = self.score(in_data)
-        out_scores = {name: self.score(data) for name, data in out_data_by_set.items()}
-        table = evaluate_ood(in_scores, out_scores, n_draws=n_draws, ratio=ratio, seed=seed, recall_level=level,
+        table = evaluate_ood(in_scores, out_scores_by_set, n_draws=n_draws, ratio=ratio, seed=seed, recall_level=level,
                              allow_small_sets=allow_small_sets)
         table.meta.update({"score": self.score_name})
         if store:  # a stored accuracy (:func:`accuracy`) stays

@@ -240,19 +240,18 @@ def save_detector(detector: Any, save_directory: str | os.PathLike, *, repo_id: 
     return folder
 
 
-def has_safetensors(folder: Path) -> bool:
-    """Whether ``folder`` holds safetensors weights (``model.safetensors`` or a sharded index)."""
-    return (folder / WEIGHTS_NAME).is_file() or (folder / WEIGHTS_INDEX_NAME).is_file()
-
-
-def refuse_pickle_only(folder: Path) -> None:
-    """Raise when ``folder``'s only weights are pickle-based (they are never loaded); return otherwise."""
+def _has_safetensors(folder: Path) -> bool:
+    """Whether ``folder`` holds safetensors weights (``model.safetensors`` or a sharded index); a folder whose only
+    weights are pickle-based is refused (they are never loaded)."""
+    if (folder / WEIGHTS_NAME).is_file() or (folder / WEIGHTS_INDEX_NAME).is_file():
+        return True
     pickled = [n for n in _PICKLE_WEIGHTS if (folder / n).exists()]
     if pickled:
         raise DetectorCheckpointError(
             f"{folder} has only pickle-based weights {pickled}; only safetensors are loaded ({WEIGHTS_NAME}). "
             "Re-save the model with save_pretrained() from a trusted environment."
         )
+    return False
 
 
 def task_of_architecture(name: str) -> str | None:
@@ -302,24 +301,26 @@ def load_detector(
         DetectorCheckpointError: a missing file (all missing files named), pickle-only weights, a model type no
             imported package registers, a corrupt or changed file, a ``config.json`` naming no known task, no
             registered preprocessing that reads a plain folder.
-        ValueError: with ``"auto"``, ``score`` differs from a saved detector's (its threshold belongs to its own
-            score) or ``max_length`` is given for one, or ``score`` is a feature score for a plain model (it has no
-            fitted statistics).
+        ValueError: ``score`` differs from a saved detector's (its threshold belongs to its own score) or
+            ``max_length`` is given for one; with ``"auto"``, ``score`` is a feature score for a plain model (it has
+            no fitted statistics).
         RuntimeError: a Hub id that cannot be fetched (offline / no network / not found), saying what to do.
     """
+    if kind not in ("auto", "detector", "model"):
+        raise ValueError(f"kind must be 'auto', 'detector' or 'model', got {kind!r}")
     if cls is None:
         from .detector import OODDetector as cls
     folder = resolve_checkpoint(name_or_path, revision, token, cache_dir)
     runtime = {"device": device, "batch_size": batch_size, "progress": progress}
     if kind == "auto":
         kind = "detector" if (folder / DETECTOR_CONFIG_NAME).is_file() or not (folder / MODEL_CONFIG_NAME).is_file() else "model"
-        if kind == "detector" and max_length is not None:
-            raise ValueError(f"{name_or_path} is a detector folder: it keeps the preprocessing it was saved with (max_length is for plain model folders)")
         if kind == "model" and score in FEATURE_SCORES:
             raise ValueError(
                 f"score {score!r} needs statistics fitted on training data, which a plain model folder has none of: build a "
                 f"detector with `oe build-detector --model {name_or_path} --train-file FILE --score {score} --output DIR`"
             )
+    if kind == "detector" and max_length is not None:
+        raise ValueError(f"{name_or_path} is a detector folder: it keeps the preprocessing it was saved with (max_length is for plain model folders)")
     if kind == "model":
         model, preprocessing, task = _load_model_folder(folder, max_length)
         training = {"method": POST_HOC_METHOD, "base_model": str(base_model if base_model is not None else name_or_path)}
@@ -336,8 +337,7 @@ def load_detector(
 def _load_detector_folder(cls: type, folder: Path, name_or_path: str | os.PathLike, runtime: Mapping[str, Any]) -> Any:
     """The detector saved in ``folder`` (:func:`load_detector`'s ``"detector"`` kind)."""
     missing = [n for n in (DETECTOR_CONFIG_NAME, MODEL_CONFIG_NAME) if not (folder / n).is_file()]
-    if not has_safetensors(folder):
-        refuse_pickle_only(folder)
+    if not _has_safetensors(folder):
         missing.append(WEIGHTS_NAME)
     config = None
     hashes: dict[str, str] = {}
@@ -375,10 +375,8 @@ def _load_detector_folder(cls: type, folder: Path, name_or_path: str | os.PathLi
         if isinstance(exc, DetectorCheckpointError):
             raise
         raise DetectorCheckpointError(f"{folder / DETECTOR_CONFIG_NAME}: bad preprocessing spec: {exc}") from None
-    _check_weight_files(folder)
-    mahalanobis = _load_mahalanobis(folder) if config.get("mahalanobis_file") else None
     model = _load_model(folder, task)
-    _check_finite_weights(model, folder)
+    mahalanobis = _load_mahalanobis(folder) if config.get("mahalanobis_file") else None
     # after the checks above, so that a truncated or unreadable file keeps its own message
     _check_file_hashes(folder, hashes)
     settings = {key: config.get(key) for key in ("score", "score_kwargs", "training", "evaluation", "threshold_info")}
@@ -411,8 +409,7 @@ def _load_model_folder(folder: Path, max_length: int | None) -> tuple[torch.nn.M
             "save_pretrained() after fine-tuning"
         )
     task = tasks.pop()
-    if not has_safetensors(folder):
-        refuse_pickle_only(folder)
+    if not _has_safetensors(folder):
         raise DetectorCheckpointError(f"model folder {folder} is missing {WEIGHTS_NAME}")
     load_plugins()
     preprocessing = None
@@ -429,10 +426,7 @@ def _load_model_folder(folder: Path, max_length: int | None) -> tuple[torch.nn.M
         if not (dataclasses.is_dataclass(preprocessing) and "max_length" in {f.name for f in dataclasses.fields(preprocessing)}):
             raise ValueError(f"max_length does not apply to {type(preprocessing).__name__} (the preprocessing of {folder})")
         preprocessing = dataclasses.replace(preprocessing, max_length=max_length)  # validated again
-    _check_weight_files(folder)
-    model = _load_model(folder, task)
-    _check_finite_weights(model, folder)
-    return model, preprocessing, task
+    return _load_model(folder, task), preprocessing, task
 
 
 def push_detector(
@@ -577,10 +571,12 @@ def _check_finite_weights(model: torch.nn.Module, folder: Path) -> None:
 
 
 def _load_model(folder: Path, task: str) -> torch.nn.Module:
-    """The model of ``folder`` via the task's Auto class: safetensors only, no remote code."""
+    """The model of ``folder`` via the task's Auto class: safetensors only, no remote code; every weight file's header
+    is read first and NaN / inf weights are refused (each bad file named)."""
     import transformers
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
+    _check_weight_files(folder)
     load_plugins()
     model_config = read_checkpoint_json(folder / MODEL_CONFIG_NAME)
     model_type = model_config.get("model_type")
@@ -595,7 +591,9 @@ def _load_model(folder: Path, task: str) -> torch.nn.Module:
         )
     auto_cls = getattr(transformers, _AUTO_CLASS[task])
     try:
-        return auto_cls.from_pretrained(folder, use_safetensors=True, trust_remote_code=False)
+        model = auto_cls.from_pretrained(folder, use_safetensors=True, trust_remote_code=False)
     except (ValueError, KeyError, RuntimeError, OSError) as exc:
         reason = " ".join(str(exc).split())
         raise DetectorCheckpointError(f"cannot load the {model_type!r} model in {folder} as {_AUTO_CLASS[task]}: {reason}") from exc
+    _check_finite_weights(model, folder)
+    return model
