@@ -182,15 +182,19 @@ def _quiet_loading(args: argparse.Namespace) -> None:
 
 def _load_detector(args: argparse.Namespace):
     """The detector of ``--model``: a detector folder, or a plain fine-tuned model folder / Hub id
-    (:func:`oe_common.detector_io.load_detector`)."""
+    (:func:`oe_common.detector_io.load_detector`); the output files are checked to lie outside the folder it is
+    read from, before and after loading (:func:`_check_outputs_outside_model`)."""
     from .detector_io import load_detector
 
+    _check_outputs_outside_model(args)
     _quiet_loading(args)
     try:
-        return load_detector(args.model, revision=args.revision, score=args.score, max_length=args.max_length, device=args.device,
-                             batch_size=args.batch_size, progress=args.progress)
+        detector = load_detector(args.model, revision=args.revision, score=args.score, max_length=args.max_length,
+                                 device=args.device, batch_size=args.batch_size, progress=args.progress)
     except (ValueError, RuntimeError, OSError) as exc:
         raise CliError(f"cannot load detector {args.model!r}: {exc}") from exc
+    _check_outputs_outside_model(args, detector)
+    return detector
 
 
 def _read_inputs(detector, source: str) -> tuple[list[Any], list[str] | None]:
@@ -242,9 +246,7 @@ def _score(detector, inputs: list[Any], source: str, names: list[str] | None, *,
 def _cmd_score(args: argparse.Namespace) -> int:
     if args.output is not None:  # check the destination before the (possibly long) scoring
         check_output_file(args.output, [args.input], "--output")
-    _check_outputs_outside_model(args)
     detector = _load_detector(args)
-    _check_outputs_outside_model(args, detector)
     if args.long_text is not None:
         if not detector.is_text:
             raise CliError("--long-text applies to text detectors only")
@@ -289,9 +291,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         raise CliError("standard input ('-') can be read only once: give it for one of --in / --out")
     if args.json is not None:
         check_output_file(args.json, [args.in_path, *args.out_paths], "--json")
-    _check_outputs_outside_model(args)
     detector = _load_detector(args)
-    _check_outputs_outside_model(args, detector)
     in_inputs, in_names = _read_inputs(detector, args.in_path)
     out_inputs = {name: (src, *_read_inputs(detector, src)) for name, src in zip(_set_names(args.out_paths), args.out_paths, strict=True)}
     in_scores = _score(detector, in_inputs, args.in_path, in_names)

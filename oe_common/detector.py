@@ -26,7 +26,6 @@ from .detector_io import (
     MODEL_CARD_NAME,
     TASKS,
     TEXT_TASKS,
-    _preprocessing_class,
     load_detector,
     push_detector,
     save_detector,
@@ -38,6 +37,7 @@ from .preprocessing import (
     DetectorCheckpointError,
     DetectorInputError,
     DetectorPreprocessing,
+    preprocessing_class,
     preprocessing_classes,
     read_checkpoint_json,
     some_indices,
@@ -127,7 +127,7 @@ class OODDetector:
             raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
         load_plugins()
         if preprocessing is None and self.task not in TEXT_TASKS:
-            preprocessing = _preprocessing_class(self.task)()  # images: no resizing / normalisation
+            preprocessing = preprocessing_class(self.task)()  # images: no resizing / normalisation
         classes = preprocessing_classes(self.task)
         if not isinstance(preprocessing, classes):
             names = " or ".join(f"{c.__name__}(...)" for c in classes)

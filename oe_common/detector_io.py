@@ -72,25 +72,10 @@ _AUTO_CLASS = {
 
 
 # =============================================================================================== preprocessing classes
-def _preprocessing_class(task: str, kind: str | None = None) -> type[DetectorPreprocessing]:
-    """The preprocessing class of ``task`` named ``kind`` (a saved spec's ``"type"``; None: the task's default)."""
-    load_plugins()
-    cls = preprocessing_class(task, kind)
-    if cls is None:
-        known = [c.kind for c in preprocessing_classes(task)]
-        if kind is not None and known:
-            raise DetectorCheckpointError(f"preprocessing type {kind!r} does not serve task {task!r}; known types: {known}")
-        raise TypeError(
-            f"no preprocessing is registered for task {task!r}: install the package that provides it (it registers "
-            f"on import through the {ENTRY_POINT_GROUP!r} entry points)"
-        )
-    return cls
-
-
 def _spec_class(task: str, spec: Mapping[str, Any]) -> type[DetectorPreprocessing]:
     """The class that wrote a saved preprocessing ``spec`` (by its ``"type"``)."""
     kind = spec.get("type")
-    return _preprocessing_class(task, None if kind is None else str(kind))
+    return preprocessing_class(task, None if kind is None else str(kind))
 
 
 # =============================================================================================== hub helpers
