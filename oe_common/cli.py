@@ -40,6 +40,8 @@ class CliUsageError(CliError):
 # =============================================================================================== input / output
 #: ``--input -``: read the examples from standard input.
 STDIN = "-"
+#: The files of an ``--input`` folder that an image detector scores (by suffix, case-insensitive).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
 def read_text_lines(path: str | os.PathLike) -> list[str]:
@@ -85,8 +87,6 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     Raises:
         CliError: the folder does not exist, is a file, or holds no image file.
     """
-    from .detector import IMAGE_SUFFIXES
-
     folder = Path(folder)
     if not folder.exists():
         raise CliError(f"input folder {str(folder)!r} does not exist")
@@ -172,19 +172,29 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         raise CliError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from None
 
 
-def _load_detector(args: argparse.Namespace):
-    """The detector of ``--model``: a detector folder, or a plain fine-tuned model folder / Hub id (:mod:`.posthoc`)."""
-    from .posthoc import load_detector
-
-    if args.progress is False:  # also silence transformers' own "Loading weights" bar
+def _quiet_loading(args: argparse.Namespace) -> None:
+    """With ``--no-progress`` also silence transformers' own progress bars ("Loading weights")."""
+    if args.progress is False:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
+
+
+def _load_detector(args: argparse.Namespace):
+    """The detector of ``--model``: a detector folder, or a plain fine-tuned model folder / Hub id
+    (:func:`oe_common.detector_io.load_detector`); the output files are checked to lie outside the folder it is
+    read from, before and after loading (:func:`_check_outputs_outside_model`)."""
+    from .detector_io import load_detector
+
+    _check_outputs_outside_model(args)
+    _quiet_loading(args)
     try:
-        return load_detector(args.model, revision=args.revision, score=args.score, max_length=args.max_length, device=args.device,
-                             batch_size=args.batch_size, progress=args.progress)
+        detector = load_detector(args.model, revision=args.revision, score=args.score, max_length=args.max_length,
+                                 device=args.device, batch_size=args.batch_size, progress=args.progress)
     except (ValueError, RuntimeError, OSError) as exc:
         raise CliError(f"cannot load detector {args.model!r}: {exc}") from exc
+    _check_outputs_outside_model(args, detector)
+    return detector
 
 
 def _read_inputs(detector, source: str) -> tuple[list[Any], list[str] | None]:
@@ -236,9 +246,7 @@ def _score(detector, inputs: list[Any], source: str, names: list[str] | None, *,
 def _cmd_score(args: argparse.Namespace) -> int:
     if args.output is not None:  # check the destination before the (possibly long) scoring
         check_output_file(args.output, [args.input], "--output")
-    _check_outputs_outside_model(args)
     detector = _load_detector(args)
-    _check_outputs_outside_model(args, detector)
     if args.long_text is not None:
         if not detector.is_text:
             raise CliError("--long-text applies to text detectors only")
@@ -283,22 +291,17 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         raise CliError("standard input ('-') can be read only once: give it for one of --in / --out")
     if args.json is not None:
         check_output_file(args.json, [args.in_path, *args.out_paths], "--json")
-    _check_outputs_outside_model(args)
     detector = _load_detector(args)
-    _check_outputs_outside_model(args, detector)
     in_inputs, in_names = _read_inputs(detector, args.in_path)
     out_inputs = {name: (src, *_read_inputs(detector, src)) for name, src in zip(_set_names(args.out_paths), args.out_paths, strict=True)}
     in_scores = _score(detector, in_inputs, args.in_path, in_names)
     out_scores = {name: _score(detector, inputs, src, names) for name, (src, inputs, names) in out_inputs.items()}
-    from .metrics import evaluate_ood
-
-    level = args.recall_level if args.recall_level is not None else (0.90 if detector.is_text else 0.95)
     try:
-        table = evaluate_ood(in_scores, out_scores, n_draws=args.n_draws, ratio=args.ratio, seed=args.seed, recall_level=level,
-                             allow_small_sets=args.allow_small_sets)
+        table = detector.evaluate_scores(in_scores, out_scores, recall_level=args.recall_level, n_draws=args.n_draws,
+                                         ratio=args.ratio, seed=args.seed, allow_small_sets=args.allow_small_sets, store=False)
     except ValueError as exc:
         raise CliError(str(exc).replace("allow_small_sets=True", "--allow-small-sets")) from None
-    table.meta.update({"score": detector.score_name, "model": str(args.model)})
+    table.meta["model"] = str(args.model)
     print(table.to_markdown())
     if args.json is not None:
         atomic_write_text(args.json, table.to_json() + "\n")
@@ -310,10 +313,7 @@ def _cmd_build_detector(args: argparse.Namespace) -> int:
     from .preprocessing import DetectorCheckpointError
     from .table_files import MissingColumnError, TableFileError
 
-    if args.progress is False:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
+    _quiet_loading(args)
     try:
         detector = build_detector(
             args.model, args.output, revision=args.revision, score=args.score, train_file=args.train_file,

@@ -5,33 +5,39 @@ Details: docs/modules.md, section ``oe_common.detector``; saving and loading: :m
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import torch
 
-from .metrics import OODTable, as_score_array, evaluate_ood
-from .feature_scores import MahalanobisScore, classifier_input_features
+from .metrics import OODTable, evaluate_ood
+from .feature_scores import (
+    MahalanobisScore,
+    fit_mahalanobis,
+    integer_labels,
+    model_logits,
+    penultimate_features,
+    row_weights,
+)
 from .detector_io import (
     DETECTOR_CONFIG_NAME,
     MODEL_CARD_NAME,
     TASKS,
     TEXT_TASKS,
-    _preprocessing_class,
-    detector_config,
-    load_detector_folder,
+    load_detector,
     push_detector,
     save_detector,
+    task_of_architecture,
 )
 from .plugins import load_plugins
-from .thresholds import check_threshold, check_threshold_target, threshold_for_fpr, threshold_for_tpr
+from .thresholds import check_threshold, check_threshold_target, fit_threshold, threshold_for_fpr, threshold_for_tpr
 from .preprocessing import (
     DetectorCheckpointError,
     DetectorInputError,
     DetectorPreprocessing,
+    preprocessing_class,
     preprocessing_classes,
     read_checkpoint_json,
     some_indices,
@@ -40,6 +46,7 @@ from .scores import FEATURE_SCORES, OUTPUT_SCORES, SCORE_NAMES, causal_shift, ex
 
 __all__ = [
     "OODDetector",
+    "accuracy",
     "DetectorInputError",
     "DetectorCheckpointError",
     "threshold_for_fpr",
@@ -50,33 +57,16 @@ __all__ = [
     "SCORE_NAMES",
     "DETECTOR_CONFIG_NAME",
     "MODEL_CARD_NAME",
-    "IMAGE_SUFFIXES",
 ]
-
-logger = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 #: Default score per task: the LM's mean NLL (paper section 2), -MSP for classifiers (Table 1).
 DEFAULT_SCORE = {"causal-lm": "nll", "text-classification": "msp", "image-classification": "msp"}
 #: Default batch size (windows for text, images for vision).
 DEFAULT_BATCH_SIZE = {"causal-lm": 32, "text-classification": 64, "image-classification": 256}
-#: Keys of ``evaluation`` that :meth:`OODDetector.accuracy` writes.
+#: Keys of ``evaluation`` that :func:`accuracy` writes.
 _ACCURACY_KEYS = ("accuracy", "accuracy_n", "accuracy_data")
 #: A progress bar is shown automatically from this many batches on (``progress=None``).
 PROGRESS_MIN_BATCHES = 20
-
-# =============================================================================================== preprocessing
-# =============================================================================================== the detector
-def task_of_architecture(name: str) -> str | None:
-    """The detector task of a model class name (``config.json``'s ``architectures``), None when unknown."""
-    if name.endswith(("ForCausalLM", "LMHeadModel")):
-        return "causal-lm"
-    if name.endswith("ForSequenceClassification"):
-        return "text-classification"
-    if name.endswith("ForImageClassification"):
-        return "image-classification"
-    return None
 
 
 def _infer_task(model: torch.nn.Module) -> str:
@@ -89,13 +79,6 @@ def _infer_task(model: torch.nn.Module) -> str:
 
 def _default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def _logits(output: Any) -> torch.Tensor:
-    logits = getattr(output, "logits", None)
-    if logits is None:
-        logits = output[0] if isinstance(output, (tuple, list)) else output
-    return logits
 
 
 class OODDetector:
@@ -114,6 +97,9 @@ class OODDetector:
         training: OE hyper-parameters and provenance (``oe_lambda``, ``oe_loss``, ``outlier_dataset``,
             ``in_distribution_dataset``, epochs, ...), saved in the config and shown on the model card.
         evaluation: detection results (``OODTable.to_dict()``), normally set by :meth:`evaluate`.
+        threshold_info: how the threshold was fitted (rule, target, achieved rates), normally set by :meth:`fit_threshold`.
+        mahalanobis: the fitted :class:`~oe_common.feature_scores.MahalanobisScore` of ``score="mahalanobis"``
+            (or :meth:`fit_mahalanobis` later), held like any other setting and saved with the detector.
         device: where the model runs (default ``cuda`` when available, else ``cpu``).
         batch_size: windows (text) / images per forward pass (default by task, :data:`DEFAULT_BATCH_SIZE`).
         progress: tqdm progress bar: True / False, or None = automatic (from :data:`PROGRESS_MIN_BATCHES` batches).
@@ -141,7 +127,7 @@ class OODDetector:
             raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
         load_plugins()
         if preprocessing is None and self.task not in TEXT_TASKS:
-            preprocessing = _preprocessing_class(self.task)()  # images: no resizing / normalisation
+            preprocessing = preprocessing_class(self.task)()  # images: no resizing / normalisation
         classes = preprocessing_classes(self.task)
         if not isinstance(preprocessing, classes):
             names = " or ".join(f"{c.__name__}(...)" for c in classes)
@@ -203,11 +189,21 @@ class OODDetector:
         return self
 
     # ------------------------------------------------------------------ scoring
-    def _progress_bar(self, n_batches: int, desc: str):
+    def _batches(self, inputs: Any, desc: str) -> tuple[int, Iterator[tuple[dict[str, torch.Tensor], np.ndarray]]]:
+        """``(number of inputs, batches)``: the preprocessing's ``(model_inputs, owners)`` with the model inputs on
+        :attr:`device`, behind a tqdm progress bar (shown per ``progress``; automatic: from :data:`PROGRESS_MIN_BATCHES`)."""
         from tqdm.auto import tqdm
 
-        show = self.progress if self.progress is not None else n_batches >= PROGRESS_MIN_BATCHES
-        return tqdm(total=n_batches, desc=desc, unit="batch", disable=not show, leave=False)
+        n, n_batches, batches = self.preprocessing.batches(inputs, self.task, self.batch_size)
+
+        def on_device():
+            show = self.progress if self.progress is not None else n_batches >= PROGRESS_MIN_BATCHES
+            with tqdm(total=n_batches, desc=desc, unit="batch", disable=not show, leave=False) as bar:
+                for model_inputs, owners in batches:
+                    yield {k: v.to(self.device) for k, v in model_inputs.items()}, owners
+                    bar.update(1)
+
+        return n, on_device()
 
     @torch.inference_mode()
     def score(self, inputs: Any) -> np.ndarray:
@@ -230,7 +226,7 @@ class OODDetector:
         Returns ``(scores, label_ids, probabilities)``, each ``(N,)``: :meth:`score`'s float64 scores, the predicted
         class ``argmax_k z_k`` (int64; its name is ``model.config.id2label[id]``) and its softmax probability
         ``softmax(z)_id`` (float64), where ``z`` is the input's logits (the token-weighted mean of its rows' logits
-        when the preprocessing cuts a long text into several rows, as in :meth:`accuracy`).
+        when the preprocessing cuts a long text into several rows, as in :func:`accuracy`).
         """
         if self.task == "causal-lm":
             raise ValueError("score_and_predict needs a classifier; a causal LM predicts tokens, not a label")
@@ -243,148 +239,84 @@ class OODDetector:
     def _forward_pass(self, inputs: Any, *, scores: bool, logits: bool, desc: str) -> tuple[np.ndarray, np.ndarray | None]:
         """One pass over the preprocessing's batches; per input, ``(score (N,), mean logits (N, K) or None)``.
 
-        ``scores``: the weighted mean of the input's row scores (:meth:`_row_scores`; all zeros when False).
-        ``logits`` (classifiers): the mean of the input's row logits weighted by :meth:`_row_weights`.
+        ``scores``: the weighted mean of the input's row scores (:meth:`_rows`; all zeros when False).
+        ``logits`` (classifiers): the mean of the input's row logits, weighted as the scores.
         """
-        feature_score = scores and self.score_name in FEATURE_SCORES
-        if feature_score and self.mahalanobis is None:
+        if scores and self.score_name in FEATURE_SCORES and self.mahalanobis is None:
             raise ValueError(
                 f"score={self.score_name!r} needs class means and a covariance fitted on training data: call "
                 "detector.fit_mahalanobis(train_inputs, train_labels) first"
             )
-        n, n_batches, batches = self.preprocessing.batches(inputs, self.task, self.batch_size)
+        n, batches = self._batches(inputs, desc)
         sums, weights = np.zeros(n, dtype=np.float64), np.zeros(n, dtype=np.float64)
         logit_sums: np.ndarray | None = None
         if n == 0:
             return sums, np.zeros((0, 0)) if logits else None
-        with self._progress_bar(n_batches, desc) as bar:
-            for model_inputs, owners in batches:
-                model_inputs = {k: v.to(self.device) for k, v in model_inputs.items()}
-                if feature_score:
-                    values, counts, row_logits = self._feature_row_scores(model_inputs)
-                elif scores and self.score_name in OUTPUT_SCORES:  # the model's own anomaly head
-                    output = self.model(**model_inputs)
-                    row_logits = _logits(output)
-                    values = output_score(self.score_name, output)
-                    counts = self._row_weights(model_inputs, len(values), values.device)
-                else:
-                    row_logits = _logits(self.model(**model_inputs))
-                    if scores:
-                        values, counts = self._row_scores(row_logits, model_inputs)
-                    else:
-                        counts = self._row_weights(model_inputs, len(row_logits), row_logits.device)
-                        values = torch.zeros_like(counts)
-                np.add.at(sums, owners, (values.double() * counts).cpu().numpy())
-                np.add.at(weights, owners, counts.cpu().numpy())
-                if logits:  # classifiers: counts are the row weights (real tokens of a text row, 1 for an image)
-                    if logit_sums is None:
-                        logit_sums = np.zeros((n, row_logits.shape[-1]), dtype=np.float64)
-                    np.add.at(logit_sums, owners, (row_logits.double() * counts.to(row_logits.device)[:, None]).cpu().numpy())
-                bar.update(1)
+        for model_inputs, owners in batches:
+            values, counts, row_logits = self._rows(model_inputs, scores)
+            np.add.at(sums, owners, (values.double() * counts).cpu().numpy())
+            np.add.at(weights, owners, counts.cpu().numpy())
+            if logits:  # classifiers: counts are the row weights (real tokens of a text row, 1 for an image)
+                if logit_sums is None:
+                    logit_sums = np.zeros((n, row_logits.shape[-1]), dtype=np.float64)
+                np.add.at(logit_sums, owners, (row_logits.double() * counts.to(row_logits.device)[:, None]).cpu().numpy())
         return sums / weights, None if logit_sums is None else logit_sums / weights[:, None]
 
-    @staticmethod
-    def _row_weights(model_inputs: Mapping[str, torch.Tensor], n_rows: int, device: torch.device) -> torch.Tensor:
-        """A classifier row's weight in the mean over an input's rows: its number of real tokens (text), else 1."""
-        mask = model_inputs.get("attention_mask")
-        return mask.sum(-1).double() if mask is not None else torch.ones(n_rows, dtype=torch.float64, device=device)
+    def _rows(self, model_inputs: Mapping[str, torch.Tensor], scores: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One batch, per row: its score (zeros without ``scores``), its weight in the mean over an input's rows and
+        its logits, from one forward pass.
+
+        Causal LM window: the mean over its ``T_w`` predicted tokens, weight ``T_w`` (so an input's score is the mean
+        over all its predicted tokens); classifier row: :func:`~oe_common.feature_scores.row_weights` (text: its
+        number of tokens; image: 1). Scores: :func:`~oe_common.scores.example_scores` of the logits, the model's own
+        anomaly head (:data:`~oe_common.scores.OUTPUT_SCORES`), or the fitted Mahalanobis score's ``min_k`` distance
+        of the row's penultimate feature (the input of ``model.<head>``, ``score_kwargs["head"]``, default
+        ``"classifier"``).
+        """
+        if scores and self.score_name in FEATURE_SCORES:
+            assert self.mahalanobis is not None
+            features, output = penultimate_features(self.model, model_inputs, self.feature_head)
+            values = self.mahalanobis.distances(features).amin(dim=1)  # (B,) float64 on the CPU
+            return values, row_weights(model_inputs, len(features), features.device).cpu(), model_logits(output)
+        output = self.model(**model_inputs)
+        logits = model_logits(output)
+        if scores and self.score_name in OUTPUT_SCORES:  # the model's own anomaly head
+            values = output_score(self.score_name, output)
+            return values, row_weights(model_inputs, len(values), values.device), logits
+        if scores and self.task == "causal-lm":
+            shifted, targets, mask = causal_shift(logits, model_inputs["input_ids"], model_inputs.get("attention_mask"))
+            values = example_scores(shifted, (self.score_name,), targets=targets, mask=mask, **self.score_kwargs)[self.score_name]
+            return values, mask.sum(-1).double(), logits
+        counts = row_weights(model_inputs, len(logits), logits.device)
+        if not scores:
+            return torch.zeros_like(counts), counts, logits
+        return example_scores(logits, (self.score_name,), **self.score_kwargs)[self.score_name], counts, logits
 
     @property
     def feature_head(self) -> str:
         """The module whose input is the penultimate feature (``score_kwargs["head"]``, default ``"classifier"``)."""
         return str(self.score_kwargs.get("head", "classifier"))
 
-    def _features(self, model_inputs: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, Any]:
-        """``(B, D)`` penultimate features of one batch and the model's output of that forward pass
-        (:func:`~oe_common.feature_scores.classifier_input_features`)."""
-        try:
-            self.model.get_submodule(self.feature_head)
-        except AttributeError:
-            raise ValueError(
-                f"{type(self.model).__name__} has no module {self.feature_head!r} whose input is the penultimate feature; "
-                "pass score_kwargs={'head': '<name of the final linear layer>'}"
-            ) from None
-        return classifier_input_features(self.model, model_inputs, self.feature_head, return_output=True)
-
-    def _feature_row_scores(self, model_inputs: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per batch row: ``min_k`` Mahalanobis distance of its feature (float64), its weight (:meth:`_row_weights`)
-        and its logits (the same forward pass)."""
-        assert self.mahalanobis is not None
-        features, output = self._features(model_inputs)
-        values = self.mahalanobis.distances(features).amin(dim=1)  # (B,) float64 on the CPU
-        return values, self._row_weights(model_inputs, len(features), features.device).cpu(), _logits(output)
-
     @torch.inference_mode()
     def fit_mahalanobis(self, inputs: Any, labels: Any, *, num_classes: int | None = None, rcond: float = 1e-10) -> MahalanobisScore:
         """Fit the ``"mahalanobis"`` score on the in-distribution TRAINING data and keep it (saved with the detector).
 
-        ``inputs`` are raw inputs as :meth:`score` takes them, ``labels`` their integer classes ``(N,)``. Every row the
-        preprocessing makes of an input (one per text with a tokenizer; the windows of a long text with a vocabulary)
-        contributes its penultimate feature ``x`` (the input of ``model.<head>``, :attr:`feature_head`) with the
-        input's label. Then (:class:`~oe_common.feature_scores.MahalanobisScore`) ``mu_k`` = class means,
-        ``Sigma`` = the shared covariance of ``x - mu_y``, and ``score(x) = min_k sqrt((x - mu_k)^T pinv(Sigma) (x - mu_k))``.
-        ``num_classes`` defaults to ``model.config.num_labels``; every class needs an example. Returns the fitted score;
-        set ``detector.score_name = "mahalanobis"`` (or construct with ``score="mahalanobis"``) to use it.
+        ``inputs`` are raw inputs as :meth:`score` takes them, ``labels`` their integer classes ``(N,)``; every row the
+        preprocessing makes of an input contributes its penultimate feature with the input's label
+        (:func:`~oe_common.feature_scores.fit_mahalanobis`: class means ``mu_k``, shared covariance ``Sigma``, ``score(x)
+        = min_k sqrt((x - mu_k)^T pinv(Sigma) (x - mu_k))``). ``num_classes`` defaults to ``model.config.num_labels``;
+        every class needs an example. Returns the fitted score (used with ``score="mahalanobis"``).
         """
         if self.task == "causal-lm":
             raise ValueError("fit_mahalanobis needs a classifier (text-classification or image-classification), not a causal LM")
-        y = np.asarray(labels.detach().cpu() if isinstance(labels, torch.Tensor) else labels)
-        if y.dtype.kind not in "iu":
-            raise TypeError(f"labels must be integer class ids, got dtype {y.dtype}")
-        n, n_batches, batches = self.preprocessing.batches(inputs, self.task, self.batch_size)
+        y = integer_labels(labels)
+        n, batches = self._batches(inputs, "features for mahalanobis")
         if y.shape != (n,):
             raise ValueError(f"labels must have shape ({n},), one per input, got {y.shape}")
         if n == 0:
             raise ValueError("fit_mahalanobis needs at least one training input")
-        features, row_labels = [], []
-        with self._progress_bar(n_batches, "features for mahalanobis") as bar:
-            for model_inputs, owners in batches:
-                model_inputs = {k: v.to(self.device) for k, v in model_inputs.items()}
-                features.append(self._features(model_inputs)[0].double().cpu())
-                row_labels.append(y[owners])
-                bar.update(1)
-        if num_classes is None:
-            num_classes = getattr(getattr(self.model, "config", None), "num_labels", None)
-        self.mahalanobis = MahalanobisScore(rcond=rcond).fit(torch.cat(features), np.concatenate(row_labels), num_classes=num_classes)
+        self.mahalanobis = fit_mahalanobis(self.model, batches, y, head=self.feature_head, num_classes=num_classes, rcond=rcond)
         return self.mahalanobis
-
-    @torch.inference_mode()
-    def accuracy(self, inputs: Any, labels: Any, *, data: str | None = None, store: bool = True) -> float:
-        """Classification accuracy on labelled in-distribution inputs: ``mean(argmax_k z_k == y)``, in ``[0, 1]``.
-
-        An input spanning several rows (a long text's windows) is predicted from the token-weighted mean of its rows'
-        logits. With ``store=True`` it is kept in ``evaluation`` (``accuracy``, ``accuracy_n``, ``accuracy_data`` =
-        ``data``, e.g. ``"clinc150 test"``), saved in the config and shown on the model card.
-        """
-        if self.task == "causal-lm":
-            raise ValueError("accuracy needs a classifier, not a causal LM")
-        y = np.asarray(labels.detach().cpu() if isinstance(labels, torch.Tensor) else labels)
-        logits = self._forward_pass(inputs, scores=False, logits=True, desc="accuracy")[1]
-        assert logits is not None
-        n = len(logits)
-        if y.shape != (n,) or n == 0:
-            raise ValueError(f"labels must have shape ({n},), one per input (and n > 0), got {y.shape}")
-        value = float(np.mean(logits.argmax(axis=1) == y))
-        if store:
-            self.evaluation = {**(self.evaluation or {}), "accuracy": value, "accuracy_n": int(n), "accuracy_data": data}
-        return value
-
-    def _row_scores(self, logits: torch.Tensor, model_inputs: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per batch row: its score and its weight in the mean over an input's rows (:func:`~oe_common.scores.example_scores`).
-
-        Causal LM window: the mean over its ``T_w`` predicted tokens, weight ``T_w`` (so an input's score is the mean over
-        all its predicted tokens); text classifier chunk: weight = its number of tokens; image: weight 1.
-        """
-        mask = model_inputs.get("attention_mask")
-        targets = None
-        if self.task == "causal-lm":
-            logits, targets, mask = causal_shift(logits, model_inputs["input_ids"], mask)
-            counts = mask.sum(-1)
-        else:
-            counts = self._row_weights(model_inputs, len(logits), logits.device)
-            mask = None  # (B, K) classifier logits have no positions
-        values = example_scores(logits, (self.score_name,), targets=targets, mask=mask, **self.score_kwargs)[self.score_name]
-        return values, counts.double()
 
     def predict(self, inputs: Any) -> np.ndarray:
         """``score(inputs) > threshold`` as a bool array (True = anomaly)."""
@@ -407,118 +339,88 @@ class OODDetector:
         return values > threshold
 
     # ------------------------------------------------------------------ thresholds and evaluation
-    def fit_threshold(
-        self,
-        in_data: Any,
-        out_data: Any = None,
-        *,
-        target_fpr: float | None = None,
-        target_tpr: float | None = None,
-    ) -> float:
-        """Fit ``threshold`` on HELD-OUT data (never on the test anomalies you report); returns it.
-
-        Give exactly one target:
-
-        * ``target_fpr=f``: flag at most a fraction ``f`` of ``in_data`` (:func:`threshold_for_fpr`);
-          ``out_data``, if given, is only used to report the achieved TPR.
-        * ``target_tpr=r``: flag at least a fraction ``r`` of the anomalies ``out_data`` (required) with the
-          highest such threshold (:func:`threshold_for_tpr`).
-
-        ``in_data`` / ``out_data`` are raw inputs (anything :meth:`score` takes). For precomputed scores use
-        :meth:`fit_threshold_from_scores`. The rule and the achieved rates are kept in ``threshold_info``.
-        The target is checked before any scoring (which can take long).
-        """
+    def fit_threshold(self, in_data: Any, out_data: Any = None, *, target_fpr: float | None = None,
+                      target_tpr: float | None = None) -> float:
+        """Fit ``threshold`` on HELD-OUT raw inputs (anything :meth:`score` takes; never the test anomalies you report)
+        for exactly one target: ``target_fpr`` (flag at most that fraction of ``in_data``) or ``target_tpr`` (flag at
+        least that fraction of the anomalies ``out_data``), :func:`oe_common.thresholds.fit_threshold`; returns it.
+        The target is checked before any scoring (which can take long)."""
         check_threshold_target(target_fpr, target_tpr, out_data is not None)
         in_scores = self.score(in_data)
         out_scores = None if out_data is None else self.score(out_data)
         return self.fit_threshold_from_scores(in_scores, out_scores, target_fpr=target_fpr, target_tpr=target_tpr)
 
-    def fit_threshold_from_scores(
-        self,
-        in_scores: Any,
-        out_scores: Any = None,
-        *,
-        target_fpr: float | None = None,
-        target_tpr: float | None = None,
-    ) -> float:
-        """:meth:`fit_threshold` on precomputed scores (``(n,)`` in-distribution, optional ``(m,)`` anomalies)."""
-        rule, target = check_threshold_target(target_fpr, target_tpr, out_scores is not None)
-        ins = as_score_array(in_scores, "in_scores")
-        outs = None if out_scores is None else as_score_array(out_scores, "out_scores")
-        threshold = threshold_for_fpr(ins, target) if rule == "target_fpr" else threshold_for_tpr(ins, outs, target)
-        info: dict[str, Any] = {"rule": rule, rule: target}
-        info.update({"n_in": int(ins.size), "achieved_fpr": float(np.mean(ins > threshold))})
-        if outs is not None:
-            info.update({"n_out": int(outs.size), "achieved_tpr": float(np.mean(outs > threshold))})
-        self.threshold = threshold
-        self.threshold_info = info
-        return threshold
+    def fit_threshold_from_scores(self, in_scores: Any, out_scores: Any = None, *, target_fpr: float | None = None,
+                                  target_tpr: float | None = None) -> float:
+        """:meth:`fit_threshold` on precomputed scores (``(n,)`` in-distribution, optional ``(m,)`` anomalies); the
+        rule and the achieved rates are kept in ``threshold_info``."""
+        self.threshold, self.threshold_info = fit_threshold(in_scores, out_scores, target_fpr=target_fpr, target_tpr=target_tpr)
+        return self.threshold
 
-    def evaluate(
-        self,
-        in_data: Any,
-        out_data_by_set: Mapping[str, Any],
-        *,
-        recall_level: float | None = None,
-        n_draws: int = 1,
-        ratio: int = 5,
-        seed: int = 0,
-        store: bool = True,
-        allow_small_sets: bool = False,
-    ) -> OODTable:
-        """Score the test data and run :func:`oe_common.metrics.evaluate_ood` (1 : ``ratio`` base rate; a set with
-        fewer than ``len(in) // ratio`` examples is an error unless ``allow_small_sets``).
+    def evaluate(self, in_data: Any, out_data_by_set: Mapping[str, Any], *, recall_level: float | None = None, n_draws: int = 1,
+                 ratio: int = 5, seed: int = 0, store: bool = True, allow_small_sets: bool = False) -> OODTable:
+        """Score the test data (raw inputs: anything :meth:`score` takes) and evaluate the scores (:meth:`evaluate_scores`)."""
+        in_scores = self.score(in_data)
+        out_scores = {name: self.score(data) for name, data in out_data_by_set.items()}
+        return self.evaluate_scores(in_scores, out_scores, recall_level=recall_level, n_draws=n_draws, ratio=ratio, seed=seed,
+                                    store=store, allow_small_sets=allow_small_sets)
+
+    def evaluate_scores(self, in_scores: Any, out_scores_by_set: Mapping[str, Any], *, recall_level: float | None = None,
+                        n_draws: int = 1, ratio: int = 5, seed: int = 0, store: bool = True,
+                        allow_small_sets: bool = False) -> OODTable:
+        """:func:`oe_common.metrics.evaluate_ood` of this detector's test scores (1 : ``ratio`` base rate; a set with
+        fewer than ``len(in) // ratio`` examples is an error unless ``allow_small_sets``), ``meta["score"]`` set.
 
         ``recall_level`` defaults to 0.90 for text (FPR90) and 0.95 for images (FPR95), as in the paper.
         With ``store=True`` the table is kept in ``evaluation`` (saved in the config and on the model card).
         """
         level = recall_level if recall_level is not None else (0.90 if self.is_text else 0.95)
-        in_scores = self.score(in_data)
-        out_scores = {name: self.score(data) for name, data in out_data_by_set.items()}
-        table = evaluate_ood(in_scores, out_scores, n_draws=n_draws, ratio=ratio, seed=seed, recall_level=level,
+        table = evaluate_ood(in_scores, out_scores_by_set, n_draws=n_draws, ratio=ratio, seed=seed, recall_level=level,
                              allow_small_sets=allow_small_sets)
         table.meta.update({"score": self.score_name})
-        if store:  # a stored accuracy (:meth:`accuracy`) stays
+        if store:  # a stored accuracy (:func:`accuracy`) stays
             kept = {k: v for k, v in (self.evaluation or {}).items() if k in _ACCURACY_KEYS}
             self.evaluation = {**table.to_dict(), **kept}
         return table
 
-    # ------------------------------------------------------------------ persistence
-
-    def to_config(self) -> dict[str, Any]:
-        """The content of ``detector_config.json`` (:func:`oe_common.detector_io.detector_config`)."""
-        return detector_config(self)
-
+    # ------------------------------------------------------------------ persistence (oe_common.detector_io)
     def save_pretrained(self, save_directory: str | os.PathLike, *, repo_id: str | None = None) -> Path:
         """Write the checkpoint into ``save_directory``; returns the folder (:func:`oe_common.detector_io.save_detector`:
         safetensors only, the sha256 of every written file recorded; ``repo_id`` only changes the card's snippet)."""
         return save_detector(self, save_directory, repo_id=repo_id)
 
     @classmethod
-    def from_pretrained(
-        cls,
-        name_or_path: str | os.PathLike,
-        revision: str | None = None,
-        *,
-        device: str | torch.device | None = None,
-        batch_size: int | None = None,
-        progress: bool | None = None,
-        token: str | bool | None = None,
-        cache_dir: str | os.PathLike | None = None,
-    ) -> "OODDetector":
+    def from_pretrained(cls, name_or_path: str | os.PathLike, revision: str | None = None, *,
+                        device: str | torch.device | None = None, batch_size: int | None = None, progress: bool | None = None,
+                        token: str | bool | None = None, cache_dir: str | os.PathLike | None = None) -> "OODDetector":
         """Load a detector from a local folder or a Hub repo id (``revision`` = branch/tag/commit); every file is checked
-        and a bad one named (:func:`oe_common.detector_io.load_detector_folder`: safetensors only, no remote code)."""
-        return load_detector_folder(cls, name_or_path, revision, device=device, batch_size=batch_size, progress=progress,
-                             token=token, cache_dir=cache_dir)
+        and a bad one named (:func:`oe_common.detector_io.load_detector`: safetensors only, no remote code)."""
+        return load_detector(name_or_path, revision, kind="detector", device=device, batch_size=batch_size, progress=progress,
+                             token=token, cache_dir=cache_dir, cls=cls)
 
-    def push_to_hub(
-        self,
-        repo_id: str,
-        *,
-        private: bool | None = None,
-        token: str | None = None,
-        revision: str | None = None,
-        commit_message: str = "Upload OE detector",
-    ) -> str:
+    def push_to_hub(self, repo_id: str, *, private: bool | None = None, token: str | None = None, revision: str | None = None,
+                    commit_message: str = "Upload OE detector") -> str:
         """Save into a temporary folder and upload it to the Hub; returns the URL (:func:`oe_common.detector_io.push_detector`)."""
         return push_detector(self, repo_id, private=private, token=token, revision=revision, commit_message=commit_message)
+
+
+@torch.inference_mode()
+def accuracy(detector: OODDetector, inputs: Any, labels: Any, *, data: str | None = None, store: bool = True) -> float:
+    """A classifier detector's accuracy on labelled in-distribution inputs: ``mean(argmax_k z_k == y)``, in ``[0, 1]``.
+
+    An input spanning several rows (a long text's windows) is predicted from the token-weighted mean of its rows'
+    logits. With ``store=True`` it is kept in ``detector.evaluation`` (``accuracy``, ``accuracy_n``, ``accuracy_data``
+    = ``data``, e.g. ``"clinc150 test"``), saved in the config and shown on the model card.
+    """
+    if detector.task == "causal-lm":
+        raise ValueError("accuracy needs a classifier, not a causal LM")
+    y = integer_labels(labels, check=False)
+    logits = detector._forward_pass(inputs, scores=False, logits=True, desc="accuracy")[1]
+    assert logits is not None
+    n = len(logits)
+    if y.shape != (n,) or n == 0:
+        raise ValueError(f"labels must have shape ({n},), one per input (and n > 0), got {y.shape}")
+    value = float(np.mean(logits.argmax(axis=1) == y))
+    if store:
+        detector.evaluation = {**(detector.evaluation or {}), "accuracy": value, "accuracy_n": int(n), "accuracy_data": data}
+    return value

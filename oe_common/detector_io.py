@@ -9,6 +9,7 @@ Mahalanobis statistics and a model card. Loading never unpickles and never runs 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -21,8 +22,10 @@ import torch
 
 from .feature_scores import MAHALANOBIS_NAME, MahalanobisScore
 from .files import make_readable, sha256_file
+from .model_card import POST_HOC_METHOD, is_oe_model_card, render_model_card
 from .plugins import ENTRY_POINT_GROUP, load_plugins
 from .preprocessing import DetectorCheckpointError, DetectorPreprocessing, preprocessing_class, preprocessing_classes, read_checkpoint_json
+from .scores import FEATURE_SCORES
 from .thresholds import check_threshold
 
 __all__ = [
@@ -36,8 +39,11 @@ __all__ = [
     "WEIGHTS_NAME",
     "detector_config",
     "hub_offline",
-    "load_detector_folder",
+    "load_detector",
+    "read_model_config",
+    "task_of_architecture",
     "push_detector",
+    "resolve_checkpoint",
     "save_detector",
 ]
 
@@ -66,25 +72,10 @@ _AUTO_CLASS = {
 
 
 # =============================================================================================== preprocessing classes
-def _preprocessing_class(task: str, kind: str | None = None) -> type[DetectorPreprocessing]:
-    """The preprocessing class of ``task`` named ``kind`` (a saved spec's ``"type"``; None: the task's default)."""
-    load_plugins()
-    cls = preprocessing_class(task, kind)
-    if cls is None:
-        known = [c.kind for c in preprocessing_classes(task)]
-        if kind is not None and known:
-            raise DetectorCheckpointError(f"preprocessing type {kind!r} does not serve task {task!r}; known types: {known}")
-        raise TypeError(
-            f"no preprocessing is registered for task {task!r}: install the package that provides it (it registers "
-            f"on import through the {ENTRY_POINT_GROUP!r} entry points)"
-        )
-    return cls
-
-
 def _spec_class(task: str, spec: Mapping[str, Any]) -> type[DetectorPreprocessing]:
     """The class that wrote a saved preprocessing ``spec`` (by its ``"type"``)."""
     kind = spec.get("type")
-    return _preprocessing_class(task, None if kind is None else str(kind))
+    return preprocessing_class(task, None if kind is None else str(kind))
 
 
 # =============================================================================================== hub helpers
@@ -110,7 +101,7 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or name.endswith("/") or name.count("/") > 1 or (os.sep != "/" and os.sep in name)
 
 
-def _resolve_checkpoint(name_or_path: str | os.PathLike, revision: str | None, token: Any, cache_dir: Any) -> Path:
+def resolve_checkpoint(name_or_path: str | os.PathLike, revision: str | None, token: Any, cache_dir: Any) -> Path:
     """A local folder holding the checkpoint: the folder itself, or a ``snapshot_download`` of a Hub id."""
     path = Path(name_or_path).expanduser()
     if path.exists():
@@ -176,7 +167,6 @@ def detector_config(detector: Any) -> dict[str, Any]:
     }
 
 
-
 def save_detector(detector: Any, save_directory: str | os.PathLike, *, repo_id: str | None = None) -> Path:
     """Write the checkpoint (layout: docs/detector.md, "Evaluating, saving and sharing") into ``save_directory`` (created if needed).
 
@@ -196,8 +186,6 @@ def save_detector(detector: Any, save_directory: str | os.PathLike, *, repo_id: 
     Raises:
         DetectorCheckpointError: the folder holds pickled weights or a ``README.md`` that is not ours.
     """
-    from .model_card import is_oe_model_card, render_model_card
-
     folder = Path(save_directory)
     card_path = folder / MODEL_CARD_NAME
     if card_path.is_dir() or (card_path.exists() and not is_oe_model_card(_read_text_or_empty(card_path))):
@@ -237,47 +225,104 @@ def save_detector(detector: Any, save_directory: str | os.PathLike, *, repo_id: 
     return folder
 
 
-
-def has_safetensors(folder: Path) -> bool:
-    """Whether ``folder`` holds safetensors weights (``model.safetensors`` or a sharded index)."""
-    return (folder / WEIGHTS_NAME).is_file() or (folder / WEIGHTS_INDEX_NAME).is_file()
-
-
-def refuse_pickle_only(folder: Path) -> None:
-    """Raise when ``folder``'s only weights are pickle-based (they are never loaded); return otherwise."""
+def _has_safetensors(folder: Path) -> bool:
+    """Whether ``folder`` holds safetensors weights (``model.safetensors`` or a sharded index); a folder whose only
+    weights are pickle-based is refused (they are never loaded)."""
+    if (folder / WEIGHTS_NAME).is_file() or (folder / WEIGHTS_INDEX_NAME).is_file():
+        return True
     pickled = [n for n in _PICKLE_WEIGHTS if (folder / n).exists()]
     if pickled:
         raise DetectorCheckpointError(
             f"{folder} has only pickle-based weights {pickled}; only safetensors are loaded ({WEIGHTS_NAME}). "
             "Re-save the model with save_pretrained() from a trusted environment."
         )
+    return False
 
 
-def load_detector_folder(
-    cls: type,
+def task_of_architecture(name: str) -> str | None:
+    """The detector task of a model class name (``config.json``'s ``architectures``), None when unknown."""
+    if name.endswith(("ForCausalLM", "LMHeadModel")):
+        return "causal-lm"
+    if name.endswith("ForSequenceClassification"):
+        return "text-classification"
+    if name.endswith("ForImageClassification"):
+        return "image-classification"
+    return None
+
+
+def load_detector(
     name_or_path: str | os.PathLike,
     revision: str | None = None,
     *,
+    kind: str = "auto",
+    score: str | None = None,
+    max_length: int | None = None,
+    base_model: str | None = None,
     device: str | torch.device | None = None,
     batch_size: int | None = None,
     progress: bool | None = None,
     token: str | bool | None = None,
     cache_dir: str | os.PathLike | None = None,
+    cls: type | None = None,
 ) -> Any:
-    """Load a detector of class ``cls`` from a local folder or a Hub repo id (``snapshot_download``; ``revision`` = branch/tag/commit).
+    """THE loader: a detector (``cls``, default :class:`~oe_common.detector.OODDetector`) from a local folder or a Hub
+    repo id (``snapshot_download``; ``revision`` = branch/tag/commit). Safetensors only, no ``trust_remote_code``;
+    every file is checked before use, so that a bad one is NAMED; the ``oe.plugins`` packages are imported first.
 
-    Safetensors only, no ``trust_remote_code``. The ``oe.plugins`` packages are imported first, so their model
-    types are registered with the Auto classes.
+    ``kind``:
+
+    * ``"detector"``: a detector folder (:meth:`OODDetector.from_pretrained`): ``detector_config.json`` (score,
+      threshold, preprocessing, the sha256 of every file the save wrote), the model and the preprocessing's files.
+    * ``"model"``: the model and preprocessing of a PLAIN model folder (what ``model.save_pretrained`` +
+      ``tokenizer.save_pretrained`` write; a detector folder's ``detector_config.json`` is ignored), as a detector
+      with no threshold and no fitted statistics: task from ``config.json``'s ``architectures``, preprocessing from
+      the first class registered for that task whose ``from_model_folder`` builds one; ``score`` defaults to the
+      task's, ``max_length`` replaces the preprocessing's own (refused for one without), ``base_model`` (default
+      ``name_or_path``) is recorded in ``training``.
+    * ``"auto"`` (``oe score`` / ``oe eval``): ``"detector"`` when the folder has ``detector_config.json`` (or no
+      ``config.json``), else ``"model"``.
 
     Raises:
-        DetectorCheckpointError: the folder lacks a file (all missing files named), holds only pickled
-            weights, or names a model type no imported package registers.
+        DetectorCheckpointError: a missing file (all missing files named), pickle-only weights, a model type no
+            imported package registers, a corrupt or changed file, a ``config.json`` naming no known task, no
+            registered preprocessing that reads a plain folder.
+        ValueError: ``score`` differs from a saved detector's (its threshold belongs to its own score) or
+            ``max_length`` is given for one; with ``"auto"``, ``score`` is a feature score for a plain model (it has
+            no fitted statistics).
         RuntimeError: a Hub id that cannot be fetched (offline / no network / not found), saying what to do.
     """
-    folder = _resolve_checkpoint(name_or_path, revision, token, cache_dir)
+    if kind not in ("auto", "detector", "model"):
+        raise ValueError(f"kind must be 'auto', 'detector' or 'model', got {kind!r}")
+    if cls is None:
+        from .detector import OODDetector as cls
+    folder = resolve_checkpoint(name_or_path, revision, token, cache_dir)
+    runtime = {"device": device, "batch_size": batch_size, "progress": progress}
+    if kind == "auto":
+        kind = "detector" if (folder / DETECTOR_CONFIG_NAME).is_file() or not (folder / MODEL_CONFIG_NAME).is_file() else "model"
+        if kind == "model" and score in FEATURE_SCORES:
+            raise ValueError(
+                f"score {score!r} needs statistics fitted on training data, which a plain model folder has none of: build a "
+                f"detector with `oe build-detector --model {name_or_path} --train-file FILE --score {score} --output DIR`"
+            )
+    if kind == "detector" and max_length is not None:
+        raise ValueError(f"{name_or_path} is a detector folder: it keeps the preprocessing it was saved with (max_length is for plain model folders)")
+    if kind == "model":
+        model, preprocessing, task = _load_model_folder(folder, max_length)
+        training = {"method": POST_HOC_METHOD, "base_model": str(base_model if base_model is not None else name_or_path)}
+        return cls(model, preprocessing, score=score, task=task, training=training, **runtime)
+    detector = _load_detector_folder(cls, folder, name_or_path, runtime)
+    if score is not None and score != detector.score_name:
+        raise ValueError(
+            f"{name_or_path} is a detector saved with score {detector.score_name!r} (its threshold belongs to that score); "
+            "a score can be chosen only for a plain model folder"
+        )
+    return detector
+
+
+def _load_detector_folder(cls: type, folder: Path, name_or_path: str | os.PathLike, runtime: Mapping[str, Any]) -> Any:
+    """The detector saved in ``folder`` (:func:`load_detector`'s ``"detector"`` kind)."""
     missing = [n for n in (DETECTOR_CONFIG_NAME, MODEL_CONFIG_NAME) if not (folder / n).is_file()]
-    if not has_safetensors(folder):
-        refuse_pickle_only(folder)
+    if not _has_safetensors(folder):
         missing.append(WEIGHTS_NAME)
     config = None
     hashes: dict[str, str] = {}
@@ -308,7 +353,6 @@ def load_detector_folder(
     except ValueError:
         raise DetectorCheckpointError(f"{folder / DETECTOR_CONFIG_NAME}: \"threshold\" must be a finite number or null, got {threshold!r} "
                                       "(with NaN / Infinity nothing is ever flagged); fit the threshold again or set it to null") from None
-    # Every file is checked before use so that a corrupt one is NAMED (not a traceback from a library).
     spec = dict(config.get("preprocessing") or {})
     try:
         preprocessing = _spec_class(task, spec).from_config(spec, folder)
@@ -316,34 +360,58 @@ def load_detector_folder(
         if isinstance(exc, DetectorCheckpointError):
             raise
         raise DetectorCheckpointError(f"{folder / DETECTOR_CONFIG_NAME}: bad preprocessing spec: {exc}") from None
-    _check_weight_files(folder)
-    mahalanobis = _load_mahalanobis(folder) if config.get("mahalanobis_file") else None
     model = _load_model(folder, task)
-    _check_finite_weights(model, folder)
+    mahalanobis = _load_mahalanobis(folder) if config.get("mahalanobis_file") else None
     # after the checks above, so that a truncated or unreadable file keeps its own message
     _check_file_hashes(folder, hashes)
+    settings = {key: config.get(key) for key in ("score", "score_kwargs", "training", "evaluation", "threshold_info")}
     try:
-        detector = cls(
-            model,
-            preprocessing,
-            score=config.get("score"),
-            threshold=threshold,
-            task=task,
-            score_kwargs=config.get("score_kwargs"),
-            training=config.get("training"),
-            evaluation=config.get("evaluation"),
-            threshold_info=config.get("threshold_info"),
-            mahalanobis=mahalanobis,
-            device=device,
-            batch_size=batch_size,
-            progress=progress,
-        )
+        detector = cls(model, preprocessing, threshold=threshold, task=task, mahalanobis=mahalanobis, **settings, **runtime)
     except (ValueError, TypeError) as exc:  # e.g. an unknown score, a vocabulary larger than the model
         files = ", ".join([DETECTOR_CONFIG_NAME, *_spec_class(task, spec).required_files(spec), MODEL_CONFIG_NAME])
         raise DetectorCheckpointError(f"checkpoint {folder} is inconsistent ({files}): {exc}") from None
     detector.checkpoint_folder = folder
     return detector
 
+
+def read_model_config(folder: Path) -> dict[str, Any]:
+    """``config.json`` of a model folder (a missing or corrupt file is named)."""
+    path = folder / MODEL_CONFIG_NAME
+    if not path.is_file():
+        raise DetectorCheckpointError(f"{folder} has neither {DETECTOR_CONFIG_NAME} (a detector) nor {MODEL_CONFIG_NAME} (a model)")
+    return read_checkpoint_json(path)
+
+
+def _load_model_folder(folder: Path, max_length: int | None) -> tuple[torch.nn.Module, DetectorPreprocessing, str]:
+    """``(model, preprocessing, task)`` of the plain model in ``folder`` (:func:`load_detector`'s ``"model"`` kind)."""
+    config = read_model_config(folder)
+    architectures = config.get("architectures") or []
+    tasks = {task_of_architecture(str(name)) for name in architectures} - {None}
+    if len(tasks) != 1:
+        raise DetectorCheckpointError(
+            f"{folder / MODEL_CONFIG_NAME}: architectures {architectures} name no single classifier or language model "
+            f"(e.g. 'BertForSequenceClassification'), and the folder has no {DETECTOR_CONFIG_NAME}; save the model with "
+            "save_pretrained() after fine-tuning"
+        )
+    task = tasks.pop()
+    if not _has_safetensors(folder):
+        raise DetectorCheckpointError(f"model folder {folder} is missing {WEIGHTS_NAME}")
+    load_plugins()
+    preprocessing = None
+    for preprocessing_cls in preprocessing_classes(task):
+        preprocessing = preprocessing_cls.from_model_folder(folder, config)
+        if preprocessing is not None:
+            break
+    if preprocessing is None:
+        raise DetectorCheckpointError(
+            f"no installed {ENTRY_POINT_GROUP!r} package builds a {task} detector from a plain model folder ({folder}); "
+            "build the detector in Python (OODDetector(model, preprocessing)) and save it with save_pretrained()"
+        )
+    if max_length is not None:
+        if not (dataclasses.is_dataclass(preprocessing) and "max_length" in {f.name for f in dataclasses.fields(preprocessing)}):
+            raise ValueError(f"max_length does not apply to {type(preprocessing).__name__} (the preprocessing of {folder})")
+        preprocessing = dataclasses.replace(preprocessing, max_length=max_length)  # validated again
+    return _load_model(folder, task), preprocessing, task
 
 
 def push_detector(
@@ -381,8 +449,6 @@ def push_detector(
                 "logged in (`hf auth login` or HF_TOKEN) with write access, or save_pretrained(dir) and upload later."
             ) from exc
     return str(url)
-
-
 
 
 # =============================================================================================== loading helpers
@@ -490,10 +556,12 @@ def _check_finite_weights(model: torch.nn.Module, folder: Path) -> None:
 
 
 def _load_model(folder: Path, task: str) -> torch.nn.Module:
-    """The model of ``folder`` via the task's Auto class: safetensors only, no remote code."""
+    """The model of ``folder`` via the task's Auto class: safetensors only, no remote code; every weight file's header
+    is read first and NaN / inf weights are refused (each bad file named)."""
     import transformers
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
+    _check_weight_files(folder)
     load_plugins()
     model_config = read_checkpoint_json(folder / MODEL_CONFIG_NAME)
     model_type = model_config.get("model_type")
@@ -508,7 +576,9 @@ def _load_model(folder: Path, task: str) -> torch.nn.Module:
         )
     auto_cls = getattr(transformers, _AUTO_CLASS[task])
     try:
-        return auto_cls.from_pretrained(folder, use_safetensors=True, trust_remote_code=False)
+        model = auto_cls.from_pretrained(folder, use_safetensors=True, trust_remote_code=False)
     except (ValueError, KeyError, RuntimeError, OSError) as exc:
         reason = " ".join(str(exc).split())
         raise DetectorCheckpointError(f"cannot load the {model_type!r} model in {folder} as {_AUTO_CLASS[task]}: {reason}") from exc
+    _check_finite_weights(model, folder)
+    return model

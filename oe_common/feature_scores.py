@@ -28,18 +28,27 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 import torch
 
 from .files import make_readable
 
-__all__ = ["MahalanobisScore", "KNNScore", "classifier_input_features", "MAHALANOBIS_NAME"]
+__all__ = [
+    "MahalanobisScore",
+    "KNNScore",
+    "classifier_input_features",
+    "fit_mahalanobis",
+    "integer_labels",
+    "model_logits",
+    "penultimate_features",
+    "row_weights",
+    "MAHALANOBIS_NAME",
+]
 
 #: The file :meth:`MahalanobisScore.save` writes (and an ``OODDetector`` folder holds after ``fit_mahalanobis``).
 MAHALANOBIS_NAME = "mahalanobis.safetensors"
-_WEIGHTS_NAME = MAHALANOBIS_NAME
 
 
 def _as_float64(x: Any, name: str) -> torch.Tensor:
@@ -79,7 +88,7 @@ class MahalanobisScore:
         Every class in ``range(num_classes)`` (default ``max(labels) + 1``) must have at least one example.
         """
         x = _as_float64(features, "features")
-        y = torch.as_tensor(np.asarray(labels.detach().cpu() if isinstance(labels, torch.Tensor) else labels))
+        y = torch.as_tensor(integer_labels(labels, check=False))
         if y.dim() != 1 or y.shape[0] != x.shape[0]:
             raise ValueError(f"labels must be ({x.shape[0]},) to match the features, got shape {tuple(y.shape)}")
         if y.is_floating_point() or y.dtype == torch.bool:
@@ -142,7 +151,7 @@ class MahalanobisScore:
 
         if self.means is None or self.covariance is None:
             raise RuntimeError("MahalanobisScore is not fitted: nothing to save")
-        path = Path(directory) / _WEIGHTS_NAME
+        path = Path(directory) / MAHALANOBIS_NAME
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file({"means": self.means.contiguous(), "covariance": self.covariance.contiguous()}, str(path), metadata={"rcond": repr(self.rcond)})
         make_readable(path)
@@ -153,7 +162,7 @@ class MahalanobisScore:
         """The detector saved by :meth:`save` in ``directory``."""
         from safetensors import safe_open
 
-        path = Path(directory) / _WEIGHTS_NAME
+        path = Path(directory) / MAHALANOBIS_NAME
         if not path.is_file():
             raise FileNotFoundError(f"{path} does not exist (written by MahalanobisScore.save)")
         with safe_open(str(path), framework="pt") as f:
@@ -242,3 +251,60 @@ def classifier_input_features(
     if features.dim() != 2:
         raise ValueError(f"model.{head} receives a {tuple(features.shape)} tensor, not (batch, features); pool it explicitly")
     return (features, output) if return_output else features
+
+
+def integer_labels(labels: Any, *, check: bool = True) -> np.ndarray:
+    """``labels`` (a tensor, array or sequence) as a numpy array; with ``check`` only integer class ids pass."""
+    y = np.asarray(labels.detach().cpu() if isinstance(labels, torch.Tensor) else labels)
+    if check and y.dtype.kind not in "iu":
+        raise TypeError(f"labels must be integer class ids, got dtype {y.dtype}")
+    return y
+
+
+def model_logits(output: Any) -> torch.Tensor:
+    """The logits of a model's output: ``output.logits``, else its first element (a tuple), else the output itself."""
+    logits = getattr(output, "logits", None)
+    if logits is None:
+        logits = output[0] if isinstance(output, (tuple, list)) else output
+    return logits
+
+
+def row_weights(model_inputs: Mapping[str, torch.Tensor], n_rows: int, device: torch.device) -> torch.Tensor:
+    """A classifier row's weight in the mean over an input's rows: its number of real tokens (text), else 1. ``(B,)``
+    float64."""
+    mask = model_inputs.get("attention_mask")
+    return mask.sum(-1).double() if mask is not None else torch.ones(n_rows, dtype=torch.float64, device=device)
+
+
+def penultimate_features(model: torch.nn.Module, model_inputs: Mapping[str, torch.Tensor], head: str) -> tuple[torch.Tensor, Any]:
+    """``(B, D)`` penultimate features of one batch (the input of ``model.<head>``) and the model's output of that
+    forward pass (:func:`classifier_input_features`); a model without ``head`` is named with what to pass."""
+    try:
+        model.get_submodule(head)
+    except AttributeError:
+        raise ValueError(
+            f"{type(model).__name__} has no module {head!r} whose input is the penultimate feature; "
+            "pass score_kwargs={'head': '<name of the final linear layer>'}"
+        ) from None
+    return classifier_input_features(model, model_inputs, head, return_output=True)
+
+
+def fit_mahalanobis(
+    model: torch.nn.Module,
+    batches: Iterable[tuple[Mapping[str, torch.Tensor], np.ndarray]],
+    labels: np.ndarray,
+    *,
+    head: str = "classifier",
+    num_classes: int | None = None,
+    rcond: float = 1e-10,
+) -> MahalanobisScore:
+    """A :class:`MahalanobisScore` fitted on the penultimate features (:func:`penultimate_features`) of every row of
+    ``batches`` (``(model_inputs, owners)`` as a detector preprocessing yields them), each row labelled with its
+    input's class ``labels[owner]``. ``num_classes`` defaults to ``model.config.num_labels``."""
+    features, row_labels = [], []
+    for model_inputs, owners in batches:
+        features.append(penultimate_features(model, model_inputs, head)[0].double().cpu())
+        row_labels.append(labels[owners])
+    if num_classes is None:
+        num_classes = getattr(getattr(model, "config", None), "num_labels", None)
+    return MahalanobisScore(rcond=rcond).fit(torch.cat(features), np.concatenate(row_labels), num_classes=num_classes)

@@ -1,20 +1,16 @@
-"""Post-hoc detectors for any fine-tuned classifier, no training: a plain model folder or Hub id as an
-:class:`~oe_common.detector.OODDetector`, and ``oe build-detector`` (Mahalanobis statistics from a labelled training
-file, a threshold from a validation file, saved as a detector folder).
+"""Post-hoc detectors for any fine-tuned classifier, no training: ``oe build-detector`` (Mahalanobis statistics from a
+labelled training file, a threshold from a validation file, saved as a detector folder).
 
 A *plain model folder* is what ``model.save_pretrained(folder)`` + ``tokenizer.save_pretrained(folder)`` write for a
 fine-tuned ``AutoModelForSequenceClassification`` (``config.json``, safetensors weights, the files the model reads
-its inputs with) and has no ``detector_config.json``. Its task comes from ``config.json``'s ``architectures``; its
-preprocessing from the first class registered for that task whose
-:meth:`~oe_common.preprocessing.DetectorPreprocessing.from_model_folder` builds one (the text package registers a
-tokenizer-based one). ``oe_common`` names no modality here: the packages of the ``oe.plugins`` group decide.
+its inputs with) and has no ``detector_config.json``; :func:`oe_common.detector_io.load_detector` (``kind="model"``)
+reads it as a detector (the packages of the ``oe.plugins`` group say how its inputs are read).
 
 Details: docs/detector.md, section "Post-hoc detector for your own fine-tuned classifier".
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 import shutil
@@ -26,21 +22,8 @@ import numpy as np
 import torch
 
 from .data_integrity import file_sha256
-from .model_card import POST_HOC_METHOD
-from .detector import OODDetector, task_of_architecture
-from .detector_io import (
-    DETECTOR_CONFIG_NAME,
-    MODEL_CONFIG_NAME,
-    WEIGHTS_NAME,
-    _check_finite_weights,
-    _check_weight_files,
-    _load_model,
-    _resolve_checkpoint,
-    has_safetensors,
-    refuse_pickle_only,
-)
-from .plugins import ENTRY_POINT_GROUP, load_plugins
-from .preprocessing import DetectorCheckpointError, preprocessing_classes, read_checkpoint_json
+from .detector import OODDetector
+from .detector_io import MODEL_CONFIG_NAME, resolve_checkpoint, load_detector, read_model_config
 from .scores import FEATURE_SCORES
 from .table_files import TableFileError, read_columns, text_column
 
@@ -49,9 +32,7 @@ __all__ = [
     "OutputFolderError",
     "build_detector",
     "check_output_folder",
-    "detector_from_model_folder",
     "label_ids",
-    "load_detector",
     "read_labelled_texts",
 ]
 
@@ -62,127 +43,6 @@ _INTEGER = re.compile(r"[+-]?\d+")
 
 class OutputFolderError(ValueError):
     """The output folder cannot receive a new detector (inside the model folder, not empty, a file)."""
-
-
-# =============================================================================================== loading
-def _model_task(folder: Path, config: Mapping[str, Any]) -> str:
-    """The detector task named by ``config.json``'s ``architectures`` (exactly one task)."""
-    architectures = config.get("architectures") or []
-    tasks = {task_of_architecture(str(name)) for name in architectures} - {None}
-    if len(tasks) != 1:
-        raise DetectorCheckpointError(
-            f"{folder / MODEL_CONFIG_NAME}: architectures {architectures} name no single classifier or language model "
-            f"(e.g. 'BertForSequenceClassification'), and the folder has no {DETECTOR_CONFIG_NAME}; save the model with "
-            "save_pretrained() after fine-tuning"
-        )
-    return tasks.pop()
-
-
-def _check_safetensors(folder: Path) -> None:
-    """The folder holds safetensors weights (pickle-only weights are refused, never loaded)."""
-    if has_safetensors(folder):
-        return
-    refuse_pickle_only(folder)
-    raise DetectorCheckpointError(f"model folder {folder} is missing {WEIGHTS_NAME}")
-
-
-def detector_from_model_folder(
-    folder: str | os.PathLike,
-    *,
-    score: str | None = None,
-    max_length: int | None = None,
-    base_model: str | None = None,
-    device: str | torch.device | None = None,
-    batch_size: int | None = None,
-    progress: bool | None = None,
-) -> OODDetector:
-    """An :class:`OODDetector` around the plain model in ``folder`` (no threshold, no fitted statistics).
-
-    ``score`` defaults to the task's (``msp`` for classifiers). ``max_length`` replaces the preprocessing's own
-    (a tokenizer's: tokens per text; refused for a preprocessing without one). ``base_model`` (default: the folder)
-    is recorded in ``training`` as where the model came from. Safetensors only, no remote code, every file checked
-    before use. A detector folder is also a model folder: its model and preprocessing files are read, its
-    ``detector_config.json`` (score, threshold, statistics) is ignored.
-
-    Raises:
-        DetectorCheckpointError: ``config.json`` missing / naming no known task, weights missing / pickle-only /
-            corrupt / NaN, no registered preprocessing that reads the folder (or its files broken).
-    """
-    folder = Path(folder)
-    config = read_model_config(folder)
-    task = _model_task(folder, config)
-    _check_safetensors(folder)
-    load_plugins()
-    preprocessing = None
-    for cls in preprocessing_classes(task):
-        preprocessing = cls.from_model_folder(folder, config)
-        if preprocessing is not None:
-            break
-    if preprocessing is None:
-        raise DetectorCheckpointError(
-            f"no installed {ENTRY_POINT_GROUP!r} package builds a {task} detector from a plain model folder ({folder}); "
-            "build the detector in Python (OODDetector(model, preprocessing)) and save it with save_pretrained()"
-        )
-    if max_length is not None:
-        if not (dataclasses.is_dataclass(preprocessing) and "max_length" in {f.name for f in dataclasses.fields(preprocessing)}):
-            raise ValueError(f"max_length does not apply to {type(preprocessing).__name__} (the preprocessing of {folder})")
-        preprocessing = dataclasses.replace(preprocessing, max_length=max_length)  # validated again
-    _check_weight_files(folder)
-    model = _load_model(folder, task)
-    _check_finite_weights(model, folder)
-    training = {"method": POST_HOC_METHOD, "base_model": str(base_model if base_model is not None else folder)}
-    return OODDetector(model, preprocessing, score=score, task=task, training=training, device=device,
-                       batch_size=batch_size, progress=progress)
-
-
-def read_model_config(folder: Path) -> dict[str, Any]:
-    """``config.json`` of a model folder (a missing or corrupt file is named)."""
-    path = folder / MODEL_CONFIG_NAME
-    if not path.is_file():
-        raise DetectorCheckpointError(f"{folder} has neither {DETECTOR_CONFIG_NAME} (a detector) nor {MODEL_CONFIG_NAME} (a model)")
-    return read_checkpoint_json(path)
-
-
-def load_detector(
-    name_or_path: str | os.PathLike,
-    revision: str | None = None,
-    *,
-    score: str | None = None,
-    max_length: int | None = None,
-    device: str | torch.device | None = None,
-    batch_size: int | None = None,
-    progress: bool | None = None,
-    token: str | bool | None = None,
-    cache_dir: str | os.PathLike | None = None,
-) -> OODDetector:
-    """A detector folder (:meth:`OODDetector.from_pretrained`) or a PLAIN model folder / Hub id
-    (:func:`detector_from_model_folder`; score ``msp`` unless ``score`` says otherwise; ``max_length``), whichever
-    it holds.
-
-    Raises:
-        ValueError: ``score`` differs from a saved detector's (its threshold belongs to its own score) or
-            ``max_length`` is given for one, or ``score`` is a feature score (``mahalanobis``) for a plain model,
-            which has no fitted statistics.
-        DetectorCheckpointError, RuntimeError: as :meth:`OODDetector.from_pretrained`.
-    """
-    folder = _resolve_checkpoint(name_or_path, revision, token, cache_dir)
-    if (folder / DETECTOR_CONFIG_NAME).is_file() or not (folder / MODEL_CONFIG_NAME).is_file():
-        if max_length is not None:
-            raise ValueError(f"{name_or_path} is a detector folder: it keeps the preprocessing it was saved with (max_length is for plain model folders)")
-        detector = OODDetector.from_pretrained(folder, device=device, batch_size=batch_size, progress=progress)
-        if score is not None and score != detector.score_name:
-            raise ValueError(
-                f"{name_or_path} is a detector saved with score {detector.score_name!r} (its threshold belongs to that score); "
-                "a score can be chosen only for a plain model folder"
-            )
-        return detector
-    if score in FEATURE_SCORES:
-        raise ValueError(
-            f"score {score!r} needs statistics fitted on training data, which a plain model folder has none of: build a "
-            f"detector with `oe build-detector --model {name_or_path} --train-file FILE --score {score} --output DIR`"
-        )
-    return detector_from_model_folder(folder, score=score, max_length=max_length, base_model=str(name_or_path), device=device,
-                                      batch_size=batch_size, progress=progress)
 
 
 # =============================================================================================== labelled files
@@ -302,11 +162,11 @@ def build_detector(
 ) -> OODDetector:
     """``oe build-detector``: a detector folder for the fine-tuned classifier ``model`` (a plain folder or Hub id;
     a detector folder's model also, its own score and threshold ignored), without training. Returns the detector,
-    saved in ``output``. ``max_length``: see :func:`detector_from_model_folder`.
+    saved in ``output``. ``max_length``: see :func:`oe_common.detector_io.load_detector`.
 
     1. Check everything before anything is written: the output folder (:func:`check_output_folder`), the model's
        ``config.json``, the data files (columns, empty texts, labels mapped through ``label2id``: :func:`label_ids`),
-       then load the model (:func:`detector_from_model_folder`).
+       then load the model (:func:`oe_common.detector_io.load_detector`, ``kind="model"``).
     2. With ``train_file``: fit the ``mahalanobis`` statistics on its texts and labels (every class needs a row),
        :meth:`OODDetector.fit_mahalanobis`; the score ``mahalanobis`` is then available (``score`` default ``msp``).
     3. With ``validation_file``: threshold flagging at most ``target_fpr`` of its texts (:meth:`OODDetector.fit_threshold`,
@@ -321,7 +181,7 @@ def build_detector(
         raise ValueError(f"score {score!r} needs a training file to fit its statistics on: give --train-file (and its columns)")
     if not 0.0 <= float(target_fpr) < 1.0:
         raise ValueError(f"target_fpr must be in [0, 1), got {target_fpr!r}")
-    folder = _resolve_checkpoint(model, revision, None, None)
+    folder = resolve_checkpoint(model, revision, None, None)
     out = check_output_folder(output, folder)
     config = read_model_config(folder)
     train = None if train_file is None else read_labelled_texts(train_file, text_column, label_column, config)
@@ -333,8 +193,8 @@ def build_detector(
             names = {v: k for k, v in label2id.items()}
             shown = ", ".join(repr(names.get(i, i)) for i in absent[:10]) + (" ..." if len(absent) > 10 else "")
             raise TableFileError(f"{train_file}: the Mahalanobis score needs at least one row of every class; no row has label {shown}")
-    detector = detector_from_model_folder(folder, score=score, max_length=max_length, base_model=str(model), device=device,
-                                          batch_size=batch_size, progress=progress)
+    detector = load_detector(folder, kind="model", score=score, max_length=max_length, base_model=str(model), device=device,
+                             batch_size=batch_size, progress=progress)
     if revision is not None:
         detector.training["base_model_revision"] = revision
     if train is not None:

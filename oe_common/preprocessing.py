@@ -94,12 +94,10 @@ class DetectorCheckpointError(ValueError):
     """A checkpoint folder / Hub repo cannot be loaded (missing file, unknown model type, pickle-only weights)."""
 
 
-
 def some_indices(indices: Sequence[int], limit: int = 10) -> str:
     """``"3, 7, 9"``: the first ``limit`` indices for an error message, then how many more."""
     shown = ", ".join(str(i) for i in list(indices)[:limit])
     return shown + (f", ... ({len(indices) - limit} more)" if len(indices) > limit else "")
-
 
 
 def read_checkpoint_json(path: Path) -> dict[str, Any]:
@@ -129,10 +127,27 @@ def preprocessing_classes(task: str) -> tuple[type[DetectorPreprocessing], ...]:
     return tuple(cls for cls in _REGISTRY.values() if task in cls.tasks)
 
 
-def preprocessing_class(task: str, kind: str | None = None) -> type[DetectorPreprocessing] | None:
-    """The registered class serving ``task`` whose ``kind`` is ``kind`` (None: the task's first registered class);
-    None when no imported package registers one."""
+def preprocessing_class(task: str, kind: str | None = None) -> type[DetectorPreprocessing]:
+    """The registered class serving ``task`` whose ``kind`` is ``kind`` (a saved spec's ``"type"``; None: the task's
+    first registered class), after importing the ``oe.plugins`` packages.
+
+    Raises:
+        DetectorCheckpointError: ``kind`` does not serve ``task`` (a saved spec that names another task's type).
+        TypeError: no imported package registers a preprocessing for ``task`` (saying what to install).
+    """
+    from .plugins import ENTRY_POINT_GROUP, load_plugins
+
+    load_plugins()
     classes = preprocessing_classes(task)
     if kind is None:
-        return classes[0] if classes else None
-    return next((cls for cls in classes if cls.kind == kind), None)
+        found = classes[0] if classes else None
+    else:
+        found = next((cls for cls in classes if cls.kind == kind), None)
+    if found is None:
+        if kind is not None and classes:
+            raise DetectorCheckpointError(f"preprocessing type {kind!r} does not serve task {task!r}; known types: {[c.kind for c in classes]}")
+        raise TypeError(
+            f"no preprocessing is registered for task {task!r}: install the package that provides it (it registers "
+            f"on import through the {ENTRY_POINT_GROUP!r} entry points)"
+        )
+    return found

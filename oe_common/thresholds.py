@@ -2,7 +2,8 @@
 
 Two rules, both on held-out scores and both exact on the observed values (no interpolation):
 :func:`threshold_for_fpr` caps the false-alarm rate on in-distribution data, :func:`threshold_for_tpr` reaches a
-detection rate on held-out anomalies. :class:`~oe_common.detector.OODDetector` fits its threshold with them.
+detection rate on held-out anomalies. :func:`fit_threshold` applies one of them and records what it achieved;
+:class:`~oe_common.detector.OODDetector` fits its threshold with it.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import numpy as np
 
 from .metrics import _real_number, as_score_array
 
-__all__ = ["check_threshold", "check_threshold_target", "threshold_for_fpr", "threshold_for_tpr"]
+__all__ = ["check_threshold", "check_threshold_target", "fit_threshold", "threshold_for_fpr", "threshold_for_tpr"]
 
 
 def _check_target_fpr(target_fpr: Any) -> float:
@@ -94,3 +95,27 @@ def threshold_for_tpr(in_scores: Any, out_scores: Any, target_tpr: float) -> flo
     pooled = np.concatenate([ins, outs])
     below = pooled[pooled < o_star]
     return float(below.max()) if below.size else float(np.nextafter(o_star, -np.inf))
+
+
+def fit_threshold(
+    in_scores: Any, out_scores: Any = None, *, target_fpr: float | None = None, target_tpr: float | None = None
+) -> tuple[float, dict[str, Any]]:
+    """``(threshold, info)`` from HELD-OUT scores (never the test anomalies you report), for exactly one target:
+
+    * ``target_fpr=f``: flag at most a fraction ``f`` of the in-distribution ``in_scores`` ``(n,)``
+      (:func:`threshold_for_fpr`); ``out_scores`` ``(m,)``, if given, only report the achieved TPR.
+    * ``target_tpr=r``: flag at least a fraction ``r`` of the anomalies ``out_scores`` (required) with the highest
+      such threshold (:func:`threshold_for_tpr`).
+
+    ``info`` records the rule and the achieved rates: ``{"rule", <rule>: target, "n_in", "achieved_fpr"}`` (+
+    ``"n_out", "achieved_tpr"`` with anomalies).
+    """
+    rule, target = check_threshold_target(target_fpr, target_tpr, out_scores is not None)
+    ins = as_score_array(in_scores, "in_scores")
+    outs = None if out_scores is None else as_score_array(out_scores, "out_scores")
+    threshold = threshold_for_fpr(ins, target) if rule == "target_fpr" else threshold_for_tpr(ins, outs, target)
+    info: dict[str, Any] = {"rule": rule, rule: target}
+    info.update({"n_in": int(ins.size), "achieved_fpr": float(np.mean(ins > threshold))})
+    if outs is not None:
+        info.update({"n_out": int(outs.size), "achieved_tpr": float(np.mean(outs > threshold))})
+    return threshold, info

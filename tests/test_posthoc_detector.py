@@ -19,7 +19,7 @@ from test_textcls_detector import random_texts, tiny_bert, tiny_tokenizer
 
 from oe_common import cli
 from oe_common.detector import DETECTOR_CONFIG_NAME, OODDetector, threshold_for_fpr
-from oe_common.posthoc import detector_from_model_folder, load_detector
+from oe_common.detector_io import load_detector
 from oe_common.table_files import MissingColumnError, read_columns
 from oe_text import TokenizerPreprocessing
 
@@ -240,7 +240,7 @@ def test_bad_inputs_are_one_line_errors_and_nothing_is_written(plain_model, tmp_
     assert "is not empty" in fails(1, "--train-file", str(good), output=tmp_path / "used")
     # the same inputs, fixed, succeed (and the detector loads through the plain-folder code path's checks)
     assert build(plain_model, out, "--train-file", str(good)) == 0
-    assert detector_from_model_folder(plain_model, device="cpu").training["base_model"] == str(plain_model)
+    assert load_detector(plain_model, kind="model", device="cpu").training["base_model"] == str(plain_model)
 
 
 def test_read_columns_lists_what_it_found(tmp_path):

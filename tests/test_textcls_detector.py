@@ -22,7 +22,7 @@ import torch
 from test_hub_checkpoints import minilm_home  # noqa: F401 - the real-checkpoint fixture (module scoped), reused
 
 from oe_common import cli
-from oe_common.detector import DETECTOR_CONFIG_NAME, DetectorCheckpointError, DetectorInputError, OODDetector
+from oe_common.detector import DETECTOR_CONFIG_NAME, DetectorCheckpointError, DetectorInputError, OODDetector, accuracy
 from oe_common.feature_scores import MAHALANOBIS_NAME
 from oe_common.model_card import parse_front_matter
 from oe_common.scores import FEATURE_SCORES, LOGIT_SCORE_NAMES, SCORE_NAMES, example_scores
@@ -299,17 +299,17 @@ def test_model_card_has_dataset_accuracy_and_detection_table(tmp_path):
     with torch.no_grad():
         enc = det.preprocessing.tokenizer(texts, padding=True, return_tensors="pt")
         predicted = det.model(**enc).logits.argmax(-1).numpy()
-    accuracy = det.accuracy(texts, labels, data="clinc150 test")
-    assert accuracy == pytest.approx(np.mean(predicted == labels))
+    value = accuracy(det, texts, labels, data="clinc150 test")
+    assert value == pytest.approx(np.mean(predicted == labels))
     det.evaluate(random_texts(20, seed=4), {"oos": random_texts(10, seed=5, lo=12, hi=20)})
-    assert det.evaluation["accuracy"] == accuracy and det.evaluation["rows"]  # evaluate keeps the accuracy
+    assert det.evaluation["accuracy"] == value and det.evaluation["rows"]  # evaluate keeps the accuracy
     folder = det.save_pretrained(tmp_path / "det")
     metadata, body = parse_front_matter((folder / "README.md").read_text())
     assert metadata["datasets"] == ["clinc150", "wikitext-2"]
-    assert f"Classification accuracy on clinc150 test, 4 examples: **{100 * accuracy:.2f}%**" in body
+    assert f"Classification accuracy on clinc150 test, 4 examples: **{100 * value:.2f}%**" in body
     assert "| oos |" in body and "BertTokenizer" in body and "`tokenizer.json`" in body and "vocab.json" not in body
     loaded = OODDetector.from_pretrained(folder, device="cpu", progress=False)
-    assert loaded.evaluation["accuracy"] == accuracy
+    assert loaded.evaluation["accuracy"] == value
 
 
 # ------------------------------------------------------------------------------------------------ the real checkpoint
