@@ -25,7 +25,7 @@ from .scores import example_scores
 if TYPE_CHECKING:
     from .trainer import OETrainer
 
-__all__ = ["logit_scores", "score_batch", "compute_scores", "evaluate_ood"]
+__all__ = ["logit_scores", "compute_scores", "evaluate_ood"]
 
 
 def _score_names(trainer: OETrainer, score: str | Sequence[str] | None) -> tuple[str, ...]:
@@ -41,11 +41,6 @@ def _score_names(trainer: OETrainer, score: str | Sequence[str] | None) -> tuple
     return names
 
 
-def _one_name(score: str | Sequence[str] | None) -> bool:
-    """Whether ``score`` names one score (the result is then one array, not a dict by name)."""
-    return score is None or isinstance(score, str)
-
-
 def logit_scores(trainer: OETrainer, model: nn.Module, batch: Mapping[str, Any], scores: Sequence[str]) -> dict[str, torch.Tensor]:
     """``{name: (B,)}`` scores of one prepared batch from ONE forward pass (``OETrainer.score_batch_many``'s default).
 
@@ -59,16 +54,6 @@ def logit_scores(trainer: OETrainer, model: nn.Module, batch: Mapping[str, Any],
     logits, mask = trainer.logits_and_mask(model(**trainer._model_inputs(batch)), batch)
     targets = labels if isinstance(labels, torch.Tensor) else batch.get("input_ids")
     return example_scores(logits, scores, targets=targets, mask=mask, causal=trainer.is_causal_lm(model))
-
-
-def score_batch(
-    trainer: OETrainer, model: nn.Module, batch: Mapping[str, Any], score: str | Sequence[str] | None = None
-) -> torch.Tensor | dict[str, torch.Tensor]:
-    """Per-example anomaly scores of one prepared batch: ``(B,)`` for one score name, ``{name: (B,)}`` (one forward
-    pass) for a list of names; ``None``: the trainer's ``default_score``."""
-    names = _score_names(trainer, score)
-    scores = trainer.score_batch_many(model, batch, names)
-    return scores[names[0]] if _one_name(score) else scores
 
 
 @torch.no_grad()
@@ -98,7 +83,7 @@ def compute_scores(trainer: OETrainer, dataset: Any, score: str | Sequence[str] 
     if not chunks[names[0]]:
         raise ValueError("the dataset to score is empty")
     arrays = {name: torch.cat(parts).double().numpy() for name, parts in chunks.items()}
-    return arrays[names[0]] if _one_name(score) else arrays
+    return arrays[names[0]] if score is None or isinstance(score, str) else arrays
 
 
 def evaluate_ood(

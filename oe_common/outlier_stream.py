@@ -8,7 +8,9 @@ from __future__ import annotations
 import random
 from typing import Any, Callable, Iterator, Mapping
 
+import datasets
 import torch
+from datasets.distributed import split_dataset_by_node
 from torch.utils.data import DataLoader, Subset
 from transformers.utils import logging
 
@@ -23,14 +25,6 @@ OUTLIER_STREAM_STATE_NAME = "oe_outlier_stream.json"
 
 class EmptyOutlierDatasetError(ValueError):
     """The outlier dataset (or this process's shard of it) yields no example."""
-
-
-def _hf_datasets():
-    try:
-        import datasets
-    except ImportError:  # pragma: no cover - datasets is a dependency
-        return None
-    return datasets
 
 
 def is_streaming(dataset: Any) -> bool:
@@ -115,12 +109,8 @@ class OutlierStream:
         self.examples_drawn = skip_examples
         self.streaming = is_streaming(dataset)
         self._where = f"process {rank} of {world_size}" if world_size > 1 else "the only process"
-        datasets = _hf_datasets()
-
         if not self.streaming:
-            if datasets is not None and isinstance(dataset, datasets.Dataset):
-                from datasets.distributed import split_dataset_by_node
-
+            if isinstance(dataset, datasets.Dataset):
                 shard = split_dataset_by_node(dataset, rank=rank, world_size=world_size) if world_size > 1 else dataset
             else:
                 shard = Subset(dataset, range(rank, len(dataset), world_size)) if world_size > 1 else dataset
@@ -143,9 +133,7 @@ class OutlierStream:
             )
             self._iterator: Iterator[Any] = iter(self._loader)
         else:
-            if datasets is not None and isinstance(dataset, datasets.IterableDataset):
-                from datasets.distributed import split_dataset_by_node
-
+            if isinstance(dataset, datasets.IterableDataset):
                 shard = dataset.shuffle(seed=seed, buffer_size=shuffle_buffer_size)
                 if world_size > 1:
                     shard = split_dataset_by_node(shard, rank=rank, world_size=world_size)

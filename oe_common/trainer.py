@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import Trainer, TrainingArguments
 from transformers.modeling_outputs import ModelOutput
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, RemoveColumnsCollator, get_last_checkpoint
 from transformers.utils import logging
 
 from . import evaluation
@@ -27,9 +27,9 @@ from .callbacks import TIME_BUDGET_STATE_NAME, find_time_budget
 from .files import make_readable
 from .losses import energy_oe_loss, joint_token_oe_loss, oe_uniform_loss
 from .outlier_stream import OUTLIER_STREAM_STATE_NAME, OutlierStream, is_streaming, resume_position, stream_position
-from .scores import LOGIT_SCORE_NAMES, SCORE_NAMES, shift_labels
+from .scores import LOGIT_SCORE_NAMES, shift_labels
 
-__all__ = ["OETrainingArguments", "OETrainer", "CheckpointResumeMixin", "OE_LOSSES", "SCORE_NAMES", "OUTLIER_STREAM_STATE_NAME", "read_checkpoint_json"]
+__all__ = ["OETrainingArguments", "OETrainer", "CheckpointResumeMixin", "OE_LOSSES", "read_checkpoint_json"]
 
 logger = logging.get_logger(__name__)
 
@@ -60,19 +60,6 @@ def _problem_type(logits: torch.Tensor, labels: torch.Tensor) -> str:
     if labels.dtype in (torch.long, torch.int, torch.int16, torch.int8, torch.uint8):
         return "single_label_classification"
     return "multi_label_classification"
-
-
-class _KeepKeysCollator:
-    """Drops the columns ``model.forward`` does not take, then collates (like the Trainer's RemoveColumnsCollator;
-    a class, so that DataLoader workers can pickle it)."""
-
-    def __init__(self, collator: Any, keys: set[str]):
-        self.collator, self.keys = collator, keys
-
-    def __call__(self, features: list[Any]) -> Any:
-        if features and isinstance(features[0], Mapping):
-            features = [{k: v for k, v in f.items() if k in self.keys} for f in features]
-        return self.collator(features)
 
 
 def read_checkpoint_json(checkpoint: str, name: str) -> Any:
@@ -309,7 +296,7 @@ class OETrainer(CheckpointResumeMixin, Trainer):
             return self.outlier_data_collator
         if self._oe_forward_keys is None:
             return self.data_collator
-        return _KeepKeysCollator(self.data_collator, self._oe_forward_keys)
+        return RemoveColumnsCollator(self.data_collator, self._oe_forward_keys)  # the columns model.forward takes
 
     def _make_outlier_stream(self, num_workers: int | None = None, skip_examples: int = 0) -> OutlierStream:
         args = self.args
