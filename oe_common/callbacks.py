@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
@@ -19,7 +19,11 @@ from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
 
-__all__ = ["TimeBudgetCallback", "check_time_budget", "time_budget_callbacks", "training_steps_report"]
+__all__ = ["TimeBudgetCallback", "TIME_BUDGET_STATE_NAME", "find_time_budget", "check_time_budget", "time_budget_callbacks",
+           "training_steps_report"]
+
+#: File in a checkpoint folder that records a :class:`TimeBudgetCallback`'s plan and seconds used (read when resuming).
+TIME_BUDGET_STATE_NAME = "oe_time_budget.json"
 
 
 class TimeBudgetCallback(TrainerCallback):
@@ -45,8 +49,8 @@ class TimeBudgetCallback(TrainerCallback):
     re-planned), :attr:`stopped_at_step` (``None`` = the hard stop was not needed); :func:`training_steps_report`
     puts them in a dict for a results file.
 
-    Resuming: :meth:`resume_state` (what ``OETrainer`` writes into every checkpoint) holds the plan and the seconds
-    used so far; :meth:`load_resume_state` before ``train(resume_from_checkpoint=...)`` makes the resumed run keep
+    Resuming: :meth:`resume_state` (what ``OETrainer`` writes into every checkpoint as
+    :data:`TIME_BUDGET_STATE_NAME`) holds the plan and the seconds used so far; :meth:`load_resume_state` before ``train(resume_from_checkpoint=...)`` makes the resumed run keep
     that plan (step count, learning-rate schedule, hard stop) and count its budget from those seconds, so a
     resumed run trains the steps an uninterrupted one would, and a finished one trains no more.
 
@@ -90,10 +94,14 @@ class TimeBudgetCallback(TrainerCallback):
                 "fitted_steps": self.fitted_steps, "stopped_at_step": self.stopped_at_step,
                 "probe_from": None if self._probe_from is None else list(self._probe_from)}
 
-    def load_resume_state(self, saved: dict[str, Any]) -> None:
-        """Continue from a checkpoint's :meth:`resume_state` at the next ``on_train_begin`` (a state saved with other
-        settings or another step count is ignored there, with a warning: the run is then planned afresh)."""
-        self._saved = dict(saved)
+    def load_resume_state(self, saved: Mapping[str, Any] | None, checkpoint: str = "the checkpoint") -> None:
+        """Continue from ``checkpoint``'s :meth:`resume_state` at the next ``on_train_begin`` (a state saved with other
+        settings or another step count is ignored there, with a warning: the run is then planned afresh; so is
+        ``saved=None``, a checkpoint saved without a time budget)."""
+        if saved is None:
+            logger.warning(f"OETrainer: {checkpoint} has no {TIME_BUDGET_STATE_NAME} (saved without a time budget): the "
+                           "budget counts from now and the schedule is planned afresh")
+        self._saved = None if saved is None else dict(saved)
 
     def _restore(self, state: TrainerState, lr_scheduler: Any) -> bool:
         saved, self._saved = self._saved, None
@@ -185,6 +193,11 @@ def _replan_schedule(lr_scheduler: Any, num_training_steps: int) -> bool:
     return True
 
 
+def find_time_budget(callbacks: Iterable[TrainerCallback]) -> TimeBudgetCallback | None:
+    """The first :class:`TimeBudgetCallback` of ``callbacks`` (e.g. ``trainer.callback_handler.callbacks``), if any."""
+    return next((c for c in callbacks if isinstance(c, TimeBudgetCallback)), None)
+
+
 def check_time_budget(name: str, minutes: float | None) -> None:
     """Raise ``ValueError`` unless ``minutes`` is ``None`` (no budget) or a positive number (a config field check)."""
     if minutes is not None and not (isinstance(minutes, (int, float)) and minutes > 0):
@@ -206,7 +219,7 @@ def training_steps_report(trainer: Any) -> dict[str, Any]:
     to fewer steps; ``stopped_by_time_budget``: the hard stop at the budget was needed. ``time_budget_minutes`` is
     ``None`` when the trainer had no :class:`TimeBudgetCallback`.
     """
-    budget = next((c for c in trainer.callback_handler.callbacks if isinstance(c, TimeBudgetCallback)), None)
+    budget = find_time_budget(trainer.callback_handler.callbacks)
     planned = budget.planned_steps if budget is not None and budget.planned_steps is not None else trainer.state.max_steps
     fitted = None if budget is None else budget.fitted_steps
     return {

@@ -6,24 +6,25 @@ Details: docs/modules.md, section ``oe_common.outlier_stream``.
 from __future__ import annotations
 
 import random
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
+import datasets
 import torch
+from datasets.distributed import split_dataset_by_node
 from torch.utils.data import DataLoader, Subset
+from transformers.utils import logging
 
-__all__ = ["OutlierStream", "EmptyOutlierDatasetError", "is_streaming"]
+__all__ = ["OutlierStream", "EmptyOutlierDatasetError", "is_streaming", "OUTLIER_STREAM_STATE_NAME", "stream_position",
+           "resume_position"]
+
+logger = logging.get_logger(__name__)
+
+#: File in every checkpoint folder that records where the outlier stream stood (read when resuming).
+OUTLIER_STREAM_STATE_NAME = "oe_outlier_stream.json"
 
 
 class EmptyOutlierDatasetError(ValueError):
     """The outlier dataset (or this process's shard of it) yields no example."""
-
-
-def _hf_datasets():
-    try:
-        import datasets
-    except ImportError:  # pragma: no cover - datasets is a dependency
-        return None
-    return datasets
 
 
 def is_streaming(dataset: Any) -> bool:
@@ -108,12 +109,8 @@ class OutlierStream:
         self.examples_drawn = skip_examples
         self.streaming = is_streaming(dataset)
         self._where = f"process {rank} of {world_size}" if world_size > 1 else "the only process"
-        datasets = _hf_datasets()
-
         if not self.streaming:
-            if datasets is not None and isinstance(dataset, datasets.Dataset):
-                from datasets.distributed import split_dataset_by_node
-
+            if isinstance(dataset, datasets.Dataset):
                 shard = split_dataset_by_node(dataset, rank=rank, world_size=world_size) if world_size > 1 else dataset
             else:
                 shard = Subset(dataset, range(rank, len(dataset), world_size)) if world_size > 1 else dataset
@@ -136,9 +133,7 @@ class OutlierStream:
             )
             self._iterator: Iterator[Any] = iter(self._loader)
         else:
-            if datasets is not None and isinstance(dataset, datasets.IterableDataset):
-                from datasets.distributed import split_dataset_by_node
-
+            if isinstance(dataset, datasets.IterableDataset):
                 shard = dataset.shuffle(seed=seed, buffer_size=shuffle_buffer_size)
                 if world_size > 1:
                     shard = split_dataset_by_node(shard, rank=rank, world_size=world_size)
@@ -205,3 +200,30 @@ class OutlierStream:
                     "check its files / generator, and that it has at least as many examples (or shards) as processes"
                 )
             self._epoch += 1
+
+
+# ---- resuming ------------------------------------------------------------------------------------------------
+def stream_position(examples_drawn: int, seed: int, world_size: int) -> dict[str, Any]:
+    """What a checkpoint records (as :data:`OUTLIER_STREAM_STATE_NAME`) of the outlier stream of every process:
+    the examples each has drawn so far, and the seed and process count that make that position meaningful."""
+    return {"examples_drawn_per_process": examples_drawn, "oe_seed": seed, "world_size": world_size}
+
+
+def resume_position(saved: Mapping[str, Any] | None, seed: int, world_size: int, checkpoint: str) -> int:
+    """``skip_examples`` of a stream resumed from ``checkpoint``, whose :func:`stream_position` is ``saved``
+    (``None``: the checkpoint has none). 0, with a warning, when there is none or it had another seed or number of
+    processes: the stream then starts from its first batch."""
+    if saved is None:
+        logger.warning(
+            f"OETrainer: {checkpoint} has no {OUTLIER_STREAM_STATE_NAME} (saved without outliers, or by another "
+            "trainer): the outlier stream starts from its first batch"
+        )
+        return 0
+    if (saved.get("oe_seed"), saved.get("world_size")) != (seed, world_size):
+        logger.warning(
+            f"OETrainer: the checkpoint's outlier stream had oe_seed={saved.get('oe_seed')}, "
+            f"world_size={saved.get('world_size')}; this run has oe_seed={seed}, world_size={world_size}, so its "
+            "position does not carry over: the outlier stream starts from its first batch"
+        )
+        return 0
+    return int(saved["examples_drawn_per_process"])

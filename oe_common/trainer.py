@@ -9,28 +9,27 @@ import inspect
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import Trainer, TrainingArguments
 from transformers.modeling_outputs import ModelOutput
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, RemoveColumnsCollator, get_last_checkpoint
 from transformers.utils import logging
 
-from . import metrics as oe_metrics
-from .batch_padding import LABEL_PAD_VALUE, pad_to_length, tokenizer_pad_values
-from .callbacks import TimeBudgetCallback
+from . import evaluation
+from .batch_padding import LABEL_PAD_VALUE, concatenate_batches, pad_token_labels, tokenizer_pad_values
+from .callbacks import TIME_BUDGET_STATE_NAME, find_time_budget
 from .files import make_readable
 from .losses import energy_oe_loss, joint_token_oe_loss, oe_uniform_loss
-from .outlier_stream import OutlierStream, is_streaming
-from .scores import LOGIT_SCORE_NAMES, SCORE_NAMES, example_scores, shift_labels
+from .outlier_stream import OUTLIER_STREAM_STATE_NAME, OutlierStream, is_streaming, resume_position, stream_position
+from .scores import LOGIT_SCORE_NAMES, shift_labels
 
-__all__ = ["OETrainingArguments", "OETrainer", "OE_LOSSES", "SCORE_NAMES", "OUTLIER_STREAM_STATE_NAME"]
+__all__ = ["OETrainingArguments", "OETrainer", "CheckpointResumeMixin", "OE_LOSSES", "read_checkpoint_json"]
 
 logger = logging.get_logger(__name__)
 
@@ -39,27 +38,73 @@ OE_LOSSES = ("uniform", "energy")
 
 _LABEL_KEYS = ("labels", "label", "label_ids")
 
-#: File in every checkpoint folder that records where the outlier stream stood (read when resuming).
-OUTLIER_STREAM_STATE_NAME = "oe_outlier_stream.json"
-#: File in a checkpoint folder that records a :class:`TimeBudgetCallback`'s plan and seconds used (read when resuming).
-TIME_BUDGET_STATE_NAME = "oe_time_budget.json"
+
+def _cannot_concatenate_message(in_batch: Mapping[str, Any], outlier_batch: Mapping[str, Any]) -> str:
+    """The one-time warning of an OE step that cannot run the two batches in one forward pass."""
+
+    def shapes(batch: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: (tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__) for k, v in batch.items()}
+
+    return (
+        f"OETrainer: in-distribution batch {shapes(in_batch)} and outlier batch {shapes(outlier_batch)} "
+        "cannot be concatenated (different keys, dtypes or shapes past the batch dim); using two forward passes. "
+        "Pad both to the same length (or give the trainer a tokenizer with a pad token and batches with an "
+        "attention_mask) for one joint pass, or set oe_concat_forward=False to silence this."
+    )
 
 
-def _shapes(batch: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: (tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__) for k, v in batch.items()}
+def _problem_type(logits: torch.Tensor, labels: torch.Tensor) -> str:
+    """The ``config.problem_type`` that ``transformers``' sequence classifiers infer when it is unset."""
+    if logits.shape[-1] == 1:
+        return "regression"
+    if labels.dtype in (torch.long, torch.int, torch.int16, torch.int8, torch.uint8):
+        return "single_label_classification"
+    return "multi_label_classification"
 
 
-class _KeepKeysCollator:
-    """Drops the columns ``model.forward`` does not take, then collates (like the Trainer's RemoveColumnsCollator;
-    a class, so that DataLoader workers can pickle it)."""
+def read_checkpoint_json(checkpoint: str, name: str) -> Any:
+    """The value that ``OETrainer.checkpoint_states`` saved as ``name`` in the checkpoint folder ``checkpoint``;
+    ``None`` when the file is not there (a checkpoint saved without that state)."""
+    path = os.path.join(checkpoint, name)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as handle:
+        return json.load(handle)
 
-    def __init__(self, collator: Any, keys: set[str]):
-        self.collator, self.keys = collator, keys
 
-    def __call__(self, features: list[Any]) -> Any:
-        if features and isinstance(features[0], Mapping):
-            features = [{k: v for k, v in f.items() if k in self.keys} for f in features]
-        return self.collator(features)
+def _vocabulary_size(model: nn.Module) -> int | None:
+    """The smallest of the model's input / output embedding rows and ``config.vocab_size`` (``None``: none known)."""
+    sizes = []
+    for getter in ("get_input_embeddings", "get_output_embeddings"):
+        try:
+            module = getattr(model, getter)()
+        except (AttributeError, NotImplementedError):
+            module = None
+        weight = getattr(module, "weight", None)
+        if isinstance(weight, torch.Tensor) and weight.dim() == 2:
+            sizes.append(int(weight.shape[0]))
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    if isinstance(vocab, int) and vocab > 0:
+        sizes.append(vocab)
+    return min(sizes) if sizes else None
+
+
+def _without_tied_missing_keys(model: nn.Module, load_result: Any) -> Any:
+    """``load_result`` without the missing keys whose parameter IS the tensor of a parameter that was loaded.
+
+    A checkpoint stores a tied decoder weight once (as the embedding), so ``load_state_dict(strict=False)`` reports
+    it missing although it shares its tensor with a loaded one; anything else stays missing.
+    """
+    missing = list(getattr(load_result, "missing_keys", None) or [])
+    if not missing or not hasattr(load_result, "_replace"):
+        return load_result
+    names_by_tensor: dict[int, set[str]] = {}
+    for name, tensor in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]:
+        names_by_tensor.setdefault(id(tensor), set()).add(name)
+    missing_set = set(missing)
+    aliases = {name: names for names in names_by_tensor.values() for name in names}
+    still_missing = [key for key in missing if not (aliases.get(key, set()) - missing_set)]
+    return load_result._replace(missing_keys=still_missing) if len(still_missing) != len(missing) else load_result
 
 
 def _validate_oe_fields(args: "OETrainingArguments") -> None:
@@ -115,7 +160,69 @@ class OETrainingArguments(TrainingArguments):
         return self.seed if self.oe_seed is None else self.oe_seed
 
 
-class OETrainer(Trainer):
+class CheckpointResumeMixin:
+    """What :class:`OETrainer` adds to a ``transformers.Trainer``'s checkpoints (mix it in before ``Trainer``).
+
+    * Extra resume state: every checkpoint folder also gets the JSON files of :meth:`checkpoint_states` (main
+      process), and ``train(resume_from_checkpoint=...)`` hands them back to :meth:`load_checkpoint_states` first.
+      Here: a ``TimeBudgetCallback``'s plan and seconds used, so a resumed run keeps its plan and counts on from
+      the seconds used. A subclass adds its own state by extending both methods.
+    * The safetensors files ``save_model`` writes get the permissions of a new file (safetensors writes ``0600``).
+    * A run resumed from a checkpoint saved at its last step trains no further step.
+    * No "missing keys" warning for tied weights on loading a checkpoint.
+    """
+
+    def checkpoint_states(self) -> dict[str, Any]:
+        """``{file name: JSON-able value}`` that every checkpoint folder gets beside ``Trainer``'s files (main process)
+        and :meth:`load_checkpoint_states` reads back: a ``TimeBudgetCallback``'s
+        :data:`~oe_common.callbacks.TIME_BUDGET_STATE_NAME`."""
+        budget = find_time_budget(self.callback_handler.callbacks)
+        return {} if budget is None else {TIME_BUDGET_STATE_NAME: budget.resume_state()}
+
+    def load_checkpoint_states(self, checkpoint: str) -> None:
+        """Continue from the :meth:`checkpoint_states` saved in the folder ``checkpoint``."""
+        budget = find_time_budget(self.callback_handler.callbacks)
+        if budget is not None:
+            budget.load_resume_state(read_checkpoint_json(checkpoint, TIME_BUDGET_STATE_NAME), checkpoint)
+
+    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        """``Trainer``'s checkpoint plus the files of :meth:`checkpoint_states`."""
+        super()._save_checkpoint(model, trial)
+        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        if self.args.should_save and os.path.isdir(folder):
+            for name, value in self.checkpoint_states().items():
+                with open(os.path.join(folder, name), "w") as handle:
+                    json.dump(value, handle, indent=2)
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, trial: Any = None, ignore_keys_for_eval: list[str] | None = None, **kwargs: Any):
+        """``Trainer.train``; when resuming, the :meth:`checkpoint_states` also continue from the checkpoint."""
+        checkpoint = get_last_checkpoint(self.args.output_dir) if resume_from_checkpoint is True else resume_from_checkpoint
+        if checkpoint not in (None, False):  # Trainer raises its own error for a missing checkpoint
+            self.load_checkpoint_states(str(checkpoint))
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """``Trainer.save_model`` (also what every checkpoint saves the model with), then the files made readable."""
+        super().save_model(output_dir, _internal_call=_internal_call)
+        folder = output_dir if output_dir is not None else self.args.output_dir
+        if self.args.should_save and folder is not None and os.path.isdir(folder):
+            make_readable(folder)
+
+    def _run_epoch(self, *args: Any, **kwargs: Any) -> Any:
+        """``Trainer._run_epoch``, or nothing when the state (resumed from a checkpoint saved at the last step, e.g. a
+        run interrupted while scoring) is already at ``max_steps``: Trainer would run one step past it before checking."""
+        if 0 < self.state.max_steps <= self.state.global_step:
+            self.control.should_training_stop = True
+            return None
+        return super()._run_epoch(*args, **kwargs)
+
+    def _issue_warnings_after_load(self, load_result: Any) -> None:
+        """``Trainer``'s warnings after loading a checkpoint (resume, best model), minus tied weights (which it would
+        report as "missing keys" for every tied causal LM, GPT-2 included): :func:`_without_tied_missing_keys`."""
+        super()._issue_warnings_after_load(_without_tied_missing_keys(self.accelerator.unwrap_model(self.model), load_result))
+
+
+class OETrainer(CheckpointResumeMixin, Trainer):
     """A ``transformers.Trainer`` that adds ``oe_lambda * L_OE`` on a stream of outlier batches.
 
     Args (beyond ``Trainer``'s):
@@ -131,13 +238,6 @@ class OETrainer(Trainer):
     setting, a streaming train or outlier dataset without ``max_steps``, an outlier dataset (or a process's shard)
     that yields nothing, a first outlier batch that is not a dict or has token ids outside the model's vocabulary.
     """
-
-    #: Score names that :meth:`compute_scores` / :meth:`evaluate_ood` accept (a subclass with its own
-    #: :meth:`score_batch_many` sets its own).
-    score_names: tuple[str, ...] = LOGIT_SCORE_NAMES  # feature scores (mahalanobis) need fitting: OODDetector
-    #: The score of :meth:`score_batch`, :meth:`compute_scores` and :meth:`evaluate_ood` when none is named
-    #: (a subclass for other models sets its own, e.g. bits per dimension for density models).
-    default_score: str = "msp"
 
     def __init__(self, *args: Any, outlier_dataset: Any = None, outlier_data_collator: Any = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -196,7 +296,7 @@ class OETrainer(Trainer):
             return self.outlier_data_collator
         if self._oe_forward_keys is None:
             return self.data_collator
-        return _KeepKeysCollator(self.data_collator, self._oe_forward_keys)
+        return RemoveColumnsCollator(self.data_collator, self._oe_forward_keys)  # the columns model.forward takes
 
     def _make_outlier_stream(self, num_workers: int | None = None, skip_examples: int = 0) -> OutlierStream:
         args = self.args
@@ -220,171 +320,47 @@ class OETrainer(Trainer):
             self._outlier_stream = self._make_outlier_stream(skip_examples=self._outlier_skip_examples)
         return self._outlier_stream
 
-    # ---- checkpoints: the outlier stream's position --------------------------------------------------------
-    def _outlier_stream_state(self) -> dict[str, Any]:
-        stream = self._outlier_stream
-        return {
-            "examples_drawn_per_process": stream.examples_drawn if stream is not None else self._outlier_skip_examples,
-            "oe_seed": self.args.outlier_seed,
-            "world_size": self.args.world_size,
-        }
-
-    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        """``Trainer.save_model`` (also what every checkpoint saves the model with); the safetensors files it writes
-        get the permissions of a new file (safetensors writes them ``0600``)."""
-        super().save_model(output_dir, _internal_call=_internal_call)
-        folder = output_dir if output_dir is not None else self.args.output_dir
-        if self.args.should_save and folder is not None and os.path.isdir(folder):
-            make_readable(folder)
-
-    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
-        """``Trainer``'s checkpoint plus :data:`OUTLIER_STREAM_STATE_NAME` (the outlier stream's position), so that
-        ``train(resume_from_checkpoint=...)`` continues the outlier stream instead of restarting it."""
-        super()._save_checkpoint(model, trial)
+    def checkpoint_states(self) -> dict[str, Any]:
+        """:class:`CheckpointResumeMixin`'s plus the outlier stream's position
+        (:data:`~oe_common.outlier_stream.OUTLIER_STREAM_STATE_NAME`)."""
+        states = super().checkpoint_states()
         if self.outlier_dataset is not None:
-            self._write_checkpoint_json(trial, OUTLIER_STREAM_STATE_NAME, self._outlier_stream_state())
-        budget = self._time_budget()
-        if budget is not None:
-            self._write_checkpoint_json(trial, TIME_BUDGET_STATE_NAME, budget.resume_state())
+            drawn = self._outlier_stream.examples_drawn if self._outlier_stream is not None else self._outlier_skip_examples
+            states[OUTLIER_STREAM_STATE_NAME] = stream_position(drawn, self.args.outlier_seed, self.args.world_size)
+        return states
 
-    def _time_budget(self) -> TimeBudgetCallback | None:
-        return next((c for c in self.callback_handler.callbacks if isinstance(c, TimeBudgetCallback)), None)
+    def load_checkpoint_states(self, checkpoint: str) -> None:
+        """:class:`CheckpointResumeMixin`'s; then every process skips the outlier examples it had drawn before the
+        checkpoint (map-style sets jump there at no cost; streaming sets read past them), so a resumed run sees the
+        same outlier batches as an uninterrupted one (given the same ``oe_seed`` and number of processes; otherwise
+        a warning is logged and the stream restarts)."""
+        super().load_checkpoint_states(checkpoint)
+        if self.outlier_dataset is not None:
+            saved = read_checkpoint_json(checkpoint, OUTLIER_STREAM_STATE_NAME)
+            self._outlier_stream = None
+            self._outlier_skip_examples = resume_position(saved, self.args.outlier_seed, self.args.world_size, checkpoint)
 
-    def _restore_time_budget(self, checkpoint: str) -> None:
-        """Give the run's :class:`TimeBudgetCallback` the plan and seconds saved in ``checkpoint`` (see :meth:`train`)."""
-        budget = self._time_budget()
-        if budget is None:
-            return
-        saved = self._read_checkpoint_json(checkpoint, TIME_BUDGET_STATE_NAME)
-        if saved is None:
-            logger.warning(f"OETrainer: {checkpoint} has no {TIME_BUDGET_STATE_NAME} (saved without a time budget): the "
-                           "budget counts from now and the schedule is planned afresh")
-            return
-        budget.load_resume_state(saved)
-
-    def _write_checkpoint_json(self, trial: Any, name: str, value: Any) -> None:
-        """Write ``value`` as ``name`` into the checkpoint folder just saved (main process; subclasses add their own
-        resume state this way)."""
-        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-        if self.args.should_save and os.path.isdir(folder):
-            with open(os.path.join(folder, name), "w") as handle:
-                json.dump(value, handle, indent=2)
-
-    @staticmethod
-    def _read_checkpoint_json(checkpoint: str, name: str) -> Any:
-        """The value :meth:`_write_checkpoint_json` wrote as ``name`` into ``checkpoint``; ``None`` when the file is
-        not there (a checkpoint saved without that state)."""
-        path = os.path.join(checkpoint, name)
-        if not os.path.isfile(path):
-            return None
-        with open(path) as handle:
-            return json.load(handle)
-
-    def _restore_outlier_stream(self, checkpoint: str) -> None:
-        """Position the outlier stream where it stood when ``checkpoint`` was saved (see :meth:`train`)."""
-        self._outlier_stream, self._outlier_skip_examples = None, 0
-        saved = self._read_checkpoint_json(checkpoint, OUTLIER_STREAM_STATE_NAME)
-        if saved is None:
-            logger.warning(
-                f"OETrainer: {checkpoint} has no {OUTLIER_STREAM_STATE_NAME} (saved without outliers, or by another "
-                "trainer): the outlier stream starts from its first batch"
-            )
-            return
-        now = self._outlier_stream_state()
-        if (saved.get("oe_seed"), saved.get("world_size")) != (now["oe_seed"], now["world_size"]):
-            logger.warning(
-                f"OETrainer: the checkpoint's outlier stream had oe_seed={saved.get('oe_seed')}, "
-                f"world_size={saved.get('world_size')}; this run has oe_seed={now['oe_seed']}, "
-                f"world_size={now['world_size']}, so its position does not carry over: the outlier stream starts "
-                "from its first batch"
-            )
-            return
-        self._outlier_skip_examples = int(saved["examples_drawn_per_process"])
-
-    def train(self, resume_from_checkpoint: str | bool | None = None, trial: Any = None, ignore_keys_for_eval: list[str] | None = None, **kwargs: Any):
-        """``Trainer.train``; when resuming, the outlier stream and a :class:`TimeBudgetCallback`'s plan and seconds
-        used also continue from the checkpoint.
-
-        Every process skips the outlier examples it had drawn before the checkpoint (map-style sets jump there at
-        no cost; streaming sets read past them), so a resumed run sees the same outlier batches as an
-        uninterrupted one (given the same ``oe_seed`` and number of processes; otherwise a warning is logged and the
-        stream restarts).
-        """
-        if resume_from_checkpoint not in (None, False):
-            checkpoint = resume_from_checkpoint
-            if checkpoint is True:
-                checkpoint = get_last_checkpoint(self.args.output_dir)
-            if checkpoint is not None:  # Trainer raises its own error for a missing checkpoint
-                if self.outlier_dataset is not None:
-                    self._restore_outlier_stream(str(checkpoint))
-                self._restore_time_budget(str(checkpoint))
-        return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
-
-    def _run_epoch(self, *args: Any, **kwargs: Any) -> Any:
-        """``Trainer._run_epoch``, or nothing when the state (resumed from a checkpoint saved at the last step, e.g. a
-        run interrupted while scoring) is already at ``max_steps``: Trainer would run one step past it before checking."""
-        if 0 < self.state.max_steps <= self.state.global_step:
-            self.control.should_training_stop = True
-            return None
-        return super()._run_epoch(*args, **kwargs)
-
-    def _issue_warnings_after_load(self, load_result: Any) -> None:
-        """``Trainer``'s warnings after loading a checkpoint (resume, best model), minus tied weights.
-
-        A checkpoint stores a tied decoder weight once (as the embedding), so ``load_state_dict(strict=False)``
-        reports it missing although it shares its tensor with a loaded one; ``Trainer`` then warns "There were
-        missing keys" for every tied causal LM (GPT-2 included). A missing key is dropped here only when the
-        model's parameter under that name IS the tensor of a parameter that was loaded; anything else still warns.
-        """
-        missing = list(getattr(load_result, "missing_keys", None) or [])
-        if missing:
-            model = self.accelerator.unwrap_model(self.model)
-            names_by_tensor: dict[int, set[str]] = {}
-            for name, tensor in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]:
-                names_by_tensor.setdefault(id(tensor), set()).add(name)
-            missing_set = set(missing)
-            aliases = {name: names for names in names_by_tensor.values() for name in names}
-            still_missing = [key for key in missing if not (aliases.get(key, set()) - missing_set)]
-            if len(still_missing) != len(missing):
-                load_result = load_result._replace(missing_keys=still_missing) if hasattr(load_result, "_replace") else load_result
-        super()._issue_warnings_after_load(load_result)
+    def _outlier_inputs(self, batch: Any) -> dict[str, Any]:
+        """The model inputs of a collated outlier batch (which must be a dict)."""
+        if not isinstance(batch, Mapping):
+            raise TypeError(f"the outlier collator must return a dict of model inputs, got {type(batch).__name__}")
+        return self._model_inputs(batch)
 
     def next_outlier_batch(self) -> dict[str, Any]:
         """The next outlier batch of this process, as model inputs on the training device."""
-        batch = next(self.outlier_stream)
-        if not isinstance(batch, Mapping):
-            raise TypeError(f"the outlier collator must return a dict of model inputs, got {type(batch).__name__}")
-        return self._prepare_inputs(self._model_inputs(batch))
-
-    def _input_vocab_size(self) -> int | None:
-        model = self.accelerator.unwrap_model(self.model)
-        sizes = []
-        for getter in ("get_input_embeddings", "get_output_embeddings"):
-            try:
-                module = getattr(model, getter)()
-            except (AttributeError, NotImplementedError):
-                module = None
-            weight = getattr(module, "weight", None)
-            if isinstance(weight, torch.Tensor) and weight.dim() == 2:
-                sizes.append(int(weight.shape[0]))
-        vocab = getattr(getattr(model, "config", None), "vocab_size", None)
-        if isinstance(vocab, int) and vocab > 0:
-            sizes.append(vocab)
-        return min(sizes) if sizes else None
+        return self._prepare_inputs(self._outlier_inputs(next(self.outlier_stream)))
 
     def _check_first_outlier_batch(self) -> None:
         """Draw one batch now (from a throw-away stream) so that bad outlier data fails before training."""
         batch = next(self._make_outlier_stream(num_workers=0))
-        if not isinstance(batch, Mapping):
-            raise TypeError(f"the outlier collator must return a dict of model inputs, got {type(batch).__name__}")
-        inputs = self._model_inputs(batch)
+        inputs = self._outlier_inputs(batch)
         if not inputs:
             raise ValueError(
                 f"the first outlier batch has no model input (keys: {sorted(batch)}; "
                 f"accepted by model.forward: {sorted(self._oe_forward_keys or [])}); check the outlier dataset's columns"
             )
         ids = inputs.get("input_ids")
-        vocab = self._input_vocab_size()
+        vocab = _vocabulary_size(self.accelerator.unwrap_model(self.model))
         if isinstance(ids, torch.Tensor) and ids.numel() and vocab is not None:
             low, high = int(ids.min()), int(ids.max())
             if high >= vocab or low < 0:
@@ -476,23 +452,18 @@ class OETrainer(Trainer):
         )
 
     def _cross_entropy(self, model: nn.Module, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The loss from the logits: token-level cross-entropy (shifted for causal LMs), else the loss of
+        ``config.problem_type`` (:func:`_problem_type` when unset), in float32."""
         if logits.dim() >= 3:  # token level
-            labels = self._aligned_token_labels(model, labels)
-            return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1).long(), ignore_index=-100)
-        config = getattr(self.accelerator.unwrap_model(model), "config", None)
-        problem = getattr(config, "problem_type", None)
-        if problem is None:
-            if logits.shape[-1] == 1:
-                problem = "regression"
-            elif labels.dtype in (torch.long, torch.int, torch.int16, torch.int8, torch.uint8):
-                problem = "single_label_classification"
-            else:
-                problem = "multi_label_classification"
+            labels, problem = self._aligned_token_labels(model, labels), "single_label_classification"
+        else:
+            problem = getattr(getattr(self.accelerator.unwrap_model(model), "config", None), "problem_type", None)
+            problem = _problem_type(logits, labels) if problem is None else problem
         if problem == "regression":
             return F.mse_loss(logits.float().squeeze(), labels.float().squeeze())
         if problem == "multi_label_classification":
             return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
-        return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1).long(), ignore_index=-100)
+        return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1).long(), ignore_index=LABEL_PAD_VALUE)
 
     def outlier_logits(self, model: nn.Module, outlier_batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Forward pass over an outlier batch on its own: ``(logits, mask)`` as :meth:`logits_and_mask` returns.
@@ -502,13 +473,7 @@ class OETrainer(Trainer):
         """
         return self.logits_and_mask(model(**outlier_batch), outlier_batch)
 
-    def oe_term(
-        self,
-        out_logits: torch.Tensor,
-        out_mask: torch.Tensor | None,
-        in_logits: torch.Tensor,
-        in_mask: torch.Tensor | None,
-    ) -> torch.Tensor:
+    def oe_term(self, out_logits: torch.Tensor, out_mask: torch.Tensor | None, in_logits: torch.Tensor, in_mask: torch.Tensor | None) -> torch.Tensor:
         """``L_OE`` (before ``oe_lambda``): ``oe_uniform_loss(out)`` or ``energy_oe_loss(in, out)``, in float32."""
         if self.args.oe_loss == "energy":
             return energy_oe_loss(
@@ -517,31 +482,6 @@ class OETrainer(Trainer):
         return oe_uniform_loss(out_logits.float(), out_mask)
 
     # ---- the loss ------------------------------------------------------------------------------------------
-    @staticmethod
-    def _concatenate(a: Mapping[str, Any], b: Mapping[str, Any], padding: tuple[Mapping[str, int], str] | None = None) -> dict[str, torch.Tensor] | None:
-        """``a`` and ``b`` stacked along the batch dim, or ``None`` if their keys, dtypes or shapes differ.
-
-        With ``padding`` (``(pad values, side)``, :func:`~oe_common.batch_padding.tokenizer_pad_values`), batches whose
-        ``(B, L)`` tensors differ in ``L`` are first padded to the longer ``L``
-        (:func:`~oe_common.batch_padding.pad_to_length`), so the joint batch is padded to its longest text."""
-        if set(a) != set(b) or not a:
-            return None
-        if padding is not None:
-            lengths = [x.shape[1] for x in (*a.values(), *b.values()) if isinstance(x, torch.Tensor) and x.dim() >= 2]
-            if lengths and min(lengths) != max(lengths):
-                a, b = pad_to_length(a, max(lengths), *padding), pad_to_length(b, max(lengths), *padding)
-                if a is None or b is None:
-                    return None
-        joint = {}
-        for key, x in a.items():
-            y = b[key]
-            if not (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor)) or x.dim() == 0:
-                return None
-            if x.shape[1:] != y.shape[1:] or x.dtype != y.dtype:
-                return None
-            joint[key] = torch.cat([x, y])
-        return joint
-
     def _in_distribution_forward(self, model: nn.Module, inputs: Mapping[str, Any]) -> tuple[Any, torch.Tensor]:
         """Forward pass over the in-distribution batch alone: ``(outputs, L_in)``."""
         forward_inputs = inputs
@@ -561,17 +501,12 @@ class OETrainer(Trainer):
 
         outlier_batch = self.next_outlier_batch()
         in_model_inputs = self._model_inputs(inputs)
-        joint = self._concatenate(in_model_inputs, outlier_batch, self._oe_padding) if self.args.oe_concat_forward else None
-        if joint is not None:
-            inputs = self._pad_token_labels(inputs, joint)
+        joint = concatenate_batches(in_model_inputs, outlier_batch, self._oe_padding) if self.args.oe_concat_forward else None
+        if joint is not None and self._oe_padding is not None:
+            inputs = pad_token_labels(inputs, joint, side=self._oe_padding[1])
         if self.args.oe_concat_forward and joint is None and not self._warned_no_concat:
             self._warned_no_concat = True
-            logger.warning(
-                f"OETrainer: in-distribution batch {_shapes(in_model_inputs)} and outlier batch {_shapes(outlier_batch)} "
-                "cannot be concatenated (different keys, dtypes or shapes past the batch dim); using two forward passes. "
-                "Pad both to the same length (or give the trainer a tokenizer with a pad token and batches with an "
-                "attention_mask) for one joint pass, or set oe_concat_forward=False to silence this."
-            )
+            logger.warning(_cannot_concatenate_message(in_model_inputs, outlier_batch))
 
         loss = None
         if joint is not None:
@@ -599,22 +534,13 @@ class OETrainer(Trainer):
             loss_oe = self.oe_term(out_logits, out_mask, in_logits, in_mask)
             loss = loss_in + self.args.oe_lambda * loss_oe
 
-        record = torch.stack([loss_in.detach().float(), loss_oe.detach().float(), torch.ones((), device=loss_in.device)])
-        self._oe_log_sums = record if self._oe_log_sums is None else self._oe_log_sums + record
+        self.record_loss_terms(loss_in, loss_oe)
         return (loss, outputs) if return_outputs else loss
 
-    def _pad_token_labels(self, inputs: Mapping[str, Any], joint: Mapping[str, torch.Tensor]) -> Mapping[str, Any]:
-        """``inputs`` with token-level ``labels`` ``(B_in, L_in)`` padded with -100 to the joint batch's length (the
-        in-distribution rows were padded to it on the tokenizer's side)."""
-        labels = inputs.get("labels")
-        ids = joint.get("input_ids", joint.get("attention_mask"))
-        if not (isinstance(labels, torch.Tensor) and labels.dim() == 2 and isinstance(ids, torch.Tensor) and ids.dim() == 2):
-            return inputs
-        extra = ids.shape[1] - labels.shape[1]
-        if extra <= 0 or self._oe_padding is None:
-            return inputs
-        side = self._oe_padding[1]
-        return {**inputs, "labels": F.pad(labels, (0, extra) if side == "right" else (extra, 0), value=LABEL_PAD_VALUE)}
+    def record_loss_terms(self, loss_in: torch.Tensor, loss_oe: torch.Tensor) -> None:
+        """Add one micro-batch's two terms to the sums that :meth:`log` averages into ``loss_in`` / ``loss_oe``."""
+        record = torch.stack([loss_in.detach().float(), loss_oe.detach().float(), torch.ones((), device=loss_in.device)])
+        self._oe_log_sums = record if self._oe_log_sums is None else self._oe_log_sums + record
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Adds ``loss_in`` and ``loss_oe`` (means over the logging interval and all processes) to training logs."""
@@ -626,95 +552,15 @@ class OETrainer(Trainer):
                 logs["loss_oe"] = float(totals[1] / totals[2])
         super().log(logs, start_time)
 
-    # ---- anomaly scores ------------------------------------------------------------------------------------
-    def score_batch(self, model: nn.Module, batch: Mapping[str, Any], score: str | None = None) -> torch.Tensor:
-        """Per-example anomaly scores (higher = more anomalous) of one prepared batch, shape ``(B,)``.
-
-        Classifiers: the ``oe_common.scores`` function of that name on ``(B, K)`` logits (``"nll"`` needs a language
-        model). Token-level logits: a per-sequence mean over real positions -- for causal LMs position t scores the
-        prediction of token t+1 (``"nll"`` = mean token NLL, ``"uniform_xent"`` = mean cross-entropy-to-uniform
-        score, the others the mean of their token-level score): :func:`oe_common.scores.example_scores`.
-        ``None``: :attr:`default_score`.
-        """
-        score = self.default_score if score is None else score
-        return self.score_batch_many(model, batch, (score,))[score]
-
-    def _check_score_names(self, names: Sequence[str]) -> None:
-        for name in names:
-            if name not in self.score_names:
-                raise ValueError(f"score must be one of {self.score_names}, got {name!r}")
-
-    def score_batch_many(self, model: nn.Module, batch: Mapping[str, Any], scores: Sequence[str]) -> dict[str, torch.Tensor]:
-        """Several scores of one batch from ONE forward pass: ``{name: (B,)}`` (see :meth:`score_batch`).
-
-        This is the hook to override for other kinds of model (e.g. density models): :meth:`score_batch`,
-        :meth:`compute_scores` and :meth:`evaluate_ood` all go through it, and accept the names in ``score_names``.
-        """
-        self._check_score_names(scores)
-        labels = batch.get("labels")
-        logits, mask = self.logits_and_mask(model(**self._model_inputs(batch)), batch)
-        targets = labels if isinstance(labels, torch.Tensor) else batch.get("input_ids")
-        return example_scores(logits, scores, targets=targets, mask=mask, causal=self.is_causal_lm(model))
-
-    @torch.no_grad()
-    def compute_scores(self, dataset: Any, score: str | Sequence[str] | None = None) -> np.ndarray | dict[str, np.ndarray]:
-        """Anomaly score of every example of ``dataset``, in dataset order, as a float64 array.
-
-        ``score`` may also be a list of names: then every batch goes through the model ONCE and a dict
-        ``{name: array}`` is returned. Batches go through ``get_test_dataloader`` (``data_collator``,
-        ``per_device_eval_batch_size``); with several processes each scores its share and the scores are gathered
-        with ``gather_for_metrics``, which drops the samples repeated to even out the last batches: every process
-        returns the single-process array. ``None``: :attr:`default_score`.
-        """
-        score = self.default_score if score is None else score
-        names = (score,) if isinstance(score, str) else tuple(score)
-        if not names:
-            raise ValueError("give at least one score name")
-        self._check_score_names(names)
-        dataloader = self.get_test_dataloader(dataset)
-        model = self.model
-        was_training = model.training
-        model.eval()
-        chunks: dict[str, list[torch.Tensor]] = {name: [] for name in names}
-        try:
-            for batch in dataloader:
-                batch = self._prepare_inputs(batch)
-                with self.accelerator.autocast():
-                    batch_scores = self.score_batch_many(model, batch, names)
-                for name in names:
-                    chunks[name].append(self.accelerator.gather_for_metrics(batch_scores[name].float()).cpu())
-        finally:
-            model.train(was_training)
-        if not chunks[names[0]]:
-            raise ValueError("the dataset to score is empty")
-        arrays = {name: torch.cat(parts).double().numpy() for name, parts in chunks.items()}
-        return arrays[score] if isinstance(score, str) else arrays
-
-    def evaluate_ood(
-        self,
-        in_dataset: Any,
-        ood_datasets: Mapping[str, Any],
-        score: str | None = None,
-        n_draws: int = 1,
-        recall_level: float = 0.95,
-        seed: int = 0,
-        ratio: int = 5,
-        allow_small_sets: bool = False,
-    ) -> oe_metrics.OODTable:
-        """Detection table of ``in_dataset`` against each anomaly set (``oe_common.metrics.evaluate_ood``).
-
-        Scores come from :meth:`compute_scores`; each anomaly set is subsampled to ``len(in) // ratio`` examples
-        (the paper's 1:5 base rate), ``n_draws`` times with ``seed``. ``table.meta["score"]`` records the score. A
-        smaller set is an error unless ``allow_small_sets`` (then used whole; its row says what ran). ``score=None``:
-        :attr:`default_score`.
-        """
-        score = self.default_score if score is None else score
-        if not ood_datasets:
-            raise ValueError("ood_datasets is empty: give at least one anomaly set, e.g. {'ewt-email': dataset}")
-        oe_metrics.check_n_draws(n_draws)  # before the (long) scoring
-        in_scores = self.compute_scores(in_dataset, score)
-        out_scores = {name: self.compute_scores(dataset, score) for name, dataset in ood_datasets.items()}
-        table = oe_metrics.evaluate_ood(in_scores, out_scores, n_draws=n_draws, ratio=ratio, seed=seed, recall_level=recall_level,
-                                        allow_small_sets=allow_small_sets)
-        table.meta["score"] = score
-        return table
+    # ---- anomaly scores: oe_common.evaluation ---------------------------------------------------------------
+    #: Score names that :meth:`compute_scores` / :meth:`evaluate_ood` accept.
+    score_names: tuple[str, ...] = LOGIT_SCORE_NAMES  # feature scores (mahalanobis) need fitting: OODDetector
+    #: The score of :meth:`compute_scores` and :meth:`evaluate_ood` when none is named.
+    default_score: str = "msp"
+    #: The hook behind every score: ``score_batch_many(model, batch, names) -> {name: (B,)}``, the scores of one
+    #: prepared batch from ONE forward pass (default :func:`oe_common.evaluation.logit_scores`). Override it, with
+    #: :attr:`score_names` and :attr:`default_score`, for another kind of model (e.g. bits per dimension for density
+    #: models).
+    score_batch_many = evaluation.logit_scores
+    compute_scores = evaluation.compute_scores
+    evaluate_ood = evaluation.evaluate_ood

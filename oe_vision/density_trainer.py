@@ -12,10 +12,9 @@ from typing import Any, Sequence
 
 import torch
 from torch import nn
-from transformers.trainer_utils import get_last_checkpoint
 
 from oe_common.losses import density_oe_loss
-from oe_common.trainer import OETrainer, OETrainingArguments
+from oe_common.trainer import OETrainer, OETrainingArguments, read_checkpoint_json
 
 __all__ = [
     "DENSITY_SCORE_NAMES",
@@ -149,8 +148,7 @@ class DensityOETrainer(OETrainer):
         num_subpixels = int(x_in[0].numel())
         loss, loss_in, loss_oe = density_oe_loss(nll_in, nll_out, num_subpixels, self.args.oe_lambda, self.margin_per_subpixel)
 
-        record = torch.stack([loss_in.detach().float(), loss_oe.detach().float(), torch.ones((), device=loss_in.device)])
-        self._oe_log_sums = record if self._oe_log_sums is None else self._oe_log_sums + record
+        self.record_loss_terms(loss_in, loss_oe)
         n = len(nll_out)
         active = (self.margin_per_subpixel * num_subpixels + nll_in[:n].detach() - nll_out.detach() > 0).float().sum()
         counts = torch.stack([active, torch.full_like(active, n)])
@@ -181,22 +179,21 @@ class DensityOETrainer(OETrainer):
         return float(self._margin_total[0] / self._margin_total[1])
 
     # ---- checkpoints: the margin counts ----------------------------------------------------------------------
-    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
-        """``OETrainer``'s checkpoint plus :data:`MARGIN_COUNTS_NAME` (``[active pairs, pairs]`` so far, main process),
-        so that a resumed run's :attr:`margin_active_fraction` covers every step, not only those after the resume."""
-        super()._save_checkpoint(model, trial)
+    def checkpoint_states(self) -> dict[str, Any]:
+        """``OETrainer``'s plus :data:`MARGIN_COUNTS_NAME` (``[active pairs, pairs]`` so far, main process), so that a
+        resumed run's :attr:`margin_active_fraction` covers every step, not only those after the resume."""
+        states = super().checkpoint_states()
         if self._margin_total is not None:
-            self._write_checkpoint_json(trial, MARGIN_COUNTS_NAME,
-                                        {"active_pairs": float(self._margin_total[0]), "pairs": float(self._margin_total[1])})
+            states[MARGIN_COUNTS_NAME] = {"active_pairs": float(self._margin_total[0]), "pairs": float(self._margin_total[1])}
+        return states
 
-    def train(self, resume_from_checkpoint: str | bool | None = None, trial: Any = None, ignore_keys_for_eval: list[str] | None = None, **kwargs: Any):
-        """``OETrainer.train``; when resuming, the margin counts also continue from the checkpoint (other processes
-        than the main one restart theirs: only the main process saves them)."""
-        checkpoint = get_last_checkpoint(self.args.output_dir) if resume_from_checkpoint is True else resume_from_checkpoint
-        saved = self._read_checkpoint_json(str(checkpoint), MARGIN_COUNTS_NAME) if checkpoint not in (None, False) else None
+    def load_checkpoint_states(self, checkpoint: str) -> None:
+        """``OETrainer``'s; the margin counts also continue from the checkpoint (other processes than the main one
+        restart theirs: only the main process saves them)."""
+        super().load_checkpoint_states(checkpoint)
+        saved = read_checkpoint_json(checkpoint, MARGIN_COUNTS_NAME)
         if saved is not None:
             self._margin_total = torch.tensor([saved["active_pairs"], saved["pairs"]], device=self.args.device)
-        return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
 
     # ---- anomaly scores ------------------------------------------------------------------------------------
     score_names = DENSITY_SCORE_NAMES
@@ -204,8 +201,8 @@ class DensityOETrainer(OETrainer):
 
     def score_batch_many(self, model: nn.Module, batch: Mapping[str, Any], scores: Sequence[str]) -> dict[str, torch.Tensor]:
         """``{name: (B,)}`` anomaly scores of one prepared batch from one forward pass: ``"bits_per_dim"`` =
-        ``nll / (D ln 2)`` and/or ``"nll"`` (nats). :meth:`OETrainer.compute_scores` batches, gathers and orders them."""
-        self._check_score_names(scores)
+        ``nll / (D ln 2)`` and/or ``"nll"`` (nats). :func:`oe_common.evaluation.compute_scores` batches, gathers and
+        orders them."""
         x = self._pixels(batch, "scored")
         nll = self._nll(model(pixel_values=x)).float()
         by_name = {"nll": nll, "bits_per_dim": nll / (x[0].numel() * math.log(2.0))}

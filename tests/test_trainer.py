@@ -17,9 +17,9 @@ from transformers import Trainer, TrainingArguments
 from _oe_tiny import SEQ_LEN, classifier_rows, hf_dataset, lm_rows, tiny_bert_classifier, tiny_gpt2_lm
 from oe_common.losses import oe_uniform_loss
 from oe_common.metrics import OODTable
-from oe_common.outlier_stream import EmptyOutlierDatasetError, OutlierStream
+from oe_common.outlier_stream import OUTLIER_STREAM_STATE_NAME, EmptyOutlierDatasetError, OutlierStream
 from oe_common.scores import msp_score, sequence_nll_score, sequence_uniform_xent_score
-from oe_common.trainer import OUTLIER_STREAM_STATE_NAME, OETrainer, OETrainingArguments
+from oe_common.trainer import OETrainer, OETrainingArguments
 
 REPO = Path(__file__).resolve().parents[1]
 
