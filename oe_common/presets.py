@@ -1,21 +1,73 @@
-"""Named presets for the experiment configs (``test`` / ``tiny`` / ``paper`` ...), shared by every recipe."""
+"""What every experiment config shares: the stage settings (:class:`StageSettings`) and named presets as data.
+
+A pipeline keeps its presets in one table, ``{preset: {field: value}}`` (at the top of its ``*_experiment.py``);
+:func:`apply_preset` turns a preset and the settings given (a command line's flags, a caller's keywords) into the
+config, the same way for every recipe.
+"""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from typing import Any, Mapping
 
+from .arg_types import non_negative_float
+from .callbacks import check_time_budget
+from .recipe_args import flag
 
-def preset_settings(config_cls: type, presets: Mapping[str, Mapping[str, Any]], preset: str, overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """The settings of ``presets[preset]`` with ``overrides`` applied (``None`` values are ignored).
+__all__ = ["StageSettings", "stage_default", "apply_preset"]
+
+
+@dataclasses.dataclass
+class StageSettings:
+    """The per-stage settings of the two stages every pipeline runs, ``baseline`` and ``oe`` (fine-tuning with
+    outliers): ``*_max_steps > 0`` overrides the matching ``*_epochs`` (epochs count in-distribution batches; the
+    outlier stream cycles independently), ``*_max_minutes`` is a wall-clock budget
+    (:func:`oe_common.callbacks.time_budget_callbacks`), ``oe_lambda`` weighs the OE term, ``L_in + oe_lambda * L_OE``.
+
+    A config subclasses it (each pipeline adds its learning rates) and redeclares a field whose default differs with
+    :func:`stage_default`. ``oe_lambda`` lives here only: its flag checks it (>= 0, finite) and the trainer's
+    arguments (``OETrainingArguments``) refuse a bad value passed through the Python API."""
+
+    baseline_epochs: float = 1.0
+    baseline_max_steps: int = -1
+    baseline_max_minutes: float | None = dataclasses.field(default=None, metadata=flag(
+        "wall-clock budget of baseline training (minutes): re-planned to fit, hard stop at the budget"))
+    oe_epochs: float = 1.0
+    oe_max_steps: int = -1
+    oe_max_minutes: float | None = dataclasses.field(default=None, metadata=flag("the same for OE fine-tuning"))
+    oe_lambda: float = dataclasses.field(default=1.0, metadata=flag(arg_type=non_negative_float))
+
+    def __post_init__(self) -> None:
+        for name in ("baseline_max_minutes", "oe_max_minutes"):
+            check_time_budget(name, getattr(self, name))
+
+
+def stage_default(name: str, default: Any, help: str | None = None) -> Any:
+    """A redeclared :class:`StageSettings` field ``name`` with another ``default`` (and ``help``), its flag kept."""
+    metadata = dict(StageSettings.__dataclass_fields__[name].metadata)
+    if help is not None:
+        metadata["help"] = help
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def apply_preset(config_cls: type, presets: Mapping[str, Mapping[str, Any]], preset: str, given: Mapping[str, Any],
+                 **fixed: Any) -> Any:
+    """``config_cls(**fixed, **presets[preset], **given)``: the preset's settings, each replaced by the one ``given``
+    (``None`` = not given), and the fields the caller fixes (``level``, ``dataset``).
+
+    The settings are merged before the one construction (not ``dataclasses.replace`` on a built config), so that
+    what ``__post_init__`` derives (``max_length`` from ``dataset``, ``protocols`` from ``level``) follows them.
 
     Raises:
-        ValueError: an unknown preset, or an override that is not a field of the dataclass ``config_cls``.
+        ValueError: an unknown preset, a setting that is not a field of ``config_cls``, or a value the config refuses.
     """
     if preset not in presets:
         raise ValueError(f"unknown preset {preset!r}; available: {tuple(presets)}")
     fields = {f.name for f in dataclasses.fields(config_cls)}
-    unknown = sorted(set(overrides) - fields)
+    unknown = sorted(set(given) - fields)
     if unknown:
         raise ValueError(f"unknown setting(s) {unknown}; {config_cls.__name__} has {sorted(fields)}")
-    return {**presets[preset], **{k: v for k, v in overrides.items() if v is not None}}
+    settings = copy.deepcopy(dict(presets[preset]))  # a config never shares the table's dicts
+    settings.update({k: v for k, v in given.items() if v is not None})
+    return config_cls(**fixed, **settings)

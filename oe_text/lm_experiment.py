@@ -20,7 +20,7 @@ from oe_common.arg_types import non_negative_float, non_negative_int, probabilit
 from oe_common.experiment import (Stage, StagedExperiment, StageModels, StageResult, all_records, run_experiment,
                                   shared_training_arguments, train_log)
 from oe_common.metrics import evaluate_ood
-from oe_common.presets import preset_settings
+from oe_common.presets import StageSettings, apply_preset, stage_default
 from oe_common.reporting import (
     detection_records,
     plot_roc_and_histogram,
@@ -31,7 +31,7 @@ from oe_common.reporting import (
     time_budget_notes,
     write_results,
 )
-from oe_common.callbacks import check_time_budget, training_steps_report
+from oe_common.callbacks import training_steps_report
 from oe_common import scores as oe_scores
 from oe_common.recipe_args import flag
 from oe_common.trainer import OE_LOSSES, OETrainer, OETrainingArguments
@@ -67,11 +67,11 @@ def allowed_protocols(level: str) -> tuple[str, ...]:
 
 
 @dataclasses.dataclass
-class TextOEConfig:
-    """Everything a PTB OE run depends on. ``*_max_steps > 0`` overrides the matching ``*_epochs``. Each field is
-    also a recipe flag (``--oe-max-steps``; :func:`oe_common.recipe_args.build_recipe_parser`), except ``level``."""
+class TextOEConfig(StageSettings):
+    """Everything a PTB OE run depends on (the stage settings: :class:`~oe_common.presets.StageSettings`). Each field
+    is also a recipe flag (``--oe-max-steps``; :class:`oe_common.recipe_args.RecipeArgumentParser`), except ``level``."""
 
-    level: str = "word"
+    level: str = field(default="word", metadata=flag(command_line=False))
     model: str = field(default="lstm", metadata=flag("model family (default: the preset's; paper: lstm, tiny/test: transformer)",
                                                      choices=("lstm", "transformer")))
     model_preset: str = field(default="tiny", metadata=flag("size preset of oe_text.models (default: the preset's)"))
@@ -80,16 +80,11 @@ class TextOEConfig:
     eval_batch_size: int = 64
     optimizer: str = "adamw_torch"
     baseline_lr: float = 2e-3
-    baseline_epochs: float = 1.0
-    baseline_max_steps: int = -1
+    baseline_max_minutes: float | None = stage_default("baseline_max_minutes", None, help=(
+        "wall-clock budget of baseline training (minutes): re-planned to fit, hard stop at the budget, so that a fixed-length GPU session still evaluates"))
     oe_lr: float = 1e-3
     oe_epochs: float = 5.0  # measured in PTB batches, as the paper's fine-tuning
-    oe_max_steps: int = -1
-    baseline_max_minutes: float | None = field(default=None, metadata=flag(  # oe_common.callbacks.time_budget_callbacks
-        "wall-clock budget of baseline training (minutes): re-planned to fit, hard stop at the budget, so that a fixed-length GPU session still evaluates"))
-    oe_max_minutes: float | None = field(default=None, metadata=flag("the same for OE fine-tuning"))
-    # the released LM code's value; the paper's text says 1.0 for NLP
-    oe_lambda: float = field(default=0.5, metadata=flag(arg_type=non_negative_float))
+    oe_lambda: float = stage_default("oe_lambda", 0.5)  # the released LM code's value; the paper's text says 1.0 for NLP
     oe_loss: str = field(default="uniform", metadata=flag(choices=OE_LOSSES))
     weight_decay: float = field(default=1.2e-6, metadata=flag(arg_type=non_negative_float))
     max_grad_norm: float = 0.25
@@ -121,10 +116,7 @@ class TextOEConfig:
         unknown = set(self.scores) - (set(TEXT_SCORES) & set(oe_scores.SCORE_NAMES))
         if unknown:
             raise ValueError(f"unknown score(s) {sorted(unknown)}; text scores are {TEXT_SCORES}")
-        if self.oe_lambda < 0:
-            raise ValueError(f"oe_lambda must be >= 0, got {self.oe_lambda}")
-        for name in ("baseline_max_minutes", "oe_max_minutes"):
-            check_time_budget(name, getattr(self, name))
+        super().__post_init__()
 
 
 # Presets. "test" is for the unit tests (about a minute on a 2-core CPU); "tiny" is the README's main job (a 2-core
@@ -160,7 +152,7 @@ def preset_config(level: str, preset: str, **overrides: Any) -> TextOEConfig:
     """The :class:`TextOEConfig` of a named preset (``test``, ``tiny``, ``paper``) with ``overrides`` applied."""
     if level not in _PRESETS:
         raise ValueError(f"level must be 'word' or 'char', got {level!r}")
-    return TextOEConfig(level=level, **preset_settings(TextOEConfig, _PRESETS[level], preset, overrides))
+    return apply_preset(TextOEConfig, _PRESETS[level], preset, overrides, level=level)
 
 
 def _first(dataset: Any, n: int | None) -> Any:

@@ -12,7 +12,8 @@ import torch
 
 from oe_common.arg_types import non_negative_int
 from oe_common.experiment import Stage, StagedExperiment, StageResult, run_experiment
-from oe_common.recipe_args import build_recipe_parser, flag, parse_recipe_args
+from oe_common.presets import apply_preset
+from oe_common.recipe_args import RecipeArgumentParser, flag, parse_recipe_args
 
 
 class _Linear(torch.nn.Module):
@@ -169,7 +170,7 @@ def test_unknown_init_is_an_error(tmp_path):
 # ================================================================================================ recipe_args
 @dataclasses.dataclass
 class _Flags:
-    level: str = "word"
+    level: str = dataclasses.field(default="word", metadata=flag(command_line=False))
     batch_size: int = 32
     lr: float = 1e-3
     seed: int = dataclasses.field(default=0, metadata=flag("random seed", arg_type=non_negative_int))
@@ -177,7 +178,7 @@ class _Flags:
     allow_small_sets: bool = False
     branch: bool = True
     oe_loss: str = dataclasses.field(default="uniform", metadata=flag(choices=("uniform", "energy")))
-    model_overrides: dict = dataclasses.field(default_factory=dict)
+    model_overrides: dict = dataclasses.field(default_factory=dict, metadata=flag(command_line=False))
 
     def __post_init__(self):
         if self.batch_size > 100:
@@ -188,8 +189,8 @@ _PRESETS = {"tiny": {"batch_size": 16}, "test": {"batch_size": 4, "branch": Fals
 
 
 def _parse(argv):
-    parser = build_recipe_parser(_Flags, prog="toy.py", description="toy", presets=tuple(_PRESETS), exclude=("level",))
-    return parse_recipe_args(parser, argv, lambda preset, overrides: _Flags(**{**_PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}))
+    parser = RecipeArgumentParser(_Flags, prog="toy.py", description="toy", presets=tuple(_PRESETS))
+    return parse_recipe_args(parser, argv, lambda preset, given: apply_preset(_Flags, _PRESETS, preset, given))
 
 
 def test_flags_are_generated_from_the_config_fields():
