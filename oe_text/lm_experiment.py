@@ -46,7 +46,6 @@ __all__ = [
     "table6_markdown", "save_text_detector", "stream_lines", "allowed_protocols", "DETECTOR_TARGET_FPR",
 ]
 
-PRESET_NAMES = ("test", "tiny", "paper")
 #: The scores this pipeline computes and reports: a selection of the registry ``oe_common.scores.SCORE_NAMES``.
 TEXT_SCORES = ("nll", "uniform_xent")
 #: False-alarm rate of the saved detector's threshold, fitted on the PTB validation sentences.
@@ -146,6 +145,9 @@ _PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                       oe_lr=5e-4, eval_steps=1000, bf16=True, eval_batch_size=128),
     },
 }
+
+
+PRESET_NAMES = tuple(_PRESETS["word"])
 
 
 def preset_config(level: str, preset: str, **overrides: Any) -> TextOEConfig:

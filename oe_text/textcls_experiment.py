@@ -56,7 +56,6 @@ __all__ = ["TextClsConfig", "TextClsExperiment", "PRESET_NAMES", "TEXTCLS_SCORES
            "run_textcls_oe", "check_max_length", "ood_set_names", "padding_collator", "DETECTOR_TARGET_FPR", "select_score",
            "selection_set_name"]
 
-PRESET_NAMES = ("test", "tiny", "full")
 #: How training batches are padded (``TextClsConfig.padding``).
 PADDINGS = ("longest", "max_length")
 DATASETS = ("clinc150", "sst2", "trec")
@@ -256,6 +255,7 @@ _PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     },
 }
 
+PRESET_NAMES = tuple(_PRESETS)
 #: Own data of any size (files, Hub id, saved dataset): the tiny preset also caps the texts read for training and
 #: each anomaly set (seeded subsets), so that it ends in minutes on the 2-core CPU whatever the files hold.
 _OWN_DATA_CAPS: dict[str, dict[str, Any]] = {"tiny": dict(train_examples=20000, ood_examples=2000)}

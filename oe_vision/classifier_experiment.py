@@ -85,7 +85,6 @@ STAGES = ("baseline", "abnormality_decoder", "abnormality", "oe", "oe_scratch", 
 ABNORMALITY_SCORES = ("msp", "abnormality")
 CLASSIFIER_SCORES = ("msp", "uniform_xent")
 BRANCH_SCORES = ("msp", "branch")
-PRESET_NAMES: dict[str, tuple[str, ...]] = {"mnist": ("test", "tiny", "paper"), "cifar10": ("test", "tiny", "short", "paper")}
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
@@ -232,6 +231,9 @@ _PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                       save_steps=2000),
     },
 }
+
+
+PRESET_NAMES: dict[str, tuple[str, ...]] = {dataset: tuple(presets) for dataset, presets in _PRESETS.items()}
 
 
 def preset_config(dataset: str, preset: str, **overrides: Any) -> VisionOEConfig:

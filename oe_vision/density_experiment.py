@@ -66,7 +66,6 @@ __all__ = [
 ]
 
 DATASETS = ("mnist", "cifar10")
-PRESET_NAMES = ("test", "tiny", "paper")
 SCORE = "bits_per_dim"
 #: Row name of the held-out OE-source images.
 OE_HELDOUT_NAME = "oe_source_heldout"
@@ -195,6 +194,9 @@ _PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                       oe_lr=1e-4, oe_epochs=2.0, n_draws=10, num_workers=8, logging_steps=100, save_steps=500),
     },
 }
+
+
+PRESET_NAMES = tuple(_PRESETS["mnist"])
 
 
 def preset_config(dataset: str, preset: str, **overrides: Any) -> DensityOEConfig:
