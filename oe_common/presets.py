@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 from .arg_types import non_negative_float
 from .callbacks import check_time_budget
+from .experiment import Stage
 from .recipe_args import flag
 
 __all__ = ["StageSettings", "stage_default", "apply_preset"]
@@ -25,8 +26,8 @@ class StageSettings:
     outlier stream cycles independently), ``*_max_minutes`` is a wall-clock budget
     (:func:`oe_common.callbacks.time_budget_callbacks`), ``oe_lambda`` weighs the OE term, ``L_in + oe_lambda * L_OE``.
 
-    A config subclasses it (each pipeline adds its learning rates) and redeclares a field whose default differs with
-    :func:`stage_default`. ``oe_lambda`` lives here only: its flag checks it (>= 0, finite) and the trainer's
+    A config subclasses it (each pipeline adds its learning rates, ``baseline_lr`` and ``oe_lr``) and redeclares a field
+    whose default differs with :func:`stage_default`; :meth:`stage` makes the runner's stages from them. ``oe_lambda`` lives here only: its flag checks it (>= 0, finite) and the trainer's
     arguments (``OETrainingArguments``) refuse a bad value passed through the Python API."""
 
     baseline_epochs: float = 1.0
@@ -37,10 +38,21 @@ class StageSettings:
     oe_max_steps: int = -1
     oe_max_minutes: float | None = dataclasses.field(default=None, metadata=flag("the same for OE fine-tuning"))
     oe_lambda: float = dataclasses.field(default=1.0, metadata=flag(arg_type=non_negative_float))
+    #: The field of the baseline schedule's learning rate (the vision configs call it ``lr``).
+    baseline_lr_field: ClassVar[str] = "baseline_lr"
 
     def __post_init__(self) -> None:
         for name in ("baseline_max_minutes", "oe_max_minutes"):
             check_time_budget(name, getattr(self, name))
+
+    def stage(self, name: str, schedule: str, **changes: Any) -> Stage:
+        """The stage ``name`` on the ``schedule`` (``"baseline"`` or ``"oe"``) settings: its learning rate, epochs, max
+        steps and minutes, and with ``"oe"`` the weight ``oe_lambda``; ``changes`` (``init``, ``oe_lambda``, ``train``)
+        add to or replace them."""
+        learning_rate = getattr(self, self.baseline_lr_field if schedule == "baseline" else f"{schedule}_lr")
+        settings = {"oe_lambda": self.oe_lambda} if schedule == "oe" else {}
+        return Stage(name, learning_rate, getattr(self, f"{schedule}_epochs"), getattr(self, f"{schedule}_max_steps"),
+                     getattr(self, f"{schedule}_max_minutes"), **{**settings, **changes})
 
 
 def stage_default(name: str, default: Any, help: str | None = None) -> Any:

@@ -345,8 +345,7 @@ class PTBLanguageModelExperiment(StagedExperiment):
 
     def stages(self) -> list[Stage]:
         cfg = self.config
-        return [Stage("baseline", cfg.baseline_lr, cfg.baseline_epochs, cfg.baseline_max_steps, cfg.baseline_max_minutes),
-                Stage("oe", cfg.oe_lr, cfg.oe_epochs, cfg.oe_max_steps, cfg.oe_max_minutes, oe_lambda=cfg.oe_lambda, init="baseline")]
+        return [cfg.stage("baseline", "baseline"), cfg.stage("oe", "oe", init="baseline")]
 
     def load_data(self, data_dir: str | Path | None) -> TextOEData:
         cfg = self.config

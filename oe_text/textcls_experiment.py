@@ -413,13 +413,9 @@ class TextClsExperiment(StagedExperiment):
     # ---- stages and data -----------------------------------------------------------------------------------------
     def stages(self) -> list[Stage]:
         c = self.config
-        stages = [
-            Stage("baseline", c.baseline_lr, c.baseline_epochs, c.baseline_max_steps, c.baseline_max_minutes),
-            Stage("oe", c.oe_lr, c.oe_epochs, c.oe_max_steps, c.oe_max_minutes, oe_lambda=c.oe_lambda, init="baseline"),
-        ]
+        stages = [c.stage("baseline", "baseline"), c.stage("oe", "oe", init="baseline")]
         if c.extra_outliers:  # the same OE schedule from the same baseline, outliers WikiText-2 + the extra set
-            stages.append(Stage("oe_extra", c.oe_lr, c.oe_epochs, c.oe_max_steps, c.oe_max_minutes, oe_lambda=c.oe_lambda,
-                                init="baseline"))
+            stages.append(c.stage("oe_extra", "oe", init="baseline"))
         return stages
 
     def load_data(self, data_dir: str | Path | None) -> TextClsData:

@@ -94,6 +94,7 @@ class VisionOEConfig(StageSettings):
     ``baseline_*`` settings also apply to ``oe_scratch`` and ``branch``; ``oe_*`` settings to ``branch_oe``.
     """
 
+    baseline_lr_field = "lr"  # the from-scratch stages' learning rate (StageSettings.stage)
     dataset: str = dataclasses.field(default="mnist", metadata=flag(command_line=False))  # the recipe's
     model: str | None = None  # "convnet" | "wrn"; None: convnet for MNIST, wrn for CIFAR-10
     wrn_depth: int = 40
@@ -853,11 +854,9 @@ class VisionClassifierExperiment(StagedExperiment):
         """``baseline`` / ``oe_scratch`` / ``branch`` from scratch with the ``baseline_*`` schedule and ``lr``; ``oe``
         (from the baseline) and ``branch_oe`` (from the branch model) with the ``oe_*`` schedule and ``oe_lr``."""
         cfg = self.config
-        scratch = dict(learning_rate=cfg.lr, epochs=cfg.baseline_epochs, max_steps=cfg.baseline_max_steps, max_minutes=cfg.baseline_max_minutes)
-        tune = dict(learning_rate=cfg.oe_lr, epochs=cfg.oe_epochs, max_steps=cfg.oe_max_steps, max_minutes=cfg.oe_max_minutes)
-        every = {"baseline": Stage("baseline", **scratch), "oe": Stage("oe", **tune, oe_lambda=cfg.oe_lambda, init="baseline"),
-                 "oe_scratch": Stage("oe_scratch", **scratch, oe_lambda=cfg.oe_lambda), "branch": Stage("branch", **scratch),
-                 "branch_oe": Stage("branch_oe", **tune, oe_lambda=cfg.branch_oe_lambda, init="branch"),
+        every = {"baseline": cfg.stage("baseline", "baseline"), "oe": cfg.stage("oe", "oe", init="baseline"),
+                 "oe_scratch": cfg.stage("oe_scratch", "baseline", oe_lambda=cfg.oe_lambda), "branch": cfg.stage("branch", "baseline"),
+                 "branch_oe": cfg.stage("branch_oe", "oe", oe_lambda=cfg.branch_oe_lambda, init="branch"),
                  "abnormality_decoder": Stage("abnormality_decoder", cfg.abnormality_lr, cfg.abnormality_decoder_epochs,
                                               cfg.abnormality_decoder_max_steps, init="baseline"),
                  "abnormality": Stage("abnormality", cfg.abnormality_lr, cfg.abnormality_head_epochs, cfg.abnormality_head_max_steps,

@@ -535,11 +535,7 @@ class PixelCNNDensityExperiment(StagedExperiment):
 
     def stages(self) -> list[Stage]:
         cfg = self.config
-        return [
-            Stage("baseline", cfg.baseline_lr, cfg.baseline_epochs, cfg.baseline_max_steps, cfg.baseline_max_minutes,
-                  train=not cfg.baseline_checkpoint),
-            Stage("oe", cfg.oe_lr, cfg.oe_epochs, cfg.oe_max_steps, cfg.oe_max_minutes, oe_lambda=cfg.oe_lambda, init="baseline"),
-        ]
+        return [cfg.stage("baseline", "baseline", train=not cfg.baseline_checkpoint), cfg.stage("oe", "oe", init="baseline")]
 
     def load_data(self, data_dir: str | Path | None) -> DensityData:
         return load_density_data(self.config, data_dir)
