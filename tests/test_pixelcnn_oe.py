@@ -258,7 +258,7 @@ def test_bits_per_dim_summary_flags_more_likely_sets():
 def test_recipe_is_registered():
     from oe_common.plugins import recipes
 
-    assert (recipes()["pixelcnn"].target, recipes()["pixelcnn"].kwargs) == ("oe_vision.density_experiment:main", {})
+    assert (recipes()["pixelcnn"].target, recipes()["pixelcnn"].kwargs) == ("oe_vision.density_recipe:main", {})
 
 
 def test_report_explains_a_near_zero_margin_activity_only_when_it_is_near_zero():
