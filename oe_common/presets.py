@@ -27,8 +27,9 @@ class StageSettings:
     (:func:`oe_common.callbacks.time_budget_callbacks`), ``oe_lambda`` weighs the OE term, ``L_in + oe_lambda * L_OE``.
 
     A config subclasses it (each pipeline adds its learning rates, ``baseline_lr`` and ``oe_lr``) and redeclares a field
-    whose default differs with :func:`stage_default`; :meth:`stage` makes the runner's stages from them. ``oe_lambda`` lives here only: its flag checks it (>= 0, finite) and the trainer's
-    arguments (``OETrainingArguments``) refuse a bad value passed through the Python API."""
+    whose default differs with :func:`stage_default`; :meth:`stage` makes the runner's stages from them.
+    ``oe_lambda`` is declared here only; its one check is ``OETrainingArguments``' (the recipe flag refuses a negative
+    value at parse time, as every number flag refuses what its type excludes)."""
 
     baseline_epochs: float = 1.0
     baseline_max_steps: int = -1

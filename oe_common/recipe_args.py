@@ -44,7 +44,7 @@ def flag(help: str | None = None, arg_type: Callable[[str], Any] | None = None, 
 class RecipeArguments:
     """The arguments every recipe takes besides its config's fields."""
 
-    preset: str = dataclasses.field(default="tiny", metadata=flag(command_line=False))  # --preset: the recipe's presets
+    preset: str = dataclasses.field(default="tiny", metadata=flag("named settings"))  # RecipeArgumentParser: the recipe's presets
     data_dir: str | None = dataclasses.field(default=None, metadata=flag("corpora folder (default: $OE_DATA_DIR)"))
     output_dir: str | None = dataclasses.field(default=None, metadata=flag("where results go (default: runs/<recipe>_<preset>)"))
     threads: int | None = dataclasses.field(default=None, metadata=flag("torch CPU threads (CPU runs only)"))
@@ -64,12 +64,13 @@ class RecipeArgumentParser(HfArgumentParser):
     def __init__(self, config_cls: type, *, prog: str, description: str, presets: Sequence[str], default_preset: str = "tiny",
                  extra: Sequence[type] = (), preset_help: Mapping[str, str] | None = None,
                  choices: Mapping[str, Sequence[str]] | None = None) -> None:
-        self.recipe_choices = dict(choices or {})  # read by add_argument, which super().__init__ calls
-        super().__init__((RecipeArguments, config_cls, *extra), prog=prog, description=description, formatter_class=argparse.HelpFormatter)
         described = {**PRESET_HELP, **(preset_help or {})}
-        self.add_argument("--preset", choices=tuple(presets), default=default_preset, help=(
+        # read by add_argument, which super().__init__ calls
+        self.recipe_choices = {**(choices or {}), "preset": tuple(presets)}
+        self.preset_settings = dict(default=default_preset, help=(
             f"named settings ({'; '.join(f'{name}: {described[name]}' if name in described else name for name in presets)}; "
             f"default: {default_preset})"))
+        super().__init__((RecipeArguments, config_cls, *extra), prog=prog, description=description, formatter_class=argparse.HelpFormatter)
         add_run_folder_args(self)
         self.set_defaults(**{f.name: None for cls in (config_cls, *extra) for f in dataclasses.fields(cls)})
 
@@ -78,9 +79,11 @@ class RecipeArgumentParser(HfArgumentParser):
         """``ArgumentParser.add_argument`` with the field metadata that is not an ``add_argument`` keyword applied."""
         if not command_line or (kwargs.get("action") == "store_false" and option_strings[0].startswith("--no_")):
             return None  # no flag; or HfArgumentParser's --no_name of a true bool: every bool gets the one below
-        kind = kwargs.get("type")
-        if option_strings[0][2:] in self.recipe_choices:
-            kwargs["choices"] = tuple(self.recipe_choices[option_strings[0][2:]])
+        kind, name = kwargs.get("type"), option_strings[0][2:]
+        if name in self.recipe_choices:
+            kwargs["choices"] = tuple(self.recipe_choices[name])
+        if name == "preset":
+            kwargs.update(self.preset_settings)
         if typing.get_origin(kind) is tuple:
             kwargs.update(type=typing.get_args(kind)[0], nargs="+")
         elif kind in _DEFAULT_CHECK:
