@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from typing import Any, Callable
 
 __all__ = ["positive_int", "non_negative_int", "positive_float", "non_negative_float", "probability"]
 
@@ -34,41 +35,24 @@ def _float(text: str) -> float:
     return value
 
 
-def positive_int(text: str) -> int:
-    """An integer >= 1 (steps, sizes, batch sizes, draws, threads)."""
-    value = _int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer (>= 1), got {text!r}")
-    return value
+def _checked(name: str, parse: Callable[[str], Any], accept: Callable[[Any], bool], requirement: str, doc: str) -> Callable[[str], Any]:
+    """The check ``name``: ``parse(text)``, refused unless ``accept(value)`` with ``must be <requirement>, got '<text>'``."""
+
+    def check(text: str) -> Any:
+        value = parse(text)
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f"must be {requirement}, got {text!r}")
+        return value
+
+    check.__name__ = check.__qualname__ = name
+    check.__doc__ = doc
+    return check
 
 
-def non_negative_int(text: str) -> int:
-    """An integer >= 0 (seeds, DataLoader workers)."""
-    value = _int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    """A finite number > 0 (learning rates, epochs, minutes)."""
-    value = _float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    """A finite number >= 0 (loss weights, margins)."""
-    value = _float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
-    return value
-
-
-def probability(text: str) -> float:
-    """A number strictly between 0 and 1 (rates, recall levels)."""
-    value = _float(text)
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"must be a number strictly between 0 and 1, got {text!r}")
-    return value
+positive_int = _checked("positive_int", _int, lambda v: v >= 1, "a positive integer (>= 1)",
+                        "An integer >= 1 (steps, sizes, batch sizes, draws, threads).")
+non_negative_int = _checked("non_negative_int", _int, lambda v: v >= 0, "an integer >= 0", "An integer >= 0 (seeds, DataLoader workers).")
+positive_float = _checked("positive_float", _float, lambda v: v > 0, "a number > 0", "A finite number > 0 (learning rates, epochs, minutes).")
+non_negative_float = _checked("non_negative_float", _float, lambda v: v >= 0, "a number >= 0", "A finite number >= 0 (loss weights, margins).")
+probability = _checked("probability", _float, lambda v: 0 < v < 1, "a number strictly between 0 and 1",
+                       "A number strictly between 0 and 1 (rates, recall levels).")

@@ -53,8 +53,6 @@ class Stage:
     def __post_init__(self) -> None:
         if self.train and not self.max_steps > 0 and not self.epochs > 0:
             raise ValueError(f"stage {self.name!r}: give epochs > 0 or max_steps > 0")
-        if self.oe_lambda is not None and not self.oe_lambda >= 0:
-            raise ValueError(f"stage {self.name!r}: oe_lambda must be >= 0 or None, got {self.oe_lambda}")
         check_time_budget(f"{self.name} max_minutes", self.max_minutes)
 
     @property

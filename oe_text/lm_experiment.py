@@ -21,7 +21,7 @@ from oe_common.experiment import (Stage, StagedExperiment, StageModels, StageRes
                                   shared_training_arguments, train_log)
 from oe_common.detector import OODDetector
 from oe_common.metrics import OODTable, evaluate_ood
-from oe_common.presets import preset_settings
+from oe_common.presets import StageSettings, apply_preset, stage_default
 from oe_common.reporting import (
     percent_cell,
     plot_roc_and_histogram,
@@ -32,7 +32,7 @@ from oe_common.reporting import (
     time_budget_notes,
     write_results,
 )
-from oe_common.callbacks import check_time_budget, training_steps_report
+from oe_common.callbacks import training_steps_report
 from oe_common import scores as oe_scores
 from oe_common.recipe_args import flag
 from oe_common.trainer import OE_LOSSES, OETrainer, OETrainingArguments
@@ -48,7 +48,6 @@ __all__ = [
     "evaluate_scores", "run_text_oe", "table6_markdown", "stream_lines", "allowed_protocols", "DETECTOR_TARGET_FPR",
 ]
 
-PRESET_NAMES = ("test", "tiny", "paper")
 #: ``dataset`` of the records (``level`` says word or char).
 PTB_DATASET = "ptb"
 #: The scores this pipeline computes and reports: a selection of the registry ``oe_common.scores.SCORE_NAMES``.
@@ -71,11 +70,11 @@ def allowed_protocols(level: str) -> tuple[str, ...]:
 
 
 @dataclasses.dataclass
-class TextOEConfig:
-    """Everything a PTB OE run depends on. ``*_max_steps > 0`` overrides the matching ``*_epochs``. Each field is
-    also a recipe flag (``--oe-max-steps``; :func:`oe_common.recipe_args.build_recipe_parser`), except ``level``."""
+class TextOEConfig(StageSettings):
+    """Everything a PTB OE run depends on (the stage settings: :class:`~oe_common.presets.StageSettings`). Each field
+    is also a recipe flag (``--oe-max-steps``; :class:`oe_common.recipe_args.RecipeArgumentParser`), except ``level``."""
 
-    level: str = "word"
+    level: str = field(default="word", metadata=flag(command_line=False))
     model: str = field(default="lstm", metadata=flag("model family (default: the preset's; paper: lstm, tiny/test: transformer)",
                                                      choices=("lstm", "transformer")))
     model_preset: str = field(default="tiny", metadata=flag("size preset of oe_text.models (default: the preset's)"))
@@ -84,16 +83,11 @@ class TextOEConfig:
     eval_batch_size: int = 64
     optimizer: str = "adamw_torch"
     baseline_lr: float = 2e-3
-    baseline_epochs: float = 1.0
-    baseline_max_steps: int = -1
+    baseline_max_minutes: float | None = stage_default("baseline_max_minutes", None, help=(
+        "wall-clock budget of baseline training (minutes): re-planned to fit, hard stop at the budget, so that a fixed-length GPU session still evaluates"))
     oe_lr: float = 1e-3
     oe_epochs: float = 5.0  # measured in PTB batches, as the paper's fine-tuning
-    oe_max_steps: int = -1
-    baseline_max_minutes: float | None = field(default=None, metadata=flag(  # oe_common.callbacks.time_budget_callbacks
-        "wall-clock budget of baseline training (minutes): re-planned to fit, hard stop at the budget, so that a fixed-length GPU session still evaluates"))
-    oe_max_minutes: float | None = field(default=None, metadata=flag("the same for OE fine-tuning"))
-    # the released LM code's value; the paper's text says 1.0 for NLP
-    oe_lambda: float = field(default=0.5, metadata=flag(arg_type=non_negative_float))
+    oe_lambda: float = stage_default("oe_lambda", 0.5)  # the released LM code's value; the paper's text says 1.0 for NLP
     oe_loss: str = field(default="uniform", metadata=flag(choices=OE_LOSSES))
     weight_decay: float = field(default=1.2e-6, metadata=flag(arg_type=non_negative_float))
     max_grad_norm: float = 0.25
@@ -125,10 +119,7 @@ class TextOEConfig:
         unknown = set(self.scores) - (set(TEXT_SCORES) & set(oe_scores.SCORE_NAMES))
         if unknown:
             raise ValueError(f"unknown score(s) {sorted(unknown)}; text scores are {TEXT_SCORES}")
-        if self.oe_lambda < 0:
-            raise ValueError(f"oe_lambda must be >= 0, got {self.oe_lambda}")
-        for name in ("baseline_max_minutes", "oe_max_minutes"):
-            check_time_budget(name, getattr(self, name))
+        super().__post_init__()
 
 
 # Presets. "test" is for the unit tests (about a minute on a 2-core CPU); "tiny" is the README's main job (a 2-core
@@ -160,11 +151,14 @@ _PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
+PRESET_NAMES = tuple(_PRESETS["word"])
+
+
 def preset_config(level: str, preset: str, **overrides: Any) -> TextOEConfig:
     """The :class:`TextOEConfig` of a named preset (``test``, ``tiny``, ``paper``) with ``overrides`` applied."""
     if level not in _PRESETS:
         raise ValueError(f"level must be 'word' or 'char', got {level!r}")
-    return TextOEConfig(level=level, **preset_settings(TextOEConfig, _PRESETS[level], preset, overrides))
+    return apply_preset(TextOEConfig, _PRESETS[level], preset, overrides, level=level)
 
 
 def _first(dataset: Any, n: int | None) -> Any:
@@ -386,8 +380,7 @@ class PTBLanguageModelExperiment(StagedExperiment):
 
     def stages(self) -> list[Stage]:
         cfg = self.config
-        return [Stage("baseline", cfg.baseline_lr, cfg.baseline_epochs, cfg.baseline_max_steps, cfg.baseline_max_minutes),
-                Stage("oe", cfg.oe_lr, cfg.oe_epochs, cfg.oe_max_steps, cfg.oe_max_minutes, oe_lambda=cfg.oe_lambda, init="baseline")]
+        return [cfg.stage("baseline", "baseline"), cfg.stage("oe", "oe", init="baseline")]
 
     def load_data(self, data_dir: str | Path | None) -> TextOEData:
         cfg = self.config

@@ -17,13 +17,12 @@ import numpy as np
 import torch
 
 from oe_common.arg_types import non_negative_float, non_negative_int
-from oe_common.callbacks import check_time_budget
 from oe_common.data_dir import MissingDataError
 from oe_common.experiment import Stage, StagedExperiment, StageModels, StageResult, all_records, run_experiment, shared_training_arguments
 from oe_common.feature_scores import MahalanobisScore
 from oe_common.metrics import evaluate_ood, misclassification_metrics, ood_metrics
 from oe_common.outlier_stream import is_streaming
-from oe_common.presets import preset_settings
+from oe_common.presets import StageSettings, apply_preset
 from oe_common.recipe_args import flag
 from oe_common.reporting import (
     percent_cell,
@@ -60,7 +59,6 @@ __all__ = ["TextClsConfig", "TextClsExperiment", "PRESET_NAMES", "TEXTCLS_SCORES
            "run_textcls_oe", "check_max_length", "ood_set_names", "padding_collator", "DETECTOR_TARGET_FPR", "select_score",
            "selection_set_name"]
 
-PRESET_NAMES = ("test", "tiny", "full")
 #: How training batches are padded (``TextClsConfig.padding``).
 PADDINGS = ("longest", "max_length")
 DATASETS = ("clinc150", "sst2", "trec")
@@ -86,8 +84,8 @@ _MAX_LENGTH = {"clinc150": 24, "trec": 32, "sst2": 64}
 
 
 @dataclasses.dataclass
-class TextClsConfig:
-    """Everything a text-classification OE run depends on. ``*_max_steps > 0`` overrides ``*_epochs``."""
+class TextClsConfig(StageSettings):
+    """Everything a text-classification OE run depends on (the stage settings: :class:`~oe_common.presets.StageSettings`)."""
 
     dataset: str | None = dataclasses.field(default=None, metadata=flag(
         "in-distribution set: clinc150 (default), sst2, trec, a datasets Hub id or a saved dataset folder; with "
@@ -116,15 +114,7 @@ class TextClsConfig:
         "minilm (all-MiniLM-L6-v2, fine-tuned), gru (the paper's 2-layer GRU, from scratch) or any "
         "AutoModelForSequenceClassification checkpoint name"))
     baseline_lr: float = 1e-4
-    baseline_epochs: float = 1.0
-    baseline_max_steps: int = -1
-    baseline_max_minutes: float | None = dataclasses.field(default=None, metadata=flag(
-        "wall-clock budget of baseline training (minutes): re-planned to fit, hard stop at the budget"))
     oe_lr: float = 5e-5
-    oe_epochs: float = 1.0  # measured in in-distribution batches
-    oe_max_steps: int = -1
-    oe_max_minutes: float | None = dataclasses.field(default=None, metadata=flag("the same for OE fine-tuning"))
-    oe_lambda: float = dataclasses.field(default=1.0, metadata=flag(arg_type=non_negative_float))
     oe_loss: str = dataclasses.field(default="uniform", metadata=flag(choices=("uniform", "energy")))
     train_split: str = dataclasses.field(default="train", metadata=flag(
         "training file of the in-distribution set: train, or for sst2 train_sentences (the paper's 6,920 whole "
@@ -184,8 +174,6 @@ class TextClsConfig:
         self._check_own_data()
         if self.oe_loss not in ("uniform", "energy"):
             raise ValueError(f"oe_loss must be 'uniform' or 'energy', got {self.oe_loss!r}")
-        if not self.oe_lambda >= 0:
-            raise ValueError(f"oe_lambda must be >= 0, got {self.oe_lambda}")
         if self.detector_score not in ("validation", *DETECTOR_SCORES):
             raise ValueError(f"detector_score must be 'validation' or one of {DETECTOR_SCORES}, got {self.detector_score!r}")
         if not self.own_data and self.train_split not in TRAIN_SPLITS.get(self.dataset, ("train",)):
@@ -206,8 +194,7 @@ class TextClsConfig:
             raise ValueError(f"padding must be one of {PADDINGS}, got {self.padding!r}")
         if self.knn_k < 1:
             raise ValueError(f"knn_k must be >= 1, got {self.knn_k}")
-        for name in ("baseline_max_minutes", "oe_max_minutes"):
-            check_time_budget(name, getattr(self, name))
+        super().__post_init__()
         if self.max_length is None:
             self.max_length = _MAX_LENGTH.get(self.dataset, DEFAULT_OWN_MAX_LENGTH)
 
@@ -273,6 +260,7 @@ _PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     },
 }
 
+PRESET_NAMES = tuple(_PRESETS)
 #: Own data of any size (files, Hub id, saved dataset): the tiny preset also caps the texts read for training and
 #: each anomaly set (seeded subsets), so that it ends in minutes on the 2-core CPU whatever the files hold.
 _OWN_DATA_CAPS: dict[str, dict[str, Any]] = {"tiny": dict(train_examples=20000, ood_examples=2000)}
@@ -288,7 +276,7 @@ def preset_config(preset: str, **overrides: Any) -> TextClsConfig:
     dataset = overrides.get("dataset")
     if overrides.get("train_file") is not None or (dataset is not None and dataset not in DATASETS):
         settings.update(_OWN_DATA_CAPS.get(preset, {}))
-    return TextClsConfig(**preset_settings(TextClsConfig, {preset: settings}, preset, overrides))
+    return apply_preset(TextClsConfig, {preset: settings}, preset, overrides)
 
 
 def ood_set_names(dataset: str) -> list[str]:
@@ -440,13 +428,9 @@ class TextClsExperiment(StagedExperiment):
     # ---- stages and data -----------------------------------------------------------------------------------------
     def stages(self) -> list[Stage]:
         c = self.config
-        stages = [
-            Stage("baseline", c.baseline_lr, c.baseline_epochs, c.baseline_max_steps, c.baseline_max_minutes),
-            Stage("oe", c.oe_lr, c.oe_epochs, c.oe_max_steps, c.oe_max_minutes, oe_lambda=c.oe_lambda, init="baseline"),
-        ]
+        stages = [c.stage("baseline", "baseline"), c.stage("oe", "oe", init="baseline")]
         if c.extra_outliers:  # the same OE schedule from the same baseline, outliers WikiText-2 + the extra set
-            stages.append(Stage("oe_extra", c.oe_lr, c.oe_epochs, c.oe_max_steps, c.oe_max_minutes, oe_lambda=c.oe_lambda,
-                                init="baseline"))
+            stages.append(c.stage("oe_extra", "oe", init="baseline"))
         return stages
 
     def load_data(self, data_dir: str | Path | None) -> TextClsData:

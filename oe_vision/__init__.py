@@ -38,7 +38,7 @@ _register(AbnormalityModuleConfig, image_classification=AbnormalityModuleForImag
 # `oe train NAME`: this package's recipes (their modules are imported only when one runs).
 register_recipe("mnist", "oe_vision.recipe_cli:main", dataset="mnist")
 register_recipe("cifar10", "oe_vision.recipe_cli:main", dataset="cifar10")
-register_recipe("pixelcnn", "oe_vision.density_experiment:main")
+register_recipe("pixelcnn", "oe_vision.density_recipe:main")
 
 __all__ = [
     "DEFAULT_CONFIDENCE_BUDGET", "DEFAULT_CONFIDENCE_LAMBDA", "ConfidenceBranchLoss", "ConfidenceImageClassifierOutput",

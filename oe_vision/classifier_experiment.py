@@ -23,10 +23,9 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
 from oe_common.arg_types import non_negative_float, non_negative_int
-from oe_common.callbacks import check_time_budget
 from oe_common.experiment import (Stage, StagedExperiment, StageModels, StageResult, all_records, run_experiment,
                                   shared_training_arguments, stage_logs)
-from oe_common.presets import preset_settings
+from oe_common.presets import StageSettings, apply_preset, stage_default
 from oe_common.recipe_args import flag
 from oe_common.detector import OODDetector
 from oe_common.metrics import OODTable, evaluate_ood, misclassification_metrics
@@ -94,19 +93,17 @@ CLASSIFIER_SCORES = ("msp", "uniform_xent")
 BRANCH_SCORES = ("msp", "branch")
 #: The score of a stage's saved detector and of its ROC / histogram plots (every other stage: ``msp``).
 _DETECTOR_SCORES = {"abnormality": "abnormality", "branch": "branch", "branch_oe": "branch"}
-PRESET_NAMES: dict[str, tuple[str, ...]] = {"mnist": ("test", "tiny", "paper"), "cifar10": ("test", "tiny", "short", "paper")}
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
 @dataclasses.dataclass
-class VisionOEConfig:
-    """Everything a vision OE run depends on. ``*_max_steps > 0`` overrides the matching ``*_epochs``.
-
-    Epochs count in-distribution batches (the OE stream cycles independently). ``baseline_*`` settings also apply
-    to ``oe_scratch`` and ``branch``; ``oe_*`` settings to ``branch_oe``.
+class VisionOEConfig(StageSettings):
+    """Everything a vision OE run depends on (the stage settings: :class:`~oe_common.presets.StageSettings`).
+    ``baseline_*`` settings also apply to ``oe_scratch`` and ``branch``; ``oe_*`` settings to ``branch_oe``.
     """
 
-    dataset: str = "mnist"
+    baseline_lr_field = "lr"  # the from-scratch stages' learning rate (StageSettings.stage)
+    dataset: str = dataclasses.field(default="mnist", metadata=flag(command_line=False))  # the recipe's
     model: str | None = None  # "convnet" | "wrn"; None: convnet for MNIST, wrn for CIFAR-10
     wrn_depth: int = 40
     wrn_widen_factor: int = 2
@@ -128,14 +125,12 @@ class VisionOEConfig:
     momentum: float = dataclasses.field(default=0.9, metadata=flag(arg_type=non_negative_float))
     weight_decay: float = dataclasses.field(default=5e-4, metadata=flag(arg_type=non_negative_float))  # the paper's value; the released OE MNIST script used none
     baseline_epochs: float = 10.0
-    baseline_max_steps: int = -1
     oe_lr: float = dataclasses.field(default=0.01, metadata=flag("learning rate of the fine-tuning stages"))
     oe_epochs: float = 5.0
-    oe_max_steps: int = -1
-    baseline_max_minutes: float | None = dataclasses.field(default=None, metadata=flag(
+    baseline_max_minutes: float | None = stage_default("baseline_max_minutes", None, help=(
         "wall-clock budget (minutes) of each from-scratch stage (baseline, oe_scratch, branch): re-planned to fit, hard stop at the budget"))
-    oe_max_minutes: float | None = dataclasses.field(default=None, metadata=flag("the same for each fine-tuning stage (oe, branch_oe)"))
-    oe_lambda: float = dataclasses.field(default=0.5, metadata=flag(arg_type=non_negative_float))
+    oe_max_minutes: float | None = stage_default("oe_max_minutes", None, help="the same for each fine-tuning stage (oe, branch_oe)")
+    oe_lambda: float = stage_default("oe_lambda", 0.5)
     branch_oe_lambda: float = dataclasses.field(default=0.5, metadata=flag(arg_type=non_negative_float))
     # stages
     oe_from_scratch: bool = dataclasses.field(default=False, metadata=flag("also train a model with OE from scratch"))
@@ -186,7 +181,7 @@ class VisionOEConfig:
         self.scores = tuple(self.scores)
         if self.recall_level not in (0.95, 0.99):
             raise ValueError(f"recall_level must be 0.95 or 0.99, got {self.recall_level}")
-        for name in ("oe_lambda", "branch_oe_lambda", "weight_decay", "momentum"):
+        for name in ("branch_oe_lambda", "weight_decay", "momentum"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("batch_size", "oe_batch_size", "eval_batch_size", "n_draws", "ratio", "holdout_size", "logging_steps", "save_steps"):
@@ -203,8 +198,7 @@ class VisionOEConfig:
         if self.abnormality_module and not (self.abnormality_lr > 0 and (self.abnormality_decoder_epochs > 0 or self.abnormality_decoder_max_steps > 0)
                                             and (self.abnormality_head_epochs > 0 or self.abnormality_head_max_steps > 0)):
             raise ValueError("abnormality_module needs abnormality_lr > 0 and epochs > 0 or max_steps > 0 for its decoder and head")
-        for name in ("baseline_max_minutes", "oe_max_minutes"):
-            check_time_budget(name, getattr(self, name))
+        super().__post_init__()
 
     @property
     def fpr_key(self) -> str:
@@ -248,11 +242,14 @@ _PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
+PRESET_NAMES: dict[str, tuple[str, ...]] = {dataset: tuple(presets) for dataset, presets in _PRESETS.items()}
+
+
 def preset_config(dataset: str, preset: str, **overrides: Any) -> VisionOEConfig:
     """The :class:`VisionOEConfig` of a named preset with ``overrides`` applied (``None`` values are ignored)."""
     if dataset not in _PRESETS:
         raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
-    return VisionOEConfig(dataset=dataset, **preset_settings(VisionOEConfig, _PRESETS[dataset], preset, overrides))
+    return apply_preset(VisionOEConfig, _PRESETS[dataset], preset, overrides, dataset=dataset)
 
 
 # ================================================================================================ data
@@ -798,11 +795,9 @@ class VisionClassifierExperiment(StagedExperiment):
         """``baseline`` / ``oe_scratch`` / ``branch`` from scratch with the ``baseline_*`` schedule and ``lr``; ``oe``
         (from the baseline) and ``branch_oe`` (from the branch model) with the ``oe_*`` schedule and ``oe_lr``."""
         cfg = self.config
-        scratch = dict(learning_rate=cfg.lr, epochs=cfg.baseline_epochs, max_steps=cfg.baseline_max_steps, max_minutes=cfg.baseline_max_minutes)
-        tune = dict(learning_rate=cfg.oe_lr, epochs=cfg.oe_epochs, max_steps=cfg.oe_max_steps, max_minutes=cfg.oe_max_minutes)
-        every = {"baseline": Stage("baseline", **scratch), "oe": Stage("oe", **tune, oe_lambda=cfg.oe_lambda, init="baseline"),
-                 "oe_scratch": Stage("oe_scratch", **scratch, oe_lambda=cfg.oe_lambda), "branch": Stage("branch", **scratch),
-                 "branch_oe": Stage("branch_oe", **tune, oe_lambda=cfg.branch_oe_lambda, init="branch"),
+        every = {"baseline": cfg.stage("baseline", "baseline"), "oe": cfg.stage("oe", "oe", init="baseline"),
+                 "oe_scratch": cfg.stage("oe_scratch", "baseline", oe_lambda=cfg.oe_lambda), "branch": cfg.stage("branch", "baseline"),
+                 "branch_oe": cfg.stage("branch_oe", "oe", oe_lambda=cfg.branch_oe_lambda, init="branch"),
                  "abnormality_decoder": Stage("abnormality_decoder", cfg.abnormality_lr, cfg.abnormality_decoder_epochs,
                                               cfg.abnormality_decoder_max_steps, init="baseline"),
                  "abnormality": Stage("abnormality", cfg.abnormality_lr, cfg.abnormality_head_epochs, cfg.abnormality_head_max_steps,

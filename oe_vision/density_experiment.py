@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -15,15 +14,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
-from transformers import HfArgumentParser
 
 from oe_common.arg_types import non_negative_float, non_negative_int
-from oe_common.callbacks import check_time_budget
-from oe_common.data_dir import exit_on_data_error
 from oe_common.experiment import (Stage, StagedExperiment, StageModels, StageResult, all_records, run_experiment,
                                   shared_training_arguments, stage_logs)
-from oe_common.presets import preset_settings
-from oe_common.recipe_args import RecipeArguments, build_recipe_parser, flag, parse_recipe_args, run_recipe
+from oe_common.presets import StageSettings, apply_preset
+from oe_common.recipe_args import flag
 from oe_common.reporting import percent_cell, plot_roc_and_histogram, protocol_sentence, run_meta, steps_cell, time_budget_notes, write_results
 
 from . import data as vdata
@@ -51,15 +47,9 @@ __all__ = [
     "likelihood_markdown",
     "PixelCNNDensityExperiment",
     "run_density_oe",
-    "PixelCNNSizeArguments",
-    "build_parser",
-    "make_config",
-    "parse_args",
-    "main",
 ]
 
 DATASETS = ("mnist", "cifar10")
-PRESET_NAMES = ("test", "tiny", "paper")
 SCORE = "bits_per_dim"
 #: ``model`` (the architecture) of every record.
 MODEL = "pixelcnn++"
@@ -71,13 +61,12 @@ _ITEM_HINT = "(image, label) pairs or dicts with 'pixel_values'"
 
 
 @dataclasses.dataclass
-class DensityOEConfig:
-    """Everything a PixelCNN++ OE run depends on. ``*_max_steps > 0`` overrides the matching ``*_epochs`` (epochs count
-    in-distribution batches; the outlier stream cycles independently)."""
+class DensityOEConfig(StageSettings):
+    """Everything a PixelCNN++ OE run depends on (the stage settings: :class:`~oe_common.presets.StageSettings`)."""
 
     dataset: str = dataclasses.field(default="mnist", metadata=flag("in-distribution data (cifar10 needs $OE_CIFAR10_DIR or --cifar-dir)", choices=DATASETS))
     model_preset: str = "tiny"  # a PixelCNNPPConfig preset ("tiny" | "paper") ...
-    model_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)  # ... with these fields replaced
+    model_overrides: dict[str, Any] = dataclasses.field(default_factory=dict, metadata=flag(command_line=False))  # ... with these fields replaced
     baseline_checkpoint: str | None = dataclasses.field(  # a saved PixelCNNPPModel to start from (skips baseline training)
         default=None, metadata=flag("a saved PixelCNN++ (folder) to fine-tune instead of training a baseline"))
     # data
@@ -95,15 +84,7 @@ class DensityOEConfig:
         default=32, metadata=flag("in-distribution images per step (= outliers per step)"))
     eval_batch_size: int = 256
     baseline_lr: float = 1e-3
-    baseline_epochs: float = 1.0
-    baseline_max_steps: int = -1
-    oe_lr: float = 3e-4
-    oe_epochs: float = 1.0  # paper: 1-2 epochs of OE fine-tuning
-    oe_max_steps: int = -1
-    baseline_max_minutes: float | None = dataclasses.field(  # wall-clock budget of the stage (None = none): oe_common.callbacks.time_budget_callbacks
-        default=None, metadata=flag("wall-clock budget of baseline training (minutes): re-planned to fit, hard stop at the budget"))
-    oe_max_minutes: float | None = dataclasses.field(default=None, metadata=flag("the same for OE fine-tuning"))
-    oe_lambda: float = dataclasses.field(default=1.0, metadata=flag(arg_type=non_negative_float))
+    oe_lr: float = 3e-4  # oe_epochs 1 (paper: 1-2 epochs of OE fine-tuning)
     margin_per_subpixel: float = dataclasses.field(  # our reading of the paper's "a margin of 1 per pixel" (unit not stated)
         default=1.0, metadata=flag("margin in nats per subpixel (paper: 1)", arg_type=non_negative_float, aliases=["--margin"]))
     warmup_ratio: float = dataclasses.field(default=0.0, metadata=flag(arg_type=non_negative_float))
@@ -116,7 +97,7 @@ class DensityOEConfig:
     allow_small_sets: bool = dataclasses.field(  # an anomaly set with fewer than len(test) // ratio images: an error unless True (used whole, labelled)
         default=False, metadata=flag("use an anomaly set with fewer than len(test) // 5 images whole (labelled in the tables) instead of stopping"))
     # runtime
-    num_threads: int | None = None  # torch CPU threads for the run (CPU only; restored afterwards)
+    num_threads: int | None = dataclasses.field(default=None, metadata=flag(command_line=False))  # torch CPU threads for the run (CPU only; restored afterwards): --threads
     num_workers: int = dataclasses.field(default=0, metadata=flag(arg_type=non_negative_int))
     logging_steps: int = 50
     save_steps: int = dataclasses.field(  # a resumable checkpoint of the running stage every this many steps (best a multiple of logging_steps)
@@ -132,7 +113,7 @@ class DensityOEConfig:
         sources = ("auto", "cifar10", "isun") if self.dataset == "mnist" else ("isun",)
         if self.oe_source not in sources:
             raise ValueError(f"oe_source for {self.dataset} must be one of {sources}, got {self.oe_source!r}")
-        for name in ("oe_lambda", "margin_per_subpixel", "warmup_ratio", "max_grad_norm"):
+        for name in ("margin_per_subpixel", "warmup_ratio", "max_grad_norm"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("batch_size", "eval_batch_size", "n_draws", "ratio", "oe_holdout", "logging_steps", "save_steps"):
@@ -148,8 +129,7 @@ class DensityOEConfig:
             raise ValueError("give baseline_epochs > 0 or baseline_max_steps > 0 (or a baseline_checkpoint)")
         if self.oe_max_steps <= 0 and not self.oe_epochs > 0:
             raise ValueError("give oe_epochs > 0 or oe_max_steps > 0")
-        for name in ("baseline_max_minutes", "oe_max_minutes"):
-            check_time_budget(name, getattr(self, name))
+        super().__post_init__()
         self.model_config()  # fails early on a bad preset / override
 
     @property
@@ -177,14 +157,14 @@ _CIFAR_TINY_MODEL = dict(image_channels=3, image_size=32)
 # baseline_checkpoint to fine-tune it with OE only), MNIST a mid-sized gray model.
 _PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "mnist": {
-        "test": dict(model_preset="tiny", model_overrides=dict(nr_filters=8, nr_logistic_mix=2), oe_source="isun", train_size=384,
+        "test": dict(model_preset="tiny", model_overrides=dict(_MNIST_MODEL, nr_filters=8, nr_logistic_mix=2), oe_source="isun", train_size=384,
                      test_size=150, ood_size=60, oe_holdout=60, oe_pool_size=384, batch_size=16, eval_batch_size=150,
                      baseline_lr=4e-3, baseline_max_steps=40, oe_lr=2e-3, oe_max_steps=16, logging_steps=8, save_steps=16,
                      save_models=False, num_threads=1),
-        "tiny": dict(model_preset="tiny", oe_source="isun", train_size=4000, test_size=1000, ood_size=200, oe_holdout=200,
+        "tiny": dict(model_preset="tiny", model_overrides=dict(_MNIST_MODEL), oe_source="isun", train_size=4000, test_size=1000, ood_size=200, oe_holdout=200,
                      batch_size=16, eval_batch_size=100, baseline_lr=2e-3, baseline_epochs=1.0, oe_lr=5e-4, oe_epochs=0.5,
                      logging_steps=25, save_steps=50, num_threads=1),
-        "paper": dict(model_preset="tiny", model_overrides=dict(nr_resnet=3, nr_filters=80, nr_logistic_mix=5, dropout=0.1),
+        "paper": dict(model_preset="tiny", model_overrides=dict(_MNIST_MODEL, nr_resnet=3, nr_filters=80, nr_logistic_mix=5, dropout=0.1),
                       oe_source="auto", oe_holdout=2000, batch_size=64, eval_batch_size=500, baseline_lr=1e-3, baseline_epochs=20.0,
                       oe_lr=2e-4, oe_epochs=2.0, n_draws=10, num_workers=4, logging_steps=100, save_steps=1000),
     },
@@ -202,15 +182,14 @@ _PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
+PRESET_NAMES = tuple(_PRESETS["mnist"])
+
+
 def preset_config(dataset: str, preset: str, **overrides: Any) -> DensityOEConfig:
     """The :class:`DensityOEConfig` of a named preset (``test``, ``tiny``, ``paper``) with ``overrides`` (``None`` ignored)."""
     if dataset not in _PRESETS:
         raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
-    settings = preset_settings(DensityOEConfig, _PRESETS[dataset], preset, overrides)
-    settings["model_overrides"] = dict(settings.get("model_overrides", {}))  # never share the preset's dict
-    if dataset == "mnist":
-        settings["model_overrides"] = {**_MNIST_MODEL, **settings["model_overrides"]}
-    return DensityOEConfig(dataset=dataset, **settings)
+    return apply_preset(DensityOEConfig, _PRESETS[dataset], preset, overrides, dataset=dataset)
 
 
 # ================================================================================================ data
@@ -535,11 +514,7 @@ class PixelCNNDensityExperiment(StagedExperiment):
 
     def stages(self) -> list[Stage]:
         cfg = self.config
-        return [
-            Stage("baseline", cfg.baseline_lr, cfg.baseline_epochs, cfg.baseline_max_steps, cfg.baseline_max_minutes,
-                  train=not cfg.baseline_checkpoint),
-            Stage("oe", cfg.oe_lr, cfg.oe_epochs, cfg.oe_max_steps, cfg.oe_max_minutes, oe_lambda=cfg.oe_lambda, init="baseline"),
-        ]
+        return [cfg.stage("baseline", "baseline", train=not cfg.baseline_checkpoint), cfg.stage("oe", "oe", init="baseline")]
 
     def load_data(self, data_dir: str | Path | None) -> DensityData:
         return load_density_data(self.config, data_dir)
@@ -603,55 +578,3 @@ def run_density_oe(cfg: DensityOEConfig, output_dir: str | Path, data_dir: str |
         return run_experiment(PixelCNNDensityExperiment(cfg), output_dir, data_dir, data, overwrite=overwrite, resume=resume)
     finally:
         torch.set_num_threads(threads_before)
-
-
-# ================================================================================================ command line
-PROG = "pixelcnn_oe.py"
-
-
-@dataclasses.dataclass
-class PixelCNNSizeArguments:
-    """PixelCNN++ config fields the command line can set (``--nr-filters`` ...): they replace the preset's model fields
-    (merged into ``model_overrides``)."""
-
-    nr_resnet: int | None = None
-    nr_filters: int | None = None
-    nr_logistic_mix: int | None = None
-
-
-def build_parser() -> HfArgumentParser:
-    """The recipe's command line: one flag per :class:`DensityOEConfig` field (``--threads`` sets ``num_threads``) and
-    :class:`PixelCNNSizeArguments`."""
-    return build_recipe_parser(
-        DensityOEConfig, prog=PROG, presets=PRESET_NAMES, exclude=("num_threads",), extra=(PixelCNNSizeArguments,),
-        description="PixelCNN++ density model: likelihood baseline, OE fine-tuning with the margin loss, detection by bits/dim (paper Table 5).",
-    )
-
-
-def make_config(preset: str, overrides: Mapping[str, Any]) -> DensityOEConfig:
-    """``preset_config`` of the given ``--dataset`` (default mnist; it chooses the preset table) and flags."""
-    overrides = dict(overrides)
-    return preset_config(overrides.pop("dataset", None) or "mnist", preset, **overrides)
-
-
-def parse_args(argv: Sequence[str] | None = None) -> tuple[RecipeArguments, DensityOEConfig]:
-    """``(recipe arguments, config)`` of a command line: the preset with the given flags applied (``--threads`` sets
-    ``num_threads``, ``--nr-filters`` etc. update its model fields). A refused configuration is a usage error."""
-    parser = build_parser()
-    recipe, cfg, model_fields = parse_recipe_args(parser, argv, make_config)
-    changes: dict[str, Any] = {"num_threads": recipe.threads} if recipe.threads is not None else {}
-    model_fields = {k: v for k, v in model_fields.items() if v is not None}
-    if model_fields:
-        changes["model_overrides"] = {**cfg.model_overrides, **model_fields}
-    try:
-        return recipe, dataclasses.replace(cfg, **changes)
-    except ValueError as err:
-        parser.error(str(err))
-
-
-@exit_on_data_error
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Entry point of ``recipes/pixelcnn_oe.py``: prints the Markdown report and the wall time."""
-    recipe, cfg = parse_args(argv)
-    return run_recipe(PROG, recipe, cfg, run_density_oe, os.path.join("runs", f"pixelcnn_{cfg.dataset}_{recipe.preset}"), argv,
-                      set_threads=False, wall_time=True)  # --threads is cfg.num_threads (set for the run, restored)

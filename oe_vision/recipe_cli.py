@@ -1,15 +1,13 @@
-"""The command line of ``recipes/mnist_oe.py`` and ``recipes/cifar10_oe.py``: generated from :class:`VisionOEConfig`
-(:func:`oe_common.recipe_args.build_recipe_parser`)."""
+"""The command line of ``recipes/mnist_oe.py`` and ``recipes/cifar10_oe.py``: ``HfArgumentParser((RecipeArguments,
+VisionOEConfig))`` (:class:`oe_common.recipe_args.RecipeArgumentParser`; every field but ``dataset`` is a flag)."""
 
 from __future__ import annotations
 
 import os
 from typing import Sequence
 
-from transformers import HfArgumentParser
-
 from oe_common.data_dir import exit_on_data_error
-from oe_common.recipe_args import build_recipe_parser, parse_recipe_args, run_recipe
+from oe_common.recipe_args import RecipeArgumentParser, parse_recipe_args, run_recipe
 
 from .classifier_experiment import PRESET_NAMES, VisionOEConfig, preset_config, run_vision_oe
 
@@ -19,13 +17,13 @@ _DESCRIPTIONS = {
 }
 
 
-def build_parser(dataset: str) -> HfArgumentParser:
-    return build_recipe_parser(VisionOEConfig, prog=f"{dataset}_oe.py", description=_DESCRIPTIONS[dataset], presets=PRESET_NAMES[dataset],
-                               exclude=("dataset",), preset_help={"short": "CIFAR-10 on one GPU with limited time"})
+def build_parser(dataset: str) -> RecipeArgumentParser:
+    return RecipeArgumentParser(VisionOEConfig, prog=f"{dataset}_oe.py", description=_DESCRIPTIONS[dataset], presets=PRESET_NAMES[dataset],
+                                preset_help={"short": "CIFAR-10 on one GPU with limited time"})
 
 
 @exit_on_data_error
 def main(dataset: str, argv: Sequence[str] | None = None) -> dict:
     parser = build_parser(dataset)
-    args, cfg, _ = parse_recipe_args(parser, argv, lambda preset, overrides: preset_config(dataset, preset, **overrides))
+    args, cfg, _ = parse_recipe_args(parser, argv, lambda preset, given: preset_config(dataset, preset, **given))
     return run_recipe(parser.prog, args, cfg, run_vision_oe, os.path.join("runs", f"{dataset}_{args.preset}"), argv)

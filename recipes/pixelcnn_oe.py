@@ -9,7 +9,7 @@ Writes results.json, results.md (Table 5 layout + the likelihood check), ROC / b
 models to --output-dir (default runs/pixelcnn_<dataset>_<preset>). See docs/pixelcnn.md.
 """
 
-from oe_vision.density_experiment import main
+from oe_vision.density_recipe import main
 
 if __name__ == "__main__":
     main()

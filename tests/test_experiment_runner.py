@@ -12,7 +12,9 @@ import torch
 
 from oe_common.arg_types import non_negative_int
 from oe_common.experiment import Stage, StagedExperiment, StageResult, run_experiment
-from oe_common.recipe_args import build_recipe_parser, flag, parse_recipe_args
+from oe_common.presets import apply_preset
+from oe_common.recipe_args import RecipeArgumentParser, flag, parse_recipe_args
+from oe_common.trainer import OETrainingArguments
 
 
 class _Linear(torch.nn.Module):
@@ -148,8 +150,8 @@ def test_a_resumed_runs_meta_keeps_every_attempts_commit_and_start(tmp_path, mon
 def test_stage_checks_and_training_arguments(tmp_path):
     with pytest.raises(ValueError, match="epochs > 0 or max_steps > 0"):
         Stage("x", 1e-3, epochs=0)
-    with pytest.raises(ValueError, match="oe_lambda"):
-        Stage("x", 1e-3, oe_lambda=-1.0)
+    with pytest.raises(ValueError, match="oe_lambda must be a finite number >= 0, got -1.0"):  # its one check: the trainer's arguments
+        OETrainingArguments(**Stage("x", 1e-3, oe_lambda=-1.0).training_arguments(tmp_path), report_to="none")
     assert Stage("base", 2e-3, epochs=3).training_arguments(tmp_path) == {
         "output_dir": str(tmp_path / "checkpoints" / "base"), "learning_rate": 2e-3, "num_train_epochs": 3, "max_steps": -1}
     oe = Stage("oe", 1e-3, max_steps=5, oe_lambda=0.5, init="base")
@@ -169,7 +171,7 @@ def test_unknown_init_is_an_error(tmp_path):
 # ================================================================================================ recipe_args
 @dataclasses.dataclass
 class _Flags:
-    level: str = "word"
+    level: str = dataclasses.field(default="word", metadata=flag(command_line=False))
     batch_size: int = 32
     lr: float = 1e-3
     seed: int = dataclasses.field(default=0, metadata=flag("random seed", arg_type=non_negative_int))
@@ -177,7 +179,7 @@ class _Flags:
     allow_small_sets: bool = False
     branch: bool = True
     oe_loss: str = dataclasses.field(default="uniform", metadata=flag(choices=("uniform", "energy")))
-    model_overrides: dict = dataclasses.field(default_factory=dict)
+    model_overrides: dict = dataclasses.field(default_factory=dict, metadata=flag(command_line=False))
 
     def __post_init__(self):
         if self.batch_size > 100:
@@ -188,8 +190,8 @@ _PRESETS = {"tiny": {"batch_size": 16}, "test": {"batch_size": 4, "branch": Fals
 
 
 def _parse(argv):
-    parser = build_recipe_parser(_Flags, prog="toy.py", description="toy", presets=tuple(_PRESETS), exclude=("level",))
-    return parse_recipe_args(parser, argv, lambda preset, overrides: _Flags(**{**_PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}))
+    parser = RecipeArgumentParser(_Flags, prog="toy.py", description="toy", presets=tuple(_PRESETS))
+    return parse_recipe_args(parser, argv, lambda preset, given: apply_preset(_Flags, _PRESETS, preset, given))
 
 
 def test_flags_are_generated_from_the_config_fields():

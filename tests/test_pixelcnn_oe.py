@@ -258,7 +258,7 @@ def test_bits_per_dim_summary_flags_more_likely_sets():
 def test_recipe_is_registered():
     from oe_common.plugins import recipes
 
-    assert (recipes()["pixelcnn"].target, recipes()["pixelcnn"].kwargs) == ("oe_vision.density_experiment:main", {})
+    assert (recipes()["pixelcnn"].target, recipes()["pixelcnn"].kwargs) == ("oe_vision.density_recipe:main", {})
 
 
 def test_report_explains_a_near_zero_margin_activity_only_when_it_is_near_zero():
@@ -284,7 +284,7 @@ def test_time_budgets_cut_both_stages_and_the_report_says_so(tmp_path, data_dir)
 
 
 def test_model_size_flags_update_the_presets_model_fields():
-    from oe_vision.density_experiment import parse_args
+    from oe_vision.density_recipe import parse_args
 
     _, cfg = parse_args(["--dataset", "cifar10", "--preset", "tiny", "--nr-filters", "48", "--nr-resnet", "2"])
     model = cfg.model_config()
@@ -295,7 +295,7 @@ def test_model_size_flags_update_the_presets_model_fields():
 
 
 def test_command_line_keeps_the_old_flags_and_maps_them_onto_the_config():
-    from oe_vision.density_experiment import parse_args
+    from oe_vision.density_recipe import parse_args
 
     recipe, cfg = parse_args(["--dataset", "cifar10", "--preset", "test", "--margin", "2.5", "--threads", "3", "--no-save-models",
                               "--oe-source", "isun", "--allow-small-sets", "--output-dir", "out"])

@@ -123,12 +123,12 @@ def test_density_detection_records_and_labels_what_ran():
         evaluate_density({**scores, "test": _scores(0, 200, 3)}, data, cfg, "baseline")
 
 
-@pytest.mark.parametrize("module", ["oe_vision.recipe_cli", "oe_text.recipe_cli", "oe_vision.density_experiment"])
+@pytest.mark.parametrize("module", ["oe_vision.recipe_cli", "oe_text.recipe_cli", "oe_vision.density_recipe"])
 def test_recipes_take_allow_small_sets(module):
     import importlib
 
     mod = importlib.import_module(module)
-    parser = mod.build_parser("cifar10" if module == "oe_vision.recipe_cli" else "word") if module != "oe_vision.density_experiment" else mod.build_parser()
+    parser = mod.build_parser("cifar10" if module == "oe_vision.recipe_cli" else "word") if module != "oe_vision.density_recipe" else mod.build_parser()
     assert parser.parse_args(["--allow-small-sets"]).allow_small_sets is True
     assert parser.parse_args([]).allow_small_sets is None  # the preset's value (False)
 

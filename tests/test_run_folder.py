@@ -24,7 +24,7 @@ TORCH_THREADS = 1  # tiny models: see the conftest fixture _torch_threads
 # ================================================================================================ item 9: flags
 def _parsers():
     from oe_text.recipe_cli import build_parser as text_parser
-    from oe_vision.density_experiment import build_parser as density_parser
+    from oe_vision.density_recipe import build_parser as density_parser
     from oe_vision.recipe_cli import build_parser as vision_parser
 
     return {"ptb_word": text_parser("word"), "mnist": vision_parser("mnist"), "cifar10": vision_parser("cifar10"), "pixelcnn": density_parser()}
@@ -297,7 +297,7 @@ def test_ctrl_c_in_a_recipe_prints_one_line_with_the_resume_command(recipe, tmp_
         main, prog = (lambda argv: vision_main("mnist", argv)), "mnist_oe.py"
     else:
         import oe_vision.density_experiment
-        from oe_vision.density_experiment import main
+        from oe_vision.density_recipe import main
 
         monkeypatch.setattr(oe_vision.density_experiment, "load_density_data", interrupt)
         prog = "pixelcnn_oe.py"

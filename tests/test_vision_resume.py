@@ -57,9 +57,9 @@ def test_density_run_interrupted_in_the_oe_stage_resumes_from_its_checkpoint_to_
 
 
 def test_save_steps_flag_sets_the_checkpoint_interval_and_is_checked():
-    from oe_vision import density_experiment, recipe_cli
+    from oe_vision import density_experiment, density_recipe, recipe_cli
 
-    assert density_experiment.parse_args(["--save-steps", "7"])[1].save_steps == 7
+    assert density_recipe.parse_args(["--save-steps", "7"])[1].save_steps == 7
     assert density_experiment.preset_config("mnist", "test").save_steps == 16
     cfg = density_experiment.preset_config("mnist", "test", save_steps=5)
     assert density_experiment.training_arguments(cfg, density_experiment.PixelCNNDensityExperiment(cfg).stages()[1], "x").save_steps == 5
@@ -70,7 +70,7 @@ def test_save_steps_flag_sets_the_checkpoint_interval_and_is_checked():
     cfg = preset_config("mnist", "test", save_steps=9)
     args = training_arguments(cfg, VisionClassifierExperiment(cfg).stages()[1], "x")
     assert (args.save_strategy, args.save_steps, args.save_total_limit, args.save_only_model) == ("steps", 9, 1, False)
-    for parser in (vision, density_experiment.build_parser()):
+    for parser in (vision, density_recipe.build_parser()):
         with pytest.raises(SystemExit):
             parser.parse_args(["--save-steps", "0"])
     with pytest.raises(ValueError, match="save_steps"):
