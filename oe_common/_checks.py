@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import torch
+
+
+def check_oe_lambda(value: Any) -> float:
+    """The one check of ``oe_lambda``, the weight of the OE term in ``L_in + oe_lambda * L_OE``: a finite number >= 0."""
+    if isinstance(value, bool) or not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+        raise ValueError(f"oe_lambda must be a finite number >= 0, got {value!r}")
+    return value
 
 
 def check_logits(logits: torch.Tensor, name: str = "logits", min_dim: int = 1) -> torch.Tensor:

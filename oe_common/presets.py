@@ -12,6 +12,7 @@ import dataclasses
 from typing import Any, ClassVar, Mapping
 
 from .arg_types import non_negative_float
+from ._checks import check_oe_lambda
 from .callbacks import check_time_budget
 from .experiment import Stage
 from .recipe_args import flag
@@ -28,8 +29,8 @@ class StageSettings:
 
     A config subclasses it (each pipeline adds its learning rates, ``baseline_lr`` and ``oe_lr``) and redeclares a field
     whose default differs with :func:`stage_default`; :meth:`stage` makes the runner's stages from them.
-    ``oe_lambda`` is declared here only; its one check is ``OETrainingArguments``' (the recipe flag refuses a negative
-    value at parse time, as every number flag refuses what its type excludes)."""
+    ``oe_lambda`` is declared here only; its one check, :func:`oe_common._checks.check_oe_lambda`, runs when a config is
+    built (so a bad value fails before any training) and in ``OETrainingArguments`` (for code that builds those itself)."""
 
     baseline_epochs: float = 1.0
     baseline_max_steps: int = -1
@@ -43,6 +44,7 @@ class StageSettings:
     baseline_lr_field: ClassVar[str] = "baseline_lr"
 
     def __post_init__(self) -> None:
+        check_oe_lambda(self.oe_lambda)
         for name in ("baseline_max_minutes", "oe_max_minutes"):
             check_time_budget(name, getattr(self, name))
 

@@ -22,6 +22,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, RemoveColumnsColla
 from transformers.utils import logging
 
 from . import evaluation
+from ._checks import check_oe_lambda
 from .batch_padding import LABEL_PAD_VALUE, concatenate_batches, pad_token_labels, tokenizer_pad_values
 from .callbacks import TIME_BUDGET_STATE_NAME, find_time_budget
 from .files import make_readable
@@ -108,8 +109,7 @@ def _without_tied_missing_keys(model: nn.Module, load_result: Any) -> Any:
 
 
 def _validate_oe_fields(args: "OETrainingArguments") -> None:
-    if not (isinstance(args.oe_lambda, (int, float)) and math.isfinite(args.oe_lambda) and args.oe_lambda >= 0):
-        raise ValueError(f"oe_lambda must be a finite number >= 0, got {args.oe_lambda!r}")
+    check_oe_lambda(args.oe_lambda)
     if args.oe_loss not in OE_LOSSES:
         raise ValueError(f"oe_loss must be one of {OE_LOSSES}, got {args.oe_loss!r}")
     if args.oe_batch_size is not None and args.oe_batch_size < 1:

@@ -150,8 +150,12 @@ def test_a_resumed_runs_meta_keeps_every_attempts_commit_and_start(tmp_path, mon
 def test_stage_checks_and_training_arguments(tmp_path):
     with pytest.raises(ValueError, match="epochs > 0 or max_steps > 0"):
         Stage("x", 1e-3, epochs=0)
-    with pytest.raises(ValueError, match="oe_lambda must be a finite number >= 0, got -1.0"):  # its one check: the trainer's arguments
+    with pytest.raises(ValueError, match="oe_lambda must be a finite number >= 0, got -1.0"):  # its one check, in the trainer's arguments
         OETrainingArguments(**Stage("x", 1e-3, oe_lambda=-1.0).training_arguments(tmp_path), report_to="none")
+    from oe_text.lm_experiment import preset_config
+
+    with pytest.raises(ValueError, match="oe_lambda must be a finite number >= 0, got -1"):  # and when a config is built: before training
+        preset_config("word", "test", oe_lambda=-1)
     assert Stage("base", 2e-3, epochs=3).training_arguments(tmp_path) == {
         "output_dir": str(tmp_path / "checkpoints" / "base"), "learning_rate": 2e-3, "num_train_epochs": 3, "max_steps": -1}
     oe = Stage("oe", 1e-3, max_steps=5, oe_lambda=0.5, init="base")
