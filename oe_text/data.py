@@ -3,7 +3,7 @@ WikiText-2 as the outlier-exposure set, the five English Web Treebank domains as
 one int array of vocabulary ids per split / domain from the data directory (``data_dir=`` or ``$OE_DATA_DIR``).
 
 Main names: :func:`load_text_oe_data` (all three), :func:`ptb_vocab`, :func:`ptb_stream`, :func:`wikitext_stream`,
-:func:`ewt_streams` / :func:`ewt_domains`, the EWT protocols :data:`PROTOCOLS` / :data:`DEFAULT_PROTOCOLS`,
+:func:`ewt_streams`, the EWT protocols :data:`PROTOCOLS` / :data:`DEFAULT_PROTOCOLS`,
 :data:`KNOWN_SIZES` (the size checks). Streams, protocols, the Hub fallback, caching and
 the data checks: docs/text.md ("Data and protocols", "Streams in detail") and docs/data.md.
 """
@@ -63,7 +63,6 @@ __all__ = [
     "wikitext_stream",
     "ewt_sentences",
     "ewt_streams",
-    "ewt_domains",
     "load_text_oe_data",
     "make_windows",
     "windows_dataset",
@@ -324,14 +323,24 @@ def unk_fraction(ids: np.ndarray, vocab: Vocabulary) -> float:
 
 
 # =============================================================================================== PTB
-def _ptb_word_lines(split: str, data_dir) -> list[str]:
+#: The line corpora: data-directory folder, file per split, corpus name, hint, and the Hub fallback's
+#: ``(path, name, column)`` (tried only when a local file is missing).
+_LINE_CORPORA = {
+    "ptb": ("ptb", _PTB_WORD, "PTB (word level)", _PTB_HINT, ("ptb_text_only", None, "sentence")),
+    "wikitext": ("wikitext-2", _WIKI, "WikiText-2", _WIKI_HINT, ("wikitext", "wikitext-2-v1", "text")),
+}
+
+
+def _corpus_lines(corpus: str, split: str, data_dir) -> list[str]:
+    """The text lines of ``split`` of a corpus of :data:`_LINE_CORPORA` (``"ptb"`` word level or ``"wikitext"``)."""
     _check_split(split)
+    folder, files, name, hint, (hub_path, hub_name, column) = _LINE_CORPORA[corpus]
     try:
-        paths = _locate(data_dir, "ptb", [_PTB_WORD[s] for s in _SPLITS], "PTB (word level)", _PTB_HINT)
+        paths = _locate(data_dir, folder, [files[s] for s in _SPLITS], name, hint)
     except MissingDataError as err:
-        return _cached(("hub", "ptb_text_only", split), lambda err=err: _hub_lines(err, "ptb_text_only", None, _HUB_SPLIT[split], "sentence"))
+        return _cached(("hub", hub_path, hub_name, split), lambda err=err: _hub_lines(err, hub_path, hub_name, _HUB_SPLIT[split], column))
     path = paths[_SPLITS.index(split)]
-    return _cached(("ptb_word_lines",) + _stat_key([path]), lambda: _read_lines(path))
+    return _cached(("lines",) + _stat_key([path]), lambda: _read_lines(path))
 
 
 def _ptb_char_string(split: str, data_dir) -> str:
@@ -341,7 +350,7 @@ def _ptb_char_string(split: str, data_dir) -> str:
         paths = _locate(data_dir, "ptb", [_PTB_CHAR[s] for s in _SPLITS], "PTB (char level)", _PTB_CHAR_HINT)
     except MissingDataError as char_err:
         try:
-            word_lines = _ptb_word_lines(split, data_dir)
+            word_lines = _corpus_lines("ptb", split, data_dir)
         except MissingDataError as word_err:
             raise MissingDataError(f"{char_err} {word_err}") from None
         logger.info("PTB char files missing; deriving ptb.char.%s from the word lines (derive_char.py rule)", split)
@@ -368,7 +377,7 @@ def ptb_vocab(level: str = "word", data_dir=None) -> Vocabulary:
     """
     _check_level(level)
     if level == "word":
-        lines = _ptb_word_lines("train", data_dir)
+        lines = _corpus_lines("ptb", "train", data_dir)
 
         def tokens():
             for line in lines:
@@ -389,31 +398,19 @@ def ptb_stream(split: str = "train", level: str = "word", data_dir=None, vocab: 
     _check_split(split)
     vocab = vocab if vocab is not None else ptb_vocab(level, data_dir)
     if level == "word":
-        lines = _ptb_word_lines(split, data_dir)
+        lines = _corpus_lines("ptb", split, data_dir)
         return _cached(("ptb_stream", "word", id(lines), vocab.fingerprint), lambda: _text_line_ids(lines, vocab))
     text = _ptb_char_string(split, data_dir)
     return _cached(("ptb_stream", "char", id(text), vocab.fingerprint), lambda: _encode_char_string(text, vocab, f"PTB char {split}"))
 
 
 # =============================================================================================== WikiText-2
-def _wikitext_lines(split: str, data_dir) -> list[str]:
-    _check_split(split)
-    try:
-        paths = _locate(data_dir, "wikitext-2", [_WIKI[s] for s in _SPLITS], "WikiText-2", _WIKI_HINT)
-    except MissingDataError as err:
-        return _cached(
-            ("hub", "wikitext-2-v1", split), lambda err=err: _hub_lines(err, "wikitext", "wikitext-2-v1", _HUB_SPLIT[split], "text")
-        )
-    path = paths[_SPLITS.index(split)]
-    return _cached(("wikitext_lines",) + _stat_key([path]), lambda: _read_lines(path))
-
-
 def wikitext_stream(split: str = "train", level: str = "word", data_dir=None, vocab: Vocabulary | None = None) -> np.ndarray:
     """WikiText-2 ``split`` mapped onto the PTB vocabulary of ``level`` (rules: docs/text.md, "Data and protocols")."""
     _check_level(level)
     _check_split(split)
     vocab = vocab if vocab is not None else ptb_vocab(level, data_dir)
-    lines = _wikitext_lines(split, data_dir)
+    lines = _corpus_lines("wikitext", split, data_dir)
     if level == "word":
         if vocab.unk is None:
             raise ValueError("word-level WikiText needs a vocabulary with an unk token")
@@ -641,29 +638,6 @@ def _keep_chars(words: Sequence[str], charset: set[str]) -> list[str]:
     return out
 
 
-def ewt_domains(
-    level: str = "word",
-    protocol: str = "clean",
-    data_dir=None,
-    vocab: Vocabulary | None = None,
-    seq_len: int | None = None,
-    *,
-    word_vocab: Vocabulary | None = None,
-    splits: Sequence[str] | None = EWT_SPLITS,
-    drop_last: bool = False,
-) -> dict[str, "Dataset"]:  # noqa: F821
-    """Per EWT domain, all windows as a ``datasets.Dataset`` (``input_ids``, ``labels``, ``attention_mask``).
-
-    ``seq_len`` defaults to 70 (word) / 150 (char). Give these to ``evaluate_ood`` as the anomaly sets; it draws
-    ``n_in // 5`` windows per domain.
-    """
-    _check_level(level)
-    seq_len = DEFAULT_SEQ_LEN[level] if seq_len is None else seq_len
-    vocab = vocab if vocab is not None else ptb_vocab(level, data_dir)
-    streams = ewt_streams(level, protocol, data_dir, vocab=vocab, word_vocab=word_vocab, splits=splits)
-    return {d: windows_dataset(ids, seq_len, pad_id=vocab.eos_id, drop_last=drop_last) for d, ids in streams.items()}
-
-
 # =============================================================================================== bundle
 @dataclass
 class TextOEData:
@@ -687,22 +661,6 @@ class TextOEData:
     stats: dict[str, Any] = field(default_factory=dict, repr=False)
     #: Per protocol, PTB test rewritten to that protocol's writing of rare words (windows; :mod:`oe_text.controls`).
     controls: dict[str, Any] = field(default_factory=dict, repr=False)
-
-    def ewt_domains(self, protocol: str = "clean") -> dict[str, Any]:
-        """The anomaly sets (domain -> Dataset) of one protocol."""
-        if protocol not in self.ewt:
-            raise KeyError(f"protocol {protocol!r} was not loaded; loaded: {sorted(self.ewt)}")
-        return self.ewt[protocol]
-
-    @property
-    def in_test(self):
-        """The in-distribution test set (all PTB test windows)."""
-        return self.ptb_test
-
-    @property
-    def outlier_train(self):
-        """The OE training set (WikiText-2 train windows)."""
-        return self.wikitext_train
 
 
 def load_text_oe_data(
@@ -797,7 +755,7 @@ def _add_control_streams(streams: dict[str, np.ndarray], level: str, protocols: 
         def build(p: str = p, target: float = target) -> tuple[np.ndarray, dict[str, Any]]:
             pool = []
             if target < ptb_share:
-                lines_in = _wikitext_lines("valid", data_dir)
+                lines_in = _corpus_lines("wikitext", "valid", data_dir)
                 pool = _cached(("rare_word_pool", id(lines_in), word_vocab.fingerprint), lambda: rare_word_pool(lines_in, word_vocab))
             lines = control_lines(test_ids, ptb_stream("train", "word", data_dir, vocab=word_vocab), word_vocab, target, pool)
             if level == "word":

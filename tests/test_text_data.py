@@ -18,7 +18,7 @@ from oe_common.data_dir import MissingDataError
 from oe_text import data as D
 from oe_text.normalize import (
     ConlluWord,
-    derive_char_tokens,
+    derive_char_string,
     is_number,
     join_hyphenated,
     normalize_ewt_clean,
@@ -249,12 +249,12 @@ def test_normalize_ewt_clean_rules():
     assert normalize_ewt_paper(words) == [w.form for w in words]  # paper protocol: FORMs untouched
 
 
-def test_derive_char_tokens_is_ptb_rule():
-    assert derive_char_tokens(["a", "<unk>", "N"]) == list("a_<unk>_N") + ["<eos>"]
+def test_derive_char_string_is_ptb_rule():
+    assert derive_char_string(["a", "<unk>", "N"]) == "a_<unk>_N"
     # exactly derive_char.py: split the derived file per line and compare
     derived = derive_char_file([" a <unk> N ", " bc "])
     per_line = [line.split() + ["<eos>"] for line in derived.split("\n") if line.strip()]
-    assert per_line == [derive_char_tokens(["a", "<unk>", "N"]), derive_char_tokens(["bc"])]
+    assert per_line == [[*derive_char_string(["a", "<unk>", "N"]), "<eos>"], [*derive_char_string(["bc"]), "<eos>"]]
 
 
 def test_wikitext_char_rules():
@@ -399,19 +399,15 @@ def test_load_text_oe_data_tiny_both_levels(tiny):
     for level, seq_len in (("word", 3), ("char", 8)):
         d = D.load_text_oe_data(level, tiny, seq_len=seq_len)
         assert d.level == level and d.seq_len == seq_len and d.vocab.level == level
-        assert tuple(d.ewt) == D.DEFAULT_PROTOCOLS[level] and list(d.ewt_domains("clean")) == ["answers", "email", "weblog"]
+        assert tuple(d.ewt) == D.DEFAULT_PROTOCOLS[level] and list(d.ewt["clean"]) == ["answers", "email", "weblog"]
         for ds in [d.ptb_train, d.ptb_valid, d.ptb_test, d.wikitext_train, d.wikitext_valid, *d.ewt["paper"].values()]:
             assert ds.column_names == ["input_ids", "labels", "attention_mask"]
             assert len(ds[0]["input_ids"]) == seq_len + 1
-        assert d.in_test is d.ptb_test and d.outlier_train is d.wikitext_train
         np.testing.assert_array_equal(windows_to_stream(d.ptb_test), d.streams["ptb/test"])
         np.testing.assert_array_equal(windows_to_stream(d.ewt["clean"]["email"]), d.streams["ewt/clean/email"])
         assert d.stats["windows"]["ptb/test"] == len(d.ptb_test)
     only = D.load_text_oe_data("word", tiny, protocol="paper", seq_len=3)
     assert list(only.ewt) == ["paper"]
-    with pytest.raises(KeyError, match="clean"):
-        only.ewt_domains("clean")
-    assert list(D.ewt_domains("word", "clean", tiny, seq_len=3)) == ["answers", "email", "weblog"]
 
 
 # ============================================================================================ windows
@@ -534,8 +530,8 @@ def test_real_ptb_counts_and_vocabularies(data_dir):
         4_975_414 + 42_068, 389_672 + 3_370, 438_662 + 3_761,
     ]
     # PTB-char is exactly the derivation rule we apply to EWT (checked on test; train/valid hold too)
-    word_test = D._ptb_word_lines("test", data_dir)
-    derived = np.concatenate([cv.encode(derive_char_tokens(line.split())) for line in word_test])
+    word_test = D._corpus_lines("ptb", "test", data_dir)
+    derived = np.concatenate([cv.encode([*derive_char_string(line.split()), "<eos>"]) for line in word_test])
     np.testing.assert_array_equal(derived, D.ptb_stream("test", "char", data_dir))
 
 
