@@ -486,34 +486,14 @@ def read_conllu(path: str | os.PathLike) -> Iterator[ConlluSentence]:
             yield flush(lineno)
 
 
-def _ewt_files(data_dir, splits: Sequence[str] | None) -> list[Path]:
-    if splits is None:
-        folder = resolve_data_dir(data_dir) / "ewt"
-        files = sorted(folder.glob("*.conllu")) + sorted(folder.glob("*.conllu.gz"))
-        seen, unique = set(), []
-        for p in files:  # x.conllu and x.conllu.gz: keep the plain one
-            stem = p.name[:-3] if p.name.endswith(".gz") else p.name
-            if stem not in seen:
-                seen.add(stem)
-                unique.append(p)
-        if not unique:
-            require_files(folder, [f"en_ewt-ud-{s}.conllu" for s in EWT_SPLITS], "English Web Treebank (UD)", _EWT_HINT)
-
-        def rank(p: Path):
-            for i, s in enumerate(EWT_SPLITS):
-                if f"-{s}." in p.name:
-                    return (i, p.name)
-            return (len(EWT_SPLITS), p.name)
-
-        return sorted(unique, key=rank)
+def _ewt_files(data_dir, splits: Sequence[str]) -> list[Path]:
     for s in splits:
         _check_split(s, EWT_SPLITS)
     return _locate(data_dir, "ewt", [f"en_ewt-ud-{s}.conllu" for s in splits], "English Web Treebank (UD)", _EWT_HINT)
 
 
-def _ewt_parsed(data_dir, splits: Sequence[str] | None) -> dict[str, list[list[ConlluWord]]]:
-    files = _ewt_files(data_dir, splits)
-    verify_checksums(files)
+def _ewt_parsed(data_dir, splits: Sequence[str]) -> dict[str, list[list[ConlluWord]]]:
+    files = _ewt_files(data_dir, splits)  # checked against SHA256SUMS by _locate
 
     def build() -> dict[str, list[list[ConlluWord]]]:
         by_domain: dict[str, list[list[ConlluWord]]] = {d: [] for d in EWT_DOMAINS}
@@ -538,7 +518,7 @@ def ewt_sentences(
     protocol: str = "clean",
     data_dir=None,
     word_vocab: Vocabulary | None = None,
-    splits: Sequence[str] | None = EWT_SPLITS,
+    splits: Sequence[str] = EWT_SPLITS,
     map_oov: bool = True,
 ) -> dict[str, list[list[str]]]:
     """Per EWT domain, the word tokens of every sentence under ``protocol`` (no ``<eos>``).
@@ -548,8 +528,7 @@ def ewt_sentences(
             ``"clean"`` words without the OOV cut (``map_oov`` is ignored): the words its char strings spell.
         data_dir: the data directory (else ``$OE_DATA_DIR``).
         word_vocab: the vocabulary for the OOV cut (default: PTB's word vocabulary from ``data_dir``).
-        splits: UD splits to read, in this order (default train, dev, test); None = every ``*.conllu[.gz]``
-            file in ``ewt/``.
+        splits: UD splits to read, in this order (default train, dev, test).
         map_oov: replace tokens outside ``word_vocab`` with ``<unk>`` (False: the normalised words before the cut).
 
     Domains come in the order answers, email, newsgroup, reviews, weblog (then any other, in order of first
@@ -592,7 +571,7 @@ def ewt_streams(
     data_dir=None,
     vocab: Vocabulary | None = None,
     word_vocab: Vocabulary | None = None,
-    splits: Sequence[str] | None = EWT_SPLITS,
+    splits: Sequence[str] = EWT_SPLITS,
 ) -> dict[str, np.ndarray]:
     """Per EWT domain, the id stream of ``level`` under ``protocol`` (``<eos>`` after each sentence).
 
@@ -670,7 +649,7 @@ def load_text_oe_data(
     seq_len: int | None = None,
     *,
     drop_last: bool = False,
-    ewt_splits: Sequence[str] | None = EWT_SPLITS,
+    ewt_splits: Sequence[str] = EWT_SPLITS,
 ) -> TextOEData:
     """Load PTB (train/valid/test), WikiText-2 (train/valid) and the EWT domains as windows at ``level``.
 
@@ -741,7 +720,7 @@ def load_text_oe_data(
 
 
 def _add_control_streams(streams: dict[str, np.ndarray], level: str, protocols: Sequence[str], data_dir, vocab: Vocabulary,
-                         word_vocab: Vocabulary, ewt_splits: Sequence[str] | None) -> dict[str, dict[str, Any]]:
+                         word_vocab: Vocabulary, ewt_splits: Sequence[str]) -> dict[str, dict[str, Any]]:
     """Add ``streams["control/<protocol>"]`` (PTB test rewritten to the protocol's share of ``<unk>`` among words,
     :func:`oe_text.controls.control_lines`, seed 0) for every protocol; return what each control did."""
     test_ids = ptb_stream("test", "word", data_dir, vocab=word_vocab)

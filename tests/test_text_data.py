@@ -387,8 +387,7 @@ def test_ewt_char_both_protocols_tiny(tiny):
 def test_ewt_splits_selection_and_order(tiny):
     only_dev = D.ewt_sentences("paper", tiny, splits=("dev",))
     assert list(only_dev) == ["email"]
-    everything = D.ewt_sentences("paper", tiny, splits=None)  # every *.conllu[.gz] in ewt/
-    assert everything == D.ewt_sentences("paper", tiny)
+    assert D.ewt_sentences("paper", tiny, splits=D.EWT_SPLITS) == D.ewt_sentences("paper", tiny)
     with pytest.raises(ValueError):
         D.ewt_sentences("paper", tiny, splits=("validation",))
     with pytest.raises(ValueError, match="protocol"):
@@ -474,7 +473,7 @@ def test_missing_corpus_names_files_and_folder(tmp_path):
     with pytest.raises(MissingDataError, match=r"en_ewt-ud-train\.conllu.*en_ewt-ud-dev\.conllu"):
         D.ewt_sentences("clean", empty, map_oov=False)
     with pytest.raises(MissingDataError, match="en_ewt-ud-test.conllu"):
-        D.ewt_sentences("clean", empty, map_oov=False, splits=None)
+        D.ewt_sentences("clean", empty, map_oov=False, splits=("test",))
 
 
 def test_missing_data_dir_entirely(monkeypatch):
