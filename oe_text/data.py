@@ -42,7 +42,7 @@ from .normalize import (
 )
 from .controls import control_description, control_lines, rare_word_pool, word_unk_share
 from .vocab import Vocabulary
-from .windows import make_windows, num_windows, windows_dataset, windows_to_stream
+from .windows import num_windows, windows_dataset
 
 __all__ = [
     "seeded_subset_indices",
@@ -53,8 +53,6 @@ __all__ = [
     "EWT_DOMAINS",
     "EWT_SPLITS",
     "DEFAULT_SEQ_LEN",
-    "Vocabulary",
-    "ConlluWord",
     "ConlluSentence",
     "TextOEData",
     "read_conllu",
@@ -64,10 +62,6 @@ __all__ = [
     "ewt_sentences",
     "ewt_streams",
     "load_text_oe_data",
-    "make_windows",
-    "windows_dataset",
-    "windows_to_stream",
-    "num_windows",
     "unk_fraction",
     "char_unk_share",
     "clear_cache",

@@ -96,9 +96,7 @@ KNOWN_COUNTS: dict[str, int] = {
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
-# --------------------------------------------------------------------------------------------------------------
-# datasets and transforms
-# --------------------------------------------------------------------------------------------------------------
+# ====================================================================================== datasets and transforms
 
 
 def _label_tensor(labels, n: int) -> torch.Tensor:
@@ -277,9 +275,7 @@ def capped(dataset: Dataset, cap: int | None, seed: int = 0, key: int = 0) -> Da
     return dataset if cap is None or cap >= len(dataset) else subset(dataset, cap, seed, key)
 
 
-# --------------------------------------------------------------------------------------------------------------
-# readers
-# --------------------------------------------------------------------------------------------------------------
+# ====================================================================================================== readers
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
@@ -546,9 +542,7 @@ def load_image_folder(root, transform: Callable | None = None, name: str = "", m
     return EncodedImageDataset(files, None, mode=mode, transform=transform, name=name or root.name)
 
 
-# --------------------------------------------------------------------------------------------------------------
-# experiment helpers: MNIST
-# --------------------------------------------------------------------------------------------------------------
+# ==================================================================================== experiment helpers: MNIST
 
 MNIST_SHAPE = (1, 28, 28)
 CIFAR10_SHAPE = (3, 32, 32)
@@ -639,9 +633,7 @@ def mnist_msp_table11_sets(data_dir=None, cifar_dir=None, seed: int = 0) -> dict
     }
 
 
-# --------------------------------------------------------------------------------------------------------------
-# experiment helpers: CIFAR-10
-# --------------------------------------------------------------------------------------------------------------
+# ================================================================================= experiment helpers: CIFAR-10
 
 
 def cifar10_in_distribution(cifar_dir=None, data_dir=None, augment: bool = True) -> tuple[ImageArrayDataset, ImageArrayDataset]:

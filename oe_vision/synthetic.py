@@ -174,12 +174,10 @@ class SyntheticImageDataset(Dataset):
         name: str | None = None,
         **params,
     ):
-        if kind not in _IMPLS:
-            raise ValueError(f"unknown synthetic kind {kind!r}; known: {', '.join(KINDS)}")
+        generate(kind, 0, seed, shape, **params)  # validate kind, shape and params now, not in a worker
         self.kind, self.n, self.seed, self.shape = kind, int(n), int(seed), _check(n, shape)
         self.label, self.transform, self.params = int(label), transform, dict(params)
         self.name = name or kind
-        _IMPLS[kind]([], self.seed, self.shape, **self.params)  # validate params now, not in a worker
 
     def __len__(self) -> int:
         return self.n

@@ -28,7 +28,14 @@ from oe_text.normalize import (
     wikitext_char_lines,
 )
 from oe_text.vocab import Vocabulary
-from oe_text.windows import make_windows, num_windows, windows_dataset, windows_to_stream
+from oe_text.windows import make_windows, num_windows, windows_dataset
+
+
+def windows_to_stream(windows) -> np.ndarray:
+    """Inverse of make_windows: the real (unmasked) ids of all windows (a dict of arrays or a Dataset), in order."""
+    rows = windows if isinstance(windows, dict) else windows.with_format("numpy")[:]
+    input_ids, mask = np.asarray(rows["input_ids"]), np.asarray(rows["attention_mask"])
+    return input_ids[mask.astype(bool)].astype(np.int64) if input_ids.size else np.zeros(0, dtype=np.int64)
 
 # ============================================================================================ fixtures
 PTB_TRAIN = [
