@@ -580,7 +580,7 @@ def mnist_ood_sets(data_dir=None, n: int | None = None, seed: int = 0) -> dict[s
     =================  ==========================================================================
     gaussian           ``clip(N(0.5, 0.5^2), 0, 1)``
     bernoulli          Bernoulli(0.5) pixels
-    blobs              :func:`oe_vision.synthetic.blobs` (p 0.7, sigma 1.5, threshold 0.75)
+    blobs              ``oe_vision.synthetic.generate("blobs")`` (p 0.7, sigma 1.5, threshold 0.75)
     isun_gray          iSUN's 2,000-image test part, grayscale, resized (in place of the paper's CIFAR-10bw)
     fashion_mnist      Fashion-MNIST test (10,000)
     negative_mnist     ``1 - x`` on MNIST test (10,000)
@@ -662,7 +662,7 @@ def cifar10_ood_sets(
     =================  ==========================================================================
     gaussian           ``clip(N(0, 0.5^2), -1, 1)`` (directly in the normalised space, as the OE code)
     rademacher         +-1 pixels
-    blobs              :func:`oe_vision.synthetic.blobs` with ``signed=True`` (``2x - 1``)
+    blobs              ``oe_vision.synthetic.generate("blobs", signed=True)`` (``2x - 1``)
     mnist              MNIST test, resized to 32, gray replicated to RGB, standardised
     fashion_mnist      Fashion-MNIST test, likewise
     notmnist           notMNIST test, likewise
