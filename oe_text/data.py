@@ -302,9 +302,7 @@ def char_unk_share(ids: np.ndarray, vocab: Vocabulary) -> float:
     marker = [vocab.stoi.get(c) for c in UNK]
     if ids.size < len(marker) or any(m is None for m in marker):
         return 0.0
-    hits = np.ones(ids.size - len(marker) + 1, dtype=bool)
-    for k, m in enumerate(marker):
-        hits &= ids[k : ids.size - len(marker) + 1 + k] == m
+    hits = (np.lib.stride_tricks.sliding_window_view(ids, len(marker)) == marker).all(axis=1)
     return float(hits.sum() * len(marker) / ids.size)
 
 

@@ -397,10 +397,7 @@ def _isun(path: str) -> torch.Tensor:
 def _isun_parts(path: str) -> dict[str, torch.Tensor]:
     images = _isun(path)
     # the archive holds 4 pixel-identical duplicates: split the 8,921 distinct images (first occurrence of each)
-    first: dict[bytes, int] = {}
-    for i, img in enumerate(images.numpy()):
-        first.setdefault(img.tobytes(), i)
-    distinct = np.array(sorted(first.values()))
+    distinct = np.sort(np.unique(images.numpy().reshape(len(images), -1), axis=0, return_index=True)[1])
     perm = np.random.default_rng(_ISUN_SPLIT_SEED).permutation(len(distinct))
     return {
         "all": torch.arange(len(images)),
