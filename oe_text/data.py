@@ -3,7 +3,7 @@ WikiText-2 as the outlier-exposure set, the five English Web Treebank domains as
 one int array of vocabulary ids per split / domain from the data directory (``data_dir=`` or ``$OE_DATA_DIR``).
 
 Main names: :func:`load_text_oe_data` (all three), :func:`ptb_vocab`, :func:`ptb_stream`, :func:`wikitext_stream`,
-:func:`ewt_streams` / :func:`ewt_domains`, the EWT protocols :data:`PROTOCOLS` / :data:`DEFAULT_PROTOCOLS`,
+:func:`ewt_streams`, the EWT protocols :data:`PROTOCOLS` / :data:`DEFAULT_PROTOCOLS`,
 :data:`KNOWN_SIZES` (the size checks). Streams, protocols, the Hub fallback, caching and
 the data checks: docs/text.md ("Data and protocols", "Streams in detail") and docs/data.md.
 """
@@ -42,7 +42,7 @@ from .normalize import (
 )
 from .controls import control_description, control_lines, rare_word_pool, word_unk_share
 from .vocab import Vocabulary
-from .windows import make_windows, num_windows, windows_dataset, windows_to_stream
+from .windows import num_windows, windows_dataset
 
 __all__ = [
     "seeded_subset_indices",
@@ -53,8 +53,6 @@ __all__ = [
     "EWT_DOMAINS",
     "EWT_SPLITS",
     "DEFAULT_SEQ_LEN",
-    "Vocabulary",
-    "ConlluWord",
     "ConlluSentence",
     "TextOEData",
     "read_conllu",
@@ -63,12 +61,7 @@ __all__ = [
     "wikitext_stream",
     "ewt_sentences",
     "ewt_streams",
-    "ewt_domains",
     "load_text_oe_data",
-    "make_windows",
-    "windows_dataset",
-    "windows_to_stream",
-    "num_windows",
     "unk_fraction",
     "char_unk_share",
     "clear_cache",
@@ -309,9 +302,7 @@ def char_unk_share(ids: np.ndarray, vocab: Vocabulary) -> float:
     marker = [vocab.stoi.get(c) for c in UNK]
     if ids.size < len(marker) or any(m is None for m in marker):
         return 0.0
-    hits = np.ones(ids.size - len(marker) + 1, dtype=bool)
-    for k, m in enumerate(marker):
-        hits &= ids[k : ids.size - len(marker) + 1 + k] == m
+    hits = (np.lib.stride_tricks.sliding_window_view(ids, len(marker)) == marker).all(axis=1)
     return float(hits.sum() * len(marker) / ids.size)
 
 
@@ -324,14 +315,24 @@ def unk_fraction(ids: np.ndarray, vocab: Vocabulary) -> float:
 
 
 # =============================================================================================== PTB
-def _ptb_word_lines(split: str, data_dir) -> list[str]:
+#: The line corpora: data-directory folder, file per split, corpus name, hint, and the Hub fallback's
+#: ``(path, name, column)`` (tried only when a local file is missing).
+_LINE_CORPORA = {
+    "ptb": ("ptb", _PTB_WORD, "PTB (word level)", _PTB_HINT, ("ptb_text_only", None, "sentence")),
+    "wikitext": ("wikitext-2", _WIKI, "WikiText-2", _WIKI_HINT, ("wikitext", "wikitext-2-v1", "text")),
+}
+
+
+def _corpus_lines(corpus: str, split: str, data_dir) -> list[str]:
+    """The text lines of ``split`` of a corpus of :data:`_LINE_CORPORA` (``"ptb"`` word level or ``"wikitext"``)."""
     _check_split(split)
+    folder, files, name, hint, (hub_path, hub_name, column) = _LINE_CORPORA[corpus]
     try:
-        paths = _locate(data_dir, "ptb", [_PTB_WORD[s] for s in _SPLITS], "PTB (word level)", _PTB_HINT)
+        paths = _locate(data_dir, folder, [files[s] for s in _SPLITS], name, hint)
     except MissingDataError as err:
-        return _cached(("hub", "ptb_text_only", split), lambda err=err: _hub_lines(err, "ptb_text_only", None, _HUB_SPLIT[split], "sentence"))
+        return _cached(("hub", hub_path, hub_name, split), lambda err=err: _hub_lines(err, hub_path, hub_name, _HUB_SPLIT[split], column))
     path = paths[_SPLITS.index(split)]
-    return _cached(("ptb_word_lines",) + _stat_key([path]), lambda: _read_lines(path))
+    return _cached(("lines",) + _stat_key([path]), lambda: _read_lines(path))
 
 
 def _ptb_char_string(split: str, data_dir) -> str:
@@ -341,7 +342,7 @@ def _ptb_char_string(split: str, data_dir) -> str:
         paths = _locate(data_dir, "ptb", [_PTB_CHAR[s] for s in _SPLITS], "PTB (char level)", _PTB_CHAR_HINT)
     except MissingDataError as char_err:
         try:
-            word_lines = _ptb_word_lines(split, data_dir)
+            word_lines = _corpus_lines("ptb", split, data_dir)
         except MissingDataError as word_err:
             raise MissingDataError(f"{char_err} {word_err}") from None
         logger.info("PTB char files missing; deriving ptb.char.%s from the word lines (derive_char.py rule)", split)
@@ -368,7 +369,7 @@ def ptb_vocab(level: str = "word", data_dir=None) -> Vocabulary:
     """
     _check_level(level)
     if level == "word":
-        lines = _ptb_word_lines("train", data_dir)
+        lines = _corpus_lines("ptb", "train", data_dir)
 
         def tokens():
             for line in lines:
@@ -389,31 +390,19 @@ def ptb_stream(split: str = "train", level: str = "word", data_dir=None, vocab: 
     _check_split(split)
     vocab = vocab if vocab is not None else ptb_vocab(level, data_dir)
     if level == "word":
-        lines = _ptb_word_lines(split, data_dir)
+        lines = _corpus_lines("ptb", split, data_dir)
         return _cached(("ptb_stream", "word", id(lines), vocab.fingerprint), lambda: _text_line_ids(lines, vocab))
     text = _ptb_char_string(split, data_dir)
     return _cached(("ptb_stream", "char", id(text), vocab.fingerprint), lambda: _encode_char_string(text, vocab, f"PTB char {split}"))
 
 
 # =============================================================================================== WikiText-2
-def _wikitext_lines(split: str, data_dir) -> list[str]:
-    _check_split(split)
-    try:
-        paths = _locate(data_dir, "wikitext-2", [_WIKI[s] for s in _SPLITS], "WikiText-2", _WIKI_HINT)
-    except MissingDataError as err:
-        return _cached(
-            ("hub", "wikitext-2-v1", split), lambda err=err: _hub_lines(err, "wikitext", "wikitext-2-v1", _HUB_SPLIT[split], "text")
-        )
-    path = paths[_SPLITS.index(split)]
-    return _cached(("wikitext_lines",) + _stat_key([path]), lambda: _read_lines(path))
-
-
 def wikitext_stream(split: str = "train", level: str = "word", data_dir=None, vocab: Vocabulary | None = None) -> np.ndarray:
     """WikiText-2 ``split`` mapped onto the PTB vocabulary of ``level`` (rules: docs/text.md, "Data and protocols")."""
     _check_level(level)
     _check_split(split)
     vocab = vocab if vocab is not None else ptb_vocab(level, data_dir)
-    lines = _wikitext_lines(split, data_dir)
+    lines = _corpus_lines("wikitext", split, data_dir)
     if level == "word":
         if vocab.unk is None:
             raise ValueError("word-level WikiText needs a vocabulary with an unk token")
@@ -489,34 +478,14 @@ def read_conllu(path: str | os.PathLike) -> Iterator[ConlluSentence]:
             yield flush(lineno)
 
 
-def _ewt_files(data_dir, splits: Sequence[str] | None) -> list[Path]:
-    if splits is None:
-        folder = resolve_data_dir(data_dir) / "ewt"
-        files = sorted(folder.glob("*.conllu")) + sorted(folder.glob("*.conllu.gz"))
-        seen, unique = set(), []
-        for p in files:  # x.conllu and x.conllu.gz: keep the plain one
-            stem = p.name[:-3] if p.name.endswith(".gz") else p.name
-            if stem not in seen:
-                seen.add(stem)
-                unique.append(p)
-        if not unique:
-            require_files(folder, [f"en_ewt-ud-{s}.conllu" for s in EWT_SPLITS], "English Web Treebank (UD)", _EWT_HINT)
-
-        def rank(p: Path):
-            for i, s in enumerate(EWT_SPLITS):
-                if f"-{s}." in p.name:
-                    return (i, p.name)
-            return (len(EWT_SPLITS), p.name)
-
-        return sorted(unique, key=rank)
+def _ewt_files(data_dir, splits: Sequence[str]) -> list[Path]:
     for s in splits:
         _check_split(s, EWT_SPLITS)
     return _locate(data_dir, "ewt", [f"en_ewt-ud-{s}.conllu" for s in splits], "English Web Treebank (UD)", _EWT_HINT)
 
 
-def _ewt_parsed(data_dir, splits: Sequence[str] | None) -> dict[str, list[list[ConlluWord]]]:
-    files = _ewt_files(data_dir, splits)
-    verify_checksums(files)
+def _ewt_parsed(data_dir, splits: Sequence[str]) -> dict[str, list[list[ConlluWord]]]:
+    files = _ewt_files(data_dir, splits)  # checked against SHA256SUMS by _locate
 
     def build() -> dict[str, list[list[ConlluWord]]]:
         by_domain: dict[str, list[list[ConlluWord]]] = {d: [] for d in EWT_DOMAINS}
@@ -541,7 +510,7 @@ def ewt_sentences(
     protocol: str = "clean",
     data_dir=None,
     word_vocab: Vocabulary | None = None,
-    splits: Sequence[str] | None = EWT_SPLITS,
+    splits: Sequence[str] = EWT_SPLITS,
     map_oov: bool = True,
 ) -> dict[str, list[list[str]]]:
     """Per EWT domain, the word tokens of every sentence under ``protocol`` (no ``<eos>``).
@@ -551,8 +520,7 @@ def ewt_sentences(
             ``"clean"`` words without the OOV cut (``map_oov`` is ignored): the words its char strings spell.
         data_dir: the data directory (else ``$OE_DATA_DIR``).
         word_vocab: the vocabulary for the OOV cut (default: PTB's word vocabulary from ``data_dir``).
-        splits: UD splits to read, in this order (default train, dev, test); None = every ``*.conllu[.gz]``
-            file in ``ewt/``.
+        splits: UD splits to read, in this order (default train, dev, test).
         map_oov: replace tokens outside ``word_vocab`` with ``<unk>`` (False: the normalised words before the cut).
 
     Domains come in the order answers, email, newsgroup, reviews, weblog (then any other, in order of first
@@ -595,7 +563,7 @@ def ewt_streams(
     data_dir=None,
     vocab: Vocabulary | None = None,
     word_vocab: Vocabulary | None = None,
-    splits: Sequence[str] | None = EWT_SPLITS,
+    splits: Sequence[str] = EWT_SPLITS,
 ) -> dict[str, np.ndarray]:
     """Per EWT domain, the id stream of ``level`` under ``protocol`` (``<eos>`` after each sentence).
 
@@ -641,29 +609,6 @@ def _keep_chars(words: Sequence[str], charset: set[str]) -> list[str]:
     return out
 
 
-def ewt_domains(
-    level: str = "word",
-    protocol: str = "clean",
-    data_dir=None,
-    vocab: Vocabulary | None = None,
-    seq_len: int | None = None,
-    *,
-    word_vocab: Vocabulary | None = None,
-    splits: Sequence[str] | None = EWT_SPLITS,
-    drop_last: bool = False,
-) -> dict[str, "Dataset"]:  # noqa: F821
-    """Per EWT domain, all windows as a ``datasets.Dataset`` (``input_ids``, ``labels``, ``attention_mask``).
-
-    ``seq_len`` defaults to 70 (word) / 150 (char). Give these to ``evaluate_ood`` as the anomaly sets; it draws
-    ``n_in // 5`` windows per domain.
-    """
-    _check_level(level)
-    seq_len = DEFAULT_SEQ_LEN[level] if seq_len is None else seq_len
-    vocab = vocab if vocab is not None else ptb_vocab(level, data_dir)
-    streams = ewt_streams(level, protocol, data_dir, vocab=vocab, word_vocab=word_vocab, splits=splits)
-    return {d: windows_dataset(ids, seq_len, pad_id=vocab.eos_id, drop_last=drop_last) for d, ids in streams.items()}
-
-
 # =============================================================================================== bundle
 @dataclass
 class TextOEData:
@@ -688,22 +633,6 @@ class TextOEData:
     #: Per protocol, PTB test rewritten to that protocol's writing of rare words (windows; :mod:`oe_text.controls`).
     controls: dict[str, Any] = field(default_factory=dict, repr=False)
 
-    def ewt_domains(self, protocol: str = "clean") -> dict[str, Any]:
-        """The anomaly sets (domain -> Dataset) of one protocol."""
-        if protocol not in self.ewt:
-            raise KeyError(f"protocol {protocol!r} was not loaded; loaded: {sorted(self.ewt)}")
-        return self.ewt[protocol]
-
-    @property
-    def in_test(self):
-        """The in-distribution test set (all PTB test windows)."""
-        return self.ptb_test
-
-    @property
-    def outlier_train(self):
-        """The OE training set (WikiText-2 train windows)."""
-        return self.wikitext_train
-
 
 def load_text_oe_data(
     level: str = "word",
@@ -712,7 +641,7 @@ def load_text_oe_data(
     seq_len: int | None = None,
     *,
     drop_last: bool = False,
-    ewt_splits: Sequence[str] | None = EWT_SPLITS,
+    ewt_splits: Sequence[str] = EWT_SPLITS,
 ) -> TextOEData:
     """Load PTB (train/valid/test), WikiText-2 (train/valid) and the EWT domains as windows at ``level``.
 
@@ -783,7 +712,7 @@ def load_text_oe_data(
 
 
 def _add_control_streams(streams: dict[str, np.ndarray], level: str, protocols: Sequence[str], data_dir, vocab: Vocabulary,
-                         word_vocab: Vocabulary, ewt_splits: Sequence[str] | None) -> dict[str, dict[str, Any]]:
+                         word_vocab: Vocabulary, ewt_splits: Sequence[str]) -> dict[str, dict[str, Any]]:
     """Add ``streams["control/<protocol>"]`` (PTB test rewritten to the protocol's share of ``<unk>`` among words,
     :func:`oe_text.controls.control_lines`, seed 0) for every protocol; return what each control did."""
     test_ids = ptb_stream("test", "word", data_dir, vocab=word_vocab)
@@ -797,7 +726,7 @@ def _add_control_streams(streams: dict[str, np.ndarray], level: str, protocols: 
         def build(p: str = p, target: float = target) -> tuple[np.ndarray, dict[str, Any]]:
             pool = []
             if target < ptb_share:
-                lines_in = _wikitext_lines("valid", data_dir)
+                lines_in = _corpus_lines("wikitext", "valid", data_dir)
                 pool = _cached(("rare_word_pool", id(lines_in), word_vocab.fingerprint), lambda: rare_word_pool(lines_in, word_vocab))
             lines = control_lines(test_ids, ptb_stream("train", "word", data_dir, vocab=word_vocab), word_vocab, target, pool)
             if level == "word":

@@ -9,6 +9,8 @@ import re
 from functools import lru_cache
 from typing import Callable, Iterable, NamedTuple, Sequence
 
+from .vocab import EOS, UNK
+
 __all__ = [
     "EOS",
     "UNK",
@@ -23,7 +25,6 @@ __all__ = [
     "ptb_escape",
     "derive_char_string",
     "unsplit_wikitext",
-    "derive_char_tokens",
     "wikitext_char_lines",
     "wikitext_char_line",
     "normalize_ptb_line",
@@ -37,8 +38,6 @@ __all__ = [
     "spelled_line",
 ]
 
-EOS = "<eos>"
-UNK = "<unk>"
 NUM = "N"
 WORD_SEP = "_"
 
@@ -144,14 +143,6 @@ def derive_char_string(words: Sequence[str]) -> str:
     rule of ``data/ptb/derive_char.py`` (which writes the same characters separated by spaces).
     """
     return WORD_SEP.join(words)
-
-
-def derive_char_tokens(words: Sequence[str], eos: str | None = EOS) -> list[str]:
-    """Char tokens of one line: :func:`derive_char_string` split into characters, then ``eos`` (if not None)."""
-    toks = list(derive_char_string(words))
-    if eos is not None:
-        toks.append(eos)
-    return toks
 
 
 def _char_filter_re(charset: Iterable[str]) -> re.Pattern:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -28,10 +28,27 @@ from .normalize import CHAR_NORMALIZERS, NORMALIZERS, normalize_text
 from .vocab import Vocabulary
 from .windows import make_windows
 
-__all__ = ["TextPreprocessing", "VOCAB_NAME", "LONG_TEXT_MODES"]
+__all__ = ["TextPreprocessing", "VOCAB_NAME", "LONG_TEXT_MODES", "text_list", "longest_first_batches"]
 
 VOCAB_NAME = "vocab.json"
 LONG_TEXT_MODES = ("window", "truncate", "error")
+
+
+def text_list(inputs: Any) -> list[str]:
+    """A str or a sequence of str (one input each) as a list; TypeError naming the first input that is not a str."""
+    texts = [inputs] if isinstance(inputs, str) else list(inputs)
+    for index, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"text inputs must be str, got {type(text).__name__} at index {index}")
+    return texts
+
+
+def longest_first_batches(n_inputs: int, lengths: Sequence[int], batch_size: int, make_batch: Callable) -> ScoringBatches:
+    """Rows ``0..len(lengths)-1`` sorted longest first (similar lengths share a batch) and cut into batches of
+    ``batch_size``; ``make_batch(rows)`` gives each batch's ``(model inputs, owner input index per row)``."""
+    order = sorted(range(len(lengths)), key=lambda k: -lengths[k])
+    batches = (make_batch(order[start : start + batch_size]) for start in range(0, len(order), batch_size))
+    return ScoringBatches(n_inputs, math.ceil(len(order) / batch_size), batches)
 
 
 @dataclass
@@ -139,9 +156,7 @@ class TextPreprocessing(DetectorPreprocessing):
         vocab = self.vocab
         charset = vocab.symbols() if vocab.level == "char" else None
         empty, unencodable, ids_list = [], {}, []
-        for index, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise TypeError(f"text inputs must be str, got {type(text).__name__} at index {index}")
+        for index, text in enumerate(text_list(texts)):
             tokens = normalize_text(text, self.normalizer, charset)
             if not tokens:
                 empty.append(index)
@@ -210,22 +225,19 @@ class TextPreprocessing(DetectorPreprocessing):
         if not texts:
             return ScoringBatches(0, 0, iter(()))
         windows, owners = self.windows(self.encode(texts), task)
-        order = sorted(range(len(windows)), key=lambda k: -windows[k].size)
         pad_id = self.vocab.eos_id
 
-        def make_batches():
-            for start in range(0, len(order), batch_size):
-                chunk = order[start : start + batch_size]
-                length = max(windows[k].size for k in chunk)
-                input_ids = torch.full((len(chunk), length), pad_id, dtype=torch.long)
-                mask = torch.zeros((len(chunk), length), dtype=torch.long)
-                for row, k in enumerate(chunk):
-                    w = torch.from_numpy(np.asarray(windows[k], dtype=np.int64))
-                    input_ids[row, : w.numel()] = w
-                    mask[row, : w.numel()] = 1
-                yield {"input_ids": input_ids, "attention_mask": mask}, owners[chunk]
+        def make_batch(chunk: list[int]) -> tuple[dict[str, torch.Tensor], np.ndarray]:
+            length = max(windows[k].size for k in chunk)
+            input_ids = torch.full((len(chunk), length), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(chunk), length), dtype=torch.long)
+            for row, k in enumerate(chunk):
+                w = torch.from_numpy(np.asarray(windows[k], dtype=np.int64))
+                input_ids[row, : w.numel()] = w
+                mask[row, : w.numel()] = 1
+            return {"input_ids": input_ids, "attention_mask": mask}, owners[chunk]
 
-        return ScoringBatches(len(texts), math.ceil(len(order) / batch_size), make_batches())
+        return longest_first_batches(len(texts), [w.size for w in windows], batch_size, make_batch)
 
 
 register_preprocessing(TextPreprocessing)

@@ -46,7 +46,7 @@ import numpy as np
 from oe_common.data_dir import DataError, require_files, resolve_data_dir
 from oe_common.data_integrity import verify_checksums
 
-from .data import EWT_DOMAINS, _wikitext_lines
+from .data import EWT_DOMAINS, _corpus_lines
 from .normalize import unsplit_wikitext
 
 __all__ = [
@@ -273,5 +273,5 @@ def split_wikitext_sentences(lines: list[str], min_words: int = 3, max_words: in
 def wikitext_sentences(split: str = "train", data_dir=None, *, min_words: int = 3, max_words: int = 60, detokenize: bool = True):
     """WikiText-2 ``split`` (train/valid/test) as a ``Dataset`` of sentences (``text``): the OE source of the
     paper's text classifiers. Lines come from :mod:`oe_text.data`'s WikiText reader; see :func:`split_wikitext_sentences`."""
-    lines = _wikitext_lines(split, data_dir)
+    lines = _corpus_lines("wikitext", split, data_dir)
     return _text_dataset(split_wikitext_sentences(lines, min_words, max_words, detokenize))

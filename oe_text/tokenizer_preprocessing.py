@@ -20,11 +20,10 @@ Rules (one row per input, no windows):
 
 from __future__ import annotations
 
-import math
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -39,6 +38,8 @@ from oe_common.preprocessing import (
     some_indices,
 )
 
+from .preprocessing import longest_first_batches, text_list
+
 __all__ = ["TokenizerPreprocessing", "TOKENIZER_CONFIG_NAME"]
 
 #: Written by every ``save_pretrained`` of a tokenizer; the one file a tokenizer spec always requires.
@@ -48,6 +49,17 @@ DEFAULT_MAX_LENGTH = 512
 #: Files one of which a saved tokenizer has (``save_pretrained`` writes the first; older Hub repos may hold only a vocabulary).
 _TOKENIZER_FILES = (TOKENIZER_CONFIG_NAME, "tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model", "tokenizer.model")
 _MAX_SANE_LENGTH = 1_000_000  # tokenizers without a limit report ~1e30 (transformers' VERY_LARGE_INTEGER)
+
+
+def _auto_tokenizer(folder: Path, error: Callable[[str], str]) -> Any:
+    """``AutoTokenizer.from_pretrained(folder)`` offline and without remote code; a failure is a
+    DetectorCheckpointError ``error("<exception type>: <reason>")``."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
+    except Exception as exc:  # tokenizers / transformers raise many types for missing or bad files
+        raise DetectorCheckpointError(error(f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}")) from None
 
 
 @dataclass
@@ -108,20 +120,11 @@ class TokenizerPreprocessing(DetectorPreprocessing):
 
     @classmethod
     def from_config(cls, spec: Mapping[str, Any], folder: Path) -> "TokenizerPreprocessing":
-        from transformers import AutoTokenizer
-
         files = cls.required_files(spec)
         for name in files:  # a corrupt JSON file is named here, not deep inside the tokenizers library
             if name.endswith(".json"):
                 read_checkpoint_json(folder / name)
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
-        except Exception as exc:  # tokenizers / transformers raise many types for a bad file
-            reason = " ".join(str(exc).split())[:300]
-            raise DetectorCheckpointError(
-                f"cannot load the tokenizer in {folder} ({', '.join(files)}): {type(exc).__name__}: {reason}; "
-                "save the detector again"
-            ) from None
+        tokenizer = _auto_tokenizer(folder, lambda reason: f"cannot load the tokenizer in {folder} ({', '.join(files)}): {reason}; save the detector again")
         saved = spec.get("vocab_size")
         if saved is not None and saved != len(tokenizer):
             raise DetectorCheckpointError(
@@ -135,21 +138,13 @@ class TokenizerPreprocessing(DetectorPreprocessing):
         """A fine-tuned classifier's own tokenizer, saved beside it (``tokenizer.save_pretrained(folder)``), loaded
         offline without remote code. ``max_length`` = the smaller of the tokenizer's ``model_max_length`` and the
         model's ``max_position_embeddings`` (either ignored when unset / huge; :data:`DEFAULT_MAX_LENGTH` when both are)."""
-        from transformers import AutoTokenizer
-
         save_hint = "save it beside the model with tokenizer.save_pretrained(folder)"
         if not any((folder / name).is_file() for name in _TOKENIZER_FILES):
             # without its files, AutoTokenizer builds an EMPTY tokenizer of the model type (special tokens only)
             raise DetectorCheckpointError(
                 f"cannot load the tokenizer of the model folder {folder}: it has none of {', '.join(_TOKENIZER_FILES)}; {save_hint}"
             )
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
-        except Exception as exc:  # tokenizers / transformers raise many types for missing or bad files
-            reason = " ".join(str(exc).split())[:300]
-            raise DetectorCheckpointError(
-                f"cannot load the tokenizer of the model folder {folder} ({type(exc).__name__}: {reason}); {save_hint}"
-            ) from None
+        tokenizer = _auto_tokenizer(folder, lambda reason: f"cannot load the tokenizer of the model folder {folder} ({reason}); {save_hint}")
         limits = [tokenizer.model_max_length, model_config.get("max_position_embeddings")]
         usable = [int(n) for n in limits if isinstance(n, int) and not isinstance(n, bool) and 0 < n <= _MAX_SANE_LENGTH]
         try:
@@ -172,10 +167,7 @@ class TokenizerPreprocessing(DetectorPreprocessing):
     # ------------------------------------------------------------------ encoding
     def batches(self, inputs: Any, task: str, batch_size: int) -> ScoringBatches:
         """A str or a sequence of str -> right-padded batches of the tokenizer's model inputs, longest first."""
-        texts = [inputs] if isinstance(inputs, str) else list(inputs)
-        for index, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise TypeError(f"text inputs must be str, got {type(text).__name__} at index {index}")
+        texts = text_list(inputs)
         empty = [i for i, text in enumerate(texts) if not text.strip()]
         if empty:
             raise DetectorInputError(f"{len(empty)} input(s) empty or only whitespace at index {some_indices(empty)}", empty)
@@ -183,15 +175,11 @@ class TokenizerPreprocessing(DetectorPreprocessing):
             return ScoringBatches(0, 0, iter(()))
         encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length)
         rows = [{key: encoded[key][i] for key in encoded.keys()} for i in range(len(texts))]
-        order = sorted(range(len(rows)), key=lambda k: -len(rows[k]["input_ids"]))
 
-        def make_batches():
-            for start in range(0, len(order), batch_size):
-                chunk = order[start : start + batch_size]
-                batch = self.tokenizer.pad([rows[k] for k in chunk], padding="longest", padding_side="right", return_tensors="pt")
-                yield {key: value.long() for key, value in batch.items()}, np.asarray(chunk, dtype=np.int64)
+        def make_batch(chunk: list[int]) -> tuple[dict[str, torch.Tensor], np.ndarray]:
+            batch = self.tokenizer.pad([rows[k] for k in chunk], padding="longest", padding_side="right", return_tensors="pt")
+            return {key: value.long() for key, value in batch.items()}, np.asarray(chunk, dtype=np.int64)
 
-        return ScoringBatches(len(texts), math.ceil(len(order) / batch_size), make_batches())
-
+        return longest_first_batches(len(texts), [len(row["input_ids"]) for row in rows], batch_size, make_batch)
 
 register_preprocessing(TokenizerPreprocessing)

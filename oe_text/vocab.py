@@ -70,13 +70,10 @@ class Vocabulary:
         level: str = "word",
     ) -> "Vocabulary":
         """Build from a token stream, ids in first-appearance order. ``eos``/``unk`` are appended if never seen."""
-        seen: dict[str, None] = {}
-        for tok in token_stream:
-            if tok not in seen:
-                seen[tok] = None
+        seen = dict.fromkeys(token_stream)
         for special in (eos, unk):
-            if special is not None and special not in seen:
-                seen[special] = None
+            if special is not None:
+                seen.setdefault(special)
         return cls(seen.keys(), unk=unk, eos=eos, level=level)
 
     # ------------------------------------------------------------------ basic protocol

@@ -5,11 +5,9 @@ Details: docs/modules.md, section ``oe_text.windows``.
 
 from __future__ import annotations
 
-from typing import Mapping
-
 import numpy as np
 
-__all__ = ["IGNORE_INDEX", "make_windows", "windows_dataset", "windows_to_stream", "num_windows"]
+__all__ = ["IGNORE_INDEX", "make_windows", "windows_dataset", "num_windows"]
 
 IGNORE_INDEX = -100
 
@@ -83,20 +81,3 @@ def windows_dataset(
     width = int(seq_len) + 1
     columns = {name: pa.FixedSizeListArray.from_arrays(pa.array(arr.reshape(-1)), width) for name, arr in arrays.items()}
     return Dataset.from_dict(columns)
-
-
-def windows_to_stream(windows: Mapping[str, np.ndarray] | object) -> np.ndarray:
-    """Inverse of :func:`make_windows`: the real (unmasked) ids of all windows, concatenated in order.
-
-    Accepts the dict of arrays or a ``datasets.Dataset`` with ``input_ids`` and ``attention_mask`` columns.
-    """
-    if isinstance(windows, Mapping):
-        input_ids, mask = np.asarray(windows["input_ids"]), np.asarray(windows["attention_mask"])
-    else:
-        if len(windows) == 0:  # type: ignore[arg-type]
-            return np.zeros(0, dtype=np.int64)
-        rows = windows.with_format("numpy")[:]  # type: ignore[attr-defined]
-        input_ids, mask = np.asarray(rows["input_ids"]), np.asarray(rows["attention_mask"])
-    if input_ids.size == 0:
-        return np.zeros(0, dtype=np.int64)
-    return input_ids[mask.astype(bool)].astype(np.int64)

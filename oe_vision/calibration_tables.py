@@ -108,13 +108,6 @@ def run_calibration(
     return records, temperatures
 
 
-def _pick(records: Sequence[Mapping[str, Any]], model: str, method: str, domain: str = "mean") -> Mapping[str, Any] | None:
-    for r in records:
-        if r["model"] == model and r["method"] == method and r["domain"] == domain:
-            return r
-    return None
-
-
 def table7_markdown(records: Sequence[Mapping[str, Any]], dataset: str) -> str:
     """Table 7 layout (mean over the anomaly sets), ours beside the paper's row for ``dataset`` when it has one."""
     paper = TABLE7.get(dataset)
@@ -122,7 +115,7 @@ def table7_markdown(records: Sequence[Mapping[str, Any]], dataset: str) -> str:
              ("oe", "temperature+rescale01"): "OE + 0-1 rescaling (its own T)"}
     lines = ["| method | T | RMS calib. error ↓ | MAV calib. error ↓ | Soft F1 ↑ | paper RMS | paper MAV | paper Soft F1 |", "|---|---|---|---|---|---|---|---|"]
     for column, (model, method) in enumerate(TABLE7_COLUMNS):
-        r = _pick(records, model, method)
+        r = next((r for r in records if (r["model"], r["method"], r["domain"]) == (model, method, "mean")), None)
         if r is None:
             continue
         ref = [f"{paper[k][column]:.1f}" for k in _METRICS] if paper else ["–"] * 3

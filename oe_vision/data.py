@@ -47,9 +47,8 @@ __all__ = [
     "subset",
     "TensorImageDataset",
     "capped",
-    "load_mnist",
-    "load_fashion_mnist",
-    "load_notmnist",
+    "IDX_CORPORA",
+    "load_idx_corpus",
     "load_omniglot",
     "load_isun",
     "resolve_cifar10_dir",
@@ -97,9 +96,17 @@ KNOWN_COUNTS: dict[str, int] = {
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
-# --------------------------------------------------------------------------------------------------------------
-# datasets and transforms
-# --------------------------------------------------------------------------------------------------------------
+# ====================================================================================== datasets and transforms
+
+
+def _label_tensor(labels, n: int) -> torch.Tensor:
+    """``(n,)`` int64 labels: a copy of ``labels`` (loaders share cached arrays), or :data:`OOD_LABEL` for None."""
+    if labels is None:
+        return torch.full((n,), OOD_LABEL, dtype=torch.int64)
+    out = torch.tensor(np.asarray(labels), dtype=torch.int64)
+    if out.shape != (n,):
+        raise ValueError(f"{n} images but labels of shape {tuple(out.shape)}")
+    return out
 
 
 class ImageArrayDataset(Dataset):
@@ -117,12 +124,7 @@ class ImageArrayDataset(Dataset):
         if images.dtype != torch.uint8 or images.dim() not in (3, 4):
             raise ValueError(f"images must be uint8 (N, H, W) or (N, H, W, C), got {images.dtype} {tuple(images.shape)}")
         self.images = images.unsqueeze(1) if images.dim() == 3 else images.permute(0, 3, 1, 2).contiguous()
-        if labels is None:
-            self.labels = torch.full((len(self.images),), OOD_LABEL, dtype=torch.int64)
-        else:
-            self.labels = torch.tensor(np.asarray(labels), dtype=torch.int64)  # a copy: loaders share cached arrays
-            if self.labels.shape != (len(self.images),):
-                raise ValueError(f"{len(self.images)} images but labels of shape {tuple(self.labels.shape)}")
+        self.labels = _label_tensor(labels, len(self.images))
         self.transform = transform if transform is not None else image_transform()
         self.name = name
 
@@ -172,13 +174,7 @@ class EncodedImageDataset(Dataset):
 
     def __init__(self, sources: Sequence, labels=None, mode: str = "RGB", transform: Callable | None = None, name: str = ""):
         self.sources = list(sources)
-        self.labels = (
-            torch.full((len(self.sources),), OOD_LABEL, dtype=torch.int64)
-            if labels is None
-            else torch.tensor(np.asarray(labels), dtype=torch.int64)
-        )
-        if self.labels.shape != (len(self.sources),):
-            raise ValueError(f"{len(self.sources)} images but labels of shape {tuple(self.labels.shape)}")
+        self.labels = _label_tensor(labels, len(self.sources))
         self.mode = mode
         self.transform = transform if transform is not None else image_transform()
         self.name = name
@@ -279,9 +275,7 @@ def capped(dataset: Dataset, cap: int | None, seed: int = 0, key: int = 0) -> Da
     return dataset if cap is None or cap >= len(dataset) else subset(dataset, cap, seed, key)
 
 
-# --------------------------------------------------------------------------------------------------------------
-# readers
-# --------------------------------------------------------------------------------------------------------------
+# ====================================================================================================== readers
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
@@ -329,11 +323,6 @@ def _known(path: Path, what: str) -> dict[str, int] | None:
     return None if n is None else {what: n}
 
 
-def _load_idx(subdir: str, corpus: str, split: str, data_dir, transform, name: str) -> ImageArrayDataset:
-    images, labels = _idx_pair(str(resolve_data_dir(data_dir) / subdir), split, corpus)
-    return ImageArrayDataset(images, labels, transform, name=name)
-
-
 def _unlabeled(dataset, name: str | None = None):
     """``dataset`` with every label replaced by :data:`OOD_LABEL` (a new labels tensor; caches stay intact)."""
     dataset.labels = torch.full_like(dataset.labels, OOD_LABEL)
@@ -342,19 +331,19 @@ def _unlabeled(dataset, name: str | None = None):
     return dataset
 
 
-def load_mnist(split: str = "train", data_dir=None, transform: Callable | None = None) -> ImageArrayDataset:
-    """MNIST ``train`` (60,000) or ``test`` (10,000): 1x28x28, white digits on black; labels 0-9."""
-    return _load_idx("mnist", "MNIST", split, data_dir, transform, name=f"mnist-{split}")
+#: The IDX corpora of the data directory: ``name -> (folder, corpus name in messages)``.
+IDX_CORPORA = {"mnist": ("mnist", "MNIST"), "fashion_mnist": ("fashion-mnist", "Fashion-MNIST"), "notmnist": ("notmnist", "notMNIST")}
 
 
-def load_fashion_mnist(split: str = "test", data_dir=None, transform: Callable | None = None) -> ImageArrayDataset:
-    """Fashion-MNIST (only the 10,000-image ``test`` split is in the data directory): 1x28x28, labels 0-9."""
-    return _load_idx("fashion-mnist", "Fashion-MNIST", split, data_dir, transform, name=f"fashion_mnist-{split}")
-
-
-def load_notmnist(split: str = "test", data_dir=None, transform: Callable | None = None) -> ImageArrayDataset:
-    """notMNIST (only the 10,000-image ``test`` split): letters A-J as labels 0-9, 1x28x28."""
-    return _load_idx("notmnist", "notMNIST", split, data_dir, transform, name=f"notmnist-{split}")
+def load_idx_corpus(name: str, split: str = "test", data_dir=None, transform: Callable | None = None) -> ImageArrayDataset:
+    """An IDX corpus of :data:`IDX_CORPORA`, 1x28x28 with labels 0-9: ``"mnist"`` (``train`` 60,000 or ``test``
+    10,000, white digits on black), ``"fashion_mnist"`` or ``"notmnist"`` (letters A-J as 0-9; the data directory
+    has only their 10,000-image ``test`` split)."""
+    if name not in IDX_CORPORA:
+        raise ValueError(f"unknown IDX corpus {name!r}; known: {', '.join(IDX_CORPORA)}")
+    folder, corpus = IDX_CORPORA[name]
+    images, labels = _idx_pair(str(resolve_data_dir(data_dir) / folder), split, corpus)
+    return ImageArrayDataset(images, labels, transform, name=f"{name}-{split}")
 
 
 @functools.lru_cache(maxsize=2)
@@ -408,10 +397,7 @@ def _isun(path: str) -> torch.Tensor:
 def _isun_parts(path: str) -> dict[str, torch.Tensor]:
     images = _isun(path)
     # the archive holds 4 pixel-identical duplicates: split the 8,921 distinct images (first occurrence of each)
-    first: dict[bytes, int] = {}
-    for i, img in enumerate(images.numpy()):
-        first.setdefault(img.tobytes(), i)
-    distinct = np.array(sorted(first.values()))
+    distinct = np.sort(np.unique(images.numpy().reshape(len(images), -1), axis=0, return_index=True)[1])
     perm = np.random.default_rng(_ISUN_SPLIT_SEED).permutation(len(distinct))
     return {
         "all": torch.arange(len(images)),
@@ -507,6 +493,16 @@ class _ConstantLabel:
         return self.label
 
 
+def _torchvision_set(cls, root, transform: Callable | None, label: int | None, error: str, **kwargs) -> Dataset:
+    """``cls(root, download=False, **kwargs)`` of ``torchvision.datasets``, every label replaced by ``label`` unless
+    None; torchvision's "Dataset not found or corrupted" becomes a MissingDataError ``"<error>: <reason>"``."""
+    try:
+        return cls(str(root), download=False, transform=transform or image_transform(),
+                   target_transform=None if label is None else _ConstantLabel(label), **kwargs)
+    except RuntimeError as err:
+        raise MissingDataError(f"{error}: {err}") from err
+
+
 def load_cifar100(root, split: str = "test", transform: Callable | None = None, label: int | None = None) -> Dataset:
     """CIFAR-100 via ``torchvision.datasets.CIFAR100(root, download=False)`` (``root`` holds ``cifar-100-python/``).
 
@@ -516,13 +512,7 @@ def load_cifar100(root, split: str = "test", transform: Callable | None = None, 
 
     if not Path(root).is_dir():
         raise MissingDataError(f"CIFAR-100: directory {str(root)!r} does not exist (needs cifar-100-python/ from the official tarball)")
-    try:
-        return CIFAR100(
-            str(root), train=split == "train", download=False, transform=transform or image_transform(),
-            target_transform=None if label is None else _ConstantLabel(label),
-        )
-    except RuntimeError as err:  # torchvision: "Dataset not found or corrupted"
-        raise MissingDataError(f"CIFAR-100 not found (or corrupted) under {str(root)!r}: {err}") from err
+    return _torchvision_set(CIFAR100, root, transform, label, f"CIFAR-100 not found (or corrupted) under {str(root)!r}", train=split == "train")
 
 
 def load_svhn(root, split: str = "test", transform: Callable | None = None, label: int | None = None) -> Dataset:
@@ -531,13 +521,7 @@ def load_svhn(root, split: str = "test", transform: Callable | None = None, labe
     from torchvision.datasets import SVHN
 
     require_files(Path(root), [f"{split}_32x32.mat"], "SVHN", "Get it from http://ufldl.stanford.edu/housenumbers/.")
-    try:
-        return SVHN(
-            str(root), split=split, download=False, transform=transform or image_transform(),
-            target_transform=None if label is None else _ConstantLabel(label),
-        )
-    except RuntimeError as err:
-        raise MissingDataError(f"SVHN: {split}_32x32.mat under {str(root)!r} is not readable: {err}") from err
+    return _torchvision_set(SVHN, root, transform, label, f"SVHN: {split}_32x32.mat under {str(root)!r} is not readable", split=split)
 
 
 def load_image_folder(root, transform: Callable | None = None, name: str = "", mode: str = "RGB") -> EncodedImageDataset:
@@ -555,9 +539,7 @@ def load_image_folder(root, transform: Callable | None = None, name: str = "", m
     return EncodedImageDataset(files, None, mode=mode, transform=transform, name=name or root.name)
 
 
-# --------------------------------------------------------------------------------------------------------------
-# experiment helpers: MNIST
-# --------------------------------------------------------------------------------------------------------------
+# ==================================================================================== experiment helpers: MNIST
 
 MNIST_SHAPE = (1, 28, 28)
 CIFAR10_SHAPE = (3, 32, 32)
@@ -565,7 +547,7 @@ CIFAR10_SHAPE = (3, 32, 32)
 
 def mnist_in_distribution(data_dir=None) -> tuple[ImageArrayDataset, ImageArrayDataset]:
     """``(train, test)`` MNIST in the OE MNIST input space (1x28x28 in [0, 1], no augmentation)."""
-    return load_mnist("train", data_dir, _mnist_like()), load_mnist("test", data_dir, _mnist_like())
+    return load_idx_corpus("mnist", "train", data_dir, _mnist_like()), load_idx_corpus("mnist", "test", data_dir, _mnist_like())
 
 
 def mnist_oe_source(data_dir=None, source: str = "auto", cifar_dir=None) -> ImageArrayDataset:
@@ -595,7 +577,7 @@ def mnist_ood_sets(data_dir=None, n: int | None = None, seed: int = 0) -> dict[s
     =================  ==========================================================================
     gaussian           ``clip(N(0.5, 0.5^2), 0, 1)``
     bernoulli          Bernoulli(0.5) pixels
-    blobs              :func:`oe_vision.synthetic.blobs` (p 0.7, sigma 1.5, threshold 0.75)
+    blobs              ``oe_vision.synthetic.generate("blobs")`` (p 0.7, sigma 1.5, threshold 0.75)
     isun_gray          iSUN's 2,000-image test part, grayscale, resized (in place of the paper's CIFAR-10bw)
     fashion_mnist      Fashion-MNIST test (10,000)
     negative_mnist     ``1 - x`` on MNIST test (10,000)
@@ -614,9 +596,9 @@ def mnist_ood_sets(data_dir=None, n: int | None = None, seed: int = 0) -> dict[s
         "bernoulli": synthetic.SyntheticImageDataset("bernoulli", n_synth, seed, MNIST_SHAPE, p=0.5),
         "blobs": synthetic.SyntheticImageDataset("blobs", n_synth, seed, MNIST_SHAPE),
         "isun_gray": _unlabeled(load_isun(data_dir, _mnist_like(), part="test"), "isun_gray"),
-        "fashion_mnist": _unlabeled(load_fashion_mnist("test", data_dir, _mnist_like()), "fashion_mnist"),
-        "negative_mnist": _unlabeled(load_mnist("test", data_dir, _mnist_like(invert=True)), "negative_mnist"),
-        "notmnist": _unlabeled(load_notmnist("test", data_dir, _mnist_like()), "notmnist"),
+        "fashion_mnist": _unlabeled(load_idx_corpus("fashion_mnist", "test", data_dir, _mnist_like()), "fashion_mnist"),
+        "negative_mnist": _unlabeled(load_idx_corpus("mnist", "test", data_dir, _mnist_like(invert=True)), "negative_mnist"),
+        "notmnist": _unlabeled(load_idx_corpus("notmnist", "test", data_dir, _mnist_like()), "notmnist"),
         "omniglot": _unlabeled(load_omniglot(data_dir, _mnist_like(invert=True)), "omniglot"),
     }
     return {name: subset(ds, n, seed, key) for key, (name, ds) in enumerate(sets.items())}
@@ -640,7 +622,7 @@ def mnist_msp_table11_sets(data_dir=None, cifar_dir=None, seed: int = 0) -> dict
     gray = image_transform(size=28, channels=1)
     return {
         "omniglot": _unlabeled(load_omniglot(data_dir, _mnist_like(invert=True)), "omniglot"),
-        "notmnist": _unlabeled(load_notmnist("test", data_dir, _mnist_like()), "notmnist"),
+        "notmnist": _unlabeled(load_idx_corpus("notmnist", "test", data_dir, _mnist_like()), "notmnist"),
         "cifar10bw": _unlabeled(load_cifar10("test", cifar_dir, data_dir, gray), "cifar10bw"),
         "gaussian_unclipped": synthetic.SyntheticImageDataset("gaussian", 10_000, seed, MNIST_SHAPE, mean=0.0, std=1.0, low=None,
                                                               high=None, name="gaussian_unclipped"),
@@ -648,9 +630,7 @@ def mnist_msp_table11_sets(data_dir=None, cifar_dir=None, seed: int = 0) -> dict
     }
 
 
-# --------------------------------------------------------------------------------------------------------------
-# experiment helpers: CIFAR-10
-# --------------------------------------------------------------------------------------------------------------
+# ================================================================================= experiment helpers: CIFAR-10
 
 
 def cifar10_in_distribution(cifar_dir=None, data_dir=None, augment: bool = True) -> tuple[ImageArrayDataset, ImageArrayDataset]:
@@ -679,7 +659,7 @@ def cifar10_ood_sets(
     =================  ==========================================================================
     gaussian           ``clip(N(0, 0.5^2), -1, 1)`` (directly in the normalised space, as the OE code)
     rademacher         +-1 pixels
-    blobs              :func:`oe_vision.synthetic.blobs` with ``signed=True`` (``2x - 1``)
+    blobs              ``oe_vision.synthetic.generate("blobs", signed=True)`` (``2x - 1``)
     mnist              MNIST test, resized to 32, gray replicated to RGB, standardised
     fashion_mnist      Fashion-MNIST test, likewise
     notmnist           notMNIST test, likewise
@@ -697,9 +677,9 @@ def cifar10_ood_sets(
         "gaussian": synthetic.SyntheticImageDataset("gaussian", n_synth, seed, CIFAR10_SHAPE, mean=0.0, std=0.5, low=-1.0, high=1.0),
         "rademacher": synthetic.SyntheticImageDataset("rademacher", n_synth, seed, CIFAR10_SHAPE),
         "blobs": synthetic.SyntheticImageDataset("blobs", n_synth, seed, CIFAR10_SHAPE, signed=True),
-        "mnist": _unlabeled(load_mnist("test", data_dir, gray), "mnist"),
-        "fashion_mnist": _unlabeled(load_fashion_mnist("test", data_dir, gray), "fashion_mnist"),
-        "notmnist": _unlabeled(load_notmnist("test", data_dir, gray), "notmnist"),
+        "mnist": _unlabeled(load_idx_corpus("mnist", "test", data_dir, gray), "mnist"),
+        "fashion_mnist": _unlabeled(load_idx_corpus("fashion_mnist", "test", data_dir, gray), "fashion_mnist"),
+        "notmnist": _unlabeled(load_idx_corpus("notmnist", "test", data_dir, gray), "notmnist"),
         "omniglot": _unlabeled(load_omniglot(data_dir, _cifar_like(invert=True)), "omniglot"),
     }
     for name, root in (extra_roots or {}).items():

@@ -23,7 +23,6 @@ __all__ = [
     "MSP_TABLE11_NOTEBOOK",
     "OE_SCRATCH_CIFAR10",
     "PAPER_ONLY_ROWS",
-    "PAPER_ROW_NAMES",
     "detection_table",
     "scores_table",
 ]
@@ -94,15 +93,6 @@ PAPER_ONLY_ROWS: dict[str, dict[str, str]] = {
         "cifar100": "CIFAR-100 (not in the data directory)",
     },
 }
-
-#: Display names of the paper's rows.
-PAPER_ROW_NAMES: dict[str, str] = {
-    "gaussian": "Gaussian", "bernoulli": "Bernoulli", "cifar10bw": "CIFAR-10bw", "icons50": "Icons-50",
-    "fashion_mnist": "Fashion-MNIST", "negative_mnist": "Negative MNIST", "notmnist": "notMNIST", "omniglot": "Omniglot",
-    "rademacher": "Rademacher", "blobs": "Blobs", "textures": "Textures", "svhn": "SVHN", "places365": "Places365",
-    "lsun": "LSUN", "cifar100": "CIFAR-100", "mean": "Mean",
-}
-
 
 def detection_table(dataset: str) -> dict[str, dict[str, tuple[float, float]]]:
     """The paper's per-set MSP baseline -> MSP + OE table for ``dataset`` (``{}`` when the paper has none)."""

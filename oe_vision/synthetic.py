@@ -14,11 +14,6 @@ from torch.utils.data import Dataset
 __all__ = [
     "KINDS",
     "derive_seed",
-    "gaussian_noise",
-    "uniform_noise",
-    "bernoulli_noise",
-    "rademacher_noise",
-    "blobs",
     "generate",
     "blur_kernel_size",
     "gaussian_blur",
@@ -139,55 +134,20 @@ KINDS = tuple(_IMPLS)
 
 
 def generate(kind: str, n: int, seed: int = 0, shape: Sequence[int] = (1, 28, 28), **params) -> torch.Tensor:
-    """``(n, *shape)`` float32 anomalies of ``kind`` (one of :data:`KINDS`); ``params`` go to that generator."""
+    """``(n, *shape)`` float32 anomalies of ``kind`` (one of :data:`KINDS`); ``params`` go to that generator:
+
+    * ``gaussian``: ``clip(N(mean, std^2), low, high)`` (``mean=0.5, std=0.5, low=0, high=1``, the MNIST set; CIFAR:
+      ``mean=0, low=-1, high=1``; ``low=high=None``: unclipped);
+    * ``uniform``: independent ``U[low, high)`` pixels (``low=0, high=1``, the MSP paper's "Uniform");
+    * ``bernoulli``: independent Bernoulli(``p=0.5``) pixels in ``{0, 1}``;
+    * ``rademacher``: independent pixels in ``{-1, +1}``;
+    * ``blobs``: Bernoulli(``p=0.7``) image, per-channel Gaussian blur (``sigma=1.5``), values below
+      ``threshold=0.75`` set to 0; ``signed=True`` maps the result to ``2x - 1`` (the OE CIFAR code's version).
+    """
     if kind not in _IMPLS:
         raise ValueError(f"unknown synthetic kind {kind!r}; known: {', '.join(KINDS)}")
     shape = _check(n, shape)
     return _IMPLS[kind](range(int(n)), int(seed), shape, **params)
-
-
-def gaussian_noise(
-    n: int,
-    seed: int = 0,
-    shape: Sequence[int] = (1, 28, 28),
-    mean: float = 0.5,
-    std: float = 0.5,
-    low: float | None = 0.0,
-    high: float | None = 1.0,
-) -> torch.Tensor:
-    """``clip(N(mean, std^2), low, high)``. Defaults: the MNIST set; CIFAR: ``mean=0, low=-1, high=1``."""
-    return generate("gaussian", n, seed, shape, mean=mean, std=std, low=low, high=high)
-
-
-def uniform_noise(n: int, seed: int = 0, shape: Sequence[int] = (1, 28, 28), low: float = 0.0, high: float = 1.0) -> torch.Tensor:
-    """Independent ``U[low, high)`` pixels (the MSP paper's "Uniform" anomalies: ``U[0, 1)``)."""
-    return generate("uniform", n, seed, shape, low=low, high=high)
-
-
-def bernoulli_noise(n: int, seed: int = 0, shape: Sequence[int] = (1, 28, 28), p: float = 0.5) -> torch.Tensor:
-    """Independent Bernoulli(p) pixels in ``{0, 1}``."""
-    return generate("bernoulli", n, seed, shape, p=p)
-
-
-def rademacher_noise(n: int, seed: int = 0, shape: Sequence[int] = (3, 32, 32)) -> torch.Tensor:
-    """Independent Rademacher pixels in ``{-1, +1}``."""
-    return generate("rademacher", n, seed, shape)
-
-
-def blobs(
-    n: int,
-    seed: int = 0,
-    shape: Sequence[int] = (1, 28, 28),
-    p: float = 0.7,
-    sigma: float = 1.5,
-    threshold: float = 0.75,
-    signed: bool = False,
-) -> torch.Tensor:
-    """Blobs: Bernoulli(p) image, per-channel Gaussian blur (sigma), values below ``threshold`` set to 0.
-
-    ``signed=True`` maps the result to ``2x - 1`` (the OE CIFAR code's normalised-space version).
-    """
-    return generate("blobs", n, seed, shape, p=p, sigma=sigma, threshold=threshold, signed=signed)
 
 
 class SyntheticImageDataset(Dataset):
@@ -214,12 +174,10 @@ class SyntheticImageDataset(Dataset):
         name: str | None = None,
         **params,
     ):
-        if kind not in _IMPLS:
-            raise ValueError(f"unknown synthetic kind {kind!r}; known: {', '.join(KINDS)}")
+        generate(kind, 0, seed, shape, **params)  # validate kind, shape and params now, not in a worker
         self.kind, self.n, self.seed, self.shape = kind, int(n), int(seed), _check(n, shape)
         self.label, self.transform, self.params = int(label), transform, dict(params)
         self.name = name or kind
-        _IMPLS[kind]([], self.seed, self.shape, **self.params)  # validate params now, not in a worker
 
     def __len__(self) -> int:
         return self.n

@@ -21,9 +21,9 @@ from oe_common.scores import SCORE_NAMES, abnormality_score, example_scores, out
 from oe_common.trainer import OETrainingArguments
 from oe_vision import ImagePreprocessing, MnistConvNetConfig, MnistConvNetForImageClassification
 from oe_vision.abnormality_trainer import AbnormalityModuleTrainer, NoisedImageDataset
-from oe_vision.data import TensorImageDataset, image_collate, load_mnist
+from oe_vision.data import TensorImageDataset, image_collate, load_idx_corpus
 from oe_vision.modeling_abnormality_module import AbnormalityModuleForImageClassification, abnormality_head_loss
-from oe_vision.synthetic import SyntheticImageDataset, uniform_noise
+from oe_vision.synthetic import SyntheticImageDataset, generate
 
 TORCH_THREADS = 1
 SIDE = 16
@@ -39,7 +39,7 @@ def _module(seed: int = 0) -> AbnormalityModuleForImageClassification:
 @pytest.fixture(scope="module")
 def mnist16(data_dir) -> TensorImageDataset:
     """1,200 MNIST training images at 16x16 in [0, 1]."""
-    train = load_mnist("train", data_dir)
+    train = load_idx_corpus("mnist", "train", data_dir)
     x = torch.as_tensor(np.asarray(train.images[:1200]), dtype=torch.float32).reshape(-1, 1, 28, 28) / 255.0
     x = F.interpolate(x, size=(SIDE, SIDE), mode="area")
     return TensorImageDataset(x, torch.as_tensor(np.asarray(train.labels[:1200]), dtype=torch.long), name="mnist16")
@@ -138,7 +138,7 @@ def test_abnormality_score_is_higher_for_noised_and_noise_images(trained, mnist1
     model, _ = trained
     held_out = TensorImageDataset(mnist16.pixel_values[1000:], mnist16.labels[1000:])
     noised = torch.stack([NoisedImageDataset(held_out, seed=7)[i][0] for i in range(len(held_out))])
-    uniform = uniform_noise(200, seed=0, shape=(1, SIDE, SIDE))
+    uniform = generate("uniform", 200, seed=0, shape=(1, SIDE, SIDE))
     with torch.no_grad():
         scores = {name: output_score("abnormality", model(pixel_values=x)).numpy()
                   for name, x in {"clean": held_out.pixel_values, "noised": noised, "uniform": uniform}.items()}
@@ -162,7 +162,7 @@ def test_abnormality_is_a_registered_score_that_needs_the_head():
 def test_detector_with_abnormality_score_saves_loads_and_scores_from_the_cli(trained, mnist16, tmp_path):
     model, _ = trained
     det = OODDetector(model, ImagePreprocessing(size=SIDE, channels=1), score="abnormality", device="cpu", progress=False)
-    clean, noise = mnist16.pixel_values[1000:1100], uniform_noise(20, seed=1, shape=(1, SIDE, SIDE))
+    clean, noise = mnist16.pixel_values[1000:1100], generate("uniform", 20, seed=1, shape=(1, SIDE, SIDE))
     det.fit_threshold(clean, target_fpr=0.05)
     with torch.no_grad():
         direct = torch.sigmoid(model(pixel_values=clean).abnormality_logits.double()).numpy()
@@ -184,15 +184,15 @@ def test_detector_with_abnormality_score_saves_loads_and_scores_from_the_cli(tra
 
 
 def test_uniform_noise_kind():
-    x = uniform_noise(50, seed=3)
+    x = generate("uniform", 50, seed=3)
     assert x.shape == (50, 1, 28, 28) and float(x.min()) >= 0.0 and float(x.max()) < 1.0
-    assert abs(float(x.mean()) - 0.5) < 0.01 and torch.equal(x, uniform_noise(50, seed=3))
+    assert abs(float(x.mean()) - 0.5) < 0.01 and torch.equal(x, generate("uniform", 50, seed=3))
     ds = SyntheticImageDataset("uniform", 50, seed=3)
-    assert torch.equal(ds[7][0], x[7]) and not torch.equal(x, uniform_noise(50, seed=4))
-    y = uniform_noise(10, shape=(1, 4, 4), low=-1.0, high=1.0)
+    assert torch.equal(ds[7][0], x[7]) and not torch.equal(x, generate("uniform", 50, seed=4))
+    y = generate("uniform", 10, shape=(1, 4, 4), low=-1.0, high=1.0)
     assert float(y.min()) >= -1.0 and float(y.min()) < 0.0
     with pytest.raises(ValueError, match="low < high"):
-        uniform_noise(1, low=1.0, high=1.0)
+        generate("uniform", 1, low=1.0, high=1.0)
 
 
 def test_recipe_stages_copy_the_baseline_and_report_table11(data_dir, tmp_path):

@@ -248,7 +248,7 @@ def test_truncated_mnist_gz_and_short_idx_name_the_file(data_dir, tmp_path, monk
     gz = (data_dir / "mnist" / "t10k-labels-idx1-ubyte.gz").read_bytes()
     _replace(root / "mnist" / "t10k-labels-idx1-ubyte.gz", gz[: len(gz) // 2])
     with pytest.raises(DataIntegrityError) as err:
-        V.load_mnist("test", root)
+        V.load_idx_corpus("mnist", "test", root)
     assert "truncated or corrupt" in _one_line(err, "t10k-labels-idx1-ubyte.gz")
     # a well-formed IDX pair of 100 images under the name of the 10,000-image test set: the count stops it
     raw_i = gzip.open(data_dir / "mnist" / "t10k-images-idx3-ubyte.gz").read()
@@ -257,10 +257,10 @@ def test_truncated_mnist_gz_and_short_idx_name_the_file(data_dir, tmp_path, monk
     _replace(root / "mnist" / "t10k-images-idx3-ubyte.gz", gzip.compress(raw_i[:4] + n + raw_i[8:16] + raw_i[16 : 16 + 78_400]))
     _replace(root / "mnist" / "t10k-labels-idx1-ubyte.gz", gzip.compress(raw_l[:4] + n + raw_l[8:108]))
     with pytest.raises(DataIntegrityError) as err:
-        V.load_mnist("test", root)
+        V.load_idx_corpus("mnist", "test", root)
     assert "read 100 images where this corpus has 10,000" in _one_line(err, "t10k-images-idx3-ubyte.gz")
     monkeypatch.setenv(I.SKIP_ENV, "1")
-    assert len(V.load_mnist("test", root)) == 100
+    assert len(V.load_idx_corpus("mnist", "test", root)) == 100
 
 
 def test_vision_checksum_mismatch(data_dir, tmp_path):
@@ -272,7 +272,7 @@ def test_vision_checksum_mismatch(data_dir, tmp_path):
     raw[8] = (raw[8] + 1) % 10  # one label changed: a valid file of the right size
     _replace(root / "notmnist" / "t10k-labels-idx1-ubyte.gz", gzip.compress(bytes(raw)))
     with pytest.raises(DataIntegrityError) as err:
-        V.load_notmnist("test", root)
+        V.load_idx_corpus("notmnist", "test", root)
     assert "SHA-256" in _one_line(err, "t10k-labels-idx1-ubyte.gz")
 
 

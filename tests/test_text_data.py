@@ -18,7 +18,7 @@ from oe_common.data_dir import MissingDataError
 from oe_text import data as D
 from oe_text.normalize import (
     ConlluWord,
-    derive_char_tokens,
+    derive_char_string,
     is_number,
     join_hyphenated,
     normalize_ewt_clean,
@@ -28,7 +28,14 @@ from oe_text.normalize import (
     wikitext_char_lines,
 )
 from oe_text.vocab import Vocabulary
-from oe_text.windows import make_windows, num_windows, windows_dataset, windows_to_stream
+from oe_text.windows import make_windows, num_windows, windows_dataset
+
+
+def windows_to_stream(windows) -> np.ndarray:
+    """Inverse of make_windows: the real (unmasked) ids of all windows (a dict of arrays or a Dataset), in order."""
+    rows = windows if isinstance(windows, dict) else windows.with_format("numpy")[:]
+    input_ids, mask = np.asarray(rows["input_ids"]), np.asarray(rows["attention_mask"])
+    return input_ids[mask.astype(bool)].astype(np.int64) if input_ids.size else np.zeros(0, dtype=np.int64)
 
 # ============================================================================================ fixtures
 PTB_TRAIN = [
@@ -249,12 +256,12 @@ def test_normalize_ewt_clean_rules():
     assert normalize_ewt_paper(words) == [w.form for w in words]  # paper protocol: FORMs untouched
 
 
-def test_derive_char_tokens_is_ptb_rule():
-    assert derive_char_tokens(["a", "<unk>", "N"]) == list("a_<unk>_N") + ["<eos>"]
+def test_derive_char_string_is_ptb_rule():
+    assert derive_char_string(["a", "<unk>", "N"]) == "a_<unk>_N"
     # exactly derive_char.py: split the derived file per line and compare
     derived = derive_char_file([" a <unk> N ", " bc "])
     per_line = [line.split() + ["<eos>"] for line in derived.split("\n") if line.strip()]
-    assert per_line == [derive_char_tokens(["a", "<unk>", "N"]), derive_char_tokens(["bc"])]
+    assert per_line == [[*derive_char_string(["a", "<unk>", "N"]), "<eos>"], [*derive_char_string(["bc"]), "<eos>"]]
 
 
 def test_wikitext_char_rules():
@@ -387,8 +394,7 @@ def test_ewt_char_both_protocols_tiny(tiny):
 def test_ewt_splits_selection_and_order(tiny):
     only_dev = D.ewt_sentences("paper", tiny, splits=("dev",))
     assert list(only_dev) == ["email"]
-    everything = D.ewt_sentences("paper", tiny, splits=None)  # every *.conllu[.gz] in ewt/
-    assert everything == D.ewt_sentences("paper", tiny)
+    assert D.ewt_sentences("paper", tiny, splits=D.EWT_SPLITS) == D.ewt_sentences("paper", tiny)
     with pytest.raises(ValueError):
         D.ewt_sentences("paper", tiny, splits=("validation",))
     with pytest.raises(ValueError, match="protocol"):
@@ -399,19 +405,15 @@ def test_load_text_oe_data_tiny_both_levels(tiny):
     for level, seq_len in (("word", 3), ("char", 8)):
         d = D.load_text_oe_data(level, tiny, seq_len=seq_len)
         assert d.level == level and d.seq_len == seq_len and d.vocab.level == level
-        assert tuple(d.ewt) == D.DEFAULT_PROTOCOLS[level] and list(d.ewt_domains("clean")) == ["answers", "email", "weblog"]
+        assert tuple(d.ewt) == D.DEFAULT_PROTOCOLS[level] and list(d.ewt["clean"]) == ["answers", "email", "weblog"]
         for ds in [d.ptb_train, d.ptb_valid, d.ptb_test, d.wikitext_train, d.wikitext_valid, *d.ewt["paper"].values()]:
             assert ds.column_names == ["input_ids", "labels", "attention_mask"]
             assert len(ds[0]["input_ids"]) == seq_len + 1
-        assert d.in_test is d.ptb_test and d.outlier_train is d.wikitext_train
         np.testing.assert_array_equal(windows_to_stream(d.ptb_test), d.streams["ptb/test"])
         np.testing.assert_array_equal(windows_to_stream(d.ewt["clean"]["email"]), d.streams["ewt/clean/email"])
         assert d.stats["windows"]["ptb/test"] == len(d.ptb_test)
     only = D.load_text_oe_data("word", tiny, protocol="paper", seq_len=3)
     assert list(only.ewt) == ["paper"]
-    with pytest.raises(KeyError, match="clean"):
-        only.ewt_domains("clean")
-    assert list(D.ewt_domains("word", "clean", tiny, seq_len=3)) == ["answers", "email", "weblog"]
 
 
 # ============================================================================================ windows
@@ -478,7 +480,7 @@ def test_missing_corpus_names_files_and_folder(tmp_path):
     with pytest.raises(MissingDataError, match=r"en_ewt-ud-train\.conllu.*en_ewt-ud-dev\.conllu"):
         D.ewt_sentences("clean", empty, map_oov=False)
     with pytest.raises(MissingDataError, match="en_ewt-ud-test.conllu"):
-        D.ewt_sentences("clean", empty, map_oov=False, splits=None)
+        D.ewt_sentences("clean", empty, map_oov=False, splits=("test",))
 
 
 def test_missing_data_dir_entirely(monkeypatch):
@@ -534,8 +536,8 @@ def test_real_ptb_counts_and_vocabularies(data_dir):
         4_975_414 + 42_068, 389_672 + 3_370, 438_662 + 3_761,
     ]
     # PTB-char is exactly the derivation rule we apply to EWT (checked on test; train/valid hold too)
-    word_test = D._ptb_word_lines("test", data_dir)
-    derived = np.concatenate([cv.encode(derive_char_tokens(line.split())) for line in word_test])
+    word_test = D._corpus_lines("ptb", "test", data_dir)
+    derived = np.concatenate([cv.encode([*derive_char_string(line.split()), "<eos>"]) for line in word_test])
     np.testing.assert_array_equal(derived, D.ptb_stream("test", "char", data_dir))
 
 

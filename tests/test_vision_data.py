@@ -27,29 +27,29 @@ def _clipped_normal_std(a: float = 1.0) -> float:
 
 
 def test_gaussian_statistics():
-    x = S.gaussian_noise(3000, seed=0, shape=(1, 28, 28))
+    x = S.generate("gaussian", 3000, seed=0, shape=(1, 28, 28))
     assert x.shape == (3000, 1, 28, 28) and x.dtype == torch.float32
     assert x.min() == 0.0 and x.max() == 1.0
     assert abs(x.mean().item() - 0.5) < 0.003
     assert abs(x.std().item() - 0.5 * _clipped_normal_std(1.0)) < 0.003  # 0.359
     tail = 0.5 * (1 - math.erf(1 / math.sqrt(2)))  # P(Z > 1) = 0.1587 clipped to each end
     assert abs((x == 0).float().mean().item() - tail) < 0.003 and abs((x == 1).float().mean().item() - tail) < 0.003
-    c = S.gaussian_noise(800, seed=0, shape=(3, 32, 32), mean=0.0, low=-1.0, high=1.0)  # the CIFAR set
+    c = S.generate("gaussian", 800, seed=0, shape=(3, 32, 32), mean=0.0, low=-1.0, high=1.0)  # the CIFAR set
     assert c.min() == -1.0 and c.max() == 1.0 and abs(c.mean().item()) < 0.003
 
 
 def test_bernoulli_and_rademacher_statistics():
-    b = S.bernoulli_noise(3000, seed=1)
+    b = S.generate("bernoulli", 3000, seed=1)
     assert set(b.unique().tolist()) == {0.0, 1.0}
     assert abs(b.mean().item() - 0.5) < 0.003
-    assert abs(S.bernoulli_noise(2000, seed=1, p=0.2).mean().item() - 0.2) < 0.003
-    r = S.rademacher_noise(800, seed=1)
+    assert abs(S.generate("bernoulli", 2000, seed=1, p=0.2).mean().item() - 0.2) < 0.003
+    r = S.generate("rademacher", 800, seed=1, shape=(3, 32, 32))
     assert r.shape == (800, 3, 32, 32) and set(r.unique().tolist()) == {-1.0, 1.0}
     assert abs((r == 1).float().mean().item() - 0.5) < 0.003 and abs(r.mean().item()) < 0.006
 
 
 def test_blobs():
-    x = S.blobs(1500, seed=2, shape=(1, 28, 28))
+    x = S.generate("blobs", 1500, seed=2, shape=(1, 28, 28))
     nonzero = x[x > 0]
     assert nonzero.min() >= 0.75 and x.max() <= 1.0 and x.min() == 0.0
     # blurred Bernoulli(0.7) ~ N(0.7, 0.21 * sum w^2): about 30 % of pixels clear the 0.75 threshold
@@ -59,7 +59,7 @@ def test_blobs():
     agree = (on[..., :, 1:] == on[..., :, :-1]).float().mean().item()
     frac = on.float().mean().item()
     assert agree > 0.85 and agree > frac**2 + (1 - frac) ** 2 + 0.2
-    signed = S.blobs(200, seed=2, shape=(3, 32, 32), signed=True)
+    signed = S.generate("blobs", 200, seed=2, shape=(3, 32, 32), signed=True)
     values = signed[signed > -1]
     assert signed.min() == -1.0 and values.min() >= 0.5 and signed.max() <= 1.0
 
@@ -100,7 +100,7 @@ def test_synthetic_kinds_independent_and_validated():
     with pytest.raises(ValueError, match="unknown"):
         S.generate("poisson", 3, 0)
     with pytest.raises(ValueError, match="shape"):
-        S.gaussian_noise(3, 0, shape=(0, 28, 28))
+        S.generate("gaussian", 3, 0, shape=(0, 28, 28))
     with pytest.raises(ValueError, match="p must"):
         S.SyntheticImageDataset("bernoulli", 3, 0, p=1.5)
 
@@ -138,8 +138,8 @@ def test_mnist(data_dir):
 
 
 def test_fashion_and_notmnist(data_dir):
-    fashion = D.load_fashion_mnist("test", data_dir)
-    notmnist = D.load_notmnist("test", data_dir)
+    fashion = D.load_idx_corpus("fashion_mnist", "test", data_dir)
+    notmnist = D.load_idx_corpus("notmnist", "test", data_dir)
     for ds in (fashion, notmnist):
         assert len(ds) == 10_000 and ds.images.shape == (10_000, 1, 28, 28)
         assert torch.bincount(ds.labels).tolist() == [1000] * 10
@@ -147,7 +147,7 @@ def test_fashion_and_notmnist(data_dir):
         assert x.shape == (1, 28, 28) and x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
     assert abs(notmnist.images.float().mean().item() - 108.8) < 0.5  # README: notMNIST backgrounds are not 0
     with pytest.raises(MissingDataError, match="train-images-idx3-ubyte.gz"):
-        D.load_fashion_mnist("train", data_dir)  # only the test split is in the data directory
+        D.load_idx_corpus("fashion_mnist", "train", data_dir)  # only the test split is in the data directory
 
 
 def test_omniglot_orientation(data_dir):
@@ -196,7 +196,7 @@ def test_mnist_ood_sets(data_dir):
         assert xs.min() >= 0 and xs.max() <= 1, name
         assert set(ys) == {D.OOD_LABEL}, name
     # negative MNIST is 1 - x of the MNIST test image with the same index
-    mnist_test = D.load_mnist("test", data_dir)
+    mnist_test = D.load_idx_corpus("mnist", "test", data_dir)
     neg = sets["negative_mnist"]
     assert isinstance(neg, Subset)
     j = neg.indices[0]
@@ -301,7 +301,7 @@ def test_missing_data_errors(tmp_path, monkeypatch):
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(MissingDataError, match="t10k-images-idx3-ubyte.gz"):
-        D.load_mnist("test", data_dir=empty)
+        D.load_idx_corpus("mnist", "test", data_dir=empty)
     with pytest.raises(MissingDataError, match="iSUN.tar.gz"):
         D.load_isun(data_dir=empty)
     with pytest.raises(MissingDataError, match="images_background_small1.zip"):
@@ -324,7 +324,7 @@ def test_missing_data_errors(tmp_path, monkeypatch):
         D.load_image_folder(empty, name="lsun")
     monkeypatch.delenv("OE_DATA_DIR", raising=False)
     with pytest.raises(MissingDataError, match="OE_DATA_DIR"):
-        D.load_mnist("test")
+        D.load_idx_corpus("mnist", "test")
 
 
 def test_image_folder_and_extra_roots(tmp_path, data_dir):
