@@ -1,4 +1,4 @@
-"""Speed of oe_common.metrics.ood_metrics vs scikit-learn, torchmetrics and pytorch-ood, measured in the same run.
+"""Speed of oe_common.maths.metrics.ood_metrics vs scikit-learn, torchmetrics and pytorch-ood, measured in the same run.
 
 Every library computes the same four numbers (AUROC, AUPR with anomalies positive, AUPR with in-distribution
 positive, FPR at 95% recall) from the same scores, each given the inputs its API takes (built before timing):
@@ -31,7 +31,7 @@ from typing import Callable
 
 import numpy as np
 
-from oe_common.metrics import ood_metrics
+from oe_common.maths.metrics import ood_metrics
 
 KEYS = ("auroc", "aupr_out", "aupr_in", "fpr")
 RECALL = 0.95

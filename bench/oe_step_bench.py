@@ -1,9 +1,9 @@
 """Cost of one OE training step vs the same tokens through a plain language-model step, measured in the same run.
 
 Reference: ``model(input_ids=x, labels=x).loss.backward()`` on ``2B`` windows (the model's own shifted
-cross-entropy). OE: :meth:`oe_common.trainer.OETrainer.compute_loss` + backward on ``B`` in-distribution windows
+cross-entropy). OE: :meth:`oe_common.training.trainer.OETrainer.compute_loss` + backward on ``B`` in-distribution windows
 paired with ``B`` outlier windows (one concatenated forward pass; for a language model with the default losses both
-terms come from :func:`oe_common.losses.joint_token_oe_loss` over the joint logits). Both see the same number of
+terms come from :func:`oe_common.maths.losses.joint_token_oe_loss` over the joint logits). Both see the same number of
 tokens, so a ratio near 1 means the OE term itself costs little; the breakdown times the loss terms alone on fixed
 logits. The two steps are timed alternately (reference, OE, reference, ...) so that load on a shared machine hits
 both alike; the ratio is of the medians.
@@ -22,9 +22,9 @@ import time
 
 import torch
 
-from oe_common.losses import joint_token_oe_loss, oe_uniform_loss
-from oe_common.trainer import OETrainer, OETrainingArguments
-from oe_text.models import build_language_model
+from oe_common.maths.losses import joint_token_oe_loss, oe_uniform_loss
+from oe_common.training.trainer import OETrainer, OETrainingArguments
+from oe_text.lm.models import build_language_model
 
 
 def median_times(fns, repeats: int, warmup: int = 2) -> list[float]:

@@ -6,7 +6,7 @@ folder (deleted at the end, also on failure), then two child processes are measu
 
 1. ``recipe``: ``recipes/textcls_oe.py --outliers FILE`` (CLINC150, the GRU, preset ``test``, ``--oe-max-steps``
    OE steps of 32 + 32 texts, one torch thread): loading, training, evaluation, report; the outlier file is streamed
-   through ``oe_common.table_files.stream_text_column`` and the trainer's outlier stream (shuffle buffer 10,000).
+   through ``oe_common.experiments.table_files.stream_text_column`` and the trainer's outlier stream (shuffle buffer 10,000).
    The OE steps read ``steps x 32`` texts plus the shuffle buffer, a small part of a 1 GB file.
 2. ``full pass``: the same reader (``stream_text_column``) iterated over EVERY line of the file, no training: memory
    while the whole file goes through the reader.
@@ -69,7 +69,7 @@ def measure(cmd: list[str], log: Path) -> tuple[float, float, int]:
 
 def full_pass(path: str) -> None:
     """Child of measurement 2: every text of ``path`` through the recipe's streaming reader."""
-    from oe_common.table_files import stream_text_column
+    from oe_common.experiments.table_files import stream_text_column
 
     count = chars = 0
     for row in stream_text_column(path):

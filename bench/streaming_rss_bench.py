@@ -2,7 +2,7 @@
 
 Each size runs in its own subprocess: it writes nothing but reads a local text corpus with
 ``datasets.load_dataset("text", streaming=True)``, tokenizes it on the fly (characters -> ids), and trains a tiny
-GPT-2 with :class:`oe_common.trainer.OETrainer` for the SAME number of steps, chosen so that the 100x corpus is read
+GPT-2 with :class:`oe_common.training.trainer.OETrainer` for the SAME number of steps, chosen so that the 100x corpus is read
 from end to end once (the 1x corpus is cycled ~100 times). Peak RSS comes from ``resource.getrusage``. With a
 constant-memory stream the two peaks agree (target: within 5%).
 
@@ -62,7 +62,7 @@ def child(files: list[str], steps: int, chunk_bytes: int) -> dict:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from oe_common.trainer import OETrainer, OETrainingArguments
+    from oe_common.training.trainer import OETrainer, OETrainingArguments
 
     torch.set_num_threads(1)
     datasets.disable_progress_bars()

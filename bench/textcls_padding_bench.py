@@ -40,10 +40,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from oe_common.experiment import Stage  # noqa: E402
-from oe_text import textcls_experiment as tx  # noqa: E402
-from oe_text.data import seeded_subset_indices  # noqa: E402
-from oe_text.textcls_data import load_textcls, wikitext_sentences  # noqa: E402
+from oe_common.experiments.experiment import Stage  # noqa: E402
+from oe_text.textcls import textcls_experiment as tx  # noqa: E402
+from oe_text.lm.data import seeded_subset_indices  # noqa: E402
+from oe_text.textcls.textcls_data import load_textcls, wikitext_sentences  # noqa: E402
 
 METHODS = (("max_length", "max_length", False), ("longest", "longest", False), ("longest + group_by_length", "longest", True))
 

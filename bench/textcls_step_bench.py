@@ -59,10 +59,10 @@ import torch
 import torch.nn.functional as F
 from transformers import DataCollatorWithPadding, Trainer, TrainerCallback
 
-from oe_common.batch_padding import pad_to_length, tokenizer_pad_values
-from oe_common.trainer import OETrainer, OETrainingArguments
-from oe_text.hub_checkpoints import MINILM_REPO_ID, MINILM_REVISION
-from oe_text.textcls_data import load_textcls, wikitext_sentences
+from oe_common.training.batch_padding import pad_to_length, tokenizer_pad_values
+from oe_common.training.trainer import OETrainer, OETrainingArguments
+from oe_text.textcls.hub_checkpoints import MINILM_REPO_ID, MINILM_REVISION
+from oe_text.textcls.textcls_data import load_textcls, wikitext_sentences
 
 #: all-MiniLM-L6-v2's shape (its config.json), for --random-init.
 MINILM_SHAPE = dict(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536,
@@ -170,7 +170,7 @@ def build_tokenizer(args: argparse.Namespace, texts: Sequence[str]) -> tuple[Any
 def build_model(args: argparse.Namespace, tok: Any, num_labels: int) -> tuple[torch.nn.Module, str]:
     torch.manual_seed(0)
     if args.model == "gru":
-        from oe_text.modeling_gru_classifier import GRUClassifierConfig, GRUForSequenceClassification
+        from oe_text.textcls.modeling_gru_classifier import GRUClassifierConfig, GRUForSequenceClassification
 
         config = GRUClassifierConfig(vocab_size=len(tok), num_labels=num_labels, pad_token_id=tok.pad_token_id,
                                      **(TINY_GRU if args.tiny else {}))

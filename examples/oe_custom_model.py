@@ -27,7 +27,7 @@ from transformers import (
     default_data_collator,
 )
 
-from oe_common.trainer import OETrainer, OETrainingArguments
+from oe_common.training.trainer import OETrainer, OETrainingArguments
 
 VOCAB, SEQ_LEN, NUM_CLASSES = 64, 16, 4
 

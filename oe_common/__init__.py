@@ -3,11 +3,11 @@
 Conventions: anomalies are the POSITIVE class and every score is "higher = more anomalous".
 """
 
-from .calibration import calibration_errors, calibration_report, fit_temperature, rescale_01, soft_f1
-from .data_dir import MissingDataError, resolve_data_dir
-from .losses import confidence_branch_oe_loss, density_margin_loss, energy_oe_loss, oe_uniform_loss
-from .metrics import OODTable, evaluate_ood, fpr_at_recall, misclassification_metrics, ood_metrics, sample_base_rate
-from .scores import (
+from .maths.calibration import calibration_errors, calibration_report, fit_temperature, rescale_01, soft_f1
+from .experiments.data_dir import MissingDataError, resolve_data_dir
+from .maths.losses import confidence_branch_oe_loss, density_margin_loss, energy_oe_loss, oe_uniform_loss
+from .maths.metrics import OODTable, evaluate_ood, fpr_at_recall, misclassification_metrics, ood_metrics, sample_base_rate
+from .maths.scores import (
     energy_score,
     max_logit_score,
     msp_score,

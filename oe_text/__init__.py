@@ -3,28 +3,28 @@
 Details: docs/modules.md, section ``oe_text.__init__``.
 """
 
-from oe_common.plugins import register_recipe
+from oe_common.deployment.plugins import register_recipe
 
-from .modeling_awd_lstm import (
+from .lm.modeling_awd_lstm import (
     AWDLSTMConfig,
     AWDLSTMForCausalLM,
     AWDLSTMModel,
     AWDLSTMPreTrainedModel,
     register_auto_classes,
 )
-from . import hub_checkpoints  # noqa: F401 - registers the Hub checkpoints (oe fetch-checkpoint)
-from .modeling_gru_classifier import GRUClassifierConfig, GRUForSequenceClassification
-from .modeling_gru_classifier import register_auto_classes as _register_gru
-from .models import MODEL_KINDS, PRESETS, build_language_model, shifted_logits_and_targets
-from .preprocessing import TextPreprocessing  # registers it with oe_common.preprocessing
-from .tokenizer_preprocessing import TokenizerPreprocessing  # registered after TextPreprocessing (the default)
+from .textcls import hub_checkpoints  # noqa: F401 - registers the Hub checkpoints (oe fetch-checkpoint)
+from .textcls.modeling_gru_classifier import GRUClassifierConfig, GRUForSequenceClassification
+from .textcls.modeling_gru_classifier import register_auto_classes as _register_gru
+from .lm.models import MODEL_KINDS, PRESETS, build_language_model, shifted_logits_and_targets
+from .lm.preprocessing import TextPreprocessing  # registers it with oe_common.deployment.preprocessing
+from .textcls.tokenizer_preprocessing import TokenizerPreprocessing  # registered after TextPreprocessing (the default)
 
 register_auto_classes()
 _register_gru()
 # `oe train NAME`: this package's recipes (their modules are imported only when one runs).
-register_recipe("ptb-word", "oe_text.recipe_cli:main", level="word")
-register_recipe("ptb-char", "oe_text.recipe_cli:main", level="char")
-register_recipe("text-classification", "oe_text.textcls_recipe:main")
+register_recipe("ptb-word", "oe_text.lm.recipe_cli:main", level="word")
+register_recipe("ptb-char", "oe_text.lm.recipe_cli:main", level="char")
+register_recipe("text-classification", "oe_text.textcls.textcls_recipe:main")
 
 __all__ = [
     "AWDLSTMConfig",

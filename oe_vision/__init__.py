@@ -5,7 +5,7 @@ Details: docs/modules.md, section ``oe_vision.__init__``.
 
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 
-from oe_common.plugins import register_recipe
+from oe_common.deployment.plugins import register_recipe
 
 from .confidence import (
     DEFAULT_CONFIDENCE_BUDGET,
@@ -20,7 +20,7 @@ from .modeling_mnist_convnet import MnistConvNetConfig, MnistConvNetForImageClas
 from .modeling_abnormality_module import AbnormalityModuleConfig, AbnormalityModuleForImageClassification
 from .modeling_wide_resnet import WRN_PRESETS, WideResNetConfig, WideResNetForImageClassification, WideResNetModel, WideResNetPreTrainedModel
 from .modeling_pixelcnnpp import PixelCNNPPConfig, PixelCNNPPModel
-from .preprocessing import ImagePreprocessing  # registers it with oe_common.preprocessing
+from .preprocessing import ImagePreprocessing  # registers it with oe_common.deployment.preprocessing
 
 
 def _register(config_cls, *, image_classification=None, base=None) -> None:

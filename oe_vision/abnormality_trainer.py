@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from oe_common.trainer import OETrainer
+from oe_common.training.trainer import OETrainer
 
 from .modeling_abnormality_module import AbnormalityModuleForImageClassification, abnormality_head_loss, reconstruction_loss
 from .synthetic import derive_seed, gaussian_blur

@@ -11,9 +11,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from oe_common.calibration import calibration_report, fit_temperature, max_softmax_confidence, rescale_01
-from oe_common.metrics import draw_summary, mean_summary, sample_base_rate
-from oe_common.reporting import plot_reliability_diagram
+from oe_common.maths.calibration import calibration_report, fit_temperature, max_softmax_confidence, rescale_01
+from oe_common.maths.metrics import draw_summary, mean_summary, sample_base_rate
+from oe_common.experiments.reporting import plot_reliability_diagram
 
 from .paper_results import TABLE7
 
@@ -42,12 +42,12 @@ def mixture_calibration(
     """Calibration on the paper's mixture for every anomaly set, plus ``"mean"`` (over ``mean_sets``) and
     ``"test_only"`` (the in-distribution test set alone, no anomalies).
 
-    Anomalies are drawn as :func:`oe_common.metrics.sample_base_rate` draws them: a set smaller than
+    Anomalies are drawn as :func:`oe_common.maths.metrics.sample_base_rate` draws them: a set smaller than
     ``n_in // ratio`` is an error unless ``allow_small_sets``, and is then used whole.
 
     Returns ``{domain: {"rms", "mav", "soft_f1", "<metric>_std", "n_in", "n_out", "n_out_wanted", "n_out_available",
     "capped", "base_rate", "n_draws"}}`` (fractions; std over draws; the mean row averages the per-set means and stds).
-    ``n_draws`` counts DISTINCT draws, as in :class:`oe_common.metrics.OODTable`: 1 for a set used whole.
+    ``n_draws`` counts DISTINCT draws, as in :class:`oe_common.maths.metrics.OODTable`: 1 for a set used whole.
     """
     if n_draws < 1:
         raise ValueError(f"n_draws must be >= 1, got {n_draws}")

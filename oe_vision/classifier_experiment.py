@@ -1,4 +1,4 @@
-"""The vision classifier OE experiment (paper Tables 1, 2, 3, 7, 8, 9): a :class:`oe_common.experiment.StagedExperiment`;
+"""The vision classifier OE experiment (paper Tables 1, 2, 3, 7, 8, 9): a :class:`oe_common.experiments.experiment.StagedExperiment`;
 the recipes only parse arguments.
 
 Details: docs/modules.md, section ``oe_vision.classifier_experiment``.
@@ -22,14 +22,14 @@ from torchvision.transforms import v2
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
-from oe_common.arg_types import non_negative_float, non_negative_int
-from oe_common.experiment import (Stage, StagedExperiment, StageModels, StageResult, all_records, run_experiment,
+from oe_common.experiments.arg_types import non_negative_float, non_negative_int
+from oe_common.experiments.experiment import (Stage, StagedExperiment, StageModels, StageResult, all_records, run_experiment,
                                   shared_training_arguments, stage_logs)
-from oe_common.presets import StageSettings, apply_preset, stage_default
-from oe_common.recipe_args import flag
-from oe_common.detector import OODDetector
-from oe_common.metrics import OODTable, evaluate_ood, misclassification_metrics
-from oe_common.reporting import (
+from oe_common.experiments.presets import StageSettings, apply_preset, stage_default
+from oe_common.experiments.recipe_args import flag
+from oe_common.deployment.detector import OODDetector
+from oe_common.maths.metrics import OODTable, evaluate_ood, misclassification_metrics
+from oe_common.experiments.reporting import (
     percent_cell,
     plot_roc_and_histogram,
     protocol_sentence,
@@ -38,8 +38,8 @@ from oe_common.reporting import (
     time_budget_notes,
     write_results,
 )
-from oe_common.scores import OUTPUT_SCORES, example_scores, output_score
-from oe_common.trainer import OETrainer, OETrainingArguments
+from oe_common.maths.scores import OUTPUT_SCORES, example_scores, output_score
+from oe_common.training.trainer import OETrainer, OETrainingArguments
 
 from . import data as vdata
 from .data import TensorImageDataset
@@ -98,7 +98,7 @@ CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 
 @dataclasses.dataclass
 class VisionOEConfig(StageSettings):
-    """Everything a vision OE run depends on (the stage settings: :class:`~oe_common.presets.StageSettings`).
+    """Everything a vision OE run depends on (the stage settings: :class:`~oe_common.experiments.presets.StageSettings`).
     ``baseline_*`` settings also apply to ``oe_scratch`` and ``branch``; ``oe_*`` settings to ``branch_oe``.
     """
 
@@ -553,8 +553,8 @@ def anomaly_scores(outputs: Mapping[str, torch.Tensor | None], score: str) -> np
     """Per-example anomaly scores (higher = more anomalous) from :func:`collect_outputs` of one set.
 
     ``branch``: ``1 - b(x)`` of the confidence branch; an output score (``abnormality``: ``sigmoid(a)`` of the
-    abnormality module's head) is :func:`oe_common.scores.output_score`; any other name (``msp``: ``-max_k softmax(z)_k``,
-    ``uniform_xent``: ``(1/K) sum_k log softmax(z)_k``, ...) is :func:`oe_common.scores.example_scores` of the logits.
+    abnormality module's head) is :func:`oe_common.maths.scores.output_score`; any other name (``msp``: ``-max_k softmax(z)_k``,
+    ``uniform_xent``: ``(1/K) sum_k log softmax(z)_k``, ...) is :func:`oe_common.maths.scores.example_scores` of the logits.
     """
     if score == "branch":
         if outputs.get("confidence_logits") is None:
@@ -581,7 +581,7 @@ def evaluate_detection(
 ) -> tuple[list[dict[str, Any]], OODTable]:
     """Detection records of one model and score: every unseen set + ``mean`` (over them), then overlap sets.
 
-    Returns ``(records, the unseen sets' table)``. Records: :meth:`oe_common.metrics.OODTable.records` (``task``,
+    Returns ``(records, the unseen sets' table)``. Records: :meth:`oe_common.maths.metrics.OODTable.records` (``task``,
     ``dataset``, ``model`` = the architecture, ``stage``, ``score``, ``ood_set``, ``fpr99``, ``fpr95``, ``auroc``, ``aupr``
     (anomalies positive), ``aupr_in``, stds over draws and what ran) plus ``oe_source_overlap``
     (:func:`oe_vision.detection_tables.unseen_and_overlap_records`); metric values are fractions. A set smaller than
@@ -786,7 +786,7 @@ def _notes(cfg: VisionOEConfig, data: VisionData) -> list[str]:
 
 # ================================================================================================ the experiment
 class VisionClassifierExperiment(StagedExperiment):
-    """The classifier experiment of ``config`` (a :class:`VisionOEConfig`) for :func:`oe_common.experiment.run_experiment`."""
+    """The classifier experiment of ``config`` (a :class:`VisionOEConfig`) for :func:`oe_common.experiments.experiment.run_experiment`."""
 
     config: VisionOEConfig
     data: VisionData
@@ -937,12 +937,12 @@ class VisionClassifierExperiment(StagedExperiment):
 def run_vision_oe(cfg: VisionOEConfig, output_dir: str | Path, data_dir: str | Path | None = None, data: VisionData | None = None,
                   overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
     """Train every stage of ``cfg``, evaluate each model, write results, plots and models into ``output_dir``
-    (:func:`oe_common.experiment.run_experiment` of a :class:`VisionClassifierExperiment`).
+    (:func:`oe_common.experiments.experiment.run_experiment` of a :class:`VisionClassifierExperiment`).
 
     ``output_dir`` must be new or empty, unless ``overwrite`` (its contents are deleted first) or ``resume`` (an
     interrupted run there continues: finished stages are loaded, the interrupted one continues from its last checkpoint,
     every ``cfg.save_steps`` steps); see
-    :class:`oe_common.run_folder.RunFolder` (``run_manifest.json`` says whether the folder's run is complete).
+    :class:`oe_common.experiments.run_folder.RunFolder` (``run_manifest.json`` says whether the folder's run is complete).
 
     Returns ``{"records": [...], "meta": {...}, "paths": {...}, "outputs": {model: {set: {"logits", ...}}}, "data": VisionData}``.
     """

@@ -12,12 +12,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from oe_common.losses import BRANCH_EPS, confidence_branch_oe_loss
-from oe_common.trainer import OETrainer
+from oe_common.maths.losses import BRANCH_EPS, confidence_branch_oe_loss
+from oe_common.training.trainer import OETrainer
 
 __all__ = ["ConfidenceBranchOETrainer", "branch_logits", "BRANCH_EPS", "BRANCH_LOGIT_BOUND"]
 
-#: ``BRANCH_EPS`` (1e-12, from :mod:`oe_common.losses`) clamps ``b`` before the log in the OE term, as DeVries &
+#: ``BRANCH_EPS`` (1e-12, from :mod:`oe_common.maths.losses`) clamps ``b`` before the log in the OE term, as DeVries &
 #: Taylor's code clamps ``b``; equivalently the branch logits are clamped to ``[-bound, bound]``, ``bound =
 #: logit(1 - eps) = -logit(eps)`` (about 27.6).
 BRANCH_LOGIT_BOUND = math.log((1 - BRANCH_EPS) / BRANCH_EPS)
@@ -32,7 +32,7 @@ def branch_logits(outputs: Any) -> torch.Tensor:
 
 
 class ConfidenceBranchOETrainer(OETrainer):
-    """:class:`~oe_common.trainer.OETrainer` whose OE term acts on the confidence branch: ``+ oe_lambda * E_OE[log b]``.
+    """:class:`~oe_common.training.trainer.OETrainer` whose OE term acts on the confidence branch: ``+ oe_lambda * E_OE[log b]``.
 
     Requirements (checked at construction when an ``outlier_dataset`` is given): the model has a confidence branch,
     ``args.oe_concat_forward`` is False, ``args.oe_loss == "uniform"`` (the field is not used: the term is fixed),
@@ -64,7 +64,7 @@ class ConfidenceBranchOETrainer(OETrainer):
     def oe_term(self, out_logits: torch.Tensor, out_mask: torch.Tensor | None, in_logits: torch.Tensor, in_mask: torch.Tensor | None) -> torch.Tensor:
         """``E_OE[log b(x')]`` with ``b`` clamped to ``[eps, 1 - eps]`` (minimised: drives ``b`` to 0 on outliers).
 
-        :func:`oe_common.losses.confidence_branch_oe_loss` (which clamps, the clamp of DeVries & Taylor's code,
+        :func:`oe_common.maths.losses.confidence_branch_oe_loss` (which clamps, the clamp of DeVries & Taylor's code,
         ``eps = 1e-12``: outliers with ``b < eps`` add no gradient; unclamped, ``E[log b]`` is unbounded below and
         training diverges) on float32 logits.
         """

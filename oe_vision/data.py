@@ -20,8 +20,8 @@ from PIL import Image
 from torch.utils.data import Dataset, Subset
 from torchvision.transforms import v2
 
-from oe_common.data_dir import MissingDataError, require_files, resolve_data_dir
-from oe_common.data_integrity import DataIntegrityError, check_counts, reading, verify_checksums
+from oe_common.experiments.data_dir import MissingDataError, require_files, resolve_data_dir
+from oe_common.experiments.data_integrity import DataIntegrityError, check_counts, reading, verify_checksums
 
 from . import synthetic
 

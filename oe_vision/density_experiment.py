@@ -15,12 +15,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
-from oe_common.arg_types import non_negative_float, non_negative_int
-from oe_common.experiment import (Stage, StagedExperiment, StageModels, StageResult, all_records, run_experiment,
+from oe_common.experiments.arg_types import non_negative_float, non_negative_int
+from oe_common.experiments.experiment import (Stage, StagedExperiment, StageModels, StageResult, all_records, run_experiment,
                                   shared_training_arguments, stage_logs)
-from oe_common.presets import StageSettings, apply_preset
-from oe_common.recipe_args import flag
-from oe_common.reporting import percent_cell, plot_roc_and_histogram, protocol_sentence, run_meta, steps_cell, time_budget_notes, write_results
+from oe_common.experiments.presets import StageSettings, apply_preset
+from oe_common.experiments.recipe_args import flag
+from oe_common.experiments.reporting import percent_cell, plot_roc_and_histogram, protocol_sentence, run_meta, steps_cell, time_budget_notes, write_results
 
 from . import data as vdata
 from .detection_tables import records_by_set, row_label, unseen_and_overlap_records
@@ -62,7 +62,7 @@ _ITEM_HINT = "(image, label) pairs or dicts with 'pixel_values'"
 
 @dataclasses.dataclass
 class DensityOEConfig(StageSettings):
-    """Everything a PixelCNN++ OE run depends on (the stage settings: :class:`~oe_common.presets.StageSettings`)."""
+    """Everything a PixelCNN++ OE run depends on (the stage settings: :class:`~oe_common.experiments.presets.StageSettings`)."""
 
     dataset: str = dataclasses.field(default="mnist", metadata=flag("in-distribution data (cifar10 needs $OE_CIFAR10_DIR or --cifar-dir)", choices=DATASETS))
     model_preset: str = "tiny"  # a PixelCNNPPConfig preset ("tiny" | "paper") ...
@@ -327,7 +327,7 @@ def build_model(cfg: DensityOEConfig) -> PixelCNNPPModel:
 
 def training_arguments(cfg: DensityOEConfig, stage: Stage, output_dir: str | Path) -> DensityOETrainingArguments:
     """Arguments of ``stage``: its learning rate, length, ``oe_lambda`` and checkpoint folder
-    (:meth:`oe_common.experiment.Stage.training_arguments`); AdamW without weight decay, cosine schedule, no evaluation
+    (:meth:`oe_common.experiments.experiment.Stage.training_arguments`); AdamW without weight decay, cosine schedule, no evaluation
     during training (the last weights are kept), TF32 on GPUs (no bf16: docs/modules.md). Every ``cfg.save_steps``
     steps (and at the end) a checkpoint in ``<output_dir>/checkpoints/<stage>/`` (safetensors weights + optimizer,
     scheduler, RNG, outlier stream and margin counts; the newest one kept) that ``--resume`` continues from."""
@@ -379,7 +379,7 @@ def evaluate_density(scores: Mapping[str, np.ndarray], data: DensityData, cfg: D
     """Detection records of one model: every unseen set + ``mean`` (over them), then the overlap rows
     (:func:`oe_vision.detection_tables.unseen_and_overlap_records`).
 
-    Fields: :meth:`oe_common.metrics.OODTable.records` (``task``, ``dataset``, ``model`` = ``pixelcnn++``, ``stage``,
+    Fields: :meth:`oe_common.maths.metrics.OODTable.records` (``task``, ``dataset``, ``model`` = ``pixelcnn++``, ``stage``,
     ``score`` = ``bits_per_dim``, ``ood_set``, ``fpr95`` (or the ``recall_level``'s), ``auroc``, ``aupr`` (anomalies
     positive), ``aupr_in``, stds over draws and what ran; a set smaller than ``len(test) // ratio`` is an error unless
     ``cfg.allow_small_sets``), ``oe_source_overlap``, and the likelihood check: ``mean_bits_per_dim``,
@@ -505,7 +505,7 @@ def _num_parameters(model: torch.nn.Module) -> int:
 
 
 class PixelCNNDensityExperiment(StagedExperiment):
-    """The PixelCNN++ OE experiment (docs/modules.md) on :func:`oe_common.experiment.run_experiment`: stage
+    """The PixelCNN++ OE experiment (docs/modules.md) on :func:`oe_common.experiments.experiment.run_experiment`: stage
     ``baseline`` (likelihood; not trained when ``baseline_checkpoint`` gives it), stage ``oe`` (likelihood + margin on
     ``data.oe_train``, continuing the baseline), both scored by bits/dim on :meth:`DensityData.eval_sets`."""
 
@@ -567,7 +567,7 @@ def run_density_oe(cfg: DensityOEConfig, output_dir: str | Path, data_dir: str |
 
     ``output_dir`` must be new or empty, unless ``overwrite`` (its contents are deleted first) or ``resume`` (an
     interrupted run there continues: a finished baseline is loaded, the interrupted stage continues from its last
-    checkpoint, every ``cfg.save_steps`` steps); see :func:`oe_common.experiment.run_experiment`.
+    checkpoint, every ``cfg.save_steps`` steps); see :func:`oe_common.experiments.experiment.run_experiment`.
 
     Returns ``{"records", "meta", "paths", "scores": {model: {set: bits/dim}}, "data"}``.
     """

@@ -1,5 +1,5 @@
 """Command line of ``recipes/pixelcnn_oe.py``: ``HfArgumentParser((RecipeArguments, DensityOEConfig,
-PixelCNNSizeArguments))`` (:class:`oe_common.recipe_args.RecipeArgumentParser`; ``--threads`` sets ``num_threads``)."""
+PixelCNNSizeArguments))`` (:class:`oe_common.experiments.recipe_args.RecipeArgumentParser`; ``--threads`` sets ``num_threads``)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import dataclasses
 import os
 from typing import Any, Mapping, Sequence
 
-from oe_common.data_dir import exit_on_data_error
-from oe_common.recipe_args import RecipeArgumentParser, RecipeArguments, parse_recipe_args, run_recipe
+from oe_common.experiments.data_dir import exit_on_data_error
+from oe_common.experiments.recipe_args import RecipeArgumentParser, RecipeArguments, parse_recipe_args, run_recipe
 
 from .density_experiment import PRESET_NAMES, DensityOEConfig, preset_config, run_density_oe
 PROG = "pixelcnn_oe.py"

@@ -13,8 +13,8 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from oe_common.losses import density_oe_loss
-from oe_common.trainer import OETrainer, OETrainingArguments, read_checkpoint_json
+from oe_common.maths.losses import density_oe_loss
+from oe_common.training.trainer import OETrainer, OETrainingArguments, read_checkpoint_json
 
 __all__ = [
     "DENSITY_SCORE_NAMES",
@@ -201,7 +201,7 @@ class DensityOETrainer(OETrainer):
 
     def score_batch_many(self, model: nn.Module, batch: Mapping[str, Any], scores: Sequence[str]) -> dict[str, torch.Tensor]:
         """``{name: (B,)}`` anomaly scores of one prepared batch from one forward pass: ``"bits_per_dim"`` =
-        ``nll / (D ln 2)`` and/or ``"nll"`` (nats). :func:`oe_common.evaluation.compute_scores` batches, gathers and
+        ``nll / (D ln 2)`` and/or ``"nll"`` (nats). :func:`oe_common.training.evaluation.compute_scores` batches, gathers and
         orders them."""
         x = self._pixels(batch, "scored")
         nll = self._nll(model(pixel_values=x)).float()

@@ -12,8 +12,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from oe_common.metrics import OODTable, evaluate_ood
-from oe_common.reporting import sampling_note
+from oe_common.maths.metrics import OODTable, evaluate_ood
+from oe_common.experiments.reporting import sampling_note
 
 __all__ = ["unseen_and_overlap_records", "records_by_set", "row_label"]
 
@@ -45,7 +45,7 @@ def records_by_set(records: Sequence[Mapping[str, Any]], stage: str, score: str 
 
 def row_label(ood_set: str, record: Mapping[str, Any] | None) -> str:
     """A table row's label: ``**mean**``, ``isun_gray †`` (an overlap set), plus what ran when it was not the
-    requested base rate and draws (``mnist [1:10, 1 draw]``: :func:`oe_common.reporting.sampling_note`)."""
+    requested base rate and draws (``mnist [1:10, 1 draw]``: :func:`oe_common.experiments.reporting.sampling_note`)."""
     if ood_set == "mean":
         return "**mean**"
     name = f"{ood_set} †" if record is not None and record.get("oe_source_overlap") else ood_set

@@ -10,7 +10,7 @@ the classifier's hidden layers, and a small head ``h`` that reads what the two p
     a      = h([z, r, u])                 abnormality logit            (B,)
 
 ``sigmoid(a)`` is the probability that ``x`` is abnormal: the anomaly score ``"abnormality"`` of
-:mod:`oe_common.scores` (higher = more anomalous). Decoder: ``Linear(D, b) -> GELU -> [Linear -> GELU]* ->
+:mod:`oe_common.maths.scores` (higher = more anomalous). Decoder: ``Linear(D, b) -> GELU -> [Linear -> GELU]* ->
 Linear(., C*H*W)`` (``decoder_sizes = (b, ...)``); head: ``Linear(K + C*H*W + D, n1) -> GELU -> ... -> Linear(., 1)``.
 
 Training (:mod:`oe_vision.abnormality_trainer`) runs in two parts, each with every other part frozen

@@ -1,6 +1,6 @@
 """PixelCNN++ (Salimans, Karpathy, Chen & Kingma, ICLR 2017) as a Hugging Face ``PreTrainedModel``: the density
 model of the OE paper's Table 5 (anomaly score: bits per dimension, higher = more anomalous; the OE objective is
-:func:`oe_common.losses.density_oe_loss`).
+:func:`oe_common.maths.losses.density_oe_loss`).
 
 Details: docs/modules.md, section ``oe_vision.modeling_pixelcnnpp``.
 """

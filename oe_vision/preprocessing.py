@@ -1,6 +1,6 @@
 """``ImagePreprocessing``: the image pipeline of an ``OODDetector``, as a small JSON spec.
 
-Registered with :mod:`oe_common.preprocessing` when ``oe_vision`` is imported (task ``image-classification``).
+Registered with :mod:`oe_common.deployment.preprocessing` when ``oe_vision`` is imported (task ``image-classification``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator, Mapping
 import numpy as np
 import torch
 
-from oe_common.preprocessing import DetectorCheckpointError, DetectorInputError, DetectorPreprocessing, ScoringBatches, register_preprocessing
+from oe_common.deployment.preprocessing import DetectorCheckpointError, DetectorInputError, DetectorPreprocessing, ScoringBatches, register_preprocessing
 
 __all__ = ["ImagePreprocessing"]
 
@@ -107,7 +107,7 @@ class ImagePreprocessing(DetectorPreprocessing):
 
         else:
             if isinstance(inputs, (str, os.PathLike)):
-                raise TypeError("give a list of image paths (OODDetector.score does not list folders; see oe_common.cli.list_images)")
+                raise TypeError("give a list of image paths (OODDetector.score does not list folders; see oe_common.deployment.cli.list_images)")
             items = list(inputs)
             n = len(items)
             transform = self.transform()

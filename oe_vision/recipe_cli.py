@@ -1,13 +1,13 @@
 """The command line of ``recipes/mnist_oe.py`` and ``recipes/cifar10_oe.py``: ``HfArgumentParser((RecipeArguments,
-VisionOEConfig))`` (:class:`oe_common.recipe_args.RecipeArgumentParser`; every field but ``dataset`` is a flag)."""
+VisionOEConfig))`` (:class:`oe_common.experiments.recipe_args.RecipeArgumentParser`; every field but ``dataset`` is a flag)."""
 
 from __future__ import annotations
 
 import os
 from typing import Sequence
 
-from oe_common.data_dir import exit_on_data_error
-from oe_common.recipe_args import RecipeArgumentParser, parse_recipe_args, run_recipe
+from oe_common.experiments.data_dir import exit_on_data_error
+from oe_common.experiments.recipe_args import RecipeArgumentParser, parse_recipe_args, run_recipe
 
 from .classifier_experiment import PRESET_NAMES, VisionOEConfig, preset_config, run_vision_oe
 

@@ -6,7 +6,7 @@
 Writes results.json, results.md (paper Table 6 layout), ROC / histogram PNGs and both models to --output-dir.
 """
 
-from oe_text.recipe_cli import main
+from oe_text.lm.recipe_cli import main
 
 if __name__ == "__main__":
     main(level="char")

@@ -8,7 +8,7 @@ Needs the MiniLM checkpoint in the Hugging Face cache (`oe fetch-checkpoint all-
 tokenizer). Writes results.json / results.md, ROC / histogram PNGs, both models and detector/ to --output-dir.
 """
 
-from oe_text.textcls_recipe import main
+from oe_text.textcls.textcls_recipe import main
 
 if __name__ == "__main__":
     main()

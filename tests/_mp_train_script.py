@@ -26,8 +26,8 @@ from transformers import default_data_collator
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _oe_tiny import classifier_rows, hf_dataset, tiny_bert_classifier  # noqa: E402
 
-from oe_common.callbacks import TimeBudgetCallback  # noqa: E402
-from oe_common.trainer import OETrainer, OETrainingArguments  # noqa: E402
+from oe_common.training.callbacks import TimeBudgetCallback  # noqa: E402
+from oe_common.training.trainer import OETrainer, OETrainingArguments  # noqa: E402
 
 N_EVAL_IN, N_EVAL_OUT = 13, 11  # not multiples of 2 processes x batch 4: the last batches get padded
 

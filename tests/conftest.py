@@ -57,7 +57,7 @@ def _torch_threads(request):
 
 
 #: ``OE_TEST_BATCH_SIZE=N``: every OODDetector built without ``batch_size`` scores N inputs per forward pass (default:
-#: the task's :data:`oe_common.detector.DEFAULT_BATCH_SIZE`). ``.ci/run`` runs the detector tests once more with a small
+#: the task's :data:`oe_common.deployment.detector.DEFAULT_BATCH_SIZE`). ``.ci/run`` runs the detector tests once more with a small
 #: N (and one thread), so that a test that asserts bit equality across batch shapes fails in CI, not on a user's CPU.
 BATCH_SIZE_ENV = "OE_TEST_BATCH_SIZE"
 
@@ -68,7 +68,7 @@ def _detector_batch_size():
     if not value:
         yield
         return
-    from oe_common import detector
+    from oe_common.deployment import detector
 
     saved = dict(detector.DEFAULT_BATCH_SIZE)
     detector.DEFAULT_BATCH_SIZE.update({task: int(value) for task in saved})

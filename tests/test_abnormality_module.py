@@ -14,11 +14,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from oe_common import cli
-from oe_common.detector import OODDetector
-from oe_common.metrics import evaluate_ood
-from oe_common.scores import SCORE_NAMES, abnormality_score, example_scores, output_score
-from oe_common.trainer import OETrainingArguments
+from oe_common.deployment import cli
+from oe_common.deployment.detector import OODDetector
+from oe_common.maths.metrics import evaluate_ood
+from oe_common.maths.scores import SCORE_NAMES, abnormality_score, example_scores, output_score
+from oe_common.training.trainer import OETrainingArguments
 from oe_vision import ImagePreprocessing, MnistConvNetConfig, MnistConvNetForImageClassification
 from oe_vision.abnormality_trainer import AbnormalityModuleTrainer, NoisedImageDataset
 from oe_vision.data import TensorImageDataset, image_collate, load_idx_corpus

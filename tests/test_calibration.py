@@ -1,4 +1,4 @@
-"""oe_common.calibration against hand-computed small cases and a grid search."""
+"""oe_common.maths.calibration against hand-computed small cases and a grid search."""
 
 import math
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from oe_common.calibration import calibration_errors, calibration_report, fit_temperature, rescale_01, soft_f1
+from oe_common.maths.calibration import calibration_errors, calibration_report, fit_temperature, rescale_01, soft_f1
 
 
 def test_fit_temperature_matches_grid_search():

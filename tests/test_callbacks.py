@@ -12,8 +12,8 @@ from transformers import TrainerCallback
 from _oe_tiny import hf_dataset, lm_rows, tiny_gpt2_lm
 import logging
 
-from oe_common.callbacks import TimeBudgetCallback, training_steps_report
-from oe_common.trainer import OETrainer, OETrainingArguments
+from oe_common.training.callbacks import TimeBudgetCallback, training_steps_report
+from oe_common.training.trainer import OETrainer, OETrainingArguments
 
 TORCH_THREADS = 1  # tiny models: see the conftest fixture _torch_threads
 
@@ -78,7 +78,7 @@ def test_fit_schedule_keeps_a_plan_that_fits(tmp_path):
 
 def test_fit_schedule_with_a_scheduler_it_cannot_replan_warns_and_still_shortens_the_run(tmp_path, caplog):
     budget = TimeBudgetCallback(10.0, fit_schedule=True, probe_steps=4, clock=ticking_clock())
-    with caplog.at_level(logging.WARNING, logger="oe_common.callbacks"):
+    with caplog.at_level(logging.WARNING, logger="oe_common.training.callbacks"):
         trainer = train(tmp_path, budget, max_steps=20, scheduler="constant")
     assert trainer.state.global_step == 9 and "could not be re-planned" in caplog.text
     assert trainer.lr_scheduler.get_last_lr()[0] == pytest.approx(1e-3)

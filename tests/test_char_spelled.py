@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from oe_text import data as D
-from oe_text.normalize import (
+from oe_text.lm import data as D
+from oe_text.lm.normalize import (
     ConlluWord,
     normalize_ewt_clean,
     normalize_ewt_spelled,
@@ -22,9 +22,9 @@ from oe_text.normalize import (
     spelled_line,
     tokenize_english,
 )
-from oe_text.vocab import Vocabulary
+from oe_text.lm.vocab import Vocabulary
 
-#: PTB-char's 48 word characters (ptb.char.train.txt; ``_`` is the separator), as listed in oe_text.normalize.
+#: PTB-char's 48 word characters (ptb.char.train.txt; ``_`` is the separator), as listed in oe_text.lm.normalize.
 PTB_CHARS = frozenset("#$&'*-./0123456789<>N\\abcdefghijklmnopqrstuvwxyz")
 
 
@@ -164,8 +164,8 @@ def test_char_unk_share_counts_whole_markers_only():
 
 # ============================================================================================ defaults
 def test_char_runs_default_to_spelled_first_and_keep_the_other_protocols():
-    from oe_text.lm_experiment import TextOEConfig, preset_config
-    from oe_text.recipe_cli import build_parser
+    from oe_text.lm.lm_experiment import TextOEConfig, preset_config
+    from oe_text.lm.recipe_cli import build_parser
 
     assert D.DEFAULT_PROTOCOLS["char"][0] == "spelled" and set(D.DEFAULT_PROTOCOLS["char"]) == set(D.PROTOCOLS)
     assert preset_config("char", "tiny").protocols == ("spelled", "paper", "clean")
@@ -180,9 +180,9 @@ def test_char_runs_default_to_spelled_first_and_keep_the_other_protocols():
 
 # ============================================================================================ detector
 def test_detector_spelled_normalizer_reads_raw_english_like_the_evaluation():
-    from oe_common.detector import DetectorInputError
-    from oe_text.preprocessing import TextPreprocessing
-    from oe_text.normalize import NORMALIZERS, normalize_text
+    from oe_common.deployment.detector import DetectorInputError
+    from oe_text.lm.preprocessing import TextPreprocessing
+    from oe_text.lm.normalize import NORMALIZERS, normalize_text
 
     assert "spelled" in NORMALIZERS
     vocab = _char_vocab()

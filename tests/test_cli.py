@@ -12,12 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
-from oe_common import cli, plugins
-from oe_common.detector import OODDetector
-from oe_text.preprocessing import TextPreprocessing
+from oe_common.deployment import cli, plugins
+from oe_common.deployment.detector import OODDetector
+from oe_text.lm.preprocessing import TextPreprocessing
 from oe_vision.preprocessing import ImagePreprocessing
-from oe_text.models import build_language_model
-from oe_text.vocab import Vocabulary
+from oe_text.lm.models import build_language_model
+from oe_text.lm.vocab import Vocabulary
 from oe_vision import MnistConvNetConfig, MnistConvNetForImageClassification
 
 WORDS = [f"w{i}" for i in range(12)]
@@ -68,7 +68,7 @@ def test_help(command, capsys):
 
 
 def test_module_entry_point_help():
-    result = subprocess.run([sys.executable, "-m", "oe_common.cli", "--help"], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-m", "oe_common.deployment.cli", "--help"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "score" in result.stdout and "eval" in result.stdout and "train" in result.stdout
 
@@ -192,7 +192,7 @@ def test_every_listed_recipe_is_an_importable_main():
 
 def test_the_modality_packages_register_their_recipes_through_the_entry_point_group():
     """`oe train --list` in a fresh interpreter: nothing imported by hand, the installed entry points find every recipe."""
-    code = "import json; from oe_common.plugins import recipes; print(json.dumps(sorted(recipes())))"
+    code = "import json; from oe_common.deployment.plugins import recipes; print(json.dumps(sorted(recipes())))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert json.loads(out) == ["cifar10", "mnist", "pixelcnn", "ptb-char", "ptb-word", "text-classification"]
 
@@ -244,6 +244,6 @@ def test_a_registered_command_runs_with_the_clis_flags_errors_and_exit_codes(mon
 
 def test_fetch_checkpoint_is_registered_through_the_entry_point_group():
     """A fresh interpreter: `oe fetch-checkpoint` comes from the installed entry points (oe_common knows nothing of it)."""
-    code = "from oe_common.cli import main; raise SystemExit(main(['fetch-checkpoint', '--list']))"
+    code = "from oe_common.deployment.cli import main; raise SystemExit(main(['fetch-checkpoint', '--list']))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "all-minilm-l6-v2" in done.stdout.split(), done.stderr

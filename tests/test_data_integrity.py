@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from oe_common import data_integrity as I
-from oe_common.data_dir import DataError, MissingDataError
-from oe_common.data_integrity import DataIntegrityError
-from oe_text import data as T
+from oe_common.experiments import data_integrity as I
+from oe_common.experiments.data_dir import DataError, MissingDataError
+from oe_common.experiments.data_integrity import DataIntegrityError
+from oe_text.lm import data as T
 
 TEXT_DIRS = ("ptb", "wikitext-2", "ewt")
 
@@ -278,7 +278,7 @@ def test_vision_checksum_mismatch(data_dir, tmp_path):
 
 # ================================================================================================ recipes
 def test_text_recipe_prints_a_data_error_as_one_line_and_exits_1(data_dir, tmp_path, capsys):
-    from oe_text.recipe_cli import main
+    from oe_text.lm.recipe_cli import main
 
     root = _mirror(data_dir, tmp_path / "data", TEXT_DIRS)
     good = (data_dir / "ptb" / "ptb.test.txt").read_bytes()

@@ -13,21 +13,21 @@ from PIL import Image
 
 import oe_text  # noqa: F401  (registers the AWD-LSTM with the Auto classes)
 import oe_vision  # noqa: F401
-from oe_common.detector import (
+from oe_common.deployment.detector import (
     DetectorCheckpointError,
     DetectorInputError,
     OODDetector,
     threshold_for_fpr,
     threshold_for_tpr,
 )
-from oe_common.metrics import fpr_at_recall
-from oe_common.model_card import parse_front_matter
-from oe_common.scores import sequence_uniform_xent_score
-from oe_text.models import build_language_model, shifted_logits_and_targets
-from oe_text.normalize import normalize_text
-from oe_text.preprocessing import TextPreprocessing
-from oe_text.vocab import Vocabulary
-from oe_text.windows import make_windows
+from oe_common.maths.metrics import fpr_at_recall
+from oe_common.deployment.model_card import parse_front_matter
+from oe_common.maths.scores import sequence_uniform_xent_score
+from oe_text.lm.models import build_language_model, shifted_logits_and_targets
+from oe_text.lm.normalize import normalize_text
+from oe_text.lm.preprocessing import TextPreprocessing
+from oe_text.lm.vocab import Vocabulary
+from oe_text.lm.windows import make_windows
 from oe_vision import MnistConvNetConfig, MnistConvNetForImageClassification
 from oe_vision.preprocessing import ImagePreprocessing
 

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from oe_common import cli
-from oe_common.detector import DETECTOR_CONFIG_NAME, DetectorCheckpointError, OODDetector
+from oe_common.deployment import cli
+from oe_common.deployment.detector import DETECTOR_CONFIG_NAME, DetectorCheckpointError, OODDetector
 
 TORCH_THREADS = 1  # tiny models: see the conftest fixture _torch_threads
 WORDS = "the a cat dog sat on mat is good bad movie what how where".split()
@@ -161,7 +161,7 @@ def test_a_folder_saved_without_hashes_loads_with_a_warning(model_copy, saved, c
     config = json.loads(path.read_text())
     del config["file_sha256"]
     path.write_text(json.dumps(config))
-    with caplog.at_level(logging.WARNING, logger="oe_common.detector"):
+    with caplog.at_level(logging.WARNING, logger="oe_common.deployment.detector"):
         loaded = OODDetector.from_pretrained(model_copy, device="cpu", progress=False)
     assert any("records no file hashes" in r.getMessage() for r in caplog.records)
     reference = OODDetector.from_pretrained(saved, device="cpu", progress=False)

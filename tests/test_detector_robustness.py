@@ -15,12 +15,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from oe_common import cli
-from oe_common.detector import DetectorCheckpointError, OODDetector, threshold_for_fpr, threshold_for_tpr
-from oe_text.preprocessing import TextPreprocessing
-from oe_common.metrics import evaluate_ood, fpr_at_recall, ood_metrics
-from oe_text.models import build_language_model
-from oe_text.vocab import Vocabulary
+from oe_common.deployment import cli
+from oe_common.deployment.detector import DetectorCheckpointError, OODDetector, threshold_for_fpr, threshold_for_tpr
+from oe_text.lm.preprocessing import TextPreprocessing
+from oe_common.maths.metrics import evaluate_ood, fpr_at_recall, ood_metrics
+from oe_text.lm.models import build_language_model
+from oe_text.lm.vocab import Vocabulary
 
 TORCH_THREADS = 1  # tiny models: see the conftest fixture _torch_threads
 WORDS = [f"w{i}" for i in range(12)]
@@ -253,7 +253,7 @@ def test_numpy_numbers_are_accepted_and_bools_refused():
 
 
 def test_save_pretrained_keeps_a_users_readme(tmp_path):
-    from oe_common.model_card import is_oe_model_card
+    from oe_common.deployment.model_card import is_oe_model_card
 
     folder = tmp_path / "det"
     folder.mkdir()

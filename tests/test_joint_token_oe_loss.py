@@ -1,11 +1,11 @@
-"""oe_common.losses.joint_token_oe_loss (the fused language-model OE step) against its formula: F.cross_entropy on
+"""oe_common.maths.losses.joint_token_oe_loss (the fused language-model OE step) against its formula: F.cross_entropy on
 the in-distribution rows + oe_weight * oe_uniform_loss on the outlier rows, values and gradients."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from oe_common.losses import joint_token_oe_loss, oe_uniform_loss
+from oe_common.maths.losses import joint_token_oe_loss, oe_uniform_loss
 
 
 def reference(logits, labels, out_mask, oe_weight):
@@ -84,8 +84,8 @@ def test_trainer_uses_it_for_language_models_with_the_same_loss_and_gradient(tmp
     split path (which a subclass overriding oe_term still takes)."""
     from _oe_tiny import hf_dataset, lm_rows, tiny_gpt2_lm
 
-    import oe_common.trainer as trainer_module
-    from oe_common.trainer import OETrainer, OETrainingArguments
+    import oe_common.training.trainer as trainer_module
+    from oe_common.training.trainer import OETrainer, OETrainingArguments
 
     calls = []
     fused = trainer_module.joint_token_oe_loss

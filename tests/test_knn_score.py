@@ -1,4 +1,4 @@
-"""oe_common.feature_scores.KNNScore: deep nearest neighbours on L2-normalised features (Sun et al. 2022)."""
+"""oe_common.maths.feature_scores.KNNScore: deep nearest neighbours on L2-normalised features (Sun et al. 2022)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from oe_common.feature_scores import KNNScore
-from oe_common.scores import FEATURE_SCORES, SCORE_NAMES
+from oe_common.maths.feature_scores import KNNScore
+from oe_common.maths.scores import FEATURE_SCORES, SCORE_NAMES
 
 
 def _reference(train: np.ndarray, test: np.ndarray, k: int) -> np.ndarray:
@@ -55,9 +55,9 @@ def test_knn_score_is_registered_and_checks_its_input():
 def test_the_detector_refuses_the_knn_score_it_cannot_save():
     from transformers import BertTokenizer
 
-    from oe_common.detector import OODDetector
+    from oe_common.deployment.detector import OODDetector
     from oe_text import GRUClassifierConfig, GRUForSequenceClassification
-    from oe_text.tokenizer_preprocessing import TokenizerPreprocessing
+    from oe_text.textcls.tokenizer_preprocessing import TokenizerPreprocessing
 
     tok = BertTokenizer(vocab={w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "a", "cat"])})
     model = GRUForSequenceClassification(GRUClassifierConfig(vocab_size=6, embedding_size=4, hidden_size=4, num_labels=2))

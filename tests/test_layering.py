@@ -6,7 +6,7 @@ Two checks on every module of ``oe_common``:
   resolved), together with ``importlib.import_module("...")`` / ``__import__("...")`` calls on a constant string;
 * names: the source text (code, strings, docstrings, comments) contains neither package name, so no table of
   their modules or classes can hide there. The packages above register what is theirs on import, and
-  ``oe_common.plugins`` finds them through the ``oe.plugins`` entry-point group.
+  ``oe_common.deployment.plugins`` finds them through the ``oe.plugins`` entry-point group.
 """
 
 from __future__ import annotations
@@ -62,21 +62,21 @@ def test_the_parser_finds_every_kind_of_upward_import():
         "import oe_text\n"
         "from oe_vision.data import image_transform\n"
         "def f():\n"
-        "    from oe_text.vocab import Vocabulary\n"
+        "    from oe_text.lm.vocab import Vocabulary\n"
         "    return importlib.import_module('oe_vision')\n"
         "class C:\n"
         "    def g(self):\n"
-        "        return __import__('oe_text.windows')\n"
-        "from .. import oe_text\n"
-        "from . import scores\n"
+        "        return __import__('oe_text.lm.windows')\n"
+        "from ... import oe_text\n"
+        "from ..maths.scores import msp_score\n"
         "importlib.import_module(name)\n"
     )
-    found = upward_imports(source, "oe_common.detector")
+    found = upward_imports(source, "oe_common.deployment.detector")
     assert sorted(found) == [
-        "line 10: oe_text", "line 2: oe_text", "line 3: oe_vision.data", "line 5: oe_text.vocab", "line 6: oe_vision",
-        "line 9: oe_text.windows",
+        "line 10: oe_text", "line 2: oe_text", "line 3: oe_vision.data", "line 5: oe_text.lm.vocab", "line 6: oe_vision",
+        "line 9: oe_text.lm.windows",
     ]
-    assert (11, "oe_common.scores") in imported_modules(source, "oe_common.detector")  # relative imports resolved
+    assert (11, "oe_common.maths.scores") in imported_modules(source, "oe_common.deployment.detector")  # relative imports resolved
 
 
 def test_the_name_check_finds_names_in_strings_and_tables_but_not_inside_other_words():

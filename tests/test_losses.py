@@ -1,4 +1,4 @@
-"""oe_common.losses against direct implementations of their formulas, values and gradients."""
+"""oe_common.maths.losses against direct implementations of their formulas, values and gradients."""
 
 import math
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from oe_common.losses import confidence_branch_oe_loss, density_margin_loss, energy_oe_loss, oe_uniform_loss, uniform_cross_entropy
+from oe_common.maths.losses import confidence_branch_oe_loss, density_margin_loss, energy_oe_loss, oe_uniform_loss, uniform_cross_entropy
 
 
 def kl_uniform_plus_log_k(logits):

@@ -1,4 +1,4 @@
-"""MahalanobisScore (oe_common.feature_scores) against scikit-learn / numpy reference computations."""
+"""MahalanobisScore (oe_common.maths.feature_scores) against scikit-learn / numpy reference computations."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pytest
 import torch
 from sklearn.covariance import EmpiricalCovariance
 
-from oe_common.feature_scores import MahalanobisScore
-from oe_common.scores import MahalanobisScore as ReExported
+from oe_common.maths.feature_scores import MahalanobisScore
+from oe_common.maths.scores import MahalanobisScore as ReExported
 
 
 def blobs(seed: int = 0, n_per_class: int = 60, k: int = 4, d: int = 6):
@@ -103,8 +103,8 @@ def test_classifier_input_features_gru_and_bert():
     """The head's input: the GRU's last-layer final state; BERT's pooler output (eval mode)."""
     from transformers import BertConfig, BertForSequenceClassification
 
-    from oe_common.feature_scores import classifier_input_features
-    from oe_text.modeling_gru_classifier import GRUClassifierConfig, GRUForSequenceClassification
+    from oe_common.maths.feature_scores import classifier_input_features
+    from oe_text.textcls.modeling_gru_classifier import GRUClassifierConfig, GRUForSequenceClassification
 
     torch.manual_seed(0)
     ids = torch.tensor([[5, 6, 7, 8], [3, 4, 0, 0]])

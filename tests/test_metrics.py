@@ -1,11 +1,11 @@
-"""oe_common.metrics against scikit-learn (the reference), on random data with many ties."""
+"""oe_common.maths.metrics against scikit-learn (the reference), on random data with many ties."""
 
 import numpy as np
 import pytest
 import torch
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
-from oe_common.metrics import evaluate_ood, fpr_at_recall, misclassification_metrics, ood_metrics, sample_base_rate
+from oe_common.maths.metrics import evaluate_ood, fpr_at_recall, misclassification_metrics, ood_metrics, sample_base_rate
 
 
 def sklearn_reference(in_scores, out_scores, recall_level):

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from oe_common.experiment import Stage, StagedExperiment, StageResult, run_experiment
-from oe_common.metrics import evaluate_ood, fpr_key
+from oe_common.experiments.experiment import Stage, StagedExperiment, StageResult, run_experiment
+from oe_common.maths.metrics import evaluate_ood, fpr_key
 
 TOOLS = Path(__file__).resolve().parents[1] / "tools"
 

@@ -1,5 +1,5 @@
 """One path from model outputs to scores (issue #13): for the same logits, ``OETrainer``, ``OODDetector`` and the
-vision pipeline give IDENTICAL scores, because all go through ``oe_common.scores.example_scores``.
+vision pipeline give IDENTICAL scores, because all go through ``oe_common.maths.scores.example_scores``.
 
 (Before, the detector summed language-model token scores in float64 while the trainer averaged in float32: the
 scores differed in the last bits, so a detector's threshold did not apply exactly to the trainer's scores.)
@@ -13,12 +13,12 @@ import torch
 import torch.nn.functional as F
 from _oe_tiny import hf_dataset, tiny_gpt2_lm
 
-from oe_common.detector import OODDetector
-from oe_text.preprocessing import TextPreprocessing
+from oe_common.deployment.detector import OODDetector
+from oe_text.lm.preprocessing import TextPreprocessing
 from oe_vision.preprocessing import ImagePreprocessing
-from oe_common.scores import LOGIT_SCORE_NAMES, example_scores
-from oe_common.trainer import OETrainer, OETrainingArguments
-from oe_text.vocab import Vocabulary
+from oe_common.maths.scores import LOGIT_SCORE_NAMES, example_scores
+from oe_common.training.trainer import OETrainer, OETrainingArguments
+from oe_text.lm.vocab import Vocabulary
 from oe_vision import MnistConvNetConfig, MnistConvNetForImageClassification
 
 TORCH_THREADS = 1  # tiny models: see the conftest fixture _torch_threads

@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from oe_common.trainer import OETrainingArguments
+from oe_common.training.trainer import OETrainingArguments
 from oe_vision.density_experiment import (
     OE_HELDOUT_NAME,
     UInt8ImageDataset,
@@ -25,7 +25,7 @@ from oe_vision.density_experiment import (
     run_density_oe,
 )
 from oe_vision.density_trainer import DensityOETrainer, DensityOETrainingArguments, density_collate, to_uint8_pixels
-from oe_common.losses import pixelcnn_oe_loss
+from oe_common.maths.losses import pixelcnn_oe_loss
 from oe_vision.modeling_pixelcnnpp import PixelCNNPPConfig, PixelCNNPPModel
 
 
@@ -256,7 +256,7 @@ def test_bits_per_dim_summary_flags_more_likely_sets():
 
 
 def test_recipe_is_registered():
-    from oe_common.plugins import recipes
+    from oe_common.deployment.plugins import recipes
 
     assert (recipes()["pixelcnn"].target, recipes()["pixelcnn"].kwargs) == ("oe_vision.density_recipe:main", {})
 

@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from oe_common.losses import density_margin_loss, density_oe_loss, pixelcnn_oe_loss
+from oe_common.maths.losses import density_margin_loss, density_oe_loss, pixelcnn_oe_loss
 from oe_vision import modeling_pixelcnnpp as pcnn
 from oe_vision.modeling_pixelcnnpp import (
     PixelCNNPPConfig,

@@ -17,10 +17,10 @@ import pytest
 import torch
 from test_textcls_detector import random_texts, tiny_bert, tiny_tokenizer
 
-from oe_common import cli
-from oe_common.detector import DETECTOR_CONFIG_NAME, OODDetector, threshold_for_fpr
-from oe_common.detector_io import load_detector
-from oe_common.table_files import MissingColumnError, read_columns
+from oe_common.deployment import cli
+from oe_common.deployment.detector import DETECTOR_CONFIG_NAME, OODDetector, threshold_for_fpr
+from oe_common.deployment.detector_io import load_detector
+from oe_common.experiments.table_files import MissingColumnError, read_columns
 from oe_text import TokenizerPreprocessing
 
 TORCH_THREADS = 1  # tiny models: see the conftest fixture _torch_threads

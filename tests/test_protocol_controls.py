@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from oe_text.controls import control_lines, rare_word_pool, word_unk_share
-from oe_text.lm_experiment import (TextOEConfig, _markdown_report, controls_markdown, evaluate_scores, headline_protocol,
+from oe_text.lm.controls import control_lines, rare_word_pool, word_unk_share
+from oe_text.lm.lm_experiment import (TextOEConfig, _markdown_report, controls_markdown, evaluate_scores, headline_protocol,
                                    is_control)
-from oe_text.vocab import Vocabulary
+from oe_text.lm.vocab import Vocabulary
 
 # train counts: "the" 6, "cat" 3, "sat" 2, "mat" 1, "on" 4 -> rarest first: mat, sat, cat
 TRAIN = "the cat sat on the mat <eos> the cat on the <unk> <eos> the cat sat on the <eos> on".split()

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from oe_common.metrics import evaluate_ood, roc_curve_points
-from oe_common.reporting import (
+from oe_common.maths.metrics import evaluate_ood, roc_curve_points
+from oe_common.experiments.reporting import (
     plot_reliability_diagram,
     plot_roc_curves,
     plot_score_histograms,
@@ -44,7 +44,7 @@ def test_roc_points_and_plots(tmp_path):
 
 
 def test_remove_empty_dirs_removes_only_empty_folders(tmp_path):
-    from oe_common.reporting import remove_empty_dirs
+    from oe_common.experiments.reporting import remove_empty_dirs
 
     (tmp_path / "a" / "checkpoints" / "stage").mkdir(parents=True)
     remove_empty_dirs(tmp_path / "a" / "checkpoints" / "stage")

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from oe_common.losses import BRANCH_EPS, confidence_branch_oe_loss
-from oe_common.metrics import evaluate_ood, ood_metrics, sample_base_rate
-from oe_common.reporting import sampling_note, protocol_sentence
+from oe_common.maths.losses import BRANCH_EPS, confidence_branch_oe_loss
+from oe_common.maths.metrics import evaluate_ood, ood_metrics, sample_base_rate
+from oe_common.experiments.reporting import sampling_note, protocol_sentence
 
 
 def _scores(seed: int, n: int, shift: float = 0.0) -> np.ndarray:
@@ -74,7 +74,7 @@ def test_records_and_heading_sentence_say_what_ran():
 
 # ---------------------------------------------------------------------------------------------- pipelines
 def test_text_pipeline_errors_on_small_domains_and_labels_them_when_allowed():
-    from oe_text.lm_experiment import TextOEConfig, _markdown_report, evaluate_scores, table6_markdown
+    from oe_text.lm.lm_experiment import TextOEConfig, _markdown_report, evaluate_scores, table6_markdown
 
     scores = {"nll": {"ptb/test": _scores(0, 100), "paper/email": _scores(1, 10, 2), "paper/reviews": _scores(2, 50, 2)}}
     with pytest.raises(ValueError, match="'email' has 10 scores"):
@@ -123,7 +123,7 @@ def test_density_detection_records_and_labels_what_ran():
         evaluate_density({**scores, "test": _scores(0, 200, 3)}, data, cfg, "baseline")
 
 
-@pytest.mark.parametrize("module", ["oe_vision.recipe_cli", "oe_text.recipe_cli", "oe_vision.density_recipe"])
+@pytest.mark.parametrize("module", ["oe_vision.recipe_cli", "oe_text.lm.recipe_cli", "oe_vision.density_recipe"])
 def test_recipes_take_allow_small_sets(module):
     import importlib
 
@@ -136,9 +136,9 @@ def test_recipes_take_allow_small_sets(module):
 def test_oe_eval_takes_allow_small_sets_and_the_api_forwards_it():
     import inspect
 
-    from oe_common import cli
-    from oe_common.detector import OODDetector
-    from oe_common.trainer import OETrainer
+    from oe_common.deployment import cli
+    from oe_common.deployment.detector import OODDetector
+    from oe_common.training.trainer import OETrainer
 
     argv = ["eval", "--model", "m", "--in", "a.txt", "--out", "b.txt"]
     assert cli.build_parser().parse_args([*argv, "--allow-small-sets"]).allow_small_sets is True

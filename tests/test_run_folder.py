@@ -13,17 +13,17 @@ import torch
 from transformers import TrainerCallback
 from transformers.hf_argparser import string_to_bool
 
-from oe_common import arg_types
-from oe_common.experiment import Stage
-from oe_common.recipe_guard import interruption_message, recipe_guard, resume_command
-from oe_common.run_folder import LOCK_NAME, MANIFEST_NAME, RunFolder, RunFolderError
+from oe_common.experiments import arg_types
+from oe_common.experiments.experiment import Stage
+from oe_common.experiments.recipe_guard import interruption_message, recipe_guard, resume_command
+from oe_common.experiments.run_folder import LOCK_NAME, MANIFEST_NAME, RunFolder, RunFolderError
 
 TORCH_THREADS = 1  # tiny models: see the conftest fixture _torch_threads
 
 
 # ================================================================================================ item 9: flags
 def _parsers():
-    from oe_text.recipe_cli import build_parser as text_parser
+    from oe_text.lm.recipe_cli import build_parser as text_parser
     from oe_vision.density_recipe import build_parser as density_parser
     from oe_vision.recipe_cli import build_parser as vision_parser
 
@@ -226,15 +226,15 @@ def test_ctrl_c_under_oe_train_ends_with_the_recipes_one_line_and_exit_code(tmp_
     script = tmp_path / "fake_recipe.py"
     script.write_text(textwrap.dedent("""
         import sys, time
-        from oe_common.recipe_guard import recipe_guard
-        from oe_common.run_folder import RunFolder
+        from oe_common.experiments.recipe_guard import recipe_guard
+        from oe_common.experiments.run_folder import RunFolder
         with recipe_guard("fake_recipe.py", sys.argv[1]):
             RunFolder.open(sys.argv[1], {}).start_stage("oe")
             print("ready", flush=True)
             time.sleep(120)
     """))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo_root), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen([sys.executable, "-m", "oe_common.cli", "train", str(script), str(tmp_path / "out")], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "oe_common.deployment.cli", "train", str(script), str(tmp_path / "out")], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=env, start_new_session=True,
                             # a shell that starts the suite in the background ignores SIGINT, and children inherit that
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
@@ -260,10 +260,10 @@ def _no_data(*args, **kwargs):
 
 
 def test_text_recipe_refuses_a_previous_run_and_leaves_it_untouched(tmp_path, monkeypatch, capsys):
-    import oe_text.lm_experiment
-    from oe_text.recipe_cli import main
+    import oe_text.lm.lm_experiment
+    from oe_text.lm.recipe_cli import main
 
-    monkeypatch.setattr(oe_text.lm_experiment, "load_text_oe_data", _no_data)
+    monkeypatch.setattr(oe_text.lm.lm_experiment, "load_text_oe_data", _no_data)
     previous = RunFolder.open(tmp_path, CONFIG)
     (tmp_path / "results.json").write_text('{"old": true}')
     previous.complete()
@@ -284,10 +284,10 @@ def test_ctrl_c_in_a_recipe_prints_one_line_with_the_resume_command(recipe, tmp_
         raise KeyboardInterrupt
 
     if recipe == "text":
-        import oe_text.lm_experiment
-        from oe_text.recipe_cli import main as text_main
+        import oe_text.lm.lm_experiment
+        from oe_text.lm.recipe_cli import main as text_main
 
-        monkeypatch.setattr(oe_text.lm_experiment, "load_text_oe_data", interrupt)
+        monkeypatch.setattr(oe_text.lm.lm_experiment, "load_text_oe_data", interrupt)
         main, prog = (lambda argv: text_main("word", argv)), "ptb_word_oe.py"
     elif recipe == "vision":
         import oe_vision.classifier_experiment
@@ -337,7 +337,7 @@ class _FirstStep(TrainerCallback):
 
 
 def _interrupt_stage(monkeypatch, stage_name: str | None, step: int, starts: list) -> list:
-    """Hooks of the staged runner (:mod:`oe_common.experiment`), for every pipeline: the trainer of stage
+    """Hooks of the staged runner (:mod:`oe_common.experiments.experiment`), for every pipeline: the trainer of stage
     ``stage_name`` raises KeyboardInterrupt at ``step``; every trainer appends its first step to ``starts``; every
     stage the runner trains is recorded as ``(stage, the checkpoint it resumes from)``."""
     calls: list = []
@@ -390,8 +390,8 @@ def _check_interrupt_and_resume(run_fn, cfg, data, tmp_path, monkeypatch, step):
 
 @pytest.mark.slow
 def test_text_run_interrupted_in_the_oe_stage_resumes_from_its_checkpoint_to_the_same_results(tmp_path, monkeypatch, data_dir):
-    import oe_text.lm_experiment as module
-    from oe_text.data import load_text_oe_data
+    import oe_text.lm.lm_experiment as module
+    from oe_text.lm.data import load_text_oe_data
 
     cfg = module.preset_config("word", "test", batch_size=8, baseline_max_steps=6, oe_max_steps=6, eval_steps=2, oe_eval_steps=2,
                                train_windows=400, valid_windows=16, test_windows=40, ewt_windows=20, n_draws=2, eval_batch_size=40)

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import torch
 
-from oe_common.experiment import run_experiment
-from oe_common.run_folder import LOCK_NAME, MANIFEST_NAME, RunFolder, RunFolderError
+from oe_common.experiments.experiment import run_experiment
+from oe_common.experiments.run_folder import LOCK_NAME, MANIFEST_NAME, RunFolder, RunFolderError
 
 TORCH_THREADS = 1  # tiny models: see the conftest fixture _torch_threads
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -40,13 +40,13 @@ class _DataLoaded(Exception):
 
 def _ptb_main(monkeypatch, loader=None):
     """``recipes/ptb_word_oe.py``'s main with its data loader replaced (``loader``; default: raise _DataLoaded)."""
-    import oe_text.lm_experiment
-    from oe_text.recipe_cli import main
+    import oe_text.lm.lm_experiment
+    from oe_text.lm.recipe_cli import main
 
     def no_data(*args, **kwargs):
         raise _DataLoaded
 
-    monkeypatch.setattr(oe_text.lm_experiment, "load_text_oe_data", loader or no_data)
+    monkeypatch.setattr(oe_text.lm.lm_experiment, "load_text_oe_data", loader or no_data)
     return lambda argv: main("word", argv)
 
 
@@ -97,7 +97,7 @@ def test_overwrite_deletes_only_the_files_the_run_made(tmp_path):
     again = RunFolder.open(out, CONFIG, overwrite=True)
     assert (out / "notes.md").read_text() == "my notes on this run" and (tmp_path / "outside.txt").read_text() == "keep"
     assert sorted(p.name for p in out.iterdir()) == sorted([LOCK_NAME, MANIFEST_NAME, "notes.md"])
-    assert first["written_by"] == "oe_common.run_folder" and len(first["run_id"]) == 32
+    assert first["written_by"] == "oe_common.experiments.run_folder" and len(first["run_id"]) == 32
     assert first["made"] == sorted([MANIFEST_NAME, "oe_model", "results.json"])
     assert _manifest(out)["kept"] == ["notes.md"] and _manifest(out)["run_id"] != manifest["run_id"]
     (out / "results.json").write_text("{}")
@@ -110,7 +110,7 @@ def test_overwrite_deletes_only_the_files_the_run_made(tmp_path):
 # ================================================================================================ item 3: the lock
 _HOLDER = textwrap.dedent("""
     import sys, time
-    from oe_common.run_folder import RunFolder
+    from oe_common.experiments.run_folder import RunFolder
     run = RunFolder.open(sys.argv[1], {"a": 1}, resume=True)
     run.start_stage("oe")
     print("ready", flush=True)
@@ -272,7 +272,7 @@ def test_a_read_only_output_dir_is_one_error_line(where, read_only_dir, monkeypa
 def test_max_length_above_the_models_positions_is_refused_at_parse_time(tmp_path, monkeypatch, capsys):
     from transformers import BertConfig
 
-    import oe_text.textcls_recipe as recipe
+    import oe_text.textcls.textcls_recipe as recipe
 
     model = tmp_path / "small-bert"
     BertConfig(max_position_embeddings=16, vocab_size=30, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
@@ -293,7 +293,7 @@ def test_max_length_above_the_models_positions_is_refused_at_parse_time(tmp_path
 
 @pytest.mark.parametrize("n_draws", [1.5, 2.0, True])
 def test_evaluate_ood_needs_a_whole_number_of_draws(n_draws):
-    from oe_common.metrics import evaluate_ood
+    from oe_common.maths.metrics import evaluate_ood
 
     rng = np.random.default_rng(0)
     with pytest.raises(ValueError, match="n_draws must be a whole number of draws >= 1"):
@@ -305,8 +305,8 @@ def test_sigterm_is_handled_like_ctrl_c(tmp_path):
     script = tmp_path / "fake_recipe.py"
     script.write_text(textwrap.dedent("""
         import sys, time
-        from oe_common.recipe_guard import recipe_guard
-        from oe_common.run_folder import RunFolder
+        from oe_common.experiments.recipe_guard import recipe_guard
+        from oe_common.experiments.run_folder import RunFolder
         with recipe_guard("fake_recipe.py", sys.argv[1]):
             RunFolder.open(sys.argv[1], {}).start_stage("oe")
             print("ready", flush=True)
@@ -329,11 +329,11 @@ def test_sigterm_is_handled_like_ctrl_c(tmp_path):
 
 
 def test_oe_score_numbers_lines_from_one_only(tmp_path, capsys):
-    from oe_common import cli
-    from oe_common.detector import OODDetector
-    from oe_text.preprocessing import TextPreprocessing
-    from oe_text.models import build_language_model
-    from oe_text.vocab import Vocabulary
+    from oe_common.deployment import cli
+    from oe_common.deployment.detector import OODDetector
+    from oe_text.lm.preprocessing import TextPreprocessing
+    from oe_text.lm.models import build_language_model
+    from oe_text.lm.vocab import Vocabulary
 
     vocab = Vocabulary.build([f"w{i}" for i in range(12)])
     torch.manual_seed(0)
@@ -351,10 +351,10 @@ def test_oe_score_numbers_lines_from_one_only(tmp_path, capsys):
 def test_saved_weights_are_readable_like_any_new_file(tmp_path):
     from test_experiment_runner import _Config, _Toy
 
-    from oe_common.detector import OODDetector
-    from oe_text.preprocessing import TextPreprocessing
-    from oe_text.models import build_language_model
-    from oe_text.vocab import Vocabulary
+    from oe_common.deployment.detector import OODDetector
+    from oe_text.lm.preprocessing import TextPreprocessing
+    from oe_text.lm.models import build_language_model
+    from oe_text.lm.vocab import Vocabulary
 
     umask = os.umask(0o022)
     try:
@@ -375,9 +375,9 @@ def test_saved_weights_are_readable_like_any_new_file(tmp_path):
                                                    ("ptb_word", "test: seconds; tiny: CPU in minutes; paper: ", "full")])
 def test_recipe_help_lists_its_own_presets_and_no_default_none(recipe, presets, absent, capsys):
     if recipe == "textcls":
-        from oe_text.textcls_recipe import build_parser
+        from oe_text.textcls.textcls_recipe import build_parser
     else:
-        from oe_text.recipe_cli import build_parser as text_parser
+        from oe_text.lm.recipe_cli import build_parser as text_parser
 
         def build_parser():
             return text_parser("word")

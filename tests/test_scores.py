@@ -1,4 +1,4 @@
-"""oe_common.scores against direct formulas; orientation: higher = more anomalous."""
+"""oe_common.maths.scores against direct formulas; orientation: higher = more anomalous."""
 
 import math
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from oe_common.scores import (
+from oe_common.maths.scores import (
     energy_score,
     max_logit_score,
     msp_score,
@@ -87,7 +87,7 @@ def test_bad_input(call, match):
 
 
 def test_sequence_scores_share_one_pass_and_match_the_single_scores():
-    from oe_common.scores import sequence_scores
+    from oe_common.maths.scores import sequence_scores
 
     logits = torch.randn(3, 6, 11)
     targets = torch.randint(0, 11, (3, 6))

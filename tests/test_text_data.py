@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from oe_common.data_dir import MissingDataError
-from oe_text import data as D
-from oe_text.normalize import (
+from oe_common.experiments.data_dir import MissingDataError
+from oe_text.lm import data as D
+from oe_text.lm.normalize import (
     ConlluWord,
     derive_char_string,
     is_number,
@@ -27,8 +27,8 @@ from oe_text.normalize import (
     wikitext_char_line,
     wikitext_char_lines,
 )
-from oe_text.vocab import Vocabulary
-from oe_text.windows import make_windows, num_windows, windows_dataset
+from oe_text.lm.vocab import Vocabulary
+from oe_text.lm.windows import make_windows, num_windows, windows_dataset
 
 
 def windows_to_stream(windows) -> np.ndarray:

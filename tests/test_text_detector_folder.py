@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from oe_common import cli
-from oe_common.detector import OODDetector, threshold_for_fpr
-from oe_text.data import load_text_oe_data, ptb_stream, ptb_vocab
-from oe_text.models import build_language_model
-from oe_text.normalize import normalize_text
+from oe_common.deployment import cli
+from oe_common.deployment.detector import OODDetector, threshold_for_fpr
+from oe_text.lm.data import load_text_oe_data, ptb_stream, ptb_vocab
+from oe_text.lm.models import build_language_model
+from oe_text.lm.normalize import normalize_text
 
 TORCH_THREADS = 1  # small models: see the conftest fixture _torch_threads
 
@@ -24,7 +24,7 @@ def _ptb_file_lines(data_dir, name: str) -> list[str]:
 
 
 def test_stream_lines_give_back_the_ptb_validation_sentences(data_dir):
-    from oe_text.lm_experiment import stream_lines
+    from oe_text.lm.lm_experiment import stream_lines
 
     word_lines = _ptb_file_lines(data_dir, "ptb.valid.txt")
     word_vocab = ptb_vocab("word", data_dir)
@@ -41,7 +41,7 @@ def test_stream_lines_give_back_the_ptb_validation_sentences(data_dir):
 
 @pytest.fixture(scope="module")
 def saved_detector(tmp_path_factory, data_dir):
-    from oe_text.lm_experiment import preset_config
+    from oe_text.lm.lm_experiment import preset_config
 
     cfg = preset_config("word", "test", valid_windows=6, protocols=("clean",), n_draws=2)
     data = load_text_oe_data("word", data_dir, protocol="clean")
@@ -54,7 +54,7 @@ def saved_detector(tmp_path_factory, data_dir):
 def _detector_from_fake_scores(cfg, data, scores, output_dir):
     """The experiment's detector hook on an untrained model and stages evaluated on ``scores``, saved as the runner
     saves it; returns the folder and the records."""
-    from oe_text.lm_experiment import PTBLanguageModelExperiment
+    from oe_text.lm.lm_experiment import PTBLanguageModelExperiment
 
     experiment = PTBLanguageModelExperiment(cfg)
     experiment.data = data
@@ -111,7 +111,7 @@ def test_oe_score_runs_on_the_detector_folder(saved_detector, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_run_text_oe_writes_the_detector_folder(tmp_path, data_dir):
-    from oe_text.lm_experiment import preset_config, run_text_oe
+    from oe_text.lm.lm_experiment import preset_config, run_text_oe
 
     cfg = preset_config("word", "test", baseline_max_steps=2, oe_max_steps=2, eval_steps=2, oe_eval_steps=2, ewt_windows=20,
                         test_windows=50, valid_windows=4, n_draws=1, protocols=("clean",))
@@ -121,7 +121,7 @@ def test_run_text_oe_writes_the_detector_folder(tmp_path, data_dir):
     config = json.loads((folder / "detector_config.json").read_text())
     assert config["threshold_info"]["target_fpr"] == 0.05 and config["training"]["recipe"] == "recipes/ptb_word_oe.py"
     # the README's line: a sentence on standard input, scored by the saved detector
-    proc = subprocess.run([sys.executable, "-m", "oe_common.cli", "score", "--no-progress", "--model", str(folder), "--input", "-"],
+    proc = subprocess.run([sys.executable, "-m", "oe_common.deployment.cli", "score", "--no-progress", "--model", str(folder), "--input", "-"],
                           input="the stock market fell\n", capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     (row,) = [json.loads(line) for line in proc.stdout.splitlines()]
@@ -134,7 +134,7 @@ def test_char_detector_reads_raw_english_like_the_spelled_protocol(tmp_path, dat
     """Issue #16: the char recipe's detector reads raw English with the ``spelled`` rule (its card shows the
     ``spelled`` records), while its threshold is fitted on PTB validation read as in training (``ptb_char``:
     ``spelled`` would turn PTB's ``N`` and ``<unk>`` into letters)."""
-    from oe_text.lm_experiment import preset_config
+    from oe_text.lm.lm_experiment import preset_config
 
     cfg = preset_config("char", "test", valid_windows=3, protocols=("spelled", "clean"), n_draws=2)
     data = load_text_oe_data("char", data_dir, protocol=("spelled", "clean"))

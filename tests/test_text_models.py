@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, GPT2LMHeadModel
 
 import oe_text
-from oe_common.scores import sequence_nll_score
+from oe_common.maths.scores import sequence_nll_score
 from oe_text import (
     PRESETS,
     AWDLSTMConfig,
@@ -20,7 +20,7 @@ from oe_text import (
     build_language_model,
     shifted_logits_and_targets,
 )
-from oe_text.modeling_awd_lstm import AWDLSTMLayer, pack_contiguous
+from oe_text.lm.modeling_awd_lstm import AWDLSTMLayer, pack_contiguous
 
 V = 37  # small vocabulary: fast, and not a multiple of anything
 
@@ -367,7 +367,7 @@ def test_build_language_model_presets_and_errors():
 
 
 #: Measured ``num_parameters()`` (tied weights once) for vocabularies 10,000 (PTB words) and 50 (PTB chars):
-#: the table in the docstring of oe_text.models.
+#: the table in the docstring of oe_text.lm.models.
 EXPECTED_PARAMS = {
     ("lstm", "tiny"): (1_882_896, 599_346),
     ("lstm", "small"): (11_497_232, 8_940_082),

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from oe_text.lm_experiment import TextOEConfig, evaluate_scores, preset_config, run_text_oe, table6_markdown
+from oe_text.lm.lm_experiment import TextOEConfig, evaluate_scores, preset_config, run_text_oe, table6_markdown
 
 
 TORCH_THREADS = 1  # small models: see the conftest fixture _torch_threads
@@ -70,7 +70,7 @@ def test_saved_models_reload_from_safetensors_with_their_vocabulary(word_run):
     from transformers import AutoModelForCausalLM
 
     import oe_text  # noqa: F401  (registers the model types)
-    from oe_text.vocab import Vocabulary
+    from oe_text.lm.vocab import Vocabulary
 
     out, _ = word_run
     model = AutoModelForCausalLM.from_pretrained(out / "oe_model").eval()

@@ -1,4 +1,4 @@
-"""Text-classification corpora (oe_text.textcls_data): real counts from textcls/SOURCES.md, format errors, WikiText sentences."""
+"""Text-classification corpora (oe_text.textcls.textcls_data): real counts from textcls/SOURCES.md, format errors, WikiText sentences."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from oe_common.data_dir import MissingDataError
-from oe_text.textcls_data import (
+from oe_common.experiments.data_dir import MissingDataError
+from oe_text.textcls.textcls_data import (
     OOD_SETS,
     MalformedDataError,
     load_ood_texts,
@@ -192,7 +192,7 @@ def _data_dir_with_half_of_clinc_test(data_dir: Path, tmp_path: Path) -> Path:
 
 
 def test_a_truncated_file_fails_its_checksum_with_one_line_naming_it(data_dir, tmp_path, monkeypatch):
-    from oe_common.data_integrity import SKIP_ENV, DataIntegrityError
+    from oe_common.experiments.data_integrity import SKIP_ENV, DataIntegrityError
 
     root = _data_dir_with_half_of_clinc_test(data_dir, tmp_path)
     bad = root / "textcls" / "clinc150" / "test.tsv.gz"

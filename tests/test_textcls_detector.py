@@ -1,5 +1,5 @@
 """OODDetector for text classifiers on raw strings (issue #12, detector part): a Hugging Face tokenizer saved in the
-detector folder (oe_text.tokenizer_preprocessing.TokenizerPreprocessing), the ``mahalanobis`` feature score, the
+detector folder (oe_text.textcls.tokenizer_preprocessing.TokenizerPreprocessing), the ``mahalanobis`` feature score, the
 model card's accuracy, and the CLI in a fresh process.
 
 Fast tests use a tiny tokenizer built in memory and tiny random-init models (BERT, the paper's GRU). The slow test
@@ -21,13 +21,13 @@ import pytest
 import torch
 from test_hub_checkpoints import minilm_home  # noqa: F401 - the real-checkpoint fixture (module scoped), reused
 
-from oe_common import cli
-from oe_common.detector import DETECTOR_CONFIG_NAME, DetectorCheckpointError, DetectorInputError, OODDetector, accuracy
-from oe_common.feature_scores import MAHALANOBIS_NAME
-from oe_common.model_card import parse_front_matter
-from oe_common.scores import FEATURE_SCORES, LOGIT_SCORE_NAMES, SCORE_NAMES, example_scores
+from oe_common.deployment import cli
+from oe_common.deployment.detector import DETECTOR_CONFIG_NAME, DetectorCheckpointError, DetectorInputError, OODDetector, accuracy
+from oe_common.maths.feature_scores import MAHALANOBIS_NAME
+from oe_common.deployment.model_card import parse_front_matter
+from oe_common.maths.scores import FEATURE_SCORES, LOGIT_SCORE_NAMES, SCORE_NAMES, example_scores
 from oe_text import GRUClassifierConfig, GRUForSequenceClassification, TextPreprocessing, TokenizerPreprocessing
-from oe_text.vocab import Vocabulary
+from oe_text.lm.vocab import Vocabulary
 
 TORCH_THREADS = 1  # tiny models: see the conftest fixture _torch_threads
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -204,7 +204,7 @@ def test_cli_scores_raw_strings_in_a_fresh_process(tmp_path):
     queries = [SHORT, "where is my flight", *LONGER]
     (tmp_path / "queries.txt").write_text("\n".join(queries) + "\n", encoding="utf-8")
     done = subprocess.run(
-        [sys.executable, "-m", "oe_common.cli", "score", "--model", str(folder), "--input", str(tmp_path / "queries.txt")],
+        [sys.executable, "-m", "oe_common.deployment.cli", "score", "--model", str(folder), "--input", str(tmp_path / "queries.txt")],
         env=oe_env(), capture_output=True, text=True, timeout=300, cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr[-2000:]
@@ -278,7 +278,7 @@ def test_mahalanobis_is_a_feature_score_of_the_one_registry():
 
 
 def test_mahalanobis_falls_out_for_image_classifiers():
-    from oe_common.feature_scores import MahalanobisScore, classifier_input_features
+    from oe_common.maths.feature_scores import MahalanobisScore, classifier_input_features
     from oe_vision import MnistConvNetConfig, MnistConvNetForImageClassification
 
     torch.manual_seed(0)
@@ -317,9 +317,9 @@ REAL_SAVE = r"""
 import json, sys
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
-from oe_common.detector import OODDetector
+from oe_common.deployment.detector import OODDetector
 from oe_text import TokenizerPreprocessing
-from oe_text.hub_checkpoints import MINILM_REPO_ID, MINILM_REVISION
+from oe_text.textcls.hub_checkpoints import MINILM_REPO_ID, MINILM_REVISION
 
 torch.manual_seed(0)
 tok = AutoTokenizer.from_pretrained(MINILM_REPO_ID, revision=MINILM_REVISION)
@@ -347,7 +347,7 @@ def test_real_minilm_detector_saves_and_scores_raw_strings_offline_in_a_fresh_pr
     fresh = oe_env(HF_HOME=str(tmp_path / "empty_hf_home"))
     fresh.pop("HF_HUB_CACHE", None)
     done = subprocess.run(
-        [sys.executable, "-m", "oe_common.cli", "score", "--model", str(folder), "--input", str(tmp_path / "queries.txt")],
+        [sys.executable, "-m", "oe_common.deployment.cli", "score", "--model", str(folder), "--input", str(tmp_path / "queries.txt")],
         env=fresh, capture_output=True, text=True, timeout=600, cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr[-3000:]
@@ -358,10 +358,10 @@ def test_real_minilm_detector_saves_and_scores_raw_strings_offline_in_a_fresh_pr
 
 @pytest.mark.parametrize("kind", ["bert", "gru"])
 def test_the_recipe_scoring_loop_gives_the_detectors_scores(kind):
-    """oe_text.textcls_scoring (the text-classifier recipe's one pass per batch for every score) scores texts as a
+    """oe_text.textcls.textcls_scoring (the text-classifier recipe's one pass per batch for every score) scores texts as a
     saved detector does: each logit score and ``mahalanobis`` (fitted on the same training texts) equal the
     detector's, and the mean-pooled features are the mean of the last hidden layer over the real tokens."""
-    from oe_text.textcls_scoring import fit_feature_scores, forward_texts, score_texts
+    from oe_text.textcls.textcls_scoring import fit_feature_scores, forward_texts, score_texts
 
     base = detector(kind)
     model, preprocessing = base.model, base.preprocessing

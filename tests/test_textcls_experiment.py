@@ -1,4 +1,4 @@
-"""oe_text.textcls_experiment / recipes/textcls_oe.py: the text-classification OE pipeline on the one runner.
+"""oe_text.textcls.textcls_experiment / recipes/textcls_oe.py: the text-classification OE pipeline on the one runner.
 
 One module-scoped run of the ``test`` preset (the paper's GRU on 800 TREC-50 questions, seconds) is shared by the
 tests. The tokenizer is a word-level BERT tokenizer built from the training questions (monkeypatched over the
@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from oe_common import cli
-from oe_text import textcls_experiment as tx
-from oe_text.textcls_recipe import main as recipe_main
+from oe_common.deployment import cli
+from oe_text.textcls import textcls_experiment as tx
+from oe_text.textcls.textcls_recipe import main as recipe_main
 
 TORCH_THREADS = 1  # tiny model: see the conftest fixture _torch_threads
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -39,7 +39,7 @@ def word_tokenizer(texts, size: int = 3000):
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, data_dir):
-    from oe_text.textcls_data import load_textcls
+    from oe_text.textcls.textcls_data import load_textcls
 
     texts = load_textcls("trec", data_dir).splits["train"]["text"]
     tok = word_tokenizer(texts)
@@ -119,13 +119,13 @@ def test_report_plots_and_detector_round_trip_in_a_fresh_process(run, tmp_path):
     queries.write_text("what is the capital of france ?\nthe cat sat on the mat and purred all day long\n")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
-    code = "import sys; from oe_common.cli import main; sys.exit(main(sys.argv[1:]))"
+    code = "import sys; from oe_common.deployment.cli import main; sys.exit(main(sys.argv[1:]))"
     done = subprocess.run([sys.executable, "-c", code, "score", "--model", str(out / "detector"), "--input", str(queries)],
                           env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-1500:]
     rows = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
     assert len(rows) == 2 and all(np.isfinite(r["score"]) for r in rows)
-    from oe_common.detector import OODDetector
+    from oe_common.deployment.detector import OODDetector
 
     det = OODDetector.from_pretrained(out / "detector", device="cpu")
     validation = {r["score"]: r for r in _result(run)["records"] if r["task"] == "selection" and r["stage"] == "oe"}
@@ -174,7 +174,7 @@ def test_oe_step_is_one_forward_padded_to_the_longest_text_or_to_max_length(tmp_
     max_length: every step is (2B, max_length)."""
     import datasets
 
-    from oe_common.experiment import Stage
+    from oe_common.experiments.experiment import Stage
     from oe_text import GRUClassifierConfig, GRUForSequenceClassification
 
     texts = ["what is a cat", "how far is the moon from the earth today", "why", "who wrote the book about the sea",
@@ -209,7 +209,7 @@ def test_oe_step_is_one_forward_padded_to_the_longest_text_or_to_max_length(tmp_
 def test_head_learning_rate_scale_puts_the_classifier_in_its_own_groups(tmp_path):
     import torch
 
-    from oe_common.experiment import Stage
+    from oe_common.experiments.experiment import Stage
     from oe_text import GRUClassifierConfig, GRUForSequenceClassification
 
     tok = word_tokenizer(["what is a cat"])
@@ -233,7 +233,7 @@ def _result(run):
 def test_every_anomaly_set_is_drawn_from_whole(run, data_dir):
     """Issue 24 item 10: the tiny/full presets score every text of every anomaly set (no seeded cap before the
     draws), and n_out_available / n_set report the set's real size."""
-    from oe_text.textcls_data import load_ood_texts
+    from oe_text.textcls.textcls_data import load_ood_texts
 
     for preset in ("tiny", "full"):
         for model in ("minilm", "gru"):
@@ -286,8 +286,8 @@ def test_extra_outliers_add_an_oe_stage_from_the_same_baseline_with_the_extra_se
     is WikiText-2 plus the 100 oos_train queries repeated to extra_outlier_share of it."""
     import datasets
 
-    from oe_common.experiment import Stage
-    from oe_text.textcls_data import load_ood_texts
+    from oe_common.experiments.experiment import Stage
+    from oe_text.textcls.textcls_data import load_ood_texts
 
     cfg = tx.preset_config("test", dataset="clinc150", model="gru", extra_outliers="clinc150_oos_train", extra_outlier_share=0.25)
     exp = tx.TextClsExperiment(cfg)
@@ -313,7 +313,7 @@ def test_extra_outliers_add_an_oe_stage_from_the_same_baseline_with_the_extra_se
 
 def test_sst2_trains_on_the_sentence_level_split_when_asked(data_dir):
     """Issue 23.3: --train-split train_sentences reads sst2/train_sentences.tsv.gz (6,920 whole sentences)."""
-    from oe_text.textcls_data import load_textcls
+    from oe_text.textcls.textcls_data import load_textcls
 
     full = load_textcls("sst2", data_dir)
     sentences = load_textcls("sst2", data_dir, train_split="train_sentences")

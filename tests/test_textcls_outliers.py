@@ -12,11 +12,11 @@ import types
 import datasets
 import pytest
 
-from oe_common.data_dir import MissingDataError
-from oe_common.outlier_stream import OutlierStream
-from oe_common.table_files import MissingColumnError, TableFileError, stream_text_column
-from oe_text import textcls_experiment as tx
-from oe_text.textcls_outliers import load_outlier_corpus, outlier_source_kind
+from oe_common.experiments.data_dir import MissingDataError
+from oe_common.training.outlier_stream import OutlierStream
+from oe_common.experiments.table_files import MissingColumnError, TableFileError, stream_text_column
+from oe_text.textcls import textcls_experiment as tx
+from oe_text.textcls.textcls_outliers import load_outlier_corpus, outlier_source_kind
 
 TORCH_THREADS = 1
 
@@ -122,7 +122,7 @@ def test_the_oe_stage_trains_on_a_streamed_file_and_records_it(tmp_path):
     batches come from the file; records say which corpus."""
     from transformers import BertTokenizer
 
-    from oe_common.experiment import Stage
+    from oe_common.experiments.experiment import Stage
     from oe_text import GRUClassifierConfig, GRUForSequenceClassification
 
     words = sorted({w for t in TEXTS for w in t.replace(",", " ,").split()} | {"a", "b"})
@@ -148,7 +148,7 @@ def test_the_oe_stage_trains_on_a_streamed_file_and_records_it(tmp_path):
 
 
 def test_recipe_flags_for_outliers_padding_and_grouping():
-    from oe_text.textcls_recipe import build_parser
+    from oe_text.textcls.textcls_recipe import build_parser
 
     parsed = build_parser().parse_args(["--outliers", "traffic.csv.gz", "--outlier-text-column", "query", "--outlier-split",
                                         "validation", "--outlier-config", "raw", "--padding", "max_length", "--group-by-length"])

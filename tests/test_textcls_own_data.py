@@ -20,11 +20,11 @@ import pytest
 from test_posthoc_detector import write_table
 from test_textcls_detector import WORDS, random_texts, tiny_bert, tiny_tokenizer
 
-from oe_common import cli
-from oe_common.table_files import TableFileError
-from oe_text import textcls_experiment as tx
-from oe_text.textcls_files import VALIDATION_FRACTION, load_own_textcls, named_anomaly_sets
-from oe_text.textcls_recipe import main as recipe_main
+from oe_common.deployment import cli
+from oe_common.experiments.table_files import TableFileError
+from oe_text.textcls import textcls_experiment as tx
+from oe_text.textcls.textcls_files import VALIDATION_FRACTION, load_own_textcls, named_anomaly_sets
+from oe_text.textcls.textcls_recipe import main as recipe_main
 
 TORCH_THREADS = 1  # tiny models: see the conftest fixture _torch_threads
 LABELS = ["billing, refunds", "greeting", "travel"]  # a comma inside a label too
@@ -118,7 +118,7 @@ def test_build_detector_on_the_recipe_model_reproduces_its_detector_scores(run, 
     rebuilt = tmp_path / "rebuilt"
     assert cli.main(["build-detector", "--model", str(out / "detector"), "--output", str(rebuilt), "--train-file",
                      str(files["train"]), "--score", "mahalanobis", "--device", "cpu", "--no-progress"]) == 0
-    from oe_common.posthoc import load_detector
+    from oe_common.deployment.posthoc import load_detector
 
     test_texts = [r["text"] for r in rows(30, 3)]
     ours = np.asarray(load_detector(rebuilt, device="cpu", progress=False).score(test_texts), dtype=np.float64)

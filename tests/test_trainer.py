@@ -15,11 +15,11 @@ from torch import nn
 from transformers import Trainer, TrainingArguments
 
 from _oe_tiny import SEQ_LEN, classifier_rows, hf_dataset, lm_rows, tiny_bert_classifier, tiny_gpt2_lm
-from oe_common.losses import oe_uniform_loss
-from oe_common.metrics import OODTable
-from oe_common.outlier_stream import OUTLIER_STREAM_STATE_NAME, EmptyOutlierDatasetError, OutlierStream
-from oe_common.scores import msp_score, sequence_nll_score, sequence_uniform_xent_score
-from oe_common.trainer import OETrainer, OETrainingArguments
+from oe_common.maths.losses import oe_uniform_loss
+from oe_common.maths.metrics import OODTable
+from oe_common.training.outlier_stream import OUTLIER_STREAM_STATE_NAME, EmptyOutlierDatasetError, OutlierStream
+from oe_common.maths.scores import msp_score, sequence_nll_score, sequence_uniform_xent_score
+from oe_common.training.trainer import OETrainer, OETrainingArguments
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -464,7 +464,7 @@ def test_resuming_from_a_checkpoint_without_stream_state_warns(tmp_path, caplog)
     args = make_args(tmp_path, per_device_train_batch_size=4, max_steps=3)
     oe = OETrainer(model=tiny_gpt2_lm(), args=args, train_dataset=hf_dataset(lm_rows(16, seed=1)),
                    outlier_dataset=hf_dataset(lm_rows(8, seed=2, outliers=True)))
-    with caplog.at_level(logging.WARNING, logger="oe_common.trainer"):
+    with caplog.at_level(logging.WARNING, logger="oe_common.training.trainer"):
         oe.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-2"))
     assert OUTLIER_STREAM_STATE_NAME in caplog.text and "first batch" in caplog.text
     assert oe.outlier_stream.examples_drawn == 4  # one step after step 2, from the stream's start

@@ -54,7 +54,7 @@ def test_two_cpu_processes_train_on_disjoint_outliers_and_evaluate_like_one(tmp_
     from _mp_train_script import N_EVAL_IN, eval_sets
     from transformers import BertForSequenceClassification
 
-    from oe_common.trainer import OETrainer, OETrainingArguments
+    from oe_common.training.trainer import OETrainer, OETrainingArguments
 
     assert len(reports[0]["scores_in"]) == N_EVAL_IN
 

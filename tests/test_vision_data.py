@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Subset
 
-from oe_common.data_dir import MissingDataError
+from oe_common.experiments.data_dir import MissingDataError
 from oe_vision import data as D
 from oe_vision import synthetic as S
 

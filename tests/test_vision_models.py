@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 
 import oe_vision  # noqa: F401  (registers the Auto classes)
-from oe_common.losses import confidence_branch_oe_loss
+from oe_common.maths.losses import confidence_branch_oe_loss
 from oe_vision.confidence import (
     ConfidenceImageClassifierOutput,
     confidence_branch_loss,

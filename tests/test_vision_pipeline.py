@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from oe_common.trainer import OETrainingArguments
+from oe_common.training.trainer import OETrainingArguments
 from oe_vision import MnistConvNetConfig, MnistConvNetForImageClassification
 from oe_vision.confidence_trainer import BRANCH_LOGIT_BOUND, ConfidenceBranchOETrainer
 from oe_vision.data import image_collate
@@ -97,7 +97,7 @@ def test_results_json_fields_fractions_and_means(mnist_run):
     expected_logits = result["outputs"]["oe"]["test"]["logits"][:8]
     with torch.no_grad():
         assert torch.allclose(reloaded.eval()(pixel_values=x).logits, expected_logits, atol=1e-5)
-    from oe_common.detector import OODDetector
+    from oe_common.deployment.detector import OODDetector
 
     detector = OODDetector.from_pretrained(out / "detector", device="cpu", progress=False)
     assert detector.score_name == "msp" and detector.threshold_info["achieved_fpr"] <= 0.05
@@ -197,7 +197,7 @@ def test_presets_and_recipes():
         preset_config("mnist", "short")
     with pytest.raises(ValueError, match="oe_source"):
         preset_config("cifar10", "paper", oe_source="cifar10")
-    from oe_common.plugins import recipes
+    from oe_common.deployment.plugins import recipes
 
     registered = recipes()
     assert (registered["mnist"].target, registered["mnist"].kwargs) == ("oe_vision.recipe_cli:main", {"dataset": "mnist"})

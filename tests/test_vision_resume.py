@@ -82,7 +82,7 @@ def test_resuming_from_the_last_steps_checkpoint_trains_no_further_step(tmp_path
     past ``max_steps`` (``Trainer`` alone runs one more before it checks), the checkpoint's weights kept."""
     from _oe_tiny import hf_dataset, lm_rows, tiny_gpt2_lm
 
-    from oe_common.trainer import OETrainer, OETrainingArguments
+    from oe_common.training.trainer import OETrainer, OETrainingArguments
 
     def trainer():
         args = OETrainingArguments(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, max_steps=3, learning_rate=0.01,

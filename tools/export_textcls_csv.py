@@ -13,7 +13,7 @@ import argparse
 import csv
 from pathlib import Path
 
-from oe_text.textcls_data import load_ood_texts, load_textcls
+from oe_text.textcls.textcls_data import load_ood_texts, load_textcls
 
 
 def write_csv(path: Path, columns: dict[str, list]) -> None:

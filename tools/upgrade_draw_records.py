@@ -2,11 +2,11 @@
 
     python tools/upgrade_draw_records.py docs/results/cifar10.json [MORE.json ...]
 
-Records written before ``oe_common.metrics.evaluate_ood`` counted DISTINCT draws say ``n_draws`` = the requested
+Records written before ``oe_common.maths.metrics.evaluate_ood`` counted DISTINCT draws say ``n_draws`` = the requested
 number even where every draw took the whole anomaly set (e.g. ``cifar10.json``: 1,000 anomalies per set against
 10,000 test images, ``n_draws: 10``, std 1e-16: one distinct draw). This adds what today's records carry
 (``n_out_wanted``, ``n_out_available``, ``capped``, ``base_rate``, ``n_draws`` = distinct draws,
-``n_draws_requested``, ``sampling``; :meth:`oe_common.metrics.OODTable.records`), computed the way
+``n_draws_requested``, ``sampling``; :meth:`oe_common.maths.metrics.OODTable.records`), computed the way
 ``evaluate_ood`` computes them, from each record's ``n_in`` / ``n_out`` and the set sizes in the file's own meta:
 ``meta.data.n_ood`` (vision recipes) or ``meta.n_windows["<protocol>/<domain>"]`` (PTB recipes). The ratio is
 ``meta.config.ratio`` (default 5). Metrics are not touched. A record that already has ``n_draws_requested`` is left
@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from oe_common.metrics import base_rate_label, sampling_label
+from oe_common.maths.metrics import base_rate_label, sampling_label
 
 
 def _set_name(record: dict[str, Any]) -> str:
@@ -50,7 +50,7 @@ def upgrade(data: dict[str, Any]) -> int:
         r.update(n_out_wanted=wanted, n_out_available=available, capped=capped,
                  base_rate=base_rate_label(int(r["n_in"]), int(r["n_out"]), ratio, capped), n_draws=distinct,
                  n_draws_requested=requested, sampling=sampling_label(base_rate_label(int(r["n_in"]), int(r["n_out"]), ratio, capped), distinct))
-    for mean in (r for r in old if _set_name(r) == "mean"):  # oe_common.metrics.mean_summary over its group's sets
+    for mean in (r for r in old if _set_name(r) == "mean"):  # oe_common.maths.metrics.mean_summary over its group's sets
         group = [r for r in sets if all(r.get(k) == mean.get(k) for k in mean if k in ("level", "protocol", "model", "score", "dataset"))]
         if not group:
             raise ValueError(f"no set records for the mean record {mean}")

@@ -2,7 +2,7 @@
 
     python tools/upgrade_records.py docs/results/*.json
 
-The one schema (:meth:`oe_common.metrics.OODTable.records`): every record has ``task`` (``detection``,
+The one schema (:meth:`oe_common.maths.metrics.OODTable.records`): every record has ``task`` (``detection``,
 ``misclassification``, ``accuracy``, ``selection``), ``dataset``, ``model`` (the architecture), ``stage`` (the
 training stage: ``baseline``, ``oe``, ...), ``score`` and, for detection, ``ood_set``. Older records named the stage
 ``model``, the anomaly set ``domain`` (text classifiers: ``ood_set`` plus a duplicate ``draws``) and had no

@@ -1,4 +1,4 @@
-"""`evaluate` metric module wrapping :func:`oe_common.metrics.ood_metrics`.
+"""`evaluate` metric module wrapping :func:`oe_common.maths.metrics.ood_metrics`.
 
 Load it offline from its file path (no Hub access needed)::
 
@@ -15,7 +15,7 @@ import datasets
 import evaluate
 import numpy as np
 
-from oe_common.metrics import ood_metrics
+from oe_common.maths.metrics import ood_metrics
 
 _DESCRIPTION = "Out-of-distribution detection metrics (AUROC, AUPR with anomalies / in-distribution positive, FPR at a recall level) computed from one sort; anomalies are the positive class."
 _CITATION = "Hendrycks, Mazeika, Dietterich. Deep Anomaly Detection with Outlier Exposure. ICLR 2019."

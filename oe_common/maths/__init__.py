@@ -1,0 +1,1 @@
+"""The maths: OE losses, anomaly scores (the one registry), fitted feature scores, detection metrics, calibration, thresholds."""

@@ -1,0 +1,1 @@
+"""Training: OETrainer, its one scoring loop, the outlier stream, callbacks, joint padding."""

@@ -1,0 +1,1 @@
+"""PTB word / char language models with OE: data, vocabulary, normalisers, models, the pipeline."""
