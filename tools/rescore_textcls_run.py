@@ -7,8 +7,8 @@ with the run's configuration from ``RUN/results.json``. It prints and writes the
 selected one; the test detection (the anomaly sets named by ``--test-set``) is written for the selected score only, so
 test data plays no part in any choice. Nothing is written into RUN.
 
-    OE_DATA_DIR=/work/shared/data HF_HUB_OFFLINE=1 PYTHONPATH=$PWD nice python tools/rescore_textcls_run.py \\
-        /work/main/runs/clinc150_minilm_full_quiet --stages baseline oe --test-set clinc150_oos --out /tmp/rescore.json
+    OE_DATA_DIR=../shared/data HF_HUB_OFFLINE=1 python tools/rescore_textcls_run.py \\
+        runs/clinc150_minilm_full_quiet --stages baseline oe --test-set clinc150_oos --out /tmp/rescore.json
 """
 
 from __future__ import annotations
