@@ -92,7 +92,7 @@ def evaluate_ood(
     ood_datasets: Mapping[str, Any],
     score: str | None = None,
     n_draws: int = 1,
-    recall_level: float = 0.95,
+    recall_level: float | Sequence[float] = 0.95,
     seed: int = 0,
     ratio: int = 5,
     allow_small_sets: bool = False,
@@ -100,7 +100,8 @@ def evaluate_ood(
     """Detection table of ``in_dataset`` against each anomaly set (:func:`oe_common.maths.metrics.evaluate_ood`).
 
     Scores come from :func:`compute_scores`; each anomaly set is subsampled to ``len(in) // ratio`` examples
-    (the paper's 1:5 base rate), ``n_draws`` times with ``seed``. ``table.meta["score"]`` records the score. A
+    (the paper's 1:5 base rate), ``n_draws`` times with ``seed``; several ``recall_level`` values give every
+    ``fpr<N>`` from the same draws. ``table.meta["score"]`` records the score. A
     smaller set is an error unless ``allow_small_sets`` (then used whole; its row says what ran). ``score=None``:
     the trainer's ``default_score``.
     """
