@@ -16,6 +16,25 @@ if os.environ.get("OE_DATA_DIR"):
     os.environ["OE_DATA_DIR"] = str(Path(os.environ["OE_DATA_DIR"]).resolve())
 
 
+@pytest.fixture
+def sleeping_recipe(tmp_path) -> tuple[Path, dict[str, str]]:
+    """``(script, env)``: a recipe that opens its run folder (``argv[1]``) under ``recipe_guard``, starts stage ``oe``,
+    prints ``ready`` and sleeps, for the interruption tests; ``env`` puts this checkout first on ``PYTHONPATH``."""
+    import textwrap
+
+    script = tmp_path / "fake_recipe.py"
+    script.write_text(textwrap.dedent("""
+        import sys, time
+        from oe_common.experiments.recipe_guard import recipe_guard
+        from oe_common.experiments.run_folder import RunFolder
+        with recipe_guard("fake_recipe.py", sys.argv[1]):
+            RunFolder.open(sys.argv[1], {}).start_stage("oe")
+            print("ready", flush=True)
+            time.sleep(120)
+    """))
+    return script, {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """The real data directory. Fails (never skips silently) when it is not configured."""

@@ -212,28 +212,14 @@ def test_recipe_guard_turns_ctrl_c_into_one_line_and_exit_130(tmp_path, capsys):
     assert exc.value.code == 1 and capsys.readouterr().err == "x.py: error: output folder 'a' already holds files\n"
 
 
-def test_ctrl_c_under_oe_train_ends_with_the_recipes_one_line_and_exit_code(tmp_path):
+def test_ctrl_c_under_oe_train_ends_with_the_recipes_one_line_and_exit_code(tmp_path, sleeping_recipe):
     """A real SIGINT to the process group of ``oe train <recipe>``: the recipe's line only, its exit code 130."""
     import os
     import signal
     import subprocess
     import sys
-    import textwrap
 
-    from pathlib import Path
-
-    repo_root = Path(__file__).resolve().parents[1]
-    script = tmp_path / "fake_recipe.py"
-    script.write_text(textwrap.dedent("""
-        import sys, time
-        from oe_common.experiments.recipe_guard import recipe_guard
-        from oe_common.experiments.run_folder import RunFolder
-        with recipe_guard("fake_recipe.py", sys.argv[1]):
-            RunFolder.open(sys.argv[1], {}).start_stage("oe")
-            print("ready", flush=True)
-            time.sleep(120)
-    """))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo_root), os.environ.get("PYTHONPATH", "")])}
+    script, env = sleeping_recipe
     proc = subprocess.Popen([sys.executable, "-m", "oe_common.deployment.cli", "train", str(script), str(tmp_path / "out")], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=env, start_new_session=True,
                             # a shell that starts the suite in the background ignores SIGINT, and children inherit that

@@ -301,18 +301,8 @@ def test_evaluate_ood_needs_a_whole_number_of_draws(n_draws):
 
 
 # ================================================================================================ item 14
-def test_sigterm_is_handled_like_ctrl_c(tmp_path):
-    script = tmp_path / "fake_recipe.py"
-    script.write_text(textwrap.dedent("""
-        import sys, time
-        from oe_common.experiments.recipe_guard import recipe_guard
-        from oe_common.experiments.run_folder import RunFolder
-        with recipe_guard("fake_recipe.py", sys.argv[1]):
-            RunFolder.open(sys.argv[1], {}).start_stage("oe")
-            print("ready", flush=True)
-            time.sleep(120)
-    """))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
+def test_sigterm_is_handled_like_ctrl_c(tmp_path, sleeping_recipe):
+    script, env = sleeping_recipe
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, str(script), str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     try:
