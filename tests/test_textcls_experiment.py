@@ -158,6 +158,7 @@ def test_presets_and_config_checks():
     assert tiny.oe_lambda == 1.0 and tiny.oe_loss == "uniform" and tiny.max_length == 24 and tiny.n_draws == 10
     assert tx.preset_config("full", dataset="sst2", model="gru").max_length == 64
     assert tx.preset_config("full", model="gru").baseline_lr != tx.preset_config("full", model="minilm").baseline_lr
+    assert tx.preset_config("full", model="minilm").mahalanobis_examples is None  # feature scores fit on every training text
     stages = tx.TextClsExperiment(tiny).stages()
     assert [(s.name, s.oe_lambda, s.init) for s in stages] == [("baseline", None, None), ("oe", 1.0, "baseline")]
     hub = tx.TextClsConfig(dataset="imdb")  # not a named set: a datasets Hub id / saved folder (issue 21)

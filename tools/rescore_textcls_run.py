@@ -34,6 +34,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-dir", default=os.environ.get("OE_DATA_DIR"), help="the data directory (default $OE_DATA_DIR)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--out", type=Path, required=True, help="the JSON file to write (outside RUN)")
+    parser.add_argument("--set", nargs="+", default=[], metavar="FIELD=JSON", dest="overrides",
+                        help="evaluation settings to change from the run's config, e.g. mahalanobis_examples=15000 knn_k=50")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     results = args.run / "results.json"
@@ -43,7 +45,13 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"error: --out {args.out} is inside the run folder {args.run}; write elsewhere")
     meta = json.loads(results.read_text())["meta"]
     fields = {f.name for f in dataclasses.fields(TextClsConfig)}
-    config = TextClsConfig(**{k: v for k, v in meta["config"].items() if k in fields})
+    settings = {k: v for k, v in meta["config"].items() if k in fields}
+    for override in args.overrides:
+        field, sep, value = override.partition("=")
+        if not sep or field not in fields:
+            raise SystemExit(f"error: --set {override!r}: give FIELD=JSON with FIELD a TextClsConfig field")
+        settings[field] = json.loads(value)
+    config = TextClsConfig(**settings)
     experiment = TextClsExperiment(config)
     data = experiment.load_data(args.data_dir)
     missing = sorted(set(args.test_set) - set(data.ood))
@@ -51,7 +59,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"error: --test-set {missing} not among the run's anomaly sets {sorted(data.ood)}")
     experiment.data = dataclasses.replace(data, ood={name: data.ood[name] for name in args.test_set})  # only what is reported
     stages = {stage.name: stage for stage in experiment.stages()}
-    report: dict = {"run": str(args.run), "run_commit": meta.get("commit"), "config": meta["config"], "stages": {}}
+    report: dict = {"run": str(args.run), "run_commit": meta.get("commit"), "config": meta["config"],
+                    "overrides": args.overrides, "stages": {}}
     for name in args.stages:
         if name not in stages:
             raise SystemExit(f"error: --stages {name!r} is not a stage of this run ({', '.join(stages)})")
