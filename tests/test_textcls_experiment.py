@@ -341,3 +341,38 @@ def test_word_level_tokenizer_keeps_the_most_frequent_training_words_and_unks_th
     assert AutoTokenizer.from_pretrained(tmp_path)("the zebra cat")["input_ids"] == tok("the zebra cat")["input_ids"]
     with pytest.raises(ValueError, match="word_vocab_size"):
         tx.TextClsConfig(model="minilm", word_vocab_size=100)
+
+
+def test_rescore_tool_reproduces_the_runs_validation_table_and_applies_set_overrides(run, data_dir, tmp_path, monkeypatch):
+    """tools/rescore_textcls_run.py re-runs the recipe's evaluation on a finished run's saved stage models: without
+    overrides it gives the run's own validation table (same fitted scores, same texts); ``--set knn_k=3`` changes the
+    k-NN scores only, and a field that is not a config field is refused."""
+    import importlib.util
+
+    from oe_text.textcls.textcls_data import load_textcls
+
+    out, result = run
+    spec = importlib.util.spec_from_file_location("rescore_textcls_run", REPO_ROOT / "tools" / "rescore_textcls_run.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    tok = word_tokenizer(load_textcls("trec", data_dir).splits["train"]["text"])
+    monkeypatch.setattr(tx, "load_tokenizer", lambda model: tok)  # the fixture's run used this tokenizer
+    selection = {r["score"]: [r["auroc"], r["fpr95"]] for r in result["records"]
+                 if r["task"] == "selection" and r["stage"] == "oe"}
+
+    def table(path):
+        rows = json.loads(path.read_text())["stages"]["oe"]["validation"]
+        return {score: [row["auroc"], row["fpr95"]] for score, row in rows.items()}
+
+    argv = [str(out), "--stages", "oe", "--test-set", "sst2", "--data-dir", str(data_dir), "--threads", "1"]
+    tool.main([*argv, "--out", str(tmp_path / "same.json")])
+    same = table(tmp_path / "same.json")
+    assert same.keys() == selection.keys()
+    assert all(np.allclose(same[score], selection[score], rtol=0, atol=1e-9) for score in selection)
+    tool.main([*argv, "--set", "knn_k=3", "--out", str(tmp_path / "k3.json")])
+    assert json.loads((tmp_path / "k3.json").read_text())["overrides"] == ["knn_k=3"]
+    k3 = table(tmp_path / "k3.json")
+    changed = {score for score in selection if not np.allclose(k3[score], selection[score], rtol=0, atol=1e-9)}
+    assert changed and changed <= {"knn", "knn_mean"}
+    with pytest.raises(SystemExit, match="not_a_field"):
+        tool.main([*argv, "--set", "not_a_field=1", "--out", str(tmp_path / "bad.json")])
