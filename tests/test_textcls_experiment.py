@@ -38,13 +38,17 @@ def word_tokenizer(texts, size: int = 3000):
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, data_dir):
+def trec_tokenizer(data_dir):
+    """The word-level tokenizer the module's TREC run uses (in place of the recipe's load_tokenizer)."""
     from oe_text.textcls.textcls_data import load_textcls
 
-    texts = load_textcls("trec", data_dir).splits["train"]["text"]
-    tok = word_tokenizer(texts)
+    return word_tokenizer(load_textcls("trec", data_dir).splits["train"]["text"])
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, data_dir, trec_tokenizer):
     patch = pytest.MonkeyPatch()
-    patch.setattr(tx, "load_tokenizer", lambda model: tok)
+    patch.setattr(tx, "load_tokenizer", lambda model: trec_tokenizer)
     out = tmp_path_factory.mktemp("textcls") / "run"
     try:
         result = recipe_main(["--dataset", "trec", "--model", "gru", "--preset", "test", "--output-dir", str(out),
@@ -343,20 +347,18 @@ def test_word_level_tokenizer_keeps_the_most_frequent_training_words_and_unks_th
         tx.TextClsConfig(model="minilm", word_vocab_size=100)
 
 
-def test_rescore_tool_reproduces_the_runs_validation_table_and_applies_set_overrides(run, data_dir, tmp_path, monkeypatch):
+def test_rescore_tool_reproduces_the_runs_validation_table_and_applies_set_overrides(run, trec_tokenizer, data_dir, tmp_path,
+                                                                                    monkeypatch):
     """tools/rescore_textcls_run.py re-runs the recipe's evaluation on a finished run's saved stage models: without
     overrides it gives the run's own validation table (same fitted scores, same texts); ``--set knn_k=3`` changes the
     k-NN scores only, and a field that is not a config field is refused."""
     import importlib.util
 
-    from oe_text.textcls.textcls_data import load_textcls
-
     out, result = run
     spec = importlib.util.spec_from_file_location("rescore_textcls_run", REPO_ROOT / "tools" / "rescore_textcls_run.py")
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
-    tok = word_tokenizer(load_textcls("trec", data_dir).splits["train"]["text"])
-    monkeypatch.setattr(tx, "load_tokenizer", lambda model: tok)  # the fixture's run used this tokenizer
+    monkeypatch.setattr(tx, "load_tokenizer", lambda model: trec_tokenizer)  # the fixture's run used this tokenizer
     selection = {r["score"]: [r["auroc"], r["fpr95"]] for r in result["records"]
                  if r["task"] == "selection" and r["stage"] == "oe"}
 
@@ -376,3 +378,5 @@ def test_rescore_tool_reproduces_the_runs_validation_table_and_applies_set_overr
     assert changed and changed <= {"knn", "knn_mean"}
     with pytest.raises(SystemExit, match="not_a_field"):
         tool.main([*argv, "--set", "not_a_field=1", "--out", str(tmp_path / "bad.json")])
+    with pytest.raises(SystemExit, match="not JSON"):
+        tool.main([*argv, "--set", "knn_k=three", "--out", str(tmp_path / "bad.json")])

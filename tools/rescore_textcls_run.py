@@ -50,7 +50,10 @@ def main(argv: list[str] | None = None) -> None:
         field, sep, value = override.partition("=")
         if not sep or field not in fields:
             raise SystemExit(f"error: --set {override!r}: give FIELD=JSON with FIELD a TextClsConfig field")
-        settings[field] = json.loads(value)
+        try:
+            settings[field] = json.loads(value)
+        except json.JSONDecodeError:
+            raise SystemExit(f"error: --set {override!r}: the value is not JSON (numbers as 3, null, strings as '\"text\"')") from None
     config = TextClsConfig(**settings)
     experiment = TextClsExperiment(config)
     data = experiment.load_data(args.data_dir)
