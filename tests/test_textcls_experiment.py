@@ -347,6 +347,23 @@ def test_word_level_tokenizer_keeps_the_most_frequent_training_words_and_unks_th
         tx.TextClsConfig(model="minilm", word_vocab_size=100)
 
 
+def test_cased_word_vocabulary_keeps_capitals_as_other_words(tmp_path):
+    """--word-vocab-cased (the paper's SST vocabulary was cased): "The" and "the" are two words, a lower-cased text
+    does not match the capitalised word, and the saved tokenizer keeps the case; without --word-vocab-size it is refused."""
+    from transformers import AutoTokenizer
+
+    tok = tx.word_level_tokenizer(["The cat sat .", "The dog ran .", "the end"], 3, lowercase=False)
+    assert tok.convert_ids_to_tokens(tok("The the THE .")["input_ids"])[1:-1] == ["The", "[UNK]", "[UNK]", "."]
+    assert "the" not in tok.get_vocab() and "The" in tok.get_vocab()  # "the" (1x) loses to "The" and "." (2x each)
+    tok.save_pretrained(tmp_path)
+    assert AutoTokenizer.from_pretrained(tmp_path)("The the")["input_ids"] == tok("The the")["input_ids"]
+    lower = tx.word_level_tokenizer(["The cat sat .", "The dog ran .", "the end"], 3)
+    assert lower.convert_ids_to_tokens(lower("The the THE")["input_ids"])[1:-1] == ["the"] * 3
+    assert tx.TextClsConfig(model="gru", word_vocab_size=10, word_vocab_cased=True).word_vocab_cased
+    with pytest.raises(ValueError, match="word_vocab_size too"):
+        tx.TextClsConfig(model="gru", word_vocab_cased=True)
+
+
 def test_rescore_tool_reproduces_the_runs_validation_table_and_applies_set_overrides(run, trec_tokenizer, data_dir, tmp_path,
                                                                                     monkeypatch):
     """tools/rescore_textcls_run.py re-runs the recipe's evaluation on a finished run's saved stage models: without
@@ -380,3 +397,34 @@ def test_rescore_tool_reproduces_the_runs_validation_table_and_applies_set_overr
         tool.main([*argv, "--set", "not_a_field=1", "--out", str(tmp_path / "bad.json")])
     with pytest.raises(SystemExit, match="not JSON"):
         tool.main([*argv, "--set", "knn_k=three", "--out", str(tmp_path / "bad.json")])
+
+
+def test_paper_casing_tool_capitalises_sst2_and_lower_cases_every_other_text(data_dir, capsys):
+    """tools/sst2_paper_casing.py (a diagnostic of the paper code's casing): inside ``paper_casing()`` the SST-2 texts
+    start with a capital, the outliers, the selection set and every anomaly set are lower-case, a cased word vocabulary
+    keeps the capitals; on exit the recipe's readers are the library's again."""
+    import importlib.util
+
+    from oe_text.textcls.textcls_data import load_textcls
+
+    spec = importlib.util.spec_from_file_location("sst2_paper_casing", REPO_ROOT / "tools" / "sst2_paper_casing.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    originals = (tx.load_textcls, tx.named_anomaly_sets, tx.load_outlier_corpus, tx.wikitext_sentences)
+    cfg = tx.preset_config("test", dataset="sst2", model="gru", train_split="train_sentences", word_vocab_size=2000,
+                           word_vocab_cased=True)
+    with tool.paper_casing():
+        data = tx.TextClsExperiment(cfg).load_data(data_dir)
+        with pytest.raises(ValueError, match="SST-2 only"):
+            tx.TextClsExperiment(tx.preset_config("test", dataset="trec", model="gru")).load_data(data_dir)
+    assert (tx.load_textcls, tx.named_anomaly_sets, tx.load_outlier_corpus, tx.wikitext_sentences) == originals
+    plain = load_textcls("sst2", data_dir, train_split="train_sentences").splits["train"]["text"]
+    assert data.train_texts[:50] == [tool.capitalise_first_letter(t) for t in plain[:50]]
+    for texts in (data.train_texts, data.validation_texts, data.test_texts):
+        assert all(t[:1] == t[:1].upper() for t in texts) and any(t[:1] != t[:1].lower() for t in texts)
+    others = [*data.selection_texts, *data.outlier_corpus.texts["text"], *(t for ts in data.ood.values() for t in ts)]
+    assert all(t == t.lower() for t in others) and len(data.ood) == 8
+    assert "It" in data.tokenizer.get_vocab() and data.tokenizer("It it")["input_ids"][1] != data.tokenizer("it")["input_ids"][1]
+    with pytest.raises(SystemExit) as exc:
+        tool.main(["--dataset", "trec"])
+    assert exc.value.code == 2 and "--dataset sst2" in capsys.readouterr().err

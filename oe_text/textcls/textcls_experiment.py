@@ -137,6 +137,9 @@ class TextClsConfig(StageSettings):
         "gru only: a word-level tokenizer instead of MiniLM's WordPiece: lower-cased words, the N most frequent words "
         "of the training texts, every other word [UNK] (the paper's code: torchtext build_vocab(max_size=10000))",
         arg_type=non_negative_int))
+    word_vocab_cased: bool = dataclasses.field(default=False, metadata=flag(
+        "with --word-vocab-size: keep the words' case (The and the are two words; the paper's SST vocabulary was cased: "
+        "torchtext Field() without lower); the tokenizer then never lower-cases"))
     knn_k: int = dataclasses.field(default=10, metadata=flag("k of the k-NN feature score", arg_type=non_negative_int))
     selection_outlier_examples: int = 1000  # validation anomalies for score selection (WikiText-2 valid or --validation-ood-file; a seeded subset)
     max_length: int | None = None  # tokens per text (None: _MAX_LENGTH of the dataset)
@@ -190,6 +193,8 @@ class TextClsConfig(StageSettings):
             raise ValueError(f"extra_outlier_share must be in (0, 1), got {self.extra_outlier_share}")
         if self.word_vocab_size is not None and (self.model != "gru" or self.word_vocab_size < 1):
             raise ValueError(f"word_vocab_size needs model 'gru' and a size >= 1, got {self.word_vocab_size} with {self.model!r}")
+        if self.word_vocab_cased and self.word_vocab_size is None:
+            raise ValueError("word_vocab_cased applies to the word-level tokenizer: give word_vocab_size too")
         if self.padding not in PADDINGS:
             raise ValueError(f"padding must be one of {PADDINGS}, got {self.padding!r}")
         if self.knn_k < 1:
@@ -392,22 +397,22 @@ def check_max_length(config: TextClsConfig) -> TextClsConfig:
     return config
 
 
-def word_level_tokenizer(texts: Sequence[str], size: int) -> Any:
+def word_level_tokenizer(texts: Sequence[str], size: int, lowercase: bool = True) -> Any:
     """A ``BertTokenizer`` whose vocabulary is ``[PAD] [UNK] [CLS] [SEP] [MASK]`` + the ``size`` most frequent
-    lower-cased words of ``texts`` (BERT's basic splitting at spaces and punctuation; ties: first seen). No word
-    pieces: every other word is ``[UNK]``, as in the OE paper's text classifiers (torchtext vocabulary of the
-    training set, ``max_size=10000``), where anomalies then show many unknown words."""
+    words of ``texts``, lower-cased unless ``lowercase=False`` (BERT's basic splitting at spaces and punctuation;
+    ties: first seen). No word pieces: every other word is ``[UNK]``, as in the OE paper's text classifiers
+    (torchtext vocabulary of the training set, ``max_size=10000``), where anomalies then show many unknown words."""
     import collections
 
     from tokenizers.normalizers import BertNormalizer
     from tokenizers.pre_tokenizers import BertPreTokenizer
     from transformers import BertTokenizer
 
-    normalizer, pre_tokenizer = BertNormalizer(lowercase=True), BertPreTokenizer()  # what BertTokenizer runs
+    normalizer, pre_tokenizer = BertNormalizer(lowercase=lowercase), BertPreTokenizer()  # what BertTokenizer runs
     counts = collections.Counter(w for text in texts for w, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     words = specials + [w for w, _ in counts.most_common() if w not in specials][:size]
-    return BertTokenizer(vocab={w: i for i, w in enumerate(words)}, do_lower_case=True)
+    return BertTokenizer(vocab={w: i for i, w in enumerate(words)}, do_lower_case=lowercase)
 
 
 def _seeded_subset(texts: Sequence[str], n: int | None, seed: int) -> list[str]:
@@ -457,7 +462,10 @@ class TextClsExperiment(StagedExperiment):
         train = splits["train"]
         if c.train_examples is not None and c.train_examples < len(train):
             train = train.select(range(c.train_examples))
-        tokenizer = load_tokenizer(c.model) if c.word_vocab_size is None else word_level_tokenizer(train["text"], c.word_vocab_size)
+        if c.word_vocab_size is None:
+            tokenizer = load_tokenizer(c.model)
+        else:
+            tokenizer = word_level_tokenizer(train["text"], c.word_vocab_size, lowercase=not c.word_vocab_cased)
         tokenizer.padding_side = "right"  # the GRU reads lengths from a right-padded mask
 
         def tokenize(batch: Mapping[str, list[str]]) -> Any:
