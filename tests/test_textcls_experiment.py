@@ -364,17 +364,23 @@ def test_cased_word_vocabulary_keeps_capitals_as_other_words(tmp_path):
         tx.TextClsConfig(model="gru", word_vocab_cased=True)
 
 
+def _load_tool(name: str) -> types.ModuleType:
+    """The module ``tools/<name>.py`` (the tools folder is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "tools" / f"{name}.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool
+
+
 def test_rescore_tool_reproduces_the_runs_validation_table_and_applies_set_overrides(run, trec_tokenizer, data_dir, tmp_path,
                                                                                     monkeypatch):
     """tools/rescore_textcls_run.py re-runs the recipe's evaluation on a finished run's saved stage models: without
     overrides it gives the run's own validation table (same fitted scores, same texts); ``--set knn_k=3`` changes the
     k-NN scores only, and a field that is not a config field is refused."""
-    import importlib.util
-
     out, result = run
-    spec = importlib.util.spec_from_file_location("rescore_textcls_run", REPO_ROOT / "tools" / "rescore_textcls_run.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = _load_tool("rescore_textcls_run")
     monkeypatch.setattr(tx, "load_tokenizer", lambda model: trec_tokenizer)  # the fixture's run used this tokenizer
     selection = {r["score"]: [r["auroc"], r["fpr95"]] for r in result["records"]
                  if r["task"] == "selection" and r["stage"] == "oe"}
@@ -403,13 +409,9 @@ def test_paper_casing_tool_capitalises_sst2_and_lower_cases_every_other_text(dat
     """tools/sst2_paper_casing.py (a diagnostic of the paper code's casing): inside ``paper_casing()`` the SST-2 texts
     start with a capital, the outliers, the selection set and every anomaly set are lower-case, a cased word vocabulary
     keeps the capitals; on exit the recipe's readers are the library's again."""
-    import importlib.util
-
     from oe_text.textcls.textcls_data import load_textcls
 
-    spec = importlib.util.spec_from_file_location("sst2_paper_casing", REPO_ROOT / "tools" / "sst2_paper_casing.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = _load_tool("sst2_paper_casing")
     originals = (tx.load_textcls, tx.named_anomaly_sets, tx.load_outlier_corpus, tx.wikitext_sentences)
     cfg = tx.preset_config("test", dataset="sst2", model="gru", train_split="train_sentences", word_vocab_size=2000,
                            word_vocab_cased=True)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from unittest import mock
 from typing import Any, Iterator, Sequence
 
 import oe_text.textcls.textcls_experiment as textcls_experiment
@@ -41,9 +42,6 @@ def _map_text(dataset: Any, fn: Any) -> Any:
 def paper_casing() -> Iterator[None]:
     """While open, the recipe's readers give SST-2 texts a capital first letter and lower-case every other text
     (outliers, the selection set, the anomaly sets); they are restored on exit."""
-    module = textcls_experiment
-    originals = {name: getattr(module, name) for name in
-                 ("load_textcls", "named_anomaly_sets", "load_outlier_corpus", "wikitext_sentences")}
 
     def load_textcls(name: str, *args: Any, **kwargs: Any) -> Any:
         if name != "sst2":
@@ -66,13 +64,9 @@ def paper_casing() -> Iterator[None]:
 
     replacements = {"load_textcls": load_textcls, "named_anomaly_sets": named_anomaly_sets,
                     "load_outlier_corpus": load_outlier_corpus, "wikitext_sentences": wikitext_sentences}
-    try:
-        for name, fn in replacements.items():
-            setattr(module, name, fn)
+    originals = {name: getattr(textcls_experiment, name) for name in replacements}  # the wrappers call these
+    with mock.patch.multiple(textcls_experiment, **replacements):
         yield
-    finally:
-        for name, fn in originals.items():
-            setattr(module, name, fn)
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
