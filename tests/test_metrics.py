@@ -5,7 +5,7 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
-from oe_common.maths.metrics import evaluate_ood, fpr_at_recall, misclassification_metrics, ood_metrics, sample_base_rate
+from oe_common.maths.metrics import bootstrap_ood_metrics, evaluate_ood, fpr_at_recall, misclassification_metrics, ood_metrics, sample_base_rate
 
 
 def sklearn_reference(in_scores, out_scores, recall_level):
@@ -189,3 +189,46 @@ def test_misclassification_metrics_errors_are_positive():
         misclassification_metrics(confidence, np.ones(400, bool))
     with pytest.raises(ValueError, match="one flag per prediction"):
         misclassification_metrics(confidence, correct[:-1])
+
+
+def _delong_auroc_se(in_scores, out_scores):
+    """DeLong et al. 1988's standard error of the AUROC from placement values (ties count one half)."""
+    x, y = np.asarray(out_scores)[:, None], np.asarray(in_scores)[None, :]
+    psi = (x > y) + 0.5 * (x == y)
+    v_out, v_in = psi.mean(1), psi.mean(0)
+    return np.sqrt(v_out.var(ddof=1) / v_out.size + v_in.var(ddof=1) / v_in.size)
+
+
+def test_bootstrap_std_matches_delong_and_interval_brackets_the_value():
+    rng = np.random.default_rng(3)
+    in_scores, out_scores = rng.normal(0.0, 1.0, 1500), rng.normal(1.5, 1.0, 300)
+    result = bootstrap_ood_metrics(in_scores, out_scores, n_resamples=400, seed=1)
+    auroc = result["auroc"]
+    assert auroc["value"] == pytest.approx(roc_auc_score(np.r_[np.zeros(1500), np.ones(300)], np.r_[in_scores, out_scores]), abs=1e-12)
+    assert auroc["std"] == pytest.approx(_delong_auroc_se(in_scores, out_scores), rel=0.2)
+    assert auroc["low"] < auroc["value"] < auroc["high"]
+    assert result["fpr"]["low"] <= result["fpr"]["value"] <= result["fpr"]["high"]
+    assert result["fpr"]["std"] > 0
+    assert result["meta"] == {"n_resamples": 400, "confidence": 0.95}
+
+
+def test_bootstrap_replicates_resample_each_side_at_its_own_size():
+    rng = np.random.default_rng(4)
+    in_scores, out_scores = rng.normal(0.0, 1.0, 50), rng.normal(1.0, 1.0, 20)
+    result = bootstrap_ood_metrics(in_scores, out_scores, n_resamples=30, confidence=0.8, seed=7)
+    draws, replicates = np.random.default_rng(7), []
+    for _ in range(30):
+        m = ood_metrics(in_scores[draws.integers(0, 50, 50)], out_scores[draws.integers(0, 20, 20)])
+        replicates.append((m["auroc"], m["fpr"]))
+    replicates = np.array(replicates)
+    for j, key in enumerate(("auroc", "fpr")):
+        assert result[key]["low"] == pytest.approx(np.quantile(replicates[:, j], 0.1), abs=1e-12)
+        assert result[key]["high"] == pytest.approx(np.quantile(replicates[:, j], 0.9), abs=1e-12)
+        assert result[key]["std"] == pytest.approx(replicates[:, j].std(ddof=1), abs=1e-12)
+
+
+@pytest.mark.parametrize("kwargs, match", [({"n_resamples": 1}, "n_resamples"), ({"n_resamples": 2.5}, "n_resamples"),
+                                           ({"confidence": 1.0}, "confidence")])
+def test_bootstrap_bad_arguments_raise(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        bootstrap_ood_metrics([0.1, 0.2], [0.3], **kwargs)

@@ -390,10 +390,19 @@ def test_rescore_tool_reproduces_the_runs_validation_table_and_applies_set_overr
         return {score: [row["auroc"], row["fpr95"]] for score, row in rows.items()}
 
     argv = [str(out), "--stages", "oe", "--test-set", "sst2", "--data-dir", str(data_dir), "--threads", "1"]
-    tool.main([*argv, "--out", str(tmp_path / "same.json")])
+    tool.main([*argv, "--bootstrap", "20", "--out", str(tmp_path / "same.json")])
     same = table(tmp_path / "same.json")
     assert same.keys() == selection.keys()
     assert all(np.allclose(same[score], selection[score], rtol=0, atol=1e-9) for score in selection)
+    # --bootstrap: the selected score's test AUROC on all test texts vs the whole set, with its interval
+    stage = json.loads((tmp_path / "same.json").read_text())["stages"]["oe"]
+    drawn = next(r for r in stage["test_of_selected"] if r["ood_set"] == "sst2")
+    boot = stage["bootstrap_of_selected"]["sst2"]
+    assert (boot["n_in"], boot["n_out"]) == (drawn["n_in"], drawn["n_set"])
+    assert boot["auroc"]["low"] <= boot["auroc"]["value"] <= boot["auroc"]["high"] and boot["auroc"]["std"] > 0
+    assert abs(boot["auroc"]["value"] - drawn["auroc"]) < 0.1  # the draws' mean over subsets of the same set
+    with pytest.raises(SystemExit, match="--bootstrap 1"):
+        tool.main([*argv, "--bootstrap", "1", "--out", str(tmp_path / "bad.json")])
     tool.main([*argv, "--set", "knn_k=3", "--out", str(tmp_path / "k3.json")])
     assert json.loads((tmp_path / "k3.json").read_text())["overrides"] == ["knn_k=3"]
     k3 = table(tmp_path / "k3.json")

@@ -5,7 +5,9 @@ For each stage model in RUN (``<stage>_model/``) this runs the recipe's own eval
 in-distribution validation texts vs the validation anomalies, the score with the highest validation AUROC selected),
 with the run's configuration from ``RUN/results.json``. It prints and writes the validation table of every score and the
 selected one; the test detection (the anomaly sets named by ``--test-set``) is written for the selected score only, so
-test data plays no part in any choice. Nothing is written into RUN.
+test data plays no part in any choice. Nothing is written into RUN. ``--bootstrap N`` adds, per test set, how far the
+selected score's AUROC and FPR95 move with the test texts (``oe_common.maths.metrics.bootstrap_ood_metrics`` on all
+in-distribution test texts vs the whole anomaly set, N replicates).
 
     OE_DATA_DIR=../shared/data HF_HUB_OFFLINE=1 python tools/rescore_textcls_run.py \\
         runs/clinc150_minilm_full_quiet --stages baseline oe --test-set clinc150_oos --out /tmp/rescore.json
@@ -23,6 +25,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForSequenceClassification
 
+from oe_common.maths.metrics import bootstrap_ood_metrics
 from oe_text.textcls.textcls_experiment import TextClsConfig, TextClsExperiment
 
 
@@ -36,7 +39,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True, help="the JSON file to write (outside RUN)")
     parser.add_argument("--set", nargs="+", default=[], metavar="FIELD=JSON", dest="overrides",
                         help="evaluation settings to change from the run's config, e.g. mahalanobis_examples=15000 knn_k=50")
+    parser.add_argument("--bootstrap", type=int, default=0, metavar="N",
+                        help="also a 95%% bootstrap interval (N replicates) of the selected score's test AUROC / FPR95 per test set")
     args = parser.parse_args(argv)
+    if args.bootstrap and args.bootstrap < 2:
+        raise SystemExit(f"error: --bootstrap {args.bootstrap}: give at least 2 replicates (e.g. 1000), or leave it out")
     torch.set_num_threads(args.threads)
     results = args.run / "results.json"
     if not results.is_file():
@@ -69,12 +76,19 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"error: --stages {name!r} is not a stage of this run ({', '.join(stages)})")
         started = time.perf_counter()
         model = AutoModelForSequenceClassification.from_pretrained(args.run / f"{name}_model", use_safetensors=True)
-        state = experiment.evaluate(stages[name], model, None).state
-        selected = state["selected_score"]
+        result = experiment.evaluate(stages[name], model, None)
+        state, selected = result.state, result.state["selected_score"]
         test = [r for r in state["records"] if r["task"] == "detection" and r["score"] == selected]
         report["stages"][name] = {"validation": state["validation"], "selected_score": selected,
                                   "selected_on": state["selected_on"], "test_of_selected": test,
-                                  "accuracy": state["accuracy"], "seconds": round(time.perf_counter() - started, 1)}
+                                  "accuracy": state["accuracy"]}
+        if args.bootstrap:
+            report["stages"][name]["bootstrap_of_selected"] = {
+                ood: {"n_in": int(result.arrays["test"][selected].size), "n_out": int(scores[selected].size),
+                      **bootstrap_ood_metrics(result.arrays["test"][selected], scores[selected], n_resamples=args.bootstrap,
+                                              seed=config.seed)}
+                for ood, scores in result.arrays["ood"].items()}
+        report["stages"][name]["seconds"] = round(time.perf_counter() - started, 1)
         print(f"== {name}: validation ({state['selected_on']})")
         for score, row in state["validation"].items():
             print(f"   {score:20s} AUROC {100 * row['auroc']:6.2f}  FPR95 {100 * row['fpr95']:6.2f}"

@@ -23,6 +23,7 @@ __all__ = [
     "draw_summary",
     "mean_summary",
     "misclassification_metrics",
+    "bootstrap_ood_metrics",
     "as_score_array",
     "roc_curve_points",
     "fpr_key",
@@ -514,3 +515,46 @@ def misclassification_metrics(confidence: Any, correct: Any) -> dict[str, float]
         )
     result = ood_metrics(-confidence[correct], -confidence[~correct])
     return {"auroc": result["auroc"], "aupr_err": result["aupr_out"], "aupr_succ": result["aupr_in"]}
+
+
+def bootstrap_ood_metrics(in_scores: Any, out_scores: Any, n_resamples: int = 1000, confidence: float = 0.95,
+                          recall_level: float = 0.95, seed: int = 0) -> dict[str, dict[str, float]]:
+    """How much AUROC and FPR move with the test set: a stratified percentile bootstrap of :func:`ood_metrics`.
+
+    Each of ``n_resamples`` replicates draws ``N_in`` in-distribution scores and ``N_out`` anomaly scores, each set
+    with replacement from itself (the two sizes stay fixed), and computes :func:`ood_metrics` on them. This measures
+    the uncertainty of a number that comes from finite test sets with one trained model; it says nothing about
+    training-seed variation.
+
+    Args:
+        in_scores: ``(N_in,)`` anomaly scores of in-distribution examples.
+        out_scores: ``(N_out,)`` anomaly scores of anomalies.
+        n_resamples: bootstrap replicates (>= 2).
+        confidence: the interval's coverage, in ``(0, 1)``.
+        recall_level: for the FPR, as in :func:`ood_metrics`.
+        seed: of the ``numpy`` generator that draws the replicates.
+
+    Returns:
+        ``{"auroc": {...}, "fpr": {...}}``, each ``{"value": the metric on the full sets, "std": the replicates'
+        standard deviation, "low", "high": the (1 - confidence)/2 and (1 + confidence)/2 quantiles of the
+        replicates}``, fractions, plus ``"n_resamples"`` / ``"confidence"`` under ``"meta"``.
+    """
+    if not isinstance(n_resamples, (int, np.integer)) or isinstance(n_resamples, bool) or n_resamples < 2:
+        raise ValueError(f"n_resamples must be an integer >= 2, got {n_resamples!r}")
+    if not 0.0 < float(confidence) < 1.0:
+        raise ValueError(f"confidence must lie in (0, 1), got {confidence!r}")
+    in_array, out_array = _sortable(in_scores, "in_scores"), _sortable(out_scores, "out_scores")
+    full = ood_metrics(in_array, out_array, recall_level)
+    rng = np.random.default_rng(seed)
+    replicates = np.empty((int(n_resamples), 2))
+    for i in range(int(n_resamples)):
+        m = ood_metrics(in_array[rng.integers(0, in_array.size, in_array.size)],
+                        out_array[rng.integers(0, out_array.size, out_array.size)], recall_level)
+        replicates[i] = m["auroc"], m["fpr"]
+    tail = (1.0 - float(confidence)) / 2.0
+    result: dict[str, dict[str, float]] = {}
+    for j, key in enumerate(("auroc", "fpr")):
+        low, high = np.quantile(replicates[:, j], [tail, 1.0 - tail])
+        result[key] = {"value": float(full[key]), "std": float(replicates[:, j].std(ddof=1)), "low": float(low), "high": float(high)}
+    result["meta"] = {"n_resamples": int(n_resamples), "confidence": float(confidence)}
+    return result
