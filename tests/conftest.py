@@ -36,6 +36,22 @@ def sleeping_recipe(tmp_path) -> tuple[Path, dict[str, str]]:
 
 
 @pytest.fixture(scope="session")
+def repo_script():
+    """``repo_script("tools/rescore_textcls_run.py")``: a repository script that is not in a package (``tools/``,
+    ``bench/``) loaded as a module, by its path from the repository root."""
+    import importlib.util
+
+    def load(relative_path: str):
+        path = REPO_ROOT / relative_path
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
+
+
+@pytest.fixture(scope="session")
 def data_dir() -> Path:
     """The real data directory. Fails (never skips silently) when it is not configured."""
     value = os.environ.get("OE_DATA_DIR")

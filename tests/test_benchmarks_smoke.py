@@ -5,27 +5,17 @@ They check that the output is complete and well formed, never a speed (speed is 
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import re
-from pathlib import Path
 
 import pytest
 
 TORCH_THREADS = 1
-BENCH = Path(__file__).resolve().parents[1] / "bench"
-
-
-def load_bench(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.parametrize("padding, passes", [("max_length", "one concatenated pass")])
-def test_textcls_step_bench_runs_and_prints_its_ratios(data_dir, capsys, padding, passes):
-    bench = load_bench("textcls_step_bench")
+def test_textcls_step_bench_runs_and_prints_its_ratios(data_dir, capsys, padding, passes, repo_script):
+    bench = repo_script("bench/textcls_step_bench.py")
     medians = bench.main(["--random-init", "--tiny", "--steps", "2", "--warmup", "1", "--batch", "8", "--max-length", "16",
                           "--padding", padding, "--threads", "1", "--data-dir", str(data_dir)])
     out = capsys.readouterr().out
@@ -44,17 +34,17 @@ def test_textcls_step_bench_runs_and_prints_its_ratios(data_dir, capsys, padding
     assert float(r2.group(1)) == pytest.approx(medians["trainer_oe"] / medians["plain_oe"], abs=0.006)
 
 
-def test_textcls_step_bench_rejects_bad_arguments(capsys):
-    bench = load_bench("textcls_step_bench")
+def test_textcls_step_bench_rejects_bad_arguments(capsys, repo_script):
+    bench = repo_script("bench/textcls_step_bench.py")
     with pytest.raises(SystemExit) as err:
         bench.main(["--steps", "0"])
     assert err.value.code == 2 and "--steps must be >= 1" in capsys.readouterr().err
 
 
-def test_textcls_padding_bench_runs_one_forward_per_step_and_prints_its_ratios(data_dir, capsys):
+def test_textcls_padding_bench_runs_one_forward_per_step_and_prints_its_ratios(data_dir, capsys, repo_script):
     """Toy GRU, one timed step per method: every OE step is one forward pass (the bench raises otherwise), the
     padded lengths are max_length for 'max_length' and at most that for 'longest'."""
-    bench = load_bench("textcls_padding_bench")
+    bench = repo_script("bench/textcls_padding_bench.py")
     speeds = bench.main(["--tiny", "--steps", "1", "--data-dir", str(data_dir)])
     out = capsys.readouterr().out
     methods = {"max_length", "longest", "longest + group_by_length"}

@@ -214,15 +214,10 @@ def test_committed_results_count_a_draw_of_a_whole_set_once():
     assert checked > 100
 
 
-def test_the_upgrade_tool_writes_what_today_s_records_say(tmp_path):
+def test_the_upgrade_tool_writes_what_today_s_records_say(tmp_path, repo_script):
     """tools/upgrade_draw_records.py turns an old record (``n_draws`` as requested) into what OODTable.records
     writes today for the same sets."""
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location("upgrade_draw_records", Path(__file__).resolve().parents[1] / "tools" / "upgrade_draw_records.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = repo_script("tools/upgrade_draw_records.py")
     table = evaluate_ood(_scores(0, 500), {"whole": _scores(1, 100, 1), "small": _scores(2, 60, 1), "big": _scores(3, 400, 1)},
                          n_draws=4, allow_small_sets=True)
     today = table.records(model="baseline", score="msp")

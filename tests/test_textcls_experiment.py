@@ -364,23 +364,13 @@ def test_cased_word_vocabulary_keeps_capitals_as_other_words(tmp_path):
         tx.TextClsConfig(model="gru", word_vocab_cased=True)
 
 
-def _load_tool(name: str) -> types.ModuleType:
-    """The module ``tools/<name>.py`` (the tools folder is not a package)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "tools" / f"{name}.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    return tool
-
-
 def test_rescore_tool_reproduces_the_runs_validation_table_and_applies_set_overrides(run, trec_tokenizer, data_dir, tmp_path,
-                                                                                    monkeypatch):
+                                                                                    monkeypatch, repo_script):
     """tools/rescore_textcls_run.py re-runs the recipe's evaluation on a finished run's saved stage models: without
     overrides it gives the run's own validation table (same fitted scores, same texts); ``--set knn_k=3`` changes the
     k-NN scores only, and a field that is not a config field is refused."""
     out, result = run
-    tool = _load_tool("rescore_textcls_run")
+    tool = repo_script("tools/rescore_textcls_run.py")
     monkeypatch.setattr(tx, "load_tokenizer", lambda model: trec_tokenizer)  # the fixture's run used this tokenizer
     selection = {r["score"]: [r["auroc"], r["fpr95"]] for r in result["records"]
                  if r["task"] == "selection" and r["stage"] == "oe"}
@@ -414,13 +404,13 @@ def test_rescore_tool_reproduces_the_runs_validation_table_and_applies_set_overr
         tool.main([*argv, "--set", "knn_k=three", "--out", str(tmp_path / "bad.json")])
 
 
-def test_paper_casing_tool_capitalises_sst2_and_lower_cases_every_other_text(data_dir, capsys):
+def test_paper_casing_tool_capitalises_sst2_and_lower_cases_every_other_text(data_dir, capsys, repo_script):
     """tools/sst2_paper_casing.py (a diagnostic of the paper code's casing): inside ``paper_casing()`` the SST-2 texts
     start with a capital, the outliers, the selection set and every anomaly set are lower-case, a cased word vocabulary
     keeps the capitals; on exit the recipe's readers are the library's again."""
     from oe_text.textcls.textcls_data import load_textcls
 
-    tool = _load_tool("sst2_paper_casing")
+    tool = repo_script("tools/sst2_paper_casing.py")
     originals = (tx.load_textcls, tx.named_anomaly_sets, tx.load_outlier_corpus, tx.wikitext_sentences)
     cfg = tx.preset_config("test", dataset="sst2", model="gru", train_split="train_sentences", word_vocab_size=2000,
                            word_vocab_cased=True)
